@@ -1,0 +1,42 @@
+//! The `kvs-emulator` command: prints its base URL on the first stdout line, logs to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use kvs_emulator::{Config, Emulator};
+
+/// A local Kinesis Video Streams-compatible server (control plane, PutMedia, GetMedia, archived media).
+///
+/// The first line printed on stdout is the base URL (e.g. http://127.0.0.1:41234), so scripts can start it
+/// on a free port with `--listen 127.0.0.1:0`. Logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "kvs-emulator", version)]
+struct Args {
+    /// Address and port to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:4567")]
+    listen: SocketAddr,
+    /// AWS region the emulator pretends to be in (used in ARNs and signature checks).
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = Config { listen: args.listen, region: args.region };
+    let emulator = match Emulator::start(config).await {
+        Ok(emulator) => emulator,
+        Err(err) => {
+            eprintln!("kvs-emulator: cannot listen on {}: {err}", args.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{}", emulator.base_url());
+    let _ = stdout.flush();
+    eprintln!("kvs-emulator: listening on {}", emulator.base_url());
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("kvs-emulator: shutting down");
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need on Debian 12, skipping what is already there.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (idempotent).
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "error: need root (or sudo) to run: $*" >&2; exit 1
+    fi
+}
+
+# Debian packages: build (GStreamer 1.22 dev files, pkg-config, a C toolchain for -sys crates), the elements the
+# demo and the tests use (x264enc, matroskamux/demux, h264parse, avdec/avenc), meson for the install path, and
+# the tools the tests check output with (ffprobe, mkvinfo).
+DEB_PACKAGES=(
+    build-essential pkg-config git ca-certificates curl python3 python3-venv
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav
+    meson ninja-build ffmpeg mkvtoolnix
+)
+
+install_debian_packages() {
+    local missing=()
+    for pkg in "${DEB_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "Debian packages: all ${#DEB_PACKAGES[@]} present"
+        return
+    fi
+    say "Debian packages: installing ${missing[*]}"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+ensure_rust() {
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if command -v cargo >/dev/null; then
+        say "Rust: $(cargo --version)"
+        return
+    fi
+    # Debian 12's own cargo is too old for edition 2024: use rustup, as rust-lang.org documents.
+    say "Rust: not found, installing the stable toolchain with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . "$HOME/.cargo/env"
+}
+
+setup_all() {
+    install_debian_packages
+    ensure_rust
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    setup_all
+fi

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs the whole suite and prints a summary.
+# Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+setup_all
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo test --release --workspace"
+set +e
+cargo test --release --workspace 2>&1 | tee "$log"
+cargo_status=${PIPESTATUS[0]}
+set -e
+
+say "meson: build and install into a staging directory, then load the installed plugin"
+stage=$(mktemp -d)
+meson_status=0
+(
+    set -e
+    rm -rf target/meson-build
+    meson setup target/meson-build >/dev/null
+    meson compile -C target/meson-build
+    DESTDIR="$stage" meson install -C target/meson-build
+    plugindir=$(pkg-config --variable=pluginsdir gstreamer-1.0)
+    test -f "$stage$plugindir/libgstkvs.so"
+    GST_REGISTRY="$stage/registry.bin" GST_PLUGIN_PATH="$stage$plugindir" gst-inspect-1.0 kvssink >/dev/null
+) || meson_status=1
+rm -rf "$stage"
+
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+[ "$meson_status" = 0 ] && passed=$((passed + 1)) || failed=$((failed + 1))
+if [ "$cargo_status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,14 @@
+//! `kvssrc`: reads a Kinesis video stream with GetMedia and emits Matroska.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct KvsSrc(ObjectSubclass<imp::KvsSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(Some(plugin), "kvssrc", gst::Rank::NONE, KvsSrc::static_type())
+}

@@ -1,0 +1,32 @@
+//! GStreamer plugin `kvs`: elements for Amazon Kinesis Video Streams.
+//!
+//! - `kvssink` streams the output of `matroskamux` to the KVS PutMedia API.
+//! - `kvssrc` reads a stream with GetMedia (live or from the past) and emits Matroska.
+//!
+//! The streaming code in [`mkv`] and [`kvs`] does not depend on GStreamer types, so it is unit-tested on
+//! its own and shared with the `kvs-emulator` crate.
+
+use gst::glib;
+
+pub mod kvssink;
+pub mod kvssrc;
+pub mod runtime;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    kvssink::register(plugin)?;
+    kvssrc::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    kvs,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    // The GStreamer license string for MPL-2.0.
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

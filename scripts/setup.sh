@@ -48,9 +48,28 @@ ensure_rust() {
     . "$HOME/.cargo/env"
 }
 
+# The Python test clients (pytest, boto3 and the AWS CLI, from PyPI) in a venv at .venv in the repository.
+PYTHON_PACKAGES=(pytest boto3 awscli)
+
+ensure_python_venv() {
+    local venv
+    venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        say "Python: creating the venv $venv"
+        python3 -m venv "$venv"
+    fi
+    if "$venv/bin/python" -c 'import pytest, boto3, awscli' 2>/dev/null; then
+        say "Python: ${PYTHON_PACKAGES[*]} present in .venv"
+        return
+    fi
+    say "Python: installing ${PYTHON_PACKAGES[*]} into .venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+}
+
 setup_all() {
     install_debian_packages
     ensure_rust
+    ensure_python_venv
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

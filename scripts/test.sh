@@ -18,6 +18,22 @@ cargo test --release --workspace 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e
 
+say "Python tests (boto3, AWS CLI) against the release emulator binary"
+pylog=$(mktemp)
+set +e
+cargo build --release -p kvs-emulator
+build_status=$?
+.venv/bin/python -m pytest tests/python -q 2>&1 | tee "$pylog"
+pytest_status=${PIPESTATUS[0]}
+set -e
+# pytest's closing line, e.g. "1 failed, 14 passed, 2 warnings in 15.02s".
+pytest_summary=$(grep -E '^=*( *[0-9]+ [a-z]+,?)+ in [0-9.]+s' "$pylog" | tail -1 || true)
+pytest_passed=$( (echo "$pytest_summary" | grep -Eo '[0-9]+ passed' || true) | awk '{s+=$1} END {print s+0}')
+pytest_failed=$( (echo "$pytest_summary" | grep -Eo '[0-9]+ (failed|errors?)' || true) | awk '{s+=$1} END {print s+0}')
+# A pytest run that failed without counting a failure (no test collected, crash, missing binary) counts as one.
+if { [ "$pytest_status" != 0 ] || [ "$build_status" != 0 ]; } && [ "$pytest_failed" = 0 ]; then pytest_failed=1; fi
+rm -f "$pylog"
+
 say "meson: build and install into a staging directory, then load the installed plugin"
 stage=$(mktemp -d)
 meson_status=0
@@ -36,6 +52,8 @@ rm -rf "$stage"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 [ "$meson_status" = 0 ] && passed=$((passed + 1)) || failed=$((failed + 1))
+passed=$((passed + pytest_passed))
+failed=$((failed + pytest_failed))
 if [ "$cargo_status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
 echo
 echo "$passed passed, $failed failed"

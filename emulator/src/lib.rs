@@ -3,37 +3,161 @@
 //!
 //! [`Emulator::start`] binds a listener and serves on the caller's tokio runtime, so tests can run one
 //! in-process; the `kvs-emulator` binary wraps it with a command line.
+//!
+//! Modules: [`control`] (the control-plane operations), [`store`] (the stream registry), [`error`] (the
+//! service's error wire format), [`sigv4`] (signature verification), [`putmedia`] with [`ingest`] (uploads
+//! and their ACKs), [`media`] (stored fragments), [`getmedia`] (reading them back). Requests are routed by path in
+//! [`route`]: signature verification first (when credentials were given), then the operation.
 
+pub mod control;
+pub mod error;
+pub mod getmedia;
+pub mod ingest;
+pub mod media;
+pub mod putmedia;
+pub mod sigv4;
+pub mod store;
+
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, HOST};
+use hyper::http::request::Parts;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::control::Operation;
+use crate::error::ApiError;
+use crate::media::MediaStore;
+use crate::putmedia::{PutMediaConfig, PutMediaContext};
+use crate::sigv4::{Payload, Verifier};
+use crate::store::Store;
+
+/// Response bodies of the emulator: a whole buffer or a stream.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest control-plane request body read (the real ones are a few hundred bytes).
+pub const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
+
 /// What the emulator is started with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
     /// Region reported in ARNs and expected in signatures.
     pub region: String,
+    /// PutMedia timeouts and limits.
+    pub put_media: PutMediaConfig,
+    /// `(access key id, secret access key)` pairs. When there is at least one, every request but those under
+    /// `/_emulator/` must carry a valid SigV4 signature by one of them; when empty, signatures are not checked.
+    pub credentials: Vec<(String, String)>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), region: "us-east-1".to_owned() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            region: "us-east-1".to_owned(),
+            put_media: PutMediaConfig::default(),
+            credentials: Vec::new(),
+        }
     }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets are never printed.
+        let key_ids: Vec<&str> = self.credentials.iter().map(|(key_id, _)| key_id.as_str()).collect();
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("region", &self.region)
+            .field("credentials", &key_ids)
+            .finish()
+    }
+}
+
+/// Everything request handlers share.
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    pub local_addr: SocketAddr,
+    pub store: Arc<Store>,
+    /// `None` when no credentials were given: signatures are not checked.
+    pub verifier: Option<Verifier>,
+    /// Every stream's fragments.
+    pub media: Arc<MediaStore>,
+    /// Open GetMedia sessions per stream ARN (the service allows 3).
+    pub readers: Mutex<HashMap<String, usize>>,
+}
+
+impl State {
+    fn new(config: Config, local_addr: SocketAddr) -> State {
+        let verifier =
+            (!config.credentials.is_empty()).then(|| Verifier::new(&config.region, &config.credentials));
+        let store = Arc::new(Store::new(config.region.clone()));
+        State {
+            config,
+            local_addr,
+            store,
+            verifier,
+            media: Arc::new(MediaStore::default()),
+            readers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// What GetDataEndpoint answers: the base URL. When listening on all interfaces (0.0.0.0 or ::), the host
+    /// the client used (from its `Host` header, port ignored: the C producer sends none) with the real port.
+    pub fn data_endpoint(&self, request: &Parts) -> String {
+        if !self.local_addr.ip().is_unspecified() {
+            return self.base_url();
+        }
+        let host = request
+            .headers
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .map(strip_port)
+            .filter(|host| !host.is_empty())
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}:{}", self.local_addr.port())
+    }
+
+    /// Checks the request's signature when the emulator was given credentials.
+    pub fn verify(&self, request: &Parts, payload: Payload<'_>) -> Result<(), ApiError> {
+        match &self.verifier {
+            None => Ok(()),
+            Some(verifier) => verifier
+                .verify(request.method.as_str(), &request.uri, &request.headers, payload, SystemTime::now())
+                .map(|_| ()),
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port` → the host part.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(v6, _)| &host[..v6.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
 /// A running emulator.
 pub struct Emulator {
-    local_addr: SocketAddr,
+    state: Arc<State>,
     task: JoinHandle<()>,
 }
 
@@ -42,17 +166,28 @@ impl Emulator {
     pub async fn start(config: Config) -> std::io::Result<Emulator> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener));
-        Ok(Emulator { local_addr, task })
+        let state = Arc::new(State::new(config, local_addr));
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(Emulator { state, task })
     }
 
     /// The base URL clients use, e.g. `http://127.0.0.1:41234` (no trailing slash).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        self.state.base_url()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.state.local_addr
+    }
+
+    /// The stream registry.
+    pub fn store(&self) -> Arc<Store> {
+        self.state.store.clone()
+    }
+
+    /// The stored media.
+    pub fn media(&self) -> Arc<MediaStore> {
+        self.state.media.clone()
     }
 
     /// Stops accepting connections.
@@ -61,7 +196,7 @@ impl Emulator {
     }
 }
 
-async fn accept_loop(listener: TcpListener) {
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -71,9 +206,11 @@ async fn accept_loop(listener: TcpListener) {
                 continue;
             }
         };
+        let state = state.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(handle));
+            let service = service_fn(move |request| handle(state.clone(), request));
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(err) = conn.await {
                 eprintln!("kvs-emulator: connection error: {err}");
             }
@@ -81,11 +218,189 @@ async fn accept_loop(listener: TcpListener) {
     }
 }
 
-async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = format!("{{\"Message\":\"Unknown operation {}\"}}", request.uri().path());
-    let response = Response::builder()
-        .status(StatusCode::NOT_FOUND)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)));
-    Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+/// Serves one request and logs one line: method, path (never the query, which may hold a presigned
+/// signature or a session token; never a header), status and, for errors, the error name.
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = route(&state, request).await;
+    let error_name = response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(':').next())
+        .map(|name| format!(" {name}"))
+        .unwrap_or_default();
+    eprintln!("kvs-emulator: {method} {path} {}{error_name}", response.status().as_u16());
+    Ok(response)
+}
+
+/// Turns a whole-buffer response into an emulator response.
+pub fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(BodyExt::boxed)
+}
+
+/// Routes by path. Signatures are verified before anything else, except under `/_emulator/`.
+pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    if path.starts_with("/_emulator/") {
+        // Admin API (fault injection, inspection): never signature-checked. To be added here.
+        return boxed(ApiError::unknown_operation(path).into_response());
+    }
+    match path {
+        "/putMedia" => {
+            let (parts, body) = request.into_parts();
+            if let Err(err) = state.verify(&parts, Payload::Streaming) {
+                return boxed(err.into_response());
+            }
+            let ctx = PutMediaContext {
+                store: state.store.clone(),
+                media: state.media.clone(),
+                config: state.config.put_media,
+            };
+            putmedia::put_media(ctx, Request::from_parts(parts, body)).await
+        }
+        "/getMedia" => get_media(state, request).await,
+        _ => control_plane(state, request).await,
+    }
+}
+
+/// Ends a GetMedia session's count when the session ends.
+struct ReaderSlot {
+    state: Arc<State>,
+    arn: String,
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut readers = self.state.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = readers.get_mut(&self.arn) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+/// GetMedia sessions per stream allowed at once.
+pub const MAX_READERS_PER_STREAM: usize = 3;
+
+/// `POST /getMedia`: validates, then streams the session from a task.
+async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(err) => return boxed(err.into_response()),
+    };
+    if let Err(err) = state.verify(&parts, Payload::Bytes(&body)) {
+        return boxed(err.into_response());
+    }
+    let request: getmedia::GetMediaRequest =
+        match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+            Ok(request) => request,
+            Err(err) => {
+                return boxed(
+                    ApiError::serialization(format!("Could not parse the request: {err}")).into_response(),
+                );
+            }
+        };
+    let start = match getmedia::parse_start(request.start_selector.as_ref()) {
+        Ok(start) => start,
+        Err(err) => return boxed(err.into_response()),
+    };
+    if request.stream_name.is_none() && request.stream_arn.is_none() {
+        return boxed(
+            ApiError::invalid_argument("Either StreamName or StreamARN must be specified.").into_response(),
+        );
+    }
+    let arn = match state.store.lock().find(request.stream_name.as_deref(), request.stream_arn.as_deref()) {
+        Ok(stream) => stream.stream_arn.clone(),
+        Err(err) => return boxed(err.into_response()),
+    };
+    let first = {
+        let streams = state.media.lock();
+        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        match getmedia::start_sequence(fragments, &start) {
+            Ok(first) => first,
+            Err(err) => return boxed(err.into_response()),
+        }
+    };
+    {
+        let mut readers = state.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let count = readers.entry(arn.clone()).or_default();
+        if *count >= MAX_READERS_PER_STREAM {
+            return boxed(
+                ApiError::new(
+                    "ConnectionLimitExceededException",
+                    hyper::StatusCode::BAD_REQUEST,
+                    format!("At most {MAX_READERS_PER_STREAM} GetMedia connections per stream are allowed."),
+                )
+                .into_response(),
+            );
+        }
+        *count += 1;
+    }
+    let slot = ReaderSlot { state: state.clone(), arn: arn.clone() };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let store = state.store.clone();
+    let media = state.media.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, tx).await;
+    });
+    let mut response = Response::new(putmedia::bounded_channel_body(rx));
+    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
+    response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
+    response
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+pub async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::request_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::request_too_large(limit)),
+        Err(err) => Err(ApiError::serialization(format!("Could not read the request body: {err}"))),
+    }
+}
+
+/// A control-plane call: read the body, verify the signature, run the operation.
+async fn control_plane(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(err) => return boxed(err.into_response()),
+    };
+    if let Err(err) = state.verify(&parts, Payload::Bytes(&body)) {
+        return boxed(err.into_response());
+    }
+    let operation = Operation::from_path(parts.uri.path()).filter(|_| parts.method == Method::POST);
+    let Some(operation) = operation else {
+        return boxed(ApiError::unknown_operation(parts.uri.path()).into_response());
+    };
+    let data_endpoint = state.data_endpoint(&parts);
+    boxed(control::handle(operation, &body, &state.store, &data_endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_port_handles_names_v4_and_v6() {
+        assert_eq!(strip_port("127.0.0.1:4567"), "127.0.0.1");
+        assert_eq!(strip_port("127.0.0.1"), "127.0.0.1");
+        assert_eq!(strip_port("localhost:80"), "localhost");
+        assert_eq!(strip_port("[::1]:4567"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn config_debug_hides_secrets() {
+        let config = Config { credentials: vec![("AKID".into(), "TOPSECRET".into())], ..Config::default() };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("AKID"));
+        assert!(!shown.contains("TOPSECRET"));
+    }
 }

@@ -19,12 +19,31 @@ struct Args {
     /// AWS region the emulator pretends to be in (used in ARNs and signature checks).
     #[arg(long, default_value = "us-east-1")]
     region: String,
+    /// An access key the emulator accepts, as ACCESS_KEY_ID:SECRET_ACCESS_KEY (repeatable). With at least one,
+    /// every request must carry a valid SigV4 signature by one of them; with none, signatures are not checked.
+    #[arg(long = "credentials", value_name = "AKID:SECRET", value_parser = parse_credentials)]
+    credentials: Vec<(String, String)>,
+}
+
+/// `AKID:SECRET` → (AKID, SECRET). Access key ids never contain `:`; the secret may.
+fn parse_credentials(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((key_id, secret)) if !key_id.is_empty() && !secret.is_empty() => {
+            Ok((key_id.to_owned(), secret.to_owned()))
+        }
+        _ => Err("expected ACCESS_KEY_ID:SECRET_ACCESS_KEY".to_owned()),
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = Config { listen: args.listen, region: args.region };
+    let config = Config {
+        listen: args.listen,
+        region: args.region,
+        credentials: args.credentials,
+        ..Config::default()
+    };
     let emulator = match Emulator::start(config).await {
         Ok(emulator) => emulator,
         Err(err) => {

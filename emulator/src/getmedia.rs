@@ -1,0 +1,309 @@
+//! GetMedia (KVS-PROTOCOL.md §3): a long-lived chunked response with one complete Matroska document per
+//! fragment, in the element layout of the service's recorded output (`shared/fixtures/getmedia/`):
+//!
+//! ```text
+//! EBML header (the producer's) | Segment, unknown size (8-byte form) | the producer's header elements
+//! | Tags: FRAGMENT_NUMBER, SERVER_TIMESTAMP, PRODUCER_TIMESTAMP | the Cluster as ingested
+//! | the fragment's own Tags | Tags: MILLIS_BEHIND_NOW, CONTINUATION_TOKEN
+//! ```
+//!
+//! Live tailing: a fragment still being ingested is sent as its frames arrive (each complete Cluster child is
+//! written as soon as PutMedia has it), so a viewer sees frames with ingest latency rather than one fragment
+//! duration later. The session ends after 3 s with nothing new to send, as the service's does.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::media::{Fragment, FragmentState, MediaStore};
+use crate::store::{Store, epoch_millis};
+use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id};
+use kvs_mkv::tags::{self, SimpleTag, write_tags};
+
+/// A session ends after this long with nothing new to send.
+pub const IDLE_END: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetMediaRequest {
+    pub stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    pub stream_arn: Option<String>,
+    pub start_selector: Option<StartSelector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartSelector {
+    pub start_selector_type: Option<String>,
+    pub after_fragment_number: Option<String>,
+    pub start_timestamp: Option<f64>,
+    pub continuation_token: Option<String>,
+}
+
+/// Where a GetMedia session starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    Now,
+    Earliest,
+    /// Starts with this fragment (inclusive: see the emulator README).
+    FragmentNumber(String),
+    ServerTimestamp(i64),
+    ProducerTimestamp(i64),
+    /// Starts with the fragment after the one whose end carried this token.
+    ContinuationToken(String),
+}
+
+/// Validates a GetMedia request's StartSelector.
+pub fn parse_start(selector: Option<&StartSelector>) -> Result<Start, ApiError> {
+    let selector = selector.ok_or_else(|| ApiError::invalid_argument("StartSelector must be specified."))?;
+    let kind = selector
+        .start_selector_type
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid_argument("StartSelector.StartSelectorType must be specified."))?;
+    let timestamp_ms = || -> Result<i64, ApiError> {
+        let seconds = selector.start_timestamp.ok_or_else(|| {
+            ApiError::invalid_argument(format!(
+                "StartTimestamp must be specified for StartSelectorType {kind}."
+            ))
+        })?;
+        Ok((seconds * 1000.0).round() as i64)
+    };
+    let digits = |value: Option<&String>, field: &str| -> Result<String, ApiError> {
+        let value = value.ok_or_else(|| {
+            ApiError::invalid_argument(format!("{field} must be specified for StartSelectorType {kind}."))
+        })?;
+        let valid_number =
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_digit());
+        if !valid_number {
+            return Err(ApiError::invalid_argument(format!("Invalid {field} {value:?}.")));
+        }
+        Ok(value.clone())
+    };
+    Ok(match kind {
+        "NOW" => Start::Now,
+        "EARLIEST" => Start::Earliest,
+        "FRAGMENT_NUMBER" => {
+            Start::FragmentNumber(digits(selector.after_fragment_number.as_ref(), "AfterFragmentNumber")?)
+        }
+        "SERVER_TIMESTAMP" => Start::ServerTimestamp(timestamp_ms()?),
+        "PRODUCER_TIMESTAMP" => Start::ProducerTimestamp(timestamp_ms()?),
+        "CONTINUATION_TOKEN" => {
+            Start::ContinuationToken(digits(selector.continuation_token.as_ref(), "ContinuationToken")?)
+        }
+        other => return Err(ApiError::invalid_argument(format!("Invalid StartSelectorType {other:?}."))),
+    })
+}
+
+/// The sequence number of the first fragment to send, or an error when the start point does not exist.
+/// `None` means "the next fragment to arrive".
+pub fn start_sequence(fragments: &[Fragment], start: &Start) -> Result<Option<u64>, ApiError> {
+    let usable = || fragments.iter().filter(|f| f.state != FragmentState::Aborted);
+    let not_found = |what: &str| ApiError::resource_not_found(format!("The requested {what} was not found."));
+    Ok(match start {
+        Start::Earliest => usable().next().map(|f| f.sequence),
+        Start::Now => usable().find(|f| f.state == FragmentState::Ingesting).map(|f| f.sequence),
+        Start::FragmentNumber(number) => {
+            Some(usable().find(|f| &f.number == number).ok_or_else(|| not_found("fragment"))?.sequence)
+        }
+        Start::ContinuationToken(token) => {
+            let after = fragments
+                .iter()
+                .find(|f| &f.number == token)
+                .ok_or_else(|| not_found("continuation token"))?;
+            usable().find(|f| f.sequence > after.sequence).map(|f| f.sequence)
+        }
+        Start::ServerTimestamp(ms) => {
+            usable().find(|f| f.server_ms + f.duration_ms >= *ms).map(|f| f.sequence)
+        }
+        Start::ProducerTimestamp(ms) => {
+            usable().find(|f| f.producer_ms + f.duration_ms.max(0) >= *ms).map(|f| f.sequence)
+        }
+    })
+}
+
+/// Seconds with three decimals, as the service writes timestamps in tags.
+pub fn seconds_text(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+/// The bytes before a fragment's Cluster: EBML header, Segment start, producer header, AWS fragment tags.
+pub fn fragment_prefix(fragment: &Fragment, server_tag: &str, producer_tag: &str) -> Bytes {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(&fragment.ebml_header);
+    write_id(&mut out, id::SEGMENT);
+    out.extend_from_slice(&UNKNOWN_SIZE_8);
+    for element in fragment.header.iter() {
+        out.extend_from_slice(element);
+    }
+    write_tags(
+        &mut out,
+        &[
+            SimpleTag::new(tags::FRAGMENT_NUMBER, fragment.number.clone()),
+            SimpleTag::new(server_tag, seconds_text(fragment.server_ms)),
+            SimpleTag::new(producer_tag, seconds_text(fragment.producer_ms)),
+        ],
+        4,
+    );
+    Bytes::from(out)
+}
+
+/// The bytes after a fragment's Cluster: its own tags, then MILLIS_BEHIND_NOW and CONTINUATION_TOKEN.
+pub fn fragment_suffix(fragment: &Fragment, with_session_tags: bool) -> Bytes {
+    let mut out = Vec::new();
+    for tags in &fragment.tags {
+        out.extend_from_slice(tags);
+    }
+    if with_session_tags {
+        let behind = epoch_millis(SystemTime::now()) as i64 - fragment.server_ms;
+        write_tags(
+            &mut out,
+            &[
+                SimpleTag::new(tags::MILLIS_BEHIND_NOW, behind.max(0).to_string()),
+                SimpleTag::new(tags::CONTINUATION_TOKEN, fragment.number.clone()),
+            ],
+            4,
+        );
+    }
+    Bytes::from(out)
+}
+
+/// Sends a GetMedia session's bytes into `tx` until nothing new arrives for `idle_end`, the stream goes
+/// away, or the client disconnects.
+pub async fn stream_session(
+    store: Arc<Store>,
+    media: Arc<MediaStore>,
+    arn: String,
+    first: Option<u64>,
+    idle_end: Duration,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut changes = media.subscribe();
+    // `next`: the sequence of the next fragment to send; None = the first one that arrives after now.
+    let mut next = first;
+    let floor = media.lock().get(&arn).map_or(0, |m| m.next_sequence);
+    loop {
+        // Find the fragment to send (`None`: the stream has no media yet).
+        let found: Option<Option<u64>> = {
+            let streams = media.lock();
+            let wanted = next.unwrap_or(floor + 1);
+            streams.get(&arn).map(|stream_media| {
+                stream_media
+                    .fragments
+                    .iter()
+                    .find(|f| f.sequence >= wanted && f.state != FragmentState::Aborted)
+                    .map(|f| f.sequence)
+            })
+        };
+        if found.is_none() && store.lock().find(None, Some(&arn)).is_err() {
+            return;
+        }
+        let Some(sequence) = found.flatten() else {
+            if !wait_for_change(&mut changes, idle_end).await {
+                return;
+            }
+            continue;
+        };
+        if !send_fragment(&media, &arn, sequence, &mut changes, idle_end, &tx).await {
+            return;
+        }
+        next = Some(sequence + 1);
+    }
+}
+
+/// Waits until the media changes; false after `limit` with no change.
+async fn wait_for_change(changes: &mut tokio::sync::watch::Receiver<u64>, limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, changes.changed()).await, Ok(Ok(())))
+}
+
+/// Sends one fragment, following it while it is being ingested. False when the session must end.
+async fn send_fragment(
+    media: &MediaStore,
+    arn: &str,
+    sequence: u64,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    idle_end: Duration,
+    tx: &mpsc::Sender<Bytes>,
+) -> bool {
+    let mut sent_chunks = 0usize;
+    let mut started = false;
+    loop {
+        let (prefix, chunks, state, suffix) = {
+            let streams = media.lock();
+            let Some(fragment) =
+                streams.get(arn).and_then(|m| m.fragments.iter().find(|f| f.sequence == sequence))
+            else {
+                return false;
+            };
+            let prefix = (!started)
+                .then(|| fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP));
+            let chunks: Vec<Bytes> = fragment.cluster[sent_chunks..].to_vec();
+            let done = fragment.state != FragmentState::Ingesting;
+            let suffix = done.then(|| fragment_suffix(fragment, true));
+            (prefix, chunks, fragment.state, suffix)
+        };
+        if let Some(prefix) = prefix {
+            if state == FragmentState::Aborted {
+                return true; // never started: skip it
+            }
+            started = true;
+            if tx.send(prefix).await.is_err() {
+                return false;
+            }
+        }
+        sent_chunks += chunks.len();
+        if !chunks.is_empty() {
+            let mut joined = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            if tx.send(Bytes::from(joined)).await.is_err() {
+                return false;
+            }
+        }
+        if let Some(suffix) = suffix {
+            return tx.send(suffix).await.is_ok();
+        }
+        if !wait_for_change(changes, idle_end).await {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_like_the_service() {
+        assert_eq!(seconds_text(1_511_852_109_126), "1511852109.126");
+        assert_eq!(seconds_text(5_000), "5.000");
+        assert_eq!(seconds_text(7), "0.007");
+    }
+
+    #[test]
+    fn selectors_are_validated() {
+        let selector = |kind: &str| StartSelector {
+            start_selector_type: Some(kind.to_owned()),
+            after_fragment_number: None,
+            start_timestamp: None,
+            continuation_token: None,
+        };
+        assert_eq!(parse_start(Some(&selector("NOW"))).unwrap(), Start::Now);
+        assert_eq!(parse_start(Some(&selector("EARLIEST"))).unwrap(), Start::Earliest);
+        for kind in
+            ["FRAGMENT_NUMBER", "SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP", "CONTINUATION_TOKEN", "LATEST"]
+        {
+            let err = parse_start(Some(&selector(kind))).unwrap_err();
+            assert_eq!(err.name, "InvalidArgumentException", "{kind}");
+        }
+        let mut with_ts = selector("PRODUCER_TIMESTAMP");
+        with_ts.start_timestamp = Some(1511852108.513);
+        assert_eq!(parse_start(Some(&with_ts)).unwrap(), Start::ProducerTimestamp(1_511_852_108_513));
+        assert!(parse_start(None).is_err());
+    }
+}

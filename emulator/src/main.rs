@@ -3,14 +3,18 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use clap::Parser;
+use kvs_emulator::putmedia::PutMediaConfig;
 use kvs_emulator::{Config, Emulator};
 
 /// A local Kinesis Video Streams-compatible server (control plane, PutMedia, GetMedia, archived media).
 ///
 /// The first line printed on stdout is the base URL (e.g. http://127.0.0.1:41234), so scripts can start it
 /// on a free port with `--listen 127.0.0.1:0`. Logs go to stderr.
-#[derive(Debug, Parser)]
+// No Debug: the arguments hold secrets.
+#[derive(Parser)]
 #[command(name = "kvs-emulator", version)]
 struct Args {
     /// Address and port to listen on; port 0 picks a free port.
@@ -23,6 +27,13 @@ struct Args {
     /// every request must carry a valid SigV4 signature by one of them; with none, signatures are not checked.
     #[arg(long = "credentials", value_name = "AKID:SECRET", value_parser = parse_credentials)]
     credentials: Vec<(String, String)>,
+    /// Seconds after which a PutMedia connection gets ERROR 4003 MAX_CONNECTION_DURATION_REACHED and is closed
+    /// (the service: 45 minutes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2700)]
+    max_connection_duration: u64,
+    /// Seconds without PutMedia body bytes after which the emulator ends the connection (the service: 30).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    idle_timeout: u64,
 }
 
 /// `AKID:SECRET` → (AKID, SECRET). Access key ids never contain `:`; the secret may.
@@ -42,7 +53,11 @@ async fn main() -> std::process::ExitCode {
         listen: args.listen,
         region: args.region,
         credentials: args.credentials,
-        ..Config::default()
+        put_media: PutMediaConfig {
+            max_connection_duration: Duration::from_secs(args.max_connection_duration),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            ..PutMediaConfig::default()
+        },
     };
     let emulator = match Emulator::start(config).await {
         Ok(emulator) => emulator,

@@ -375,3 +375,58 @@ async fn live_getmedia_follows_an_upload_in_progress() {
     let output = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
     assert!(blocks(&output) == blocks(&input), "live output differs from the input");
 }
+
+#[tokio::test]
+async fn connections_end_with_4003_at_the_maximum_duration_and_idle_acks_then_close() {
+    let put_media = kvs_emulator::putmedia::PutMediaConfig {
+        max_connection_duration: Duration::from_millis(1500),
+        idle_ack_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let emulator = Emulator::start(Config { put_media, ..Config::default() }).await.unwrap();
+    let input = encode("duration", 60, false);
+    create_stream(&emulator, "duration", 1).await;
+    let (tx, stream_body) = body_channel();
+    let headers = [("x-amzn-stream-name", "duration"), ("x-amzn-fragment-timecode-type", "RELATIVE")];
+    let (status, acks) = post(&emulator, "/putMedia", &headers, stream_body).await;
+    assert_eq!(status, 200);
+    // The first fragment and a bit of the second, then silence: IDLE ACKs, then 4003 at 1.5 s.
+    let second_cluster =
+        input.windows(4).enumerate().filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75]).nth(1).unwrap().0;
+    tx.send(Ok(Frame::data(Bytes::copy_from_slice(&input[..second_cluster + 200])))).await.unwrap();
+    let acks =
+        tokio::time::timeout(Duration::from_secs(10), acks.collect()).await.unwrap().unwrap().to_bytes();
+    let acks: Vec<Value> =
+        String::from_utf8(acks.to_vec()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = acks.iter().map(|a| a["EventType"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..4], ["BUFFERING", "RECEIVED", "PERSISTED", "BUFFERING"], "{kinds:?}");
+    assert!(kinds[4..kinds.len() - 1].iter().all(|k| *k == "IDLE") && kinds.len() >= 6, "{kinds:?}");
+    let last = acks.last().unwrap();
+    assert_eq!(
+        (last["ErrorId"].as_u64(), last["ErrorCode"].as_str()),
+        (Some(4003), Some("MAX_CONNECTION_DURATION_REACHED"))
+    );
+    assert_eq!(last["FragmentNumber"], acks[3]["FragmentNumber"]);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let put_media = kvs_emulator::putmedia::PutMediaConfig {
+        idle_ack_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(900),
+        ..Default::default()
+    };
+    let emulator = Emulator::start(Config { put_media, ..Config::default() }).await.unwrap();
+    create_stream(&emulator, "idle", 1).await;
+    let (tx, stream_body) = body_channel();
+    let headers = [("x-amzn-stream-name", "idle"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
+    let (status, acks) = post(&emulator, "/putMedia", &headers, stream_body).await;
+    assert_eq!(status, 200);
+    let acks =
+        tokio::time::timeout(Duration::from_secs(5), acks.collect()).await.unwrap().unwrap().to_bytes();
+    let lines: Vec<&str> = std::str::from_utf8(&acks).unwrap().lines().collect();
+    assert!(lines.len() >= 2 && lines.iter().all(|l| *l == "{\"EventType\":\"IDLE\"}"), "{lines:?}");
+    drop(tx);
+}

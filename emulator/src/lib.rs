@@ -285,14 +285,10 @@ pub const MAX_READERS_PER_STREAM: usize = 3;
 
 /// `POST /getMedia`: validates, then streams the session from a task.
 async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await {
-        Ok(body) => body,
+    let (_parts, body) = match read_signed(state, request).await {
+        Ok(read) => read,
         Err(err) => return boxed(err.into_response()),
     };
-    if let Err(err) = state.verify(&parts, Payload::Bytes(&body)) {
-        return boxed(err.into_response());
-    }
     let request: getmedia::GetMediaRequest =
         match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
             Ok(request) => request,
@@ -352,6 +348,14 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     response
 }
 
+/// Reads a JSON-API request's (small) body and checks its signature.
+async fn read_signed(state: &State, request: Request<Incoming>) -> Result<(Parts, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await?;
+    state.verify(&parts, Payload::Bytes(&body))?;
+    Ok((parts, body))
+}
+
 /// Reads a whole request body of at most `limit` bytes.
 pub async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -367,14 +371,10 @@ pub async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<By
 
 /// A control-plane call: read the body, verify the signature, run the operation.
 async fn control_plane(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await {
-        Ok(body) => body,
+    let (parts, body) = match read_signed(state, request).await {
+        Ok(read) => read,
         Err(err) => return boxed(err.into_response()),
     };
-    if let Err(err) = state.verify(&parts, Payload::Bytes(&body)) {
-        return boxed(err.into_response());
-    }
     let operation = Operation::from_path(parts.uri.path()).filter(|_| parts.method == Method::POST);
     let Some(operation) = operation else {
         return boxed(ApiError::unknown_operation(parts.uri.path()).into_response());

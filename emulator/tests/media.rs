@@ -290,27 +290,17 @@ async fn getmedia_chunks_carry_the_service_tags() {
     assert_eq!(values(tags::PRODUCER_TIMESTAMP)[1], "1795312663.500");
 
     // CONTINUATION_TOKEN resumes with the next fragment; FRAGMENT_NUMBER starts at that fragment.
-    let after_first = get_media(
-        &emulator,
-        "tags",
+    // Each of these starts at the second fragment (30 frames in): the continuation token of the first, the
+    // second's number (AfterFragmentNumber is inclusive here), a producer time inside the second.
+    let selectors = [
         json!({"StartSelectorType": "CONTINUATION_TOKEN", "ContinuationToken": numbers[0]}),
-    )
-    .await;
-    assert_eq!(blocks(&after_first), blocks(&output)[30..]);
-    let from_second = get_media(
-        &emulator,
-        "tags",
         json!({"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": numbers[1]}),
-    )
-    .await;
-    assert_eq!(blocks(&from_second), blocks(&output)[30..]);
-    let by_producer_time = get_media(
-        &emulator,
-        "tags",
         json!({"StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": 1795312663.6}),
-    )
-    .await;
-    assert_eq!(blocks(&by_producer_time), blocks(&output)[30..]);
+    ];
+    for selector in selectors {
+        let read = get_media(&emulator, "tags", selector.clone()).await;
+        assert!(blocks(&read) == blocks(&output)[30..], "{selector}");
+    }
 }
 
 #[tokio::test]

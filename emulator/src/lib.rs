@@ -9,6 +9,7 @@
 //! and their ACKs), [`media`] (stored fragments), [`getmedia`] (reading them back). Requests are routed by path in
 //! [`route`]: signature verification first (when credentials were given), then the operation.
 
+pub mod archived;
 pub mod control;
 pub mod error;
 pub mod getmedia;
@@ -261,6 +262,12 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }
         "/getMedia" => get_media(state, request).await,
+        "/listFragments" => {
+            list_fragments(state, request).await.unwrap_or_else(|err| boxed(err.into_response()))
+        }
+        "/getMediaForFragmentList" => {
+            get_media_for_fragment_list(state, request).await.unwrap_or_else(|err| boxed(err.into_response()))
+        }
         _ => control_plane(state, request).await,
     }
 }
@@ -289,26 +296,16 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         Ok(read) => read,
         Err(err) => return boxed(err.into_response()),
     };
-    let request: getmedia::GetMediaRequest =
-        match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
-            Ok(request) => request,
-            Err(err) => {
-                return boxed(
-                    ApiError::serialization(format!("Could not parse the request: {err}")).into_response(),
-                );
-            }
-        };
+    let request: getmedia::GetMediaRequest = match parse_json(&body) {
+        Ok(request) => request,
+        Err(err) => return boxed(err.into_response()),
+    };
     let start = match getmedia::parse_start(request.start_selector.as_ref()) {
         Ok(start) => start,
         Err(err) => return boxed(err.into_response()),
     };
-    if request.stream_name.is_none() && request.stream_arn.is_none() {
-        return boxed(
-            ApiError::invalid_argument("Either StreamName or StreamARN must be specified.").into_response(),
-        );
-    }
-    let arn = match state.store.lock().find(request.stream_name.as_deref(), request.stream_arn.as_deref()) {
-        Ok(stream) => stream.stream_arn.clone(),
+    let arn = match stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref()) {
+        Ok(arn) => arn,
         Err(err) => return boxed(err.into_response()),
     };
     let first = {
@@ -346,6 +343,59 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
     response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
     response
+}
+
+/// Parses a JSON request body (empty = `{}`), as the service's framework does.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(if body.is_empty() { b"{}" } else { body })
+        .map_err(|err| ApiError::serialization(format!("Could not parse the request: {err}")))
+}
+
+/// The ARN of the stream a request names.
+fn stream_arn_of(state: &State, name: Option<&str>, arn: Option<&str>) -> Result<String, ApiError> {
+    if name.is_none() && arn.is_none() {
+        return Err(ApiError::invalid_argument("Either StreamName or StreamARN must be specified."));
+    }
+    Ok(state.store.lock().find(name, arn)?.stream_arn.clone())
+}
+
+/// `POST /listFragments`.
+async fn list_fragments(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_signed(state, request).await?;
+    let request: archived::ListFragmentsRequest = parse_json(&body)?;
+    let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
+    let output = {
+        let streams = state.media.lock();
+        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        archived::list_fragments(fragments, &request)?
+    };
+    Ok(boxed(error::json_response(hyper::StatusCode::OK, output.to_string().into_bytes())))
+}
+
+/// `POST /getMediaForFragmentList`: the fragments asked for, in that order, in the GetMedia layout.
+async fn get_media_for_fragment_list(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_signed(state, request).await?;
+    let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
+    let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
+    let numbers = request.fragments.unwrap_or_default();
+    let chunks: Vec<Bytes> = {
+        let streams = state.media.lock();
+        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        archived::select_fragments(fragments, &numbers)?
+            .into_iter()
+            .flat_map(archived::fragment_document)
+            .collect()
+    };
+    let stream = futures_util::stream::iter(
+        chunks.into_iter().map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(c))),
+    );
+    let mut response = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
+    response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
+    Ok(response)
 }
 
 /// Reads a JSON-API request's (small) body and checks its signature.

@@ -420,3 +420,85 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert!(lines.len() >= 2 && lines.iter().all(|l| *l == "{\"EventType\":\"IDLE\"}"), "{lines:?}");
     drop(tx);
 }
+
+#[tokio::test]
+async fn list_fragments_and_get_media_for_fragment_list() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    let input = encode("archive", 150, false);
+    create_stream(&emulator, "archive", 1).await;
+    let acks = put_media(&emulator, "archive", &input, 8192).await;
+    let numbers: Vec<String> = acks
+        .iter()
+        .filter(|a| a["EventType"] == "PERSISTED")
+        .map(|a| a["FragmentNumber"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(numbers.len(), 5);
+
+    // All fragments, paged two at a time.
+    let mut listed = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut request = json!({"StreamName": "archive", "MaxResults": 2});
+        if let Some(token) = &token {
+            request["NextToken"] = json!(token);
+        }
+        let (status, body) = json_call(&emulator, "/listFragments", request).await;
+        assert_eq!(status, 200, "{body:?}");
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let fragments = page["Fragments"].as_array().unwrap();
+        assert!(fragments.len() <= 2);
+        listed.extend(fragments.iter().cloned());
+        match page["NextToken"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let listed_numbers: Vec<&str> = listed.iter().map(|f| f["FragmentNumber"].as_str().unwrap()).collect();
+    assert_eq!(listed_numbers, numbers);
+    assert_eq!(listed[0]["ProducerTimestamp"].as_f64(), Some(1795312662.5));
+    assert_eq!(listed[1]["ProducerTimestamp"].as_f64(), Some(1795312663.5));
+    assert!(listed.iter().all(|f| f["FragmentSizeInBytes"].as_u64().unwrap() > 1000));
+    // 30 frames at 30 fps: the first frame to the last is 29 frames (966 ms with 1-ms timecodes).
+    assert!(
+        listed.iter().all(|f| (960..=1000).contains(&f["FragmentLengthInMilliseconds"].as_i64().unwrap()))
+    );
+
+    // A producer-time range: inclusive on the fragment start times.
+    let selector = json!({"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+        "TimestampRange": {"StartTimestamp": 1795312663.5, "EndTimestamp": 1795312665.5}});
+    let (status, body) = json_call(
+        &emulator,
+        "/listFragments",
+        json!({"StreamName": "archive", "FragmentSelector": selector}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    let in_range: Vec<&str> =
+        page["Fragments"].as_array().unwrap().iter().map(|f| f["FragmentNumber"].as_str().unwrap()).collect();
+    assert_eq!(in_range, numbers[1..4]);
+
+    // The media of fragments 4 and 2, in that order.
+    let (status, body) = json_call(
+        &emulator,
+        "/getMediaForFragmentList",
+        json!({"StreamName": "archive", "Fragments": [numbers[3], numbers[1]]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let all = blocks(&input);
+    let mut expected = all[90..120].to_vec();
+    expected.extend_from_slice(&all[30..60]);
+    assert!(blocks(&body) == expected, "GetMediaForFragmentList returned other frames");
+
+    // Unknown fragment → 404.
+    let (status, body) = json_call(
+        &emulator,
+        "/getMediaForFragmentList",
+        json!({"StreamName": "archive", "Fragments": ["12345"]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body:?}");
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["__type"], "ResourceNotFoundException");
+}

@@ -21,7 +21,7 @@ set -e
 say "Python tests (boto3, AWS CLI) against the release emulator binary"
 pylog=$(mktemp)
 set +e
-cargo build --release -p kvs-emulator
+cargo build --release -p kvs-emulator && cargo build --release -p kvs-mkv --example mkvframes
 build_status=$?
 .venv/bin/python -m pytest tests/python -q 2>&1 | tee "$pylog"
 pytest_status=${PIPESTATUS[0]}

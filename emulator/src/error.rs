@@ -6,6 +6,8 @@
 //! sending only `Message` in the body; `__type` is added because botocore, the Java SDK and the Rust SDK all read
 //! it when the header is missing (a proxy may drop it), and all of them ignore it otherwise.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -21,14 +23,18 @@ pub const STREAM_NOT_FOUND: &str = "The requested stream is not found or not act
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// The error name, e.g. `ResourceNotFoundException`: what SDKs turn into an exception class.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub status: StatusCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(name: &'static str, status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { name, status, message: message.into() }
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        status: StatusCode,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError { name: name.into(), status, message: message.into() }
     }
 
     /// 404, a stream (or other resource) that does not exist.

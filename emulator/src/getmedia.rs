@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+use crate::faults::{ConnectionFaults, ConnectionKill};
 use crate::media::{Fragment, FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
 use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id};
@@ -172,7 +173,66 @@ pub fn fragment_suffix(fragment: &Fragment, with_session_tags: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// Sends a GetMedia session's bytes into `tx` until nothing new arrives for `idle_end`, the stream goes
+/// The response side of a GetMedia session, applying the connection's faults.
+pub struct Output {
+    pub tx: mpsc::Sender<Bytes>,
+    pub faults: ConnectionFaults,
+    pub kill: Option<ConnectionKill>,
+    sent: u64,
+    fragments: u64,
+}
+
+impl Output {
+    pub fn new(tx: mpsc::Sender<Bytes>, faults: ConnectionFaults, kill: Option<ConnectionKill>) -> Output {
+        Output { tx, faults, kill, sent: 0, fragments: 0 }
+    }
+
+    /// Drops the connection, and waits until it is gone so that the response cannot end cleanly first.
+    async fn drop_connection(&self) {
+        if let Some(kill) = &self.kill {
+            kill.kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.closed()).await;
+        }
+    }
+
+    /// Counts a fragment about to be sent; false when a fault drops the connection here.
+    async fn begin_fragment(&mut self) -> bool {
+        self.fragments += 1;
+        if self.faults.drop_at_fragment == Some(self.fragments) {
+            self.drop_connection().await;
+            return false;
+        }
+        true
+    }
+
+    /// Sends bytes; false when the client is gone or a fault dropped the connection.
+    async fn send(&mut self, mut data: Bytes) -> bool {
+        let mut drop_after = false;
+        if let Some(limit) = self.faults.drop_after_bytes
+            && self.sent + data.len() as u64 >= limit
+        {
+            data.truncate((limit - self.sent) as usize);
+            drop_after = true;
+        }
+        self.sent += data.len() as u64;
+        let pause = self.faults.throttle_pause(data.len());
+        if !data.is_empty() && self.tx.send(data).await.is_err() {
+            return false;
+        }
+        if drop_after {
+            // Let the connection write what was sent, then drop it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.drop_connection().await;
+            return false;
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        true
+    }
+}
+
+/// Sends a GetMedia session's bytes into `out` until nothing new arrives for `idle_end`, the stream goes
 /// away, or the client disconnects.
 pub async fn stream_session(
     store: Arc<Store>,
@@ -180,7 +240,7 @@ pub async fn stream_session(
     arn: String,
     first: Option<u64>,
     idle_end: Duration,
-    tx: mpsc::Sender<Bytes>,
+    mut out: Output,
 ) {
     let mut changes = media.subscribe();
     // `next`: the sequence of the next fragment to send; None = the first one that arrives after now.
@@ -208,7 +268,7 @@ pub async fn stream_session(
             }
             continue;
         };
-        if !send_fragment(&media, &arn, sequence, &mut changes, idle_end, &tx).await {
+        if !send_fragment(&media, &arn, sequence, &mut changes, idle_end, &mut out).await {
             return;
         }
         next = Some(sequence + 1);
@@ -227,7 +287,7 @@ async fn send_fragment(
     sequence: u64,
     changes: &mut tokio::sync::watch::Receiver<u64>,
     idle_end: Duration,
-    tx: &mpsc::Sender<Bytes>,
+    out: &mut Output,
 ) -> bool {
     let mut sent_chunks = 0usize;
     let mut started = false;
@@ -251,7 +311,7 @@ async fn send_fragment(
                 return true; // never started: skip it
             }
             started = true;
-            if tx.send(prefix).await.is_err() {
+            if !out.begin_fragment().await || !out.send(prefix).await {
                 return false;
             }
         }
@@ -261,12 +321,12 @@ async fn send_fragment(
             for chunk in &chunks {
                 joined.extend_from_slice(chunk);
             }
-            if tx.send(Bytes::from(joined)).await.is_err() {
+            if !out.send(Bytes::from(joined)).await {
                 return false;
             }
         }
         if let Some(suffix) = suffix {
-            return tx.send(suffix).await.is_ok();
+            return out.send(suffix).await;
         }
         if !wait_for_change(changes, idle_end).await {
             return false;

@@ -9,9 +9,11 @@
 //! and their ACKs), [`media`] (stored fragments), [`getmedia`] (reading them back). Requests are routed by path in
 //! [`route`]: signature verification first (when credentials were given), then the operation.
 
+pub mod admin;
 pub mod archived;
 pub mod control;
 pub mod error;
+pub mod faults;
 pub mod getmedia;
 pub mod ingest;
 pub mod media;
@@ -39,6 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::control::Operation;
 use crate::error::ApiError;
+use crate::faults::{ConnectionKill, Faults};
 use crate::media::MediaStore;
 use crate::putmedia::{PutMediaConfig, PutMediaContext};
 use crate::sigv4::{Payload, Verifier};
@@ -99,6 +102,8 @@ pub struct State {
     pub media: Arc<MediaStore>,
     /// Open GetMedia sessions per stream ARN (the service allows 3).
     pub readers: Mutex<HashMap<String, usize>>,
+    /// Armed faults (admin API).
+    pub faults: Arc<Faults>,
 }
 
 impl State {
@@ -113,6 +118,7 @@ impl State {
             verifier,
             media: Arc::new(MediaStore::default()),
             readers: Mutex::new(HashMap::new()),
+            faults: Arc::new(Faults::default()),
         }
     }
 
@@ -209,11 +215,22 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| handle(state.clone(), request));
+            // Fault injection can end the connection from inside a handler (see `faults::ConnectionKill`).
+            let kill = ConnectionKill::default();
+            let handle_kill = kill.clone();
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(handle_kill.clone());
+                handle(state.clone(), request)
+            });
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = conn.await {
-                eprintln!("kvs-emulator: connection error: {err}");
+            tokio::select! {
+                result = conn => {
+                    if let Err(err) = result {
+                        eprintln!("kvs-emulator: connection error: {err}");
+                    }
+                }
+                _ = kill.0.notified() => eprintln!("kvs-emulator: connection dropped by a fault"),
             }
         });
     }
@@ -244,9 +261,17 @@ pub fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
 /// Routes by path. Signatures are verified before anything else, except under `/_emulator/`.
 pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
-    if path.starts_with("/_emulator/") {
-        // Admin API (fault injection, inspection): never signature-checked. To be added here.
-        return boxed(ApiError::unknown_operation(path).into_response());
+    if let Some(admin_path) = path.strip_prefix("/_emulator/") {
+        let admin_path = admin_path.to_owned();
+        let (parts, body) = request.into_parts();
+        let result = match read_body(&parts, body, admin::MAX_IMPORT_BYTES).await {
+            Ok(body) => admin::handle(state, parts.method.as_str(), &admin_path, &body),
+            Err(err) => Err(err),
+        };
+        return match result {
+            Ok(output) => boxed(error::json_response(hyper::StatusCode::OK, output.to_string().into_bytes())),
+            Err(err) => boxed(err.into_response()),
+        };
     }
     match path {
         "/putMedia" => {
@@ -258,6 +283,7 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
                 store: state.store.clone(),
                 media: state.media.clone(),
                 config: state.config.put_media,
+                faults: state.faults.clone(),
             };
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }
@@ -292,6 +318,7 @@ pub const MAX_READERS_PER_STREAM: usize = 3;
 
 /// `POST /getMedia`: validates, then streams the session from a task.
 async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let kill = request.extensions().get::<ConnectionKill>().cloned();
     let (_parts, body) = match read_signed(state, request).await {
         Ok(read) => read,
         Err(err) => return boxed(err.into_response()),
@@ -308,6 +335,12 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         Ok(arn) => arn,
         Err(err) => return boxed(err.into_response()),
     };
+    let actions = state
+        .faults
+        .take("getMedia", state.store.lock().find(None, Some(&arn)).ok().map(|s| s.stream_name.as_str()));
+    if let Some(err) = faults::http_error(&actions) {
+        return boxed(err.into_response());
+    }
     let first = {
         let streams = state.media.lock();
         let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
@@ -337,7 +370,8 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     let media = state.media.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, tx).await;
+        let out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill);
+        getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, out).await;
     });
     let mut response = Response::new(putmedia::bounded_channel_body(rx));
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
@@ -362,6 +396,7 @@ fn stream_arn_of(state: &State, name: Option<&str>, arn: Option<&str>) -> Result
 /// `POST /listFragments`.
 async fn list_fragments(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_signed(state, request).await?;
+    injected_error(state, "listFragments", &body)?;
     let request: archived::ListFragmentsRequest = parse_json(&body)?;
     let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
     let output = {
@@ -378,6 +413,7 @@ async fn get_media_for_fragment_list(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_signed(state, request).await?;
+    injected_error(state, "getMediaForFragmentList", &body)?;
     let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
     let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
     let numbers = request.fragments.unwrap_or_default();
@@ -396,6 +432,21 @@ async fn get_media_for_fragment_list(
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
     response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
     Ok(response)
+}
+
+/// An injected HTTP error for a JSON API call (`api` is the path without its slash), matched on the stream the
+/// body names.
+fn injected_error(state: &State, api: &str, body: &[u8]) -> Result<(), ApiError> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let stream = match (request["StreamName"].as_str(), request["StreamARN"].as_str()) {
+        (Some(name), _) => Some(name.to_owned()),
+        (None, Some(arn)) => state.store.lock().find(None, Some(arn)).ok().map(|s| s.stream_name.clone()),
+        (None, None) => None,
+    };
+    match faults::http_error(&state.faults.take(api, stream.as_deref())) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// Reads a JSON-API request's (small) body and checks its signature.
@@ -429,6 +480,9 @@ async fn control_plane(state: &Arc<State>, request: Request<Incoming>) -> Respon
     let Some(operation) = operation else {
         return boxed(ApiError::unknown_operation(parts.uri.path()).into_response());
     };
+    if let Err(err) = injected_error(state, parts.uri.path().trim_start_matches('/'), &body) {
+        return boxed(err.into_response());
+    }
     let data_endpoint = state.data_endpoint(&parts);
     boxed(control::handle(operation, &body, &state.store, &data_endpoint))
 }

@@ -53,7 +53,8 @@ pub struct Fragment {
     pub ebml_header: Bytes,
     /// The upload's level-1 header elements (Info, Tracks...), as sent.
     pub header: Arc<Vec<Bytes>>,
-    /// Tags elements that preceded the Cluster in the upload (user metadata).
+    /// Tags elements that preceded the Cluster in the upload (user metadata); GetMedia writes them after the
+    /// Cluster. Imported fragments also keep here any other element that followed their Cluster (Cues).
     pub tags: Vec<Bytes>,
     /// The Cluster: its ID and size, then its children.
     pub cluster: Vec<Bytes>,
@@ -157,6 +158,25 @@ impl MediaStore {
         drop(streams);
         self.notify();
         (index, number)
+    }
+
+    /// Stores a complete fragment (imported): it gets the next sequence number, and a fresh fragment number
+    /// if it has none.
+    pub fn push_complete(&self, arn: &str, mut fragment: Fragment) {
+        let mut streams = self.lock();
+        let media = streams.entry(arn.to_owned()).or_default();
+        media.next_sequence += 1;
+        fragment.sequence = media.next_sequence;
+        if fragment.number.is_empty() {
+            fragment.number = mint_fragment_number(
+                fragment.sequence,
+                fragment.server_ms.max(0) as u64,
+                rand::random::<u32>(),
+            );
+        }
+        media.fragments.push(fragment);
+        drop(streams);
+        self.notify();
     }
 
     /// Appends a Cluster child to an ingesting fragment.

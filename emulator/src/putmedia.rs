@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::Body;
 use crate::error::ApiError;
+use crate::faults::{ConnectionFaults, ConnectionKill, Faults};
 use crate::ingest::{AckError, Ingest, IngestEvent, Limits, TimecodeType};
 use crate::media::{FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
@@ -71,6 +72,7 @@ pub struct PutMediaContext {
     pub store: Arc<Store>,
     pub media: Arc<MediaStore>,
     pub config: PutMediaConfig,
+    pub faults: Arc<Faults>,
 }
 
 struct Params {
@@ -145,6 +147,11 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
             Err(err) => return err.into_response().map(BodyExt::boxed),
         }
     };
+    let actions = ctx.faults.take("putMedia", Some(&name));
+    if let Some(err) = crate::faults::http_error(&actions) {
+        return err.into_response().map(BodyExt::boxed);
+    }
+    let kill = request.extensions().get::<ConnectionKill>().cloned();
 
     let mut body = request.into_body();
     // Poll the body once now: hyper then writes `100 Continue` before the response head.
@@ -156,7 +163,8 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
 
     let (tx, rx) = mpsc::unbounded_channel();
     eprintln!("kvs-emulator: putMedia stream={name} started");
-    tokio::spawn(ingest_task(ctx, params, arn, name, body, first, tx));
+    let faults = ConnectionFaults::new(&actions);
+    tokio::spawn(ingest_task(ctx, params, arn, name, body, first, tx, faults, kill));
     let mut response = Response::new(channel_body(rx));
     *response.status_mut() = StatusCode::OK;
     response
@@ -188,6 +196,65 @@ struct OpenFragment {
     timecode: u64,
 }
 
+/// Sends ACK lines in order, applying the connection's ACK faults (withheld, delayed).
+struct AckSender {
+    tx: mpsc::UnboundedSender<(Duration, Bytes)>,
+    faults: Arc<ConnectionFaults>,
+    /// The response body's channel, to tell when the connection is gone.
+    response: mpsc::UnboundedSender<Bytes>,
+}
+
+impl AckSender {
+    /// Starts the task that forwards ACKs to the response body, waiting out delays in order.
+    fn new(response: mpsc::UnboundedSender<Bytes>, faults: Arc<ConnectionFaults>) -> AckSender {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Bytes)>();
+        let forward = response.clone();
+        tokio::spawn(async move {
+            let response = forward;
+            while let Some((delay, line)) = rx.recv().await {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if response.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        AckSender { tx, faults, response }
+    }
+
+    fn send(&self, event_type: &str, timecode: Option<u64>, number: Option<&str>, error: Option<AckError>) {
+        if self.faults.withholds(event_type) {
+            return;
+        }
+        let _ =
+            self.tx.send((self.faults.delay_of(event_type), ack_line(event_type, timecode, number, error)));
+    }
+}
+
+/// One PutMedia connection's state.
+struct Connection {
+    ctx: PutMediaContext,
+    arn: String,
+    ingest: Ingest,
+    header_parts: Option<Arc<Vec<Bytes>>>,
+    open: Option<OpenFragment>,
+    /// Fragments started on this connection (1-based index of the open one).
+    started: u64,
+    completed: u64,
+    acks: AckSender,
+    faults: Arc<ConnectionFaults>,
+    kill: Option<ConnectionKill>,
+}
+
+/// Why a connection ends.
+enum End {
+    /// An ERROR ACK was sent.
+    ErrorAck,
+    /// A fault dropped the connection.
+    Dropped,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn ingest_task(
     ctx: PutMediaContext,
@@ -197,13 +264,23 @@ async fn ingest_task(
     mut body: Incoming,
     first: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
     tx: mpsc::UnboundedSender<Bytes>,
+    faults: ConnectionFaults,
+    kill: Option<ConnectionKill>,
 ) {
     let config = ctx.config;
-    let mut ingest = Ingest::new(params.timecode_type, params.producer_start_ms, config.limits);
-    let header_parts: Option<Arc<Vec<Bytes>>> = None;
-    let mut header_parts = header_parts;
-    let mut open: Option<OpenFragment> = None;
-    let mut fragments = 0u64;
+    let faults = Arc::new(faults);
+    let mut conn = Connection {
+        ingest: Ingest::new(params.timecode_type, params.producer_start_ms, config.limits),
+        ctx,
+        arn,
+        header_parts: None,
+        open: None,
+        started: 0,
+        completed: 0,
+        acks: AckSender::new(tx, faults.clone()),
+        faults: faults.clone(),
+        kill,
+    };
     let mut bytes = 0u64;
     let deadline = Instant::now() + config.max_connection_duration;
     let mut last_data = Instant::now();
@@ -226,26 +303,36 @@ async fn ingest_task(
                     }
                     if idle >= config.idle_ack_interval && last_idle_ack.elapsed() >= config.idle_ack_interval {
                         last_idle_ack = Instant::now();
-                        let _ = tx.send(ack_line("IDLE", None, None, None));
+                        conn.acks.send("IDLE", None, None, None);
                     }
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let timecode = open.as_ref().map_or(ingest.current_timecode(), |f| f.timecode);
-                    let number = open.as_ref().map(|f| f.number.clone());
-                    let _ = tx.send(ack_line("ERROR", Some(timecode), number.as_deref(),
-                        Some(AckError::MAX_CONNECTION_DURATION_REACHED)));
+                    let timecode = conn.open.as_ref().map_or(conn.ingest.current_timecode(), |f| f.timecode);
+                    let number = conn.open.as_ref().map(|f| f.number.clone());
+                    conn.acks.send("ERROR", Some(timecode), number.as_deref(),
+                        Some(AckError::MAX_CONNECTION_DURATION_REACHED));
                     outcome = "ended: maximum connection duration";
                     break;
                 }
             }
         };
-        let events = match frame {
+        let (events, drop_now) = match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
+                Ok(mut data) => {
                     last_data = Instant::now();
+                    let mut drop_now = false;
+                    if let Some(limit) = faults.drop_after_bytes
+                        && bytes + data.len() as u64 >= limit
+                    {
+                        data.truncate((limit - bytes) as usize);
+                        drop_now = true;
+                    }
                     bytes += data.len() as u64;
-                    ingest.push(&data)
+                    if let Some(pause) = faults.throttle_pause(data.len()) {
+                        tokio::time::sleep(pause).await;
+                    }
+                    (conn.ingest.push(&data), drop_now)
                 }
                 Err(_trailers) => continue,
             },
@@ -254,109 +341,137 @@ async fn ingest_task(
                 break;
             }
             None => {
-                let events = ingest.finish();
-                let failed = handle_events(
-                    &ctx,
-                    &arn,
-                    &mut ingest,
-                    &mut header_parts,
-                    &mut open,
-                    &mut fragments,
-                    events,
-                    &tx,
-                );
-                outcome = if failed { "ended with an ERROR ack" } else { "body complete" };
+                let events = conn.ingest.finish();
+                outcome = match conn.handle_events(events) {
+                    Some(End::ErrorAck) => "ended with an ERROR ack",
+                    Some(End::Dropped) => "dropped by a fault",
+                    None => "body complete",
+                };
                 break;
             }
         };
-        if handle_events(&ctx, &arn, &mut ingest, &mut header_parts, &mut open, &mut fragments, events, &tx) {
-            outcome = "ended with an ERROR ack";
-            break;
+        match conn.handle_events(events) {
+            Some(End::ErrorAck) => {
+                outcome = "ended with an ERROR ack";
+                break;
+            }
+            Some(End::Dropped) => {
+                outcome = "dropped by a fault";
+                break;
+            }
+            None if drop_now => {
+                conn.drop_connection();
+                outcome = "dropped by a fault";
+                break;
+            }
+            None => {}
         }
     }
-    if let Some(fragment) = open.take() {
-        ctx.media.finish_fragment(&arn, fragment.index, FragmentState::Aborted, 0, Default::default());
+    if let Some(fragment) = conn.open.take() {
+        conn.ctx.media.finish_fragment(
+            &conn.arn,
+            fragment.index,
+            FragmentState::Aborted,
+            0,
+            Default::default(),
+        );
     }
-    eprintln!("kvs-emulator: putMedia stream={name} {outcome}: {bytes} bytes, {fragments} fragments");
+    if outcome == "dropped by a fault" {
+        // Keep the response open until the dropped connection is gone, so that it cannot end cleanly first.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.acks.response.closed()).await;
+    }
+    eprintln!("kvs-emulator: putMedia stream={name} {outcome}: {bytes} bytes, {} fragments", conn.completed);
 }
 
-/// Applies ingest events; returns true when the connection must end (an ERROR ACK was sent).
-#[allow(clippy::too_many_arguments)]
-fn handle_events(
-    ctx: &PutMediaContext,
-    arn: &str,
-    ingest: &mut Ingest,
-    header_parts: &mut Option<Arc<Vec<Bytes>>>,
-    open: &mut Option<OpenFragment>,
-    fragments: &mut u64,
-    events: Vec<IngestEvent>,
-    tx: &mpsc::UnboundedSender<Bytes>,
-) -> bool {
-    for event in events {
-        match event {
-            IngestEvent::Started { timecode, producer_ms, tags, data } => {
-                let retention = ctx.store.lock().find(None, Some(arn)).map(|s| s.data_retention_in_hours);
-                if retention.is_err() {
-                    let _ = tx.send(ack_line("ERROR", Some(timecode), None, Some(AckError::STREAM_DELETED)));
-                    return true;
-                }
-                let header =
-                    header_parts.get_or_insert_with(|| Arc::new(ingest.header().elements.clone())).clone();
-                let server_ms = epoch_millis(SystemTime::now()) as i64;
-                let (index, number) = ctx.media.start_fragment(
-                    arn,
-                    server_ms,
-                    producer_ms,
-                    timecode,
-                    ingest.header().ebml.clone(),
-                    header,
-                    tags,
-                    data,
-                );
-                let _ = tx.send(ack_line("BUFFERING", Some(timecode), Some(&number), None));
-                *open = Some(OpenFragment { index, number, timecode });
-            }
-            IngestEvent::Data(data) => {
-                if let Some(fragment) = open.as_ref() {
-                    ctx.media.append(arn, fragment.index, data);
-                }
-            }
-            IngestEvent::Completed { duration_ms, frames, .. } => {
-                let Some(fragment) = open.take() else { continue };
-                let retention = ctx.store.lock().find(None, Some(arn)).map(|s| s.data_retention_in_hours);
-                let Ok(retention) = retention else {
-                    ctx.media.finish_fragment(
-                        arn,
-                        fragment.index,
-                        FragmentState::Aborted,
-                        0,
-                        Default::default(),
-                    );
-                    let _ = tx.send(ack_line(
-                        "ERROR",
-                        Some(fragment.timecode),
-                        Some(&fragment.number),
-                        Some(AckError::STREAM_DELETED),
-                    ));
-                    return true;
-                };
-                ctx.media.finish_fragment(arn, fragment.index, FragmentState::Complete, duration_ms, frames);
-                *fragments += 1;
-                let _ = tx.send(ack_line("RECEIVED", Some(fragment.timecode), Some(&fragment.number), None));
-                if retention > 0 {
-                    let _ =
-                        tx.send(ack_line("PERSISTED", Some(fragment.timecode), Some(&fragment.number), None));
-                }
-            }
-            IngestEvent::Failed { error, timecode, reason } => {
-                eprintln!("kvs-emulator: putMedia ERROR {} {}: {reason}", error.id, error.code);
-                let number = open.as_ref().map(|f| f.number.clone());
-                let _ = tx.send(ack_line("ERROR", Some(timecode), number.as_deref(), Some(error)));
-                return true;
-            }
+impl Connection {
+    fn drop_connection(&self) {
+        if let Some(kill) = &self.kill {
+            kill.kill();
         }
     }
-    false
+
+    fn retention(&self) -> Option<u32> {
+        self.ctx.store.lock().find(None, Some(&self.arn)).ok().map(|s| s.data_retention_in_hours)
+    }
+
+    /// Applies ingest events; `Some` when the connection must end.
+    fn handle_events(&mut self, events: Vec<IngestEvent>) -> Option<End> {
+        for event in events {
+            match event {
+                IngestEvent::Started { timecode, producer_ms, tags, data } => {
+                    self.started += 1;
+                    if self.faults.drop_at_fragment == Some(self.started) {
+                        self.drop_connection();
+                        return Some(End::Dropped);
+                    }
+                    if self.retention().is_none() {
+                        self.acks.send("ERROR", Some(timecode), None, Some(AckError::STREAM_DELETED));
+                        return Some(End::ErrorAck);
+                    }
+                    let elements = &self.ingest.header().elements;
+                    let header = self.header_parts.get_or_insert_with(|| Arc::new(elements.clone())).clone();
+                    let server_ms = epoch_millis(SystemTime::now()) as i64;
+                    let (index, number) = self.ctx.media.start_fragment(
+                        &self.arn,
+                        server_ms,
+                        producer_ms,
+                        timecode,
+                        self.ingest.header().ebml.clone(),
+                        header,
+                        tags,
+                        data,
+                    );
+                    self.acks.send("BUFFERING", Some(timecode), Some(&number), None);
+                    self.open = Some(OpenFragment { index, number, timecode });
+                }
+                IngestEvent::Data(data) => {
+                    if let Some(fragment) = self.open.as_ref() {
+                        self.ctx.media.append(&self.arn, fragment.index, data);
+                    }
+                }
+                IngestEvent::Completed { duration_ms, frames, .. } => {
+                    let Some(fragment) = self.open.take() else { continue };
+                    let injected =
+                        self.faults.error_ack.filter(|(k, _)| *k == self.started).map(|(_, id)| {
+                            AckError::from_id(id).unwrap_or(AckError { id, code: "UNKNOWN_ERROR" })
+                        });
+                    let retention = self.retention();
+                    let error = injected.or(retention.is_none().then_some(AckError::STREAM_DELETED));
+                    if let Some(error) = error {
+                        let media = &self.ctx.media;
+                        media.finish_fragment(
+                            &self.arn,
+                            fragment.index,
+                            FragmentState::Aborted,
+                            0,
+                            Default::default(),
+                        );
+                        self.acks.send("ERROR", Some(fragment.timecode), Some(&fragment.number), Some(error));
+                        return Some(End::ErrorAck);
+                    }
+                    self.ctx.media.finish_fragment(
+                        &self.arn,
+                        fragment.index,
+                        FragmentState::Complete,
+                        duration_ms,
+                        frames,
+                    );
+                    self.completed += 1;
+                    self.acks.send("RECEIVED", Some(fragment.timecode), Some(&fragment.number), None);
+                    if retention.unwrap_or(0) > 0 {
+                        self.acks.send("PERSISTED", Some(fragment.timecode), Some(&fragment.number), None);
+                    }
+                }
+                IngestEvent::Failed { error, timecode, reason } => {
+                    eprintln!("kvs-emulator: putMedia ERROR {} {}: {reason}", error.id, error.code);
+                    let number = self.open.as_ref().map(|f| f.number.clone());
+                    self.acks.send("ERROR", Some(timecode), number.as_deref(), Some(error));
+                    return Some(End::ErrorAck);
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,11 @@ impl Store {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets every stream (admin reset).
+    pub fn reset(&self) {
+        *self.lock() = Streams::default();
+    }
+
     /// Creates an ACTIVE stream; `ResourceInUseException` if the name is taken.
     pub fn create(&self, new: NewStream) -> Result<String, ApiError> {
         let mut streams = self.lock();

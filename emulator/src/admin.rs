@@ -1,0 +1,225 @@
+//! The emulator's own admin API under `/_emulator/` (never signature-checked), for tests and users:
+//! inspect stored fragments, import recorded GetMedia output, reset, and inject faults.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use crate::State;
+use crate::error::ApiError;
+use crate::faults::Fault;
+use crate::media::{Fragment, FragmentState};
+use crate::store::NewStream;
+use kvs_mkv::ebml::{id, read_uint};
+use kvs_mkv::{Event, MkvReader, block, header, tags};
+
+/// Largest import body (recorded GetMedia output).
+pub const MAX_IMPORT_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Runs one admin call: `(method, path after /_emulator/, body)` → JSON.
+pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["streams", name, "fragments"]) => fragments(state, name),
+        ("POST", ["streams", name, "import"]) => import(state, name, body),
+        ("POST", ["reset"]) => {
+            state.faults.clear();
+            state.media.clear();
+            state.store.reset();
+            Ok(json!({}))
+        }
+        ("POST", ["faults"]) => {
+            let fault: Fault = serde_json::from_slice(body)
+                .map_err(|e| ApiError::invalid_argument(format!("Invalid fault: {e}")))?;
+            Ok(serde_json::to_value(state.faults.add(fault)).unwrap_or_default())
+        }
+        ("GET", ["faults"]) => Ok(json!({ "faults": state.faults.list() })),
+        ("DELETE", ["faults"]) => {
+            state.faults.clear();
+            Ok(json!({}))
+        }
+        _ => Err(ApiError::new(
+            "UnknownOperationException",
+            StatusCode::NOT_FOUND,
+            format!("No admin operation {method} /_emulator/{path}"),
+        )),
+    }
+}
+
+fn stream_arn(state: &State, name: &str) -> Result<String, ApiError> {
+    Ok(state.store.lock().find(Some(name), None)?.stream_arn.clone())
+}
+
+fn fragments(state: &State, name: &str) -> Result<Value, ApiError> {
+    let arn = stream_arn(state, name)?;
+    let streams = state.media.lock();
+    let list: Vec<Value> = streams
+        .get(&arn)
+        .map(|media| media.fragments.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            let frames: BTreeMap<String, u64> =
+                f.frames.iter().map(|(track, n)| (track.to_string(), *n)).collect();
+            json!({
+                "number": f.number,
+                "producer_timestamp_ms": f.producer_ms,
+                "server_timestamp_ms": f.server_ms,
+                "size_bytes": f.size,
+                "duration_ms": f.duration_ms,
+                "frames": frames,
+                "state": match f.state {
+                    FragmentState::Ingesting => "ingesting",
+                    FragmentState::Complete => "complete",
+                    FragmentState::Aborted => "aborted",
+                },
+            })
+        })
+        .collect();
+    Ok(json!({ "fragments": list }))
+}
+
+/// Parses a recorded GetMedia response and stores its fragments as if ingested, keeping their fragment numbers
+/// and timestamps. The stream is created (retention 24 h) if it does not exist.
+fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if state.store.lock().find(Some(name), None).is_err() {
+        let new =
+            NewStream { stream_name: name.to_owned(), data_retention_in_hours: 24, ..NewStream::default() };
+        state.store.create(new)?;
+    }
+    let arn = stream_arn(state, name)?;
+    let parsed =
+        parse_recording(body).map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
+    let count = parsed.len();
+    for fragment in parsed {
+        state.media.push_complete(&arn, fragment);
+    }
+    Ok(json!({ "imported": count }))
+}
+
+/// One document of a GetMedia recording, being read.
+#[derive(Default)]
+struct Document {
+    ebml: Bytes,
+    header: Vec<Bytes>,
+    fragment_tags: Option<Vec<tags::SimpleTag>>,
+    own_tags: Vec<Bytes>,
+    cluster: Vec<Bytes>,
+    timecode: u64,
+    scale: u64,
+    frames: BTreeMap<u64, u64>,
+    first_ms: Option<i64>,
+    last_ms: i64,
+}
+
+fn seconds_to_ms(text: &str) -> Result<i64, String> {
+    text.parse::<f64>().map(|s| (s * 1000.0).round() as i64).map_err(|_| format!("bad timestamp {text:?}"))
+}
+
+impl Document {
+    fn finish(self) -> Result<Option<Fragment>, String> {
+        let Some(aws) = self.fragment_tags else { return Ok(None) };
+        if self.cluster.is_empty() {
+            return Ok(None);
+        }
+        let value = |name: &str| aws.iter().find(|t| t.name == name).map(|t| t.value.clone());
+        let number =
+            value(tags::FRAGMENT_NUMBER).ok_or("a fragment without AWS_KINESISVIDEO_FRAGMENT_NUMBER")?;
+        let server_ms = value(tags::SERVER_TIMESTAMP).map(|v| seconds_to_ms(&v)).transpose()?.unwrap_or(0);
+        let producer_ms =
+            value(tags::PRODUCER_TIMESTAMP).map(|v| seconds_to_ms(&v)).transpose()?.unwrap_or(0);
+        let size = self.cluster.iter().map(|b| b.len() as u64).sum();
+        Ok(Some(Fragment {
+            number,
+            sequence: 0,
+            server_ms,
+            producer_ms,
+            timecode: self.timecode,
+            ebml_header: self.ebml,
+            header: Arc::new(self.header),
+            tags: self.own_tags,
+            cluster: self.cluster,
+            size,
+            duration_ms: self.first_ms.map_or(0, |first| self.last_ms - first),
+            frames: self.frames,
+            state: FragmentState::Complete,
+        }))
+    }
+}
+
+/// Splits a recorded GetMedia response into fragments.
+pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
+    let mut reader = MkvReader::with_max_element_size(64 * 1024 * 1024);
+    reader.push(body);
+    let mut events = Vec::new();
+    while let Some(event) = reader.next_event().map_err(|e| e.to_string())? {
+        events.push(event);
+    }
+    events.extend(reader.finish().map_err(|e| e.to_string())?);
+    let mut out = Vec::new();
+    let mut doc = Document::default();
+    for event in events {
+        match event {
+            Event::EbmlHeader(el) => {
+                if let Some(fragment) = std::mem::take(&mut doc).finish()? {
+                    out.push(fragment);
+                }
+                doc.ebml = el.bytes;
+                doc.scale = 1_000_000;
+            }
+            Event::Element(el) if el.id == id::TAGS => {
+                let parsed = tags::parse_tags(el.data()).map_err(|e| e.to_string())?;
+                let names: Vec<&str> = parsed.iter().map(|t| t.name.as_str()).collect();
+                if names.contains(&tags::FRAGMENT_NUMBER) && doc.cluster.is_empty() {
+                    doc.fragment_tags = Some(parsed);
+                } else if names.contains(&tags::MILLIS_BEHIND_NOW)
+                    || names.contains(&tags::CONTINUATION_TOKEN)
+                {
+                    // Session tags: written again by GetMedia.
+                } else if doc.fragment_tags.is_none() {
+                    doc.header.push(el.bytes);
+                } else {
+                    doc.own_tags.push(el.bytes);
+                }
+            }
+            Event::Element(el) => {
+                if el.id == id::INFO {
+                    doc.scale = header::timecode_scale(el.data()).map_err(|e| e.to_string())?;
+                }
+                if doc.cluster.is_empty() {
+                    doc.header.push(el.bytes);
+                } else {
+                    // E.g. the Cues ffmpeg writes after its last Cluster: the service returns them there.
+                    doc.own_tags.push(el.bytes);
+                }
+            }
+            Event::ClusterStart { header, .. } => doc.cluster.push(header),
+            Event::ClusterChild(el) => {
+                if el.id == id::TIMECODE {
+                    doc.timecode = read_uint(el.data()).map_err(|e| e.to_string())?;
+                } else if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP {
+                    let info = if el.id == id::SIMPLE_BLOCK {
+                        block::parse_simple_block(el.data())
+                    } else {
+                        block::parse_block_group(el.data())
+                    }
+                    .map_err(|e| e.to_string())?;
+                    *doc.frames.entry(info.track).or_default() += 1;
+                    let units = doc.timecode as i128 + i128::from(info.relative_timecode);
+                    let ms = (units * i128::from(doc.scale) / 1_000_000) as i64;
+                    doc.first_ms.get_or_insert(ms);
+                    doc.last_ms = doc.last_ms.max(ms);
+                }
+                doc.cluster.push(el.bytes);
+            }
+            Event::SegmentStart { .. } | Event::ClusterEnd { .. } | Event::SegmentEnd { .. } => {}
+        }
+    }
+    if let Some(fragment) = doc.finish()? {
+        out.push(fragment);
+    }
+    Ok(out)
+}

@@ -840,7 +840,10 @@ mod tests {
         let err = verifier
             .verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time() + Duration::from_secs(16 * 60))
             .unwrap_err();
-        assert_eq!((err.name.as_ref(), err.status), ("InvalidSignatureException", hyper::StatusCode::FORBIDDEN));
+        assert_eq!(
+            (err.name.as_ref(), err.status),
+            ("InvalidSignatureException", hyper::StatusCode::FORBIDDEN)
+        );
         assert_eq!(
             err.message,
             "Signature expired: 20150830T123600Z is now earlier than 20150830T123700Z (20150830T125200Z - 15 min.)"

@@ -87,7 +87,7 @@ async fn main() {
     let size_mb: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(512);
     let emulator = Emulator::start(Config::default()).await.unwrap();
     let addr = emulator.local_addr();
-    let create = format!("{{\"StreamName\":\"bench\",\"DataRetentionInHours\":1}}");
+    let create = "{\"StreamName\":\"bench\",\"DataRetentionInHours\":1}";
     post(addr, "/createStream", &[], Full::new(Bytes::from(create))).await.collect().await.unwrap();
 
     let clusters = (size_mb * 1_000_000 / (FRAME_BYTES * FRAMES_PER_CLUSTER)).max(1) as u64;
@@ -96,7 +96,9 @@ async fn main() {
     for i in 0..clusters {
         body.extend_from_slice(&cluster(i));
         if body.len() > 8 * 1024 * 1024 {
-            chunks.extend(Bytes::from(std::mem::take(&mut body)).chunks(CHUNK_BYTES).map(Bytes::copy_from_slice));
+            chunks.extend(
+                Bytes::from(std::mem::take(&mut body)).chunks(CHUNK_BYTES).map(Bytes::copy_from_slice),
+            );
         }
     }
     chunks.extend(Bytes::from(body).chunks(CHUNK_BYTES).map(Bytes::copy_from_slice));

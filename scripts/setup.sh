@@ -19,7 +19,7 @@ DEB_PACKAGES=(
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly gstreamer1.0-libav
-    meson ninja-build ffmpeg mkvtoolnix
+    meson ninja-build ffmpeg mkvtoolnix openssl
 )
 
 install_debian_packages() {

@@ -20,6 +20,7 @@ pub mod media;
 pub mod putmedia;
 pub mod sigv4;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -62,6 +63,8 @@ pub struct Config {
     pub region: String,
     /// PutMedia timeouts and limits.
     pub put_media: PutMediaConfig,
+    /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// `(access key id, secret access key)` pairs. When there is at least one, every request but those under
     /// `/_emulator/` must carry a valid SigV4 signature by one of them; when empty, signatures are not checked.
     pub credentials: Vec<(String, String)>,
@@ -73,6 +76,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             region: "us-east-1".to_owned(),
             put_media: PutMediaConfig::default(),
+            tls: None,
             credentials: Vec::new(),
         }
     }
@@ -122,9 +126,13 @@ impl State {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.config.tls.is_some() { "https" } else { "http" }
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme(), self.local_addr)
     }
 
     /// What GetDataEndpoint answers: the base URL. When listening on all interfaces (0.0.0.0 or ::), the host
@@ -140,7 +148,7 @@ impl State {
             .map(strip_port)
             .filter(|host| !host.is_empty())
             .unwrap_or("127.0.0.1");
-        format!("http://{host}:{}", self.local_addr.port())
+        format!("{}://{host}:{}", self.scheme(), self.local_addr.port())
     }
 
     /// Checks the request's signature when the emulator was given credentials.
@@ -171,10 +179,17 @@ pub struct Emulator {
 impl Emulator {
     /// Binds the listener and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> std::io::Result<Emulator> {
+        let acceptor = match &config.tls {
+            Some((cert, key)) => Some(
+                tls::acceptor(cert, key)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let state = Arc::new(State::new(config, local_addr));
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        let task = tokio::spawn(accept_loop(listener, state.clone(), acceptor));
         Ok(Emulator { state, task })
     }
 
@@ -203,9 +218,9 @@ impl Emulator {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
                 eprintln!("kvs-emulator: accept failed: {err}");
@@ -213,26 +228,41 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // Fault injection can end the connection from inside a handler (see `faults::ConnectionKill`).
-            let kill = ConnectionKill::default();
-            let handle_kill = kill.clone();
-            let service = service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(handle_kill.clone());
-                handle(state.clone(), request)
-            });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = conn => {
-                    if let Err(err) = result {
-                        eprintln!("kvs-emulator: connection error: {err}");
-                    }
-                }
-                _ = kill.0.notified() => eprintln!("kvs-emulator: connection dropped by a fault"),
+            match tls {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => serve_connection(stream, state).await,
+                    Err(err) => eprintln!("kvs-emulator: TLS handshake with {peer} failed: {err}"),
+                },
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or a fault drops it.
+async fn serve_connection<I>(io: I, state: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Fault injection can end the connection from inside a handler (see `faults::ConnectionKill`).
+    let kill = ConnectionKill::default();
+    let handle_kill = kill.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(handle_kill.clone());
+        handle(state.clone(), request)
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        result = conn => {
+            if let Err(err) = result {
+                eprintln!("kvs-emulator: connection error: {err}");
+            }
+        }
+        _ = kill.0.notified() => eprintln!("kvs-emulator: connection dropped by a fault"),
     }
 }
 

@@ -27,6 +27,12 @@ struct Args {
     /// every request must carry a valid SigV4 signature by one of them; with none, signatures are not checked.
     #[arg(long = "credentials", value_name = "AKID:SECRET", value_parser = parse_credentials)]
     credentials: Vec<(String, String)>,
+    /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. The base URL then starts with https://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Seconds after which a PutMedia connection gets ERROR 4003 MAX_CONNECTION_DURATION_REACHED and is closed
     /// (the service: 45 minutes).
     #[arg(long, value_name = "SECONDS", default_value_t = 2700)]
@@ -53,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         listen: args.listen,
         region: args.region,
         credentials: args.credentials,
+        tls: args.tls_cert.zip(args.tls_key),
         put_media: PutMediaConfig {
             max_connection_duration: Duration::from_secs(args.max_connection_duration),
             idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -62,7 +69,11 @@ async fn main() -> std::process::ExitCode {
     let emulator = match Emulator::start(config).await {
         Ok(emulator) => emulator,
         Err(err) => {
-            eprintln!("kvs-emulator: cannot listen on {}: {err}", args.listen);
+            if err.kind() == std::io::ErrorKind::InvalidInput {
+                eprintln!("kvs-emulator: {err}"); // a TLS configuration problem, named in the message
+            } else {
+                eprintln!("kvs-emulator: cannot listen on {}: {err}", args.listen);
+            }
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -46,7 +46,15 @@ fn help_documents_the_options() {
     let output = Command::new(env!("CARGO_BIN_EXE_kvs-emulator")).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for option in ["--listen", "--region", "--credentials", "--max-connection-duration", "--idle-timeout"] {
+    for option in [
+        "--listen",
+        "--region",
+        "--credentials",
+        "--max-connection-duration",
+        "--idle-timeout",
+        "--tls-cert",
+        "--tls-key",
+    ] {
         assert!(help.contains(option), "--help does not mention {option}:\n{help}");
     }
 }

@@ -57,7 +57,7 @@ def emulator_binary():
     return path
 
 
-def start_emulator(log_path, *extra_args):
+def start_emulator(log_path, *extra_args, base_url_scheme="http"):
     """Starts the emulator with the test keys and waits for its base URL."""
     args = [
         str(emulator_binary()),
@@ -78,7 +78,7 @@ def start_emulator(log_path, *extra_args):
         first_line = process.stdout.readline().decode().strip()
     finally:
         timer.cancel()
-    if not re.fullmatch(r"http://127\.0\.0\.1:\d+", first_line):
+    if not re.fullmatch(base_url_scheme + r"://127\.0\.0\.1:\d+", first_line):
         process.kill()
         process.wait()
         pytest.fail(f"kvs-emulator did not print its base URL (got {first_line!r}); log:\n{log_path.read_text()}")

@@ -29,6 +29,10 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             state.faults.clear();
             state.media.clear();
             state.store.reset();
+            if let Some(dir) = &state.data_dir {
+                dir.clear()
+                    .map_err(|e| ApiError::internal(format!("cannot clear the data directory: {e}")))?;
+            }
             Ok(json!({}))
         }
         ("POST", ["faults"]) => {
@@ -95,7 +99,21 @@ fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
         parse_recording(body).map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
     let count = parsed.len();
     for fragment in parsed {
-        state.media.push_complete(&arn, fragment);
+        let sequence = state.media.push_complete(&arn, fragment);
+        if let Some(dir) = &state.data_dir {
+            let stored = state
+                .media
+                .lock()
+                .get(&arn)
+                .and_then(|m| m.fragments.iter().find(|f| f.sequence == sequence).cloned());
+            if let Some(stored) = stored {
+                dir.save_fragment(&arn, &stored)
+                    .map_err(|e| ApiError::internal(format!("cannot save: {e}")))?;
+            }
+        }
+    }
+    if let Some(dir) = &state.data_dir {
+        dir.save_streams(&state.store).map_err(|e| ApiError::internal(format!("cannot save: {e}")))?;
     }
     Ok(json!({ "imported": count }))
 }

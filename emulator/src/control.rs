@@ -98,6 +98,20 @@ impl Operation {
 /// Runs one operation and builds the HTTP answer.
 ///
 /// `data_endpoint` is what GetDataEndpoint returns: the emulator's own base URL, no trailing slash.
+impl Operation {
+    /// True for the operations that create, change or delete streams (or their tags).
+    pub fn changes_streams(self) -> bool {
+        !matches!(
+            self,
+            Operation::DescribeStream
+                | Operation::ListStreams
+                | Operation::GetDataEndpoint
+                | Operation::ListTagsForStream
+                | Operation::ListTagsForResource
+        )
+    }
+}
+
 pub fn handle(op: Operation, body: &[u8], store: &Store, data_endpoint: &str) -> Response<Full<Bytes>> {
     match execute(op, body, store, data_endpoint) {
         Ok(output) => json_response(StatusCode::OK, output.to_string().into_bytes()),

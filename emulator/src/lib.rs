@@ -17,6 +17,7 @@ pub mod faults;
 pub mod getmedia;
 pub mod ingest;
 pub mod media;
+pub mod persist;
 pub mod putmedia;
 pub mod sigv4;
 pub mod store;
@@ -44,6 +45,7 @@ use crate::control::Operation;
 use crate::error::ApiError;
 use crate::faults::{ConnectionKill, Faults};
 use crate::media::MediaStore;
+use crate::persist::DataDir;
 use crate::putmedia::{PutMediaConfig, PutMediaContext};
 use crate::sigv4::{Payload, Verifier};
 use crate::store::Store;
@@ -65,6 +67,8 @@ pub struct Config {
     pub put_media: PutMediaConfig,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Keep streams and fragments in this directory, so that they survive a restart.
+    pub data_dir: Option<std::path::PathBuf>,
     /// `(access key id, secret access key)` pairs. When there is at least one, every request but those under
     /// `/_emulator/` must carry a valid SigV4 signature by one of them; when empty, signatures are not checked.
     pub credentials: Vec<(String, String)>,
@@ -77,6 +81,7 @@ impl Default for Config {
             region: "us-east-1".to_owned(),
             put_media: PutMediaConfig::default(),
             tls: None,
+            data_dir: None,
             credentials: Vec::new(),
         }
     }
@@ -108,6 +113,8 @@ pub struct State {
     pub readers: Mutex<HashMap<String, usize>>,
     /// Armed faults (admin API).
     pub faults: Arc<Faults>,
+    /// `--data-dir`, when given.
+    pub data_dir: Option<Arc<DataDir>>,
 }
 
 impl State {
@@ -123,6 +130,7 @@ impl State {
             media: Arc::new(MediaStore::default()),
             readers: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
+            data_dir: None,
         }
     }
 
@@ -149,6 +157,26 @@ impl State {
             .filter(|host| !host.is_empty())
             .unwrap_or("127.0.0.1");
         format!("{}://{host}:{}", self.scheme(), self.local_addr.port())
+    }
+
+    /// After a stream was created, changed or deleted: forgets the media of deleted streams and, with
+    /// `--data-dir`, saves the registry.
+    pub async fn streams_changed(self: &Arc<Self>) {
+        let state = self.clone();
+        let result = tokio::task::spawn_blocking(move || match &state.data_dir {
+            Some(dir) => dir.save_streams(&state.store).and_then(|()| dir.prune(&state.store, &state.media)),
+            None => {
+                let live: Vec<String> = state.store.lock().iter().map(|s| s.stream_arn.clone()).collect();
+                let gone: Vec<String> =
+                    state.media.lock().keys().filter(|arn| !live.contains(arn)).cloned().collect();
+                gone.iter().for_each(|arn| state.media.remove(arn));
+                Ok(())
+            }
+        })
+        .await;
+        if let Ok(Err(err)) = result {
+            eprintln!("kvs-emulator: cannot save the data directory: {err}");
+        }
     }
 
     /// Checks the request's signature when the emulator was given credentials.
@@ -188,7 +216,19 @@ impl Emulator {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let state = Arc::new(State::new(config, local_addr));
+        let mut state = State::new(config, local_addr);
+        if let Some(dir) = &state.config.data_dir {
+            let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+            let data_dir =
+                DataDir::open(dir).map_err(|e| invalid(format!("--data-dir {}: {e}", dir.display())))?;
+            let (streams, fragments) = data_dir.load(&state.store, &state.media).map_err(invalid)?;
+            eprintln!(
+                "kvs-emulator: loaded {streams} streams and {fragments} fragments from {}",
+                dir.display()
+            );
+            state.data_dir = Some(Arc::new(data_dir));
+        }
+        let state = Arc::new(state);
         let task = tokio::spawn(accept_loop(listener, state.clone(), acceptor));
         Ok(Emulator { state, task })
     }
@@ -295,7 +335,14 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         let admin_path = admin_path.to_owned();
         let (parts, body) = request.into_parts();
         let result = match read_body(&parts, body, admin::MAX_IMPORT_BYTES).await {
-            Ok(body) => admin::handle(state, parts.method.as_str(), &admin_path, &body),
+            // Admin calls may parse large recordings and write files: off the async workers.
+            Ok(body) => {
+                let state = state.clone();
+                let method = parts.method.as_str().to_owned();
+                tokio::task::spawn_blocking(move || admin::handle(&state, &method, &admin_path, &body))
+                    .await
+                    .unwrap_or_else(|e| Err(ApiError::internal(format!("admin call failed: {e}"))))
+            }
             Err(err) => Err(err),
         };
         return match result {
@@ -314,6 +361,7 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
                 media: state.media.clone(),
                 config: state.config.put_media,
                 faults: state.faults.clone(),
+                data_dir: state.data_dir.clone(),
             };
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }
@@ -514,7 +562,11 @@ async fn control_plane(state: &Arc<State>, request: Request<Incoming>) -> Respon
         return boxed(err.into_response());
     }
     let data_endpoint = state.data_endpoint(&parts);
-    boxed(control::handle(operation, &body, &state.store, &data_endpoint))
+    let response = control::handle(operation, &body, &state.store, &data_endpoint);
+    if response.status() == hyper::StatusCode::OK && operation.changes_streams() {
+        state.streams_changed().await;
+    }
+    boxed(response)
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ struct Args {
     /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. The base URL then starts with https://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
+    /// Directory where streams and fragments are kept, so they survive a restart (default: memory only).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
@@ -60,6 +63,7 @@ async fn main() -> std::process::ExitCode {
         region: args.region,
         credentials: args.credentials,
         tls: args.tls_cert.zip(args.tls_key),
+        data_dir: args.data_dir,
         put_media: PutMediaConfig {
             max_connection_duration: Duration::from_secs(args.max_connection_duration),
             idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -70,7 +74,7 @@ async fn main() -> std::process::ExitCode {
         Ok(emulator) => emulator,
         Err(err) => {
             if err.kind() == std::io::ErrorKind::InvalidInput {
-                eprintln!("kvs-emulator: {err}"); // a TLS configuration problem, named in the message
+                eprintln!("kvs-emulator: {err}"); // a TLS or data-dir problem, named in the message
             } else {
                 eprintln!("kvs-emulator: cannot listen on {}: {err}", args.listen);
             }

@@ -160,13 +160,15 @@ impl MediaStore {
         (index, number)
     }
 
-    /// Stores a complete fragment (imported): it gets the next sequence number, and a fresh fragment number
-    /// if it has none.
-    pub fn push_complete(&self, arn: &str, mut fragment: Fragment) {
+    /// Stores a complete fragment (imported or loaded from `--data-dir`): it keeps its sequence number if it
+    /// has one (else gets the next), and gets a fresh fragment number if it has none.
+    pub fn push_complete(&self, arn: &str, mut fragment: Fragment) -> u64 {
         let mut streams = self.lock();
         let media = streams.entry(arn.to_owned()).or_default();
-        media.next_sequence += 1;
-        fragment.sequence = media.next_sequence;
+        if fragment.sequence == 0 {
+            fragment.sequence = media.next_sequence + 1;
+        }
+        media.next_sequence = media.next_sequence.max(fragment.sequence);
         if fragment.number.is_empty() {
             fragment.number = mint_fragment_number(
                 fragment.sequence,
@@ -174,9 +176,11 @@ impl MediaStore {
                 rand::random::<u32>(),
             );
         }
+        let sequence = fragment.sequence;
         media.fragments.push(fragment);
         drop(streams);
         self.notify();
+        sequence
     }
 
     /// Appends a Cluster child to an ingesting fragment.

@@ -73,6 +73,8 @@ pub struct PutMediaContext {
     pub media: Arc<MediaStore>,
     pub config: PutMediaConfig,
     pub faults: Arc<Faults>,
+    /// With `--data-dir`, PERSISTED is sent once the fragment is on disk.
+    pub data_dir: Option<Arc<crate::persist::DataDir>>,
 }
 
 struct Params {
@@ -245,6 +247,8 @@ struct Connection {
     acks: AckSender,
     faults: Arc<ConnectionFaults>,
     kill: Option<ConnectionKill>,
+    /// Fragments received but not yet written to `--data-dir` (their PERSISTED waits for it).
+    to_persist: Vec<OpenFragment>,
 }
 
 /// Why a connection ends.
@@ -280,6 +284,7 @@ async fn ingest_task(
         acks: AckSender::new(tx, faults.clone()),
         faults: faults.clone(),
         kill,
+        to_persist: Vec::new(),
     };
     let mut bytes = 0u64;
     let deadline = Instant::now() + config.max_connection_duration;
@@ -342,7 +347,9 @@ async fn ingest_task(
             }
             None => {
                 let events = conn.ingest.finish();
-                outcome = match conn.handle_events(events) {
+                let end = conn.handle_events(events);
+                conn.persist_pending().await;
+                outcome = match end {
                     Some(End::ErrorAck) => "ended with an ERROR ack",
                     Some(End::Dropped) => "dropped by a fault",
                     None => "body complete",
@@ -350,7 +357,9 @@ async fn ingest_task(
                 break;
             }
         };
-        match conn.handle_events(events) {
+        let end = conn.handle_events(events);
+        conn.persist_pending().await;
+        match end {
             Some(End::ErrorAck) => {
                 outcome = "ended with an ERROR ack";
                 break;
@@ -384,6 +393,24 @@ async fn ingest_task(
 }
 
 impl Connection {
+    /// Writes received fragments to `--data-dir`, then sends their PERSISTED ACKs.
+    async fn persist_pending(&mut self) {
+        let Some(data_dir) = self.ctx.data_dir.clone() else { return };
+        for fragment in std::mem::take(&mut self.to_persist) {
+            let stored =
+                self.ctx.media.lock().get(&self.arn).and_then(|m| m.fragments.get(fragment.index)).cloned();
+            let Some(stored) = stored else { continue };
+            let (dir, arn) = (data_dir.clone(), self.arn.clone());
+            match tokio::task::spawn_blocking(move || dir.save_fragment(&arn, &stored)).await {
+                Ok(Ok(())) => {
+                    self.acks.send("PERSISTED", Some(fragment.timecode), Some(&fragment.number), None)
+                }
+                Ok(Err(err)) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
+                Err(err) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
+            }
+        }
+    }
+
     fn drop_connection(&self) {
         if let Some(kill) = &self.kill {
             kill.kill();
@@ -459,7 +486,16 @@ impl Connection {
                     self.completed += 1;
                     self.acks.send("RECEIVED", Some(fragment.timecode), Some(&fragment.number), None);
                     if retention.unwrap_or(0) > 0 {
-                        self.acks.send("PERSISTED", Some(fragment.timecode), Some(&fragment.number), None);
+                        if self.ctx.data_dir.is_some() {
+                            self.to_persist.push(fragment);
+                        } else {
+                            self.acks.send(
+                                "PERSISTED",
+                                Some(fragment.timecode),
+                                Some(&fragment.number),
+                                None,
+                            );
+                        }
                     }
                 }
                 IngestEvent::Failed { error, timecode, reason } => {

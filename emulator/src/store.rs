@@ -107,6 +107,11 @@ impl Store {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Puts back a stream saved by `--data-dir`.
+    pub fn restore(&self, stream: Stream) {
+        self.lock().by_name.insert(stream.stream_name.clone(), stream);
+    }
+
     /// Forgets every stream (admin reset).
     pub fn reset(&self) {
         *self.lock() = Streams::default();

@@ -313,3 +313,54 @@ async fn getmedia_faults_drop_at_fragment_and_after_bytes() {
     let result = call(&emulator, "POST", "/getMedia", &[], request.into_bytes()).await;
     assert!(result.is_err(), "the connection should break");
 }
+
+#[tokio::test]
+async fn data_dir_keeps_streams_and_fragments_across_a_restart() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("data-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = || Config { data_dir: Some(dir.clone()), ..Config::default() };
+
+    let emulator = Emulator::start(config()).await.unwrap();
+    create(&emulator, "kept").await;
+    let acks = put(&emulator, "kept", body(3)).await.unwrap();
+    assert_eq!(kinds(&acks).iter().filter(|k| *k == "PERSISTED").count(), 3);
+    let before = get_media(&emulator, "kept").await;
+    call(
+        &emulator,
+        "POST",
+        "/_emulator/streams/imported/import",
+        &[],
+        fixture("getmedia/test_mixed_tags.mkv"),
+    )
+    .await
+    .unwrap();
+    let imported_before = get_media(&emulator, "imported").await;
+    let arn_before = json_call(&emulator, "/describeStream", json!({"StreamName": "kept"})).await.1["StreamInfo"]["StreamARN"].clone();
+    emulator.shutdown();
+
+    let emulator = Emulator::start(config()).await.unwrap();
+    let (status, described) = json_call(&emulator, "/describeStream", json!({"StreamName": "kept"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(described["StreamInfo"]["StreamARN"], arn_before);
+    assert_eq!(described["StreamInfo"]["DataRetentionInHours"], 1);
+    let after = get_media(&emulator, "kept").await;
+    let strip = |data: &[u8]| -> Vec<(String, Bytes)> {
+        elements(data).into_iter().filter(|(k, _)| !k.contains("MILLIS")).collect()
+    };
+    assert!(strip(&after) == strip(&before), "GetMedia after the restart differs");
+    assert!(strip(&get_media(&emulator, "imported").await) == strip(&imported_before));
+
+    // New fragments continue the sequence: their numbers are larger.
+    let first_numbers =
+        acks.iter().map(|a| a["FragmentNumber"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let more = put(&emulator, "kept", body(1)).await.unwrap();
+    assert!(more[0]["FragmentNumber"].as_str().unwrap() > first_numbers.last().unwrap().as_str());
+
+    // Deleting the stream deletes its media on disk.
+    let (status, _) = json_call(&emulator, "/deleteStream", json!({"StreamARN": arn_before})).await;
+    assert_eq!(status, 200);
+    let media_dirs = std::fs::read_dir(dir.join("media")).unwrap().count();
+    assert_eq!(media_dirs, 1, "only the imported stream's media should remain");
+    emulator.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,6 +42,9 @@ pub enum Action {
     ErrorAck { fragment: u64, error_id: u32 },
     /// Limits the connection to this many bytes per second.
     Throttle { bytes_per_second: u64 },
+    /// GetMedia: instead of the K-th fragment (per session), an error chunk with this ErrorId, then the
+    /// session ends.
+    ErrorTag { fragment: u64, error_id: u32 },
 }
 
 /// A fault as the admin API takes and lists it.
@@ -124,6 +127,7 @@ pub struct ConnectionFaults {
     pub withhold_acks: Vec<Option<String>>,
     pub error_ack: Option<(u64, u32)>,
     pub bytes_per_second: Option<u64>,
+    pub error_tag: Option<(u64, u32)>,
 }
 
 impl ConnectionFaults {
@@ -141,6 +145,7 @@ impl ConnectionFaults {
                 Action::Throttle { bytes_per_second } => {
                     out.bytes_per_second = Some((*bytes_per_second).max(1))
                 }
+                Action::ErrorTag { fragment, error_id } => out.error_tag = Some((*fragment, *error_id)),
                 Action::HttpError { .. } => {}
             }
         }

@@ -153,6 +153,41 @@ pub fn fragment_prefix(fragment: &Fragment, server_tag: &str, producer_tag: &str
     Bytes::from(out)
 }
 
+/// The service's description of a GetMedia error id (API reference), used as AWS_KINESISVIDEO_ERROR_CODE.
+pub fn error_description(error_id: u32) -> &'static str {
+    match error_id {
+        3002 => "Error writing to the stream",
+        4000 => "Requested fragment is not found",
+        4500 => "Access denied for the stream's KMS key",
+        4501 => "Stream's KMS key is disabled",
+        4502 => "Validation error on the stream's KMS key",
+        4503 => "KMS key specified in the stream is unavailable",
+        4504 => "Invalid usage of the KMS key specified in the stream",
+        4505 => "Invalid state of the KMS key specified in the stream",
+        4506 => "Unable to find the KMS key specified in the stream",
+        _ => "Internal error",
+    }
+}
+
+/// An error chunk: the fragment's EBML header, a Segment, and Tags with FRAGMENT_NUMBER, ERROR_CODE and
+/// ERROR_ID (no timestamps: that is how readers such as the Java parser tell an error chunk).
+pub fn error_chunk(fragment: &Fragment, error_id: u32) -> Bytes {
+    let mut out = Vec::new();
+    out.extend_from_slice(&fragment.ebml_header);
+    write_id(&mut out, id::SEGMENT);
+    out.extend_from_slice(&UNKNOWN_SIZE_8);
+    write_tags(
+        &mut out,
+        &[
+            SimpleTag::new(tags::FRAGMENT_NUMBER, fragment.number.clone()),
+            SimpleTag::new(tags::ERROR_CODE, error_description(error_id)),
+            SimpleTag::new(tags::ERROR_ID, error_id.to_string()),
+        ],
+        4,
+    );
+    Bytes::from(out)
+}
+
 /// The bytes after a fragment's Cluster: its own tags, then MILLIS_BEHIND_NOW and CONTINUATION_TOKEN.
 pub fn fragment_suffix(fragment: &Fragment, with_session_tags: bool) -> Bytes {
     let mut out = Vec::new();
@@ -195,11 +230,15 @@ impl Output {
         }
     }
 
-    /// Counts a fragment about to be sent; false when a fault drops the connection here.
-    async fn begin_fragment(&mut self) -> bool {
+    /// Counts a fragment about to be sent; false when a fault drops the connection or ends the session here.
+    async fn begin_fragment(&mut self, fragment: &Fragment) -> bool {
         self.fragments += 1;
         if self.faults.drop_at_fragment == Some(self.fragments) {
             self.drop_connection().await;
+            return false;
+        }
+        if let Some((_, error_id)) = self.faults.error_tag.filter(|(k, _)| *k == self.fragments) {
+            let _ = self.send(error_chunk(fragment, error_id)).await;
             return false;
         }
         true
@@ -292,26 +331,29 @@ async fn send_fragment(
     let mut sent_chunks = 0usize;
     let mut started = false;
     loop {
-        let (prefix, chunks, state, suffix) = {
+        let (start, chunks, state, suffix) = {
             let streams = media.lock();
             let Some(fragment) =
                 streams.get(arn).and_then(|m| m.fragments.iter().find(|f| f.sequence == sequence))
             else {
                 return false;
             };
-            let prefix = (!started)
-                .then(|| fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP));
+            // The prefix, and what an error chunk would need (the fragment without its media).
+            let start = (!started).then(|| {
+                let head = Fragment { cluster: Vec::new(), tags: Vec::new(), ..fragment.clone() };
+                (fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP), head)
+            });
             let chunks: Vec<Bytes> = fragment.cluster[sent_chunks..].to_vec();
             let done = fragment.state != FragmentState::Ingesting;
             let suffix = done.then(|| fragment_suffix(fragment, true));
-            (prefix, chunks, fragment.state, suffix)
+            (start, chunks, fragment.state, suffix)
         };
-        if let Some(prefix) = prefix {
+        if let Some((prefix, head)) = start {
             if state == FragmentState::Aborted {
                 return true; // never started: skip it
             }
             started = true;
-            if !out.begin_fragment().await || !out.send(prefix).await {
+            if !out.begin_fragment(&head).await || !out.send(prefix).await {
                 return false;
             }
         }

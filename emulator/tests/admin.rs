@@ -364,3 +364,36 @@ async fn data_dir_keeps_streams_and_fragments_across_a_restart() {
     emulator.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn getmedia_error_tag_fault_sends_an_error_chunk_and_ends() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "e").await;
+    put(&emulator, "e", body(3)).await.unwrap();
+    add_fault(
+        &emulator,
+        json!({"api": "getMedia", "stream": "e", "kind": "error_tag", "fragment": 2, "error_id": 4000}),
+    )
+    .await;
+    let output = get_media(&emulator, "e").await;
+    let kinds: Vec<String> =
+        elements(&output).into_iter().map(|(k, _)| k).filter(|k| !k.starts_with("child")).collect();
+    assert_eq!(
+        kinds,
+        [
+            "EBML",
+            "Segment",
+            "1654AE6B",
+            "Tags[AWS_KINESISVIDEO_FRAGMENT_NUMBER,AWS_KINESISVIDEO_SERVER_TIMESTAMP,AWS_KINESISVIDEO_PRODUCER_TIMESTAMP]",
+            "Cluster",
+            "Tags[AWS_KINESISVIDEO_MILLIS_BEHIND_NOW,AWS_KINESISVIDEO_CONTINUATION_TOKEN]",
+            "EBML",
+            "Segment",
+            "Tags[AWS_KINESISVIDEO_FRAGMENT_NUMBER,AWS_KINESISVIDEO_ERROR_CODE,AWS_KINESISVIDEO_ERROR_ID]",
+        ]
+    );
+    let last = elements(&output).pop().unwrap().1;
+    let parsed = tags::parse_tags(&last[4 + 4..]).unwrap();
+    assert_eq!(parsed[1].value, "Requested fragment is not found");
+    assert_eq!(parsed[2].value, "4000");
+}

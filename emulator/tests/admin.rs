@@ -397,3 +397,35 @@ async fn getmedia_error_tag_fault_sends_an_error_chunk_and_ends() {
     assert_eq!(parsed[1].value, "Requested fragment is not found");
     assert_eq!(parsed[2].value, "4000");
 }
+
+#[tokio::test]
+async fn at_most_three_getmedia_sessions_per_stream() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "r").await;
+    let request = json!({"StreamName": "r", "StartSelector": {"StartSelectorType": "NOW"}}).to_string();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let request = hyper::Request::post("/getMedia")
+            .header("host", emulator.local_addr().to_string())
+            .body(Full::new(Bytes::from(request.clone())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response); // the session waits for data (up to 3 s)
+    }
+    let (status, body) =
+        call(&emulator, "POST", "/getMedia", &[], request.clone().into_bytes()).await.unwrap();
+    assert_eq!(status, 400);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["__type"], "ConnectionLimitExceededException");
+    // Once they end (3 s without data), a new session is accepted.
+    for response in open {
+        response.into_body().collect().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = call(&emulator, "POST", "/getMedia", &[], request.into_bytes()).await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use kvs_emulator::{Config, Emulator};
-use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_binary, write_id, write_master, write_uint, write_uint_fixed};
+use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,35 +21,13 @@ const FRAME_BYTES: usize = 100_000;
 const FRAMES_PER_CLUSTER: usize = 30;
 const CHUNK_BYTES: usize = 256 * 1024;
 
-fn header() -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut ebml = Vec::new();
-    write_binary(&mut ebml, id::DOC_TYPE, b"matroska");
-    write_master(&mut out, id::EBML, &ebml, 1);
-    write_id(&mut out, id::SEGMENT);
-    out.extend_from_slice(&UNKNOWN_SIZE_8);
-    let mut entry = Vec::new();
-    write_uint(&mut entry, id::TRACK_NUMBER, 1);
-    write_uint(&mut entry, id::TRACK_TYPE, 1);
-    write_binary(&mut entry, id::CODEC_ID, b"V_MPEG4/ISO/AVC");
-    let mut tracks = Vec::new();
-    write_master(&mut tracks, id::TRACK_ENTRY, &entry, 1);
-    write_master(&mut out, id::TRACKS, &tracks, 4);
-    out
-}
-
 fn cluster(index: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAMES_PER_CLUSTER * (FRAME_BYTES + 16) + 32);
-    write_id(&mut out, id::CLUSTER);
-    out.extend_from_slice(&UNKNOWN_SIZE_8);
-    write_uint_fixed(&mut out, id::TIMECODE, 1_795_000_000_000 + index * 1000, 8);
-    for frame in 0..FRAMES_PER_CLUSTER {
-        let mut block = Vec::with_capacity(FRAME_BYTES + 4);
-        block.push(0x81);
-        block.extend_from_slice(&((frame * 33) as i16).to_be_bytes());
-        block.push(if frame == 0 { 0x80 } else { 0 });
-        block.resize(FRAME_BYTES + 4, (index as u8).wrapping_add(frame as u8));
-        write_binary(&mut out, id::SIMPLE_BLOCK, &block);
+    write_cluster_start(&mut out, 1_795_000_000_000 + index * 1000);
+    let mut frame = vec![0u8; FRAME_BYTES];
+    for i in 0..FRAMES_PER_CLUSTER {
+        frame.fill((index as u8).wrapping_add(i as u8));
+        write_simple_block(&mut out, 1, (i * 33) as i16, i == 0, &frame);
     }
     out
 }
@@ -92,7 +70,7 @@ async fn main() {
 
     let clusters = (size_mb * 1_000_000 / (FRAME_BYTES * FRAMES_PER_CLUSTER)).max(1) as u64;
     let mut chunks: Vec<Bytes> = Vec::new();
-    let mut body = header();
+    let mut body = h264_stream_header();
     for i in 0..clusters {
         body.extend_from_slice(&cluster(i));
         if body.len() > 8 * 1024 * 1024 {

@@ -14,7 +14,7 @@ use crate::faults::Fault;
 use crate::media::{Fragment, FragmentState};
 use crate::store::NewStream;
 use kvs_mkv::ebml::{id, read_uint};
-use kvs_mkv::{Event, MkvReader, block, header, tags};
+use kvs_mkv::{Event, block, header, tags};
 
 /// Largest import body (recorded GetMedia output).
 pub const MAX_IMPORT_BYTES: usize = 1024 * 1024 * 1024;
@@ -170,13 +170,7 @@ impl Document {
 
 /// Splits a recorded GetMedia response into fragments.
 pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
-    let mut reader = MkvReader::with_max_element_size(64 * 1024 * 1024);
-    reader.push(body);
-    let mut events = Vec::new();
-    while let Some(event) = reader.next_event().map_err(|e| e.to_string())? {
-        events.push(event);
-    }
-    events.extend(reader.finish().map_err(|e| e.to_string())?);
+    let events = kvs_mkv::read_all(body).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut doc = Document::default();
     for event in events {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use kvs_emulator::{Config, Emulator};
-use kvs_mkv::{Event, MkvReader, tags};
+use kvs_mkv::{Event, tags};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
@@ -54,14 +54,8 @@ async fn json_call(emulator: &Emulator, path: &str, body: Value) -> (u16, Value)
 
 /// Every top-level and cluster element of a Matroska stream, as (kind, bytes).
 fn elements(data: &[u8]) -> Vec<(String, Bytes)> {
-    let mut reader = MkvReader::new();
-    reader.push(data);
     let mut out = Vec::new();
-    let mut events = Vec::new();
-    while let Some(event) = reader.next_event().unwrap() {
-        events.push(event);
-    }
-    events.extend(reader.finish().unwrap());
+    let events = kvs_mkv::read_all(data).unwrap();
     for event in events {
         match event {
             Event::EbmlHeader(el) => out.push(("EBML".to_owned(), el.bytes)),
@@ -151,27 +145,11 @@ async fn add_fault(emulator: &Emulator, fault: Value) {
 
 /// A PIC-style body: header, then `clusters` one-frame clusters 100 ms apart, then the end-of-fragment tag.
 fn body(clusters: u64) -> Vec<u8> {
-    use kvs_mkv::ebml::{id, write_binary, write_id, write_master, write_uint, write_uint_fixed};
-    let mut out = Vec::new();
-    let mut ebml = Vec::new();
-    write_binary(&mut ebml, id::DOC_TYPE, b"matroska");
-    write_master(&mut out, id::EBML, &ebml, 1);
-    write_id(&mut out, id::SEGMENT);
-    out.push(0xFF);
-    let mut entry = Vec::new();
-    write_uint(&mut entry, id::TRACK_NUMBER, 1);
-    write_uint(&mut entry, id::TRACK_TYPE, 1);
-    write_binary(&mut entry, id::CODEC_ID, b"V_MPEG4/ISO/AVC");
-    let mut tracks = Vec::new();
-    write_master(&mut tracks, id::TRACK_ENTRY, &entry, 1);
-    write_master(&mut out, id::TRACKS, &tracks, 4);
+    use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
+    let mut out = h264_stream_header();
     for i in 0..clusters {
-        write_id(&mut out, id::CLUSTER);
-        out.push(0xFF);
-        write_uint_fixed(&mut out, id::TIMECODE, 1_795_312_662_000 + i * 100, 8);
-        let mut block = vec![0x81, 0, 0, 0x80];
-        block.extend_from_slice(&[i as u8; 1000]);
-        write_binary(&mut out, id::SIMPLE_BLOCK, &block);
+        write_cluster_start(&mut out, 1_795_312_662_000 + i * 100);
+        write_simple_block(&mut out, 1, 0, true, &[i as u8; 1000]);
     }
     tags::write_tags(&mut out, &[tags::SimpleTag::new(tags::END_OF_FRAGMENT, "")], 8);
     out

@@ -12,7 +12,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use kvs_emulator::{Config, Emulator};
 use kvs_mkv::ebml::{id, read_uint};
-use kvs_mkv::{Event, MkvReader, tags};
+use kvs_mkv::{Event, tags};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -48,15 +48,9 @@ fn encode(name: &str, frames: u32, audio: bool) -> Vec<u8> {
 
 /// Every SimpleBlock of a Matroska stream as (track, absolute timecode, whole block data).
 fn blocks(data: &[u8]) -> Vec<(u64, i64, Bytes)> {
-    let mut reader = MkvReader::new();
-    reader.push(data);
     let mut out = Vec::new();
     let mut cluster_timecode = 0i64;
-    let mut events = Vec::new();
-    while let Some(event) = reader.next_event().unwrap() {
-        events.push(event);
-    }
-    events.extend(reader.finish().unwrap());
+    let events = kvs_mkv::read_all(data).unwrap();
     for event in events {
         match event {
             Event::ClusterChild(el) if el.id == id::TIMECODE => {
@@ -77,17 +71,14 @@ fn blocks(data: &[u8]) -> Vec<(u64, i64, Bytes)> {
 }
 
 fn cluster_timecodes(data: &[u8]) -> Vec<u64> {
-    let mut reader = MkvReader::new();
-    reader.push(data);
-    let mut out = Vec::new();
-    while let Some(event) = reader.next_event().unwrap() {
-        if let Event::ClusterChild(el) = event
-            && el.id == id::TIMECODE
-        {
-            out.push(read_uint(el.data()).unwrap());
-        }
-    }
-    out
+    let events = kvs_mkv::read_all(data).unwrap();
+    events
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::ClusterChild(el) if el.id == id::TIMECODE => Some(read_uint(el.data()).unwrap()),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn post(
@@ -229,16 +220,9 @@ async fn getmedia_chunks_carry_the_service_tags() {
         .collect();
     let output = get_media(&emulator, "tags", json!({"StartSelectorType": "EARLIEST"})).await;
 
-    let mut reader = MkvReader::new();
-    reader.push(&output);
     let mut layout = Vec::new();
     let mut tag_values: Vec<(String, String)> = Vec::new();
-    let mut events = Vec::new();
-    while let Some(event) = reader.next_event().unwrap() {
-        events.push(event);
-    }
-    events.extend(reader.finish().unwrap());
-    for event in events {
+    for event in kvs_mkv::read_all(&output).unwrap() {
         match event {
             Event::EbmlHeader(_) => layout.push("EBML".to_owned()),
             Event::SegmentStart { size, .. } => layout.push(format!("Segment({size:?})")),

@@ -1,18 +1,12 @@
 //! Prints the structure the streaming reader sees in a Matroska file: `cargo run -p kvs-mkv --example mkvdump FILE`.
 
 use kvs_mkv::ebml::id;
-use kvs_mkv::{Event, MkvReader, block, tags};
+use kvs_mkv::{Event, block, tags};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: mkvdump FILE")?;
     let data = std::fs::read(&path)?;
-    let mut reader = MkvReader::new();
-    reader.push(&data);
-    let mut events = Vec::new();
-    while let Some(event) = reader.next_event()? {
-        events.push(event);
-    }
-    events.extend(reader.finish()?);
+    let events = kvs_mkv::read_all(&data)?;
     let mut blocks = 0;
     for event in events {
         if !matches!(&event, Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP)

@@ -2,8 +2,8 @@
 //! prints a digest of their bytes, so two files can be compared frame for frame:
 //! `cargo run -p kvs-mkv --example mkvframes -- A.mkv B.mkv`
 
+use kvs_mkv::Event;
 use kvs_mkv::ebml::id;
-use kvs_mkv::{Event, MkvReader};
 
 /// FNV-1a, 64 bits: enough to tell two frame sequences apart in a demo.
 fn fnv1a(hash: &mut u64, data: &[u8]) {
@@ -20,13 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for path in paths {
         let data = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
-        let mut reader = MkvReader::new();
-        reader.push(&data);
-        let mut events = Vec::new();
-        while let Some(event) = reader.next_event().map_err(|e| format!("{path}: {e}"))? {
-            events.push(event);
-        }
-        events.extend(reader.finish().map_err(|e| format!("{path}: {e}"))?);
+        let events = kvs_mkv::read_all(&data).map_err(|e| format!("{path}: {e}"))?;
         let (mut frames, mut documents, mut hash) = (0u64, 0u64, 0xCBF2_9CE4_8422_2325u64);
         for event in events {
             match event {

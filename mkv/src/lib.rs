@@ -7,14 +7,16 @@
 //! - [`block`]: SimpleBlock / BlockGroup headers (track, relative timecode, key frame).
 //! - [`header`]: what a stream header says (doc type, timecode scale, tracks).
 //! - [`tags`]: reading and writing Tags, including the `AWS_KINESISVIDEO_*` tags KVS uses.
+//! - [`writer`]: writing producer-style streams (header, live Segment, Clusters, SimpleBlocks).
 
 pub mod block;
 pub mod ebml;
 pub mod header;
 pub mod reader;
 pub mod tags;
+pub mod writer;
 
-pub use reader::{Element, Event, MkvReader};
+pub use reader::{Element, Event, MkvReader, read_all};
 
 /// What can be wrong with Matroska input. Messages name the problem and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -288,6 +288,18 @@ impl MkvReader {
     }
 }
 
+/// Reads a whole, complete stream: every event, or the first error.
+pub fn read_all(data: &[u8]) -> Result<Vec<Event>, Error> {
+    let mut reader = MkvReader::new();
+    reader.push(data);
+    let mut events = Vec::new();
+    while let Some(event) = reader.next_event()? {
+        events.push(event);
+    }
+    events.extend(reader.finish()?);
+    Ok(events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -361,6 +361,7 @@ async fn getmedia_error_tag_fault_sends_an_error_chunk_and_ends() {
         [
             "EBML",
             "Segment",
+            "1549A966",
             "1654AE6B",
             "Tags[AWS_KINESISVIDEO_FRAGMENT_NUMBER,AWS_KINESISVIDEO_SERVER_TIMESTAMP,AWS_KINESISVIDEO_PRODUCER_TIMESTAMP]",
             "Cluster",

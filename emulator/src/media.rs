@@ -40,6 +40,9 @@ fn to_decimal(mut limbs: [u64; 3]) -> String {
     out
 }
 
+/// How long fragments of a stream with no retention stay readable (the service's live buffer: 5 minutes).
+pub const LIVE_BUFFER_MS: i64 = 5 * 60 * 1000;
+
 /// One fragment. Cluster bytes are kept as the elements they arrived in, so nothing is copied again.
 #[derive(Debug, Clone)]
 pub struct Fragment {
@@ -81,6 +84,28 @@ pub struct StreamMedia {
     pub next_sequence: u64,
 }
 
+impl StreamMedia {
+    /// The fragment with this sequence number (fragments are kept in sequence order).
+    pub fn get(&self, sequence: u64) -> Option<&Fragment> {
+        self.fragments.binary_search_by_key(&sequence, |f| f.sequence).ok().map(|i| &self.fragments[i])
+    }
+
+    pub fn get_mut(&mut self, sequence: u64) -> Option<&mut Fragment> {
+        self.fragments.binary_search_by_key(&sequence, |f| f.sequence).ok().map(|i| &mut self.fragments[i])
+    }
+
+    /// Drops fragments that started before `before_ms` (server time), oldest first, as the service drops
+    /// data past the stream's retention; fragments still being ingested stay.
+    pub fn expire(&mut self, before_ms: i64) -> Vec<u64> {
+        let count = self
+            .fragments
+            .iter()
+            .take_while(|f| f.server_ms < before_ms && f.state != FragmentState::Ingesting)
+            .count();
+        self.fragments.drain(..count).map(|f| f.sequence).collect()
+    }
+}
+
 /// All streams' media, keyed by stream ARN, plus a change counter that live readers wait on.
 #[derive(Debug)]
 pub struct MediaStore {
@@ -109,6 +134,18 @@ impl MediaStore {
         self.changed.subscribe()
     }
 
+    /// Drops the stream's fragments older than its retention (0 hours: the 5 minutes the service keeps for
+    /// live readers); returns the sequence numbers dropped.
+    pub fn expire(&self, arn: &str, retention_hours: u32, now_ms: i64) -> Vec<u64> {
+        let window_ms =
+            if retention_hours == 0 { LIVE_BUFFER_MS } else { i64::from(retention_hours) * 3_600_000 };
+        let dropped = self.lock().get_mut(arn).map(|m| m.expire(now_ms - window_ms)).unwrap_or_default();
+        if !dropped.is_empty() {
+            self.notify();
+        }
+        dropped
+    }
+
     /// Forgets a stream's media (DeleteStream, reset).
     pub fn remove(&self, arn: &str) {
         self.lock().remove(arn);
@@ -120,7 +157,7 @@ impl MediaStore {
         self.notify();
     }
 
-    /// Starts a fragment and returns its index and number.
+    /// Starts a fragment and returns its sequence number and fragment number.
     #[allow(clippy::too_many_arguments)]
     pub fn start_fragment(
         &self,
@@ -132,7 +169,7 @@ impl MediaStore {
         header: Arc<Vec<Bytes>>,
         tags: Vec<Bytes>,
         cluster: Vec<Bytes>,
-    ) -> (usize, String) {
+    ) -> (u64, String) {
         let mut streams = self.lock();
         let media = streams.entry(arn.to_owned()).or_default();
         media.next_sequence += 1;
@@ -154,10 +191,9 @@ impl MediaStore {
             frames: BTreeMap::new(),
             state: FragmentState::Ingesting,
         });
-        let index = media.fragments.len() - 1;
         drop(streams);
         self.notify();
-        (index, number)
+        (sequence, number)
     }
 
     /// Stores a complete fragment (imported or loaded from `--data-dir`): it keeps its sequence number if it
@@ -184,8 +220,8 @@ impl MediaStore {
     }
 
     /// Appends a Cluster child to an ingesting fragment.
-    pub fn append(&self, arn: &str, index: usize, data: Bytes) {
-        if let Some(fragment) = self.lock().get_mut(arn).and_then(|m| m.fragments.get_mut(index)) {
+    pub fn append(&self, arn: &str, sequence: u64, data: Bytes) {
+        if let Some(fragment) = self.lock().get_mut(arn).and_then(|m| m.get_mut(sequence)) {
             fragment.size += data.len() as u64;
             fragment.cluster.push(data);
         }
@@ -196,12 +232,12 @@ impl MediaStore {
     pub fn finish_fragment(
         &self,
         arn: &str,
-        index: usize,
+        sequence: u64,
         state: FragmentState,
         duration_ms: i64,
         frames: BTreeMap<u64, u64>,
     ) {
-        if let Some(fragment) = self.lock().get_mut(arn).and_then(|m| m.fragments.get_mut(index)) {
+        if let Some(fragment) = self.lock().get_mut(arn).and_then(|m| m.get_mut(sequence)) {
             fragment.state = state;
             fragment.duration_ms = duration_ms;
             fragment.frames = frames;
@@ -221,6 +257,33 @@ mod tests {
             mint_fragment_number(1, 1_511_852_109_126, 0x0FEE_EF70),
             "91343852333181432392682062607743920146159169392"
         );
+    }
+
+    #[test]
+    fn fragments_past_retention_expire_oldest_first() {
+        let store = MediaStore::default();
+        let now = 10 * 3_600_000;
+        for (i, server_ms) in
+            [now - 3 * 3_600_000, now - 2 * 3_600_000 + 1, now - 60_000].into_iter().enumerate()
+        {
+            let (sequence, _) = store.start_fragment(
+                "arn",
+                server_ms,
+                0,
+                i as u64,
+                Bytes::new(),
+                Arc::default(),
+                vec![],
+                vec![],
+            );
+            store.finish_fragment("arn", sequence, FragmentState::Complete, 0, BTreeMap::new());
+        }
+        assert_eq!(store.expire("arn", 2, now), [1]);
+        assert_eq!(store.expire("arn", 2, now), Vec::<u64>::new());
+        assert_eq!(store.expire("arn", 0, now), [2], "no retention: 5 minutes");
+        let streams = store.lock();
+        assert_eq!(streams["arn"].fragments.len(), 1);
+        assert!(streams["arn"].get(3).is_some() && streams["arn"].get(1).is_none());
     }
 
     #[test]

@@ -88,6 +88,14 @@ impl DataDir {
         write_atomically(&dir.join(format!("{:012}.mkv", fragment.sequence)), &data)
     }
 
+    /// Deletes expired fragments' files (best effort: a file left behind is dropped again at the next load).
+    pub fn remove_fragments(&self, arn: &str, sequences: &[u64]) {
+        let dir = self.media_dir(arn);
+        for sequence in sequences {
+            let _ = std::fs::remove_file(dir.join(format!("{sequence:012}.mkv")));
+        }
+    }
+
     /// Loads the streams and their fragments into empty stores.
     pub fn load(&self, store: &Store, media: &MediaStore) -> Result<(usize, usize), String> {
         let path = self.root.join("streams.json");

@@ -193,7 +193,7 @@ fn ack_line(event_type: &str, timecode: Option<u64>, number: Option<&str>, error
 }
 
 struct OpenFragment {
-    index: usize,
+    sequence: u64,
     number: String,
     timecode: u64,
 }
@@ -379,7 +379,7 @@ async fn ingest_task(
     if let Some(fragment) = conn.open.take() {
         conn.ctx.media.finish_fragment(
             &conn.arn,
-            fragment.index,
+            fragment.sequence,
             FragmentState::Aborted,
             0,
             Default::default(),
@@ -397,8 +397,7 @@ impl Connection {
     async fn persist_pending(&mut self) {
         let Some(data_dir) = self.ctx.data_dir.clone() else { return };
         for fragment in std::mem::take(&mut self.to_persist) {
-            let stored =
-                self.ctx.media.lock().get(&self.arn).and_then(|m| m.fragments.get(fragment.index)).cloned();
+            let stored = self.ctx.media.lock().get(&self.arn).and_then(|m| m.get(fragment.sequence)).cloned();
             let Some(stored) = stored else { continue };
             let (dir, arn) = (data_dir.clone(), self.arn.clone());
             match tokio::task::spawn_blocking(move || dir.save_fragment(&arn, &stored)).await {
@@ -438,7 +437,7 @@ impl Connection {
                     let elements = &self.ingest.header().elements;
                     let header = self.header_parts.get_or_insert_with(|| Arc::new(elements.clone())).clone();
                     let server_ms = epoch_millis(SystemTime::now()) as i64;
-                    let (index, number) = self.ctx.media.start_fragment(
+                    let (sequence, number) = self.ctx.media.start_fragment(
                         &self.arn,
                         server_ms,
                         producer_ms,
@@ -449,11 +448,11 @@ impl Connection {
                         data,
                     );
                     self.acks.send("BUFFERING", Some(timecode), Some(&number), None);
-                    self.open = Some(OpenFragment { index, number, timecode });
+                    self.open = Some(OpenFragment { sequence, number, timecode });
                 }
                 IngestEvent::Data(data) => {
                     if let Some(fragment) = self.open.as_ref() {
-                        self.ctx.media.append(&self.arn, fragment.index, data);
+                        self.ctx.media.append(&self.arn, fragment.sequence, data);
                     }
                 }
                 IngestEvent::Completed { duration_ms, frames, .. } => {
@@ -468,7 +467,7 @@ impl Connection {
                         let media = &self.ctx.media;
                         media.finish_fragment(
                             &self.arn,
-                            fragment.index,
+                            fragment.sequence,
                             FragmentState::Aborted,
                             0,
                             Default::default(),
@@ -478,12 +477,17 @@ impl Connection {
                     }
                     self.ctx.media.finish_fragment(
                         &self.arn,
-                        fragment.index,
+                        fragment.sequence,
                         FragmentState::Complete,
                         duration_ms,
                         frames,
                     );
                     self.completed += 1;
+                    let now_ms = epoch_millis(SystemTime::now()) as i64;
+                    let expired = self.ctx.media.expire(&self.arn, retention.unwrap_or(0), now_ms);
+                    if let (Some(dir), false) = (&self.ctx.data_dir, expired.is_empty()) {
+                        dir.remove_fragments(&self.arn, &expired);
+                    }
                     self.acks.send("RECEIVED", Some(fragment.timecode), Some(&fragment.number), None);
                     if retention.unwrap_or(0) > 0 {
                         if self.ctx.data_dir.is_some() {

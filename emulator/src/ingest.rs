@@ -151,8 +151,9 @@ pub struct Ingest {
     producer_start_ms: i64,
     header: StreamHeader,
     header_done: bool,
-    header_tags: Vec<Bytes>,
-    pending_tags: Vec<Bytes>,
+    /// Tags elements (and how many SimpleTags each holds) waiting for the next fragment.
+    header_tags: Vec<(Bytes, usize)>,
+    pending_tags: Vec<(Bytes, usize)>,
     current: Option<OpenFragment>,
     previous_max_ms: Option<i64>,
     last_timecode: u64,
@@ -261,7 +262,7 @@ impl Ingest {
                     if !self.header_done {
                         self.header.elements.push(element.bytes.clone());
                         if !end_of_fragment {
-                            self.header_tags.push(element.bytes);
+                            self.header_tags.push((element.bytes, parsed.len()));
                         }
                     } else if !end_of_fragment {
                         for tag in &parsed {
@@ -272,12 +273,8 @@ impl Ingest {
                                 ));
                             }
                         }
-                        self.pending_tags.push(element.bytes);
-                        let count: usize = self
-                            .pending_tags
-                            .iter()
-                            .map(|t| tags::parse_tags(&t[tag_data_offset(t)..]).map_or(0, |v| v.len()))
-                            .sum();
+                        self.pending_tags.push((element.bytes, parsed.len()));
+                        let count: usize = self.pending_tags.iter().map(|(_, count)| count).sum();
                         if count > self.limits.max_tags_per_fragment {
                             return Err((
                                 AckError::FRAGMENT_METADATA_LIMIT_REACHED,
@@ -390,7 +387,10 @@ impl Ingest {
                 out.push(IngestEvent::Started {
                     timecode,
                     producer_ms,
-                    tags: std::mem::take(&mut self.pending_tags),
+                    tags: std::mem::take(&mut self.pending_tags)
+                        .into_iter()
+                        .map(|(bytes, _)| bytes)
+                        .collect(),
                     data: std::mem::take(&mut fragment.pending),
                 });
                 return Ok(());
@@ -450,16 +450,15 @@ fn units_to_ms(units: i128, scale_ns: u64) -> i64 {
     ms.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// Offset of a whole element's data (skips its ID and size).
-fn tag_data_offset(element: &[u8]) -> usize {
-    let id_len = kvs_mkv::ebml::read_id(element).ok().flatten().map_or(0, |(_, len)| len);
-    let size_len = kvs_mkv::ebml::read_size(&element[id_len..]).ok().flatten().map_or(0, |(_, len)| len);
-    id_len + size_len
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Offset of a whole element's data (skips its ID and size).
+    fn tag_data_offset(element: &[u8]) -> usize {
+        let id_len = kvs_mkv::ebml::read_id(element).unwrap().unwrap().1;
+        id_len + kvs_mkv::ebml::read_size(&element[id_len..]).unwrap().unwrap().1
+    }
     use kvs_mkv::ebml::{UNKNOWN_SIZE_8, write_binary, write_id, write_master, write_uint, write_uint_fixed};
     use kvs_mkv::tags::{SimpleTag, write_tags};
 

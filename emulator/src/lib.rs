@@ -451,7 +451,7 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         let out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill);
         getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, out).await;
     });
-    let mut response = Response::new(putmedia::bounded_channel_body(rx));
+    let mut response = Response::new(putmedia::stream_body(tokio_stream::wrappers::ReceiverStream::new(rx)));
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
     response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
     response

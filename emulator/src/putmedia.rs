@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Frame, Incoming};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::Body;
 use crate::error::ApiError;
@@ -26,21 +27,11 @@ use crate::ingest::{AckError, Ingest, IngestEvent, Limits, TimecodeType};
 use crate::media::{FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
 
-/// A response body fed by a channel: each message is sent as it comes, the body ends when the sender is
-/// dropped.
-pub fn channel_body(rx: mpsc::UnboundedReceiver<Bytes>) -> Body {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|data| (Ok::<_, Infallible>(Frame::data(data)), rx))
-    });
-    BodyExt::boxed(http_body_util::StreamBody::new(stream))
-}
-
-/// Like [`channel_body`], with a bounded channel so a slow reader holds the sender back.
-pub fn bounded_channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|data| (Ok::<_, Infallible>(Frame::data(data)), rx))
-    });
-    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+/// A response body fed by a stream of byte chunks (a channel's receiver): each chunk is sent as it comes,
+/// the body ends with the stream.
+pub fn stream_body(chunks: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static) -> Body {
+    use futures_util::StreamExt;
+    BodyExt::boxed(http_body_util::StreamBody::new(chunks.map(|data| Ok::<_, Infallible>(Frame::data(data)))))
 }
 
 /// PutMedia settings.
@@ -167,7 +158,7 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
     eprintln!("kvs-emulator: putMedia stream={name} started");
     let faults = ConnectionFaults::new(&actions);
     tokio::spawn(ingest_task(ctx, params, arn, name, body, first, tx, faults, kill));
-    let mut response = Response::new(channel_body(rx));
+    let mut response = Response::new(stream_body(UnboundedReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
     response
         .headers_mut()

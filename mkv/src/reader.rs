@@ -339,6 +339,17 @@ mod tests {
         events
     }
 
+    /// Reads until the reader fails; panics if it only wants more input.
+    fn first_error(reader: &mut MkvReader) -> Error {
+        loop {
+            match reader.next_event() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("wanted an error"),
+                Err(err) => return err,
+            }
+        }
+    }
+
     fn kinds(events: &[Event]) -> Vec<String> {
         events
             .iter()
@@ -468,13 +479,7 @@ mod tests {
         stream.extend_from_slice(&[0x01, 0, 0, 0, 0x10, 0, 0, 0]);
         let mut reader = MkvReader::with_max_element_size(1 << 20);
         reader.push(&stream);
-        let err = loop {
-            match reader.next_event() {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("wanted an error"),
-                Err(err) => break err,
-            }
-        };
+        let err = first_error(&mut reader);
         assert!(
             matches!(err, Error::ElementTooLarge { id: id::SIMPLE_BLOCK, size: 0x1000_0000, .. }),
             "{err:?}"
@@ -493,13 +498,7 @@ mod tests {
         stream.extend_from_slice(&cluster);
         let mut reader = MkvReader::new();
         reader.push(&stream);
-        let err = loop {
-            match reader.next_event() {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("wanted an error"),
-                Err(err) => break err,
-            }
-        };
+        let err = first_error(&mut reader);
         assert!(matches!(err, Error::ElementOverflowsParent { id: id::TIMECODE, .. }), "{err:?}");
     }
 

@@ -8,6 +8,7 @@
 
 use gst::glib;
 
+pub mod kvs;
 pub mod kvssink;
 pub mod kvssrc;
 pub mod runtime;

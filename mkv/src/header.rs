@@ -76,9 +76,13 @@ pub fn tracks(tracks_data: &[u8]) -> Result<Vec<Track>, Error> {
                 id::TRACK_NUMBER => track.number = read_uint(data)?,
                 id::TRACK_UID => track.uid = read_uint(data)?,
                 id::TRACK_TYPE => track.track_type = read_uint(data)?,
-                id::CODEC_ID => track.codec_id = String::from_utf8_lossy(data).into_owned(),
+                id::CODEC_ID => {
+                    track.codec_id = String::from_utf8_lossy(data).trim_end_matches('\0').to_owned()
+                }
                 id::CODEC_PRIVATE => track.codec_private = data.to_vec(),
-                id::NAME => track.name = Some(String::from_utf8_lossy(data).into_owned()),
+                id::NAME => {
+                    track.name = Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_owned())
+                }
                 0xE0 => {
                     let mut width = 0;
                     let mut height = 0;

@@ -1,32 +1,439 @@
 //! The `kvssink` element: a `BaseSink` taking Matroska (`matroskamux` output).
+//!
+//! `start()` loads the AWS configuration and checks the stream (DescribeStream), so that missing credentials,
+//! an unreachable endpoint or a missing stream fail the state change with a clear error. `render()` feeds the
+//! [`Fragmenter`] and queues fragments for the [`Uploader`]; it never waits on the network, except that an
+//! upload that is not live waits for room in the queue. EOS waits until every fragment is persisted, bounded
+//! by `stop-stream-timeout`. Every wait goes through the element's [`Canceller`], so flushes and state changes
+//! end it at once.
 
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use crate::runtime::Canceller;
+use super::fragmenter::{Fragmenter, Output, TimeAnchor};
+use super::uploader::{Stats, UploadEvent, Uploader, UploaderConfig};
+use crate::kvs::ack::AckKind;
+use crate::kvs::config::{AwsContext, ConnectionSettings, Secret};
+use crate::kvs::control::{self, CreateParams};
+use crate::kvs::error::KvsError;
+use crate::runtime::{Canceller, WaitError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
 });
 
-#[derive(Debug, Clone, Default)]
+const DEFAULT_REQUEST_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_RETENTION_HOURS: u32 = 2;
+const DEFAULT_STALENESS_S: u32 = 60;
+const DEFAULT_STOP_TIMEOUT_S: u32 = 120;
+const DEFAULT_STORAGE_MB: u32 = 128;
+const DEFAULT_BUFFER_DURATION_S: u32 = 120;
+const DEFAULT_ROTATION_S: u32 = 40 * 60;
+const DEFAULT_RETRY_LIMIT: u32 = 10;
+
+#[derive(Debug, Clone)]
 struct Settings {
     stream_name: Option<String>,
+    connection: ConnectionSettings,
+    allow_create: bool,
+    retention_hours: u32,
+    kms_key_id: Option<String>,
+    stream_tags: Option<gst::Structure>,
+    fragment_acks: bool,
+    staleness_s: u32,
+    stop_timeout_s: u32,
+    storage_mb: u32,
+    buffer_duration_s: u32,
+    file_start_time: u64,
+    rotation_s: u32,
+    retry_limit: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_name: None,
+            connection: ConnectionSettings {
+                request_timeout: Duration::from_millis(u64::from(DEFAULT_REQUEST_TIMEOUT_MS)),
+                ..Default::default()
+            },
+            allow_create: true,
+            retention_hours: DEFAULT_RETENTION_HOURS,
+            kms_key_id: None,
+            stream_tags: None,
+            fragment_acks: true,
+            staleness_s: DEFAULT_STALENESS_S,
+            stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
+            storage_mb: DEFAULT_STORAGE_MB,
+            buffer_duration_s: DEFAULT_BUFFER_DURATION_S,
+            file_start_time: 0,
+            rotation_s: DEFAULT_ROTATION_S,
+            retry_limit: DEFAULT_RETRY_LIMIT,
+        }
+    }
+}
+
+struct Started {
+    fragmenter: Fragmenter,
+    uploader: Arc<Uploader>,
+    live: Option<bool>,
+    stop_timeout: Duration,
 }
 
 #[derive(Default)]
 pub struct KvsSink {
     settings: Mutex<Settings>,
+    state: Mutex<Option<Started>>,
+    /// The uploader, also reachable without the state lock (for `stats` while render waits).
+    uploader: Mutex<Option<Arc<Uploader>>>,
     canceller: Canceller,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn string_value(value: &glib::Value) -> Option<String> {
+    value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+}
+
+/// An AWS-side error as a GStreamer error message naming the cause.
+fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
+    let text = format!("kvssink: {error}");
+    match error {
+        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ["{}", text]),
+        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text]),
+        KvsError::Service { status: 401 | 403, .. } => {
+            gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text])
+        }
+        KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
+            gst::error_msg!(gst::ResourceError::NotFound, ["{}", text])
+        }
+        _ => gst::error_msg!(gst::ResourceError::OpenWrite, ["{}", text]),
+    }
+}
+
+fn stats_structure(stats: &Stats) -> gst::Structure {
+    gst::Structure::builder("kvssink-stats")
+        .field("bytes-sent", stats.bytes_sent)
+        .field("fragments-queued", stats.fragments_queued)
+        .field("fragments-sent", stats.fragments_sent)
+        .field("fragments-received", stats.fragments_received)
+        .field("fragments-persisted", stats.fragments_persisted)
+        .field("fragments-dropped", stats.fragments_dropped)
+        .field("fragments-resent", stats.fragments_resent)
+        .field("error-acks", stats.errors_acked)
+        .field("connections", stats.connections)
+        .field("reconnections", stats.reconnections)
+        .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
+        .field("queued-fragments", stats.queue_fragments as u64)
+        .field("queued-bytes", stats.queue_bytes as u64)
+        .build()
 }
 
 impl KvsSink {
     fn settings(&self) -> MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.settings)
+    }
+
+    /// Turns uploader events into bus messages, debug logs and, for a failure, an element error.
+    fn listener(&self) -> super::uploader::Listener {
+        let weak = self.obj().downgrade();
+        Arc::new(move |event: UploadEvent| {
+            let Some(element) = weak.upgrade() else { return };
+            let structure = match &event {
+                UploadEvent::Connected { connection, endpoint, resending } => {
+                    gst::info!(
+                        CAT,
+                        obj = element,
+                        "connection {connection} to {endpoint} open, re-sending {resending}"
+                    );
+                    gst::Structure::builder("kvssink-connection")
+                        .field("state", "connected")
+                        .field("connection", connection)
+                        .field("endpoint", endpoint)
+                        .field("resending", *resending as u64)
+                        .build()
+                }
+                UploadEvent::Disconnected { connection, reason, retry_in, attempt } => {
+                    gst::warning!(
+                        CAT,
+                        obj = element,
+                        "connection {connection} lost: {reason}; retry {attempt} in {retry_in:?}"
+                    );
+                    gst::Structure::builder("kvssink-connection")
+                        .field("state", "reconnecting")
+                        .field("connection", connection)
+                        .field("reason", reason)
+                        .field("attempt", attempt)
+                        .field("retry-in-ms", retry_in.as_millis() as u64)
+                        .build()
+                }
+                UploadEvent::Rotating { connection, reason } => {
+                    gst::info!(CAT, obj = element, "rotating connection {connection}: {reason}");
+                    gst::Structure::builder("kvssink-connection")
+                        .field("state", "rotating")
+                        .field("connection", connection)
+                        .field("reason", *reason)
+                        .build()
+                }
+                UploadEvent::Ack { connection, ack, latency } => {
+                    gst::debug!(CAT, obj = element, "connection {connection}: {ack:?}");
+                    let mut builder = gst::Structure::builder("kvssink-ack")
+                        .field("event-type", ack.kind.name())
+                        .field("connection", connection)
+                        .field("fragment-timecode", ack.timecode.unwrap_or(0))
+                        .field("fragment-number", ack.fragment_number.clone().unwrap_or_default());
+                    if let Some(latency) = latency {
+                        builder = builder.field("latency-ms", latency.as_millis() as u64);
+                    }
+                    if let AckKind::Error { id, code } = &ack.kind {
+                        builder = builder.field("error-id", id).field("error-code", code);
+                    }
+                    builder.build()
+                }
+                UploadEvent::Dropped { timecode, bytes, reason } => {
+                    gst::element_warning!(
+                        element,
+                        gst::ResourceError::Write,
+                        ("kvssink: fragment {} dropped", timecode),
+                        ["{}", reason]
+                    );
+                    gst::Structure::builder("kvssink-fragment-dropped")
+                        .field("fragment-timecode", timecode)
+                        .field("bytes", *bytes as u64)
+                        .field("reason", reason)
+                        .build()
+                }
+                UploadEvent::Failed(reason) => {
+                    gst::element_error!(
+                        element,
+                        gst::ResourceError::Write,
+                        ("kvssink: {}", reason),
+                        ["{}", reason]
+                    );
+                    return;
+                }
+            };
+            let _ = element.post_message(gst::message::Element::builder(structure).src(&element).build());
+        })
+    }
+
+    fn start_inner(&self) -> Result<Started, gst::ErrorMessage> {
+        let settings = self.settings().clone();
+        let Some(stream_name) = settings.stream_name.clone() else {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("kvssink: the stream-name property is not set"),
+                ["set stream-name to the name of the Kinesis video stream"]
+            ));
+        };
+        let mut connection = settings.connection.clone();
+        if connection.ca_file.is_none() {
+            // The C++ kvssink's variable for a custom CA.
+            connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH").ok().filter(|s| !s.is_empty());
+        }
+        let timeout = connection.request_timeout;
+        // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
+        let prepared = self.canceller.wait(
+            async {
+                let ctx = AwsContext::load(&connection, "kvssink").await?;
+                let description = control::ensure_stream(&ctx, &stream_name, None).await;
+                Ok::<_, KvsError>((ctx, description))
+            },
+            Some(timeout * 4),
+        );
+        let (ctx, description) = match prepared {
+            Ok(Ok(v)) => v,
+            Ok(Err(error)) => return Err(kvs_error_message(&error)),
+            Err(WaitError::Cancelled) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ["kvssink: start was interrupted"]
+                ));
+            }
+            Err(WaitError::TimedOut(after)) => {
+                return Err(kvs_error_message(&KvsError::Timeout { api: "DescribeStream", after }));
+            }
+        };
+        let (retention_hours, create) = match description {
+            Ok(description) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "stream {} ({}), retention {} h",
+                    stream_name,
+                    description.arn,
+                    description.retention_hours
+                );
+                (description.retention_hours, None)
+            }
+            Err(error) if error.code() == Some("ResourceNotFoundException") && settings.allow_create => {
+                let tags: HashMap<String, String> = settings
+                    .stream_tags
+                    .iter()
+                    .flat_map(|s| {
+                        s.iter().map(|(k, v)| {
+                            (k.to_string(), v.serialize().map(|v| v.to_string()).unwrap_or_default())
+                        })
+                    })
+                    .map(|(k, v)| (k, v.trim_matches('"').to_owned()))
+                    .collect();
+                let params = CreateParams {
+                    retention_hours: settings.retention_hours as i32,
+                    kms_key_id: settings.kms_key_id.clone(),
+                    media_type: None,
+                    device_name: None,
+                    tags,
+                };
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "stream {} is missing: it is created with the first fragment",
+                    stream_name
+                );
+                (settings.retention_hours as i32, Some(params))
+            }
+            Err(error) => return Err(kvs_error_message(&error)),
+        };
+        let config = UploaderConfig {
+            stream_name,
+            retention_hours,
+            create,
+            acks: settings.fragment_acks,
+            staleness: Duration::from_secs(u64::from(settings.staleness_s.max(1))),
+            rotation: Duration::from_secs(u64::from(settings.rotation_s.max(1))),
+            max_queue_bytes: settings.storage_mb as usize * 1024 * 1024,
+            max_queue_duration: Duration::from_secs(u64::from(settings.buffer_duration_s.max(1))),
+            retry_limit: settings.retry_limit,
+            max_backoff: Duration::from_secs(10),
+        };
+        let uploader = Uploader::start(ctx, config, self.listener());
+        let anchor = if settings.file_start_time > 0 {
+            TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(settings.file_start_time))
+        } else {
+            TimeAnchor::WallClock
+        };
+        Ok(Started {
+            fragmenter: Fragmenter::new(anchor),
+            uploader,
+            live: None,
+            stop_timeout: Duration::from_secs(u64::from(settings.stop_timeout_s)),
+        })
+    }
+
+    /// True when upstream is live (then a full queue drops fragments instead of blocking).
+    fn upstream_is_live(&self) -> bool {
+        let mut query = gst::query::Latency::new();
+        self.obj().sink_pad().peer_query(&mut query) && query.result().0
+    }
+
+    /// Hands the fragmenter's output to the uploader. Waits for room only when not live.
+    fn queue_outputs(
+        &self,
+        uploader: &Arc<Uploader>,
+        live: bool,
+        outputs: Vec<Output>,
+    ) -> Result<(), gst::FlowError> {
+        for output in outputs {
+            match output {
+                Output::Header(header) => {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "stream header {} ({} bytes, media type {:?})",
+                        header.generation,
+                        header.bytes.len(),
+                        header.media_type
+                    );
+                }
+                Output::Fragment(fragment) => {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "fragment {} ({} bytes, {} frames, {:?})",
+                        fragment.timecode,
+                        fragment.size,
+                        fragment.frames,
+                        fragment.duration
+                    );
+                    if !live {
+                        match self.canceller.wait(uploader.wait_for_room(fragment.size), None) {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_failed)) => return Err(gst::FlowError::Error),
+                            Err(_) => return Err(gst::FlowError::Flushing),
+                        }
+                    }
+                    if uploader.push(fragment).is_err() {
+                        return Err(gst::FlowError::Error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn input_error(&self, error: &super::fragmenter::InputError) -> gst::FlowError {
+        gst::element_imp_error!(
+            self,
+            gst::StreamError::Format,
+            ("kvssink: invalid input: {}", error),
+            ["kvssink takes the output of matroskamux (video/x-matroska): {}", error]
+        );
+        gst::FlowError::Error
+    }
+
+    fn on_eos(&self) {
+        let (uploader, outputs, live, stop_timeout) = {
+            let mut state = lock(&self.state);
+            let Some(started) = state.as_mut() else { return };
+            let outputs = match started.fragmenter.finish() {
+                Ok(outputs) => outputs,
+                Err(error) => {
+                    drop(state);
+                    let _ = self.input_error(&error);
+                    return;
+                }
+            };
+            (started.uploader.clone(), outputs, started.live.unwrap_or(false), started.stop_timeout)
+        };
+        if self.queue_outputs(&uploader, live, outputs).is_err() {
+            return;
+        }
+        uploader.finish();
+        let started = std::time::Instant::now();
+        match self.canceller.wait(uploader.wait_done(), Some(stop_timeout)) {
+            Ok(Ok(())) => {
+                gst::info!(CAT, imp = self, "EOS: every fragment acknowledged in {:?}", started.elapsed())
+            }
+            Ok(Err(reason)) => gst::warning!(CAT, imp = self, "EOS after a failure: {reason}"),
+            Err(WaitError::TimedOut(after)) => {
+                let stats = uploader.stats();
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "kvssink: {} fragments were not acknowledged as persisted within {} s",
+                        stats.queue_fragments,
+                        after.as_secs()
+                    ),
+                    [
+                        "EOS went on after stop-stream-timeout ({} s); {} fragments ({} bytes) were still waiting",
+                        after.as_secs(),
+                        stats.queue_fragments,
+                        stats.queue_bytes
+                    ]
+                );
+            }
+            Err(WaitError::Cancelled) => gst::debug!(CAT, imp = self, "EOS wait interrupted"),
+        }
     }
 }
 
@@ -37,14 +444,71 @@ impl ObjectSubclass for KvsSink {
     type ParentType = gst_base::BaseSink;
 }
 
+fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec {
+    glib::ParamSpecUInt::builder(name)
+        .blurb(blurb)
+        .maximum(max)
+        .default_value(default)
+        .mutable_ready()
+        .build()
+}
+
+fn string(name: &str, blurb: &str) -> glib::ParamSpec {
+    glib::ParamSpecString::builder(name).blurb(blurb).mutable_ready().build()
+}
+
+fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
+    glib::ParamSpecString::builder(name).blurb(blurb).write_only().mutable_ready().build()
+}
+
 impl ObjectImpl for KvsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                glib::ParamSpecString::builder("stream-name")
-                    .nick("Stream name")
-                    .blurb("Name of the Kinesis video stream to write to (required; default: none)")
+                string("stream-name", "Name of the Kinesis video stream to write to (required)"),
+                string("access-key", "AWS access key ID (default: the AWS default credential chain)"),
+                secret("secret-access-key", "AWS secret access key (write-only; default: the default credential chain)"),
+                secret("secret-key", "Same as secret-access-key (the C++ kvssink's name)"),
+                secret("session-token", "AWS session token for temporary credentials (write-only)"),
+                string("region", "AWS region (default: the default chain, else us-west-2)"),
+                string("aws-region", "Same as region (the C++ kvssink's name)"),
+                string("role-arn", "ARN of an IAM role to assume with STS (default: none)"),
+                string(
+                    "endpoint-uri",
+                    "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (default: CONTROL_PLANE_URI, else the regional AWS endpoint)",
+                ),
+                string("ca-file", "PEM file of extra CA certificates to trust (default: KVSSINK_CA_CERT_PATH; system roots are always trusted)"),
+                uint("request-timeout", "Timeout of each request and connection attempt, in milliseconds", u32::MAX, DEFAULT_REQUEST_TIMEOUT_MS),
+                glib::ParamSpecBoolean::builder("allow-create-stream")
+                    .blurb("Create the stream when it does not exist")
+                    .default_value(true)
                     .mutable_ready()
+                    .build(),
+                uint("retention-period", "Retention of a stream created by kvssink, in hours (0: no persistence)", 87_600, DEFAULT_RETENTION_HOURS),
+                string("kms-key-id", "KMS key for a stream created by kvssink (default: the AWS managed key)"),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stream-tags")
+                    .blurb("Tags of a stream created by kvssink, as a GstStructure (e.g. \"tags, team=video, env=prod\")")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("fragment-acks")
+                    .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds", 86_400, DEFAULT_STALENESS_S),
+                uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds", 86_400, DEFAULT_STOP_TIMEOUT_S),
+                uint("storage-size", "Fragment queue size limit, in MiB", 1_048_576, DEFAULT_STORAGE_MB),
+                uint("buffer-duration", "Fragment queue duration limit, in seconds", 86_400, DEFAULT_BUFFER_DURATION_S),
+                glib::ParamSpecUInt64::builder("file-start-time")
+                    .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings (0: the wall clock at the first buffer)")
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds (the service ends them at 45 min)", 2700, DEFAULT_ROTATION_S),
+                uint("retry-limit", "Failed connection attempts in a row before giving up (0: never give up)", u32::MAX, DEFAULT_RETRY_LIMIT),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes)")
+                    .read_only()
                     .build(),
             ]
         });
@@ -53,11 +517,34 @@ impl ObjectImpl for KvsSink {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings();
+        let get_u32 = || value.get::<u32>().unwrap_or_default();
         match pspec.name() {
-            "stream-name" => {
-                settings.stream_name = value.get::<Option<String>>().expect("type checked upstream");
+            "stream-name" => settings.stream_name = string_value(value),
+            "access-key" => settings.connection.access_key = string_value(value),
+            "secret-access-key" | "secret-key" => {
+                settings.connection.secret_access_key = string_value(value).map(Secret::new)
             }
-            name => unimplemented!("property {name}"),
+            "session-token" => settings.connection.session_token = string_value(value).map(Secret::new),
+            "region" | "aws-region" => settings.connection.region = string_value(value),
+            "role-arn" => settings.connection.role_arn = string_value(value),
+            "endpoint-uri" => settings.connection.endpoint_uri = string_value(value),
+            "ca-file" => settings.connection.ca_file = string_value(value),
+            "request-timeout" => {
+                settings.connection.request_timeout = Duration::from_millis(u64::from(get_u32().max(1)))
+            }
+            "allow-create-stream" => settings.allow_create = value.get().unwrap_or(true),
+            "retention-period" => settings.retention_hours = get_u32(),
+            "kms-key-id" => settings.kms_key_id = string_value(value),
+            "stream-tags" => settings.stream_tags = value.get::<Option<gst::Structure>>().ok().flatten(),
+            "fragment-acks" => settings.fragment_acks = value.get().unwrap_or(true),
+            "connection-staleness" => settings.staleness_s = get_u32(),
+            "stop-stream-timeout" => settings.stop_timeout_s = get_u32(),
+            "storage-size" => settings.storage_mb = get_u32(),
+            "buffer-duration" => settings.buffer_duration_s = get_u32(),
+            "file-start-time" => settings.file_start_time = value.get().unwrap_or(0),
+            "connection-rotation" => settings.rotation_s = get_u32(),
+            "retry-limit" => settings.retry_limit = get_u32(),
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
 
@@ -65,7 +552,35 @@ impl ObjectImpl for KvsSink {
         let settings = self.settings();
         match pspec.name() {
             "stream-name" => settings.stream_name.to_value(),
-            name => unimplemented!("property {name}"),
+            "access-key" => settings.connection.access_key.to_value(),
+            // Write-only: never read back.
+            "secret-access-key" | "secret-key" | "session-token" => None::<String>.to_value(),
+            "region" | "aws-region" => settings.connection.region.to_value(),
+            "role-arn" => settings.connection.role_arn.to_value(),
+            "endpoint-uri" => settings.connection.endpoint_uri.to_value(),
+            "ca-file" => settings.connection.ca_file.to_value(),
+            "request-timeout" => (settings.connection.request_timeout.as_millis() as u32).to_value(),
+            "allow-create-stream" => settings.allow_create.to_value(),
+            "retention-period" => settings.retention_hours.to_value(),
+            "kms-key-id" => settings.kms_key_id.to_value(),
+            "stream-tags" => settings.stream_tags.to_value(),
+            "fragment-acks" => settings.fragment_acks.to_value(),
+            "connection-staleness" => settings.staleness_s.to_value(),
+            "stop-stream-timeout" => settings.stop_timeout_s.to_value(),
+            "storage-size" => settings.storage_mb.to_value(),
+            "buffer-duration" => settings.buffer_duration_s.to_value(),
+            "file-start-time" => settings.file_start_time.to_value(),
+            "connection-rotation" => settings.rotation_s.to_value(),
+            "retry-limit" => settings.retry_limit.to_value(),
+            "stats" => {
+                drop(settings);
+                let stats = lock(&self.uploader).as_ref().map(|u| u.stats()).unwrap_or_default();
+                stats_structure(&stats).to_value()
+            }
+            other => {
+                gst::warning!(CAT, imp = self, "unknown property {other}");
+                None::<String>.to_value()
+            }
         }
     }
 }
@@ -102,32 +617,100 @@ impl ElementImpl for KvsSink {
 
 impl BaseSinkImpl for KvsSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings().clone();
-        if settings.stream_name.as_deref().is_none_or(str::is_empty) {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("kvssink: the stream-name property is not set"),
-                ["set stream-name to the name of the Kinesis video stream"]
-            ));
-        }
         self.canceller.reset();
-        gst::debug!(CAT, imp = self, "started for stream {:?}", settings.stream_name);
+        let started = self.start_inner()?;
+        *lock(&self.uploader) = Some(started.uploader.clone());
+        *lock(&self.state) = Some(started);
+        gst::debug!(CAT, imp = self, "started");
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.cancel();
+        if let Some(started) = lock(&self.state).take() {
+            started.uploader.stop();
+        }
         Ok(())
     }
 
-    fn render(&self, _buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        gst::element_imp_error!(
-            self,
-            gst::CoreError::NotImplemented,
-            ("kvssink: uploading is not implemented yet"),
-            ["PutMedia support lands with the kvssink issue"]
-        );
-        Err(gst::FlowError::Error)
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::ResourceError::Read, ["kvssink: cannot map the buffer"]);
+            gst::FlowError::Error
+        })?;
+        let live_unknown = lock(&self.state).as_ref().is_some_and(|s| s.live.is_none());
+        let live_now = if live_unknown { Some(self.upstream_is_live()) } else { None };
+        let (uploader, outputs, live) = {
+            let mut state = lock(&self.state);
+            let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
+            if let Some(live) = live_now {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "upstream is {}",
+                    if live {
+                        "live: a full queue drops the oldest fragments"
+                    } else {
+                        "not live: a full queue blocks"
+                    }
+                );
+                started.live = Some(live);
+            }
+            if let Some(reason) = started.uploader.failure() {
+                gst::debug!(CAT, imp = self, "uploader failed: {reason}");
+                return Err(gst::FlowError::Error);
+            }
+            match started.fragmenter.push(&map) {
+                Ok(outputs) => (started.uploader.clone(), outputs, started.live.unwrap_or(false)),
+                Err(error) => {
+                    drop(state);
+                    return Err(self.input_error(&error));
+                }
+            }
+        };
+        self.queue_outputs(&uploader, live, outputs)?;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::Eos(_) => self.on_eos(),
+            gst::EventView::CustomDownstream(custom) => {
+                if let Some(s) = custom.structure()
+                    && s.name() == "kvs-add-metadata"
+                {
+                    let name = s.get::<String>("name").unwrap_or_default();
+                    let value = s.get::<String>("value").unwrap_or_default();
+                    let persist = s.get::<bool>("persist").unwrap_or(false);
+                    let result = match lock(&self.state).as_mut() {
+                        Some(started) if !name.is_empty() => {
+                            started.fragmenter.add_metadata(&name, &value, persist)
+                        }
+                        _ => Ok(()),
+                    };
+                    match result {
+                        Ok(()) => gst::debug!(CAT, imp = self, "metadata {name}={value} (persist {persist})"),
+                        Err(error) => gst::element_imp_warning!(
+                            self,
+                            gst::StreamError::Failed,
+                            ("kvssink: metadata {:?} not added: {}", name, error),
+                            ["{}", error]
+                        ),
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.parent_event(event)
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Seeking(q) = query.view_mut() {
+            // A live upload cannot go back: matroskamux then writes a streamable file.
+            q.set(false, gst::format::Bytes::ZERO, gst::format::Bytes::NONE);
+            return true;
+        }
+        BaseSinkImplExt::parent_query(self, query)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
@@ -139,4 +722,11 @@ impl BaseSinkImpl for KvsSink {
         self.canceller.reset();
         Ok(())
     }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send + Sync>() {}
+    is_send::<KvsSink>();
+    let _ = SystemTime::now();
 }

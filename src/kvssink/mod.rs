@@ -1,9 +1,14 @@
 //! `kvssink`: streams the output of `matroskamux` to Kinesis Video Streams with PutMedia.
+//!
+//! [`fragmenter`] splits the Matroska byte stream into a header and fragments; [`uploader`] owns the PutMedia
+//! connection and the fragment queue; `imp` is the GStreamer element around them.
 
 use gst::glib;
 use gst::prelude::*;
 
+pub mod fragmenter;
 mod imp;
+pub mod uploader;
 
 glib::wrapper! {
     pub struct KvsSink(ObjectSubclass<imp::KvsSink>) @extends gst_base::BaseSink, gst::Element, gst::Object;

@@ -1,0 +1,288 @@
+//! Connection settings shared by kvssink and kvssrc: credentials, region, endpoint, CA, timeouts; and the
+//! [`AwsContext`] built from them with `aws-config`.
+//!
+//! Element properties override the default chain (environment, profiles, SSO, web identity, ECS task role,
+//! IMDS). `CONTROL_PLANE_URI`, the variable the C++ producer SDK reads, sets the control-plane endpoint when
+//! no `endpoint-uri` is given. Secrets are kept in [`Secret`], whose `Debug` never shows the value.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_http_client::tls;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use super::error::KvsError;
+
+/// The region used when neither a property nor the default chain gives one (the C++ kvssink's default).
+pub const DEFAULT_REGION: &str = "us-west-2";
+
+/// A secret string (secret access key, session token). Its `Debug` prints `"***"`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Everything needed to reach KVS, as the element properties give it. Empty fields fall back on the default
+/// chain.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionSettings {
+    pub region: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub role_arn: Option<String>,
+    pub endpoint_uri: Option<String>,
+    pub ca_file: Option<String>,
+    pub request_timeout: Duration,
+}
+
+/// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.
+pub fn control_plane_endpoint(settings: &ConnectionSettings) -> Option<String> {
+    settings
+        .endpoint_uri
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("CONTROL_PLANE_URI").ok().filter(|s| !s.is_empty()))
+        .map(|s| s.trim_end_matches('/').to_owned())
+}
+
+/// What the elements use to call KVS: the SDK configuration, the control-plane client and what PutMedia and
+/// GetMedia need to sign and connect by themselves.
+#[derive(Clone)]
+pub struct AwsContext {
+    pub region: String,
+    pub credentials: SharedCredentialsProvider,
+    pub kinesis_video: aws_sdk_kinesisvideo::Client,
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for AwsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsContext").field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+fn read_ca_file(path: &str) -> Result<Vec<u8>, KvsError> {
+    std::fs::read(path).map_err(|e| KvsError::Config(format!("cannot read the CA file {path:?}: {e}")))
+}
+
+/// The TLS client configuration for the data plane: the system's roots plus the custom CA, certificates
+/// always verified.
+fn data_plane_tls(
+    ca_pem: Option<&[u8]>,
+    ca_path: &str,
+) -> Result<tokio_rustls::rustls::ClientConfig, KvsError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system certificate rustls cannot use is skipped, as every rustls client does.
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = ca_pem {
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert =
+                cert.map_err(|e| KvsError::Config(format!("the CA file {ca_path:?} is not PEM: {e}")))?;
+            roots.add(cert).map_err(|e| {
+                KvsError::Config(format!("the CA file {ca_path:?} holds an unusable certificate: {e}"))
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(KvsError::Config(format!("the CA file {ca_path:?} holds no PEM certificate")));
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KvsError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+impl AwsContext {
+    /// Loads the configuration and checks that credentials can be had, so that a missing or broken credential
+    /// source is reported at start, naming the cause.
+    pub async fn load(settings: &ConnectionSettings, element: &'static str) -> Result<AwsContext, KvsError> {
+        let ca_pem = settings.ca_file.as_deref().filter(|p| !p.is_empty()).map(read_ca_file).transpose()?;
+        let ca_path = settings.ca_file.clone().unwrap_or_default();
+
+        let mut trust = tls::TrustStore::default();
+        if let Some(pem) = &ca_pem {
+            trust = trust.with_pem_certificate(pem.clone());
+        }
+        let tls_context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| KvsError::Config(format!("TLS: {e}")))?;
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_context(tls_context)
+            .build_https();
+
+        let region_chain = RegionProviderChain::first_try(
+            settings.region.clone().filter(|r| !r.is_empty()).map(aws_config::Region::new),
+        )
+        .or_default_provider()
+        .or_else(aws_config::Region::from_static(DEFAULT_REGION));
+
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.request_timeout)
+            .operation_attempt_timeout(settings.request_timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(region_chain)
+            .timeout_config(timeouts)
+            .app_name(
+                aws_config::AppName::new(element.replace(|c: char| !c.is_ascii_alphanumeric(), "-"))
+                    .map_err(|e| KvsError::Config(format!("app name: {e}")))?,
+            );
+        match (&settings.access_key, &settings.secret_access_key) {
+            (Some(key), Some(secret)) if !key.is_empty() && !secret.expose().is_empty() => {
+                let token =
+                    settings.session_token.as_ref().map(|t| t.expose().to_owned()).filter(|t| !t.is_empty());
+                loader = loader.credentials_provider(Credentials::new(
+                    key.clone(),
+                    secret.expose().to_owned(),
+                    token,
+                    None,
+                    "element-properties",
+                ));
+            }
+            (Some(key), _) if !key.is_empty() => {
+                return Err(KvsError::Credentials(
+                    "access-key is set but secret-access-key is not: set both, or neither to use the default chain"
+                        .into(),
+                ));
+            }
+            (_, Some(secret)) if !secret.expose().is_empty() => {
+                return Err(KvsError::Credentials(
+                    "secret-access-key is set but access-key is not: set both, or neither to use the default chain"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(endpoint) = control_plane_endpoint(settings) {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(KvsError::Config(format!(
+                    "endpoint-uri {endpoint:?} is not an http:// or https:// URL"
+                )));
+            }
+            loader = loader.endpoint_url(endpoint);
+        }
+        let mut sdk_config = loader.load().await;
+
+        if let Some(role_arn) = settings.role_arn.clone().filter(|r| !r.is_empty()) {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                .session_name(format!("gst-{element}"))
+                .configure(&sdk_config)
+                .build()
+                .await;
+            sdk_config = sdk_config
+                .to_builder()
+                .credentials_provider(SharedCredentialsProvider::new(provider))
+                .build();
+        }
+
+        let region = sdk_config.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let credentials = sdk_config
+            .credentials_provider()
+            .ok_or_else(|| KvsError::Credentials("no credential provider is configured".into()))?;
+        match tokio::time::timeout(settings.request_timeout, credentials.provide_credentials()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(KvsError::Credentials(format!(
+                    "{} (set access-key and secret-access-key, the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     environment variables, or an AWS profile)",
+                    describe_credentials_error(&e)
+                )));
+            }
+            Err(_) => {
+                return Err(KvsError::Credentials(format!(
+                    "the credential chain gave no answer within {:.1} s",
+                    settings.request_timeout.as_secs_f64()
+                )));
+            }
+        }
+        let tls = Arc::new(data_plane_tls(ca_pem.as_deref(), &ca_path)?);
+        Ok(AwsContext {
+            region,
+            credentials,
+            kinesis_video: aws_sdk_kinesisvideo::Client::new(&sdk_config),
+            tls,
+            request_timeout: settings.request_timeout,
+        })
+    }
+
+    /// The current credentials (refreshed by the provider when they expire).
+    pub async fn credentials(&self) -> Result<Credentials, KvsError> {
+        match tokio::time::timeout(self.request_timeout, self.credentials.provide_credentials()).await {
+            Ok(Ok(credentials)) => Ok(credentials),
+            Ok(Err(e)) => Err(KvsError::Credentials(describe_credentials_error(&e))),
+            Err(_) => Err(KvsError::Credentials("the credential provider gave no answer in time".into())),
+        }
+    }
+}
+
+/// The error and its sources on one line (the SDK's top-level messages alone are vague).
+fn describe_credentials_error(error: &aws_credential_types::provider::error::CredentialsError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let settings = ConnectionSettings {
+            access_key: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some(Secret::new("wJalrXUtnFEMI/K7MDENG")),
+            session_token: Some(Secret::new("IQoJb3JpZ2luX2VjEXAMPLETOKEN")),
+            ..Default::default()
+        };
+        let text = format!("{settings:?}");
+        assert!(!text.contains("wJalrXUtnFEMI"), "{text}");
+        assert!(!text.contains("IQoJb3JpZ2lu"), "{text}");
+        assert!(text.contains("AKIDEXAMPLE"));
+    }
+
+    #[test]
+    fn the_endpoint_property_wins_and_loses_its_trailing_slash() {
+        let settings =
+            ConnectionSettings { endpoint_uri: Some("http://127.0.0.1:4567/".into()), ..Default::default() };
+        assert_eq!(control_plane_endpoint(&settings).as_deref(), Some("http://127.0.0.1:4567"));
+    }
+}

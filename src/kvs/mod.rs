@@ -1,0 +1,9 @@
+//! The AWS side, shared by kvssink and kvssrc and free of GStreamer types: configuration and credentials
+//! ([`config`]), the control plane ([`control`]), PutMedia connections ([`putmedia`]) and their ACKs ([`ack`]),
+//! and the error table ([`error`]).
+
+pub mod ack;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod putmedia;

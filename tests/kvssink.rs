@@ -1,0 +1,286 @@
+//! kvssink against a kvs-emulator running in the test process: real pipelines (videotestsrc ! x264enc !
+//! matroskamux ! kvssink), frames read back through the emulator's media APIs and compared with what
+//! matroskamux produced, byte for byte.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gst::prelude::*;
+use serde_json::json;
+
+fn assert_round_trip(emu: &Emu, stream: &str, run: &Run) {
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let input = input_frames(&run.input);
+    assert!(!input.is_empty());
+    let output = unique_frames(&emu.read_back(stream));
+    assert_eq!(output.len(), input.len(), "frames in and out");
+    assert!(output == input, "the frames read back differ from the frames uploaded");
+}
+
+#[test]
+fn video_round_trip_every_frame_identical() {
+    let emu = Emu::start();
+    emu.create_stream("video", 1);
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(300),
+        sink_props(&emu, "video")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "video", &run);
+    assert_eq!(input_frames(&run.input).len(), 300);
+    // One fragment per second of video, each acknowledged and persisted.
+    assert_eq!(run.acks("PERSISTED"), 10, "{:?}", run.messages);
+    assert_eq!(run.stat("fragments-persisted"), 10);
+    assert_eq!(run.stat("fragments-resent"), 0);
+    assert_eq!(run.stat("queued-fragments"), 0);
+    let sizes: Vec<u64> =
+        emu.admin_fragments("video").iter().map(|f| f["size_bytes"].as_u64().unwrap()).collect();
+    assert_eq!(sizes.len(), 10);
+}
+
+#[test]
+fn video_and_aac_round_trip() {
+    let emu = Emu::start();
+    emu.create_stream("av", 1);
+    let description = format!(
+        "{} ! queue ! mux. audiotestsrc num-buffers=200 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+         ! avenc_aac ! aacparse ! queue ! mux. matroskamux name=mux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(120),
+        sink_props(&emu, "av")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "av", &run);
+    let tracks: std::collections::BTreeSet<u64> = input_frames(&run.input).iter().map(|(t, _)| *t).collect();
+    assert_eq!(tracks.len(), 2, "video and audio");
+}
+
+#[test]
+fn audio_only_round_trip() {
+    let emu = Emu::start();
+    emu.create_stream("audio", 1);
+    let description = format!(
+        "audiotestsrc num-buffers=150 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse \
+         ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        sink_props(&emu, "audio")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "audio", &run);
+}
+
+#[test]
+fn a_missing_stream_is_created_with_the_media_type_of_the_tracks() {
+    let emu = Emu::start();
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false retention-period=3 stream-tags=\"tags,team=video\" {CAPTURE}",
+        video_source(60),
+        sink_props(&emu, "created")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "created", &run);
+    let (status, described) = emu.json("/describeStream", json!({"StreamName": "created"}));
+    assert_eq!(status, 200);
+    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
+    assert_eq!(described["StreamInfo"]["DataRetentionInHours"], 3);
+    let (_, tags) = emu.json("/listTagsForStream", json!({"StreamName": "created"}));
+    assert_eq!(tags["Tags"]["team"], "video");
+}
+
+/// An upload of `frames` frames to `stream`, with extra kvssink properties.
+fn upload(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Run {
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {extra} {CAPTURE}",
+        video_source(frames),
+        sink_props(emu, stream)
+    );
+    run_pipeline(&description, Duration::from_secs(120))
+}
+
+fn reconnections(run: &Run) -> usize {
+    run.messages_named("kvssink-connection")
+        .iter()
+        .filter(|s| s.get::<String>("state").unwrap() == "reconnecting")
+        .count()
+}
+
+#[test]
+fn ten_dropped_connections_lose_nothing() {
+    let emu = Emu::start();
+    emu.create_stream("drops", 1);
+    emu.fault(json!({"api": "putMedia", "stream": "drops", "kind": "drop_after_bytes", "bytes": 30000, "times": 10}));
+    let run = upload(&emu, "drops", 360, "");
+    assert_round_trip(&emu, "drops", &run);
+    assert_eq!(reconnections(&run), 10, "{:?}", run.messages_named("kvssink-connection"));
+    assert_eq!(run.stat("reconnections"), 10);
+    assert!(run.stat("fragments-resent") >= 10, "{:?}", run.stats);
+}
+
+#[test]
+fn retryable_error_acks_resend_the_fragment() {
+    for error_id in [5000u32, 5001] {
+        let emu = Emu::start();
+        emu.create_stream("errors", 1);
+        emu.fault(json!({"api": "putMedia", "kind": "error_ack", "fragment": 3, "error_id": error_id}));
+        let run = upload(&emu, "errors", 240, "");
+        assert_round_trip(&emu, "errors", &run);
+        let errors: Vec<u32> =
+            run.messages_named("kvssink-ack").iter().filter_map(|s| s.get::<u32>("error-id").ok()).collect();
+        assert_eq!(errors, [error_id]);
+        assert_eq!(reconnections(&run), 1);
+        assert!(run.stat("fragments-resent") >= 1, "fragment 3 goes again: {:?}", run.stats);
+    }
+}
+
+#[test]
+fn a_503_on_connect_is_retried() {
+    let emu = Emu::start();
+    emu.create_stream("unavailable", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException", "times": 2}));
+    let run = upload(&emu, "unavailable", 90, "");
+    assert_round_trip(&emu, "unavailable", &run);
+    let reasons: Vec<String> = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter_map(|s| s.get::<String>("reason").ok())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("HTTP 503 ServiceUnavailableException"), "{reasons:?}");
+}
+
+#[test]
+fn withheld_acks_make_the_connection_stale_and_it_is_replaced() {
+    let emu = Emu::start();
+    emu.create_stream("stale", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
+    let run = upload(&emu, "stale", 90, "connection-staleness=2");
+    assert_round_trip(&emu, "stale", &run);
+    let reasons: Vec<String> = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter_map(|s| s.get::<String>("reason").ok())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("(connection-staleness)"), "{reasons:?}");
+}
+
+#[test]
+fn a_stream_deleted_mid_stream_is_an_element_error() {
+    let emu = Emu::start();
+    emu.create_stream("deleted", 1);
+    let (_, described) = emu.json("/describeStream", json!({"StreamName": "deleted"}));
+    let arn = described["StreamInfo"]["StreamARN"].as_str().unwrap().to_owned();
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=300 ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! {}",
+        sink_props(&emu, "deleted")
+    );
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(2500));
+            let (status, body) = emu.json("/deleteStream", json!({"StreamARN": arn}));
+            assert_eq!(status, 200, "{body}");
+        });
+        let run = run_pipeline(&description, Duration::from_secs(30));
+        let error = run.error.expect("an element error");
+        assert!(
+            error.contains("ERROR 4507 STREAM_DELETED") || error.contains("ResourceNotFoundException"),
+            "{error}"
+        );
+        assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
+    });
+}
+
+#[test]
+fn eos_waits_for_persisted_and_times_out_with_a_warning_when_it_never_comes() {
+    let emu = Emu::start();
+    emu.create_stream("unpersisted", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED"}));
+    let run = upload(&emu, "unpersisted", 60, "stop-stream-timeout=2");
+    assert_eq!(run.error, None);
+    assert!(run.elapsed >= Duration::from_secs(2), "{:?}", run.elapsed);
+    assert_eq!(run.acks("PERSISTED"), 0);
+    assert_eq!(run.acks("RECEIVED"), 2);
+    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
+    assert!(
+        run.warnings[0].contains("2 fragments were not acknowledged as persisted within 2 s"),
+        "{:?}",
+        run.warnings
+    );
+}
+
+#[test]
+fn setting_the_pipeline_to_null_during_a_stalled_eos_returns_at_once() {
+    init();
+    let emu = Emu::start();
+    emu.create_stream("stall", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "times": 5}));
+    let description =
+        format!("{} ! matroskamux ! {} sync=false", video_source(30), sink_props(&emu, "stall"));
+    let pipeline = gst::parse::launch(&description).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // The frames are encoded and queued at once; EOS then waits for ACKs that never come.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "NULL took {took:?}");
+}
+
+#[test]
+fn metadata_events_become_fragment_tags() {
+    let emu = Emu::start();
+    emu.create_stream("meta", 1);
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(90),
+        sink_props(&emu, "meta")
+    );
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        let pad = sink.static_pad("sink").unwrap();
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+            if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                for (name, value, persist) in [("camera", "front door", false), ("site", "berlin", true)] {
+                    let s = gst::Structure::builder("kvs-add-metadata")
+                        .field("name", name)
+                        .field("value", value)
+                        .field("persist", persist)
+                        .build();
+                    assert!(pad.send_event(gst::event::CustomDownstream::new(s)));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    assert_round_trip(&emu, "meta", &run);
+    // Per fragment, in order: the user tags stored with it.
+    let output = emu.read_back("meta");
+    let mut per_fragment: Vec<Vec<String>> = Vec::new();
+    for event in kvs_mkv::read_all(&output).unwrap() {
+        match event {
+            kvs_mkv::Event::EbmlHeader(_) => per_fragment.push(Vec::new()),
+            kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
+                for tag in kvs_mkv::tags::parse_tags(e.data()).unwrap() {
+                    if !tag.name.starts_with("AWS_") {
+                        per_fragment.last_mut().unwrap().push(format!("{}={}", tag.name, tag.value));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Each fragment carries its own tags. (The service treats Tags before the first Cluster of a connection as
+    // part of that connection's header, so the first fragment's tags also show up in the later fragments of
+    // the same connection, as in its recorded output; see the emulator's README.)
+    assert_eq!(per_fragment.len(), 3);
+    assert!(per_fragment[0].contains(&"camera=front door".to_owned()), "{per_fragment:?}");
+    for tags in &per_fragment {
+        assert!(tags.contains(&"site=berlin".to_owned()), "{per_fragment:?}");
+    }
+    let own_tags = |i: usize| per_fragment[i].iter().filter(|t| *t == "site=berlin").count();
+    assert_eq!((own_tags(1), own_tags(2)), (2, 2), "the persistent tag is sent with every fragment");
+}

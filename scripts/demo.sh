@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, builds the plugin and the emulator, starts the emulator, uploads ten
-# seconds of H.264 test video through the emulator's PutMedia, reads it back with GetMedia and checks that every
-# frame came back identical. Usage: bash scripts/demo.sh
+# The demo: installs what is missing, builds the plugin and the emulator, starts the emulator, streams ten
+# seconds of H.264 test video through kvssink, reads it back with GetMedia and checks that every frame came back
+# identical. Usage: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -23,25 +23,27 @@ say "kvs-emulator is at $url"
 say "gst-inspect-1.0 kvs"
 gst-inspect-1.0 kvs
 
-say "Encoding 10 s of test video (300 frames, H.264, matroskamux streamable=true) to $out/in.mkv"
-gst-launch-1.0 -q videotestsrc num-buffers=300 pattern=ball \
-    ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
-    ! x264enc key-int-max=30 option-string=scenecut=0 bframes=0 tune=zerolatency ! h264parse \
-    ! matroskamux streamable=true ! filesink location="$out/in.mkv"
-
 say "CreateStream demo (retention 1 h)"
 curl -sS -X POST "$url/createStream" -H 'content-type: application/json' \
     -d '{"StreamName":"demo","DataRetentionInHours":1}'
 echo
 
-say "PutMedia: uploading $out/in.mkv as one chunked request (ACKs in $out/acks.txt)"
-curl -sS -X POST "$url/putMedia" -H 'x-amzn-stream-name: demo' -H 'x-amzn-fragment-timecode-type: RELATIVE' \
-    -H "x-amzn-producer-start-timestamp: $(date +%s.%3N)" -H 'transfer-encoding: chunked' \
-    --data-binary @"$out/in.mkv" -o "$out/acks.txt"
+say "kvssink: 10 s of test video (300 frames, H.264) through matroskamux to the emulator, a copy in $out/in.mkv"
+GST_DEBUG="${GST_DEBUG:-kvssink:3}" gst-launch-1.0 -e -m videotestsrc num-buffers=300 pattern=ball \
+    ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
+    ! x264enc key-int-max=30 option-string=scenecut=0 bframes=0 tune=zerolatency ! h264parse \
+    ! matroskamux streamable=true ! tee name=t \
+    t. ! queue ! kvssink stream-name=demo endpoint-uri="$url" access-key=AKIDDEMO secret-access-key=demo-secret \
+        region=us-east-1 sync=false \
+    t. ! queue ! filesink location="$out/in.mkv" >"$out/kvssink.log" 2>&1
 for kind in BUFFERING RECEIVED PERSISTED ERROR; do
-    printf '  %-9s %s\n' "$kind" "$(grep -c "\"EventType\":\"$kind\"" "$out/acks.txt" || true)"
+    printf '  %-9s %s\n' "$kind" "$(grep -c "event-type=(string)$kind" "$out/kvssink.log" || true)"
 done
-if grep -q '"EventType":"ERROR"' "$out/acks.txt"; then echo "error: the emulator refused the upload" >&2; exit 1; fi
+if grep -q 'ERROR: from element' "$out/kvssink.log"; then
+    cat "$out/kvssink.log" >&2
+    echo "error: kvssink failed" >&2
+    exit 1
+fi
 
 say "GetMedia (EARLIEST) into $out/out.mkv"
 curl -sS -X POST "$url/getMedia" -H 'content-type: application/json' \
@@ -56,4 +58,4 @@ if [ "${in_line##* }" != "${out_line##* }" ] || [ "$in_frames" != "$out_frames" 
     exit 1
 fi
 say "Demo done: $in_frames frames uploaded and read back identical."
-say "(kvssink and kvssrc will replace the curl calls above as they land.)"
+say "(kvssrc will replace the GetMedia curl call above when it lands.)"

@@ -284,3 +284,141 @@ fn metadata_events_become_fragment_tags() {
     let own_tags = |i: usize| per_fragment[i].iter().filter(|t| *t == "site=berlin").count();
     assert_eq!((own_tags(1), own_tags(2)), (2, 2), "the persistent tag is sent with every fragment");
 }
+
+/// A pipeline reading `data` from a file as Matroska into kvssink; returns the error it ends with.
+fn error_for_input(emu: &Emu, stream: &str, data: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("kvssink-test-{}-{stream}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("input.mkv");
+    std::fs::write(&path, data).unwrap();
+    let description = format!(
+        "filesrc location={} ! video/x-matroska ! {} sync=false",
+        path.display(),
+        sink_props(emu, stream)
+    );
+    let run = run_pipeline(&description, Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    run.error.expect("an element error")
+}
+
+#[test]
+fn bad_input_gives_an_error_naming_the_problem() {
+    use kvs_mkv::writer;
+    let emu = Emu::start();
+    emu.create_stream("bad", 1);
+
+    let error = error_for_input(&emu, "bad", b"this is certainly not a Matroska stream, just text");
+    assert!(error.contains("kvssink: invalid input: not Matroska"), "{error}");
+
+    let mut stream = writer::h264_stream_header();
+    writer::write_cluster_start(&mut stream, 0);
+    writer::write_simple_block(&mut stream, 1, 0, true, &[7; 500]);
+    let error = error_for_input(&emu, "bad", &stream[..stream.len() - 100]);
+    assert!(error.contains("truncated Matroska: the input ends inside an element"), "{error}");
+
+    let mut long = writer::h264_stream_header();
+    writer::write_cluster_start(&mut long, 0);
+    writer::write_simple_block(&mut long, 1, 0, true, &[1]);
+    writer::write_simple_block(&mut long, 1, 12_000, false, &[2]);
+    let error = error_for_input(&emu, "bad", &long);
+    assert!(error.contains("lasts at least 12.000 s, longer than the KVS fragment limit of 10 s"), "{error}");
+
+    let mut backwards = writer::h264_stream_header();
+    for timecode in [5000, 1000] {
+        writer::write_cluster_start(&mut backwards, timecode);
+        writer::write_simple_block(&mut backwards, 1, 0, true, &[1]);
+    }
+    let error = error_for_input(&emu, "bad", &backwards);
+    assert!(error.contains("Matroska cluster timecodes go backwards"), "{error}");
+}
+
+fn start_error(description: &str) -> (String, Duration) {
+    let run = run_pipeline(description, Duration::from_secs(60));
+    (run.error.expect("an element error"), run.elapsed)
+}
+
+#[test]
+fn a_wrong_secret_is_refused_with_the_service_error() {
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "right-secret".into())],
+        ..Default::default()
+    });
+    let (error, _) =
+        start_error(&format!("{} ! matroskamux ! {}", video_source(10), sink_props(&emu, "any")));
+    assert!(error.contains("kvssink: DescribeStream failed: HTTP 403"), "{error}");
+    assert!(!error.contains("test-secret"), "the secret never shows: {error}");
+}
+
+#[test]
+fn a_missing_stream_without_creation_is_an_error() {
+    let emu = Emu::start();
+    let (error, _) = start_error(&format!(
+        "{} ! matroskamux ! {} allow-create-stream=false",
+        video_source(10),
+        sink_props(&emu, "nothere")
+    ));
+    assert!(
+        error.contains(
+            "the stream \"nothere\" does not exist and creating it is not allowed (allow-create-stream=false)"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_within_the_request_timeout() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (error, elapsed) = start_error(&format!(
+        "{} ! matroskamux ! kvssink stream-name=x endpoint-uri=http://127.0.0.1:{port} access-key=AK secret-access-key=SK \
+         region=us-east-1 request-timeout=2000",
+        video_source(10)
+    ));
+    assert!(error.contains("kvssink: DescribeStream failed: cannot reach the service"), "{error}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[test]
+fn no_credentials_anywhere_is_an_error_naming_the_cause() {
+    // gst-launch-1.0 in a clean environment: no AWS variables, an empty HOME, IMDS disabled.
+    let plugin_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release");
+    if !plugin_dir.join("libgstkvs.so").exists() {
+        panic!("build the plugin first (cargo build --release)");
+    }
+    let home = std::env::temp_dir().join(format!("kvssink-nocreds-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let output = std::process::Command::new("gst-launch-1.0")
+        .args(["fakesrc", "num-buffers=1", "!", "video/x-matroska", "!", "kvssink", "stream-name=x"])
+        .args(["endpoint-uri=http://127.0.0.1:9", "region=us-east-1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &home)
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .env("GST_REGISTRY", home.join("registry.bin"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&home).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("kvssink: no usable AWS credentials")
+            || stderr.contains("kvssink: no usable AWS credentials"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn secrets_cannot_be_read_back() {
+    init();
+    let sink =
+        gst::ElementFactory::make("kvssink").property("secret-access-key", "s3cr3t-value").build().unwrap();
+    for name in ["secret-access-key", "secret-key", "session-token"] {
+        let pspec = sink.find_property(name).unwrap();
+        assert!(!pspec.flags().contains(gst::glib::ParamFlags::READABLE), "{name} is readable");
+        assert!(pspec.flags().contains(gst::glib::ParamFlags::WRITABLE), "{name} is not writable");
+    }
+    assert_eq!(sink.property::<u32>("request-timeout"), 10_000);
+    assert_eq!(sink.property::<u32>("connection-staleness"), 60);
+}

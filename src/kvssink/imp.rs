@@ -465,49 +465,49 @@ impl ObjectImpl for KvsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                string("stream-name", "Name of the Kinesis video stream to write to (required)"),
+                string("stream-name", "Name of the Kinesis video stream to write to (required; default: none)"),
                 string("access-key", "AWS access key ID (default: the AWS default credential chain)"),
                 secret("secret-access-key", "AWS secret access key (write-only; default: the default credential chain)"),
-                secret("secret-key", "Same as secret-access-key (the C++ kvssink's name)"),
-                secret("session-token", "AWS session token for temporary credentials (write-only)"),
+                secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only; default: none)"),
+                secret("session-token", "AWS session token for temporary credentials (write-only; default: none)"),
                 string("region", "AWS region (default: the default chain, else us-west-2)"),
-                string("aws-region", "Same as region (the C++ kvssink's name)"),
+                string("aws-region", "Same as region, the C++ kvssink's name (default: the default chain, else us-west-2)"),
                 string("role-arn", "ARN of an IAM role to assume with STS (default: none)"),
                 string(
                     "endpoint-uri",
                     "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (default: CONTROL_PLANE_URI, else the regional AWS endpoint)",
                 ),
                 string("ca-file", "PEM file of extra CA certificates to trust (default: KVSSINK_CA_CERT_PATH; system roots are always trusted)"),
-                uint("request-timeout", "Timeout of each request and connection attempt, in milliseconds", u32::MAX, DEFAULT_REQUEST_TIMEOUT_MS),
+                uint("request-timeout", "Timeout of each request and connection attempt, in milliseconds (default: 10000)", u32::MAX, DEFAULT_REQUEST_TIMEOUT_MS),
                 glib::ParamSpecBoolean::builder("allow-create-stream")
-                    .blurb("Create the stream when it does not exist")
+                    .blurb("Create the stream when it does not exist (default: true)")
                     .default_value(true)
                     .mutable_ready()
                     .build(),
-                uint("retention-period", "Retention of a stream created by kvssink, in hours (0: no persistence)", 87_600, DEFAULT_RETENTION_HOURS),
+                uint("retention-period", "Retention of a stream created by kvssink, in hours; 0: no persistence (default: 2)", 87_600, DEFAULT_RETENTION_HOURS),
                 string("kms-key-id", "KMS key for a stream created by kvssink (default: the AWS managed key)"),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stream-tags")
-                    .blurb("Tags of a stream created by kvssink, as a GstStructure (e.g. \"tags, team=video, env=prod\")")
+                    .blurb("Tags of a stream created by kvssink, as a GstStructure such as \"tags, team=video, env=prod\" (default: none)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("fragment-acks")
-                    .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted")
+                    .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted (default: true)")
                     .default_value(true)
                     .mutable_ready()
                     .build(),
-                uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds", 86_400, DEFAULT_STALENESS_S),
-                uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds", 86_400, DEFAULT_STOP_TIMEOUT_S),
-                uint("storage-size", "Fragment queue size limit, in MiB", 1_048_576, DEFAULT_STORAGE_MB),
-                uint("buffer-duration", "Fragment queue duration limit, in seconds", 86_400, DEFAULT_BUFFER_DURATION_S),
+                uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds (default: 60)", 86_400, DEFAULT_STALENESS_S),
+                uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds (default: 120)", 86_400, DEFAULT_STOP_TIMEOUT_S),
+                uint("storage-size", "Fragment queue size limit, in MiB: a live source then drops the oldest unsent fragments, other sources wait (default: 128)", 1_048_576, DEFAULT_STORAGE_MB),
+                uint("buffer-duration", "Fragment queue duration limit, in seconds (default: 120)", 86_400, DEFAULT_BUFFER_DURATION_S),
                 glib::ParamSpecUInt64::builder("file-start-time")
-                    .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings (0: the wall clock at the first buffer)")
+                    .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings ; 0: the wall clock at the first buffer (default: 0)")
                     .default_value(0)
                     .mutable_ready()
                     .build(),
-                uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds (the service ends them at 45 min)", 2700, DEFAULT_ROTATION_S),
-                uint("retry-limit", "Failed connection attempts in a row before giving up (0: never give up)", u32::MAX, DEFAULT_RETRY_LIMIT),
+                uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min (default: 2400)", 2700, DEFAULT_ROTATION_S),
+                uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up (default: 10)", u32::MAX, DEFAULT_RETRY_LIMIT),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes)")
+                    .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
                     .read_only()
                     .build(),
             ]

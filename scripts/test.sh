@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 
 say "cargo test --release --workspace"
 set +e
+# The plugin library first: a test runs gst-launch-1.0 against target/release/libgstkvs.so.
+cargo build --release --workspace 2>&1 | tail -3
 cargo test --release --workspace 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e

@@ -720,11 +720,12 @@ impl Uploader {
         if latency.is_some() {
             self.lock().stats.last_ack_latency = latency;
         }
-        self.notify();
+        // Messages first: a waiter woken by the notification (EOS) must find them already on the bus.
         self.emit(UploadEvent::Ack { connection, ack, latency });
         if let Some((timecode, bytes, reason)) = dropped {
             self.emit(UploadEvent::Dropped { timecode, bytes, reason });
         }
+        self.notify();
         result
     }
 

@@ -422,3 +422,144 @@ fn secrets_cannot_be_read_back() {
     assert_eq!(sink.property::<u32>("request-timeout"), 10_000);
     assert_eq!(sink.property::<u32>("connection-staleness"), 60);
 }
+
+/// A file of `frames` frames of 160x120 H.264 at 30 fps in Matroska (a key frame, so a cluster, every
+/// `key_interval` frames), for the tests that upload recordings.
+fn recording(name: &str, frames: u32, key_interval: u32) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kvssink-test-{}-{name}.mkv", std::process::id()));
+    let description = format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+         ! x264enc key-int-max={key_interval} bframes=0 speed-preset=ultrafast ! h264parse ! matroskamux ! filesink location={}",
+        path.display()
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(run.error, None);
+    path
+}
+
+/// Uploads a recording demuxed and muxed again (so buffers carry timestamps the sink can sync on).
+fn upload_recording(emu: &Emu, stream: &str, path: &std::path::Path, extra: &str) -> Run {
+    let description = format!(
+        "filesrc location={} ! matroskademux ! h264parse ! matroskamux ! tee name=t ! queue ! {} {extra} {CAPTURE}",
+        path.display(),
+        sink_props(emu, stream)
+    );
+    run_pipeline(&description, Duration::from_secs(90))
+}
+
+#[test]
+fn sync_true_uploads_at_native_rate_and_sync_false_as_fast_as_it_can() {
+    let emu = Emu::start();
+    emu.create_stream("paced", 1);
+    emu.create_stream("unpaced", 1);
+    let ten_seconds = recording("10s", 300, 30);
+    let sixty_seconds = recording("60s", 1800, 30);
+
+    let paced = upload_recording(&emu, "paced", &ten_seconds, "sync=true");
+    assert_round_trip(&emu, "paced", &paced);
+    println!("sync=true, 10 s of video: {:.2} s", paced.elapsed.as_secs_f64());
+    // Clock sync cannot render the last frame (at 9.967 s) before its time.
+    assert!(paced.elapsed >= Duration::from_millis(9_900), "{:?}", paced.elapsed);
+    assert!(paced.elapsed < Duration::from_secs(20), "{:?}", paced.elapsed);
+
+    let unpaced = upload_recording(&emu, "unpaced", &sixty_seconds, "sync=false");
+    assert_round_trip(&emu, "unpaced", &unpaced);
+    assert_eq!(input_frames(&unpaced.input).len(), 1800);
+    println!("sync=false, 60 s of video: {:.2} s", unpaced.elapsed.as_secs_f64());
+    assert!(unpaced.elapsed < Duration::from_secs(20), "{:?}", unpaced.elapsed);
+    for path in [ten_seconds, sixty_seconds] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn connection_states(run: &Run) -> Vec<(String, String)> {
+    run.messages_named("kvssink-connection")
+        .iter()
+        .map(|s| (s.get::<String>("state").unwrap(), s.get::<String>("reason").unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn connection_rotation_opens_new_connections_and_loses_nothing() {
+    let emu = Emu::start();
+    emu.create_stream("rotation", 1);
+    let path = recording("rotation", 180, 60);
+    // Three 2-s fragments at native rate; each fragment after the first finds its connection older than 1 s.
+    let run = upload_recording(&emu, "rotation", &path, "sync=true connection-rotation=1");
+    let _ = std::fs::remove_file(&path);
+    assert_round_trip(&emu, "rotation", &run);
+    let states = connection_states(&run);
+    let rotations = states.iter().filter(|(s, _)| s == "rotating").count();
+    assert_eq!(rotations, 2, "{states:?}");
+    assert!(states.iter().filter(|(s, _)| s == "rotating").all(|(_, r)| r == "connection-rotation reached"));
+    assert_eq!(states.iter().filter(|(s, _)| s == "reconnecting").count(), 0, "{states:?}");
+    assert_eq!(run.stat("connections"), rotations as u64 + 1);
+    // Nothing is sent twice: each connection's fragments finish on it while the next one starts.
+    assert_eq!(run.stat("fragments-resent"), 0);
+    assert_eq!(frames(&emu.read_back("rotation")).len(), 180);
+    assert_eq!(run.acks("PERSISTED"), 3);
+}
+
+#[test]
+fn a_new_stream_header_starts_a_new_connection_with_it() {
+    use kvs_mkv::writer;
+    let emu = Emu::start();
+    emu.create_stream("headers", 1);
+    // Two Matroska documents one after the other, as matroskamux writes after a caps change.
+    let mut data = Vec::new();
+    let mut payloads = Vec::new();
+    for document in 0..2u8 {
+        data.extend(writer::h264_stream_header());
+        for cluster in 0..2u8 {
+            writer::write_cluster_start(&mut data, u64::from(cluster) * 1000);
+            for frame in 0..3u8 {
+                let payload = vec![document * 100 + cluster * 10 + frame; 200 + usize::from(frame)];
+                writer::write_simple_block(&mut data, 1, i16::from(frame) * 333, frame == 0, &payload);
+                payloads.push((1u64, payload));
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("kvssink-test-{}-headers", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("input.mkv");
+    std::fs::write(&path, &data).unwrap();
+    let description = format!(
+        "filesrc location={} ! video/x-matroska ! {} sync=false",
+        path.display(),
+        sink_props(&emu, "headers")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    let states = connection_states(&run);
+    assert_eq!(
+        states.iter().filter(|(s, _)| s == "rotating").map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        ["the stream header changed"],
+        "{states:?}"
+    );
+    assert_eq!(run.stat("connections"), 2);
+    assert_eq!(unique_frames(&emu.read_back("headers")), payloads);
+    // Each connection's fragments carry the header it was opened with: two EBML documents in the stored media.
+    let fragments = emu.admin_fragments("headers");
+    assert_eq!(fragments.len(), 4);
+}
+
+#[test]
+fn without_fragment_acks_fragments_are_released_once_written() {
+    let emu = Emu::start();
+    emu.create_stream("noacks", 1);
+    // Even with no ACK at all, nothing waits for one: no staleness, no EOS timeout.
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
+    let run = upload(&emu, "noacks", 90, "fragment-acks=false connection-staleness=1 stop-stream-timeout=30");
+    assert_round_trip(&emu, "noacks", &run);
+    assert_eq!(run.warnings, Vec::<String>::new());
+    assert_eq!(reconnections(&run), 0);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "EOS did not wait for the stop-stream-timeout: {:?}",
+        run.elapsed
+    );
+    assert_eq!(run.stat("fragments-sent"), 3);
+    assert_eq!(run.stat("fragments-persisted"), 0);
+    assert_eq!(run.stat("queued-fragments"), 0);
+}

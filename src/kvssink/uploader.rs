@@ -584,6 +584,7 @@ impl Uploader {
                 (shared.end, shared.queue.is_empty())
             };
             if end && empty {
+                close(body, acks, write_timeout).await;
                 return Ok(End::Done);
             }
             if end && !end_of_fragment_sent {
@@ -767,16 +768,25 @@ impl Uploader {
             }
         }
         .await;
-        drop(body);
-        if ok.is_none() {
-            let mut shared = self.lock();
-            if shared.requeue(connection) > 0 {
-                shared.requeue_epoch += 1;
-            }
-            drop(shared);
-            self.notify();
+        if ok.is_some() {
+            close(body, acks, timeout).await;
+            return;
         }
+        drop(body);
+        let mut shared = self.lock();
+        if shared.requeue(connection) > 0 {
+            shared.requeue_epoch += 1;
+        }
+        drop(shared);
+        self.notify();
     }
+}
+
+/// Ends the request body (hyper writes the last chunk) and reads the response to its end, so the service sees
+/// a complete request rather than a reset connection. Bounded: a response that stays open is abandoned.
+async fn close(body: mpsc::Sender<Bytes>, mut acks: Incoming, timeout: Duration) {
+    drop(body);
+    let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = acks.frame().await {} }).await;
 }
 
 async fn send(body: &mpsc::Sender<Bytes>, chunk: Bytes, timeout: Duration) -> Result<(), Failure> {

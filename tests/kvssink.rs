@@ -140,11 +140,7 @@ fn a_503_on_connect_is_retried() {
     emu.fault(json!({"api": "putMedia", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException", "times": 2}));
     let run = upload(&emu, "unavailable", 90, "");
     assert_round_trip(&emu, "unavailable", &run);
-    let reasons: Vec<String> = run
-        .messages_named("kvssink-connection")
-        .iter()
-        .filter_map(|s| s.get::<String>("reason").ok())
-        .collect();
+    let reasons = reasons(&run);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].contains("HTTP 503 ServiceUnavailableException"), "{reasons:?}");
 }
@@ -156,11 +152,7 @@ fn withheld_acks_make_the_connection_stale_and_it_is_replaced() {
     emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
     let run = upload(&emu, "stale", 90, "connection-staleness=2");
     assert_round_trip(&emu, "stale", &run);
-    let reasons: Vec<String> = run
-        .messages_named("kvssink-connection")
-        .iter()
-        .filter_map(|s| s.get::<String>("reason").ok())
-        .collect();
+    let reasons = reasons(&run);
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("(connection-staleness)"), "{reasons:?}");
 }
@@ -470,6 +462,11 @@ fn sync_true_uploads_at_native_rate_and_sync_false_as_fast_as_it_can() {
     for path in [ten_seconds, sixty_seconds] {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Why connections ended (reconnections and rotations), in order.
+fn reasons(run: &Run) -> Vec<String> {
+    connection_states(run).into_iter().map(|(_, reason)| reason).filter(|r| !r.is_empty()).collect()
 }
 
 fn connection_states(run: &Run) -> Vec<(String, String)> {

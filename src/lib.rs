@@ -11,6 +11,7 @@ use gst::glib;
 pub mod kvs;
 pub mod kvssink;
 pub mod kvssrc;
+mod props;
 pub mod runtime;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -1,9 +1,10 @@
 //! The AWS side, shared by kvssink and kvssrc and free of GStreamer types: configuration and credentials
-//! ([`config`]), the control plane ([`control`]), PutMedia connections ([`putmedia`]) and their ACKs ([`ack`]),
+//! ([`config`]), the control plane ([`control`]), signed data-plane requests ([`http`]), PutMedia connections ([`putmedia`]) and their ACKs ([`ack`]),
 //! and the error table ([`error`]).
 
 pub mod ack;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod http;
 pub mod putmedia;

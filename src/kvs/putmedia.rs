@@ -8,20 +8,18 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
+use aws_sigv4::http_request::SignableBody;
 use bytes::Bytes;
 use futures::Stream;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::config::AwsContext;
 use super::error::KvsError;
+use super::http::sign_headers;
 
 const API: &str = "PutMedia";
 
@@ -47,65 +45,6 @@ pub struct PutMediaConnection {
     pub acks: Incoming,
 }
 
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// Splits `scheme://host[:port]` into (tls, host, port).
-pub fn parse_endpoint(endpoint: &str) -> Result<(bool, String, u16), KvsError> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| KvsError::Config(format!("the data endpoint {endpoint:?} is not a URL: {e}")))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => {
-            return Err(KvsError::Config(format!(
-                "the data endpoint {endpoint:?} is not http:// or https://"
-            )));
-        }
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| KvsError::Config(format!("the data endpoint {endpoint:?} has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok((tls, host, port))
-}
-
-async fn connect(ctx: &AwsContext, endpoint: &str) -> Result<(Box<dyn Io>, String), KvsError> {
-    let (tls, host, port) = parse_endpoint(endpoint)?;
-    let timeout = ctx.request_timeout;
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| KvsError::Timeout { api: API, after: timeout })?
-        .map_err(|e| KvsError::Network {
-            api: API,
-            message: format!("cannot connect to {host}:{port}: {e}"),
-        })?;
-    let _ = tcp.set_nodelay(true);
-    let authority =
-        if (tls && port == 443) || (!tls && port == 80) { host.clone() } else { format!("{host}:{port}") };
-    let authority =
-        if host.contains(':') && authority != host { format!("[{host}]:{port}") } else { authority };
-    if !tls {
-        return Ok((Box::new(tcp), authority));
-    }
-    let server_name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-        KvsError::Config(format!("the data endpoint host {host:?} is not a valid TLS name: {e}"))
-    })?;
-    let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
-    let stream = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
-        .await
-        .map_err(|_| KvsError::Timeout { api: API, after: timeout })?
-        .map_err(|e| KvsError::Network {
-            api: API,
-            message: format!("TLS with {host}:{port} failed: {e}"),
-        })?;
-    Ok((Box::new(stream), authority))
-}
-
 /// The headers of a signed PutMedia request, `host` first.
 pub fn signed_headers(
     credentials: &aws_credential_types::Credentials,
@@ -125,102 +64,36 @@ pub fn signed_headers(
         ("content-type", "video/x-matroska"),
         ("user-agent", concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"))),
     ];
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("kinesisvideo")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| KvsError::Config(format!("cannot sign PutMedia: {e}")))?
-        .into();
-    let url = format!("{endpoint}/putMedia");
-    let signable =
-        SignableRequest::new("POST", url.as_str(), headers.iter().copied(), SignableBody::UnsignedPayload)
-            .map_err(|e| KvsError::Config(format!("cannot sign PutMedia: {e}")))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| KvsError::Config(format!("cannot sign PutMedia: {e}")))?
-        .into_parts();
-    let (added, _) = instructions.into_parts();
-    let mut out: Vec<(String, String)> =
-        headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    out.extend(added.into_iter().map(|h| (h.name().to_owned(), h.value().to_owned())));
-    Ok(out)
-}
-
-/// The error in a non-200 answer: the `x-amzn-ErrorType` header (up to its `:`) or the body's `__type`, and
-/// the body's `Message`.
-async fn error_from_response(response: hyper::Response<Incoming>, timeout: Duration) -> KvsError {
-    let status = response.status().as_u16();
-    let header_code = response
-        .headers()
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(':').next().unwrap_or(v).to_owned());
-    let body = tokio::time::timeout(timeout, response.into_body().collect())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let code = header_code
-        .or_else(|| {
-            json.get("__type").and_then(|v| v.as_str()).map(|s| s.rsplit('#').next().unwrap_or(s).to_owned())
-        })
-        .unwrap_or_else(|| format!("HTTP{status}"));
-    let message = json
-        .get("Message")
-        .or_else(|| json.get("message"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    KvsError::Service { api: API, status, code, message }
+    sign_headers(
+        credentials,
+        region,
+        &format!("{endpoint}/putMedia"),
+        &headers,
+        SignableBody::UnsignedPayload,
+        time,
+        API,
+    )
 }
 
 /// Connects, signs and sends the request head; returns once the service answered 200 (the ACK stream is then
 /// open). Bounded by the request timeout.
 pub async fn open(ctx: &AwsContext, request: &PutMediaRequest) -> Result<PutMediaConnection, KvsError> {
-    let timeout = ctx.request_timeout;
-    let (io, authority) = connect(ctx, &request.endpoint).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| KvsError::Network { api: API, message: format!("HTTP handshake failed: {e}") })?;
-    tokio::spawn(async move {
-        // Ends when the connection closes; errors show up on the request and response.
-        let _ = connection.await;
-    });
-    let credentials = ctx.credentials().await?;
-    let headers =
-        signed_headers(&credentials, &ctx.region, &authority, &request.endpoint, request, SystemTime::now())?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
     });
     let body: UploadBody = StreamBody::new(Box::pin(stream));
-    let mut builder = hyper::Request::post("/putMedia");
-    for (name, value) in &headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let http_request = builder
-        .body(body)
-        .map_err(|e| KvsError::Config(format!("cannot build the PutMedia request: {e}")))?;
-    let response = tokio::time::timeout(timeout, sender.send_request(http_request))
-        .await
-        .map_err(|_| KvsError::Timeout { api: API, after: timeout })?
-        .map_err(|e| KvsError::Network { api: API, message: format!("the request failed: {e}") })?;
-    if response.status() != hyper::StatusCode::OK {
-        return Err(error_from_response(response, timeout).await);
-    }
+    let headers = |authority: &str, credentials: &aws_credential_types::Credentials| {
+        signed_headers(credentials, &ctx.region, authority, &request.endpoint, request, SystemTime::now())
+    };
+    let response = super::http::post(ctx, &request.endpoint, "/putMedia", API, headers, body).await?;
     Ok(PutMediaConnection { body: tx, acks: response.into_body() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvs::http::parse_endpoint;
 
     #[test]
     fn endpoints_parse() {

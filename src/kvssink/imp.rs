@@ -20,16 +20,19 @@ use gst_base::subclass::prelude::*;
 use super::fragmenter::{Fragmenter, Output, TimeAnchor};
 use super::uploader::{Stats, UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
-use crate::kvs::config::{AwsContext, ConnectionSettings, Secret};
+use crate::kvs::config::{AwsContext, ConnectionSettings};
 use crate::kvs::control::{self, CreateParams};
 use crate::kvs::error::KvsError;
+use crate::props::{
+    DEFAULT_REQUEST_TIMEOUT_MS, connection_properties, connection_property, effective_connection,
+    set_connection_property, string, string_value, uint,
+};
 use crate::runtime::{Canceller, WaitError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
 });
 
-const DEFAULT_REQUEST_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_RETENTION_HOURS: u32 = 2;
 const DEFAULT_STALENESS_S: u32 = 60;
 const DEFAULT_STOP_TIMEOUT_S: u32 = 120;
@@ -100,24 +103,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn string_value(value: &glib::Value) -> Option<String> {
-    value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
-}
-
-/// An AWS-side error as a GStreamer error message naming the cause.
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
-    let text = format!("kvssink: {error}");
-    match error {
-        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ["{}", text]),
-        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text]),
-        KvsError::Service { status: 401 | 403, .. } => {
-            gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text])
-        }
-        KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
-            gst::error_msg!(gst::ResourceError::NotFound, ["{}", text])
-        }
-        _ => gst::error_msg!(gst::ResourceError::OpenWrite, ["{}", text]),
-    }
+    crate::props::kvs_error_message("kvssink", error, gst::ResourceError::OpenWrite)
 }
 
 fn stats_structure(stats: &Stats) -> gst::Structure {
@@ -235,11 +222,7 @@ impl KvsSink {
                 ["set stream-name to the name of the Kinesis video stream"]
             ));
         };
-        let mut connection = settings.connection.clone();
-        if connection.ca_file.is_none() {
-            // The C++ kvssink's variable for a custom CA.
-            connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH").ok().filter(|s| !s.is_empty());
-        }
+        let connection = effective_connection(&settings.connection);
         let timeout = connection.request_timeout;
         // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
         let prepared = self.canceller.wait(
@@ -444,41 +427,11 @@ impl ObjectSubclass for KvsSink {
     type ParentType = gst_base::BaseSink;
 }
 
-fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec {
-    glib::ParamSpecUInt::builder(name)
-        .blurb(blurb)
-        .maximum(max)
-        .default_value(default)
-        .mutable_ready()
-        .build()
-}
-
-fn string(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).blurb(blurb).mutable_ready().build()
-}
-
-fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).blurb(blurb).write_only().mutable_ready().build()
-}
-
 impl ObjectImpl for KvsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut properties = vec![
                 string("stream-name", "Name of the Kinesis video stream to write to (required; default: none)"),
-                string("access-key", "AWS access key ID (default: the AWS default credential chain)"),
-                secret("secret-access-key", "AWS secret access key (write-only; default: the default credential chain)"),
-                secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only; default: none)"),
-                secret("session-token", "AWS session token for temporary credentials (write-only; default: none)"),
-                string("region", "AWS region (default: the default chain, else us-west-2)"),
-                string("aws-region", "Same as region, the C++ kvssink's name (default: the default chain, else us-west-2)"),
-                string("role-arn", "ARN of an IAM role to assume with STS (default: none)"),
-                string(
-                    "endpoint-uri",
-                    "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (default: CONTROL_PLANE_URI, else the regional AWS endpoint)",
-                ),
-                string("ca-file", "PEM file of extra CA certificates to trust (default: KVSSINK_CA_CERT_PATH; system roots are always trusted)"),
-                uint("request-timeout", "Timeout of each request and connection attempt, in milliseconds (default: 10000)", u32::MAX, DEFAULT_REQUEST_TIMEOUT_MS),
                 glib::ParamSpecBoolean::builder("allow-create-stream")
                     .blurb("Create the stream when it does not exist (default: true)")
                     .default_value(true)
@@ -510,7 +463,9 @@ impl ObjectImpl for KvsSink {
                     .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
                     .read_only()
                     .build(),
-            ]
+            ];
+            properties.splice(1..1, connection_properties());
+            properties
         });
         PROPERTIES.as_ref()
     }
@@ -518,20 +473,11 @@ impl ObjectImpl for KvsSink {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings();
         let get_u32 = || value.get::<u32>().unwrap_or_default();
+        if set_connection_property(&mut settings.connection, pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
             "stream-name" => settings.stream_name = string_value(value),
-            "access-key" => settings.connection.access_key = string_value(value),
-            "secret-access-key" | "secret-key" => {
-                settings.connection.secret_access_key = string_value(value).map(Secret::new)
-            }
-            "session-token" => settings.connection.session_token = string_value(value).map(Secret::new),
-            "region" | "aws-region" => settings.connection.region = string_value(value),
-            "role-arn" => settings.connection.role_arn = string_value(value),
-            "endpoint-uri" => settings.connection.endpoint_uri = string_value(value),
-            "ca-file" => settings.connection.ca_file = string_value(value),
-            "request-timeout" => {
-                settings.connection.request_timeout = Duration::from_millis(u64::from(get_u32().max(1)))
-            }
             "allow-create-stream" => settings.allow_create = value.get().unwrap_or(true),
             "retention-period" => settings.retention_hours = get_u32(),
             "kms-key-id" => settings.kms_key_id = string_value(value),
@@ -550,16 +496,11 @@ impl ObjectImpl for KvsSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
+        if let Some(value) = connection_property(&settings.connection, pspec.name()) {
+            return value;
+        }
         match pspec.name() {
             "stream-name" => settings.stream_name.to_value(),
-            "access-key" => settings.connection.access_key.to_value(),
-            // Write-only: never read back.
-            "secret-access-key" | "secret-key" | "session-token" => None::<String>.to_value(),
-            "region" | "aws-region" => settings.connection.region.to_value(),
-            "role-arn" => settings.connection.role_arn.to_value(),
-            "endpoint-uri" => settings.connection.endpoint_uri.to_value(),
-            "ca-file" => settings.connection.ca_file.to_value(),
-            "request-timeout" => (settings.connection.request_timeout.as_millis() as u32).to_value(),
             "allow-create-stream" => settings.allow_create.to_value(),
             "retention-period" => settings.retention_hours.to_value(),
             "kms-key-id" => settings.kms_key_id.to_value(),

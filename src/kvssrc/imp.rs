@@ -1,4 +1,8 @@
 //! The `kvssrc` element: a `PushSrc` emitting Matroska read from Kinesis Video Streams.
+//!
+//! `start()` loads the AWS configuration and checks the stream (DescribeStream), so a wrong name or secret is
+//! an error at once; then a reader task ([`super::reader`]) runs on the shared runtime and hands items over a
+//! bounded channel that `create()` waits on (cancellable, so flushes and state changes return at once).
 
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -8,27 +12,236 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use tokio::sync::mpsc;
 
-use crate::runtime::Canceller;
+use super::merger::Mode;
+use super::reader::{Item, ReaderConfig, Start};
+use crate::kvs::config::{AwsContext, ConnectionSettings};
+use crate::kvs::control;
+use crate::kvs::error::KvsError;
+use crate::props::{
+    DEFAULT_REQUEST_TIMEOUT_MS, connection_properties, connection_property, effective_connection,
+    set_connection_property, string, string_value, uint,
+};
+use crate::runtime::{Canceller, RUNTIME, WaitError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssrc", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams source"))
 });
 
-#[derive(Debug, Clone, Default)]
+const DEFAULT_PARALLEL: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[enum_type(name = "GstKvsSrcStartSelector")]
+pub enum StartSelector {
+    #[default]
+    #[enum_value(name = "Now: fragments that arrive from now on", nick = "now")]
+    Now,
+    #[enum_value(name = "Earliest: the oldest fragment kept", nick = "earliest")]
+    Earliest,
+    #[enum_value(name = "After the fragment start-fragment-number", nick = "fragment-number")]
+    FragmentNumber,
+    #[enum_value(name = "Server timestamp start-timestamp", nick = "server-timestamp")]
+    ServerTimestamp,
+    #[enum_value(name = "Producer timestamp start-timestamp", nick = "producer-timestamp")]
+    ProducerTimestamp,
+    #[enum_value(name = "After the continuation-token", nick = "continuation-token")]
+    ContinuationToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[enum_type(name = "GstKvsSrcMode")]
+pub enum OutputMode {
+    #[default]
+    #[enum_value(name = "One Matroska stream: the header once, then the clusters", nick = "merged")]
+    Merged,
+    #[enum_value(name = "The service's bytes unchanged, one document per fragment", nick = "raw")]
+    Raw,
+}
+
+#[derive(Debug, Clone)]
 struct Settings {
     stream_name: Option<String>,
+    connection: ConnectionSettings,
+    start_selector: StartSelector,
+    start_fragment_number: Option<String>,
+    start_timestamp: f64,
+    end_timestamp: f64,
+    continuation_token: Option<String>,
+    mode: OutputMode,
+    parallel: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_name: None,
+            connection: ConnectionSettings {
+                request_timeout: std::time::Duration::from_millis(u64::from(DEFAULT_REQUEST_TIMEOUT_MS)),
+                ..Default::default()
+            },
+            start_selector: StartSelector::Now,
+            start_fragment_number: None,
+            start_timestamp: 0.0,
+            end_timestamp: 0.0,
+            continuation_token: None,
+            mode: OutputMode::Merged,
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+}
+
+/// What the element learnt while reading, readable as properties.
+#[derive(Debug, Default)]
+struct Progress {
+    last_fragment_number: Option<String>,
+    continuation_token: Option<String>,
 }
 
 #[derive(Default)]
 pub struct KvsSrc {
     settings: Mutex<Settings>,
+    progress: Mutex<Progress>,
+    receiver: Mutex<Option<mpsc::Receiver<Item>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     canceller: Canceller,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
+    crate::props::kvs_error_message("kvssrc", error, gst::ResourceError::OpenRead)
+}
+
+fn selector_nick(selector: StartSelector) -> String {
+    glib::EnumValue::from_value(&selector.to_value()).map_or_else(String::new, |(_, v)| v.nick().to_owned())
 }
 
 impl KvsSrc {
     fn settings(&self) -> MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.settings)
+    }
+
+    fn reader_config(settings: &Settings) -> Result<ReaderConfig, gst::ErrorMessage> {
+        let missing = |what: &str| {
+            gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("kvssrc: start-selector {} needs {}", selector_nick(settings.start_selector), what),
+                ["set {} or choose another start-selector", what]
+            )
+        };
+        let start = match settings.start_selector {
+            StartSelector::Now => Start::Now,
+            StartSelector::Earliest => Start::Earliest,
+            StartSelector::FragmentNumber => Start::FragmentNumber(
+                settings.start_fragment_number.clone().ok_or_else(|| missing("start-fragment-number"))?,
+            ),
+            StartSelector::ServerTimestamp => Start::ServerTimestamp(settings.start_timestamp),
+            StartSelector::ProducerTimestamp => Start::ProducerTimestamp(settings.start_timestamp),
+            StartSelector::ContinuationToken => Start::ContinuationToken(
+                settings.continuation_token.clone().ok_or_else(|| missing("continuation-token"))?,
+            ),
+        };
+        let end = (settings.end_timestamp > 0.0).then_some(settings.end_timestamp);
+        if end.is_some()
+            && !matches!(start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_))
+        {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("kvssrc: end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp"),
+                ["a range is listed by time; start-selector is {}", selector_nick(settings.start_selector)]
+            ));
+        }
+        Ok(ReaderConfig {
+            stream_name: settings.stream_name.clone().unwrap_or_default(),
+            start,
+            end,
+            mode: match settings.mode {
+                OutputMode::Merged => Mode::Merged,
+                OutputMode::Raw => Mode::Raw,
+            },
+            parallel: settings.parallel.max(1) as usize,
+        })
+    }
+
+    fn post(&self, structure: gst::Structure) {
+        let element = self.obj();
+        let _ = element.post_message(gst::message::Element::builder(structure).src(&*element).build());
+    }
+
+    /// Posts what an item says; returns the buffer it carries, if any.
+    fn handle(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        match item {
+            Item::Data { bytes, header } => {
+                let mut buffer = gst::Buffer::from_slice(bytes);
+                if header {
+                    buffer.get_mut().expect("new buffer").set_flags(gst::BufferFlags::HEADER);
+                }
+                return Ok(Some(buffer));
+            }
+            Item::Fragment(info) => {
+                gst::debug!(CAT, imp = self, "fragment {} (skipped: {})", info.number, info.skipped);
+                if !info.skipped {
+                    lock(&self.progress).last_fragment_number = Some(info.number.clone());
+                }
+                let tags: Vec<String> =
+                    info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+                self.post(
+                    gst::Structure::builder("kvssrc-fragment")
+                        .field("fragment-number", info.number)
+                        .field("producer-timestamp", info.producer_timestamp.unwrap_or_default())
+                        .field("server-timestamp", info.server_timestamp.unwrap_or_default())
+                        .field("cluster-time-ns", info.cluster_time_ns)
+                        .field("skipped", info.skipped)
+                        .field("tags", gst::Array::new(tags))
+                        .build(),
+                );
+            }
+            Item::Session { millis_behind_now, continuation_token } => {
+                if let Some(token) = &continuation_token {
+                    lock(&self.progress).continuation_token = Some(token.clone());
+                }
+                self.post(
+                    gst::Structure::builder("kvssrc-session")
+                        .field("millis-behind-now", millis_behind_now.unwrap_or(0))
+                        .field("continuation-token", continuation_token.unwrap_or_default())
+                        .build(),
+                );
+            }
+            Item::Progress { done, total, bytes } => {
+                let percent = (done * 100).checked_div(total).unwrap_or(100) as u32;
+                self.post(
+                    gst::Structure::builder("kvssrc-progress")
+                        .field("fragments-done", done as u64)
+                        .field("fragments-total", total as u64)
+                        .field("bytes", bytes)
+                        .field("percent", percent)
+                        .build(),
+                );
+            }
+            Item::Reconnecting { reason, retry_in } => {
+                gst::info!(CAT, imp = self, "{reason}; reading again in {retry_in:?}");
+                self.post(
+                    gst::Structure::builder("kvssrc-connection")
+                        .field("state", "reconnecting")
+                        .field("reason", reason)
+                        .field("retry-in-ms", retry_in.as_millis() as u64)
+                        .build(),
+                );
+            }
+            Item::Error(message) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("kvssrc: {}", message),
+                    ["{}", message]
+                );
+                return Err(gst::FlowError::Error);
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -42,38 +255,92 @@ impl ObjectSubclass for KvsSrc {
 impl ObjectImpl for KvsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("stream-name")
-                    .nick("Stream name")
-                    .blurb("Name of the Kinesis video stream to read (required; default: none)")
+            let mut properties = vec![
+                string("stream-name", "Name of the Kinesis video stream to read (required; default: none)"),
+                glib::ParamSpecEnum::builder_with_default("start-selector", StartSelector::Now)
+                    .blurb("Where reading starts (default: now)")
                     .mutable_ready()
                     .build(),
-            ]
+                string("start-fragment-number", "The fragment to start after, for start-selector=fragment-number (default: none)"),
+                glib::ParamSpecDouble::builder("start-timestamp")
+                    .blurb("Start time in seconds since the Unix epoch, for start-selector server-timestamp or producer-timestamp (default: 0)")
+                    .minimum(0.0)
+                    .default_value(0.0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("end-timestamp")
+                    .blurb("End of a range to read, in seconds since the Unix epoch; reading then ends with EOS. 0: read live, no end (default: 0)")
+                    .minimum(0.0)
+                    .default_value(0.0)
+                    .mutable_ready()
+                    .build(),
+                string("continuation-token", "Write: the token to resume after, for start-selector=continuation-token. Read: the last token the service gave, to persist and resume from later (default: none)"),
+                glib::ParamSpecString::builder("last-fragment-number")
+                    .blurb("Number of the last fragment written to the output (read-only; default: none)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("mode", OutputMode::Merged)
+                    .blurb("Output: merged (one Matroska stream) or raw (the service's bytes) (default: merged)")
+                    .mutable_ready()
+                    .build(),
+                uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range (default: 4)", 64, DEFAULT_PARALLEL),
+            ];
+            properties.splice(1..1, connection_properties());
+            properties
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings();
+        if set_connection_property(&mut settings.connection, pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "stream-name" => {
-                settings.stream_name = value.get::<Option<String>>().expect("type checked upstream");
+            "stream-name" => settings.stream_name = string_value(value),
+            "start-selector" => settings.start_selector = value.get().unwrap_or_default(),
+            "start-fragment-number" => settings.start_fragment_number = string_value(value),
+            "start-timestamp" => settings.start_timestamp = value.get().unwrap_or(0.0),
+            "end-timestamp" => {
+                settings.end_timestamp = value.get().unwrap_or(0.0);
+                // Decided here, not in start(): a live source must say so before READY -> PAUSED.
+                self.obj().set_live(settings.end_timestamp == 0.0);
             }
-            name => unimplemented!("property {name}"),
+            "continuation-token" => settings.continuation_token = string_value(value),
+            "mode" => settings.mode = value.get().unwrap_or_default(),
+            "parallel-downloads" => settings.parallel = value.get().unwrap_or(DEFAULT_PARALLEL),
+            name => gst::warning!(CAT, imp = self, "unknown property {name}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
+        if let Some(value) = connection_property(&settings.connection, pspec.name()) {
+            return value;
+        }
         match pspec.name() {
             "stream-name" => settings.stream_name.to_value(),
-            name => unimplemented!("property {name}"),
+            "start-selector" => settings.start_selector.to_value(),
+            "start-fragment-number" => settings.start_fragment_number.to_value(),
+            "start-timestamp" => settings.start_timestamp.to_value(),
+            "end-timestamp" => settings.end_timestamp.to_value(),
+            "continuation-token" => lock(&self.progress)
+                .continuation_token
+                .clone()
+                .or(settings.continuation_token.clone())
+                .to_value(),
+            "last-fragment-number" => lock(&self.progress).last_fragment_number.to_value(),
+            "mode" => settings.mode.to_value(),
+            "parallel-downloads" => settings.parallel.to_value(),
+            _ => None::<String>.to_value(),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
         self.obj().set_format(gst::Format::Bytes);
+        // Without end-timestamp, reading is live.
+        self.obj().set_live(true);
     }
 }
 
@@ -107,20 +374,49 @@ impl ElementImpl for KvsSrc {
 impl BaseSrcImpl for KvsSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings().clone();
-        if settings.stream_name.as_deref().is_none_or(str::is_empty) {
+        let Some(stream_name) = settings.stream_name.clone() else {
             return Err(gst::error_msg!(
                 gst::LibraryError::Settings,
                 ("kvssrc: the stream-name property is not set"),
                 ["set stream-name to the name of the Kinesis video stream"]
             ));
-        }
+        };
+        let config = Self::reader_config(&settings)?;
         self.canceller.reset();
-        gst::debug!(CAT, imp = self, "started for stream {:?}", settings.stream_name);
+        *lock(&self.progress) = Progress::default();
+        let connection = effective_connection(&settings.connection);
+        let timeout = connection.request_timeout;
+        let prepared = self.canceller.wait(
+            async {
+                let ctx = AwsContext::load(&connection, "kvssrc").await?;
+                control::ensure_stream(&ctx, &stream_name, None).await?;
+                Ok::<_, KvsError>(ctx)
+            },
+            Some(timeout * 4),
+        );
+        let ctx = match prepared {
+            Ok(Ok(ctx)) => ctx,
+            Ok(Err(error)) => return Err(kvs_error_message(&error)),
+            Err(WaitError::Cancelled) => {
+                return Err(gst::error_msg!(gst::ResourceError::OpenRead, ["kvssrc: start was interrupted"]));
+            }
+            Err(WaitError::TimedOut(after)) => {
+                return Err(kvs_error_message(&KvsError::Timeout { api: "DescribeStream", after }));
+            }
+        };
+        gst::info!(CAT, imp = self, "reading {stream_name} from {:?} to {:?}", config.start, config.end);
+        let (tx, rx) = mpsc::channel(64);
+        *lock(&self.receiver) = Some(rx);
+        *lock(&self.task) = Some(RUNTIME.spawn(super::reader::run(ctx, config, tx)));
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.cancel();
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+        lock(&self.receiver).take();
         Ok(())
     }
 
@@ -141,12 +437,18 @@ impl BaseSrcImpl for KvsSrc {
 
 impl PushSrcImpl for KvsSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
-        gst::element_imp_error!(
-            self,
-            gst::CoreError::NotImplemented,
-            ("kvssrc: reading is not implemented yet"),
-            ["GetMedia support lands with the kvssrc issue"]
-        );
-        Err(gst::FlowError::Error)
+        let mut receiver = lock(&self.receiver);
+        let Some(rx) = receiver.as_mut() else { return Err(gst::FlowError::Flushing) };
+        loop {
+            let item = match self.canceller.wait(rx.recv(), None) {
+                Ok(Some(item)) => item,
+                // The reader finished: the range is read.
+                Ok(None) => return Err(gst::FlowError::Eos),
+                Err(_) => return Err(gst::FlowError::Flushing),
+            };
+            if let Some(buffer) = self.handle(item)? {
+                return Ok(CreateSuccess::NewBuffer(buffer));
+            }
+        }
     }
 }

@@ -4,6 +4,8 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+pub mod merger;
+pub mod reader;
 
 glib::wrapper! {
     pub struct KvsSrc(ObjectSubclass<imp::KvsSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;

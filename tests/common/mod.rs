@@ -41,14 +41,19 @@ impl Emu {
 
     /// One HTTP/1.1 request; returns the status and the whole body.
     pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+        self.call_bytes(method, path, body.as_bytes())
+    }
+
+    pub fn call_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut stream = TcpStream::connect(self.addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.addr,
             body.len()
         );
         stream.write_all(request.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
         let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
@@ -224,7 +229,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
             )),
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure()
-                    && s.name().starts_with("kvssink")
+                    && s.name().starts_with("kvs")
                 {
                     run.messages.push(s.to_owned());
                 }

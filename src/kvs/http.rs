@@ -1,0 +1,226 @@
+//! Signed requests to the KVS data plane (PutMedia, GetMedia, ListFragments, GetMediaForFragmentList) over
+//! hyper's HTTP/1.1 client, with rustls when the endpoint is `https://`.
+//!
+//! Why not the AWS SDK here: PutMedia has no SDK operation at all (its body is written while its response is
+//! read), so the data plane needs this client anyway; using it for the reading APIs too gives them the same
+//! connection handling, custom CA, timeouts and cancellation, and streams GetMedia bodies frame by frame
+//! without a second HTTP stack. Requests are signed with `aws-sigv4` for the `kinesisvideo` service.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::config::AwsContext;
+use super::error::KvsError;
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Splits `scheme://host[:port]` into (tls, host, port).
+pub fn parse_endpoint(endpoint: &str) -> Result<(bool, String, u16), KvsError> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| KvsError::Config(format!("the data endpoint {endpoint:?} is not a URL: {e}")))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(KvsError::Config(format!(
+                "the data endpoint {endpoint:?} is not http:// or https://"
+            )));
+        }
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| KvsError::Config(format!("the data endpoint {endpoint:?} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok((tls, host, port))
+}
+
+async fn connect(
+    ctx: &AwsContext,
+    endpoint: &str,
+    api: &'static str,
+) -> Result<(Box<dyn Io>, String), KvsError> {
+    let (tls, host, port) = parse_endpoint(endpoint)?;
+    let timeout = ctx.request_timeout;
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| KvsError::Timeout { api, after: timeout })?
+        .map_err(|e| KvsError::Network { api, message: format!("cannot connect to {host}:{port}: {e}") })?;
+    let _ = tcp.set_nodelay(true);
+    let authority =
+        if (tls && port == 443) || (!tls && port == 80) { host.clone() } else { format!("{host}:{port}") };
+    let authority =
+        if host.contains(':') && authority != host { format!("[{host}]:{port}") } else { authority };
+    if !tls {
+        return Ok((Box::new(tcp), authority));
+    }
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+        KvsError::Config(format!("the data endpoint host {host:?} is not a valid TLS name: {e}"))
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
+    let stream = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
+        .await
+        .map_err(|_| KvsError::Timeout { api, after: timeout })?
+        .map_err(|e| KvsError::Network { api, message: format!("TLS with {host}:{port} failed: {e}") })?;
+    Ok((Box::new(stream), authority))
+}
+
+/// The error in a non-200 answer: the `x-amzn-ErrorType` header (up to its `:`) or the body's `__type`, and
+/// the body's `Message`.
+pub async fn error_from_response(
+    response: hyper::Response<Incoming>,
+    timeout: Duration,
+    api: &'static str,
+) -> KvsError {
+    let status = response.status().as_u16();
+    let header_code = response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+    let body = tokio::time::timeout(timeout, response.into_body().collect())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let code = header_code
+        .or_else(|| {
+            json.get("__type").and_then(|v| v.as_str()).map(|s| s.rsplit('#').next().unwrap_or(s).to_owned())
+        })
+        .unwrap_or_else(|| format!("HTTP{status}"));
+    let message = json
+        .get("Message")
+        .or_else(|| json.get("message"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    KvsError::Service { api, status, code, message }
+}
+
+/// SigV4 headers for a request to `url` carrying `headers` (`host` among them): the given headers followed by
+/// the ones signing adds (`x-amz-date`, `x-amz-content-sha256`, `x-amz-security-token`, `authorization`).
+pub fn sign_headers(
+    credentials: &aws_credential_types::Credentials,
+    region: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: SignableBody<'_>,
+    time: SystemTime,
+    api: &'static str,
+) -> Result<Vec<(String, String)>, KvsError> {
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("kinesisvideo")
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| KvsError::Config(format!("cannot sign {api}: {e}")))?
+        .into();
+    let signable = SignableRequest::new("POST", url, headers.iter().copied(), body)
+        .map_err(|e| KvsError::Config(format!("cannot sign {api}: {e}")))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| KvsError::Config(format!("cannot sign {api}: {e}")))?
+        .into_parts();
+    let (added, _) = instructions.into_parts();
+    let mut out: Vec<(String, String)> =
+        headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    out.extend(added.into_iter().map(|h| (h.name().to_owned(), h.value().to_owned())));
+    Ok(out)
+}
+
+/// Connects to `endpoint` and sends a POST to `path`, its headers made by `headers(authority)` (the
+/// `host` value), signed. Returns the response once it is 200 (its body then streams), or the service's error.
+/// Connecting and the response head are bounded by the request timeout.
+pub async fn post<B>(
+    ctx: &AwsContext,
+    endpoint: &str,
+    path: &str,
+    api: &'static str,
+    headers: impl FnOnce(&str, &aws_credential_types::Credentials) -> Result<Vec<(String, String)>, KvsError>,
+    body: B,
+) -> Result<hyper::Response<Incoming>, KvsError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let timeout = ctx.request_timeout;
+    let (io, authority) = connect(ctx, endpoint, api).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| KvsError::Network { api, message: format!("HTTP handshake failed: {e}") })?;
+    tokio::spawn(async move {
+        // Ends when the connection closes; errors show up on the request and response.
+        let _ = connection.await;
+    });
+    let credentials = ctx.credentials().await?;
+    let mut builder = hyper::Request::post(path);
+    for (name, value) in headers(&authority, &credentials)? {
+        builder = builder.header(name, value);
+    }
+    let request =
+        builder.body(body).map_err(|e| KvsError::Config(format!("cannot build the {api} request: {e}")))?;
+    let response = tokio::time::timeout(timeout, sender.send_request(request))
+        .await
+        .map_err(|_| KvsError::Timeout { api, after: timeout })?
+        .map_err(|e| KvsError::Network { api, message: format!("the request failed: {e}") })?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(error_from_response(response, timeout, api).await);
+    }
+    Ok(response)
+}
+
+/// A signed POST of a JSON document (the payload signed too); returns the streaming response body.
+pub async fn post_json(
+    ctx: &AwsContext,
+    endpoint: &str,
+    path: &str,
+    api: &'static str,
+    json: &serde_json::Value,
+) -> Result<Incoming, KvsError> {
+    let body = Bytes::from(json.to_string());
+    let url = format!("{endpoint}{path}");
+    let signed_body = body.clone();
+    let headers = move |authority: &str, credentials: &aws_credential_types::Credentials| {
+        let headers = [
+            ("host", authority),
+            ("content-type", "application/json"),
+            ("user-agent", concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"))),
+        ];
+        sign_headers(
+            credentials,
+            &ctx.region,
+            &url,
+            &headers,
+            SignableBody::Bytes(&signed_body),
+            SystemTime::now(),
+            api,
+        )
+    };
+    Ok(post(ctx, endpoint, path, api, headers, Full::new(body)).await?.into_body())
+}
+
+/// Reads a whole (small) response body, bounded by the request timeout.
+pub async fn read_all(body: Incoming, timeout: Duration, api: &'static str) -> Result<Bytes, KvsError> {
+    tokio::time::timeout(timeout, body.collect())
+        .await
+        .map_err(|_| KvsError::Timeout { api, after: timeout })?
+        .map(|c| c.to_bytes())
+        .map_err(|e| KvsError::Network { api, message: format!("reading the answer failed: {e}") })
+}

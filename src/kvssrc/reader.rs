@@ -1,0 +1,380 @@
+//! The reading side of kvssrc, free of GStreamer types: a task on the shared runtime that reads a stream and
+//! sends [`Item`]s to the element through a bounded channel (the channel's bound is the backpressure).
+//!
+//! - Live (no end): GetMedia from the start selector; when a session ends (the service ends idle sessions) or
+//!   breaks, GetMedia again from the continuation token, with exponential backoff and jitter after errors.
+//! - Range (an end time): ListFragments over the range, then GetMediaForFragmentList in batches, up to
+//!   `parallel` requests at once, the results written in order; EOS after the last.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::merger::{FragmentInfo, Merger, Mode, Output};
+use crate::kvs::config::AwsContext;
+use crate::kvs::control::data_endpoint;
+use crate::kvs::error::{Action, KvsError};
+use crate::kvs::http::{post_json, read_all};
+use aws_sdk_kinesisvideo::types::ApiName;
+
+/// Where reading starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    Now,
+    Earliest,
+    FragmentNumber(String),
+    /// Seconds since the epoch.
+    ServerTimestamp(f64),
+    ProducerTimestamp(f64),
+    ContinuationToken(String),
+}
+
+impl Start {
+    fn selector(&self) -> Value {
+        match self {
+            Start::Now => json!({"StartSelectorType": "NOW"}),
+            Start::Earliest => json!({"StartSelectorType": "EARLIEST"}),
+            Start::FragmentNumber(n) => {
+                json!({"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": n})
+            }
+            Start::ServerTimestamp(t) => {
+                json!({"StartSelectorType": "SERVER_TIMESTAMP", "StartTimestamp": t})
+            }
+            Start::ProducerTimestamp(t) => {
+                json!({"StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": t})
+            }
+            Start::ContinuationToken(t) => {
+                json!({"StartSelectorType": "CONTINUATION_TOKEN", "ContinuationToken": t})
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub stream_name: String,
+    pub start: Start,
+    /// End of a range, seconds since the epoch: reads a bounded range, then ends.
+    pub end: Option<f64>,
+    pub mode: Mode,
+    /// GetMediaForFragmentList requests at once (range reads).
+    pub parallel: usize,
+}
+
+/// What the reader gives the element.
+#[derive(Debug)]
+pub enum Item {
+    Data {
+        bytes: Bytes,
+        header: bool,
+    },
+    Fragment(FragmentInfo),
+    Session {
+        millis_behind_now: Option<u64>,
+        continuation_token: Option<String>,
+    },
+    /// A range read: fragments written of the total, bytes read.
+    Progress {
+        done: usize,
+        total: usize,
+        bytes: u64,
+    },
+    /// A live session ended or broke; reading continues from `start`.
+    Reconnecting {
+        reason: String,
+        retry_in: Duration,
+    },
+    /// Reading cannot go on.
+    Error(String),
+}
+
+type Tx = mpsc::Sender<Item>;
+
+/// Sends an item; false when the element is gone.
+async fn give(tx: &Tx, item: Item) -> bool {
+    tx.send(item).await.is_ok()
+}
+
+/// Sends the merger's outputs; an error tag in the stream ends reading.
+async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, String> {
+    for output in outputs {
+        let item = match output {
+            Output::Data { bytes, header } => Item::Data { bytes, header },
+            Output::Fragment(info) => Item::Fragment(info),
+            Output::Session { millis_behind_now, continuation_token } => {
+                if let Some(t) = &continuation_token {
+                    *token = Some(t.clone());
+                }
+                Item::Session { millis_behind_now, continuation_token }
+            }
+            Output::Error { code, id } => {
+                return Err(format!("the stream holds an error chunk: {code} (error id {id})"));
+            }
+        };
+        if !give(tx, item).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
+    Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
+}
+
+/// Reads until the range ends, an error that cannot be retried, or the element drops the channel.
+pub async fn run(ctx: AwsContext, config: ReaderConfig, tx: Tx) {
+    let result = match config.end {
+        Some(end) => range(&ctx, &config, end, &tx).await,
+        None => live(&ctx, &config, &tx).await,
+    };
+    if let Err(message) = result {
+        let _ = tx.send(Item::Error(message)).await;
+    }
+}
+
+async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), String> {
+    let mut merger = Merger::new(config.mode);
+    let mut start = config.start.clone();
+    let mut endpoint: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let url = match &endpoint {
+            Some(url) => url.clone(),
+            None => match data_endpoint(ctx, &config.stream_name, ApiName::GetMedia).await {
+                Ok(url) => {
+                    endpoint = Some(url.clone());
+                    url
+                }
+                Err(error) => {
+                    retry_or_fail(error, &mut failures, &mut endpoint, tx).await?;
+                    continue;
+                }
+            },
+        };
+        let request = json!({"StreamName": config.stream_name, "StartSelector": start.selector()});
+        let mut body = match post_json(ctx, &url, "/getMedia", "GetMedia", &request).await {
+            Ok(body) => body,
+            Err(error) => {
+                retry_or_fail(error, &mut failures, &mut endpoint, tx).await?;
+                continue;
+            }
+        };
+        let mut token = None;
+        let mut received = false;
+        let reason = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    received = true;
+                    let outputs =
+                        merger.push(&data).map_err(|e| format!("GetMedia returned bad Matroska: {e}"))?;
+                    if !give_outputs(tx, outputs, &mut token).await? {
+                        return Ok(());
+                    }
+                    if let Some(t) = token.take() {
+                        start = Start::ContinuationToken(t);
+                    }
+                }
+                Some(Err(error)) => break format!("the GetMedia connection broke: {error}"),
+                None => break "the GetMedia session ended".to_owned(),
+            }
+        };
+        merger.interrupted();
+        if received {
+            failures = 0;
+        }
+        let retry_in = if received { Duration::ZERO } else { backoff(failures.min(3)) };
+        if !give(tx, Item::Reconnecting { reason, retry_in }).await {
+            return Ok(());
+        }
+        tokio::time::sleep(retry_in).await;
+    }
+}
+
+/// Decides about a failed request: retries after a backoff (true), or fails with the error's message.
+async fn retry_or_fail(
+    error: KvsError,
+    failures: &mut u32,
+    endpoint: &mut Option<String>,
+    tx: &Tx,
+) -> Result<(), String> {
+    match error.action() {
+        Action::Fail => Err(error.to_string()),
+        action => {
+            if action == Action::RefreshEndpoint {
+                *endpoint = None;
+            }
+            *failures += 1;
+            if *failures > 8 {
+                return Err(format!("{error} (gave up after {} attempts)", *failures));
+            }
+            let retry_in = backoff(*failures);
+            if give(tx, Item::Reconnecting { reason: error.to_string(), retry_in }).await {
+                tokio::time::sleep(retry_in).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Listed {
+    number: String,
+    size: u64,
+    time: f64,
+}
+
+async fn list(ctx: &AwsContext, config: &ReaderConfig, end: f64) -> Result<Vec<Listed>, KvsError> {
+    let (kind, start) = match &config.start {
+        Start::ProducerTimestamp(t) => ("PRODUCER_TIMESTAMP", *t),
+        Start::ServerTimestamp(t) => ("SERVER_TIMESTAMP", *t),
+        _ => ("SERVER_TIMESTAMP", 0.0),
+    };
+    let url = data_endpoint(ctx, &config.stream_name, ApiName::ListFragments).await?;
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut request = json!({
+            "StreamName": config.stream_name,
+            "FragmentSelector": {
+                "FragmentSelectorType": kind,
+                "TimestampRange": {"StartTimestamp": start, "EndTimestamp": end},
+            },
+        });
+        if let Some(token) = &next {
+            request["NextToken"] = json!(token);
+        }
+        let body = post_json(ctx, &url, "/listFragments", "ListFragments", &request).await?;
+        let bytes = read_all(body, ctx.request_timeout, "ListFragments").await?;
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| KvsError::Service {
+            api: "ListFragments",
+            status: 200,
+            code: "InvalidResponse".into(),
+            message: format!("the answer is not JSON: {e}"),
+        })?;
+        let time_field = if kind == "PRODUCER_TIMESTAMP" { "ProducerTimestamp" } else { "ServerTimestamp" };
+        for fragment in answer["Fragments"].as_array().into_iter().flatten() {
+            out.push(Listed {
+                number: fragment["FragmentNumber"].as_str().unwrap_or_default().to_owned(),
+                size: fragment["FragmentSizeInBytes"].as_u64().unwrap_or(0),
+                time: fragment[time_field].as_f64().unwrap_or(0.0),
+            });
+        }
+        match answer["NextToken"].as_str() {
+            Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+            _ => break,
+        }
+    }
+    // ListFragments gives no order; the output is in time order.
+    out.sort_by(|a, b| a.time.total_cmp(&b.time).then_with(|| a.number.cmp(&b.number)));
+    Ok(out)
+}
+
+/// Bytes a GetMediaForFragmentList request asks for at most (unless one fragment is larger).
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+const BATCH_FRAGMENTS: usize = 100;
+
+async fn fetch(ctx: &AwsContext, url: &str, stream: &str, numbers: &[String]) -> Result<Bytes, KvsError> {
+    let request = json!({"StreamName": stream, "Fragments": numbers});
+    let mut failures = 0;
+    loop {
+        let attempt = async {
+            let body =
+                post_json(ctx, url, "/getMediaForFragmentList", "GetMediaForFragmentList", &request).await?;
+            read_body(body, ctx.request_timeout).await
+        };
+        match attempt.await {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) if error.action() != Action::Fail && failures < 4 => {
+                failures += 1;
+                tokio::time::sleep(backoff(failures)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A whole response body; fails when no byte comes for `idle` (a stalled connection), however long it takes.
+async fn read_body(mut body: hyper::body::Incoming, idle: Duration) -> Result<Bytes, KvsError> {
+    let api = "GetMediaForFragmentList";
+    let mut out = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(KvsError::Timeout { api, after: idle }),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(KvsError::Network { api, message: format!("the response broke: {e}") });
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), String> {
+    if !matches!(config.start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_)) {
+        return Err(
+            "end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp".into()
+        );
+    }
+    let fragments = list(ctx, config, end).await.map_err(|e| e.to_string())?;
+    let total = fragments.len();
+    let url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Enough batches to keep `parallel` requests busy, none larger than BATCH_BYTES (unless one fragment is).
+    let per_batch = total.div_ceil(config.parallel.max(1) * 2).clamp(1, BATCH_FRAGMENTS);
+    let mut batches: Vec<Vec<Listed>> = Vec::new();
+    for fragment in fragments {
+        match batches.last_mut() {
+            Some(batch)
+                if batch.len() < per_batch
+                    && batch.iter().map(|f| f.size).sum::<u64>() + fragment.size <= BATCH_BYTES =>
+            {
+                batch.push(fragment)
+            }
+            _ => batches.push(vec![fragment]),
+        }
+    }
+    let mut downloads = futures::stream::iter(batches.into_iter().map(|batch| {
+        let url = url.clone();
+        async move {
+            let numbers: Vec<String> = batch.iter().map(|f| f.number.clone()).collect();
+            fetch(ctx, &url, &config.stream_name, &numbers).await.map(|bytes| (batch.len(), bytes))
+        }
+    }))
+    .buffered(config.parallel.max(1));
+    let mut merger = Merger::new(config.mode);
+    let mut token = None;
+    let (mut done, mut bytes_read) = (0usize, 0u64);
+    if !give(tx, Item::Progress { done, total, bytes: 0 }).await {
+        return Ok(());
+    }
+    while let Some(result) = downloads.next().await {
+        let (count, bytes) = result.map_err(|e| e.to_string())?;
+        let mut outputs =
+            merger.push(&bytes).map_err(|e| format!("GetMediaForFragmentList returned bad Matroska: {e}"))?;
+        outputs.extend(
+            merger.finish().map_err(|e| format!("GetMediaForFragmentList returned bad Matroska: {e}"))?,
+        );
+        merger.interrupted();
+        if !give_outputs(tx, outputs, &mut token).await? {
+            return Ok(());
+        }
+        done += count;
+        bytes_read += bytes.len() as u64;
+        if !give(tx, Item::Progress { done, total, bytes: bytes_read }).await {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! GStreamer glue shared by kvssink and kvssrc: the connection properties (credentials, region, endpoint, CA,
+//! timeout) with the same names, defaults and behaviour on both elements, and AWS errors as element errors.
+
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+
+use crate::kvs::config::{ConnectionSettings, Secret};
+use crate::kvs::error::KvsError;
+
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = 10_000;
+
+pub fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec {
+    glib::ParamSpecUInt::builder(name)
+        .blurb(blurb)
+        .maximum(max)
+        .default_value(default)
+        .mutable_ready()
+        .build()
+}
+
+pub fn string(name: &str, blurb: &str) -> glib::ParamSpec {
+    glib::ParamSpecString::builder(name).blurb(blurb).mutable_ready().build()
+}
+
+fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
+    glib::ParamSpecString::builder(name).blurb(blurb).write_only().mutable_ready().build()
+}
+
+/// A string property's value; an empty string counts as unset.
+pub fn string_value(value: &glib::Value) -> Option<String> {
+    value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+}
+
+/// The connection properties, in gst-inspect order.
+pub fn connection_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        string("access-key", "AWS access key ID (default: the AWS default credential chain)"),
+        secret(
+            "secret-access-key",
+            "AWS secret access key (write-only; default: the default credential chain)",
+        ),
+        secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only; default: none)"),
+        secret("session-token", "AWS session token for temporary credentials (write-only; default: none)"),
+        string("region", "AWS region (default: the default chain, else us-west-2)"),
+        string(
+            "aws-region",
+            "Same as region, the C++ kvssink's name (default: the default chain, else us-west-2)",
+        ),
+        string("role-arn", "ARN of an IAM role to assume with STS (default: none)"),
+        string(
+            "endpoint-uri",
+            "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (default: CONTROL_PLANE_URI, else the regional AWS endpoint)",
+        ),
+        string(
+            "ca-file",
+            "PEM file of extra CA certificates to trust (default: KVSSINK_CA_CERT_PATH; system roots are always trusted)",
+        ),
+        uint(
+            "request-timeout",
+            "Timeout of each request and connection attempt, in milliseconds (default: 10000)",
+            u32::MAX,
+            DEFAULT_REQUEST_TIMEOUT_MS,
+        ),
+    ]
+}
+
+/// Sets a connection property; false when `name` is not one.
+pub fn set_connection_property(settings: &mut ConnectionSettings, name: &str, value: &glib::Value) -> bool {
+    match name {
+        "access-key" => settings.access_key = string_value(value),
+        "secret-access-key" | "secret-key" => {
+            settings.secret_access_key = string_value(value).map(Secret::new)
+        }
+        "session-token" => settings.session_token = string_value(value).map(Secret::new),
+        "region" | "aws-region" => settings.region = string_value(value),
+        "role-arn" => settings.role_arn = string_value(value),
+        "endpoint-uri" => settings.endpoint_uri = string_value(value),
+        "ca-file" => settings.ca_file = string_value(value),
+        "request-timeout" => {
+            let ms = value.get::<u32>().unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS).max(1);
+            settings.request_timeout = Duration::from_millis(u64::from(ms));
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// A connection property's value (secrets read back as NULL); None when `name` is not one.
+pub fn connection_property(settings: &ConnectionSettings, name: &str) -> Option<glib::Value> {
+    Some(match name {
+        "access-key" => settings.access_key.to_value(),
+        "secret-access-key" | "secret-key" | "session-token" => None::<String>.to_value(),
+        "region" | "aws-region" => settings.region.to_value(),
+        "role-arn" => settings.role_arn.to_value(),
+        "endpoint-uri" => settings.endpoint_uri.to_value(),
+        "ca-file" => settings.ca_file.to_value(),
+        "request-timeout" => (settings.request_timeout.as_millis() as u32).to_value(),
+        _ => return None,
+    })
+}
+
+/// The connection settings to use: a custom CA from `KVSSINK_CA_CERT_PATH` (the C++ kvssink's variable) when
+/// `ca-file` is not set.
+pub fn effective_connection(settings: &ConnectionSettings) -> ConnectionSettings {
+    let mut connection = settings.clone();
+    if connection.ca_file.is_none() {
+        connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH").ok().filter(|s| !s.is_empty());
+    }
+    connection
+}
+
+/// An AWS-side error as a GStreamer error message naming the element and the cause.
+pub fn kvs_error_message(element: &str, error: &KvsError, other: gst::ResourceError) -> gst::ErrorMessage {
+    let text = format!("{element}: {error}");
+    match error {
+        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ["{}", text]),
+        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text]),
+        KvsError::Service { status: 401 | 403, .. } => {
+            gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text])
+        }
+        KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
+            gst::error_msg!(gst::ResourceError::NotFound, ["{}", text])
+        }
+        _ => gst::error_msg!(other, ["{}", text]),
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds the plugin and the emulator, starts the emulator, streams ten
-# seconds of H.264 test video through kvssink, reads it back with GetMedia and checks that every frame came back
-# identical. Usage: bash scripts/demo.sh
+# seconds of H.264 test video through kvssink, reads it back with kvssrc and checks that every frame came back
+# identical, and that the output plays (ffprobe counts its frames). Usage: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -45,17 +45,22 @@ if grep -q 'ERROR: from element' "$out/kvssink.log"; then
     exit 1
 fi
 
-say "GetMedia (EARLIEST) into $out/out.mkv"
-curl -sS -X POST "$url/getMedia" -H 'content-type: application/json' \
-    -d '{"StreamName":"demo","StartSelector":{"StartSelectorType":"EARLIEST"}}' -o "$out/out.mkv"
+say "kvssrc: everything stored up to now (a range read, ends with EOS) into $out/out.mkv"
+end=$(date +%s.%N)
+gst-launch-1.0 -e -m kvssrc stream-name=demo start-selector=earliest end-timestamp="$end" endpoint-uri="$url" \
+    access-key=AKIDDEMO secret-access-key=demo-secret region=us-east-1 \
+    ! filesink location="$out/out.mkv" >"$out/kvssrc.log" 2>&1 || { cat "$out/kvssrc.log" >&2; exit 1; }
+grep -o 'kvssrc-progress.*percent=(uint)100' "$out/kvssrc.log" | tail -1 | sed 's/^/  /'
+probed=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames \
+    -of default=nokey=1:noprint_wrappers=1 "$out/out.mkv")
+echo "  ffprobe counts $probed video frames in $out/out.mkv"
 
 say "Checking: every frame back, byte for byte"
 target/release/examples/mkvframes "$out/in.mkv" "$out/out.mkv" | tee "$out/check.txt"
 in_line=$(sed -n 1p "$out/check.txt"); out_line=$(sed -n 2p "$out/check.txt")
 in_frames=${in_line#*: }; in_frames=${in_frames%% *}; out_frames=${out_line#*: }; out_frames=${out_frames%% *}
-if [ "${in_line##* }" != "${out_line##* }" ] || [ "$in_frames" != "$out_frames" ]; then
+if [ "${in_line##* }" != "${out_line##* }" ] || [ "$in_frames" != "$out_frames" ] || [ "$probed" != "$in_frames" ]; then
     echo "error: the frames read back differ from the frames uploaded" >&2
     exit 1
 fi
-say "Demo done: $in_frames frames uploaded and read back identical."
-say "(kvssrc will replace the GetMedia curl call above when it lands.)"
+say "Demo done: $in_frames frames uploaded through kvssink and read back through kvssrc identical."

@@ -416,3 +416,18 @@ fn raw_mode_passes_the_service_bytes_through() {
     assert_eq!(ebml_headers(&run.input), 3, "one document per fragment");
     assert!(input_frames(&run.input) == input_frames(&input));
 }
+
+#[test]
+fn a_range_read_retries_a_dropped_download() {
+    let emu = Emu::start();
+    emu.create_stream("retry", 1);
+    let input = produce(&emu, "retry", 240, "");
+    emu.fault(json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 20000, "times": 2}));
+    let run = read_range(&emu, "retry", "parallel-downloads=2");
+    assert_eq!(run.error, None);
+    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
+    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
+    assert_eq!(faults["faults"], json!([]), "both drops happened");
+    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    assert_eq!(ebml_headers(&run.input), 1);
+}

@@ -245,7 +245,7 @@ impl Output {
     }
 
     /// Sends bytes; false when the client is gone or a fault dropped the connection.
-    async fn send(&mut self, mut data: Bytes) -> bool {
+    pub async fn send(&mut self, mut data: Bytes) -> bool {
         let mut drop_after = false;
         if let Some(limit) = self.faults.drop_after_bytes
             && self.sent + data.len() as u64 >= limit

@@ -490,8 +490,13 @@ async fn get_media_for_fragment_list(
     state: &Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let kill = request.extensions().get::<ConnectionKill>().cloned();
     let (_, body) = read_signed(state, request).await?;
-    injected_error(state, "getMediaForFragmentList", &body)?;
+    // Its faults: an HTTP error, or (on the response) throttle and drop_after_bytes, as for GetMedia.
+    let actions = state.faults.take("getMediaForFragmentList", request_stream(state, &body).as_deref());
+    if let Some(err) = faults::http_error(&actions) {
+        return Err(err);
+    }
     let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
     let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
     let numbers = request.fragments.unwrap_or_default();
@@ -503,10 +508,16 @@ async fn get_media_for_fragment_list(
             .flat_map(archived::fragment_document)
             .collect()
     };
-    let stream = futures_util::stream::iter(
-        chunks.into_iter().map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(c))),
-    );
-    let mut response = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill);
+    tokio::spawn(async move {
+        for chunk in chunks {
+            if !out.send(chunk).await {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(putmedia::stream_body(tokio_stream::wrappers::ReceiverStream::new(rx)));
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
     response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
     Ok(response)
@@ -515,15 +526,20 @@ async fn get_media_for_fragment_list(
 /// An injected HTTP error for a JSON API call (`api` is the path without its slash), matched on the stream the
 /// body names.
 fn injected_error(state: &State, api: &str, body: &[u8]) -> Result<(), ApiError> {
-    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let stream = match (request["StreamName"].as_str(), request["StreamARN"].as_str()) {
-        (Some(name), _) => Some(name.to_owned()),
-        (None, Some(arn)) => state.store.lock().find(None, Some(arn)).ok().map(|s| s.stream_name.clone()),
-        (None, None) => None,
-    };
+    let stream = request_stream(state, body);
     match faults::http_error(&state.faults.take(api, stream.as_deref())) {
         Some(err) => Err(err),
         None => Ok(()),
+    }
+}
+
+/// The name of the stream a JSON request body names (by name or ARN), if any.
+fn request_stream(state: &State, body: &[u8]) -> Option<String> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match (request["StreamName"].as_str(), request["StreamARN"].as_str()) {
+        (Some(name), _) => Some(name.to_owned()),
+        (None, Some(arn)) => state.store.lock().find(None, Some(arn)).ok().map(|s| s.stream_name.clone()),
+        (None, None) => None,
     }
 }
 

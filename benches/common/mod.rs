@@ -1,0 +1,182 @@
+//! What the benchmarks share: CPU and peak-RSS readings from /proc, uploads and reads run in child processes
+//! (this binary again, with `--child MODE ...`), and an in-process kvs-emulator.
+#![allow(dead_code)]
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use kvs_emulator::{Config, Emulator};
+use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
+
+/// CPU seconds (user + system) of this process so far, from /proc (Linux).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Peak resident set size of this process, in MB.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub struct Measured {
+    pub seconds: f64,
+    pub cpu: f64,
+    pub rss_mb: f64,
+    /// The child's `count N` line: what it counted (fragments persisted, bytes read...).
+    pub count: u64,
+}
+
+/// Runs one upload in a child process; it prints `count N` then `measured WALL CPU RSS`.
+pub fn run_child(mode: &str, args: &[&str]) -> Measured {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--child", mode])
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{mode} failed");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let value = |key: &str| -> Vec<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{mode}: no {key:?} in {text:?}"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let measured = value("measured ");
+    Measured { seconds: measured[0], cpu: measured[1], rss_mb: measured[2], count: value("count ")[0] as u64 }
+}
+
+pub const FRAME_BYTES: usize = 100_000;
+pub const FRAMES_PER_CLUSTER: usize = 30;
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A synthetic Matroska file of `size_mb` MB: 1-s clusters of 30 frames of 100 kB. Returns (clusters, bytes).
+pub fn write_input(path: &std::path::Path, size_mb: usize) -> (u64, u64) {
+    use std::io::Write;
+    let clusters = (size_mb * 1_000_000 / (FRAME_BYTES * FRAMES_PER_CLUSTER)).max(1) as u64;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    file.write_all(&h264_stream_header()).unwrap();
+    let mut frame = vec![0u8; FRAME_BYTES];
+    for index in 0..clusters {
+        let mut out = Vec::with_capacity(FRAMES_PER_CLUSTER * (FRAME_BYTES + 16) + 32);
+        write_cluster_start(&mut out, index * 1000);
+        for i in 0..FRAMES_PER_CLUSTER {
+            frame.fill((index as u8).wrapping_add(i as u8));
+            write_simple_block(&mut out, 1, (i * 33) as i16, i == 0, &frame);
+        }
+        file.write_all(&out).unwrap();
+    }
+    file.flush().unwrap();
+    (clusters, std::fs::metadata(path).unwrap().len())
+}
+
+/// Streams a file as one PutMedia request with a bare hyper client (no signing, RELATIVE timecodes), reads the
+/// ACKs to the end; returns how many fragments were persisted.
+pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(8);
+        let path = path.to_owned();
+        // File reads on a blocking thread, as filesrc reads on its streaming thread.
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(path).unwrap();
+            loop {
+                let mut chunk = vec![0u8; CHUNK_BYTES];
+                let n = file.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                chunk.truncate(n);
+                if tx.blocking_send(Ok(Frame::data(Bytes::from(chunk)))).is_err() {
+                    break;
+                }
+            }
+        });
+        let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let request = hyper::Request::post("/putMedia")
+            .header("host", addr.as_str())
+            .header("x-amzn-stream-name", stream)
+            .header("x-amzn-fragment-timecode-type", "RELATIVE")
+            .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
+            .body(body)
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let acks = response.into_body().collect().await.unwrap().to_bytes();
+        reader.await.unwrap();
+        let persisted = acks.windows(9).filter(|w| *w == b"PERSISTED").count();
+        persisted as u64
+    })
+}
+
+/// Reports a child's measures on stdout, for [`run_child`].
+pub fn report_child(started: std::time::Instant, count: u64) {
+    println!("count {count}");
+    println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+}
+
+/// A kvs-emulator on its own runtime with one stream.
+pub struct Emu {
+    pub url: String,
+    emulator: Option<Emulator>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Emu {
+    pub fn start(stream: &str) -> Emu {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let emulator = runtime.block_on(Emulator::start(Config::default())).unwrap();
+        let emu = Emu { url: emulator.base_url(), emulator: Some(emulator), runtime };
+        let status =
+            emu.post("/createStream", format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"));
+        assert_eq!(status, 200);
+        emu
+    }
+
+    /// One POST with a JSON body; returns the status.
+    pub fn post(&self, path: &str, json: String) -> u16 {
+        let addr = self.emulator.as_ref().unwrap().local_addr();
+        self.runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let request = hyper::Request::post(path)
+                .header("host", addr.to_string())
+                .body(Full::new(Bytes::from(json)))
+                .unwrap();
+            sender.send_request(request).await.unwrap().status().as_u16()
+        })
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            let _guard = self.runtime.enter();
+            emulator.shutdown();
+        }
+    }
+}

@@ -422,7 +422,9 @@ fn a_range_read_retries_a_dropped_download() {
     let emu = Emu::start();
     emu.create_stream("retry", 1);
     let input = produce(&emu, "retry", 240, "");
-    emu.fault(json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 20000, "times": 2}));
+    emu.fault(
+        json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 20000, "times": 2}),
+    );
     let run = read_range(&emu, "retry", "parallel-downloads=2");
     assert_eq!(run.error, None);
     let (_, faults) = emu.call("GET", "/_emulator/faults", "");

@@ -398,7 +398,7 @@ fn errors_name_their_cause() {
     emu.fault(json!({"api": "getMedia", "kind": "error_tag", "fragment": 2, "error_id": 4000}));
     let (error, _) = read_error(&format!("{} start-selector=earliest ! fakesink", src_props(&emu, "tagged")));
     assert!(error.contains("kvssrc: the stream holds an error chunk"), "{error}");
-    assert!(error.contains("error id 4000"), "{error}");
+    assert!(error.contains("(4000)"), "{error}");
 
     let (error, _) =
         read_error(&format!("{} start-selector=fragment-number ! fakesink", src_props(&emu, "tagged")));
@@ -450,4 +450,56 @@ fn a_range_read_retries_a_dropped_download() {
     assert_eq!(faults["faults"], json!([]), "both drops happened");
     assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
     assert_eq!(ebml_headers(&run.input), 1);
+}
+
+#[test]
+fn invalid_endpoint_makes_the_live_reader_resolve_the_endpoint_again() {
+    let emu = Emu::start();
+    emu.create_stream("moved", 1);
+    let reader = LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "moved")));
+    let first = produce(&emu, "moved", 60, "");
+    reader.wait_for_frames(60, Duration::from_secs(20));
+    // The next GetMedia (after this session ends idle) is refused as sent to the wrong endpoint; the
+    // GetDataEndpoint fault is only reached if kvssrc asks for the endpoint again.
+    emu.fault(json!({"api": "getMedia", "stream": "moved", "kind": "http_error", "status": 400, "error": "InvalidEndpointException"}));
+    emu.fault(json!({"api": "getDataEndpoint", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException"}));
+    std::thread::sleep(Duration::from_secs(4));
+    let second = produce(&emu, "moved", 60, "");
+    reader.wait_for_frames(120, Duration::from_secs(20));
+    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new());
+    let mut input = input_frames(&first);
+    input.extend(input_frames(&second));
+    assert!(input_frames(&reader.captured.lock().unwrap()) == input);
+    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
+    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
+    assert_eq!(faults["faults"], json!([]), "GetDataEndpoint was called again");
+    let reasons: Vec<String> = reader
+        .messages_named("kvssrc-connection")
+        .iter()
+        .map(|s| s.get::<String>("reason").unwrap())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("InvalidEndpointException")), "{reasons:?}");
+}
+
+#[test]
+fn a_range_plays_at_its_own_pace_behind_matroskademux() {
+    let emu = Emu::start();
+    emu.create_stream("pace", 1);
+    produce(&emu, "pace", 150, "");
+    let end = now_s() + 5.0;
+    let description = |sync: bool| {
+        format!(
+            "{} start-selector=earliest end-timestamp={end:.3} ! matroskademux ! h264parse ! fakesink sync={sync}",
+            src_props(&emu, "pace")
+        )
+    };
+    let paced = run_pipeline(&description(true), Duration::from_secs(60));
+    assert_eq!(paced.error, None);
+    println!("150 frames (5 s) played in {:.2} s", paced.elapsed.as_secs_f64());
+    // The last frame is due at 4.967 s: a sink syncing on the demuxer's timestamps cannot finish sooner.
+    assert!(paced.elapsed >= Duration::from_millis(4_900), "{:?}", paced.elapsed);
+    assert!(paced.elapsed < Duration::from_secs(15), "{:?}", paced.elapsed);
+    let unpaced = run_pipeline(&description(false), Duration::from_secs(60));
+    assert_eq!(unpaced.error, None);
+    assert!(unpaced.elapsed < Duration::from_secs(4), "{:?}", unpaced.elapsed);
 }

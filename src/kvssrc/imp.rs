@@ -283,7 +283,7 @@ impl ObjectImpl for KvsSrc {
                     .blurb("Output: merged (one Matroska stream) or raw (the service's bytes) (default: merged)")
                     .mutable_ready()
                     .build(),
-                uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range (default: 4)", 64, DEFAULT_PARALLEL),
+                uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range; the service allows 5 connections per stream (default: 4)", 64, DEFAULT_PARALLEL),
             ];
             properties.splice(1..1, connection_properties());
             properties

@@ -52,6 +52,12 @@ pub enum Output {
     Error { code: String, id: String },
 }
 
+/// The tag names the GetMediaForFragmentList reference gives (GetMedia's are in [`kvs_mkv::tags`]).
+const SERVER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP";
+const PRODUCER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP";
+const EXCEPTION_ERROR_CODE: &str = "AWS_KINESISVIDEO_EXCEPTION_ERROR_CODE";
+const EXCEPTION_MESSAGE: &str = "AWS_KINESISVIDEO_EXCEPTION_MESSAGE";
+
 /// Fragment numbers remembered to recognise repeats.
 const REMEMBERED: usize = 4096;
 
@@ -204,18 +210,22 @@ impl Merger {
 
     fn tags(&mut self, simple: &[SimpleTag], out: &mut Vec<Output>) {
         let get = |name: &str| simple.iter().find(|t| t.name == name).map(|t| t.value.clone());
-        if get(tags::ERROR_CODE).is_some() || get(tags::ERROR_ID).is_some() {
+        // GetMediaForFragmentList is documented with other names for the timestamps and errors than GetMedia
+        // uses; both are read.
+        let error_code = get(tags::ERROR_CODE).or_else(|| get(EXCEPTION_ERROR_CODE));
+        let error_id = get(tags::ERROR_ID).or_else(|| get(EXCEPTION_MESSAGE));
+        if error_code.is_some() || error_id.is_some() {
             out.push(Output::Error {
-                code: get(tags::ERROR_CODE).unwrap_or_default(),
-                id: get(tags::ERROR_ID).unwrap_or_default(),
+                code: error_code.unwrap_or_default(),
+                id: error_id.unwrap_or_default(),
             });
             return;
         }
         if let Some(number) = get(tags::FRAGMENT_NUMBER) {
             self.doc.fragment = Some(FragmentInfo {
                 number,
-                producer_timestamp: get(tags::PRODUCER_TIMESTAMP),
-                server_timestamp: get(tags::SERVER_TIMESTAMP),
+                producer_timestamp: get(tags::PRODUCER_TIMESTAMP).or_else(|| get(PRODUCER_SIDE_TIMESTAMP)),
+                server_timestamp: get(tags::SERVER_TIMESTAMP).or_else(|| get(SERVER_SIDE_TIMESTAMP)),
                 ..Default::default()
             });
         }
@@ -436,6 +446,50 @@ mod tests {
             passed.extend(data(&raw.push(chunk).unwrap()));
         }
         assert_eq!(passed, input);
+    }
+
+    #[test]
+    fn the_fragment_list_tag_names_are_read_too() {
+        let mut input = Vec::new();
+        writer::write_ebml_header(&mut input, "matroska");
+        writer::write_segment_start(&mut input);
+        writer::write_info(&mut input, 1_000_000);
+        writer::write_tracks(
+            &mut input,
+            &[TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private: &[] }],
+        );
+        let named = [
+            SimpleTag::new(tags::FRAGMENT_NUMBER, "12"),
+            SimpleTag::new(SERVER_SIDE_TIMESTAMP, "1795000001.250"),
+            SimpleTag::new(PRODUCER_SIDE_TIMESTAMP, "1795000001.000"),
+        ];
+        tags::write_tags(&mut input, &named, 8);
+        writer::write_cluster_start(&mut input, 1_795_000_001_000);
+        writer::write_simple_block(&mut input, 1, 0, true, b"k");
+        let mut exception = Vec::new();
+        writer::write_ebml_header(&mut exception, "matroska");
+        writer::write_segment_start(&mut exception);
+        let failed = [
+            SimpleTag::new(tags::FRAGMENT_NUMBER, "13"),
+            SimpleTag::new(EXCEPTION_ERROR_CODE, "FRAGMENT_NOT_FOUND"),
+            SimpleTag::new(EXCEPTION_MESSAGE, "Fragment 13 is not found"),
+        ];
+        tags::write_tags(&mut exception, &failed, 8);
+        input.extend(exception);
+        let outputs = Merger::new(Mode::Merged).push(&input).unwrap();
+        let info = outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Fragment(f) => Some(f.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(info.server_timestamp.as_deref(), Some("1795000001.250"));
+        assert_eq!(info.producer_timestamp.as_deref(), Some("1795000001.000"));
+        assert_eq!(
+            outputs.last(),
+            Some(&Output::Error { code: "FRAGMENT_NOT_FOUND".into(), id: "Fragment 13 is not found".into() })
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
                 Item::Session { millis_behind_now, continuation_token }
             }
             Output::Error { code, id } => {
-                return Err(format!("the stream holds an error chunk: {code} (error id {id})"));
+                return Err(format!("the stream holds an error chunk: {code} ({id})"));
             }
         };
         if !give(tx, item).await {
@@ -320,6 +320,15 @@ async fn read_body(mut body: hyper::body::Incoming, idle: Duration) -> Result<By
     }
 }
 
+/// A spawned task that is aborted when dropped (the element stopped reading).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), String> {
     if !matches!(config.start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_)) {
         return Err(
@@ -345,11 +354,18 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
             _ => batches.push(vec![fragment]),
         }
     }
+    // Each download is its own task, so downloads go on while earlier results are handed downstream; at most
+    // `parallel` are in flight, and results come out in order.
     let mut downloads = futures::stream::iter(batches.into_iter().map(|batch| {
-        let url = url.clone();
+        let (ctx, url, stream) = (ctx.clone(), url.clone(), config.stream_name.clone());
+        let numbers: Vec<String> = batch.iter().map(|f| f.number.clone()).collect();
+        let count = numbers.len();
+        let mut task = AbortOnDrop(tokio::spawn(async move { fetch(&ctx, &url, &stream, &numbers).await }));
         async move {
-            let numbers: Vec<String> = batch.iter().map(|f| f.number.clone()).collect();
-            fetch(ctx, &url, &config.stream_name, &numbers).await.map(|bytes| (batch.len(), bytes))
+            match (&mut task.0).await {
+                Ok(result) => result.map(|bytes| (count, bytes)),
+                Err(e) => Err(KvsError::Network { api: "GetMediaForFragmentList", message: e.to_string() }),
+            }
         }
     }))
     .buffered(config.parallel.max(1));

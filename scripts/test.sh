@@ -14,8 +14,10 @@ cargo fmt --all -- --check
 
 say "cargo test --release --workspace"
 set +e
-# The plugin library first: a test runs gst-launch-1.0 against target/release/libgstkvs.so.
-cargo build --release --workspace 2>&1 | tail -3
+# The plugin library, the emulator binary and the examples first, in one build (one feature resolution that
+# the meson build below reuses): a test runs gst-launch-1.0 against target/release/libgstkvs.so, and the Python
+# tests run target/release/kvs-emulator and the mkvframes example.
+cargo build --release --workspace --bins --examples 2>&1 | tail -3
 cargo test --release --workspace 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e
@@ -23,7 +25,7 @@ set -e
 say "Python tests (boto3, AWS CLI) against the release emulator binary"
 pylog=$(mktemp)
 set +e
-cargo build --release -p kvs-emulator && cargo build --release -p kvs-mkv --example mkvframes
+test -x target/release/kvs-emulator && test -x target/release/examples/mkvframes
 build_status=$?
 .venv/bin/python -m pytest tests/python -q 2>&1 | tee "$pylog"
 pytest_status=${PIPESTATUS[0]}

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 setup_all
 
 say "Building the plugin, kvs-emulator and the frame checker (release)"
-cargo build --release --workspace --bins --examples
+cargo build --release --workspace --lib --bins --examples
 
 export GST_PLUGIN_PATH="$PWD/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 out=demo-out

@@ -17,7 +17,7 @@ set +e
 # The plugin library, the emulator binary and the examples first, in one build (one feature resolution that
 # the meson build below reuses): a test runs gst-launch-1.0 against target/release/libgstkvs.so, and the Python
 # tests run target/release/kvs-emulator and the mkvframes example.
-cargo build --release --workspace --bins --examples 2>&1 | tail -3
+cargo build --release --workspace --lib --bins --examples 2>&1 | tail -3
 cargo test --release --workspace 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e

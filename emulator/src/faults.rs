@@ -170,10 +170,23 @@ impl ConnectionFaults {
             .max()
             .unwrap_or_default()
     }
+}
 
-    /// How long to pause after `bytes` more bytes to stay under the throttle.
-    pub fn throttle_pause(&self, bytes: usize) -> Option<Duration> {
-        self.bytes_per_second.map(|rate| Duration::from_secs_f64(bytes as f64 / rate as f64))
+/// Holds a connection to its throttle rate over its whole life: after each piece it waits until the time all
+/// bytes so far are due, so timer granularity (a millisecond per sleep) does not add up over many pieces.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    started: Option<tokio::time::Instant>,
+    bytes: u64,
+}
+
+impl Pacer {
+    /// Counts `bytes` more; waits until they are due at `bytes_per_second` (no wait without a throttle).
+    pub async fn pace(&mut self, bytes_per_second: Option<u64>, bytes: usize) {
+        let Some(rate) = bytes_per_second else { return };
+        let started = *self.started.get_or_insert_with(tokio::time::Instant::now);
+        self.bytes += bytes as u64;
+        tokio::time::sleep_until(started + Duration::from_secs_f64(self.bytes as f64 / rate as f64)).await;
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::faults::{ConnectionFaults, ConnectionKill};
+use crate::faults::{ConnectionFaults, ConnectionKill, Pacer};
 use crate::media::{Fragment, FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
 use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id};
@@ -215,11 +215,12 @@ pub struct Output {
     pub kill: Option<ConnectionKill>,
     sent: u64,
     fragments: u64,
+    pacer: Pacer,
 }
 
 impl Output {
     pub fn new(tx: mpsc::Sender<Bytes>, faults: ConnectionFaults, kill: Option<ConnectionKill>) -> Output {
-        Output { tx, faults, kill, sent: 0, fragments: 0 }
+        Output { tx, faults, kill, sent: 0, fragments: 0, pacer: Pacer::default() }
     }
 
     /// Drops the connection, and waits until it is gone so that the response cannot end cleanly first.
@@ -254,7 +255,7 @@ impl Output {
             drop_after = true;
         }
         self.sent += data.len() as u64;
-        let pause = self.faults.throttle_pause(data.len());
+        let paced = data.len();
         if !data.is_empty() && self.tx.send(data).await.is_err() {
             return false;
         }
@@ -264,9 +265,7 @@ impl Output {
             self.drop_connection().await;
             return false;
         }
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
-        }
+        self.pacer.pace(self.faults.bytes_per_second, paced).await;
         true
     }
 }

@@ -278,6 +278,7 @@ async fn ingest_task(
         to_persist: Vec::new(),
     };
     let mut bytes = 0u64;
+    let mut pacer = crate::faults::Pacer::default();
     let deadline = Instant::now() + config.max_connection_duration;
     let mut last_data = Instant::now();
     let mut last_idle_ack = Instant::now();
@@ -325,9 +326,7 @@ async fn ingest_task(
                         drop_now = true;
                     }
                     bytes += data.len() as u64;
-                    if let Some(pause) = faults.throttle_pause(data.len()) {
-                        tokio::time::sleep(pause).await;
-                    }
+                    pacer.pace(faults.bytes_per_second, data.len()).await;
                     (conn.ingest.push(&data), drop_now)
                 }
                 Err(_trailers) => continue,

@@ -45,12 +45,7 @@ fn video_round_trip_every_frame_identical() {
 fn video_and_aac_round_trip() {
     let emu = Emu::start();
     emu.create_stream("av", 1);
-    let description = format!(
-        "{} ! queue ! mux. audiotestsrc num-buffers=200 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
-         ! avenc_aac ! aacparse ! queue ! mux. matroskamux name=mux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
-        video_source(120),
-        sink_props(&emu, "av")
-    );
+    let description = av_upload(&emu, "av");
     let run = run_pipeline(&description, Duration::from_secs(60));
     assert_round_trip(&emu, "av", &run);
     let tracks: std::collections::BTreeSet<u64> = input_frames(&run.input).iter().map(|(t, _)| *t).collect();

@@ -77,12 +77,7 @@ fn round_trip_through_kvssink_and_kvssrc_every_frame_identical() {
 fn round_trip_with_audio() {
     let emu = Emu::start();
     emu.create_stream("av", 1);
-    let description = format!(
-        "{} ! queue ! mux. audiotestsrc num-buffers=200 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
-         ! avenc_aac ! aacparse ! queue ! mux. matroskamux name=mux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
-        video_source(120),
-        sink_props(&emu, "av")
-    );
+    let description = av_upload(&emu, "av");
     let upload = run_pipeline(&description, Duration::from_secs(60));
     assert_eq!(upload.error, None);
     let run = read_range(&emu, "av", "");
@@ -247,18 +242,7 @@ impl LiveRead {
         init();
         let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
-        let appsink = pipeline.by_name("capture").unwrap().downcast::<gst_app::AppSink>().unwrap();
-        let sink_bytes = captured.clone();
-        appsink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                    sink_bytes.lock().unwrap().extend_from_slice(&buffer.map_readable().unwrap());
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        capture_into(&pipeline.by_name("capture").unwrap(), captured.clone());
         let (messages, errors) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let bus = pipeline.bus().unwrap();

@@ -169,6 +169,21 @@ impl Run {
     }
 }
 
+/// Makes the appsink `capture` append every buffer it receives to `captured`.
+pub fn capture_into(capture: &gst::Element, captured: Arc<Mutex<Vec<u8>>>) {
+    let appsink = capture.clone().downcast::<gst_app::AppSink>().unwrap();
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                captured.lock().unwrap().extend_from_slice(&buffer.map_readable().unwrap());
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
 /// Runs a pipeline description to EOS or error (bounded by `limit`). An appsink named `capture`, if present,
 /// collects the bytes it receives; the element named `sink` is the kvssink whose stats are read at the end.
 pub fn run_pipeline(description: &str, limit: Duration) -> Run {
@@ -180,18 +195,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
     let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
     let captured = Arc::new(Mutex::new(Vec::new()));
     if let Some(capture) = pipeline.by_name("capture") {
-        let appsink = capture.downcast::<gst_app::AppSink>().unwrap();
-        let captured = captured.clone();
-        appsink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                    captured.lock().unwrap().extend_from_slice(&buffer.map_readable().unwrap());
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        capture_into(&capture, captured.clone());
     }
     setup(&pipeline);
     let started = Instant::now();
@@ -313,6 +317,16 @@ pub fn video_source(frames: u32) -> String {
     format!(
         "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
          ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse"
+    )
+}
+
+/// 120 frames of H.264 and 200 of AAC muxed into `stream` through kvssink, matroskamux's output captured.
+pub fn av_upload(emu: &Emu, stream: &str) -> String {
+    format!(
+        "{} ! queue ! mux. audiotestsrc num-buffers=200 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+         ! avenc_aac ! aacparse ! queue ! mux. matroskamux name=mux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(120),
+        sink_props(emu, stream)
     )
 }
 

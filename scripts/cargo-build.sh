@@ -1,13 +1,14 @@
 #!/bin/sh
 # Called by meson.build: builds libgstkvs.so with cargo and copies it to meson's output path. The whole
-# workspace's libraries are built, so cargo resolves features as `cargo build --workspace` does and reuses
-# what that (or the test command) already compiled.
-# usage: cargo-build.sh CARGO SOURCE_ROOT TARGET_DIR PROFILE OUTPUT
+# workspace's libraries are built, so cargo resolves features as `cargo build --workspace` does and reuses what
+# that already compiled. With ALL_TARGETS=true every target (tests, benches, examples) is built in the same call,
+# as the test command does: dev-dependencies change the features of shared crates, so only the same target
+# selection reuses the test command's compilation instead of compiling part of the graph again.
+# usage: cargo-build.sh CARGO SOURCE_ROOT TARGET_DIR PROFILE ALL_TARGETS OUTPUT
 set -eu
-cargo=$1 src=$2 target_dir=$3 profile=$4 output=$5
-if [ "$profile" = release ]; then
-    "$cargo" build --manifest-path "$src/Cargo.toml" --target-dir "$target_dir" --release --lib --workspace
-else
-    "$cargo" build --manifest-path "$src/Cargo.toml" --target-dir "$target_dir" --lib --workspace
-fi
+cargo=$1 src=$2 target_dir=$3 profile=$4 all_targets=$5 output=$6
+set -- --manifest-path "$src/Cargo.toml" --target-dir "$target_dir" --workspace
+if [ "$profile" = release ]; then set -- "$@" --release; fi
+if [ "$all_targets" = true ]; then set -- "$@" --all-targets; else set -- "$@" --lib; fi
+"$cargo" build "$@"
 cp "$target_dir/$profile/libgstkvs.so" "$output"

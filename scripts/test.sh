@@ -1,42 +1,41 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs the whole suite and prints a summary.
-# Usage: bash scripts/test.sh
+# The test command: installs what the tests need, then runs the whole suite and prints a summary that counts
+# every test (Rust and Python), failures included. Usage: bash scripts/test.sh
+#
+# One compilation: every cargo step uses the dev profile (Cargo.toml says why) and the same target selection
+# (`--workspace --all-targets`), so the dependency graph is compiled once and shared by the plugin library, the
+# emulator binary, the examples, the benches (built, not run), the test binaries and the meson build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 setup_all
 
+started=$SECONDS
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
-say "cargo test --release --workspace"
+say "cargo build --workspace --all-targets (the plugin, kvs-emulator, examples, benches and test binaries)"
 set +e
-# The plugin library, the emulator binary and the examples first, in one build (one feature resolution that
-# the meson build below reuses): a test runs gst-launch-1.0 against target/release/libgstkvs.so, and the Python
-# tests run target/release/kvs-emulator and the mkvframes example.
-cargo build --release --workspace --lib --bins --examples 2>&1 | tail -3
-cargo test --release --workspace 2>&1 | tee "$log"
+cargo build --workspace --all-targets 2>&1 | grep -Ev '^ +(Compiling|Downloaded|Fresh) ' | tail -20
+build_status=${PIPESTATUS[0]}
+set -e
+say "built in $((SECONDS - started)) s"
+
+say "cargo test --workspace --no-fail-fast"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e
 
-say "Python tests (boto3, AWS CLI) against the release emulator binary"
-pylog=$(mktemp)
+say "Python tests (boto3, AWS CLI) against target/debug/kvs-emulator"
 set +e
-test -x target/release/kvs-emulator && test -x target/release/examples/mkvframes
-build_status=$?
-.venv/bin/python -m pytest tests/python -q 2>&1 | tee "$pylog"
+KVS_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest tests/python -q 2>&1 | tee "$pylog"
 pytest_status=${PIPESTATUS[0]}
 set -e
-# pytest's closing line, e.g. "1 failed, 14 passed, 2 warnings in 15.02s".
-pytest_summary=$(grep -E '^=*( *[0-9]+ [a-z]+,?)+ in [0-9.]+s' "$pylog" | tail -1 || true)
-pytest_passed=$( (echo "$pytest_summary" | grep -Eo '[0-9]+ passed' || true) | awk '{s+=$1} END {print s+0}')
-pytest_failed=$( (echo "$pytest_summary" | grep -Eo '[0-9]+ (failed|errors?)' || true) | awk '{s+=$1} END {print s+0}')
-# A pytest run that failed without counting a failure (no test collected, crash, missing binary) counts as one.
-if { [ "$pytest_status" != 0 ] || [ "$build_status" != 0 ]; } && [ "$pytest_failed" = 0 ]; then pytest_failed=1; fi
-rm -f "$pylog"
 
 say "meson: build and install into a staging directory, then load the installed plugin"
 stage=$(mktemp -d)
@@ -44,7 +43,7 @@ meson_status=0
 (
     set -e
     rm -rf target/meson-build
-    meson setup target/meson-build >/dev/null
+    meson setup target/meson-build -Dbuildtype=debug -Dcargo-all-targets=true >/dev/null
     meson compile -C target/meson-build
     DESTDIR="$stage" meson install -C target/meson-build
     plugindir=$(pkg-config --variable=pluginsdir gstreamer-1.0)
@@ -53,12 +52,29 @@ meson_status=0
 ) || meson_status=1
 rm -rf "$stage"
 
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-[ "$meson_status" = 0 ] && passed=$((passed + 1)) || failed=$((failed + 1))
-passed=$((passed + pytest_passed))
-failed=$((failed + pytest_failed))
-if [ "$cargo_status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+# Rust: the sum of every test binary's "test result:" line. A test binary that cargo reports failed without a
+# failing result line (it crashed, or did not build) counts as one failure, and so does a failed build.
+sum() { { grep -Eo "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
+rust_passed=$(grep -E '^test result: ' "$log" | sum passed)
+rust_failed=$(grep -E '^test result: ' "$log" | sum failed)
+failed_binaries=$(grep -Ec '^test result: FAILED' "$log" || true)
+failed_targets=$(grep -Eo '^error: [0-9]+ targets? failed' "$log" | grep -Eo '[0-9]+' || echo 0)
+if [ "$failed_targets" -gt "$failed_binaries" ]; then rust_failed=$((rust_failed + failed_targets - failed_binaries)); fi
+if { [ "$cargo_status" != 0 ] || [ "$build_status" != 0 ]; } && [ "$rust_failed" = 0 ]; then rust_failed=1; fi
+
+# Python: pytest's closing line, e.g. "1 failed, 14 passed, 2 warnings in 15.02s". A run that failed without
+# counting a failure (nothing collected, a crash) counts as one.
+pytest_summary=$(grep -E '^=*( *[0-9]+ [a-z]+,?)+ in [0-9.]+s' "$pylog" | tail -1 || true)
+py_passed=$(echo "$pytest_summary" | sum passed)
+py_failed=$(echo "$pytest_summary" | sum '(failed|errors?)')
+if [ "$pytest_status" != 0 ] && [ "$py_failed" = 0 ]; then py_failed=1; fi
+
+[ "$meson_status" = 0 ] && meson_passed=1 meson_failed=0 || meson_passed=0 meson_failed=1
+
 echo
+echo "Rust: $rust_passed passed, $rust_failed failed; Python: $py_passed passed, $py_failed failed;" \
+    "meson install: $meson_passed passed, $meson_failed failed ($((SECONDS - started)) s after set-up)"
+passed=$((rust_passed + py_passed + meson_passed))
+failed=$((rust_failed + py_failed + meson_failed))
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

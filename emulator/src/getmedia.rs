@@ -1,5 +1,5 @@
 //! GetMedia (KVS-PROTOCOL.md §3): a long-lived chunked response with one complete Matroska document per
-//! fragment, in the element layout of the service's recorded output (`shared/fixtures/getmedia/`):
+//! fragment, in the element layout of the service's recorded output (`tests/fixtures/getmedia/`):
 //!
 //! ```text
 //! EBML header (the producer's) | Segment, unknown size (8-byte form) | the producer's header elements

@@ -706,7 +706,7 @@ mod tests {
     #[test]
     fn cpp_producer_body_is_accepted() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/putmedia-cpp/01-basic-10s/putmedia-1.body.first2MiB.mkv");
+            .join("../tests/fixtures/putmedia-cpp/01-basic-10s/putmedia-1.body.first2MiB.mkv");
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut ingest = Ingest::new(TimecodeType::Absolute, 0, Limits::default());
         let events: Vec<_> = body.chunks(8192).flat_map(|c| ingest.push(c)).collect();

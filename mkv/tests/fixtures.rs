@@ -1,5 +1,5 @@
 //! The reader against real recorded KVS output (GetMedia responses) and real C++ producer PutMedia bodies.
-//! Fixtures live in `shared/fixtures` beside the checkout (override with `KVS_FIXTURES_DIR`).
+//! Fixtures live in the repository's `tests/fixtures` (override with `KVS_FIXTURES_DIR`).
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use kvs_mkv::{Event, MkvReader, block, tags};
 fn fixture(path: &str) -> Vec<u8> {
     let dir = std::env::var_os("KVS_FIXTURES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"));
     let path = dir.join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} (set KVS_FIXTURES_DIR): {e}", path.display()))
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_smithy_http_client::tls;
@@ -140,19 +139,12 @@ impl AwsContext {
             .tls_context(tls_context)
             .build_https();
 
-        let region_chain = RegionProviderChain::first_try(
-            settings.region.clone().filter(|r| !r.is_empty()).map(aws_config::Region::new),
-        )
-        .or_default_provider()
-        .or_else(aws_config::Region::from_static(DEFAULT_REGION));
-
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.request_timeout)
             .operation_attempt_timeout(settings.request_timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
-            .region(region_chain)
             .timeout_config(timeouts)
             .app_name(
                 aws_config::AppName::new(element.replace(|c: char| !c.is_ascii_alphanumeric(), "-"))
@@ -192,7 +184,16 @@ impl AwsContext {
             }
             loader = loader.endpoint_url(endpoint);
         }
+        // The region property, else the loader's default chain (environment, profile, IMDS: built by the loader
+        // so that IMDS uses the HTTP client above), else DEFAULT_REGION.
+        if let Some(region) = settings.region.clone().filter(|r| !r.is_empty()) {
+            loader = loader.region(aws_config::Region::new(region));
+        }
         let mut sdk_config = loader.load().await;
+        if sdk_config.region().is_none() {
+            sdk_config =
+                sdk_config.to_builder().region(aws_config::Region::from_static(DEFAULT_REGION)).build();
+        }
 
         if let Some(role_arn) = settings.role_arn.clone().filter(|r| !r.is_empty()) {
             let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)

@@ -1,6 +1,7 @@
 """Shared fixtures for the Python tests: a real kvs-emulator process and clients pointed at it.
 
-The emulator binary is target/release/kvs-emulator (override with KVS_EMULATOR_BIN). It is started once per
+The binaries come from cargo's target/debug (the test command's profile; KVS_BIN_DIR names another directory,
+KVS_EMULATOR_BIN another emulator). The emulator is started once per
 test session with --listen 127.0.0.1:0 and one access key, so every request must be SigV4-signed; its first
 stdout line is its base URL.
 """
@@ -20,6 +21,7 @@ import botocore.config
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN_DIR = pathlib.Path(os.environ.get("KVS_BIN_DIR", REPO / "target" / "debug"))
 ACCESS_KEY_ID = "AKIDEMULATORTEST"
 SECRET_ACCESS_KEY = "emulator/test+secret"
 REGION = "us-east-1"
@@ -51,9 +53,9 @@ class EmulatorProcess:
 
 
 def emulator_binary():
-    path = pathlib.Path(os.environ.get("KVS_EMULATOR_BIN", REPO / "target" / "release" / "kvs-emulator"))
+    path = pathlib.Path(os.environ.get("KVS_EMULATOR_BIN", BIN_DIR / "kvs-emulator"))
     if not path.is_file():
-        pytest.fail(f"{path} not found: build it with `cargo build --release -p kvs-emulator` or set KVS_EMULATOR_BIN")
+        pytest.fail(f"{path} not found: build it with `cargo build -p kvs-emulator` or set KVS_EMULATOR_BIN")
     return path
 
 

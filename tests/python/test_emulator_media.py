@@ -13,16 +13,16 @@ import botocore.awsrequest
 import botocore.credentials
 import pytest
 
-from conftest import REPO, AwsCli, aws_executable, make_client
+from conftest import BIN_DIR, AwsCli, aws_executable, make_client
 
 FRAMES = 90  # 3 fragments of 30 frames
 
 
 def mkvframes(path):
     """(frame count, digest) of a Matroska file with one or many documents."""
-    tool = REPO / "target" / "release" / "examples" / "mkvframes"
+    tool = BIN_DIR / "examples" / "mkvframes"
     if not tool.is_file():
-        pytest.fail(f"{tool} not found: cargo build --release -p kvs-mkv --example mkvframes")
+        pytest.fail(f"{tool} not found: cargo build -p kvs-mkv --example mkvframes")
     line = subprocess.run([str(tool), str(path)], check=True, capture_output=True, text=True).stdout.strip()
     # "<path>: <n> frames in <d> Matroska document(s), digest <hex>"
     words = line.rsplit(": ", 1)[1].split()

@@ -1,0 +1,410 @@
+//! The admin API: import of recorded service output (compared element by element with the recording),
+//! fragment listing, reset, and every kind of fault.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use kvs_emulator::{Config, Emulator};
+use kvs_mkv::{Event, tags};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+fn fixture(path: &str) -> Vec<u8> {
+    let dir = std::env::var_os("KVS_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"));
+    std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("fixture {path} (set KVS_FIXTURES_DIR): {e}"))
+}
+
+/// One request on a new connection; the response status and body, or the error if the connection broke.
+async fn call(
+    emulator: &Emulator,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut request =
+        hyper::Request::builder().method(method).uri(path).header("host", emulator.local_addr().to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, body))
+}
+
+async fn json_call(emulator: &Emulator, path: &str, body: Value) -> (u16, Value) {
+    let (status, body) =
+        call(emulator, "POST", path, &[("content-type", "application/json")], body.to_string().into_bytes())
+            .await
+            .unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Every top-level and cluster element of a Matroska stream, as (kind, bytes).
+fn elements(data: &[u8]) -> Vec<(String, Bytes)> {
+    let mut out = Vec::new();
+    let events = kvs_mkv::read_all(data).unwrap();
+    for event in events {
+        match event {
+            Event::EbmlHeader(el) => out.push(("EBML".to_owned(), el.bytes)),
+            Event::SegmentStart { header, .. } => out.push(("Segment".to_owned(), header)),
+            Event::ClusterStart { header, .. } => out.push(("Cluster".to_owned(), header)),
+            Event::Element(el) => {
+                let kind = if el.id == kvs_mkv::ebml::id::TAGS {
+                    let parsed = tags::parse_tags(el.data()).unwrap();
+                    format!("Tags[{}]", parsed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","))
+                } else {
+                    format!("{:X}", el.id)
+                };
+                out.push((kind, el.bytes));
+            }
+            Event::ClusterChild(el) => out.push((format!("child {:X}", el.id), el.bytes)),
+            Event::ClusterEnd { .. } | Event::SegmentEnd { .. } => {}
+        }
+    }
+    out
+}
+
+async fn get_media(emulator: &Emulator, stream: &str) -> Bytes {
+    let body = json!({"StreamName": stream, "StartSelector": {"StartSelectorType": "EARLIEST"}}).to_string();
+    let (status, body) = call(emulator, "POST", "/getMedia", &[], body.into_bytes()).await.unwrap();
+    assert_eq!(status, 200);
+    body
+}
+
+#[tokio::test]
+async fn imported_service_recordings_read_back_element_for_element() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    for (stream, file) in
+        [("ffmpeg", "getmedia/output_get_media.mkv"), ("sdk", "getmedia/test_mixed_tags.mkv")]
+    {
+        let recording = fixture(file);
+        let (status, body) =
+            call(&emulator, "POST", &format!("/_emulator/streams/{stream}/import"), &[], recording.clone())
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{body:?}");
+        let output = get_media(&emulator, stream).await;
+        let expected = elements(&recording);
+        let actual = elements(&output);
+        let kinds = |v: &[(String, Bytes)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        if actual.len() != expected.len() {
+            let (a, e) = (kinds(&actual), kinds(&expected));
+            let first = a.iter().zip(&e).position(|(x, y)| x != y).unwrap_or(a.len().min(e.len()));
+            panic!(
+                "{file}: element {first} differs: {:?} vs {:?}",
+                &a[first.saturating_sub(2)..(first + 3).min(a.len())],
+                &e[first.saturating_sub(2)..(first + 3).min(e.len())]
+            );
+        }
+        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert_eq!(a.0, e.0, "{file}: element {i}");
+            if e.0.contains("MILLIS_BEHIND_NOW") {
+                continue; // the only value that depends on when it is read
+            }
+            assert!(a.1 == e.1, "{file}: element {i} ({}) differs:\n{:02x?}\n{:02x?}", e.0, a.1, e.1);
+        }
+    }
+    // The fragment listing of the ffmpeg recording: 5 fragments of 60 frames, producer times from the tags.
+    let (status, body) =
+        call(&emulator, "GET", "/_emulator/streams/ffmpeg/fragments", &[], vec![]).await.unwrap();
+    assert_eq!(status, 200);
+    let listing: Value = serde_json::from_slice(&body).unwrap();
+    let fragments = listing["fragments"].as_array().unwrap();
+    assert_eq!(fragments.len(), 5);
+    assert_eq!(fragments[0]["number"], "91343852333181432392682062607743920146159169392");
+    assert_eq!(fragments[0]["producer_timestamp_ms"], 1511852108513i64);
+    assert_eq!(fragments[0]["server_timestamp_ms"], 1511852109126i64);
+    assert!(fragments.iter().all(|f| f["frames"] == json!({"1": 60}) && f["state"] == "complete"));
+    assert!(fragments.iter().all(|f| f["size_bytes"].as_u64().unwrap() > 10_000));
+
+    // Reset forgets streams and media.
+    let (status, _) = call(&emulator, "POST", "/_emulator/reset", &[], vec![]).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = json_call(&emulator, "/describeStream", json!({"StreamName": "ffmpeg"})).await;
+    assert_eq!((status, body["__type"].as_str()), (404, Some("ResourceNotFoundException")));
+}
+
+async fn add_fault(emulator: &Emulator, fault: Value) {
+    let (status, body) =
+        call(emulator, "POST", "/_emulator/faults", &[], fault.to_string().into_bytes()).await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+}
+
+/// A PIC-style body: header, then `clusters` one-frame clusters 100 ms apart, then the end-of-fragment tag.
+fn body(clusters: u64) -> Vec<u8> {
+    use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
+    let mut out = h264_stream_header();
+    for i in 0..clusters {
+        write_cluster_start(&mut out, 1_795_312_662_000 + i * 100);
+        write_simple_block(&mut out, 1, 0, true, &[i as u8; 1000]);
+    }
+    tags::write_tags(&mut out, &[tags::SimpleTag::new(tags::END_OF_FRAGMENT, "")], 8);
+    out
+}
+
+async fn create(emulator: &Emulator, name: &str) {
+    let (status, body) =
+        json_call(emulator, "/createStream", json!({"StreamName": name, "DataRetentionInHours": 1})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn put(emulator: &Emulator, stream: &str, data: Vec<u8>) -> Result<Vec<Value>, String> {
+    let headers = [("x-amzn-stream-name", stream), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
+    let (status, acks) = call(emulator, "POST", "/putMedia", &headers, data).await?;
+    assert_eq!(status, 200, "{acks:?}");
+    Ok(String::from_utf8(acks.to_vec()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+fn kinds(acks: &[Value]) -> Vec<String> {
+    acks.iter().map(|a| a["EventType"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn stored(emulator: &Emulator, stream: &str) -> Vec<String> {
+    let (_, body) =
+        call(emulator, "GET", &format!("/_emulator/streams/{stream}/fragments"), &[], vec![]).await.unwrap();
+    let listing: Value = serde_json::from_slice(&body).unwrap();
+    listing["fragments"].as_array().unwrap().iter().map(|f| f["state"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn putmedia_faults_drop_error_withhold_delay_throttle() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "f").await;
+
+    // Dropped after 3.5 clusters' worth of bytes: the client sees the connection break; 3 fragments stored,
+    // the 4th (cut off) is not.
+    let data = body(5);
+    let header_len = data.windows(4).position(|w| w == [0x1F, 0x43, 0xB6, 0x75]).unwrap();
+    let cut = header_len + 3 * 1024 + 500;
+    add_fault(&emulator, json!({"api": "putMedia", "stream": "f", "kind": "drop_after_bytes", "bytes": cut}))
+        .await;
+    let result = put(&emulator, "f", data.clone()).await;
+    assert!(result.is_err(), "the connection should break: {result:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(stored(&emulator, "f").await, ["complete", "complete", "complete", "aborted"]);
+
+    // The fault fired once: the same upload now goes through.
+    let acks = put(&emulator, "f", data.clone()).await.unwrap();
+    assert_eq!(kinds(&acks).len(), 15);
+
+    // ERROR ACK 5000 for fragment 2, then the connection ends.
+    add_fault(&emulator, json!({"api": "putMedia", "kind": "error_ack", "fragment": 2, "error_id": 5000}))
+        .await;
+    let acks = put(&emulator, "f", data.clone()).await.unwrap();
+    assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "PERSISTED", "BUFFERING", "ERROR"]);
+    assert_eq!(
+        (acks[4]["ErrorId"].as_u64(), acks[4]["ErrorCode"].as_str()),
+        (Some(5000), Some("INTERNAL_ERROR"))
+    );
+
+    // PERSISTED withheld.
+    add_fault(&emulator, json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED"})).await;
+    let acks = put(&emulator, "f", body(2)).await.unwrap();
+    assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "BUFFERING", "RECEIVED"]);
+
+    // All ACKs delayed by 300 ms (in order).
+    add_fault(&emulator, json!({"api": "putMedia", "kind": "delay_acks", "ms": 300})).await;
+    let started = Instant::now();
+    let acks = put(&emulator, "f", body(1)).await.unwrap();
+    assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "PERSISTED"]);
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+
+    // Throttled to 20 kB/s: 5 clusters of ~1 kB plus the header take at least ~0.2 s.
+    add_fault(&emulator, json!({"api": "putMedia", "kind": "throttle", "bytes_per_second": 20000})).await;
+    let data = body(5);
+    let started = Instant::now();
+    put(&emulator, "f", data.clone()).await.unwrap();
+    let floor = Duration::from_secs_f64(data.len() as f64 / 20000.0 * 0.8);
+    assert!(started.elapsed() >= floor, "{:?} < {floor:?}", started.elapsed());
+
+    // HTTP error on connect.
+    add_fault(&emulator, json!({"api": "putMedia", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException"})).await;
+    let headers = [("x-amzn-stream-name", "f"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
+    let (status, body) = call(&emulator, "POST", "/putMedia", &headers, vec![]).await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["__type"], "ServiceUnavailableException");
+}
+
+#[tokio::test]
+async fn control_plane_http_errors_fire_a_set_number_of_times() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "c").await;
+    add_fault(
+        &emulator,
+        json!({"api": "describeStream", "stream": "c", "kind": "http_error", "status": 500,
+        "error": "InternalFailure", "message": "boom", "times": 2}),
+    )
+    .await;
+    for _ in 0..2 {
+        let (status, body) = json_call(&emulator, "/describeStream", json!({"StreamName": "c"})).await;
+        assert_eq!(
+            (status, body["__type"].as_str(), body["Message"].as_str()),
+            (500, Some("InternalFailure"), Some("boom"))
+        );
+    }
+    let (status, _) = json_call(&emulator, "/describeStream", json!({"StreamName": "c"})).await;
+    assert_eq!(status, 200);
+    // Listing and clearing.
+    add_fault(&emulator, json!({"api": "getDataEndpoint", "kind": "http_error", "status": 400, "error": "ClientLimitExceededException"})).await;
+    let (_, body) = call(&emulator, "GET", "/_emulator/faults", &[], vec![]).await.unwrap();
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed["faults"][0]["api"], "getDataEndpoint");
+    call(&emulator, "DELETE", "/_emulator/faults", &[], vec![]).await.unwrap();
+    let (status, _) =
+        json_call(&emulator, "/getDataEndpoint", json!({"StreamName": "c", "APIName": "PUT_MEDIA"})).await;
+    assert_eq!(status, 200);
+    // A malformed fault is refused with a reason.
+    let (status, body) =
+        call(&emulator, "POST", "/_emulator/faults", &[], br#"{"api":"putMedia","kind":"explode"}"#.to_vec())
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{body:?}");
+}
+
+#[tokio::test]
+async fn getmedia_faults_drop_at_fragment_and_after_bytes() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "g").await;
+    put(&emulator, "g", body(4)).await.unwrap();
+    let whole = get_media(&emulator, "g").await;
+    assert_eq!(whole.windows(4).filter(|w| *w == [0x1A, 0x45, 0xDF, 0xA3]).count(), 4);
+
+    add_fault(&emulator, json!({"api": "getMedia", "kind": "drop_at_fragment", "fragment": 3})).await;
+    let request = json!({"StreamName": "g", "StartSelector": {"StartSelectorType": "EARLIEST"}}).to_string();
+    let result = call(&emulator, "POST", "/getMedia", &[], request.clone().into_bytes()).await;
+    assert!(result.is_err(), "the connection should break");
+
+    add_fault(&emulator, json!({"api": "getMedia", "kind": "drop_after_bytes", "bytes": 100})).await;
+    let result = call(&emulator, "POST", "/getMedia", &[], request.into_bytes()).await;
+    assert!(result.is_err(), "the connection should break");
+}
+
+#[tokio::test]
+async fn data_dir_keeps_streams_and_fragments_across_a_restart() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("data-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = || Config { data_dir: Some(dir.clone()), ..Config::default() };
+
+    let emulator = Emulator::start(config()).await.unwrap();
+    create(&emulator, "kept").await;
+    let acks = put(&emulator, "kept", body(3)).await.unwrap();
+    assert_eq!(kinds(&acks).iter().filter(|k| *k == "PERSISTED").count(), 3);
+    let before = get_media(&emulator, "kept").await;
+    call(
+        &emulator,
+        "POST",
+        "/_emulator/streams/imported/import",
+        &[],
+        fixture("getmedia/test_mixed_tags.mkv"),
+    )
+    .await
+    .unwrap();
+    let imported_before = get_media(&emulator, "imported").await;
+    let arn_before = json_call(&emulator, "/describeStream", json!({"StreamName": "kept"})).await.1["StreamInfo"]["StreamARN"].clone();
+    emulator.shutdown();
+
+    let emulator = Emulator::start(config()).await.unwrap();
+    let (status, described) = json_call(&emulator, "/describeStream", json!({"StreamName": "kept"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(described["StreamInfo"]["StreamARN"], arn_before);
+    assert_eq!(described["StreamInfo"]["DataRetentionInHours"], 1);
+    let after = get_media(&emulator, "kept").await;
+    let strip = |data: &[u8]| -> Vec<(String, Bytes)> {
+        elements(data).into_iter().filter(|(k, _)| !k.contains("MILLIS")).collect()
+    };
+    assert!(strip(&after) == strip(&before), "GetMedia after the restart differs");
+    assert!(strip(&get_media(&emulator, "imported").await) == strip(&imported_before));
+
+    // New fragments continue the sequence: their numbers are larger.
+    let first_numbers =
+        acks.iter().map(|a| a["FragmentNumber"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let more = put(&emulator, "kept", body(1)).await.unwrap();
+    assert!(more[0]["FragmentNumber"].as_str().unwrap() > first_numbers.last().unwrap().as_str());
+
+    // Deleting the stream deletes its media on disk.
+    let (status, _) = json_call(&emulator, "/deleteStream", json!({"StreamARN": arn_before})).await;
+    assert_eq!(status, 200);
+    let media_dirs = std::fs::read_dir(dir.join("media")).unwrap().count();
+    assert_eq!(media_dirs, 1, "only the imported stream's media should remain");
+    emulator.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn getmedia_error_tag_fault_sends_an_error_chunk_and_ends() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "e").await;
+    put(&emulator, "e", body(3)).await.unwrap();
+    add_fault(
+        &emulator,
+        json!({"api": "getMedia", "stream": "e", "kind": "error_tag", "fragment": 2, "error_id": 4000}),
+    )
+    .await;
+    let output = get_media(&emulator, "e").await;
+    let kinds: Vec<String> =
+        elements(&output).into_iter().map(|(k, _)| k).filter(|k| !k.starts_with("child")).collect();
+    assert_eq!(
+        kinds,
+        [
+            "EBML",
+            "Segment",
+            "1549A966",
+            "1654AE6B",
+            "Tags[AWS_KINESISVIDEO_FRAGMENT_NUMBER,AWS_KINESISVIDEO_SERVER_TIMESTAMP,AWS_KINESISVIDEO_PRODUCER_TIMESTAMP]",
+            "Cluster",
+            "Tags[AWS_KINESISVIDEO_MILLIS_BEHIND_NOW,AWS_KINESISVIDEO_CONTINUATION_TOKEN]",
+            "EBML",
+            "Segment",
+            "Tags[AWS_KINESISVIDEO_FRAGMENT_NUMBER,AWS_KINESISVIDEO_ERROR_CODE,AWS_KINESISVIDEO_ERROR_ID]",
+        ]
+    );
+    let last = elements(&output).pop().unwrap().1;
+    let parsed = tags::parse_tags(&last[4 + 4..]).unwrap();
+    assert_eq!(parsed[1].value, "Requested fragment is not found");
+    assert_eq!(parsed[2].value, "4000");
+}
+
+#[tokio::test]
+async fn at_most_three_getmedia_sessions_per_stream() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "r").await;
+    let request = json!({"StreamName": "r", "StartSelector": {"StartSelectorType": "NOW"}}).to_string();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let request = hyper::Request::post("/getMedia")
+            .header("host", emulator.local_addr().to_string())
+            .body(Full::new(Bytes::from(request.clone())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response); // the session waits for data (up to 3 s)
+    }
+    let (status, body) =
+        call(&emulator, "POST", "/getMedia", &[], request.clone().into_bytes()).await.unwrap();
+    assert_eq!(status, 400);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["__type"], "ConnectionLimitExceededException");
+    // Once they end (3 s without data), a new session is accepted.
+    for response in open {
+        response.into_body().collect().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = call(&emulator, "POST", "/getMedia", &[], request.into_bytes()).await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,557 @@
+//! kvssink against a kvs-emulator running in the test process: real pipelines (videotestsrc ! x264enc !
+//! matroskamux ! kvssink), frames read back through the emulator's media APIs and compared with what
+//! matroskamux produced, byte for byte.
+
+use std::time::Duration;
+
+use crate::common::*;
+use gst::prelude::*;
+use serde_json::json;
+
+fn assert_round_trip(emu: &Emu, stream: &str, run: &Run) {
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let input = input_frames(&run.input);
+    assert!(!input.is_empty());
+    let output = unique_frames(&emu.read_back(stream));
+    assert_eq!(output.len(), input.len(), "frames in and out");
+    assert!(output == input, "the frames read back differ from the frames uploaded");
+}
+
+#[test]
+fn video_round_trip_every_frame_identical() {
+    let emu = Emu::start();
+    emu.create_stream("video", 1);
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(300),
+        sink_props(&emu, "video")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "video", &run);
+    assert_eq!(input_frames(&run.input).len(), 300);
+    // One fragment per second of video, each acknowledged and persisted.
+    assert_eq!(run.acks("PERSISTED"), 10, "{:?}", run.messages);
+    assert_eq!(run.stat("fragments-persisted"), 10);
+    assert_eq!(run.stat("fragments-resent"), 0);
+    assert_eq!(run.stat("queued-fragments"), 0);
+    let sizes: Vec<u64> =
+        emu.admin_fragments("video").iter().map(|f| f["size_bytes"].as_u64().unwrap()).collect();
+    assert_eq!(sizes.len(), 10);
+}
+
+#[test]
+fn video_and_aac_round_trip() {
+    let emu = Emu::start();
+    emu.create_stream("av", 1);
+    let description = av_upload(&emu, "av");
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "av", &run);
+    let tracks: std::collections::BTreeSet<u64> = input_frames(&run.input).iter().map(|(t, _)| *t).collect();
+    assert_eq!(tracks.len(), 2, "video and audio");
+}
+
+#[test]
+fn audio_only_round_trip() {
+    let emu = Emu::start();
+    emu.create_stream("audio", 1);
+    let description = format!(
+        "audiotestsrc num-buffers=150 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse \
+         ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        sink_props(&emu, "audio")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "audio", &run);
+}
+
+#[test]
+fn a_missing_stream_is_created_with_the_media_type_of_the_tracks() {
+    let emu = Emu::start();
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false retention-period=3 stream-tags=\"tags,team=video\" {CAPTURE}",
+        video_source(60),
+        sink_props(&emu, "created")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_round_trip(&emu, "created", &run);
+    let (status, described) = emu.json("/describeStream", json!({"StreamName": "created"}));
+    assert_eq!(status, 200);
+    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
+    assert_eq!(described["StreamInfo"]["DataRetentionInHours"], 3);
+    let (_, tags) = emu.json("/listTagsForStream", json!({"StreamName": "created"}));
+    assert_eq!(tags["Tags"]["team"], "video");
+}
+
+/// An upload of `frames` frames to `stream`, with extra kvssink properties.
+fn upload(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Run {
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {extra} {CAPTURE}",
+        video_source(frames),
+        sink_props(emu, stream)
+    );
+    run_pipeline(&description, Duration::from_secs(120))
+}
+
+fn reconnections(run: &Run) -> usize {
+    run.messages_named("kvssink-connection")
+        .iter()
+        .filter(|s| s.get::<String>("state").unwrap() == "reconnecting")
+        .count()
+}
+
+#[test]
+fn ten_dropped_connections_lose_nothing() {
+    let emu = Emu::start();
+    emu.create_stream("drops", 1);
+    emu.fault(json!({"api": "putMedia", "stream": "drops", "kind": "drop_after_bytes", "bytes": 30000, "times": 10}));
+    let run = upload(&emu, "drops", 360, "");
+    assert_round_trip(&emu, "drops", &run);
+    assert_eq!(reconnections(&run), 10, "{:?}", run.messages_named("kvssink-connection"));
+    assert_eq!(run.stat("reconnections"), 10);
+    assert!(run.stat("fragments-resent") >= 10, "{:?}", run.stats);
+}
+
+#[test]
+fn retryable_error_acks_resend_the_fragment() {
+    for error_id in [5000u32, 5001] {
+        let emu = Emu::start();
+        emu.create_stream("errors", 1);
+        emu.fault(json!({"api": "putMedia", "kind": "error_ack", "fragment": 3, "error_id": error_id}));
+        let run = upload(&emu, "errors", 240, "");
+        assert_round_trip(&emu, "errors", &run);
+        let errors: Vec<u32> =
+            run.messages_named("kvssink-ack").iter().filter_map(|s| s.get::<u32>("error-id").ok()).collect();
+        assert_eq!(errors, [error_id]);
+        assert_eq!(reconnections(&run), 1);
+        assert!(run.stat("fragments-resent") >= 1, "fragment 3 goes again: {:?}", run.stats);
+    }
+}
+
+#[test]
+fn a_503_on_connect_is_retried() {
+    let emu = Emu::start();
+    emu.create_stream("unavailable", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException", "times": 2}));
+    let run = upload(&emu, "unavailable", 90, "");
+    assert_round_trip(&emu, "unavailable", &run);
+    let reasons = reasons(&run);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("HTTP 503 ServiceUnavailableException"), "{reasons:?}");
+}
+
+#[test]
+fn withheld_acks_make_the_connection_stale_and_it_is_replaced() {
+    let emu = Emu::start();
+    emu.create_stream("stale", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
+    let run = upload(&emu, "stale", 90, "connection-staleness=2");
+    assert_round_trip(&emu, "stale", &run);
+    let reasons = reasons(&run);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("(connection-staleness)"), "{reasons:?}");
+}
+
+#[test]
+fn a_stream_deleted_mid_stream_is_an_element_error() {
+    let emu = Emu::start();
+    emu.create_stream("deleted", 1);
+    let (_, described) = emu.json("/describeStream", json!({"StreamName": "deleted"}));
+    let arn = described["StreamInfo"]["StreamARN"].as_str().unwrap().to_owned();
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=300 ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! {}",
+        sink_props(&emu, "deleted")
+    );
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(2500));
+            let (status, body) = emu.json("/deleteStream", json!({"StreamARN": arn}));
+            assert_eq!(status, 200, "{body}");
+        });
+        let run = run_pipeline(&description, Duration::from_secs(30));
+        let error = run.error.expect("an element error");
+        assert!(
+            error.contains("ERROR 4507 STREAM_DELETED") || error.contains("ResourceNotFoundException"),
+            "{error}"
+        );
+        assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
+    });
+}
+
+#[test]
+fn eos_waits_for_persisted_and_times_out_with_a_warning_when_it_never_comes() {
+    let emu = Emu::start();
+    emu.create_stream("unpersisted", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED"}));
+    let run = upload(&emu, "unpersisted", 60, "stop-stream-timeout=2");
+    assert_eq!(run.error, None);
+    assert!(run.elapsed >= Duration::from_secs(2), "{:?}", run.elapsed);
+    assert_eq!(run.acks("PERSISTED"), 0);
+    assert_eq!(run.acks("RECEIVED"), 2);
+    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
+    assert!(
+        run.warnings[0].contains("2 fragments were not acknowledged as persisted within 2 s"),
+        "{:?}",
+        run.warnings
+    );
+}
+
+#[test]
+fn setting_the_pipeline_to_null_during_a_stalled_eos_returns_at_once() {
+    init();
+    let emu = Emu::start();
+    emu.create_stream("stall", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "times": 5}));
+    let description =
+        format!("{} ! matroskamux ! {} sync=false", video_source(30), sink_props(&emu, "stall"));
+    let pipeline = gst::parse::launch(&description).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // The frames are encoded and queued at once; EOS then waits for ACKs that never come.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "NULL took {took:?}");
+}
+
+#[test]
+fn metadata_events_become_fragment_tags() {
+    let emu = Emu::start();
+    emu.create_stream("meta", 1);
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+        video_source(90),
+        sink_props(&emu, "meta")
+    );
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        let pad = sink.static_pad("sink").unwrap();
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+            if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                for (name, value, persist) in [("camera", "front door", false), ("site", "berlin", true)] {
+                    let s = gst::Structure::builder("kvs-add-metadata")
+                        .field("name", name)
+                        .field("value", value)
+                        .field("persist", persist)
+                        .build();
+                    assert!(pad.send_event(gst::event::CustomDownstream::new(s)));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    assert_round_trip(&emu, "meta", &run);
+    // Per fragment, in order: the user tags stored with it.
+    let output = emu.read_back("meta");
+    let mut per_fragment: Vec<Vec<String>> = Vec::new();
+    for event in kvs_mkv::read_all(&output).unwrap() {
+        match event {
+            kvs_mkv::Event::EbmlHeader(_) => per_fragment.push(Vec::new()),
+            kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
+                for tag in kvs_mkv::tags::parse_tags(e.data()).unwrap() {
+                    if !tag.name.starts_with("AWS_") {
+                        per_fragment.last_mut().unwrap().push(format!("{}={}", tag.name, tag.value));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Each fragment carries its own tags. (The service treats Tags before the first Cluster of a connection as
+    // part of that connection's header, so the first fragment's tags also show up in the later fragments of
+    // the same connection, as in its recorded output; see the emulator's README.)
+    assert_eq!(per_fragment.len(), 3);
+    assert!(per_fragment[0].contains(&"camera=front door".to_owned()), "{per_fragment:?}");
+    for tags in &per_fragment {
+        assert!(tags.contains(&"site=berlin".to_owned()), "{per_fragment:?}");
+    }
+    let own_tags = |i: usize| per_fragment[i].iter().filter(|t| *t == "site=berlin").count();
+    assert_eq!((own_tags(1), own_tags(2)), (2, 2), "the persistent tag is sent with every fragment");
+}
+
+/// A pipeline reading `data` from a file as Matroska into kvssink; returns the error it ends with.
+fn error_for_input(emu: &Emu, stream: &str, data: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("kvssink-test-{}-{stream}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("input.mkv");
+    std::fs::write(&path, data).unwrap();
+    let description = format!(
+        "filesrc location={} ! video/x-matroska ! {} sync=false",
+        path.display(),
+        sink_props(emu, stream)
+    );
+    let run = run_pipeline(&description, Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    run.error.expect("an element error")
+}
+
+#[test]
+fn bad_input_gives_an_error_naming_the_problem() {
+    use kvs_mkv::writer;
+    let emu = Emu::start();
+    emu.create_stream("bad", 1);
+
+    let error = error_for_input(&emu, "bad", b"this is certainly not a Matroska stream, just text");
+    assert!(error.contains("kvssink: invalid input: not Matroska"), "{error}");
+
+    let mut stream = writer::h264_stream_header();
+    writer::write_cluster_start(&mut stream, 0);
+    writer::write_simple_block(&mut stream, 1, 0, true, &[7; 500]);
+    let error = error_for_input(&emu, "bad", &stream[..stream.len() - 100]);
+    assert!(error.contains("truncated Matroska: the input ends inside an element"), "{error}");
+
+    let mut long = writer::h264_stream_header();
+    writer::write_cluster_start(&mut long, 0);
+    writer::write_simple_block(&mut long, 1, 0, true, &[1]);
+    writer::write_simple_block(&mut long, 1, 12_000, false, &[2]);
+    let error = error_for_input(&emu, "bad", &long);
+    assert!(error.contains("lasts at least 12.000 s, longer than the KVS fragment limit of 10 s"), "{error}");
+
+    let mut backwards = writer::h264_stream_header();
+    for timecode in [5000, 1000] {
+        writer::write_cluster_start(&mut backwards, timecode);
+        writer::write_simple_block(&mut backwards, 1, 0, true, &[1]);
+    }
+    let error = error_for_input(&emu, "bad", &backwards);
+    assert!(error.contains("Matroska cluster timecodes go backwards"), "{error}");
+}
+
+fn start_error(description: &str) -> (String, Duration) {
+    let run = run_pipeline(description, Duration::from_secs(60));
+    (run.error.expect("an element error"), run.elapsed)
+}
+
+#[test]
+fn a_wrong_secret_is_refused_with_the_service_error() {
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "right-secret".into())],
+        ..Default::default()
+    });
+    let (error, _) =
+        start_error(&format!("{} ! matroskamux ! {}", video_source(10), sink_props(&emu, "any")));
+    assert!(error.contains("kvssink: DescribeStream failed: HTTP 403"), "{error}");
+    assert!(!error.contains("test-secret"), "the secret never shows: {error}");
+}
+
+#[test]
+fn a_missing_stream_without_creation_is_an_error() {
+    let emu = Emu::start();
+    let (error, _) = start_error(&format!(
+        "{} ! matroskamux ! {} allow-create-stream=false",
+        video_source(10),
+        sink_props(&emu, "nothere")
+    ));
+    assert!(
+        error.contains(
+            "the stream \"nothere\" does not exist and creating it is not allowed (allow-create-stream=false)"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_within_the_request_timeout() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (error, elapsed) = start_error(&format!(
+        "{} ! matroskamux ! kvssink stream-name=x endpoint-uri=http://127.0.0.1:{port} access-key=AK secret-access-key=SK \
+         region=us-east-1 request-timeout=2000",
+        video_source(10)
+    ));
+    assert!(error.contains("kvssink: DescribeStream failed: cannot reach the service"), "{error}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[test]
+fn no_credentials_anywhere_is_an_error_naming_the_cause() {
+    // gst-launch-1.0 in a clean environment: no AWS variables, an empty HOME, IMDS disabled.
+    // libgstkvs.so of this test binary's own profile: target/<profile>/deps/elements-<hash> -> target/<profile>.
+    let exe = std::env::current_exe().unwrap();
+    let plugin_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    if !plugin_dir.join("libgstkvs.so").exists() {
+        panic!("no libgstkvs.so in {}: build the plugin first (cargo build --lib)", plugin_dir.display());
+    }
+    let home = std::env::temp_dir().join(format!("kvssink-nocreds-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let output = std::process::Command::new("gst-launch-1.0")
+        .args(["fakesrc", "num-buffers=1", "!", "video/x-matroska", "!", "kvssink", "stream-name=x"])
+        .args(["endpoint-uri=http://127.0.0.1:9", "region=us-east-1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &home)
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .env("GST_REGISTRY", home.join("registry.bin"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&home).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("kvssink: no usable AWS credentials")
+            || stderr.contains("kvssink: no usable AWS credentials"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn secrets_cannot_be_read_back() {
+    init();
+    let sink =
+        gst::ElementFactory::make("kvssink").property("secret-access-key", "s3cr3t-value").build().unwrap();
+    for name in ["secret-access-key", "secret-key", "session-token"] {
+        let pspec = sink.find_property(name).unwrap();
+        assert!(!pspec.flags().contains(gst::glib::ParamFlags::READABLE), "{name} is readable");
+        assert!(pspec.flags().contains(gst::glib::ParamFlags::WRITABLE), "{name} is not writable");
+    }
+    assert_eq!(sink.property::<u32>("request-timeout"), 10_000);
+    assert_eq!(sink.property::<u32>("connection-staleness"), 60);
+}
+
+/// A file of `frames` frames of 160x120 H.264 at 30 fps in Matroska (a key frame, so a cluster, every
+/// `key_interval` frames), for the tests that upload recordings.
+fn recording(name: &str, frames: u32, key_interval: u32) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kvssink-test-{}-{name}.mkv", std::process::id()));
+    let description = format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+         ! x264enc key-int-max={key_interval} bframes=0 speed-preset=ultrafast ! h264parse ! matroskamux ! filesink location={}",
+        path.display()
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(run.error, None);
+    path
+}
+
+/// Uploads a recording demuxed and muxed again (so buffers carry timestamps the sink can sync on).
+fn upload_recording(emu: &Emu, stream: &str, path: &std::path::Path, extra: &str) -> Run {
+    let description = format!(
+        "filesrc location={} ! matroskademux ! h264parse ! matroskamux ! tee name=t ! queue ! {} {extra} {CAPTURE}",
+        path.display(),
+        sink_props(emu, stream)
+    );
+    run_pipeline(&description, Duration::from_secs(90))
+}
+
+#[test]
+fn sync_true_uploads_at_native_rate_and_sync_false_as_fast_as_it_can() {
+    let emu = Emu::start();
+    emu.create_stream("paced", 1);
+    emu.create_stream("unpaced", 1);
+    let ten_seconds = recording("10s", 300, 30);
+    let sixty_seconds = recording("60s", 1800, 30);
+
+    let paced = upload_recording(&emu, "paced", &ten_seconds, "sync=true");
+    assert_round_trip(&emu, "paced", &paced);
+    println!("sync=true, 10 s of video: {:.2} s", paced.elapsed.as_secs_f64());
+    // Clock sync cannot render the last frame (at 9.967 s) before its time.
+    assert!(paced.elapsed >= Duration::from_millis(9_900), "{:?}", paced.elapsed);
+    assert!(paced.elapsed < Duration::from_secs(20), "{:?}", paced.elapsed);
+
+    let unpaced = upload_recording(&emu, "unpaced", &sixty_seconds, "sync=false");
+    assert_round_trip(&emu, "unpaced", &unpaced);
+    assert_eq!(input_frames(&unpaced.input).len(), 1800);
+    println!("sync=false, 60 s of video: {:.2} s", unpaced.elapsed.as_secs_f64());
+    assert!(unpaced.elapsed < Duration::from_secs(20), "{:?}", unpaced.elapsed);
+    for path in [ten_seconds, sixty_seconds] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Why connections ended (reconnections and rotations), in order.
+fn reasons(run: &Run) -> Vec<String> {
+    connection_states(run).into_iter().map(|(_, reason)| reason).filter(|r| !r.is_empty()).collect()
+}
+
+fn connection_states(run: &Run) -> Vec<(String, String)> {
+    run.messages_named("kvssink-connection")
+        .iter()
+        .map(|s| (s.get::<String>("state").unwrap(), s.get::<String>("reason").unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn connection_rotation_opens_new_connections_and_loses_nothing() {
+    let emu = Emu::start();
+    emu.create_stream("rotation", 1);
+    let path = recording("rotation", 180, 60);
+    // Three 2-s fragments at native rate; each fragment after the first finds its connection older than 1 s.
+    let run = upload_recording(&emu, "rotation", &path, "sync=true connection-rotation=1");
+    let _ = std::fs::remove_file(&path);
+    assert_round_trip(&emu, "rotation", &run);
+    let states = connection_states(&run);
+    let rotations = states.iter().filter(|(s, _)| s == "rotating").count();
+    assert_eq!(rotations, 2, "{states:?}");
+    assert!(states.iter().filter(|(s, _)| s == "rotating").all(|(_, r)| r == "connection-rotation reached"));
+    assert_eq!(states.iter().filter(|(s, _)| s == "reconnecting").count(), 0, "{states:?}");
+    assert_eq!(run.stat("connections"), rotations as u64 + 1);
+    // Nothing is sent twice: each connection's fragments finish on it while the next one starts.
+    assert_eq!(run.stat("fragments-resent"), 0);
+    assert_eq!(frames(&emu.read_back("rotation")).len(), 180);
+    assert_eq!(run.acks("PERSISTED"), 3);
+}
+
+#[test]
+fn a_new_stream_header_starts_a_new_connection_with_it() {
+    use kvs_mkv::writer;
+    let emu = Emu::start();
+    emu.create_stream("headers", 1);
+    // Two Matroska documents one after the other, as matroskamux writes after a caps change.
+    let mut data = Vec::new();
+    let mut payloads = Vec::new();
+    for document in 0..2u8 {
+        data.extend(writer::h264_stream_header());
+        for cluster in 0..2u8 {
+            writer::write_cluster_start(&mut data, u64::from(cluster) * 1000);
+            for frame in 0..3u8 {
+                let payload = vec![document * 100 + cluster * 10 + frame; 200 + usize::from(frame)];
+                writer::write_simple_block(&mut data, 1, i16::from(frame) * 333, frame == 0, &payload);
+                payloads.push((1u64, payload));
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("kvssink-test-{}-headers", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("input.mkv");
+    std::fs::write(&path, &data).unwrap();
+    let description = format!(
+        "filesrc location={} ! video/x-matroska ! {} sync=false",
+        path.display(),
+        sink_props(&emu, "headers")
+    );
+    let run = run_pipeline(&description, Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    let states = connection_states(&run);
+    assert_eq!(
+        states.iter().filter(|(s, _)| s == "rotating").map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        ["the stream header changed"],
+        "{states:?}"
+    );
+    assert_eq!(run.stat("connections"), 2);
+    assert_eq!(unique_frames(&emu.read_back("headers")), payloads);
+    // Each connection's fragments carry the header it was opened with: two EBML documents in the stored media.
+    let fragments = emu.admin_fragments("headers");
+    assert_eq!(fragments.len(), 4);
+}
+
+#[test]
+fn without_fragment_acks_fragments_are_released_once_written() {
+    let emu = Emu::start();
+    emu.create_stream("noacks", 1);
+    // Even with no ACK at all, nothing waits for one: no staleness, no EOS timeout.
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
+    let run = upload(&emu, "noacks", 90, "fragment-acks=false connection-staleness=1 stop-stream-timeout=30");
+    assert_round_trip(&emu, "noacks", &run);
+    assert_eq!(run.warnings, Vec::<String>::new());
+    assert_eq!(reconnections(&run), 0);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "EOS did not wait for the stop-stream-timeout: {:?}",
+        run.elapsed
+    );
+    assert_eq!(run.stat("fragments-sent"), 3);
+    assert_eq!(run.stat("fragments-persisted"), 0);
+    assert_eq!(run.stat("queued-fragments"), 0);
+}

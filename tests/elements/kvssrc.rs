@@ -1,0 +1,487 @@
+//! kvssrc against a kvs-emulator running in the test process: streams written by kvssink (or imported from
+//! recorded service output) read back through kvssrc, frame by frame.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+use gst::prelude::*;
+use serde_json::json;
+
+fn src_props(emu: &Emu, stream: &str) -> String {
+    format!(
+        "kvssrc name=src stream-name={stream} endpoint-uri={} access-key=AKIDTEST secret-access-key=test-secret region=us-east-1",
+        emu.url
+    )
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Uploads `frames` frames of H.264 through kvssink; returns the Matroska bytes matroskamux made.
+fn produce(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Vec<u8> {
+    let description = format!(
+        "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {extra} {CAPTURE}",
+        video_source(frames),
+        sink_props(emu, stream)
+    );
+    let run = run_pipeline(&description, Duration::from_secs(120));
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    run.input
+}
+
+/// Reads everything stored up to now through kvssrc (a range read ending with EOS).
+fn read_range(emu: &Emu, stream: &str, extra: &str) -> Run {
+    let description = format!(
+        "{} start-selector=earliest end-timestamp={:.3} {extra} ! appsink name=capture sync=false",
+        src_props(emu, stream),
+        now_s() + 5.0
+    );
+    run_pipeline(&description, Duration::from_secs(60))
+}
+
+fn ebml_headers(data: &[u8]) -> usize {
+    kvs_mkv::read_all(data).unwrap().iter().filter(|e| matches!(e, kvs_mkv::Event::EbmlHeader(_))).count()
+}
+
+/// Cluster times of a Matroska stream, in order.
+fn cluster_timecodes(data: &[u8]) -> Vec<u64> {
+    let mut out: Vec<u64> = frames(data).iter().map(|(_, timecode, _, _)| *timecode).collect();
+    out.dedup();
+    out
+}
+
+#[test]
+fn round_trip_through_kvssink_and_kvssrc_every_frame_identical() {
+    let emu = Emu::start();
+    emu.create_stream("rt", 1);
+    let input = produce(&emu, "rt", 300, "");
+    let run = read_range(&emu, "rt", "");
+    assert_eq!(run.error, None);
+    assert_eq!(input_frames(&run.input).len(), 300);
+    assert!(input_frames(&run.input) == input_frames(&input), "frames differ");
+    assert_eq!(ebml_headers(&run.input), 1, "one merged stream");
+    let progress = run.messages_named("kvssrc-progress");
+    let last = progress.last().unwrap();
+    assert_eq!(last.get::<u32>("percent").unwrap(), 100);
+    assert_eq!(last.get::<u64>("fragments-done").unwrap(), 10);
+    let fragments = run.messages_named("kvssrc-fragment");
+    assert_eq!(fragments.len(), 10);
+    assert!(fragments.iter().all(|f| !f.get::<bool>("skipped").unwrap()));
+}
+
+#[test]
+fn round_trip_with_audio() {
+    let emu = Emu::start();
+    emu.create_stream("av", 1);
+    let description = av_upload(&emu, "av");
+    let upload = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(upload.error, None);
+    let run = read_range(&emu, "av", "");
+    assert_eq!(run.error, None);
+    let (input, output) = (input_frames(&upload.input), input_frames(&run.input));
+    assert!(output == input, "{} frames in, {} out", input.len(), output.len());
+    assert_eq!(output.iter().map(|(t, _)| *t).collect::<std::collections::BTreeSet<_>>().len(), 2);
+}
+
+fn ffprobe_frames(path: &std::path::Path) -> u64 {
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+        ])
+        .args(["-of", "default=nokey=1:noprint_wrappers=1"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn filesink_and_mp4mux_outputs_open_in_ffprobe_with_every_frame() {
+    let emu = Emu::start();
+    emu.create_stream("files", 1);
+    produce(&emu, "files", 300, "");
+    let dir = std::env::temp_dir().join(format!("kvssrc-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mkv, mp4) = (dir.join("clip.mkv"), dir.join("clip.mp4"));
+    let end = now_s() + 5.0;
+    for (tail, path) in [
+        (String::from("filesink"), &mkv),
+        (String::from("matroskademux ! h264parse ! mp4mux ! filesink"), &mp4),
+    ] {
+        let description = format!(
+            "{} start-selector=earliest end-timestamp={end:.3} ! {tail} location={}",
+            src_props(&emu, "files"),
+            path.display()
+        );
+        let run = run_pipeline(&description, Duration::from_secs(60));
+        assert_eq!(run.error, None);
+        assert_eq!(ffprobe_frames(path), 300, "{}", path.display());
+    }
+    assert_eq!(ebml_headers(&std::fs::read(&mkv).unwrap()), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn recorded_service_output_reads_back_with_every_frame() {
+    // Fixtures live in `tests/fixtures` (override with `KVS_FIXTURES_DIR`).
+    let fixtures = std::env::var_os("KVS_FIXTURES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+        .join("getmedia");
+    let emu = Emu::start();
+    for name in ["output_get_media.mkv", "test_mixed_tags.mkv"] {
+        let path = fixtures.join(name);
+        let recording = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("fixture {} (set KVS_FIXTURES_DIR): {e}", path.display()));
+        let stream = name.trim_end_matches(".mkv").replace('_', "-");
+        let (status, body) =
+            emu.call_bytes("POST", &format!("/_emulator/streams/{stream}/import"), &recording);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let run = read_range(&emu, &stream, "");
+        assert_eq!(run.error, None, "{name}");
+        let (input, output) = (input_frames(&recording), input_frames(&run.input));
+        assert!(!input.is_empty());
+        assert!(output == input, "{name}: {} frames recorded, {} read", input.len(), output.len());
+        assert_eq!(ebml_headers(&run.input), 1, "{name}");
+        if name == "output_get_media.mkv" {
+            // The producer's tags of each fragment reach the application in the fragment messages.
+            let messages = run.messages_named("kvssrc-fragment");
+            assert!(!messages.is_empty());
+            for message in messages {
+                let tags: Vec<String> = message
+                    .get::<gst::Array>("tags")
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.get::<String>().unwrap())
+                    .collect();
+                assert!(tags.contains(&"MAJOR_BRAND=M4V ".to_owned()), "{tags:?}");
+                assert!(tags.contains(&"ENCODER=Elemental H.264".to_owned()), "{tags:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn resent_fragments_are_left_out_and_time_never_goes_back() {
+    let emu = Emu::start();
+    emu.create_stream("resent", 1);
+    // No ACK on the first connection: kvssink finds it stale and sends every fragment again on a new one; the
+    // service stored both copies.
+    emu.fault(json!({"api": "putMedia", "stream": "resent", "kind": "withhold_acks"}));
+    let input = produce(&emu, "resent", 240, "connection-staleness=1");
+    let stored = emu.read_back("resent");
+    assert!(frames(&stored).len() > 240, "the stream holds re-sent fragments");
+    let run = read_range(&emu, "resent", "");
+    assert_eq!(run.error, None);
+    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    let timecodes = cluster_timecodes(&run.input);
+    assert!(timecodes.windows(2).all(|w| w[0] < w[1]), "{timecodes:?}");
+    let skipped =
+        run.messages_named("kvssrc-fragment").iter().filter(|f| f.get::<bool>("skipped").unwrap()).count();
+    assert!(skipped > 0);
+}
+
+#[test]
+fn a_time_range_reads_exactly_its_fragments_and_parallel_equals_sequential() {
+    let emu = Emu::start();
+    emu.create_stream("range", 1);
+    let start = 1_700_000_000u64;
+    let input = produce(&emu, "range", 300, &format!("file-start-time={start}"));
+    let frames_in = input_frames(&input);
+    // Fragments start at start+0, +1, ... +9: the range [start+2.5, start+6.5] holds +3 to +6.
+    let description = |parallel: u32| {
+        format!(
+            "{} start-selector=producer-timestamp start-timestamp={}.5 end-timestamp={}.5 parallel-downloads={parallel} \
+             ! appsink name=capture sync=false",
+            src_props(&emu, "range"),
+            start + 2,
+            start + 6
+        )
+    };
+    let sequential = run_pipeline(&description(1), Duration::from_secs(60));
+    assert_eq!(sequential.error, None);
+    assert!(input_frames(&sequential.input) == frames_in[90..210], "fragments 3 to 6, 120 frames");
+    let producer: Vec<String> = sequential
+        .messages_named("kvssrc-fragment")
+        .iter()
+        .map(|f| f.get::<String>("producer-timestamp").unwrap())
+        .collect();
+    assert_eq!(producer, (3..=6).map(|i| format!("{}.000", start + i)).collect::<Vec<_>>());
+    let parallel = run_pipeline(&description(4), Duration::from_secs(60));
+    assert_eq!(parallel.error, None);
+    assert!(parallel.input == sequential.input, "the same bytes");
+    let done: Vec<u32> =
+        parallel.messages_named("kvssrc-progress").iter().map(|p| p.get::<u32>("percent").unwrap()).collect();
+    assert_eq!(done.first(), Some(&0));
+    assert_eq!(done.last(), Some(&100));
+    assert!(done.len() > 2, "progress along the way: {done:?}");
+}
+
+/// A live kvssrc pipeline running in the background, its output and messages collected.
+struct LiveRead {
+    pipeline: gst::Pipeline,
+    captured: Arc<Mutex<Vec<u8>>>,
+    messages: Arc<Mutex<Vec<gst::Structure>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveRead {
+    fn start(description: &str) -> LiveRead {
+        init();
+        let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        capture_into(&pipeline.by_name("capture").unwrap(), captured.clone());
+        let (messages, errors) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bus = pipeline.bus().unwrap();
+        let (m, e, s) = (messages.clone(), errors.clone(), stop.clone());
+        let watcher = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) else { continue };
+                match message.view() {
+                    gst::MessageView::Element(el) => {
+                        if let Some(st) = el.structure() {
+                            m.lock().unwrap().push(st.to_owned());
+                        }
+                    }
+                    gst::MessageView::Error(err) => e.lock().unwrap().push(format!(
+                        "{} | {}",
+                        err.error(),
+                        err.debug().map(|d| d.to_string()).unwrap_or_default()
+                    )),
+                    _ => {}
+                }
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        LiveRead { pipeline, captured, messages, errors, stop, watcher: Some(watcher) }
+    }
+
+    fn frame_count(&self) -> usize {
+        let data = self.captured.lock().unwrap().clone();
+        // Count the frames of complete clusters read so far (the reader copes with a cut-off end).
+        let mut reader = kvs_mkv::MkvReader::new();
+        reader.push(&data);
+        let mut count = 0;
+        while let Ok(Some(event)) = reader.next_event() {
+            if let kvs_mkv::Event::ClusterChild(element) = event
+                && element.id == kvs_mkv::ebml::id::SIMPLE_BLOCK
+            {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    fn wait_for_frames(&self, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.frame_count() < count
+            && Instant::now() < deadline
+            && self.errors.lock().unwrap().is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn messages_named(&self, name: &str) -> Vec<gst::Structure> {
+        self.messages.lock().unwrap().iter().filter(|s| s.name() == name).cloned().collect()
+    }
+
+    /// Stops the pipeline; returns how long going to NULL took.
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        let took = started.elapsed();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(watcher) = self.watcher.take() {
+            watcher.join().unwrap();
+        }
+        took
+    }
+}
+
+impl Drop for LiveRead {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn live_reading_survives_dropped_connections_and_idle_session_ends() {
+    let emu = Emu::start();
+    emu.create_stream("live", 1);
+    let mut reader =
+        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "live")));
+    std::thread::sleep(Duration::from_millis(500));
+    // Two GetMedia sessions dropped in the middle of a fragment.
+    emu.fault(
+        json!({"api": "getMedia", "stream": "live", "kind": "drop_after_bytes", "bytes": 40000, "times": 2}),
+    );
+    let first = produce(&emu, "live", 150, "");
+    reader.wait_for_frames(150, Duration::from_secs(20));
+    // Nothing new for longer than the service keeps an idle session: it ends, and kvssrc reads on.
+    std::thread::sleep(Duration::from_secs(4));
+    let second = produce(&emu, "live", 150, "");
+    reader.wait_for_frames(300, Duration::from_secs(20));
+    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new());
+    let output = reader.captured.lock().unwrap().clone();
+    let mut input = input_frames(&first);
+    input.extend(input_frames(&second));
+    let read = input_frames(&output);
+    assert_eq!(read.len(), 300, "every frame exactly once");
+    assert!(read == input, "in order, byte for byte");
+    let reasons: Vec<String> = reader
+        .messages_named("kvssrc-connection")
+        .iter()
+        .map(|s| s.get::<String>("reason").unwrap())
+        .collect();
+    assert!(reasons.iter().filter(|r| r.contains("broke")).count() >= 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("session ended")), "{reasons:?}");
+    let token = reader.pipeline.by_name("src").unwrap().property::<Option<String>>("continuation-token");
+    let last = reader.pipeline.by_name("src").unwrap().property::<Option<String>>("last-fragment-number");
+    assert!(token.is_some() && token == last, "{token:?} {last:?}");
+    assert!(reader.stop() < Duration::from_secs(1));
+}
+
+#[test]
+fn setting_a_waiting_live_reader_to_null_returns_at_once() {
+    let emu = Emu::start();
+    emu.create_stream("idle", 1);
+    let mut reader =
+        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "idle")));
+    std::thread::sleep(Duration::from_millis(1500));
+    let took = reader.stop();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+fn read_error(description: &str) -> (String, Duration) {
+    let run = run_pipeline(description, Duration::from_secs(60));
+    (run.error.expect("an element error"), run.elapsed)
+}
+
+#[test]
+fn errors_name_their_cause() {
+    let emu = Emu::start();
+    let (error, _) = read_error(&format!("{} ! fakesink", src_props(&emu, "nothere")));
+    assert!(error.contains("kvssrc: DescribeStream failed: HTTP 404 ResourceNotFoundException"), "{error}");
+
+    emu.create_stream("tagged", 1);
+    produce(&emu, "tagged", 90, "");
+    emu.fault(json!({"api": "getMedia", "kind": "error_tag", "fragment": 2, "error_id": 4000}));
+    let (error, _) = read_error(&format!("{} start-selector=earliest ! fakesink", src_props(&emu, "tagged")));
+    assert!(error.contains("kvssrc: the stream holds an error chunk"), "{error}");
+    assert!(error.contains("(4000)"), "{error}");
+
+    let (error, _) =
+        read_error(&format!("{} start-selector=fragment-number ! fakesink", src_props(&emu, "tagged")));
+    assert!(error.contains("start-selector fragment-number needs start-fragment-number"), "{error}");
+
+    let (error, elapsed) = read_error(
+        "kvssrc stream-name=x endpoint-uri=http://127.0.0.1:9 access-key=A secret-access-key=B region=us-east-1 \
+         request-timeout=2000 ! fakesink",
+    );
+    assert!(error.contains("kvssrc: DescribeStream"), "{error}");
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+}
+
+#[test]
+fn a_wrong_secret_is_refused() {
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "right-secret".into())],
+        ..Default::default()
+    });
+    let (error, _) = read_error(&format!("{} ! fakesink", src_props(&emu, "any")));
+    assert!(error.contains("kvssrc: DescribeStream failed: HTTP 403"), "{error}");
+    assert!(!error.contains("test-secret"), "{error}");
+}
+
+#[test]
+fn raw_mode_passes_the_service_bytes_through() {
+    let emu = Emu::start();
+    emu.create_stream("raw", 1);
+    let input = produce(&emu, "raw", 90, "");
+    let run = read_range(&emu, "raw", "mode=raw");
+    assert_eq!(run.error, None);
+    assert!(run.input == emu.read_back("raw"), "GetMediaForFragmentList's bytes");
+    assert_eq!(ebml_headers(&run.input), 3, "one document per fragment");
+    assert!(input_frames(&run.input) == input_frames(&input));
+}
+
+#[test]
+fn a_range_read_retries_a_dropped_download() {
+    let emu = Emu::start();
+    emu.create_stream("retry", 1);
+    let input = produce(&emu, "retry", 240, "");
+    emu.fault(
+        json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 20000, "times": 2}),
+    );
+    let run = read_range(&emu, "retry", "parallel-downloads=2");
+    assert_eq!(run.error, None);
+    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
+    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
+    assert_eq!(faults["faults"], json!([]), "both drops happened");
+    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    assert_eq!(ebml_headers(&run.input), 1);
+}
+
+#[test]
+fn invalid_endpoint_makes_the_live_reader_resolve_the_endpoint_again() {
+    let emu = Emu::start();
+    emu.create_stream("moved", 1);
+    let reader = LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "moved")));
+    let first = produce(&emu, "moved", 60, "");
+    reader.wait_for_frames(60, Duration::from_secs(20));
+    // The next GetMedia (after this session ends idle) is refused as sent to the wrong endpoint; the
+    // GetDataEndpoint fault is only reached if kvssrc asks for the endpoint again.
+    emu.fault(json!({"api": "getMedia", "stream": "moved", "kind": "http_error", "status": 400, "error": "InvalidEndpointException"}));
+    emu.fault(json!({"api": "getDataEndpoint", "kind": "http_error", "status": 503, "error": "ServiceUnavailableException"}));
+    std::thread::sleep(Duration::from_secs(4));
+    let second = produce(&emu, "moved", 60, "");
+    reader.wait_for_frames(120, Duration::from_secs(20));
+    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new());
+    let mut input = input_frames(&first);
+    input.extend(input_frames(&second));
+    assert!(input_frames(&reader.captured.lock().unwrap()) == input);
+    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
+    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
+    assert_eq!(faults["faults"], json!([]), "GetDataEndpoint was called again");
+    let reasons: Vec<String> = reader
+        .messages_named("kvssrc-connection")
+        .iter()
+        .map(|s| s.get::<String>("reason").unwrap())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("InvalidEndpointException")), "{reasons:?}");
+}
+
+#[test]
+fn a_range_plays_at_its_own_pace_behind_matroskademux() {
+    let emu = Emu::start();
+    emu.create_stream("pace", 1);
+    produce(&emu, "pace", 150, "");
+    let end = now_s() + 5.0;
+    let description = |sync: bool| {
+        format!(
+            "{} start-selector=earliest end-timestamp={end:.3} ! matroskademux ! h264parse ! fakesink sync={sync}",
+            src_props(&emu, "pace")
+        )
+    };
+    let paced = run_pipeline(&description(true), Duration::from_secs(60));
+    assert_eq!(paced.error, None);
+    println!("150 frames (5 s) played in {:.2} s", paced.elapsed.as_secs_f64());
+    // The last frame is due at 4.967 s: a sink syncing on the demuxer's timestamps cannot finish sooner.
+    assert!(paced.elapsed >= Duration::from_millis(4_900), "{:?}", paced.elapsed);
+    assert!(paced.elapsed < Duration::from_secs(15), "{:?}", paced.elapsed);
+    let unpaced = run_pipeline(&description(false), Duration::from_secs(60));
+    assert_eq!(unpaced.error, None);
+    assert!(unpaced.elapsed < Duration::from_secs(4), "{:?}", unpaced.elapsed);
+}

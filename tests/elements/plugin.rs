@@ -1,0 +1,100 @@
+//! The plugin loads, registers both elements with the documented pad templates, and every property
+//! round-trips.
+
+use gst::prelude::*;
+
+use crate::common::init;
+
+fn template_caps(factory: &str, pad: &str) -> (gst::PadDirection, gst::Caps) {
+    let factory = gst::ElementFactory::find(factory).expect("factory registered");
+    let template = factory
+        .static_pad_templates()
+        .into_iter()
+        .find(|t| t.name_template() == pad)
+        .unwrap_or_else(|| panic!("no pad template {pad}"));
+    (template.direction(), template.caps())
+}
+
+#[test]
+fn plugin_registers_both_elements() {
+    init();
+    let plugin = gst::Registry::get().find_plugin("kvs").expect("plugin kvs registered");
+    assert_eq!(plugin.license(), "MPL");
+    assert_eq!(plugin.source(), "gst-plugin-kvs");
+    assert!(plugin.version().starts_with(env!("CARGO_PKG_VERSION")), "{}", plugin.version());
+    for name in ["kvssink", "kvssrc"] {
+        let element = gst::ElementFactory::make(name).build().unwrap_or_else(|e| panic!("make {name}: {e}"));
+        assert_eq!(element.factory().unwrap().plugin_name().as_deref(), Some("kvs"));
+    }
+    let sink = gst::ElementFactory::make("kvssink").build().unwrap();
+    assert!(sink.is::<gst_base::BaseSink>());
+    let src = gst::ElementFactory::make("kvssrc").build().unwrap();
+    assert!(src.is::<gst_base::PushSrc>());
+}
+
+#[test]
+fn kvssink_accepts_matroska_and_webm() {
+    init();
+    let (direction, caps) = template_caps("kvssink", "sink");
+    assert_eq!(direction, gst::PadDirection::Sink);
+    let expected: gst::Caps = "video/x-matroska; audio/x-matroska; video/webm; audio/webm".parse().unwrap();
+    assert_eq!(caps, expected);
+    // What matroskamux produces must be accepted.
+    let from_mux: gst::Caps = "video/x-matroska, streamheader=(buffer)<1a45dfa3>".parse().unwrap();
+    assert!(caps.can_intersect(&from_mux));
+    assert!(!caps.can_intersect(&"video/x-h264".parse::<gst::Caps>().unwrap()));
+}
+
+#[test]
+fn kvssrc_produces_matroska() {
+    init();
+    let (direction, caps) = template_caps("kvssrc", "src");
+    assert_eq!(direction, gst::PadDirection::Src);
+    assert_eq!(caps, "video/x-matroska".parse::<gst::Caps>().unwrap());
+}
+
+#[test]
+fn string_properties_round_trip() {
+    init();
+    for factory in ["kvssink", "kvssrc"] {
+        let element = gst::ElementFactory::make(factory).build().unwrap();
+        assert_eq!(element.property::<Option<String>>("stream-name"), None, "{factory} default");
+        element.set_property("stream-name", "cam1");
+        assert_eq!(element.property::<Option<String>>("stream-name").as_deref(), Some("cam1"));
+        element.set_property("stream-name", None::<&str>);
+        assert_eq!(element.property::<Option<String>>("stream-name"), None);
+    }
+}
+
+#[test]
+fn every_property_is_documented() {
+    init();
+    for factory in ["kvssink", "kvssrc"] {
+        let element = gst::ElementFactory::make(factory).build().unwrap();
+        let own = element.list_properties().into_iter().filter(|p| p.owner_type() == element.type_());
+        for pspec in own {
+            let blurb = pspec.blurb().unwrap_or_default();
+            assert!(blurb.len() > 20, "{factory}::{} has no real blurb: {blurb:?}", pspec.name());
+            assert!(blurb.contains("default"), "{factory}::{} blurb does not give its default", pspec.name());
+        }
+    }
+}
+
+#[test]
+fn missing_stream_name_is_a_clear_error() {
+    init();
+    for factory in ["kvssink", "kvssrc"] {
+        let pipeline = gst::Pipeline::new();
+        let element = gst::ElementFactory::make(factory).build().unwrap();
+        pipeline.add(&element).unwrap();
+        let bus = pipeline.bus().unwrap();
+        assert!(pipeline.set_state(gst::State::Paused).is_err(), "{factory} started without a stream name");
+        let msg = bus
+            .pop_filtered(&[gst::MessageType::Error])
+            .unwrap_or_else(|| panic!("{factory}: no error message"));
+        let gst::MessageView::Error(err) = msg.view() else { unreachable!() };
+        assert_eq!(err.error().to_string(), format!("{factory}: the stream-name property is not set"));
+        assert_eq!(msg.src(), Some(element.upcast_ref::<gst::Object>()));
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}

@@ -179,11 +179,11 @@ pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
                 if let Some(fragment) = std::mem::take(&mut doc).finish()? {
                     out.push(fragment);
                 }
-                doc.ebml = el.bytes;
+                doc.ebml = el.to_bytes();
                 doc.scale = 1_000_000;
             }
             Event::Element(el) if el.id == id::TAGS => {
-                let parsed = tags::parse_tags(el.data()).map_err(|e| e.to_string())?;
+                let parsed = tags::parse_tags(&el.data()).map_err(|e| e.to_string())?;
                 let names: Vec<&str> = parsed.iter().map(|t| t.name.as_str()).collect();
                 if names.contains(&tags::FRAGMENT_NUMBER) && doc.cluster.is_empty() {
                     doc.fragment_tags = Some(parsed);
@@ -192,31 +192,31 @@ pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
                 {
                     // Session tags: written again by GetMedia.
                 } else if doc.fragment_tags.is_none() {
-                    doc.header.push(el.bytes);
+                    doc.header.push(el.to_bytes());
                 } else {
-                    doc.own_tags.push(el.bytes);
+                    doc.own_tags.push(el.to_bytes());
                 }
             }
             Event::Element(el) => {
                 if el.id == id::INFO {
-                    doc.scale = header::timecode_scale(el.data()).map_err(|e| e.to_string())?;
+                    doc.scale = header::timecode_scale(&el.data()).map_err(|e| e.to_string())?;
                 }
                 if doc.cluster.is_empty() {
-                    doc.header.push(el.bytes);
+                    doc.header.push(el.to_bytes());
                 } else {
                     // E.g. the Cues ffmpeg writes after its last Cluster: the service returns them there.
-                    doc.own_tags.push(el.bytes);
+                    doc.own_tags.push(el.to_bytes());
                 }
             }
             Event::ClusterStart { header, .. } => doc.cluster.push(header),
             Event::ClusterChild(el) => {
                 if el.id == id::TIMECODE {
-                    doc.timecode = read_uint(el.data()).map_err(|e| e.to_string())?;
+                    doc.timecode = read_uint(&el.data()).map_err(|e| e.to_string())?;
                 } else if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP {
                     let info = if el.id == id::SIMPLE_BLOCK {
-                        block::parse_simple_block(el.data())
+                        block::parse_simple_block(&el.data())
                     } else {
-                        block::parse_block_group(el.data())
+                        block::parse_block_group(&el.data())
                     }
                     .map_err(|e| e.to_string())?;
                     *doc.frames.entry(info.track).or_default() += 1;
@@ -225,7 +225,7 @@ pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
                     doc.first_ms.get_or_insert(ms);
                     doc.last_ms = doc.last_ms.max(ms);
                 }
-                doc.cluster.push(el.bytes);
+                doc.cluster.push(el.to_bytes());
             }
             Event::SegmentStart { .. } | Event::ClusterEnd { .. } | Event::SegmentEnd { .. } => {}
         }

@@ -250,19 +250,19 @@ impl Ingest {
                 if !self.header.ebml.is_empty() {
                     return Err(invalid("a second EBML header in one PutMedia body".to_owned()));
                 }
-                header::doc_type(element.data()).map_err(|e| invalid(e.to_string()))?;
-                self.header.ebml = element.bytes;
+                header::doc_type(&element.data()).map_err(|e| invalid(e.to_string()))?;
+                self.header.ebml = element.to_bytes();
             }
             Event::SegmentStart { .. } => {}
             Event::SegmentEnd { .. } => {}
             Event::Element(element) => match element.id {
                 id::TAGS => {
-                    let parsed = tags::parse_tags(element.data()).map_err(|e| invalid(e.to_string()))?;
+                    let parsed = tags::parse_tags(&element.data()).map_err(|e| invalid(e.to_string()))?;
                     let end_of_fragment = parsed.iter().any(|t| t.name == tags::END_OF_FRAGMENT);
                     if !self.header_done {
-                        self.header.elements.push(element.bytes.clone());
+                        self.header.elements.push(element.to_bytes());
                         if !end_of_fragment {
-                            self.header_tags.push((element.bytes, parsed.len()));
+                            self.header_tags.push((element.to_bytes(), parsed.len()));
                         }
                     } else if !end_of_fragment {
                         for tag in &parsed {
@@ -273,7 +273,7 @@ impl Ingest {
                                 ));
                             }
                         }
-                        self.pending_tags.push((element.bytes, parsed.len()));
+                        self.pending_tags.push((element.to_bytes(), parsed.len()));
                         let count: usize = self.pending_tags.iter().map(|(_, count)| count).sum();
                         if count > self.limits.max_tags_per_fragment {
                             return Err((
@@ -291,11 +291,11 @@ impl Ingest {
                 }
                 id::INFO => {
                     self.header.timecode_scale =
-                        header::timecode_scale(element.data()).map_err(|e| invalid(e.to_string()))?;
-                    self.header.elements.push(element.bytes);
+                        header::timecode_scale(&element.data()).map_err(|e| invalid(e.to_string()))?;
+                    self.header.elements.push(element.to_bytes());
                 }
                 id::TRACKS => {
-                    let tracks = header::tracks(element.data()).map_err(|e| invalid(e.to_string()))?;
+                    let tracks = header::tracks(&element.data()).map_err(|e| invalid(e.to_string()))?;
                     if tracks.len() > self.limits.max_tracks {
                         return Err((
                             AckError::MORE_THAN_ALLOWED_TRACKS_FOUND,
@@ -303,9 +303,9 @@ impl Ingest {
                         ));
                     }
                     self.header.tracks = tracks;
-                    self.header.elements.push(element.bytes);
+                    self.header.elements.push(element.to_bytes());
                 }
-                _ if !self.header_done => self.header.elements.push(element.bytes),
+                _ if !self.header_done => self.header.elements.push(element.to_bytes()),
                 _ => {} // Cues, Void, SeekHead... between clusters: not part of any fragment
             },
             Event::ClusterStart { header: cluster_header, .. } => {
@@ -364,7 +364,7 @@ impl Ingest {
         let Some(fragment) = self.current.as_mut() else {
             return Err(invalid("a Cluster child outside a Cluster".to_owned()));
         };
-        fragment.size += element.bytes.len() as u64;
+        fragment.size += element.to_bytes().len() as u64;
         if fragment.size > limits.max_fragment_bytes {
             return Err((
                 AckError::MAX_FRAGMENT_SIZE_REACHED,
@@ -376,14 +376,14 @@ impl Ingest {
                 if fragment.timecode.is_some() {
                     return Err(invalid("two Timecodes in one Cluster".to_owned()));
                 }
-                let timecode = read_uint(element.data()).map_err(|e| invalid(e.to_string()))?;
+                let timecode = read_uint(&element.data()).map_err(|e| invalid(e.to_string()))?;
                 fragment.timecode = Some(timecode);
                 let cluster_ms = units_to_ms(i128::from(timecode), scale);
                 let producer_ms = match self.timecode_type {
                     TimecodeType::Absolute => cluster_ms,
                     TimecodeType::Relative => self.producer_start_ms.saturating_add(cluster_ms),
                 };
-                fragment.pending.push(element.bytes);
+                fragment.pending.push(element.to_bytes());
                 out.push(IngestEvent::Started {
                     timecode,
                     producer_ms,
@@ -400,9 +400,9 @@ impl Ingest {
                     return Err(invalid("a block before the Cluster's Timecode".to_owned()));
                 };
                 let info = if element.id == id::SIMPLE_BLOCK {
-                    block::parse_simple_block(element.data())
+                    block::parse_simple_block(&element.data())
                 } else {
-                    block::parse_block_group(element.data())
+                    block::parse_block_group(&element.data())
                 }
                 .map_err(|e| invalid(e.to_string()))?;
                 if !self.header.tracks.iter().any(|t| t.number == info.track) {
@@ -436,9 +436,9 @@ impl Ingest {
             _ => {}
         }
         if fragment.timecode.is_some() {
-            out.push(IngestEvent::Data(element.bytes));
+            out.push(IngestEvent::Data(element.to_bytes()));
         } else {
-            fragment.pending.push(element.bytes);
+            fragment.pending.push(element.to_bytes());
         }
         Ok(())
     }

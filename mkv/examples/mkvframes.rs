@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::EbmlHeader(_) => documents += 1,
                 Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP => {
                     frames += 1;
-                    fnv1a(&mut hash, el.data());
+                    fnv1a(&mut hash, &el.data());
                 }
                 _ => {}
             }

@@ -4,6 +4,7 @@
 //!
 //! - [`ebml`]: IDs, variable-size integers, writing elements.
 //! - [`reader`]: [`MkvReader`], the incremental reader for endless streams with unknown-size elements.
+//! - [`rope`]: [`Rope`], bytes kept in the pieces they arrived in (frames are never copied).
 //! - [`block`]: SimpleBlock / BlockGroup headers (track, relative timecode, key frame).
 //! - [`header`]: what a stream header says (doc type, timecode scale, tracks).
 //! - [`tags`]: reading and writing Tags, including the `AWS_KINESISVIDEO_*` tags KVS uses.
@@ -13,10 +14,12 @@ pub mod block;
 pub mod ebml;
 pub mod header;
 pub mod reader;
+pub mod rope;
 pub mod tags;
 pub mod writer;
 
 pub use reader::{Element, Event, MkvReader, read_all};
+pub use rope::Rope;
 
 /// What can be wrong with Matroska input. Messages name the problem and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,13 +8,18 @@
 //! unknown-size Segment ends at the next EBML header; this is how PutMedia bodies and GetMedia responses
 //! are delimited.
 //!
+//! Input given as [`Bytes`] is not copied: an element's bytes are a [`Rope`] of slices of the input pieces
+//! it spans (a frame from a GStreamer buffer or an HTTP response goes on in the memory it came in).
+//!
 //! Written by hand because the Matroska crates on crates.io parse whole files or need `Read + Seek`; KVS
 //! needs incremental parsing of an endless body with unknown sizes, with every byte accounted for.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::Error;
+use crate::block::{self, BlockInfo};
 use crate::ebml::{id, read_id, read_size};
+use crate::rope::{PieceQueue, Rope};
 
 /// One complete element, with its ID and size bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +29,43 @@ pub struct Element {
     pub offset: u64,
     /// Length of the ID and size fields.
     pub header_len: usize,
-    /// The whole element: ID, size and data.
-    pub bytes: Bytes,
+    /// The whole element: ID, size and data, in the input's pieces.
+    pub bytes: Rope,
 }
 
 impl Element {
-    /// The element's data (after the ID and size).
-    pub fn data(&self) -> &[u8] {
-        &self.bytes[self.header_len..]
+    /// The element's data (after the ID and size), contiguous: a copy when the element spans input pieces.
+    /// For small elements; frames are better read through [`bytes`](Self::bytes) and [`block`](Self::block).
+    pub fn data(&self) -> Bytes {
+        self.bytes.to_bytes().slice(self.header_len..)
+    }
+
+    /// The whole element (ID, size and data), contiguous: a copy when it spans input pieces.
+    pub fn to_bytes(&self) -> Bytes {
+        self.bytes.to_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The header of a SimpleBlock or BlockGroup (track, relative timecode, key frame), read without copying
+    /// the frame of a SimpleBlock.
+    pub fn block(&self) -> Result<BlockInfo, Error> {
+        match self.id {
+            id::SIMPLE_BLOCK => {
+                // ID and size (at most 12 bytes), track number (at most 8), timecode and flags (3).
+                let mut head = [0u8; 24];
+                let n = self.bytes.copy_prefix(&mut head);
+                block::parse_simple_block(&head[self.header_len.min(n)..n])
+            }
+            id::BLOCK_GROUP => block::parse_block_group(&self.data()),
+            _ => Err(Error::InvalidValue("not a SimpleBlock or BlockGroup")),
+        }
     }
 }
 
@@ -73,7 +107,7 @@ pub const DEFAULT_MAX_ELEMENT_SIZE: usize = 64 * 1024 * 1024;
 /// The streaming reader. See the module documentation.
 #[derive(Debug)]
 pub struct MkvReader {
-    buf: BytesMut,
+    buf: PieceQueue,
     /// Stream offset of `buf[0]`.
     offset: u64,
     stack: Vec<Open>,
@@ -110,7 +144,7 @@ impl MkvReader {
 
     pub fn with_max_element_size(max_element_size: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
+            buf: PieceQueue::default(),
             offset: 0,
             stack: Vec::new(),
             seen_header: false,
@@ -119,9 +153,14 @@ impl MkvReader {
         }
     }
 
-    /// Appends bytes to the input.
+    /// Appends bytes to the input (a copy of them).
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.buf.push(Bytes::copy_from_slice(data));
+    }
+
+    /// Appends bytes to the input without copying them: elements are handed out as slices of them.
+    pub fn push_bytes(&mut self, data: Bytes) {
+        self.buf.push(data);
     }
 
     /// Stream offset of the first byte not yet consumed by an event.
@@ -189,7 +228,11 @@ impl MkvReader {
             self.stack.pop();
             return Ok(Some(self.end_event(open.level)));
         }
-        let Some((element_id, id_len)) = read_id(&self.buf).map_err(|e| self.at(e))? else {
+        // The ID (at most 4 bytes) and size (at most 8) of the next element.
+        let mut head = [0u8; 12];
+        let head_len = self.buf.peek(&mut head);
+        let head = &head[..head_len];
+        let Some((element_id, id_len)) = read_id(head).map_err(|e| self.at(e))? else {
             return Ok(None);
         };
         if !self.seen_header && element_id != id::EBML {
@@ -210,7 +253,7 @@ impl MkvReader {
                 return Ok(Some(self.end_event(open.level)));
             }
         }
-        let Some((size, size_len)) = read_size(&self.buf[id_len..]).map_err(|e| self.at(e))? else {
+        let Some((size, size_len)) = read_size(&head[id_len..]).map_err(|e| self.at(e))? else {
             return Ok(None);
         };
         let header_len = id_len + size_len;
@@ -237,7 +280,7 @@ impl MkvReader {
             _ => None,
         };
         if let Some(level) = descend {
-            let header = self.buf.split_to(header_len).freeze();
+            let header = self.buf.take(header_len).to_bytes();
             self.offset += header_len as u64;
             self.stack.push(Open { level, end });
             return Ok(Some(match level {
@@ -262,11 +305,9 @@ impl MkvReader {
         }
         let total = header_len + size as usize;
         if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
             return Ok(None);
         }
-        let element =
-            Element { id: element_id, offset, header_len, bytes: self.buf.split_to(total).freeze() };
+        let element = Element { id: element_id, offset, header_len, bytes: self.buf.take(total) };
         self.offset += total as u64;
         Ok(Some(match context {
             None => {

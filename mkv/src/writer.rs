@@ -106,7 +106,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => {
-                    Some(parse_simple_block(el.data()).unwrap())
+                    Some(parse_simple_block(&el.data()).unwrap())
                 }
                 _ => None,
             })
@@ -117,7 +117,7 @@ mod tests {
         let tracks = events
             .iter()
             .find_map(|e| match e {
-                Event::Element(el) if el.id == id::TRACKS => Some(crate::header::tracks(el.data()).unwrap()),
+                Event::Element(el) if el.id == id::TRACKS => Some(crate::header::tracks(&el.data()).unwrap()),
                 _ => None,
             })
             .unwrap();

@@ -29,21 +29,21 @@ fn read_all(data: &[u8], piece: usize, complete: bool) -> Counts {
     let mut counts = Counts::default();
     let on_event = |event: Event, counts: &mut Counts| match event {
         Event::EbmlHeader(el) => {
-            kvs_mkv::header::doc_type(el.data()).unwrap();
+            kvs_mkv::header::doc_type(&el.data()).unwrap();
             counts.documents += 1;
         }
         Event::ClusterStart { .. } => counts.clusters += 1,
         Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => {
-            block::parse_simple_block(el.data()).unwrap();
+            block::parse_simple_block(&el.data()).unwrap();
             counts.blocks += 1;
         }
         Event::ClusterChild(el) if el.id == id::BLOCK_GROUP => {
-            block::parse_block_group(el.data()).unwrap();
+            block::parse_block_group(&el.data()).unwrap();
             counts.blocks += 1;
         }
         Event::Element(el) if el.id == id::TAGS => {
             counts.tags_elements += 1;
-            for tag in tags::parse_tags(el.data()).unwrap() {
+            for tag in tags::parse_tags(&el.data()).unwrap() {
                 counts.simple_tags.push((tag.name, tag.value));
             }
         }

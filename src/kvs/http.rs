@@ -157,7 +157,8 @@ pub async fn post<B>(
     body: B,
 ) -> Result<hyper::Response<Incoming>, KvsError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let timeout = ctx.request_timeout;

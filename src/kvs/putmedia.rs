@@ -6,12 +6,14 @@
 //! at the same time, which a request/response client cannot do. The payload is signed as
 //! `UNSIGNED-PAYLOAD`, as a body that is not known in advance must be.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::SignableBody;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::Stream;
 use http_body_util::StreamBody;
 use hyper::body::{Frame, Incoming};
@@ -23,8 +25,66 @@ use super::http::sign_headers;
 
 const API: &str = "PutMedia";
 
+/// One HTTP chunk of the request body: whole frames, in the pieces they came in (written with one vectored
+/// write, not copied).
+#[derive(Debug, Default)]
+pub struct BodyChunk {
+    pieces: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl BodyChunk {
+    pub fn len(&self) -> usize {
+        self.remaining
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl From<Vec<Bytes>> for BodyChunk {
+    fn from(pieces: Vec<Bytes>) -> Self {
+        let pieces: VecDeque<Bytes> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let remaining = pieces.iter().map(Bytes::len).sum();
+        BodyChunk { pieces, remaining }
+    }
+}
+
+impl Buf for BodyChunk {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.front().map_or(&[], |p| p.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        self.remaining -= cnt.min(self.remaining);
+        while cnt > 0 {
+            let Some(front) = self.pieces.front_mut() else { return };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.pieces.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, piece) in dst.iter_mut().zip(self.pieces.iter()) {
+            *slot = IoSlice::new(piece);
+            n += 1;
+        }
+        n
+    }
+}
+
 /// The request body: chunks from a channel.
-pub type UploadBody = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
+pub type UploadBody = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<BodyChunk>, Infallible>> + Send>>>;
 
 /// What a PutMedia request says about the stream.
 #[derive(Debug, Clone)]
@@ -41,7 +101,7 @@ pub struct PutMediaRequest {
 /// An open PutMedia connection: write the body through `body`, read ACK bytes from `acks`.
 pub struct PutMediaConnection {
     /// Send body chunks; dropping it ends the body (the zero-length chunk).
-    pub body: mpsc::Sender<Bytes>,
+    pub body: mpsc::Sender<BodyChunk>,
     pub acks: Incoming,
 }
 
@@ -78,7 +138,7 @@ pub fn signed_headers(
 /// Connects, signs and sends the request head; returns once the service answered 200 (the ACK stream is then
 /// open). Bounded by the request timeout.
 pub async fn open(ctx: &AwsContext, request: &PutMediaRequest) -> Result<PutMediaConnection, KvsError> {
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, rx) = mpsc::channel::<BodyChunk>(16);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
     });

@@ -1,12 +1,21 @@
 //! Splits a Matroska byte stream (matroskamux output, in buffers of any size) into a KVS stream header and
-//! fragments, one per Cluster, ready for PutMedia.
+//! fragments, one per Cluster, frame by frame, ready for PutMedia.
 //!
 //! - The header is rebuilt as KVS wants it: the EBML header, a Segment of unknown size, Info and Tracks.
 //!   SeekHead, Void, Cues, Chapters and global Tags are dropped: they describe a file, not a live stream.
 //! - Each Cluster is re-emitted with an unknown size and its Timecode rewritten to absolute time (epoch time in
-//!   TimecodeScale units), anchored to the wall clock when its segment's first cluster arrives or to a start
-//!   time given by the user. Only Timecode, SimpleBlock and BlockGroup children are kept (Position and PrevSize
+//!   TimecodeScale units). Only Timecode, SimpleBlock and BlockGroup children are kept (Position and PrevSize
 //!   would be wrong after the rewrite). Fragment metadata (Tags) goes right before the cluster it is for.
+//! - Nothing waits for a cluster to end: a fragment starts ([`Output::FragmentStart`]) with its first frame,
+//!   every later frame follows on its own ([`Output::Frame`]), and [`Output::FragmentEnd`] says the fragment
+//!   is complete (the next Cluster began, or the input ended). Frames are slices of the input (a [`Rope`]):
+//!   pushed as [`Bytes`], a GStreamer buffer's memory goes to the socket uncopied. The 10-s and 50-MB fragment
+//!   limits are checked at each frame.
+//! - Time: a fragment's first frame is stamped with its capture time (the wall-clock time the element gives
+//!   with the buffer that carried it, mapped from the buffer's running time), or with a start time given by
+//!   the user for recorded files; the frames after it keep their Matroska offsets. Without a capture time the
+//!   stream goes on from its previous anchor (the first one is the wall clock when the first frame arrives).
+//!   Time never goes back: a fragment is always later than the last frame of the one before.
 //! - A new EBML header (a caps or header change upstream) starts a new header generation: the uploader then
 //!   opens a new connection for the fragments that follow.
 //!
@@ -18,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use kvs_mkv::ebml::{self, id};
 use kvs_mkv::tags::{SimpleTag, write_tags};
-use kvs_mkv::{Event, MkvReader};
+use kvs_mkv::{Event, MkvReader, Rope};
 
 /// KVS refuses fragments larger than this (ERROR 4001).
 pub const MAX_FRAGMENT_BYTES: usize = 50 * 1024 * 1024;
@@ -39,18 +48,14 @@ pub struct StreamHeader {
     pub media_type: Option<String>,
 }
 
-/// One fragment: optional Tags, then one Cluster with an absolute Timecode.
+/// A fragment begins: its Tags, its Cluster head (unknown size, absolute Timecode) and its first frame.
 #[derive(Debug, Clone)]
-pub struct Fragment {
+pub struct FragmentStart {
     pub header: Arc<StreamHeader>,
     /// The cluster's absolute Timecode, in TimecodeScale units (what the ACKs echo).
     pub timecode: u64,
-    /// From the cluster's start to the start of its last frame.
-    pub duration: Duration,
-    /// The bytes to send, in pieces (no copy of the frames).
-    pub chunks: Vec<Bytes>,
-    pub size: usize,
-    pub frames: usize,
+    /// Tags, Cluster head and first frame: the bytes to send first.
+    pub data: Rope,
 }
 
 /// What is wrong with the input. `Display` names the problem.
@@ -114,27 +119,37 @@ impl From<kvs_mkv::Error> for InputError {
     }
 }
 
-/// What [`Fragmenter::push`] found.
+/// What [`Fragmenter::push`] found, in stream order.
 #[derive(Debug, Clone)]
 pub enum Output {
     /// A new stream header: fragments after it belong to it.
     Header(Arc<StreamHeader>),
-    Fragment(Fragment),
+    /// A fragment begins, with its first frame.
+    FragmentStart(FragmentStart),
+    /// The next frame of the current fragment (a SimpleBlock or BlockGroup, as received), and how long the
+    /// fragment lasts with it (from its Timecode to the start of its latest frame).
+    Frame { data: Rope, duration: Duration },
+    /// The current fragment is complete.
+    FragmentEnd,
 }
 
 /// Where absolute time comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeAnchor {
-    /// The wall clock when a segment's first cluster arrives.
-    WallClock,
-    /// The first cluster of the stream is at this time (for uploading recorded files).
+    /// Each fragment's first frame at the capture time given with its buffer; the first frame of the stream at
+    /// the wall clock when it arrives if there is none.
+    CaptureTime,
+    /// The first frame of the stream is at this time, and the rest follow its Matroska timeline (for uploading
+    /// recorded files).
     Fixed(SystemTime),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ClusterInProgress {
+    /// The Cluster's Timecode as received (relative to its segment's timeline).
     relative_timecode: Option<u64>,
-    blocks: Vec<Bytes>,
+    /// Its absolute Timecode, set when its first frame went out.
+    timecode: Option<u64>,
     size: usize,
     max_block_offset: i64,
 }
@@ -152,13 +167,20 @@ pub struct Fragmenter {
     timecode_scale: u64,
     /// Absolute timecode of relative timecode 0 in the current segment.
     segment_base: Option<i128>,
-    /// End (absolute, in units) of the last fragment's last frame.
-    last_end: Option<u64>,
-    last_timecode: Option<u64>,
+    /// The previous cluster's relative and absolute Timecodes in the current segment.
+    last_cluster: Option<(u64, u64)>,
+    /// Absolute start (in units) of the latest frame sent.
+    last_frame: Option<u64>,
     cluster: Option<ClusterInProgress>,
     media_type_tracks: Vec<&'static str>,
     pending_tags: Vec<SimpleTag>,
     persistent_tags: Vec<SimpleTag>,
+    /// Capture time of the input being read (see [`push`](Self::push)).
+    capture_time: Option<SystemTime>,
+}
+
+fn units(time: SystemTime, scale: u64) -> i128 {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128 / i128::from(scale)
 }
 
 impl Fragmenter {
@@ -173,12 +195,13 @@ impl Fragmenter {
             header_announced: false,
             timecode_scale: 1_000_000,
             segment_base: None,
-            last_end: None,
-            last_timecode: None,
+            last_cluster: None,
+            last_frame: None,
             cluster: None,
             media_type_tracks: Vec::new(),
             pending_tags: Vec::new(),
             persistent_tags: Vec::new(),
+            capture_time: None,
         }
     }
 
@@ -203,9 +226,11 @@ impl Fragmenter {
         Ok(())
     }
 
-    /// Feeds bytes; returns the headers and complete fragments they finish, in order.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Output>, InputError> {
-        self.reader.push(data);
+    /// Feeds bytes (kept, not copied) and the wall-clock time at which what they carry was captured, if known;
+    /// returns what they complete, in order.
+    pub fn push(&mut self, data: Bytes, capture_time: Option<SystemTime>) -> Result<Vec<Output>, InputError> {
+        self.reader.push_bytes(data);
+        self.capture_time = capture_time;
         let mut out = Vec::new();
         while let Some(event) = self.reader.next_event()? {
             self.handle(event, &mut out)?;
@@ -219,9 +244,7 @@ impl Fragmenter {
         for event in self.reader.finish()? {
             self.handle(event, &mut out)?;
         }
-        if self.cluster.is_some() {
-            self.end_cluster(&mut out)?;
-        }
+        self.end_cluster(&mut out);
         Ok(out)
     }
 
@@ -233,15 +256,14 @@ impl Fragmenter {
     fn handle(&mut self, event: Event, out: &mut Vec<Output>) -> Result<(), InputError> {
         match event {
             Event::EbmlHeader(element) => {
-                if self.cluster.is_some() {
-                    self.end_cluster(out)?;
-                }
-                kvs_mkv::header::doc_type(element.data())?;
+                self.end_cluster(out);
+                kvs_mkv::header::doc_type(&element.data())?;
                 self.header_parts = element.bytes.to_vec();
                 self.has_tracks = false;
                 self.header = None;
                 self.header_announced = false;
                 self.segment_base = None;
+                self.last_cluster = None;
                 self.media_type_tracks.clear();
             }
             Event::SegmentStart { .. } => {
@@ -250,20 +272,21 @@ impl Fragmenter {
             }
             Event::Element(element) => match element.id {
                 id::INFO if !self.header_announced => {
-                    self.timecode_scale = kvs_mkv::header::timecode_scale(element.data())?;
-                    self.header_parts.extend_from_slice(&element.bytes);
+                    self.timecode_scale = kvs_mkv::header::timecode_scale(&element.data())?;
+                    self.header_parts.extend_from_slice(&element.bytes.to_vec());
                 }
                 id::TRACKS if !self.header_announced => {
-                    let tracks = kvs_mkv::header::tracks(element.data())?;
+                    let tracks = kvs_mkv::header::tracks(&element.data())?;
                     self.media_type_tracks =
                         tracks.iter().filter_map(|t| kvs_mkv::header::media_type(&t.codec_id)).collect();
-                    self.header_parts.extend_from_slice(&element.bytes);
+                    self.header_parts.extend_from_slice(&element.bytes.to_vec());
                     self.has_tracks = true;
                 }
                 // Everything else at level 1 describes a file (SeekHead, Cues, Void, global Tags): dropped.
                 _ => {}
             },
             Event::ClusterStart { .. } => {
+                self.end_cluster(out);
                 if !self.header_announced {
                     if self.header_parts.is_empty() {
                         return Err(InputError::ClusterBeforeHeader);
@@ -284,86 +307,105 @@ impl Fragmenter {
                     self.header_announced = true;
                     out.push(Output::Header(header));
                 }
-                self.cluster = Some(ClusterInProgress {
-                    relative_timecode: None,
-                    blocks: Vec::new(),
-                    size: 0,
-                    max_block_offset: 0,
-                });
+                self.cluster = Some(ClusterInProgress::default());
             }
             Event::ClusterChild(element) => {
                 let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
                 match element.id {
-                    id::TIMECODE => cluster.relative_timecode = Some(ebml::read_uint(element.data())?),
-                    id::SIMPLE_BLOCK | id::BLOCK_GROUP => {
-                        let info = if element.id == id::SIMPLE_BLOCK {
-                            kvs_mkv::block::parse_simple_block(element.data())?
-                        } else {
-                            kvs_mkv::block::parse_block_group(element.data())?
-                        };
-                        cluster.max_block_offset =
-                            cluster.max_block_offset.max(i64::from(info.relative_timecode));
-                        cluster.size += element.bytes.len();
-                        cluster.blocks.push(element.bytes);
-                        if cluster.size > MAX_FRAGMENT_BYTES {
-                            return Err(InputError::FragmentTooLarge { size: cluster.size });
-                        }
-                        let duration = Duration::from_nanos(
-                            (cluster.max_block_offset as u64).saturating_mul(self.timecode_scale),
-                        );
-                        if duration > MAX_FRAGMENT_DURATION {
-                            return Err(InputError::FragmentTooLong { duration });
-                        }
-                    }
+                    id::TIMECODE => cluster.relative_timecode = Some(ebml::read_uint(&element.data())?),
+                    id::SIMPLE_BLOCK | id::BLOCK_GROUP => self.frame(element.block()?, element.bytes, out)?,
                     _ => {}
                 }
             }
-            Event::ClusterEnd { .. } => self.end_cluster(out)?,
+            Event::ClusterEnd { .. } => self.end_cluster(out),
             Event::SegmentEnd { .. } => {}
         }
         Ok(())
     }
 
-    fn units_to_duration(&self, units: u64) -> Duration {
-        Duration::from_nanos(units.saturating_mul(self.timecode_scale))
+    /// One frame of the current cluster: the fragment's start with it if it is the first, else a frame.
+    fn frame(
+        &mut self,
+        info: kvs_mkv::block::BlockInfo,
+        data: Rope,
+        out: &mut Vec<Output>,
+    ) -> Result<(), InputError> {
+        let Some(header) = self.header.clone() else { return Err(InputError::ClusterBeforeHeader) };
+        let start = match self.cluster.as_ref() {
+            Some(cluster) if cluster.timecode.is_none() => {
+                Some(self.start_fragment(cluster.relative_timecode.unwrap_or(0), info)?)
+            }
+            Some(_) => None,
+            None => return Ok(()),
+        };
+        let scale = self.timecode_scale;
+        let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
+        if let Some((timecode, _)) = &start {
+            cluster.timecode = Some(*timecode);
+        }
+        cluster.max_block_offset = cluster.max_block_offset.max(i64::from(info.relative_timecode));
+        cluster.size += data.len();
+        if cluster.size > MAX_FRAGMENT_BYTES {
+            return Err(InputError::FragmentTooLarge { size: cluster.size });
+        }
+        let duration = Duration::from_nanos((cluster.max_block_offset as u64).saturating_mul(scale));
+        if duration > MAX_FRAGMENT_DURATION {
+            return Err(InputError::FragmentTooLong { duration });
+        }
+        let timecode = cluster.timecode.unwrap_or_default();
+        let frame_time = timecode.saturating_add_signed(i64::from(info.relative_timecode));
+        self.last_frame = Some(self.last_frame.map_or(frame_time, |last| last.max(frame_time)));
+        match start {
+            Some((timecode, head)) => {
+                let mut bytes = Rope::from(head);
+                bytes.append(data);
+                out.push(Output::FragmentStart(FragmentStart { header, timecode, data: bytes }));
+            }
+            None => out.push(Output::Frame { data, duration }),
+        }
+        Ok(())
     }
 
-    fn end_cluster(&mut self, out: &mut Vec<Output>) -> Result<(), InputError> {
-        let Some(cluster) = self.cluster.take() else { return Ok(()) };
-        if cluster.blocks.is_empty() {
-            return Ok(());
-        }
-        let Some(header) = self.header.clone() else { return Err(InputError::ClusterBeforeHeader) };
-        let relative = cluster.relative_timecode.unwrap_or(0);
-        let scale = i128::from(self.timecode_scale);
-        let base = match self.segment_base {
-            Some(base) => base,
-            None => {
-                let anchor_time = match (self.anchor, self.last_end) {
-                    (TimeAnchor::Fixed(start), None) => start,
-                    _ => SystemTime::now(),
-                };
-                let anchor_ns = anchor_time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-                let mut first = anchor_ns / scale;
-                // A later segment (after a header change) never goes back before the previous one's end.
-                if let Some(end) = self.last_end {
-                    first = first.max(i128::from(end) + 1);
-                }
-                let base = first - i128::from(relative);
-                self.segment_base = Some(base);
-                base
-            }
-        };
-        let absolute = base + i128::from(relative);
-        let timecode = u64::try_from(absolute).map_err(|_| InputError::TimecodeBackwards {
-            previous: self.last_timecode.unwrap_or(0),
-            next: 0,
-        })?;
-        if let Some(previous) = self.last_timecode
-            && timecode < previous
+    /// The absolute Timecode and the head (Tags, Cluster, Timecode) of the cluster with relative Timecode
+    /// `relative` whose first frame is `first`.
+    fn start_fragment(
+        &mut self,
+        relative: u64,
+        first: kvs_mkv::block::BlockInfo,
+    ) -> Result<(u64, Bytes), InputError> {
+        let first_frame = i128::from(relative) + i128::from(first.relative_timecode);
+        let scale = self.timecode_scale;
+        if let Some((last_relative, last_absolute)) = self.last_cluster
+            && relative < last_relative
         {
-            return Err(InputError::TimecodeBackwards { previous, next: timecode });
+            let next = self.segment_base.map_or(0, |base| (base + i128::from(relative)).max(0) as u64);
+            return Err(InputError::TimecodeBackwards { previous: last_absolute, next });
         }
+        // Where this fragment's first frame goes on the absolute timeline.
+        let anchored = match (self.anchor, self.capture_time, self.segment_base) {
+            (TimeAnchor::Fixed(start), _, None) if self.last_frame.is_none() => Some(units(start, scale)),
+            (TimeAnchor::Fixed(_), _, _) => None,
+            (TimeAnchor::CaptureTime, Some(captured), _) => Some(units(captured, scale)),
+            (TimeAnchor::CaptureTime, None, None) => Some(units(SystemTime::now(), scale)),
+            (TimeAnchor::CaptureTime, None, Some(_)) => None,
+        };
+        let mut base = match (anchored, self.segment_base) {
+            (Some(first_time), _) => first_time - first_frame,
+            (None, Some(base)) => base,
+            // A new segment of a recorded file: it follows the previous one.
+            (None, None) => i128::from(self.last_frame.unwrap_or(0)) + 1 - first_frame,
+        };
+        // Never back to or before the latest frame already sent.
+        if let Some(last) = self.last_frame
+            && base + first_frame <= i128::from(last)
+        {
+            base = i128::from(last) + 1 - first_frame;
+        }
+        self.segment_base = Some(base);
+        let timecode = u64::try_from(base + i128::from(relative))
+            .map_err(|_| InputError::TimecodeBackwards { previous: self.last_frame.unwrap_or(0), next: 0 })?;
+        self.last_cluster = Some((relative, timecode));
+
         let mut head = Vec::with_capacity(64);
         let mut tags: Vec<SimpleTag> = std::mem::take(&mut self.pending_tags);
         tags.extend(self.persistent_tags.iter().cloned());
@@ -373,23 +415,16 @@ impl Fragmenter {
         ebml::write_id(&mut head, id::CLUSTER);
         head.extend_from_slice(&ebml::UNKNOWN_SIZE_8);
         ebml::write_uint_fixed(&mut head, id::TIMECODE, timecode, 8);
-        let frames = cluster.blocks.len();
-        let mut chunks = Vec::with_capacity(frames + 1);
-        let size = head.len() + cluster.size;
-        chunks.push(Bytes::from(head));
-        chunks.extend(cluster.blocks);
-        self.last_timecode = Some(timecode);
-        let end = timecode.saturating_add(cluster.max_block_offset.max(0) as u64);
-        self.last_end = Some(self.last_end.map_or(end, |e| e.max(end)));
-        out.push(Output::Fragment(Fragment {
-            header,
-            timecode,
-            duration: self.units_to_duration(cluster.max_block_offset.max(0) as u64),
-            chunks,
-            size,
-            frames,
-        }));
-        Ok(())
+        Ok((timecode, Bytes::from(head)))
+    }
+
+    /// Ends the current cluster: a fragment that started is complete (a cluster without frames is dropped).
+    fn end_cluster(&mut self, out: &mut Vec<Output>) {
+        if let Some(cluster) = self.cluster.take()
+            && cluster.timecode.is_some()
+        {
+            out.push(Output::FragmentEnd);
+        }
     }
 }
 
@@ -423,18 +458,52 @@ mod tests {
     fn run(fragmenter: &mut Fragmenter, data: &[u8], piece: usize) -> Vec<Output> {
         let mut out = Vec::new();
         for chunk in data.chunks(piece) {
-            out.extend(fragmenter.push(chunk).unwrap());
+            out.extend(fragmenter.push(Bytes::copy_from_slice(chunk), None).unwrap());
         }
         out.extend(fragmenter.finish().unwrap());
         out
     }
 
-    fn fragments(out: &[Output]) -> Vec<&Fragment> {
-        out.iter().filter_map(|o| if let Output::Fragment(f) = o { Some(f) } else { None }).collect()
+    /// A fragment put together from its start, frames and end.
+    #[derive(Debug)]
+    struct Assembled {
+        generation: u64,
+        timecode: u64,
+        data: Vec<u8>,
+        frames: usize,
+        duration: Duration,
+        complete: bool,
     }
 
-    fn joined(fragment: &Fragment) -> Vec<u8> {
-        fragment.chunks.concat()
+    fn fragments(out: &[Output]) -> Vec<Assembled> {
+        let mut fragments: Vec<Assembled> = Vec::new();
+        for output in out {
+            match output {
+                Output::Header(_) => {}
+                Output::FragmentStart(start) => fragments.push(Assembled {
+                    generation: start.header.generation,
+                    timecode: start.timecode,
+                    data: start.data.to_vec(),
+                    frames: 1,
+                    duration: Duration::ZERO,
+                    complete: false,
+                }),
+                Output::Frame { data, duration } => {
+                    let last = fragments.last_mut().expect("a frame after a fragment start");
+                    assert!(!last.complete, "a frame after its fragment ended");
+                    last.data.extend(data.to_vec());
+                    last.frames += 1;
+                    last.duration = *duration;
+                }
+                Output::FragmentEnd => fragments.last_mut().expect("an end after a start").complete = true,
+            }
+        }
+        fragments
+    }
+
+    fn joined(fragment: &Assembled) -> Vec<u8> {
+        assert!(fragment.complete);
+        fragment.data.clone()
     }
 
     #[test]
@@ -449,8 +518,8 @@ mod tests {
         assert_eq!(timecodes, [1_700_000_000_000, 1_700_000_000_330, 1_700_000_000_660, 1_700_000_000_990]);
         for piece in [1, 2, 3, 7, 100, 1000] {
             let out = run(&mut Fragmenter::new(TimeAnchor::Fixed(start)), &data, piece);
-            let got: Vec<Vec<u8>> = fragments(&out).iter().map(|f| joined(f)).collect();
-            let want: Vec<Vec<u8>> = reference_fragments.iter().map(|f| joined(f)).collect();
+            let got: Vec<Vec<u8>> = fragments(&out).iter().map(joined).collect();
+            let want: Vec<Vec<u8>> = reference_fragments.iter().map(joined).collect();
             assert_eq!(got, want, "pieces of {piece}");
         }
     }
@@ -463,7 +532,7 @@ mod tests {
         let Output::Header(header) = &out[0] else { panic!("no header first") };
         let mut rebuilt = header.bytes.to_vec();
         for fragment in fragments(&out) {
-            rebuilt.extend(joined(fragment));
+            rebuilt.extend(joined(&fragment));
             assert_eq!(fragment.frames, 5);
             assert_eq!(fragment.duration, Duration::from_millis(132));
         }
@@ -481,7 +550,9 @@ mod tests {
         let timecodes: Vec<u64> = events
             .iter()
             .filter_map(|e| match e {
-                Event::ClusterChild(el) if el.id == id::TIMECODE => Some(ebml::read_uint(el.data()).unwrap()),
+                Event::ClusterChild(el) if el.id == id::TIMECODE => {
+                    Some(ebml::read_uint(&el.data()).unwrap())
+                }
                 _ => None,
             })
             .collect();
@@ -489,8 +560,73 @@ mod tests {
     }
 
     #[test]
+    fn each_frame_comes_out_as_soon_as_it_is_complete_in_the_input_memory() {
+        // matroskamux's way: the cluster head, then each block as a 7-byte header buffer and a payload buffer.
+        let mut fragmenter = Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(1000)));
+        let header = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        assert!(header.is_empty(), "nothing before the first cluster");
+        let mut cluster = Vec::new();
+        writer::write_cluster_start(&mut cluster, 0);
+        let out = fragmenter.push(Bytes::from(cluster), None).unwrap();
+        assert!(matches!(out.as_slice(), [Output::Header(_)]), "{out:?}");
+        for (n, payload) in [vec![1u8; 5000], vec![2u8; 3000]].into_iter().enumerate() {
+            let mut block = Vec::new();
+            writer::write_simple_block(&mut block, 1, (n * 33) as i16, n == 0, &payload);
+            let head_len = block.len() - payload.len();
+            let payload = Bytes::from(payload);
+            let head = fragmenter.push(Bytes::copy_from_slice(&block[..head_len]), None).unwrap();
+            let out = [head, fragmenter.push(payload.clone(), None).unwrap()].concat();
+            let data = match (n, out.as_slice()) {
+                (0, [Output::FragmentStart(start)]) => &start.data,
+                (1, [Output::Frame { data, duration }]) => {
+                    assert_eq!(*duration, Duration::from_millis(33));
+                    data
+                }
+                _ => panic!("frame {n}: {out:?}"),
+            };
+            // The payload piece is the pushed buffer itself: not copied.
+            assert!(data.pieces().any(|p| p.as_ptr() == payload.as_ptr() && p.len() == payload.len()));
+        }
+        // The fragment ends when the next cluster begins.
+        let mut next = Vec::new();
+        writer::write_cluster_start(&mut next, 66);
+        let out = fragmenter.push(Bytes::from(next), None).unwrap();
+        assert!(matches!(out.as_slice(), [Output::FragmentEnd]), "{out:?}");
+    }
+
+    #[test]
+    fn each_fragment_starts_at_the_capture_time_of_its_first_frame_and_time_never_goes_back() {
+        // Clusters of 3 frames 33 ms apart; the capture time of each cluster's buffer is given, 1 ms late on the
+        // Matroska timeline for the second, 200 ms back in time for the third (a clock step).
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let data = stream(3, 3, 0);
+        let events = kvs_mkv::read_all(&data).unwrap();
+        let cluster_offsets: Vec<usize> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ClusterStart { offset, .. } => Some(*offset as usize),
+                _ => None,
+            })
+            .collect();
+        let captured = [t0, t0 + Duration::from_millis(100), t0 - Duration::from_millis(2)];
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        let mut out = fragmenter.push(Bytes::copy_from_slice(&data[..cluster_offsets[0]]), None).unwrap();
+        for (i, start) in cluster_offsets.iter().enumerate() {
+            let end = cluster_offsets.get(i + 1).copied().unwrap_or(data.len());
+            out.extend(
+                fragmenter.push(Bytes::copy_from_slice(&data[*start..end]), Some(captured[i])).unwrap(),
+            );
+        }
+        out.extend(fragmenter.finish().unwrap());
+        let timecodes: Vec<u64> = fragments(&out).iter().map(|f| f.timecode).collect();
+        // The third would start at t0 - 2 ms, before the second fragment's last frame (t0 + 166 ms): it goes
+        // right after it.
+        assert_eq!(timecodes, [1_800_000_000_000, 1_800_000_000_100, 1_800_000_000_167]);
+    }
+
+    #[test]
     fn wall_clock_anchoring_is_near_now() {
-        let out = run(&mut Fragmenter::new(TimeAnchor::WallClock), &stream(1, 2, 0), 64);
+        let out = run(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stream(1, 2, 0), 64);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let timecode = fragments(&out)[0].timecode;
         assert!(now_ms - timecode < 5_000, "{timecode} vs {now_ms}");
@@ -499,7 +635,7 @@ mod tests {
     #[test]
     fn metadata_goes_before_its_cluster_and_persistent_tags_repeat() {
         let data = stream(3, 2, 0);
-        let mut fragmenter = Fragmenter::new(TimeAnchor::WallClock);
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
         fragmenter.add_metadata("once", "1", false).unwrap();
         fragmenter.add_metadata("always", "yes", true).unwrap();
         let out = run(&mut fragmenter, &data, data.len());
@@ -528,13 +664,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_named() {
-        let mut fragmenter = Fragmenter::new(TimeAnchor::WallClock);
-        let err = fragmenter.push(b"this is not matroska at all").unwrap_err();
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        let err = fragmenter.push(Bytes::from_static(b"this is not matroska at all"), None).unwrap_err();
         assert!(err.to_string().starts_with("not Matroska"), "{err}");
 
         let data = stream(2, 5, 0);
-        let mut fragmenter = Fragmenter::new(TimeAnchor::WallClock);
-        fragmenter.push(&data[..data.len() - 2]).unwrap();
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        fragmenter.push(Bytes::copy_from_slice(&data[..data.len() - 2]), None).unwrap();
         let err = fragmenter.finish().unwrap_err();
         assert_eq!(err.to_string(), "truncated Matroska: the input ends inside an element");
 
@@ -543,7 +679,7 @@ mod tests {
         writer::write_cluster_start(&mut long, 0);
         writer::write_simple_block(&mut long, 1, 0, true, &[1]);
         writer::write_simple_block(&mut long, 1, 12_000, false, &[2]);
-        let err = Fragmenter::new(TimeAnchor::WallClock).push(&long).unwrap_err();
+        let err = Fragmenter::new(TimeAnchor::CaptureTime).push(Bytes::from(long), None).unwrap_err();
         assert_eq!(err, InputError::FragmentTooLong { duration: Duration::from_secs(12) });
 
         // Cluster timecodes going backwards.
@@ -553,7 +689,7 @@ mod tests {
             writer::write_simple_block(&mut back, 1, 0, true, &[1]);
         }
         let mut fragmenter = Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(100)));
-        let err = fragmenter.push(&back).and_then(|_| fragmenter.finish()).unwrap_err();
+        let err = fragmenter.push(Bytes::from(back), None).and_then(|_| fragmenter.finish()).unwrap_err();
         assert_eq!(err, InputError::TimecodeBackwards { previous: 100_000, next: 96_000 });
     }
 
@@ -563,7 +699,7 @@ mod tests {
         data.extend(stream(2, 3, 0));
         let start = UNIX_EPOCH + Duration::from_secs(1_000);
         let out = run(&mut Fragmenter::new(TimeAnchor::Fixed(start)), &data, 50);
-        let generations: Vec<u64> = fragments(&out).iter().map(|f| f.header.generation).collect();
+        let generations: Vec<u64> = fragments(&out).iter().map(|f| f.generation).collect();
         assert_eq!(generations, [1, 1, 2, 2]);
         let timecodes: Vec<u64> = fragments(&out).iter().map(|f| f.timecode).collect();
         assert!(timecodes.windows(2).all(|w| w[0] < w[1]), "{timecodes:?}");
@@ -578,7 +714,7 @@ mod media_type_tests {
         let mut data = kvs_mkv::writer::h264_stream_header();
         kvs_mkv::writer::write_cluster_start(&mut data, 0);
         kvs_mkv::writer::write_simple_block(&mut data, 1, 0, true, &[1]);
-        let out = Fragmenter::new(TimeAnchor::WallClock).push(&data).unwrap();
+        let out = Fragmenter::new(TimeAnchor::CaptureTime).push(Bytes::from(data), None).unwrap();
         let Output::Header(header) = &out[0] else { panic!() };
         assert_eq!(header.media_type.as_deref(), Some("video/h264"));
     }

@@ -302,7 +302,7 @@ impl KvsSink {
         let anchor = if settings.file_start_time > 0 {
             TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(settings.file_start_time))
         } else {
-            TimeAnchor::WallClock
+            TimeAnchor::CaptureTime
         };
         Ok(Started {
             fragmenter: Fragmenter::new(anchor),
@@ -318,7 +318,7 @@ impl KvsSink {
         self.obj().sink_pad().peer_query(&mut query) && query.result().0
     }
 
-    /// Hands the fragmenter's output to the uploader. Waits for room only when not live.
+    /// Hands the fragmenter's output to the uploader, frame by frame. Waits for room only when not live.
     fn queue_outputs(
         &self,
         uploader: &Arc<Uploader>,
@@ -326,7 +326,19 @@ impl KvsSink {
         outputs: Vec<Output>,
     ) -> Result<(), gst::FlowError> {
         for output in outputs {
-            match output {
+            let size = match &output {
+                Output::FragmentStart(start) => start.data.len(),
+                Output::Frame { data, .. } => data.len(),
+                Output::Header(_) | Output::FragmentEnd => 0,
+            };
+            if size > 0 && !live {
+                match self.canceller.wait(uploader.wait_for_room(size), None) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_failed)) => return Err(gst::FlowError::Error),
+                    Err(_) => return Err(gst::FlowError::Flushing),
+                }
+            }
+            let queued = match output {
                 Output::Header(header) => {
                     gst::info!(
                         CAT,
@@ -336,31 +348,43 @@ impl KvsSink {
                         header.bytes.len(),
                         header.media_type
                     );
+                    Ok(())
                 }
-                Output::Fragment(fragment) => {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "fragment {} ({} bytes, {} frames, {:?})",
-                        fragment.timecode,
-                        fragment.size,
-                        fragment.frames,
-                        fragment.duration
-                    );
-                    if !live {
-                        match self.canceller.wait(uploader.wait_for_room(fragment.size), None) {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_failed)) => return Err(gst::FlowError::Error),
-                            Err(_) => return Err(gst::FlowError::Flushing),
-                        }
-                    }
-                    if uploader.push(fragment).is_err() {
-                        return Err(gst::FlowError::Error);
-                    }
+                Output::FragmentStart(start) => {
+                    gst::debug!(CAT, imp = self, "fragment {} starts ({} bytes)", start.timecode, size);
+                    uploader.start_fragment(start)
                 }
+                Output::Frame { data, duration } => uploader.push_frame(data, duration),
+                Output::FragmentEnd => {
+                    uploader.end_fragment();
+                    Ok(())
+                }
+            };
+            if queued.is_err() {
+                return Err(gst::FlowError::Error);
             }
         }
         Ok(())
+    }
+
+    /// The wall-clock time at which the content of `buffer` was captured: its running time is a time of the
+    /// pipeline clock (base time + running time), which is mapped to the real-time clock by reading both
+    /// clocks now. `None` without a timestamp, a TIME segment or a clock (then the fragmenter goes on from its
+    /// last anchor).
+    fn capture_time(&self, buffer: &gst::BufferRef) -> Option<SystemTime> {
+        let element = self.obj();
+        let pts = buffer.pts()?;
+        let segment = element.segment();
+        let running = segment.downcast_ref::<gst::ClockTime>()?.to_running_time(pts)?;
+        let clock = element.clock()?;
+        let captured = element.base_time()?.checked_add(running)?;
+        let now_clock = clock.time();
+        let now = SystemTime::now();
+        if captured <= now_clock {
+            now.checked_sub(Duration::from_nanos((now_clock - captured).nseconds()))
+        } else {
+            now.checked_add(Duration::from_nanos((captured - now_clock).nseconds()))
+        }
     }
 
     fn input_error(&self, error: &super::fragmenter::InputError) -> gst::FlowError {
@@ -575,10 +599,13 @@ impl BaseSinkImpl for KvsSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let map = buffer.map_readable().map_err(|_| {
+        let capture_time = self.capture_time(buffer);
+        // The buffer's memory, kept (not copied) until its fragment is acknowledged.
+        let data = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::ResourceError::Read, ["kvssink: cannot map the buffer"]);
             gst::FlowError::Error
         })?;
+        let data = bytes::Bytes::from_owner(data);
         let live_unknown = lock(&self.state).as_ref().is_some_and(|s| s.live.is_none());
         let live_now = if live_unknown { Some(self.upstream_is_live()) } else { None };
         let (uploader, outputs, live) = {
@@ -601,7 +628,7 @@ impl BaseSinkImpl for KvsSink {
                 gst::debug!(CAT, imp = self, "uploader failed: {reason}");
                 return Err(gst::FlowError::Error);
             }
-            match started.fragmenter.push(&map) {
+            match started.fragmenter.push(data, capture_time) {
                 Ok(outputs) => (started.uploader.clone(), outputs, started.live.unwrap_or(false)),
                 Err(error) => {
                     drop(state);

@@ -1,12 +1,18 @@
 //! The uploader: one task on the shared runtime that owns the PutMedia connection for a stream.
 //!
-//! Fragments from the fragmenter wait in a bounded queue until the service has them for good (PERSISTED, or
-//! RECEIVED for a stream without retention). The task sends the header and every fragment not yet sent on the
-//! current connection, reads ACKs at the same time, and on a dropped connection, a retryable ERROR ACK, an HTTP
-//! error or a stale connection it reconnects with exponential backoff and jitter and re-sends every fragment
-//! that is not yet done, in order, after a fresh header. Before the service's connection time limit, or when
-//! the stream header changes, it rotates: the old connection gets the end-of-fragment tag and drains its last
-//! ACKs in the background while the next one already streams.
+//! Fragments arrive frame by frame from the fragmenter ([`start_fragment`](Uploader::start_fragment),
+//! [`push_frame`](Uploader::push_frame), [`end_fragment`](Uploader::end_fragment)) and each frame goes to the
+//! connection as soon as it is queued: the task wakes on every change and writes what is new as one HTTP chunk
+//! (the frame's own memory, no copy). Fragments stay queued until the service has them for good (PERSISTED, or
+//! RECEIVED for a stream without retention). The task reads ACKs at the same time, and on a dropped
+//! connection, a retryable ERROR ACK, an HTTP error or a stale connection it reconnects with exponential
+//! backoff and jitter and re-sends every fragment that is not yet done, in order, after a fresh header (a
+//! fragment still being written continues on the new connection). Before the service's connection time limit,
+//! or when the stream header changes, it rotates at the next fragment: the old connection gets the
+//! end-of-fragment tag and drains its last ACKs in the background while the next one already streams.
+//!
+//! The first connection is opened as soon as the task starts (when the stream exists), so that the first frame
+//! does not wait for GetDataEndpoint and the request's round trip.
 //!
 //! Nothing here depends on GStreamer: the element hears about what happens through [`UploadEvent`]s.
 
@@ -20,11 +26,13 @@ use hyper::body::Incoming;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use super::fragmenter::{Fragment, end_of_fragment_tag};
+use kvs_mkv::Rope;
+
+use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
 use crate::kvs::error::{AckErrorAction, Action, KvsError, ack_error_action};
-use crate::kvs::putmedia::{self, PutMediaRequest};
+use crate::kvs::putmedia::{self, BodyChunk, PutMediaRequest};
 
 /// How the uploader behaves; the element fills it from its properties.
 #[derive(Debug, Clone)]
@@ -125,8 +133,20 @@ impl State {
     }
 }
 
+/// A fragment in the queue, complete or still being written.
 struct Entry {
-    fragment: Fragment,
+    /// Unique and increasing, in queue order.
+    id: u64,
+    header: Arc<StreamHeader>,
+    /// The cluster's absolute Timecode (what the ACKs echo).
+    timecode: u64,
+    /// From its Timecode to the start of its latest frame.
+    duration: Duration,
+    /// Tags, Cluster head and frames, in the pieces they came in.
+    data: Vec<Bytes>,
+    size: usize,
+    /// The fragmenter said it ended: no more frames will be added.
+    complete: bool,
     state: State,
     sends: u32,
 }
@@ -134,6 +154,7 @@ struct Entry {
 #[derive(Default)]
 struct Shared {
     queue: VecDeque<Entry>,
+    next_id: u64,
     queue_bytes: usize,
     /// No more fragments will come (EOS).
     end: bool,
@@ -150,9 +171,8 @@ impl Shared {
     fn queue_duration(&self) -> Duration {
         match (self.queue.front(), self.queue.back()) {
             (Some(first), Some(last)) => {
-                let units = last.fragment.timecode.saturating_sub(first.fragment.timecode);
-                Duration::from_nanos(units.saturating_mul(first.fragment.header.timecode_scale))
-                    + last.fragment.duration
+                let units = last.timecode.saturating_sub(first.timecode);
+                Duration::from_nanos(units.saturating_mul(first.header.timecode_scale)) + last.duration
             }
             _ => Duration::ZERO,
         }
@@ -172,12 +192,17 @@ impl Shared {
 
     fn remove_at(&mut self, index: usize) -> Option<Entry> {
         let entry = self.queue.remove(index)?;
-        self.queue_bytes -= entry.fragment.size;
+        self.queue_bytes -= entry.size;
         Some(entry)
     }
 
     fn has_unsent(&self) -> bool {
         self.queue.iter().any(|e| e.state == State::Queued)
+    }
+
+    /// The fragment being written, if the last one is not complete.
+    fn writing(&mut self) -> Option<&mut Entry> {
+        self.queue.back_mut().filter(|e| !e.complete)
     }
 }
 
@@ -203,6 +228,22 @@ enum End {
     Rotate,
     /// The service closed a connection that had nothing outstanding (idle).
     Idle,
+}
+
+/// Where a connection is in the fragment it is writing.
+struct Cursor {
+    entry: u64,
+    /// Pieces of the fragment already written.
+    pieces: usize,
+}
+
+/// What a connection does next.
+enum Next {
+    Send(Vec<Bytes>),
+    /// End this connection gracefully and go on with a new one.
+    Rotate(&'static str),
+    /// Nothing to send until something changes.
+    Wait,
 }
 
 /// Why a connection failed, and what to do about it.
@@ -271,9 +312,9 @@ impl Uploader {
         self.lock().failed.clone()
     }
 
-    /// True when the queue has room for `size` more bytes (or is empty).
+    /// True when the queue has room for `size` more bytes (or holds at most the fragment being written).
     fn has_room(&self, shared: &Shared, size: usize) -> bool {
-        shared.queue.is_empty()
+        shared.queue.len() <= usize::from(shared.queue.back().is_some_and(|e| !e.complete))
             || (shared.queue_bytes + size <= self.config.max_queue_bytes
                 && shared.queue_duration() < self.config.max_queue_duration)
     }
@@ -298,31 +339,38 @@ impl Uploader {
         }
     }
 
-    /// Queues a fragment. When the queue is full, the oldest fragments not being sent are dropped to make
-    /// room (a live source cannot wait); callers that can wait call [`wait_for_room`](Self::wait_for_room)
-    /// first.
-    pub fn push(&self, fragment: Fragment) -> Result<(), String> {
+    /// Makes room for `size` more bytes by dropping the oldest complete fragments not sent yet (a live source
+    /// cannot wait; callers that can wait call [`wait_for_room`](Self::wait_for_room) first). Returns them.
+    fn make_room(&self, shared: &mut Shared, size: usize) -> Vec<Entry> {
         let mut dropped = Vec::new();
-        {
+        while !self.has_room(shared, size) {
+            let Some(index) = shared.queue.iter().position(|e| e.state == State::Queued && e.complete) else {
+                break;
+            };
+            if let Some(entry) = shared.remove_at(index) {
+                shared.stats.fragments_dropped += 1;
+                dropped.push(entry);
+            }
+        }
+        dropped
+    }
+
+    /// Adds to the queue under the lock, then reports what had to be dropped and wakes the connection.
+    fn queue_with(&self, size: usize, add: impl FnOnce(&mut Shared)) -> Result<(), String> {
+        let dropped = {
             let mut shared = self.lock();
             if let Some(reason) = &shared.failed {
                 return Err(reason.clone());
             }
-            while !self.has_room(&shared, fragment.size) {
-                let Some(index) = shared.queue.iter().position(|e| e.state == State::Queued) else { break };
-                if let Some(entry) = shared.remove_at(index) {
-                    shared.stats.fragments_dropped += 1;
-                    dropped.push(entry);
-                }
-            }
-            shared.queue_bytes += fragment.size;
-            shared.stats.fragments_queued += 1;
-            shared.queue.push_back(Entry { fragment, state: State::Queued, sends: 0 });
-        }
+            let dropped = self.make_room(&mut shared, size);
+            shared.queue_bytes += size;
+            add(&mut shared);
+            dropped
+        };
         for entry in dropped {
             self.emit(UploadEvent::Dropped {
-                timecode: entry.fragment.timecode,
-                bytes: entry.fragment.size,
+                timecode: entry.timecode,
+                bytes: entry.size,
                 reason: format!(
                     "the fragment queue is full ({} bytes, {} s at most: storage-size, buffer-duration)",
                     self.config.max_queue_bytes,
@@ -332,6 +380,54 @@ impl Uploader {
         }
         self.notify();
         Ok(())
+    }
+
+    /// Queues a new fragment with its first frame; it goes out at once. A fragment still being written is
+    /// complete from now on.
+    pub fn start_fragment(&self, start: FragmentStart) -> Result<(), String> {
+        let size = start.data.len();
+        self.queue_with(size, |shared| {
+            if let Some(previous) = shared.writing() {
+                previous.complete = true;
+            }
+            let id = shared.next_id;
+            shared.next_id += 1;
+            shared.stats.fragments_queued += 1;
+            shared.queue.push_back(Entry {
+                id,
+                header: start.header,
+                timecode: start.timecode,
+                duration: Duration::ZERO,
+                data: start.data.into_pieces().collect(),
+                size,
+                complete: false,
+                state: State::Queued,
+                sends: 0,
+            });
+        })
+    }
+
+    /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
+    /// with it.
+    pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), String> {
+        let size = data.len();
+        self.queue_with(size, |shared| match shared.writing() {
+            Some(entry) => {
+                entry.data.extend(data.into_pieces());
+                entry.size += size;
+                entry.duration = duration;
+            }
+            // Its fragment was refused by the service meanwhile (ERROR ACK): the rest of it goes too.
+            None => shared.queue_bytes -= size,
+        })
+    }
+
+    /// The fragment being written is complete.
+    pub fn end_fragment(&self) {
+        if let Some(entry) = self.lock().writing() {
+            entry.complete = true;
+        }
+        self.notify();
     }
 
     /// No more fragments will come: after the last one, the end-of-fragment tag is sent.
@@ -407,11 +503,16 @@ impl Uploader {
         let mut endpoint: Option<String> = None;
         let mut connection = 0u64;
         let mut create = self.config.create.clone();
-        while self.wait_for_work().await {
+        // The first connection opens at once when the stream exists; later ones when there is work.
+        let mut eager = create.is_none();
+        loop {
+            if !std::mem::take(&mut eager) && !self.wait_for_work().await {
+                return;
+            }
             if let Some(params) = &mut create {
                 let media_type = {
                     let shared = self.lock();
-                    shared.queue.front().and_then(|e| e.fragment.header.media_type.clone())
+                    shared.queue.front().and_then(|e| e.header.media_type.clone())
                 };
                 params.media_type = params.media_type.clone().or(media_type);
                 match crate::kvs::control::ensure_stream(&self.ctx, &self.config.stream_name, Some(params))
@@ -498,24 +599,60 @@ impl Uploader {
         true
     }
 
-    /// The next fragment to send on a connection: the first queued one.
-    fn next_to_send(&self) -> Option<(usize, Fragment)> {
-        let shared = self.lock();
-        shared
-            .queue
-            .iter()
-            .position(|e| e.state == State::Queued)
-            .map(|i| (i, shared.queue[i].fragment.clone()))
+    /// What a connection sends next: the new pieces of the fragment it is writing, or the start of the next
+    /// queued fragment (unless the connection must rotate first). Updates `cursor` and the fragments' states.
+    fn next_to_send(
+        &self,
+        connection: u64,
+        cursor: &mut Option<Cursor>,
+        generation: u64,
+        opened: Instant,
+    ) -> Next {
+        let mut shared = self.lock();
+        if let Some(at) = cursor.as_mut() {
+            match shared
+                .queue
+                .iter()
+                .position(|e| e.id == at.entry && e.state.connection() == Some(connection))
+            {
+                Some(index) if shared.queue[index].data.len() > at.pieces => {
+                    let pieces = shared.queue[index].data[at.pieces..].to_vec();
+                    at.pieces = shared.queue[index].data.len();
+                    return Next::Send(pieces);
+                }
+                Some(index) if !shared.queue[index].complete => return Next::Wait,
+                Some(index) => {
+                    // Complete and all written.
+                    shared.stats.fragments_sent += 1;
+                    if shared.queue[index].sends > 1 {
+                        shared.stats.fragments_resent += 1;
+                    }
+                    if !self.config.acks {
+                        shared.remove_at(index);
+                    }
+                }
+                // Dropped meanwhile (refused by the service): its connection is ending.
+                None => {}
+            }
+            *cursor = None;
+        }
+        let Some(index) = shared.queue.iter().position(|e| e.state == State::Queued) else {
+            return Next::Wait;
+        };
+        let entry = &mut shared.queue[index];
+        if entry.header.generation != generation {
+            return Next::Rotate("the stream header changed");
+        }
+        if opened.elapsed() >= self.config.rotation {
+            return Next::Rotate("connection-rotation reached");
+        }
+        entry.state = State::Sent { connection, at: Instant::now() };
+        entry.sends += 1;
+        *cursor = Some(Cursor { entry: entry.id, pieces: entry.data.len() });
+        Next::Send(entry.data.clone())
     }
 
     async fn connection(self: &Arc<Self>, id: u64, endpoint: &str) -> Result<End, Failure> {
-        let (header, epoch) = {
-            let shared = self.lock();
-            let Some(first) = shared.queue.iter().find(|e| e.state == State::Queued) else {
-                return Ok(End::Idle);
-            };
-            (first.fragment.header.clone(), shared.requeue_epoch)
-        };
         let request = PutMediaRequest {
             endpoint: endpoint.to_owned(),
             stream_name: self.config.stream_name.clone(),
@@ -524,73 +661,82 @@ impl Uploader {
         };
         let connection = putmedia::open(&self.ctx, &request).await?;
         let opened = Instant::now();
+        let body = connection.body;
+        let mut acks = connection.acks;
+        let mut parser = AckParser::new();
+        let mut changes = self.changed.subscribe();
+        let write_timeout = self.config.staleness;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // Opened ahead of the data: the header goes when the first fragment does.
+        let (header, epoch) = loop {
+            let over = {
+                let shared = self.lock();
+                if let Some(first) = shared.queue.iter().find(|e| e.state == State::Queued) {
+                    break (first.header.clone(), shared.requeue_epoch);
+                }
+                shared.failed.is_some() || (shared.end && shared.queue.is_empty())
+            };
+            if over {
+                close(body, acks, write_timeout).await;
+                return Ok(End::Idle);
+            }
+            tokio::select! {
+                frame = acks.frame() => match frame {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return Err(Failure::retry(format!("the connection broke: {error}"))),
+                    None => return Ok(End::Idle),
+                },
+                _ = changes.changed() => {}
+            }
+        };
         let resending = {
             let mut shared = self.lock();
             shared.stats.connections += 1;
             shared.queue.iter().filter(|e| e.state == State::Queued && e.sends > 0).count()
         };
         self.emit(UploadEvent::Connected { connection: id, endpoint: endpoint.to_owned(), resending });
-        let body = connection.body;
-        let mut acks = connection.acks;
-        let mut parser = AckParser::new();
-        let mut changes = self.changed.subscribe();
-        let write_timeout = self.config.staleness;
-        send(&body, header.bytes.clone(), write_timeout).await?;
+        send(&body, BodyChunk::from(vec![header.bytes.clone()]), write_timeout).await?;
         self.lock().stats.bytes_sent += header.bytes.len() as u64;
+        let mut cursor = None;
         let mut end_of_fragment_sent = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             // Send what there is to send.
             loop {
                 if self.lock().requeue_epoch != epoch {
                     return Err(Failure::retry("an earlier connection ended with fragments to re-send"));
                 }
-                let Some((_, fragment)) = self.next_to_send() else { break };
-                if fragment.header.generation != header.generation {
-                    self.emit(UploadEvent::Rotating { connection: id, reason: "the stream header changed" });
-                    self.drain(id, body, acks, parser);
-                    return Ok(End::Rotate);
-                }
-                if opened.elapsed() >= self.config.rotation {
-                    self.emit(UploadEvent::Rotating {
-                        connection: id,
-                        reason: "connection-rotation reached",
-                    });
-                    self.drain(id, body, acks, parser);
-                    return Ok(End::Rotate);
-                }
-                for chunk in &fragment.chunks {
-                    send(&body, chunk.clone(), write_timeout).await?;
-                }
-                let mut shared = self.lock();
-                shared.stats.bytes_sent += fragment.size as u64;
-                shared.stats.fragments_sent += 1;
-                // The entry may have been dropped meanwhile (queue overflow): find it by timecode.
-                if let Some(index) =
-                    shared.queue.iter().position(|e| e.fragment.timecode == fragment.timecode)
-                {
-                    if shared.queue[index].sends > 0 {
-                        shared.stats.fragments_resent += 1;
+                match self.next_to_send(id, &mut cursor, header.generation, opened) {
+                    Next::Send(pieces) => {
+                        let chunk = BodyChunk::from(pieces);
+                        let size = chunk.len() as u64;
+                        send(&body, chunk, write_timeout).await?;
+                        self.lock().stats.bytes_sent += size;
                     }
-                    shared.queue[index].sends += 1;
-                    shared.queue[index].state = State::Sent { connection: id, at: Instant::now() };
-                    if !self.config.acks {
-                        shared.remove_at(index);
+                    Next::Rotate(reason) => {
+                        self.emit(UploadEvent::Rotating { connection: id, reason });
+                        self.drain(id, body, acks, parser);
+                        return Ok(End::Rotate);
                     }
+                    Next::Wait => break,
                 }
             }
-            let (end, empty) = {
+            let (end, empty, unsent) = {
                 let shared = self.lock();
-                (shared.end, shared.queue.is_empty())
+                (
+                    shared.end,
+                    shared.queue.is_empty(),
+                    shared.has_unsent() || shared.queue.iter().any(|e| !e.complete),
+                )
             };
             if end && empty {
                 close(body, acks, write_timeout).await;
                 return Ok(End::Done);
             }
-            if end && !end_of_fragment_sent {
+            if end && !unsent && cursor.is_none() && !end_of_fragment_sent {
                 let tag = end_of_fragment_tag();
-                send(&body, tag.clone(), write_timeout).await?;
-                self.lock().stats.bytes_sent += tag.len() as u64;
+                let size = tag.len() as u64;
+                send(&body, BodyChunk::from(vec![tag]), write_timeout).await?;
+                self.lock().stats.bytes_sent += size;
                 end_of_fragment_sent = true;
             }
             if let Some(stale) = self.stale_for(id) {
@@ -660,9 +806,10 @@ impl Uploader {
         let mut result = Ok(());
         {
             let mut shared = self.lock();
-            let index = shared.queue.iter().position(|e| {
-                e.state.connection() == Some(connection) && Some(e.fragment.timecode) == ack.timecode
-            });
+            let index = shared
+                .queue
+                .iter()
+                .position(|e| e.state.connection() == Some(connection) && Some(e.timecode) == ack.timecode);
             if let Some(index) = index {
                 latency = shared.queue[index].state.sent_at().map(|at| now.duration_since(at));
                 shared.failures = 0;
@@ -688,7 +835,7 @@ impl Uploader {
                     let timecode = ack.timecode.unwrap_or(0);
                     while let Some(j) = shared.queue.iter().position(|e| {
                         matches!(e.state, State::Received { connection: c, .. } if c == connection)
-                            && e.fragment.timecode < timecode
+                            && e.timecode < timecode
                     }) {
                         shared.stats.fragments_persisted += 1;
                         shared.remove_at(j);
@@ -705,8 +852,7 @@ impl Uploader {
                         AckErrorAction::SkipFragment => {
                             if let Some(entry) = index.and_then(|i| shared.remove_at(i)) {
                                 shared.stats.fragments_dropped += 1;
-                                dropped =
-                                    Some((entry.fragment.timecode, entry.fragment.size, reason.clone()));
+                                dropped = Some((entry.timecode, entry.size, reason.clone()));
                             }
                             result = Err(Failure { reason, action: Action::Retry, immediate: true });
                         }
@@ -736,7 +882,7 @@ impl Uploader {
     fn drain(
         self: &Arc<Self>,
         connection: u64,
-        body: mpsc::Sender<Bytes>,
+        body: mpsc::Sender<BodyChunk>,
         acks: Incoming,
         parser: AckParser,
     ) {
@@ -747,13 +893,13 @@ impl Uploader {
     async fn drain_task(
         self: Arc<Self>,
         connection: u64,
-        body: mpsc::Sender<Bytes>,
+        body: mpsc::Sender<BodyChunk>,
         mut acks: Incoming,
         mut parser: AckParser,
     ) {
         let timeout = self.config.staleness;
         let ok = async {
-            send(&body, end_of_fragment_tag(), timeout).await.ok()?;
+            send(&body, BodyChunk::from(vec![end_of_fragment_tag()]), timeout).await.ok()?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if !self.lock().queue.iter().any(|e| e.state.connection() == Some(connection)) {
@@ -784,12 +930,12 @@ impl Uploader {
 
 /// Ends the request body (hyper writes the last chunk) and reads the response to its end, so the service sees
 /// a complete request rather than a reset connection. Bounded: a response that stays open is abandoned.
-async fn close(body: mpsc::Sender<Bytes>, mut acks: Incoming, timeout: Duration) {
+async fn close(body: mpsc::Sender<BodyChunk>, mut acks: Incoming, timeout: Duration) {
     drop(body);
     let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = acks.frame().await {} }).await;
 }
 
-async fn send(body: &mpsc::Sender<Bytes>, chunk: Bytes, timeout: Duration) -> Result<(), Failure> {
+async fn send(body: &mpsc::Sender<BodyChunk>, chunk: BodyChunk, timeout: Duration) -> Result<(), Failure> {
     match tokio::time::timeout(timeout, body.send(chunk)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Failure::retry("the connection closed while sending")),

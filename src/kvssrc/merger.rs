@@ -161,17 +161,20 @@ impl Merger {
     fn event(&mut self, event: Event, out: &mut Vec<Output>) -> Result<(), Error> {
         match event {
             Event::EbmlHeader(element) => {
-                self.doc =
-                    Document { ebml: Some(element.bytes), timecode_scale: 1_000_000, ..Default::default() };
+                self.doc = Document {
+                    ebml: Some(element.to_bytes()),
+                    timecode_scale: 1_000_000,
+                    ..Default::default()
+                };
             }
             Event::SegmentStart { .. } | Event::SegmentEnd { .. } => {}
             Event::Element(element) => match element.id {
                 id::INFO => {
-                    self.doc.timecode_scale = kvs_mkv::header::timecode_scale(element.data())?;
-                    self.doc.info = Some(element.bytes);
+                    self.doc.timecode_scale = kvs_mkv::header::timecode_scale(&element.data())?;
+                    self.doc.info = Some(element.to_bytes());
                 }
-                id::TRACKS => self.doc.tracks = Some(element.bytes),
-                id::TAGS => self.tags(&tags::parse_tags(element.data())?, out),
+                id::TRACKS => self.doc.tracks = Some(element.to_bytes()),
+                id::TAGS => self.tags(&tags::parse_tags(&element.data())?, out),
                 _ => {}
             },
             Event::ClusterStart { .. } => {
@@ -184,16 +187,16 @@ impl Merger {
                     if cluster.pass && cluster.seen > cluster.skip {
                         cluster.written += 1;
                         if self.mode == Mode::Merged {
-                            out.push(Output::Data { bytes: element.bytes, header: false });
+                            out.push(Output::Data { bytes: element.to_bytes(), header: false });
                         }
                     }
                 } else if element.id == id::TIMECODE {
-                    let timecode = kvs_mkv::ebml::read_uint(element.data())?;
-                    self.pending_children.push(element.bytes);
+                    let timecode = kvs_mkv::ebml::read_uint(&element.data())?;
+                    self.pending_children.push(element.to_bytes());
                     self.open_cluster(timecode, out)?;
                 } else {
                     // Children before the Timecode (CRC-32, Void) wait for it.
-                    self.pending_children.push(element.bytes);
+                    self.pending_children.push(element.to_bytes());
                 }
             }
             Event::ClusterEnd { .. } => {
@@ -372,7 +375,7 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => {
-                    let info = kvs_mkv::block::parse_simple_block(el.data()).unwrap();
+                    let info = kvs_mkv::block::parse_simple_block(&el.data()).unwrap();
                     Some(el.data()[info.header_len..].to_vec())
                 }
                 _ => None,

@@ -263,9 +263,9 @@ pub fn frames(data: &[u8]) -> Vec<(usize, u64, u64, Vec<u8>)> {
         }
         if let Event::ClusterChild(element) = event {
             match element.id {
-                id::TIMECODE => cluster_timecode = kvs_mkv::ebml::read_uint(element.data()).unwrap(),
+                id::TIMECODE => cluster_timecode = kvs_mkv::ebml::read_uint(&element.data()).unwrap(),
                 id::SIMPLE_BLOCK => {
-                    let info = kvs_mkv::block::parse_simple_block(element.data()).unwrap();
+                    let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
                     out.push((
                         cluster,
                         cluster_timecode,

@@ -249,7 +249,7 @@ fn metadata_events_become_fragment_tags() {
         match event {
             kvs_mkv::Event::EbmlHeader(_) => per_fragment.push(Vec::new()),
             kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
-                for tag in kvs_mkv::tags::parse_tags(e.data()).unwrap() {
+                for tag in kvs_mkv::tags::parse_tags(&e.data()).unwrap() {
                     if !tag.name.starts_with("AWS_") {
                         per_fragment.last_mut().unwrap().push(format!("{}={}", tag.name, tag.value));
                     }

@@ -58,19 +58,19 @@ fn elements(data: &[u8]) -> Vec<(String, Bytes)> {
     let events = kvs_mkv::read_all(data).unwrap();
     for event in events {
         match event {
-            Event::EbmlHeader(el) => out.push(("EBML".to_owned(), el.bytes)),
+            Event::EbmlHeader(el) => out.push(("EBML".to_owned(), el.to_bytes())),
             Event::SegmentStart { header, .. } => out.push(("Segment".to_owned(), header)),
             Event::ClusterStart { header, .. } => out.push(("Cluster".to_owned(), header)),
             Event::Element(el) => {
                 let kind = if el.id == kvs_mkv::ebml::id::TAGS {
-                    let parsed = tags::parse_tags(el.data()).unwrap();
+                    let parsed = tags::parse_tags(&el.data()).unwrap();
                     format!("Tags[{}]", parsed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","))
                 } else {
                     format!("{:X}", el.id)
                 };
-                out.push((kind, el.bytes));
+                out.push((kind, el.to_bytes()));
             }
-            Event::ClusterChild(el) => out.push((format!("child {:X}", el.id), el.bytes)),
+            Event::ClusterChild(el) => out.push((format!("child {:X}", el.id), el.to_bytes())),
             Event::ClusterEnd { .. } | Event::SegmentEnd { .. } => {}
         }
     }

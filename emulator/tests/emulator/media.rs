@@ -54,14 +54,14 @@ fn blocks(data: &[u8]) -> Vec<(u64, i64, Bytes)> {
     for event in events {
         match event {
             Event::ClusterChild(el) if el.id == id::TIMECODE => {
-                cluster_timecode = read_uint(el.data()).unwrap() as i64
+                cluster_timecode = read_uint(&el.data()).unwrap() as i64
             }
             Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => {
-                let info = kvs_mkv::block::parse_simple_block(el.data()).unwrap();
+                let info = kvs_mkv::block::parse_simple_block(&el.data()).unwrap();
                 out.push((
                     info.track,
                     cluster_timecode + i64::from(info.relative_timecode),
-                    el.bytes.slice(el.header_len..),
+                    el.to_bytes().slice(el.header_len..),
                 ));
             }
             _ => {}
@@ -75,7 +75,7 @@ fn cluster_timecodes(data: &[u8]) -> Vec<u64> {
     events
         .into_iter()
         .filter_map(|event| match event {
-            Event::ClusterChild(el) if el.id == id::TIMECODE => Some(read_uint(el.data()).unwrap()),
+            Event::ClusterChild(el) if el.id == id::TIMECODE => Some(read_uint(&el.data()).unwrap()),
             _ => None,
         })
         .collect()
@@ -227,7 +227,7 @@ async fn getmedia_chunks_carry_the_service_tags() {
             Event::EbmlHeader(_) => layout.push("EBML".to_owned()),
             Event::SegmentStart { size, .. } => layout.push(format!("Segment({size:?})")),
             Event::Element(el) if el.id == id::TAGS => {
-                let parsed = tags::parse_tags(el.data()).unwrap();
+                let parsed = tags::parse_tags(&el.data()).unwrap();
                 layout.push(format!(
                     "Tags[{}]",
                     parsed

@@ -24,10 +24,15 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         ("GET", ["streams", name, "fragments"]) => fragments(state, name),
+        ("GET", ["streams", name, "arrivals"]) => {
+            stream_arn(state, name)?;
+            Ok(state.arrivals.list(name))
+        }
         ("POST", ["streams", name, "import"]) => import(state, name, body),
         ("POST", ["reset"]) => {
             state.faults.clear();
             state.media.clear();
+            state.arrivals.clear();
             state.store.reset();
             if let Some(dir) = &state.data_dir {
                 dir.clear()

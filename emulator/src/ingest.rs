@@ -124,6 +124,8 @@ pub enum IngestEvent {
     },
     /// Another complete child of the open fragment's Cluster.
     Data(Bytes),
+    /// The child that follows (as `Data`) is a frame: its track and producer time in ms since the epoch.
+    Frame { track: u64, producer_ms: i64 },
     /// The open fragment is complete.
     Completed { duration_ms: i64, frames: BTreeMap<u64, u64>, size: u64 },
     /// The upload broke a rule; the connection must end with an ERROR ACK for `timecode`.
@@ -432,6 +434,11 @@ impl Ingest {
                     ));
                 }
                 *fragment.frames.entry(info.track).or_default() += 1;
+                let producer_ms = match self.timecode_type {
+                    TimecodeType::Absolute => frame_ms,
+                    TimecodeType::Relative => self.producer_start_ms.saturating_add(frame_ms),
+                };
+                out.push(IngestEvent::Frame { track: info.track, producer_ms });
             }
             _ => {}
         }
@@ -532,7 +539,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 IngestEvent::Started { timecode, .. } => Some(format!("start {timecode}")),
-                IngestEvent::Data(_) => None,
+                IngestEvent::Data(_) | IngestEvent::Frame { .. } => None,
                 IngestEvent::Completed { frames, .. } => Some(format!("done {frames:?}")),
                 IngestEvent::Failed { error, timecode, .. } => {
                     Some(format!("error {} at {timecode}", error.id))

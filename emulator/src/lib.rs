@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod archived;
+pub mod arrivals;
 pub mod control;
 pub mod error;
 pub mod faults;
@@ -41,6 +42,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::arrivals::Arrivals;
 use crate::control::Operation;
 use crate::error::ApiError;
 use crate::faults::{ConnectionKill, Faults};
@@ -72,6 +74,8 @@ pub struct Config {
     /// `(access key id, secret access key)` pairs. When there is at least one, every request but those under
     /// `/_emulator/` must carry a valid SigV4 signature by one of them; when empty, signatures are not checked.
     pub credentials: Vec<(String, String)>,
+    /// Record when every uploaded frame arrived (`GET /_emulator/streams/NAME/arrivals`).
+    pub record_arrivals: bool,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             tls: None,
             data_dir: None,
             credentials: Vec::new(),
+            record_arrivals: false,
         }
     }
 }
@@ -115,10 +120,13 @@ pub struct State {
     pub faults: Arc<Faults>,
     /// `--data-dir`, when given.
     pub data_dir: Option<Arc<DataDir>>,
+    /// `--record-arrivals`.
+    pub arrivals: Arc<Arrivals>,
 }
 
 impl State {
     fn new(config: Config, local_addr: SocketAddr) -> State {
+        let arrivals = Arc::new(Arrivals::new(config.record_arrivals));
         let verifier =
             (!config.credentials.is_empty()).then(|| Verifier::new(&config.region, &config.credentials));
         let store = Arc::new(Store::new(config.region.clone()));
@@ -131,6 +139,7 @@ impl State {
             readers: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
             data_dir: None,
+            arrivals,
         }
     }
 
@@ -362,6 +371,7 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
                 config: state.config.put_media,
                 faults: state.faults.clone(),
                 data_dir: state.data_dir.clone(),
+                arrivals: state.arrivals.clone(),
             };
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }

@@ -43,6 +43,10 @@ struct Args {
     /// Seconds without PutMedia body bytes after which the emulator ends the connection (the service: 30).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     idle_timeout: u64,
+    /// Record when every uploaded frame arrives (GET /_emulator/streams/NAME/arrivals), to measure a producer's
+    /// latency.
+    #[arg(long)]
+    record_arrivals: bool,
 }
 
 /// `AKID:SECRET` → (AKID, SECRET). Access key ids never contain `:`; the secret may.
@@ -64,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         credentials: args.credentials,
         tls: args.tls_cert.zip(args.tls_key),
         data_dir: args.data_dir,
+        record_arrivals: args.record_arrivals,
         put_media: PutMediaConfig {
             max_connection_duration: Duration::from_secs(args.max_connection_duration),
             idle_timeout: Duration::from_secs(args.idle_timeout),

@@ -66,6 +66,8 @@ pub struct PutMediaContext {
     pub faults: Arc<Faults>,
     /// With `--data-dir`, PERSISTED is sent once the fragment is on disk.
     pub data_dir: Option<Arc<crate::persist::DataDir>>,
+    /// `--record-arrivals`.
+    pub arrivals: Arc<crate::arrivals::Arrivals>,
 }
 
 struct Params {
@@ -240,6 +242,10 @@ struct Connection {
     kill: Option<ConnectionKill>,
     /// Fragments received but not yet written to `--data-dir` (their PERSISTED waits for it).
     to_persist: Vec<OpenFragment>,
+    /// The stream's name, for the arrival log.
+    name: String,
+    /// When the body bytes being ingested arrived.
+    received_at: SystemTime,
 }
 
 /// Why a connection ends.
@@ -276,7 +282,10 @@ async fn ingest_task(
         faults: faults.clone(),
         kill,
         to_persist: Vec::new(),
+        name: name.clone(),
+        received_at: SystemTime::now(),
     };
+    let upload = conn.ctx.arrivals.upload(&name, conn.received_at);
     let mut bytes = 0u64;
     let mut pacer = crate::faults::Pacer::default();
     let deadline = Instant::now() + config.max_connection_duration;
@@ -318,6 +327,10 @@ async fn ingest_task(
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
                     last_data = Instant::now();
+                    conn.received_at = SystemTime::now();
+                    if bytes == 0 && !data.is_empty() {
+                        conn.ctx.arrivals.first_body_byte(&name, upload, conn.received_at);
+                    }
                     let mut drop_now = false;
                     if let Some(limit) = faults.drop_after_bytes
                         && bytes + data.len() as u64 >= limit
@@ -439,6 +452,9 @@ impl Connection {
                     );
                     self.acks.send("BUFFERING", Some(timecode), Some(&number), None);
                     self.open = Some(OpenFragment { sequence, number, timecode });
+                }
+                IngestEvent::Frame { track, producer_ms } => {
+                    self.ctx.arrivals.frame(&self.name, track, producer_ms, self.received_at);
                 }
                 IngestEvent::Data(data) => {
                     if let Some(fragment) = self.open.as_ref() {

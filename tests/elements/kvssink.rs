@@ -555,3 +555,73 @@ fn without_fragment_acks_fragments_are_released_once_written() {
     assert_eq!(run.stat("fragments-persisted"), 0);
     assert_eq!(run.stat("queued-fragments"), 0);
 }
+
+/// Absolute time (ms since the epoch, as stored: cluster Timecode + block offset) of every video frame of a
+/// Matroska stream with ABSOLUTE timecodes, in order.
+fn stored_frame_times(data: &[u8]) -> Vec<i64> {
+    use kvs_mkv::Event;
+    use kvs_mkv::ebml::id;
+    let mut cluster = 0i64;
+    let mut out = Vec::new();
+    for event in kvs_mkv::read_all(data).expect("valid Matroska") {
+        if let Event::ClusterChild(element) = event {
+            match element.id {
+                id::TIMECODE => cluster = kvs_mkv::ebml::read_uint(&element.data()).unwrap() as i64,
+                id::SIMPLE_BLOCK => out.push(cluster + i64::from(element.block().unwrap().relative_timecode)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A live source with an encoder that holds frames back (x264's lookahead: about 0.5 s), fragments of
+/// `gop_seconds`: every frame's stored producer time is the wall-clock time at which the source produced it.
+fn producer_timestamps_are_capture_times(gop_seconds: u32, seconds: u32) {
+    let emu = Emu::start();
+    let stream = format!("capture-{gop_seconds}");
+    emu.create_stream(&stream, 1);
+    let description = format!(
+        "videotestsrc name=src is-live=true num-buffers={} pattern=ball ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+         ! x264enc key-int-max={} bframes=0 rc-lookahead=15 speed-preset=ultrafast option-string=scenecut=0 ! h264parse \
+         ! matroskamux streamable=true ! {}",
+        seconds * 30,
+        gop_seconds * 30,
+        sink_props(&emu, &stream)
+    );
+    let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let run = run_pipeline_with(&description, Duration::from_secs(u64::from(seconds) + 30), |pipeline| {
+        let produced = produced.clone();
+        let pad = pipeline.by_name("src").unwrap().static_pad("src").unwrap();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            produced.lock().unwrap().push(now.as_millis() as i64);
+            gst::PadProbeReturn::Ok
+        });
+    });
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    let produced = produced.lock().unwrap().clone();
+    let stored = stored_frame_times(&emu.read_back(&stream));
+    assert_eq!(stored.len(), produced.len(), "every frame stored");
+    let errors: Vec<i64> = stored.iter().zip(&produced).map(|(s, p)| s - p).collect();
+    let worst = errors.iter().copied().max_by_key(|e| e.abs()).unwrap();
+    let fragments = emu.admin_fragments(&stream).len();
+    println!(
+        "{gop_seconds}-s GOP: {} frames in {fragments} fragments, stored time - production time: first {} ms, \
+         worst {worst} ms",
+        stored.len(),
+        errors[0]
+    );
+    assert_eq!(fragments as u32, seconds.div_ceil(gop_seconds));
+    assert!(worst.abs() <= 50, "a frame stamped {worst} ms away from when it was produced: {errors:?}");
+}
+
+#[test]
+fn producer_timestamps_are_capture_times_with_2_s_fragments() {
+    producer_timestamps_are_capture_times(2, 5);
+}
+
+#[test]
+fn producer_timestamps_are_capture_times_with_10_s_fragments() {
+    producer_timestamps_are_capture_times(10, 12);
+}

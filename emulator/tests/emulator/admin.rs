@@ -408,3 +408,34 @@ async fn at_most_three_getmedia_sessions_per_stream() {
     let (status, _) = call(&emulator, "POST", "/getMedia", &[], request.into_bytes()).await.unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn arrival_times_of_uploaded_frames_are_recorded_when_asked_for() {
+    let before =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let emulator = Emulator::start(Config { record_arrivals: true, ..Config::default() }).await.unwrap();
+    create(&emulator, "timed").await;
+    put(&emulator, "timed", body(4)).await.unwrap();
+    let (status, bytes) =
+        call(&emulator, "GET", "/_emulator/streams/timed/arrivals", &[], vec![]).await.unwrap();
+    assert_eq!(status, 200);
+    let listing: Value = serde_json::from_slice(&bytes).unwrap();
+    let after =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let uploads = listing["uploads"].as_array().unwrap();
+    assert_eq!(uploads.len(), 1);
+    let first_byte = uploads[0]["first_body_byte_us"].as_u64().unwrap();
+    assert!(before <= uploads[0]["request_us"].as_u64().unwrap() && first_byte <= after, "{listing}");
+    let frames = listing["frames"].as_array().unwrap();
+    let producer: Vec<i64> = frames.iter().map(|f| f["producer_ms"].as_i64().unwrap()).collect();
+    assert_eq!(producer, [1_795_312_662_000, 1_795_312_662_100, 1_795_312_662_200, 1_795_312_662_300]);
+    assert!(frames.iter().all(|f| f["track"] == 1 && f["arrived_us"].as_u64().unwrap() >= first_byte));
+
+    // Off by default: nothing is kept.
+    let quiet = Emulator::start(Config::default()).await.unwrap();
+    create(&quiet, "timed").await;
+    put(&quiet, "timed", body(2)).await.unwrap();
+    let (_, bytes) = call(&quiet, "GET", "/_emulator/streams/timed/arrivals", &[], vec![]).await.unwrap();
+    let listing: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(listing, json!({"enabled": false, "uploads": [], "frames": []}));
+}

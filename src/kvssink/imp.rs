@@ -452,6 +452,12 @@ impl ObjectSubclass for KvsSink {
 }
 
 impl ObjectImpl for KvsSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // With sync, a buffer is rendered at its running time, not 20 ms (BaseSink's default deadline) after.
+        self.obj().set_processing_deadline(gst::ClockTime::ZERO);
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             let mut properties = vec![
@@ -598,6 +604,35 @@ impl BaseSinkImpl for KvsSink {
         Ok(())
     }
 
+    /// Called before the clock wait: the first buffer tells whether upstream is live. A live source sets the
+    /// pace itself, so kvssink then does not sync: waiting for the pipeline latency would only hold frames back.
+    fn prepare(&self, _buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if lock(&self.state).as_ref().is_none_or(|s| s.live.is_some()) {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        let live = self.upstream_is_live();
+        if let Some(started) = lock(&self.state).as_mut() {
+            started.live = Some(live);
+        }
+        let element = self.obj();
+        if live {
+            gst::info!(
+                CAT,
+                imp = self,
+                "upstream is live: frames go out as they come (no sync), a full queue drops the oldest fragments"
+            );
+            element.set_sync(false);
+        } else {
+            gst::info!(
+                CAT,
+                imp = self,
+                "upstream is not live: a full queue blocks{}",
+                if element.is_sync() { ", frames are paced at their timestamps (sync)" } else { "" }
+            );
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let capture_time = self.capture_time(buffer);
         // The buffer's memory, kept (not copied) until its fragment is acknowledged.
@@ -606,24 +641,9 @@ impl BaseSinkImpl for KvsSink {
             gst::FlowError::Error
         })?;
         let data = bytes::Bytes::from_owner(data);
-        let live_unknown = lock(&self.state).as_ref().is_some_and(|s| s.live.is_none());
-        let live_now = if live_unknown { Some(self.upstream_is_live()) } else { None };
         let (uploader, outputs, live) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
-            if let Some(live) = live_now {
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "upstream is {}",
-                    if live {
-                        "live: a full queue drops the oldest fragments"
-                    } else {
-                        "not live: a full queue blocks"
-                    }
-                );
-                started.live = Some(live);
-            }
             if let Some(reason) = started.uploader.failure() {
                 gst::debug!(CAT, imp = self, "uploader failed: {reason}");
                 return Err(gst::FlowError::Error);

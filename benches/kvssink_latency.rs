@@ -1,0 +1,285 @@
+//! kvssink latency, timestamps, CPU and memory on a paced live clip, next to the same pipeline ending in
+//! `fakesink`, and end to end through a live kvssrc. Prints numbers; asserts only that every frame arrived.
+//!
+//! `cargo bench --bench kvssink_latency [-- SECONDS]` (default 30).
+//!
+//! The clip: SECONDS of 640x480 H.264 at 30 fps, 2 Mbit/s, a key frame (so a fragment) every 2 s, encoded once
+//! into a Matroska file. Each run plays it at its own pace in a child process (this binary again), so its CPU
+//! time and peak RSS are its own:
+//! `filesrc ! matroskademux ! h264parse ! clocksync ! matroskamux streamable=true ! SINK`, with SINK `fakesink`
+//! (the baseline) or `kvssink` into an in-process kvs-emulator started with `--record-arrivals`. A probe after
+//! `clocksync` notes the wall-clock time each frame is released: that is its capture time. The emulator notes
+//! when the last byte of each frame arrives and the producer time it was stored with. So, per frame:
+//! - latency: arrival of its last byte at the server − its capture time;
+//! - timestamp error: stored producer time − capture time;
+//! - and once: process start → first PutMedia body byte.
+//!
+//! End to end: while kvssink streams, a third child reads the stream live (`kvssrc start-selector=now !
+//! matroskademux ! appsink`). kvssrc's buffers carry the producer times (epoch) as timestamps, so wall clock at
+//! the appsink − PTS is the time from capture to the frame coming out of kvssrc in another process.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{cpu_seconds, peak_rss_mb, run_child};
+use gst::prelude::*;
+use kvs_emulator::{Config, Emulator};
+
+const STREAM: &str = "latency";
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+fn init() {
+    gst::init().unwrap();
+    gstkvs::plugin_register_static().unwrap();
+}
+
+/// Runs a pipeline to EOS; panics on an error.
+fn run_to_eos(pipeline: &gst::Element, limit: Duration) {
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for message in bus.iter_timed(gst::ClockTime::from_nseconds(limit.as_nanos() as u64)) {
+        match message.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+fn write_lines(path: &str, lines: impl IntoIterator<Item = String>) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+fn read_numbers(path: &std::path::Path) -> Vec<i64> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+/// Child: plays the clip into `sink` (`fakesink` or `kvssink`); writes its start time then every frame's
+/// release time (µs since the epoch) to `out`.
+fn play(sink: &str, clip: &str, url: &str, out: &str) -> u64 {
+    let start = now_us();
+    init();
+    let sink = match sink {
+        "kvssink" => format!(
+            "kvssink stream-name={STREAM} endpoint-uri={url} access-key=AKIDBENCH secret-access-key=bench-secret \
+             region=us-east-1"
+        ),
+        other => other.to_owned(),
+    };
+    let description = format!(
+        "filesrc location={clip} ! matroskademux ! h264parse ! clocksync name=pace ! matroskamux streamable=true \
+         ! {sink}"
+    );
+    let pipeline = gst::parse::launch(&description).unwrap();
+    let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
+    let pad =
+        pipeline.downcast_ref::<gst::Bin>().unwrap().by_name("pace").unwrap().static_pad("src").unwrap();
+    let log = released.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        log.lock().unwrap().push(now_us());
+        gst::PadProbeReturn::Ok
+    });
+    run_to_eos(&pipeline, Duration::from_secs(600));
+    let released = released.lock().unwrap().clone();
+    let count = released.len() as u64;
+    write_lines(out, std::iter::once(start.to_string()).chain(released.iter().map(u64::to_string)));
+    count
+}
+
+/// Child: reads the stream live until `frames` video frames came out (or 120 s passed); writes wall clock −
+/// PTS of each (µs).
+fn read(url: &str, frames: usize, out: &str) -> u64 {
+    init();
+    let description = format!(
+        "kvssrc stream-name={STREAM} start-selector=now endpoint-uri={url} access-key=AKIDBENCH \
+         secret-access-key=bench-secret region=us-east-1 ! matroskademux ! appsink name=out sync=false"
+    );
+    let pipeline = gst::parse::launch(&description).unwrap();
+    let appsink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut delays = Vec::new();
+    while delays.len() < frames && Instant::now() < deadline {
+        let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(500)) else { continue };
+        let now = now_us() as i64;
+        if let Some(pts) = sample.buffer().and_then(|b| b.pts()) {
+            delays.push(now - (pts.nseconds() / 1000) as i64);
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    write_lines(out, delays.iter().map(i64::to_string));
+    delays.len() as u64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(values: &mut [f64]) -> String {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms",
+        percentile(values, 0.5),
+        percentile(values, 0.9),
+        percentile(values, 0.99),
+        values.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+fn make_clip(path: &std::path::Path, seconds: u32) {
+    let description = format!(
+        "videotestsrc num-buffers={} pattern=snow ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
+         ! x264enc bitrate=2000 key-int-max=60 bframes=0 option-string=scenecut=0 speed-preset=veryfast \
+         ! h264parse ! matroskamux ! filesink location={}",
+        seconds * 30,
+        path.display()
+    );
+    run_to_eos(&gst::parse::launch(&description).unwrap(), Duration::from_secs(600));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let started = Instant::now();
+        let count = match args[1].as_str() {
+            "play" => play(&args[2], &args[3], &args[4], &args[5]),
+            "read" => read(&args[2], args[3].parse().unwrap(), &args[4]),
+            other => panic!("unknown mode {other}"),
+        };
+        println!("count {count}");
+        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        return;
+    }
+    let seconds: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(30);
+    let frames = (seconds * 30) as usize;
+    init();
+    let dir = std::env::temp_dir().join(format!("kvssink-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clip = dir.join("clip.mkv");
+    make_clip(&clip, seconds);
+    println!(
+        "clip: {seconds} s, {frames} frames of 640x480 H.264 at 2 Mbit/s, 2-s GOP, {:.1} MB",
+        std::fs::metadata(&clip).unwrap().len() as f64 / 1e6
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let emulator =
+        runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
+    let url = emulator.base_url();
+    let http = |method: &str, path: &str, body: &str| -> serde_json::Value {
+        let addr = emulator.local_addr();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    };
+    http("POST", "/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+
+    let clip = clip.to_str().unwrap().to_owned();
+    let base_out = dir.join("fakesink.txt");
+    let base = run_child("play", &["fakesink", &clip, &url, base_out.to_str().unwrap()]);
+    assert_eq!(base.count as usize, frames);
+
+    // The live reader first (it waits for the first fragment), then the upload.
+    let reader_out = dir.join("reader.txt");
+    let mut reader = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--child", "read", &url, &frames.to_string(), reader_out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader_stdout = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader_stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::thread::sleep(Duration::from_millis(500));
+    let sink_out = dir.join("kvssink.txt");
+    let sink = run_child("play", &["kvssink", &clip, &url, sink_out.to_str().unwrap()]);
+    assert_eq!(sink.count as usize, frames);
+    let reader_status = reader.wait().unwrap();
+    assert!(reader_status.success(), "the live reader failed");
+
+    let released = read_numbers(&sink_out);
+    let (start_us, released) = (released[0], &released[1..]);
+    let arrivals = http("GET", &format!("/_emulator/streams/{STREAM}/arrivals"), "");
+    let stored = arrivals["frames"].as_array().unwrap();
+    assert_eq!(stored.len(), frames, "every frame arrived once");
+    let first_byte_us = arrivals["uploads"][0]["first_body_byte_us"].as_i64().unwrap();
+    let mut latency: Vec<f64> = stored
+        .iter()
+        .zip(released)
+        .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
+        .collect();
+    let mut errors: Vec<f64> = stored
+        .iter()
+        .zip(released)
+        .map(|(s, r)| s["producer_ms"].as_i64().unwrap() as f64 - *r as f64 / 1000.0)
+        .collect();
+    let worst_error = errors.iter().copied().fold(0f64, |a, e| if e.abs() > a.abs() { e } else { a });
+
+    println!(
+        "fakesink baseline: {:.2} s wall, {:.2} CPU s, peak RSS {:.1} MiB",
+        base.seconds, base.cpu, base.rss_mb
+    );
+    println!(
+        "kvssink:           {:.2} s wall, {:.2} CPU s, peak RSS {:.1} MiB",
+        sink.seconds, sink.cpu, sink.rss_mb
+    );
+    println!(
+        "kvssink above fakesink: CPU {:+.2} s ({:.2}x), peak RSS {:+.1} MiB",
+        sink.cpu - base.cpu,
+        sink.cpu / base.cpu.max(0.001),
+        sink.rss_mb - base.rss_mb
+    );
+    println!("frame capture -> its last byte at the server: {}", summary(&mut latency));
+    println!(
+        "process start -> first PutMedia body byte: {:.1} ms",
+        (first_byte_us - start_us) as f64 / 1000.0
+    );
+    println!(
+        "stored producer time - capture time: worst {worst_error:+.1} ms, {}",
+        summary(&mut errors.iter().map(|e| e.abs()).collect::<Vec<_>>())
+    );
+    errors.clear();
+
+    let delays = read_numbers(&reader_out);
+    // The first 2 s are left out: the reader joins the stream at its first fragment.
+    let skip = delays.len().min(60);
+    let mut end_to_end: Vec<f64> = delays[skip..].iter().map(|d| *d as f64 / 1000.0).collect();
+    println!(
+        "end to end (capture -> frame out of a live kvssrc ! matroskademux in another process), {} frames after \
+         the first {skip}: {}",
+        end_to_end.len(),
+        summary(&mut end_to_end)
+    );
+    let _guard = runtime.enter();
+    emulator.shutdown();
+    drop(_guard);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -227,8 +227,16 @@ impl KvsSink {
         // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
         let prepared = self.canceller.wait(
             async {
+                let started = std::time::Instant::now();
                 let ctx = AwsContext::load(&connection, "kvssink").await?;
+                let loaded = started.elapsed();
                 let description = control::ensure_stream(&ctx, &stream_name, None).await;
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "AWS configuration loaded in {loaded:?}, DescribeStream answered in {:?}",
+                    started.elapsed() - loaded
+                );
                 Ok::<_, KvsError>((ctx, description))
             },
             Some(timeout * 4),

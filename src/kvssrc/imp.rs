@@ -174,17 +174,43 @@ impl KvsSrc {
     /// Posts what an item says; returns the buffer it carries, if any.
     fn handle(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
         match item {
-            Item::Data { bytes, header } => {
-                let mut buffer = gst::Buffer::from_slice(bytes);
-                if header {
-                    buffer.get_mut().expect("new buffer").set_flags(gst::BufferFlags::HEADER);
+            Item::Data { data, header } => {
+                // The response's own memory, one GstMemory per piece: not copied.
+                let mut buffer = gst::Buffer::new();
+                {
+                    let buffer = buffer.get_mut().expect("new buffer");
+                    for piece in data.into_pieces() {
+                        buffer.append_memory(gst::Memory::from_slice(piece));
+                    }
+                    if header {
+                        buffer.set_flags(gst::BufferFlags::HEADER);
+                    }
                 }
                 return Ok(Some(buffer));
             }
             Item::Fragment(info) => {
-                gst::debug!(CAT, imp = self, "fragment {} (skipped: {})", info.number, info.skipped);
-                if !info.skipped {
-                    lock(&self.progress).last_fragment_number = Some(info.number.clone());
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "fragment {} at {} ns{}{}",
+                    info.number,
+                    info.output_time_ns,
+                    if info.session_start { ", a producer session starts" } else { "" },
+                    info.skipped.as_deref().map(|r| format!(", left out: {r}")).unwrap_or_default()
+                );
+                match &info.skipped {
+                    None => lock(&self.progress).last_fragment_number = Some(info.number.clone()),
+                    Some(reason) => gst::element_imp_warning!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("kvssrc: fragment {} left out: {}", info.number, reason),
+                        [
+                            "fragment {} (producer timestamp {}): {}",
+                            info.number,
+                            info.producer_timestamp.as_deref().unwrap_or("unknown"),
+                            reason
+                        ]
+                    ),
                 }
                 let tags: Vec<String> =
                     info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
@@ -194,7 +220,10 @@ impl KvsSrc {
                         .field("producer-timestamp", info.producer_timestamp.unwrap_or_default())
                         .field("server-timestamp", info.server_timestamp.unwrap_or_default())
                         .field("cluster-time-ns", info.cluster_time_ns)
-                        .field("skipped", info.skipped)
+                        .field("output-time-ns", info.output_time_ns)
+                        .field("session-start", info.session_start)
+                        .field("skipped", info.skipped.is_some())
+                        .field("skip-reason", info.skipped.unwrap_or_default())
                         .field("tags", gst::Array::new(tags))
                         .build(),
                 );

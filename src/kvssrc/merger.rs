@@ -1,23 +1,32 @@
 //! Turns what GetMedia and GetMediaForFragmentList return (one complete Matroska document per fragment) into
-//! what a player wants: one EBML header and Segment, the Tracks once, then the clusters, with a new Segment only
-//! when the tracks really change. GStreamer-free; the element feeds it response bytes.
+//! what a player wants: one EBML header and Segment, the Tracks once, then the clusters on one timeline, with a
+//! new Segment only when the tracks really change. GStreamer-free; the element feeds it response bytes.
 //!
 //! - The AWS tags (`AWS_KINESISVIDEO_*`) and user tags become [`Output::Fragment`] / [`Output::Session`] /
 //!   [`Output::Error`] events instead of bytes.
-//! - A fragment seen before (same fragment number) or not later than the last one written (a producer re-sent
-//!   it after a reconnection) is left out, so timestamps never go backwards and no frame comes twice.
+//! - Repeats are recognised by fragment number (the same fragment sent twice, e.g. after a broken session), and
+//!   by producer timestamp (a producer re-sent a fragment after a reconnection and the service stored it twice
+//!   under a new number): they are left out, with the reason in the fragment event. Cluster timecodes never
+//!   decide: a producer sending RELATIVE timecodes starts again at 0 on every restart, and a cluster whose
+//!   timecode goes back is a new producer session ([`FragmentInfo::session_start`]), not a repeat.
+//! - One timeline (merged mode): every cluster is placed at its producer timestamp (from the fragment's
+//!   `AWS_KINESISVIDEO_PRODUCER_TIMESTAMP` tag), so the output's timestamps are epoch times, sessions keep the
+//!   gaps between them, and a session restarting at timecode 0 follows the one before. Without that tag a
+//!   cluster keeps its distance to the previous one of its session. Time never goes back: a cluster that would
+//!   start at or before the last frame written goes right after it.
 //! - Clusters are written with an unknown size, child by child as they arrive, so a live fragment reaches the
 //!   output with the latency of its frames, not of the whole fragment. When a session breaks inside a cluster,
 //!   [`Merger::interrupted`] keeps what was written; the next session repeats that fragment from its start and
 //!   only the children not yet written are passed on.
+//! - Input pushed as [`Bytes`] is not copied: output frames are slices of it ([`Rope`]s).
 //! - `raw` mode passes the service's bytes through unchanged (the events are still produced).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id};
+use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id, write_uint_fixed};
 use kvs_mkv::tags::{self, SimpleTag};
-use kvs_mkv::{Error, Event, MkvReader};
+use kvs_mkv::{Error, Event, MkvReader, Rope};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -32,18 +41,23 @@ pub struct FragmentInfo {
     pub number: String,
     pub producer_timestamp: Option<String>,
     pub server_timestamp: Option<String>,
-    /// The cluster's start, in ns since the epoch (for ABSOLUTE producers).
+    /// The cluster's Timecode as stored, in ns: on the producer's own timeline (epoch time for ABSOLUTE
+    /// producers, time since its session started for RELATIVE ones).
     pub cluster_time_ns: u64,
+    /// Where the cluster is in the merged output, in ns (epoch time when the producer timestamp is known).
+    pub output_time_ns: u64,
+    /// The first fragment of a producer session: the first one read, or its cluster time went back.
+    pub session_start: bool,
     /// Tags that are not the service's.
     pub user_tags: Vec<SimpleTag>,
-    /// Left out as a repeat of a fragment already written.
-    pub skipped: bool,
+    /// Left out of the merged output, and why.
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Bytes for the output, in order. `header` marks an EBML header + Segment start + Info + Tracks.
-    Data { bytes: Bytes, header: bool },
+    Data { data: Rope, header: bool },
     /// A fragment's cluster started (after its tags were read).
     Fragment(FragmentInfo),
     /// After a fragment: how far behind now the session is, and where to continue.
@@ -58,8 +72,8 @@ const PRODUCER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"
 const EXCEPTION_ERROR_CODE: &str = "AWS_KINESISVIDEO_EXCEPTION_ERROR_CODE";
 const EXCEPTION_MESSAGE: &str = "AWS_KINESISVIDEO_EXCEPTION_MESSAGE";
 
-/// Fragment numbers remembered to recognise repeats.
-const REMEMBERED: usize = 4096;
+/// Fragments remembered (by number and by producer timestamp) to recognise repeats.
+const REMEMBERED: usize = 16_384;
 
 #[derive(Debug, Default)]
 struct Document {
@@ -75,6 +89,8 @@ struct Document {
 #[derive(Debug)]
 struct OpenCluster {
     number: String,
+    /// Its Timecode in the output, in units of the timecode scale.
+    output_units: u64,
     /// Children written so far.
     written: usize,
     /// Children of this cluster seen in the current session.
@@ -83,6 +99,56 @@ struct OpenCluster {
     skip: usize,
     /// False when the whole cluster is left out.
     pass: bool,
+}
+
+/// Fragment numbers and producer timestamps of the fragments written, to recognise repeats.
+#[derive(Debug, Default)]
+struct Written {
+    order: VecDeque<(String, Option<String>)>,
+    numbers: HashMap<String, ()>,
+    producer_timestamps: HashMap<String, String>,
+}
+
+impl Written {
+    fn repeat_of(&self, info: &FragmentInfo) -> Option<String> {
+        if !info.number.is_empty() && self.numbers.contains_key(&info.number) {
+            return Some(format!("fragment {} was already written (the service sent it again)", info.number));
+        }
+        let producer = info.producer_timestamp.as_ref()?;
+        self.producer_timestamps.get(producer).map(|first| {
+            format!(
+                "a copy of fragment {first} (same producer timestamp {producer}): the producer sent it again and \
+                 the service stored it twice"
+            )
+        })
+    }
+
+    fn add(&mut self, info: &FragmentInfo) {
+        if self.order.len() == REMEMBERED
+            && let Some((number, producer)) = self.order.pop_front()
+        {
+            self.numbers.remove(&number);
+            if let Some(producer) = producer {
+                self.producer_timestamps.remove(&producer);
+            }
+        }
+        if !info.number.is_empty() {
+            self.numbers.insert(info.number.clone(), ());
+        }
+        if let Some(producer) = &info.producer_timestamp {
+            self.producer_timestamps.insert(producer.clone(), info.number.clone());
+        }
+        self.order.push_back((info.number.clone(), info.producer_timestamp.clone()));
+    }
+}
+
+/// `"1511852108.513"` (seconds, as the tags write them) → ns.
+fn seconds_to_ns(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let seconds: u64 = whole.parse().ok()?;
+    let digits: String = fraction.chars().take(9).collect();
+    let nanos: u64 = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 #[derive(Debug)]
@@ -94,11 +160,14 @@ pub struct Merger {
     out_header: Option<(Bytes, u64)>,
     cluster: Option<OpenCluster>,
     /// Set when a cluster waits for its Timecode to be judged.
-    pending_children: Vec<Bytes>,
+    pending_children: Vec<Rope>,
     /// An interrupted cluster, to be continued if the next session starts with the same fragment.
     interrupted: Option<OpenCluster>,
-    last_time_ns: Option<u64>,
-    seen: VecDeque<String>,
+    /// The previous fragment's cluster time as stored (ns), and where it went in the output (ns).
+    previous: Option<(u64, u64)>,
+    /// Output time (ns) of the latest frame written.
+    last_frame_ns: Option<u64>,
+    written: Written,
     pub fragments_written: u64,
     pub fragments_skipped: u64,
 }
@@ -113,8 +182,9 @@ impl Merger {
             cluster: None,
             pending_children: Vec::new(),
             interrupted: None,
-            last_time_ns: None,
-            seen: VecDeque::new(),
+            previous: None,
+            last_frame_ns: None,
+            written: Written::default(),
             fragments_written: 0,
             fragments_skipped: 0,
         }
@@ -132,13 +202,13 @@ impl Merger {
         }
     }
 
-    /// Feeds response bytes; returns what they give, in order.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Output>, Error> {
+    /// Feeds response bytes (kept, not copied); returns what they give, in order.
+    pub fn push(&mut self, data: Bytes) -> Result<Vec<Output>, Error> {
         let mut out = Vec::new();
         if self.mode == Mode::Raw {
-            out.push(Output::Data { bytes: Bytes::copy_from_slice(data), header: false });
+            out.push(Output::Data { data: Rope::from(data.clone()), header: false });
         }
-        self.reader.push(data);
+        self.reader.push_bytes(data);
         while let Some(event) = self.reader.next_event()? {
             self.event(event, &mut out)?;
         }
@@ -186,17 +256,15 @@ impl Merger {
                     cluster.seen += 1;
                     if cluster.pass && cluster.seen > cluster.skip {
                         cluster.written += 1;
-                        if self.mode == Mode::Merged {
-                            out.push(Output::Data { bytes: element.to_bytes(), header: false });
-                        }
+                        let output_units = cluster.output_units;
+                        self.pass_child(output_units, element, out);
                     }
                 } else if element.id == id::TIMECODE {
                     let timecode = kvs_mkv::ebml::read_uint(&element.data())?;
-                    self.pending_children.push(element.to_bytes());
                     self.open_cluster(timecode, out)?;
                 } else {
                     // Children before the Timecode (CRC-32, Void) wait for it.
-                    self.pending_children.push(element.to_bytes());
+                    self.pending_children.push(element.bytes);
                 }
             }
             Event::ClusterEnd { .. } => {
@@ -209,6 +277,18 @@ impl Merger {
             }
         }
         Ok(())
+    }
+
+    /// Writes a child of the current cluster (merged mode), noting where its frame is on the timeline.
+    fn pass_child(&mut self, output_units: u64, element: kvs_mkv::Element, out: &mut Vec<Output>) {
+        if let Ok(block) = element.block() {
+            let units = output_units.saturating_add_signed(i64::from(block.relative_timecode));
+            let ns = units.saturating_mul(self.doc.timecode_scale);
+            self.last_frame_ns = Some(self.last_frame_ns.map_or(ns, |last| last.max(ns)));
+        }
+        if self.merged() {
+            out.push(Output::Data { data: element.bytes, header: false });
+        }
     }
 
     fn tags(&mut self, simple: &[SimpleTag], out: &mut Vec<Output>) {
@@ -242,25 +322,47 @@ impl Merger {
             .extend(simple.iter().filter(|t| !t.name.starts_with("AWS_KINESISVIDEO_")).cloned());
     }
 
+    /// Where a cluster stored at `cluster_ns` goes in the output (ns), and whether a producer session starts
+    /// with it.
+    fn place(&self, info: &FragmentInfo, cluster_ns: u64) -> (u64, bool) {
+        let session_start = self.previous.is_none_or(|(previous, _)| cluster_ns < previous);
+        let scale = self.doc.timecode_scale.max(1);
+        let placed = match (info.producer_timestamp.as_deref().and_then(seconds_to_ns), self.previous) {
+            (Some(producer_ns), _) => producer_ns,
+            (None, Some((previous, previous_out))) if !session_start => {
+                previous_out + (cluster_ns - previous)
+            }
+            (None, _) => self.last_frame_ns.map_or(cluster_ns, |last| last + scale),
+        };
+        // Never at or before the last frame written; in whole units of the timecode scale.
+        let placed = match self.last_frame_ns {
+            Some(last) if placed <= last => last + scale,
+            _ => placed,
+        };
+        (placed.div_ceil(scale) * scale, session_start)
+    }
+
     fn open_cluster(&mut self, timecode: u64, out: &mut Vec<Output>) -> Result<(), Error> {
-        let time_ns = timecode.saturating_mul(self.doc.timecode_scale);
+        let scale = self.doc.timecode_scale.max(1);
+        let cluster_ns = timecode.saturating_mul(scale);
         let mut info = self.doc.fragment.take().unwrap_or_default();
-        info.cluster_time_ns = time_ns;
+        info.cluster_time_ns = cluster_ns;
         info.user_tags = std::mem::take(&mut self.doc.user_tags);
         let children = std::mem::take(&mut self.pending_children);
 
-        // The continuation of a cluster a broken session left half written.
+        // The continuation of a cluster a broken session left half written: its Timecode is out already.
         if let Some(previous) = self.interrupted.take()
             && !info.number.is_empty()
             && previous.number == info.number
         {
-            let mut cluster = OpenCluster { seen: 0, skip: previous.written, ..previous };
+            // The Timecode counts as this session's first child.
+            let mut cluster = OpenCluster { seen: 1, skip: previous.written, ..previous };
             for child in children {
                 cluster.seen += 1;
                 if cluster.seen > cluster.skip {
                     cluster.written += 1;
                     if self.merged() {
-                        out.push(Output::Data { bytes: child, header: false });
+                        out.push(Output::Data { data: child, header: false });
                     }
                 }
             }
@@ -268,36 +370,44 @@ impl Merger {
             return Ok(());
         }
 
-        let repeated = (!info.number.is_empty() && self.seen.contains(&info.number))
-            || self.last_time_ns.is_some_and(|last| time_ns <= last);
-        info.skipped = repeated;
+        let (output_ns, session_start) = self.place(&info, cluster_ns);
+        info.output_time_ns = output_ns;
+        info.session_start = session_start;
+        self.previous = Some((cluster_ns, output_ns));
+        let output_units = output_ns / scale;
         let number = info.number.clone();
-        out.push(Output::Fragment(info));
-        if repeated {
+        let repeat = if self.merged() { self.written.repeat_of(&info) } else { None };
+        info.skipped = repeat.clone();
+        if repeat.is_some() {
+            out.push(Output::Fragment(info));
             self.fragments_skipped += 1;
-            self.cluster =
-                Some(OpenCluster { number, written: 0, seen: children.len(), skip: 0, pass: false });
+            self.cluster = Some(OpenCluster {
+                number,
+                output_units,
+                written: 0,
+                seen: children.len() + 1,
+                skip: 0,
+                pass: false,
+            });
             return Ok(());
         }
-        if !number.is_empty() {
-            if self.seen.len() == REMEMBERED {
-                self.seen.pop_front();
-            }
-            self.seen.push_back(number.clone());
-        }
-        self.last_time_ns = Some(time_ns);
+        self.written.add(&info);
+        out.push(Output::Fragment(info));
+        // The children before the Timecode and the Timecode itself count as written (in raw mode too).
+        let before = children.len() + 1;
+        self.cluster =
+            Some(OpenCluster { number, output_units, written: before, seen: before, skip: 0, pass: true });
         if self.merged() {
             self.write_header_if_changed(out)?;
-            let mut head = Vec::with_capacity(12);
+            let mut head = Vec::with_capacity(24);
             write_id(&mut head, id::CLUSTER);
             head.extend_from_slice(&UNKNOWN_SIZE_8);
-            out.push(Output::Data { bytes: head.into(), header: false });
-            for child in &children {
-                out.push(Output::Data { bytes: child.clone(), header: false });
+            write_uint_fixed(&mut head, id::TIMECODE, output_units, 8);
+            out.push(Output::Data { data: Rope::from(head), header: false });
+            for child in children {
+                out.push(Output::Data { data: child, header: false });
             }
         }
-        self.cluster =
-            Some(OpenCluster { number, written: children.len(), seen: children.len(), skip: 0, pass: true });
         Ok(())
     }
 
@@ -320,7 +430,7 @@ impl Merger {
             None => kvs_mkv::writer::write_info(&mut header, scale),
         }
         header.extend_from_slice(&tracks);
-        out.push(Output::Data { bytes: header.into(), header: true });
+        out.push(Output::Data { data: Rope::from(header), header: true });
         self.out_header = Some((tracks, scale));
         Ok(())
     }
@@ -331,8 +441,21 @@ mod tests {
     use super::*;
     use kvs_mkv::writer::{self, TrackSpec};
 
-    /// One fragment the way GetMedia sends it: header, fragment tags, the cluster, then the session tags.
+    /// One fragment the way GetMedia sends it: header, fragment tags, the cluster, then the session tags. Its
+    /// producer timestamp is its cluster timecode (an ABSOLUTE producer).
     fn fragment(number: &str, timecode: u64, frames: &[&[u8]], codec_private: &[u8]) -> Vec<u8> {
+        fragment_at(number, timecode, Some(timecode), frames, codec_private)
+    }
+
+    /// A fragment whose cluster timecode and producer timestamp (ms) are given apart (a RELATIVE producer), or
+    /// without a producer timestamp tag.
+    fn fragment_at(
+        number: &str,
+        timecode: u64,
+        producer_ms: Option<u64>,
+        frames: &[&[u8]],
+        codec_private: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         writer::write_ebml_header(&mut out, "matroska");
         writer::write_segment_start(&mut out);
@@ -341,10 +464,11 @@ mod tests {
             &mut out,
             &[TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private }],
         );
-        let fragment_tags = [
-            SimpleTag::new(tags::FRAGMENT_NUMBER, number),
-            SimpleTag::new(tags::PRODUCER_TIMESTAMP, format!("{}.000", timecode / 1000)),
-        ];
+        let mut fragment_tags = vec![SimpleTag::new(tags::FRAGMENT_NUMBER, number)];
+        if let Some(ms) = producer_ms {
+            fragment_tags
+                .push(SimpleTag::new(tags::PRODUCER_TIMESTAMP, format!("{}.{:03}", ms / 1000, ms % 1000)));
+        }
         tags::write_tags(&mut out, &fragment_tags, 8);
         writer::write_cluster_start(&mut out, timecode);
         for (i, frame) in frames.iter().enumerate() {
@@ -358,11 +482,41 @@ mod tests {
         out
     }
 
+    fn merge(input: &[u8]) -> (Merger, Vec<Output>) {
+        let mut merger = Merger::new(Mode::Merged);
+        let mut outputs = merger.push(Bytes::copy_from_slice(input)).unwrap();
+        outputs.extend(merger.finish().unwrap());
+        (merger, outputs)
+    }
+
+    fn infos(outputs: &[Output]) -> Vec<FragmentInfo> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Fragment(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cluster_timecodes(stream: &[u8]) -> Vec<u64> {
+        kvs_mkv::read_all(stream)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ClusterChild(el) if el.id == id::TIMECODE => {
+                    Some(kvs_mkv::ebml::read_uint(&el.data()).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn data(outputs: &[Output]) -> Vec<u8> {
         outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Data { bytes, .. } => Some(bytes.to_vec()),
+                Output::Data { data, .. } => Some(data.to_vec()),
                 _ => None,
             })
             .flatten()
@@ -388,30 +542,81 @@ mod tests {
     }
 
     #[test]
-    fn fragments_merge_into_one_stream_and_repeats_are_left_out() {
+    fn fragments_merge_into_one_stream_and_repeats_are_left_out_by_number_or_producer_timestamp() {
         let mut input = fragment("1", 1_000, &[b"a", b"b"], &[]);
         input.extend(fragment("2", 2_000, &[b"c"], &[]));
         input.extend(fragment("2", 2_000, &[b"c"], &[])); // the same fragment again
-        input.extend(fragment("9", 1_500, &[b"x"], &[])); // re-sent with an earlier time
+        input.extend(fragment("9", 2_000, &[b"c"], &[])); // stored twice: a new number, the same producer time
         input.extend(fragment("3", 3_000, &[b"d"], &[]));
-        let mut merger = Merger::new(Mode::Merged);
-        let mut outputs = merger.push(&input).unwrap();
-        outputs.extend(merger.finish().unwrap());
+        let (merger, outputs) = merge(&input);
         let stream = data(&outputs);
         assert_eq!(headers(&stream), 1);
         assert_eq!(payloads(&stream), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
-        let skipped: Vec<(String, bool)> = outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Fragment(f) => Some((f.number.clone(), f.skipped)),
-                _ => None,
-            })
-            .collect();
-        let expected = [("1", false), ("2", false), ("2", true), ("9", true), ("3", false)];
-        assert_eq!(skipped, expected.map(|(n, s)| (n.to_owned(), s)));
+        let skipped: Vec<(String, Option<String>)> =
+            infos(&outputs).into_iter().map(|f| (f.number, f.skipped)).collect();
+        assert_eq!(
+            skipped,
+            [
+                ("1".to_owned(), None),
+                ("2".to_owned(), None),
+                ("2".to_owned(), Some("fragment 2 was already written (the service sent it again)".to_owned())),
+                (
+                    "9".to_owned(),
+                    Some(
+                        "a copy of fragment 2 (same producer timestamp 2.000): the producer sent it again and the \
+                         service stored it twice"
+                            .to_owned()
+                    )
+                ),
+                ("3".to_owned(), None),
+            ]
+        );
         assert_eq!((merger.fragments_written, merger.fragments_skipped), (3, 2));
         let tokens = outputs.iter().filter(|o| matches!(o, Output::Session { .. })).count();
         assert_eq!(tokens, 5);
+    }
+
+    #[test]
+    fn producer_sessions_restarting_at_timecode_zero_go_on_one_timeline_with_every_frame() {
+        // A RELATIVE producer: 10014 at the end of a session, then a restart at 0, 1001, then another session
+        // that also begins at 0 after a gap of two hours. The producer timestamps keep increasing.
+        let base = 1_511_852_100_000u64;
+        let two_hours = 7_200_000;
+        let mut input = fragment_at("10", 10_014, Some(base + 10_014), &[b"a1", b"a2"], &[]);
+        input.extend(fragment_at("11", 0, Some(base + 12_000), &[b"b1"], &[]));
+        input.extend(fragment_at("12", 1_001, Some(base + 13_001), &[b"b2"], &[]));
+        input.extend(fragment_at("13", 0, Some(base + two_hours), &[b"c1", b"c2"], &[]));
+        let (merger, outputs) = merge(&input);
+        let stream = data(&outputs);
+        let expected: Vec<Vec<u8>> =
+            ["a1", "a2", "b1", "b2", "c1", "c2"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(payloads(&stream), expected, "every frame once");
+        assert_eq!(merger.fragments_skipped, 0);
+        assert_eq!(
+            cluster_timecodes(&stream),
+            [base + 10_014, base + 12_000, base + 13_001, base + two_hours]
+        );
+        let sessions: Vec<bool> = infos(&outputs).iter().map(|f| f.session_start).collect();
+        assert_eq!(sessions, [true, true, false, true]);
+        assert_eq!(infos(&outputs)[1].cluster_time_ns, 0);
+        assert_eq!(infos(&outputs)[1].output_time_ns, (base + 12_000) * 1_000_000);
+    }
+
+    #[test]
+    fn without_producer_timestamps_or_with_a_clock_going_back_time_still_only_goes_forward() {
+        // No producer timestamp tags: a restart at 0 goes right after the last frame (2033 ms), and its next
+        // cluster keeps its distance.
+        let mut input = fragment_at("1", 2_000, None, &[b"a", b"b"], &[]);
+        input.extend(fragment_at("2", 0, None, &[b"c"], &[]));
+        input.extend(fragment_at("3", 500, None, &[b"d"], &[]));
+        let (_, outputs) = merge(&input);
+        assert_eq!(cluster_timecodes(&data(&outputs)), [2_000, 2_034, 2_534]);
+        // Producer timestamps that go back (a second producer, or a clock step): after the last frame.
+        let mut input = fragment("1", 5_000, &[b"a", b"b"], &[]);
+        input.extend(fragment("2", 4_000, &[b"c"], &[]));
+        let (merger, outputs) = merge(&input);
+        assert_eq!(cluster_timecodes(&data(&outputs)), [5_000, 5_034]);
+        assert_eq!(merger.fragments_skipped, 0);
     }
 
     #[test]
@@ -420,12 +625,12 @@ mod tests {
         // Cut inside the third frame.
         let cut = whole.windows(2).position(|w| w == b"f3").unwrap() - 1;
         let mut merger = Merger::new(Mode::Merged);
-        let mut stream = data(&merger.push(&whole[..cut]).unwrap());
+        let mut stream = data(&merger.push(Bytes::copy_from_slice(&whole[..cut])).unwrap());
         merger.interrupted();
         // The next session starts again with the same fragment, then goes on.
         let mut next = whole.clone();
         next.extend(fragment("8", 8_000, &[b"g1"], &[]));
-        stream.extend(data(&merger.push(&next).unwrap()));
+        stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
         stream.extend(data(&merger.finish().unwrap()));
         assert_eq!(headers(&stream), 1);
         let expected: Vec<Vec<u8>> =
@@ -439,14 +644,14 @@ mod tests {
         input.extend(fragment("2", 2_000, &[b"b"], &[1, 2]));
         input.extend(fragment("3", 3_000, &[b"c"], &[3, 4]));
         let mut merger = Merger::new(Mode::Merged);
-        let stream = data(&merger.push(&input).unwrap());
+        let stream = data(&merger.push(Bytes::copy_from_slice(&input)).unwrap());
         assert_eq!(headers(&stream), 2);
         assert_eq!(payloads(&stream).len(), 3);
 
         let mut raw = Merger::new(Mode::Raw);
         let mut passed = Vec::new();
         for chunk in input.chunks(7) {
-            passed.extend(data(&raw.push(chunk).unwrap()));
+            passed.extend(data(&raw.push(Bytes::copy_from_slice(chunk)).unwrap()));
         }
         assert_eq!(passed, input);
     }
@@ -479,7 +684,7 @@ mod tests {
         ];
         tags::write_tags(&mut exception, &failed, 8);
         input.extend(exception);
-        let outputs = Merger::new(Mode::Merged).push(&input).unwrap();
+        let outputs = Merger::new(Mode::Merged).push(Bytes::from(input)).unwrap();
         let info = outputs
             .iter()
             .find_map(|o| match o {
@@ -506,7 +711,7 @@ mod tests {
             SimpleTag::new(tags::ERROR_ID, "4000"),
         ];
         tags::write_tags(&mut input, &error, 8);
-        let outputs = Merger::new(Mode::Merged).push(&input).unwrap();
+        let outputs = Merger::new(Mode::Merged).push(Bytes::from(input)).unwrap();
         assert_eq!(
             outputs,
             [Output::Error { code: "Requested fragment is not found".into(), id: "4000".into() }]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
+use kvs_mkv::Rope;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -69,7 +70,7 @@ pub struct ReaderConfig {
 #[derive(Debug)]
 pub enum Item {
     Data {
-        bytes: Bytes,
+        data: Rope,
         header: bool,
     },
     Fragment(FragmentInfo),
@@ -103,7 +104,7 @@ async fn give(tx: &Tx, item: Item) -> bool {
 async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, String> {
     for output in outputs {
         let item = match output {
-            Output::Data { bytes, header } => Item::Data { bytes, header },
+            Output::Data { data, header } => Item::Data { data, header },
             Output::Fragment(info) => Item::Fragment(info),
             Output::Session { millis_behind_now, continuation_token } => {
                 if let Some(t) = &continuation_token {
@@ -121,6 +122,9 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
     }
     Ok(true)
 }
+
+/// How far before the first NOW session a live reader that saw no fragment yet asks for more.
+const NOW_MARGIN_S: f64 = 2.0;
 
 fn backoff(attempt: u32) -> Duration {
     let base = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
@@ -158,6 +162,7 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
             },
         };
         let request = json!({"StreamName": config.stream_name, "StartSelector": start.selector()});
+        let requested = std::time::SystemTime::now();
         let mut body = match post_json(ctx, &url, "/getMedia", "GetMedia", &request).await {
             Ok(body) => body,
             Err(error) => {
@@ -173,7 +178,7 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
                     let Ok(data) = frame.into_data() else { continue };
                     received = true;
                     let outputs =
-                        merger.push(&data).map_err(|e| format!("GetMedia returned bad Matroska: {e}"))?;
+                        merger.push(data).map_err(|e| format!("GetMedia returned bad Matroska: {e}"))?;
                     if !give_outputs(tx, outputs, &mut token).await? {
                         return Ok(());
                     }
@@ -186,6 +191,13 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
             }
         };
         merger.interrupted();
+        if start == Start::Now {
+            // No fragment yet: read on from when this session began, so that a fragment that arrives between
+            // two sessions is not missed (NOW would start after it). A margin covers a clock that runs ahead
+            // of the service's.
+            let began = requested.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            start = Start::ServerTimestamp((began - NOW_MARGIN_S).max(0.0));
+        }
         if received {
             failures = 0;
         }
@@ -280,7 +292,12 @@ async fn list(ctx: &AwsContext, config: &ReaderConfig, end: f64) -> Result<Vec<L
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 const BATCH_FRAGMENTS: usize = 100;
 
-async fn fetch(ctx: &AwsContext, url: &str, stream: &str, numbers: &[String]) -> Result<Bytes, KvsError> {
+async fn fetch(
+    ctx: &AwsContext,
+    url: &str,
+    stream: &str,
+    numbers: &[String],
+) -> Result<Vec<Bytes>, KvsError> {
     let request = json!({"StreamName": stream, "Fragments": numbers});
     let mut failures = 0;
     loop {
@@ -300,20 +317,21 @@ async fn fetch(ctx: &AwsContext, url: &str, stream: &str, numbers: &[String]) ->
     }
 }
 
-/// A whole response body; fails when no byte comes for `idle` (a stalled connection), however long it takes.
-async fn read_body(mut body: hyper::body::Incoming, idle: Duration) -> Result<Bytes, KvsError> {
+/// A whole response body, in the pieces it came in (not copied); fails when no byte comes for `idle` (a
+/// stalled connection), however long it takes.
+async fn read_body(mut body: hyper::body::Incoming, idle: Duration) -> Result<Vec<Bytes>, KvsError> {
     let api = "GetMediaForFragmentList";
-    let mut out = bytes::BytesMut::new();
+    let mut out = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(KvsError::Timeout { api, after: idle }),
-            Ok(None) => return Ok(out.freeze()),
+            Ok(None) => return Ok(out),
             Ok(Some(Err(e))) => {
                 return Err(KvsError::Network { api, message: format!("the response broke: {e}") });
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    out.extend_from_slice(&data);
+                    out.push(data);
                 }
             }
         }
@@ -376,18 +394,20 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         return Ok(());
     }
     while let Some(result) = downloads.next().await {
-        let (count, bytes) = result.map_err(|e| e.to_string())?;
-        let mut outputs =
-            merger.push(&bytes).map_err(|e| format!("GetMediaForFragmentList returned bad Matroska: {e}"))?;
-        outputs.extend(
-            merger.finish().map_err(|e| format!("GetMediaForFragmentList returned bad Matroska: {e}"))?,
-        );
+        let (count, pieces) = result.map_err(|e| e.to_string())?;
+        let bad = |e: kvs_mkv::Error| format!("GetMediaForFragmentList returned bad Matroska: {e}");
+        let size: usize = pieces.iter().map(Bytes::len).sum();
+        let mut outputs = Vec::new();
+        for piece in pieces {
+            outputs.extend(merger.push(piece).map_err(bad)?);
+        }
+        outputs.extend(merger.finish().map_err(bad)?);
         merger.interrupted();
         if !give_outputs(tx, outputs, &mut token).await? {
             return Ok(());
         }
         done += count;
-        bytes_read += bytes.len() as u64;
+        bytes_read += size as u64;
         if !give(tx, Item::Progress { done, total, bytes: bytes_read }).await {
             return Ok(());
         }

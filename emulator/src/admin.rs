@@ -100,8 +100,8 @@ fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
         state.store.create(new)?;
     }
     let arn = stream_arn(state, name)?;
-    let parsed =
-        parse_recording(body).map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
+    let (parsed, cut) =
+        parse_capture(body).map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
     let count = parsed.len();
     for fragment in parsed {
         let sequence = state.media.push_complete(&arn, fragment);
@@ -120,7 +120,22 @@ fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
     if let Some(dir) = &state.data_dir {
         dir.save_streams(&state.store).map_err(|e| ApiError::internal(format!("cannot save: {e}")))?;
     }
-    Ok(json!({ "imported": count }))
+    let mut answer = json!({ "imported": count });
+    if let Some(cut) = cut {
+        answer["truncated"] = serde_json::to_value(cut).unwrap_or_default();
+    }
+    Ok(answer)
+}
+
+/// Where a capture that stops in the middle of an element was cut, and what of it was kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cut {
+    /// The fragment the capture ends in, if its tags were read.
+    pub fragment: Option<String>,
+    /// Its whole frames, imported (0 when the cut came before its first frame: nothing of it was imported).
+    pub frames_kept: u64,
+    /// The bytes of the unfinished element at the end, left out.
+    pub bytes_left_out: u64,
 }
 
 /// One document of a GetMedia recording, being read.
@@ -173,9 +188,32 @@ impl Document {
     }
 }
 
-/// Splits a recorded GetMedia response into fragments.
+/// Splits a complete recorded GetMedia response into fragments.
 pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
-    let events = kvs_mkv::read_all(body).map_err(|e| e.to_string())?;
+    match parse_capture(body)? {
+        (fragments, None) => Ok(fragments),
+        (_, Some(_)) => Err(kvs_mkv::Error::Truncated.to_string()),
+    }
+}
+
+/// Splits a recorded GetMedia response into fragments. A capture stopped in the middle of an element (as most
+/// real captures end) gives every whole fragment, and the whole frames of the one it ends in; the [`Cut`]
+/// says what was left out.
+pub fn parse_capture(body: &[u8]) -> Result<(Vec<Fragment>, Option<Cut>), String> {
+    let mut reader = kvs_mkv::MkvReader::new();
+    reader.push(body);
+    let mut events = Vec::new();
+    while let Some(event) = reader.next_event().map_err(|e| e.to_string())? {
+        events.push(event);
+    }
+    let cut = match reader.finish() {
+        Ok(rest) => {
+            events.extend(rest);
+            None
+        }
+        Err(kvs_mkv::Error::Truncated) => Some(body.len() as u64 - reader.position()),
+        Err(e) => return Err(e.to_string()),
+    };
     let mut out = Vec::new();
     let mut doc = Document::default();
     for event in events {
@@ -235,8 +273,19 @@ pub fn parse_recording(body: &[u8]) -> Result<Vec<Fragment>, String> {
             Event::SegmentStart { .. } | Event::ClusterEnd { .. } | Event::SegmentEnd { .. } => {}
         }
     }
-    if let Some(fragment) = doc.finish()? {
+    let cut = cut.map(|bytes_left_out| Cut {
+        fragment: doc
+            .fragment_tags
+            .as_ref()
+            .and_then(|aws| aws.iter().find(|t| t.name == tags::FRAGMENT_NUMBER).map(|t| t.value.clone())),
+        frames_kept: doc.frames.values().sum(),
+        bytes_left_out,
+    });
+    // A fragment cut before its first frame is left out.
+    if (cut.is_none() || !doc.frames.is_empty())
+        && let Some(fragment) = doc.finish()?
+    {
         out.push(fragment);
     }
-    Ok(out)
+    Ok((out, cut))
 }

@@ -439,3 +439,49 @@ async fn arrival_times_of_uploaded_frames_are_recorded_when_asked_for() {
     let listing: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(listing, json!({"enabled": false, "uploads": [], "frames": []}));
 }
+
+#[tokio::test]
+async fn a_capture_cut_inside_a_frame_imports_every_whole_fragment_and_frame() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    let recording = fixture("getmedia/output_get_media.mkv");
+    // Cut in the middle of the 31st frame of the last fragment (5 fragments of 60 frames).
+    let last_document = recording.windows(4).rposition(|w| w == [0x1A, 0x45, 0xDF, 0xA3]).unwrap();
+    let blocks: Vec<usize> = kvs_mkv::read_all(&recording[last_document..])
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ClusterChild(el) if el.id == kvs_mkv::ebml::id::SIMPLE_BLOCK => Some(el.offset as usize),
+            _ => None,
+        })
+        .collect();
+    let cut = last_document + blocks[30] + 100;
+    let (status, body) =
+        call(&emulator, "POST", "/_emulator/streams/cut/import", &[], recording[..cut].to_vec())
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["imported"], 5);
+    assert_eq!(answer["truncated"]["fragment"], "91343852333181432412489103236310005892133364608");
+    assert_eq!(answer["truncated"]["frames_kept"], 30);
+    let bytes_left_out = answer["truncated"]["bytes_left_out"].as_u64().unwrap();
+    assert!(bytes_left_out >= 100 && bytes_left_out < 20_000, "{answer}");
+    let (_, body) = call(&emulator, "GET", "/_emulator/streams/cut/fragments", &[], vec![]).await.unwrap();
+    let listing: Value = serde_json::from_slice(&body).unwrap();
+    let frames: Vec<&Value> =
+        listing["fragments"].as_array().unwrap().iter().map(|f| &f["frames"]["1"]).collect();
+    assert_eq!(frames, [60, 60, 60, 60, 30]);
+
+    // Cut inside the last fragment's tags, before its cluster: the four whole fragments only.
+    let tags_at = last_document + 600;
+    let (status, body) =
+        call(&emulator, "POST", "/_emulator/streams/cut2/import", &[], recording[..tags_at].to_vec())
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (answer["imported"].as_u64(), answer["truncated"]["frames_kept"].as_u64()),
+        (Some(4), Some(0))
+    );
+}

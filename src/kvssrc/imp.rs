@@ -59,6 +59,22 @@ pub enum OutputMode {
     Raw,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[enum_type(name = "GstKvsSrcTimeline")]
+pub enum OutputTimeline {
+    #[default]
+    #[enum_value(
+        name = "Producer time: every cluster at its producer timestamp (epoch time), gaps between sessions kept",
+        nick = "producer-time"
+    )]
+    ProducerTime,
+    #[enum_value(
+        name = "Continuous: as producer-time, but a gap of more than a second between fragments is closed",
+        nick = "continuous"
+    )]
+    Continuous,
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
     stream_name: Option<String>,
@@ -69,6 +85,7 @@ struct Settings {
     end_timestamp: f64,
     continuation_token: Option<String>,
     mode: OutputMode,
+    timeline: OutputTimeline,
     parallel: u32,
 }
 
@@ -86,6 +103,7 @@ impl Default for Settings {
             end_timestamp: 0.0,
             continuation_token: None,
             mode: OutputMode::Merged,
+            timeline: OutputTimeline::ProducerTime,
             parallel: DEFAULT_PARALLEL,
         }
     }
@@ -162,6 +180,7 @@ impl KvsSrc {
                 OutputMode::Merged => Mode::Merged,
                 OutputMode::Raw => Mode::Raw,
             },
+            close_gaps: settings.timeline == OutputTimeline::Continuous,
             parallel: settings.parallel.max(1) as usize,
         })
     }
@@ -312,6 +331,10 @@ impl ObjectImpl for KvsSrc {
                     .blurb("Output: merged (one Matroska stream) or raw (the service's bytes) (default: merged)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("timeline", OutputTimeline::ProducerTime)
+                    .blurb("Output timestamps (merged mode): producer-time (each fragment at its producer timestamp, gaps kept) or continuous (gaps of more than a second closed) (default: producer-time)")
+                    .mutable_ready()
+                    .build(),
                 uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range; the service allows 5 connections per stream (default: 4)", 64, DEFAULT_PARALLEL),
             ];
             properties.splice(1..1, connection_properties());
@@ -337,6 +360,7 @@ impl ObjectImpl for KvsSrc {
             }
             "continuation-token" => settings.continuation_token = string_value(value),
             "mode" => settings.mode = value.get().unwrap_or_default(),
+            "timeline" => settings.timeline = value.get().unwrap_or_default(),
             "parallel-downloads" => settings.parallel = value.get().unwrap_or(DEFAULT_PARALLEL),
             name => gst::warning!(CAT, imp = self, "unknown property {name}"),
         }
@@ -360,6 +384,7 @@ impl ObjectImpl for KvsSrc {
                 .to_value(),
             "last-fragment-number" => lock(&self.progress).last_fragment_number.to_value(),
             "mode" => settings.mode.to_value(),
+            "timeline" => settings.timeline.to_value(),
             "parallel-downloads" => settings.parallel.to_value(),
             _ => None::<String>.to_value(),
         }

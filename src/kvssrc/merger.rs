@@ -13,7 +13,8 @@
 //!   `AWS_KINESISVIDEO_PRODUCER_TIMESTAMP` tag), so the output's timestamps are epoch times, sessions keep the
 //!   gaps between them, and a session restarting at timecode 0 follows the one before. Without that tag a
 //!   cluster keeps its distance to the previous one of its session. Time never goes back: a cluster that would
-//!   start at or before the last frame written goes right after it.
+//!   start at or before the last frame written goes right after it. [`Merger::closing_gaps`] instead closes every
+//!   gap of more than a second between fragments, for a download to be watched straight through.
 //! - Clusters are written with an unknown size, child by child as they arrive, so a live fragment reaches the
 //!   output with the latency of its frames, not of the whole fragment. When a session breaks inside a cluster,
 //!   [`Merger::interrupted`] keeps what was written; the next session repeats that fragment from its start and
@@ -71,6 +72,12 @@ const SERVER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP";
 const PRODUCER_SIDE_TIMESTAMP: &str = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP";
 const EXCEPTION_ERROR_CODE: &str = "AWS_KINESISVIDEO_EXCEPTION_ERROR_CODE";
 const EXCEPTION_MESSAGE: &str = "AWS_KINESISVIDEO_EXCEPTION_MESSAGE";
+
+/// With gaps closed, a fragment that would start more than this after the last frame starts one frame
+/// interval after it.
+const MAX_GAP_NS: u64 = 1_000_000_000;
+/// The frame interval assumed before two frames were seen.
+const DEFAULT_FRAME_INTERVAL_NS: u64 = 33_333_333;
 
 /// Fragments remembered (by number and by producer timestamp) to recognise repeats.
 const REMEMBERED: usize = 16_384;
@@ -165,8 +172,16 @@ pub struct Merger {
     interrupted: Option<OpenCluster>,
     /// The previous fragment's cluster time as stored (ns), and where it went in the output (ns).
     previous: Option<(u64, u64)>,
+    /// Output time − producer time (ns) of the current session's fragments.
+    shift: i128,
+    /// Producer time − cluster time of the previous fragment (ns): constant within a producer session.
+    previous_offset: Option<i128>,
     /// Output time (ns) of the latest frame written.
     last_frame_ns: Option<u64>,
+    /// Time between the last two frames written (ns), for closing gaps.
+    frame_interval_ns: u64,
+    /// Close gaps longer than [`MAX_GAP_NS`] between fragments (`timeline=continuous`).
+    close_gaps: bool,
     written: Written,
     pub fragments_written: u64,
     pub fragments_skipped: u64,
@@ -183,11 +198,22 @@ impl Merger {
             pending_children: Vec::new(),
             interrupted: None,
             previous: None,
+            shift: 0,
+            previous_offset: None,
             last_frame_ns: None,
+            frame_interval_ns: DEFAULT_FRAME_INTERVAL_NS,
+            close_gaps: false,
             written: Written::default(),
             fragments_written: 0,
             fragments_skipped: 0,
         }
+    }
+
+    /// Closes the gaps between fragments (more than a second) instead of keeping producer times: for watching a
+    /// download straight through.
+    pub fn closing_gaps(mut self) -> Self {
+        self.close_gaps = true;
+        self
     }
 
     /// The response broke off: what follows comes from a new response.
@@ -284,6 +310,12 @@ impl Merger {
         if let Ok(block) = element.block() {
             let units = output_units.saturating_add_signed(i64::from(block.relative_timecode));
             let ns = units.saturating_mul(self.doc.timecode_scale);
+            if let Some(last) = self.last_frame_ns
+                && ns > last
+                && ns - last <= MAX_GAP_NS
+            {
+                self.frame_interval_ns = ns - last;
+            }
             self.last_frame_ns = Some(self.last_frame_ns.map_or(ns, |last| last.max(ns)));
         }
         if self.merged() {
@@ -322,24 +354,45 @@ impl Merger {
             .extend(simple.iter().filter(|t| !t.name.starts_with("AWS_KINESISVIDEO_")).cloned());
     }
 
-    /// Where a cluster stored at `cluster_ns` goes in the output (ns), and whether a producer session starts
-    /// with it.
-    fn place(&self, info: &FragmentInfo, cluster_ns: u64) -> (u64, bool) {
-        let session_start = self.previous.is_none_or(|(previous, _)| cluster_ns < previous);
-        let scale = self.doc.timecode_scale.max(1);
-        let placed = match (info.producer_timestamp.as_deref().and_then(seconds_to_ns), self.previous) {
-            (Some(producer_ns), _) => producer_ns,
-            (None, Some((previous, previous_out))) if !session_start => {
-                previous_out + (cluster_ns - previous)
+    /// Where a cluster stored at `cluster_ns` goes in the output (ns), whether a producer session starts with
+    /// it, and the shift (output − producer time) to keep for the fragments after it. A session starts with the
+    /// first fragment, a cluster time that goes back, or (for a producer of RELATIVE timecodes) a new session
+    /// start time, seen as a jump of more than a second between producer time and cluster time.
+    fn place(&self, info: &FragmentInfo, cluster_ns: u64) -> (u64, bool, i128) {
+        let producer_ns = info.producer_timestamp.as_deref().and_then(seconds_to_ns).map(i128::from);
+        let cluster = i128::from(cluster_ns);
+        let offset = producer_ns.map(|p| p - cluster);
+        let session_start = match self.previous {
+            None => true,
+            Some((previous, _)) if cluster_ns < previous => true,
+            Some(_) => {
+                matches!((offset, self.previous_offset), (Some(a), Some(b)) if (a - b).abs() > 1_000_000_000)
             }
-            (None, _) => self.last_frame_ns.map_or(cluster_ns, |last| last + scale),
         };
-        // Never at or before the last frame written; in whole units of the timecode scale.
-        let placed = match self.last_frame_ns {
-            Some(last) if placed <= last => last + scale,
-            _ => placed,
+        let scale = i128::from(self.doc.timecode_scale.max(1));
+        let interval = i128::from(self.frame_interval_ns).max(scale);
+        let last = self.last_frame_ns.map(i128::from);
+        let mut placed = match (producer_ns, self.previous) {
+            // A shifted session keeps its shift (its fragments keep their distances); a new one starts at its
+            // producer time again, unless gaps are closed.
+            (Some(producer), _) => producer + if session_start && !self.close_gaps { 0 } else { self.shift },
+            (None, Some((previous, previous_out))) if !session_start => {
+                i128::from(previous_out) + cluster - i128::from(previous)
+            }
+            (None, _) => last.map_or(cluster, |last| last + interval),
         };
-        (placed.div_ceil(scale) * scale, session_start)
+        if let Some(last) = last {
+            if self.close_gaps && placed > last + i128::from(MAX_GAP_NS) {
+                placed = last + interval;
+            }
+            // Never at or before the last frame written.
+            if placed <= last {
+                placed = last + interval;
+            }
+        }
+        let placed = (placed.max(0) + scale - 1) / scale * scale;
+        let shift = producer_ns.map_or(self.shift, |producer| placed - producer);
+        (placed as u64, session_start, shift)
     }
 
     fn open_cluster(&mut self, timecode: u64, out: &mut Vec<Output>) -> Result<(), Error> {
@@ -370,10 +423,16 @@ impl Merger {
             return Ok(());
         }
 
-        let (output_ns, session_start) = self.place(&info, cluster_ns);
+        let (output_ns, session_start, shift) = self.place(&info, cluster_ns);
+        self.shift = shift;
         info.output_time_ns = output_ns;
         info.session_start = session_start;
         self.previous = Some((cluster_ns, output_ns));
+        self.previous_offset = info
+            .producer_timestamp
+            .as_deref()
+            .and_then(seconds_to_ns)
+            .map(|p| i128::from(p) - i128::from(cluster_ns));
         let output_units = output_ns / scale;
         let number = info.number.clone();
         let repeat = if self.merged() { self.written.repeat_of(&info) } else { None };
@@ -598,24 +657,46 @@ mod tests {
         );
         let sessions: Vec<bool> = infos(&outputs).iter().map(|f| f.session_start).collect();
         assert_eq!(sessions, [true, true, false, true]);
+        // A new session whose timecodes happen to go on upwards is seen by its new start time.
+        let mut input = fragment_at("1", 0, Some(base), &[b"a"], &[]);
+        input.extend(fragment_at("2", 1_000, Some(base + 1_000), &[b"b"], &[]));
+        input.extend(fragment_at("3", 2_000, Some(base + 60_000), &[b"c"], &[]));
+        let sessions: Vec<bool> = infos(&merge(&input).1).iter().map(|f| f.session_start).collect();
+        assert_eq!(sessions, [true, false, true]);
         assert_eq!(infos(&outputs)[1].cluster_time_ns, 0);
         assert_eq!(infos(&outputs)[1].output_time_ns, (base + 12_000) * 1_000_000);
     }
 
     #[test]
+    fn a_continuous_timeline_closes_the_gaps_between_sessions() {
+        let base = 1_511_852_100_000u64;
+        let mut input = fragment_at("1", 0, Some(base), &[b"a1", b"a2", b"a3"], &[]);
+        input.extend(fragment_at("2", 0, Some(base + 7_200_000), &[b"b1"], &[]));
+        input.extend(fragment_at("3", 1_000, Some(base + 7_201_000), &[b"b2"], &[]));
+        let mut merger = Merger::new(Mode::Merged).closing_gaps();
+        let mut outputs = merger.push(Bytes::from(input)).unwrap();
+        outputs.extend(merger.finish().unwrap());
+        // Two hours later in producer time, but 33 ms (the frame interval) after the last frame in the output;
+        // the next fragment keeps its second.
+        assert_eq!(cluster_timecodes(&data(&outputs)), [base, base + 99, base + 1_099]);
+    }
+
+    #[test]
     fn without_producer_timestamps_or_with_a_clock_going_back_time_still_only_goes_forward() {
-        // No producer timestamp tags: a restart at 0 goes right after the last frame (2033 ms), and its next
-        // cluster keeps its distance.
+        // No producer timestamp tags: a restart at 0 goes one frame interval after the last frame (2033 ms),
+        // and its next cluster keeps its distance.
         let mut input = fragment_at("1", 2_000, None, &[b"a", b"b"], &[]);
         input.extend(fragment_at("2", 0, None, &[b"c"], &[]));
         input.extend(fragment_at("3", 500, None, &[b"d"], &[]));
         let (_, outputs) = merge(&input);
-        assert_eq!(cluster_timecodes(&data(&outputs)), [2_000, 2_034, 2_534]);
-        // Producer timestamps that go back (a second producer, or a clock step): after the last frame.
+        assert_eq!(cluster_timecodes(&data(&outputs)), [2_000, 2_066, 2_566]);
+        // Producer timestamps that go back (a clock step): after the last frame, and the fragments after it keep
+        // their distances.
         let mut input = fragment("1", 5_000, &[b"a", b"b"], &[]);
         input.extend(fragment("2", 4_000, &[b"c"], &[]));
+        input.extend(fragment("3", 4_500, &[b"d"], &[]));
         let (merger, outputs) = merge(&input);
-        assert_eq!(cluster_timecodes(&data(&outputs)), [5_000, 5_034]);
+        assert_eq!(cluster_timecodes(&data(&outputs)), [5_000, 5_066, 5_566]);
         assert_eq!(merger.fragments_skipped, 0);
     }
 

@@ -62,8 +62,17 @@ pub struct ReaderConfig {
     /// End of a range, seconds since the epoch: reads a bounded range, then ends.
     pub end: Option<f64>,
     pub mode: Mode,
+    /// Close gaps of more than a second between fragments (merged mode).
+    pub close_gaps: bool,
     /// GetMediaForFragmentList requests at once (range reads).
     pub parallel: usize,
+}
+
+impl ReaderConfig {
+    fn merger(&self) -> Merger {
+        let merger = Merger::new(self.mode);
+        if self.close_gaps { merger.closing_gaps() } else { merger }
+    }
 }
 
 /// What the reader gives the element.
@@ -143,7 +152,7 @@ pub async fn run(ctx: AwsContext, config: ReaderConfig, tx: Tx) {
 }
 
 async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), String> {
-    let mut merger = Merger::new(config.mode);
+    let mut merger = config.merger();
     let mut start = config.start.clone();
     let mut endpoint: Option<String> = None;
     let mut failures = 0u32;
@@ -387,7 +396,7 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         }
     }))
     .buffered(config.parallel.max(1));
-    let mut merger = Merger::new(config.mode);
+    let mut merger = config.merger();
     let mut token = None;
     let (mut done, mut bytes_read) = (0usize, 0u64);
     if !give(tx, Item::Progress { done, total, bytes: 0 }).await {

@@ -485,3 +485,334 @@ fn a_range_plays_at_its_own_pace_behind_matroskademux() {
     assert_eq!(unpaced.error, None);
     assert!(unpaced.elapsed < Duration::from_secs(4), "{:?}", unpaced.elapsed);
 }
+
+// Streams written by many producer sessions: RELATIVE timecodes restarting at 0, sessions hours apart, a
+// fragment the service sends twice.
+
+/// Real H.264 (so that ffprobe reads it): the Tracks element matroskamux wrote and `count` frames, a key frame
+/// every 10.
+struct Clip {
+    tracks: Vec<u8>,
+    frames: Vec<Vec<u8>>,
+}
+
+fn clip(count: usize) -> Clip {
+    let description = format!(
+        "videotestsrc num-buffers={count} pattern=ball ! video/x-raw,format=I420,width=160,height=120,framerate=10/1 \
+         ! x264enc key-int-max=10 bframes=0 option-string=scenecut=0 speed-preset=ultrafast ! h264parse \
+         ! matroskamux ! appsink name=capture sync=false"
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(run.error, None);
+    let tracks = kvs_mkv::read_all(&run.input)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e {
+            kvs_mkv::Event::Element(el) if el.id == kvs_mkv::ebml::id::TRACKS => Some(el.bytes.to_vec()),
+            _ => None,
+        })
+        .unwrap();
+    let frames: Vec<Vec<u8>> = input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect();
+    assert_eq!(frames.len(), count);
+    Clip { tracks, frames }
+}
+
+impl Clip {
+    /// EBML header, live Segment, Info (1-ms timecodes) and the clip's Tracks.
+    fn header(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        kvs_mkv::writer::write_ebml_header(&mut out, "matroska");
+        kvs_mkv::writer::write_segment_start(&mut out);
+        kvs_mkv::writer::write_info(&mut out, 1_000_000);
+        out.extend_from_slice(&self.tracks);
+        out
+    }
+}
+
+/// One fragment of a hand-made stream: its cluster timecode (ms), its producer time (ms since the epoch) and
+/// its 10 frames (100 ms apart, the first a key frame).
+struct Piece {
+    timecode: u64,
+    producer_ms: u64,
+    frames: Vec<Vec<u8>>,
+}
+
+fn piece(clip: &Clip, index: usize, timecode: u64, producer_ms: u64) -> Piece {
+    Piece { timecode, producer_ms, frames: clip.frames[index * 10..index * 10 + 10].to_vec() }
+}
+
+/// The cluster (timecode and SimpleBlocks) of a piece.
+fn write_cluster(out: &mut Vec<u8>, piece: &Piece) {
+    kvs_mkv::writer::write_cluster_start(out, piece.timecode);
+    for (i, frame) in piece.frames.iter().enumerate() {
+        kvs_mkv::writer::write_simple_block(out, 1, (i * 100) as i16, i == 0, frame);
+    }
+}
+
+/// Three producer sessions sending RELATIVE timecodes, each one PutMedia with its start time: A ends at
+/// timecode 10014, B restarts at 0 twelve seconds after A began, C restarts at 0 two hours later.
+fn relative_sessions(clip: &Clip, base_ms: u64) -> Vec<(u64, Vec<Piece>)> {
+    let mut index = 0;
+    let mut session = |start: u64, timecodes: &[u64]| {
+        let pieces = timecodes
+            .iter()
+            .map(|tc| {
+                index += 1;
+                piece(clip, index - 1, *tc, start + tc)
+            })
+            .collect();
+        (start, pieces)
+    };
+    vec![
+        session(base_ms, &[0, 5_005, 10_014]),
+        session(base_ms + 12_000, &[0, 1_001, 2_002]),
+        session(base_ms + 2 * 3_600_000, &[0, 1_001]),
+    ]
+}
+
+/// Uploads one session with `x-amzn-fragment-timecode-type: RELATIVE`; every fragment is PERSISTED.
+fn put_relative(emu: &Emu, clip: &Clip, stream: &str, start_ms: u64, pieces: &[Piece]) {
+    let mut body = clip.header();
+    for piece in pieces {
+        write_cluster(&mut body, piece);
+    }
+    kvs_mkv::tags::write_tags(
+        &mut body,
+        &[kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::END_OF_FRAGMENT, "")],
+        8,
+    );
+    let mut stream_tcp = std::net::TcpStream::connect(emu.addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream_tcp,
+        "POST /putMedia HTTP/1.1\r\nhost: {}\r\nx-amzn-stream-name: {stream}\r\nx-amzn-fragment-timecode-type: RELATIVE\r\n\
+         x-amzn-producer-start-timestamp: {}.{:03}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        emu.addr,
+        start_ms / 1000,
+        start_ms % 1000,
+        body.len()
+    )
+    .unwrap();
+    stream_tcp.write_all(&body).unwrap();
+    let mut response = Vec::new();
+    stream_tcp.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert_eq!(text.matches("PERSISTED").count(), pieces.len(), "{text}");
+}
+
+/// (PTS in ns) of every packet matroskademux gives for a Matroska file.
+fn demuxed_timestamps(path: &std::path::Path) -> Vec<u64> {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! matroskademux ! appsink name=out sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let appsink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut out = Vec::new();
+    while let Ok(sample) = appsink.pull_sample() {
+        out.push(sample.buffer().unwrap().pts().unwrap().nseconds());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    out
+}
+
+/// Packet timestamps (ms) ffprobe reads in a Matroska file.
+fn ffprobe_timestamps(path: &std::path::Path) -> Vec<i64> {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+/// What a merged output must be: every frame once in order, cluster times at the producer times, timestamps
+/// that never go back in matroskademux and ffprobe, and fragment messages naming the session starts.
+fn assert_one_timeline(
+    name: &str,
+    output: &[u8],
+    messages: &[&gst::Structure],
+    pieces: &[&Piece],
+    sessions: &[bool],
+) {
+    let expected: Vec<(u64, Vec<u8>)> =
+        pieces.iter().flat_map(|p| p.frames.iter().map(|f| (1, f.clone()))).collect();
+    let got = input_frames(output);
+    assert_eq!(got.len(), expected.len(), "{name}: frames");
+    assert!(got == expected, "{name}: every frame once, in order");
+    let producer: Vec<u64> = pieces.iter().map(|p| p.producer_ms).collect();
+    assert_eq!(cluster_timecodes(output), producer, "{name}: clusters at their producer times");
+    let written: Vec<&&gst::Structure> =
+        messages.iter().filter(|m| !m.get::<bool>("skipped").unwrap()).collect();
+    let starts: Vec<bool> = written.iter().map(|m| m.get::<bool>("session-start").unwrap()).collect();
+    assert_eq!(starts, sessions, "{name}: session starts");
+    let path = std::env::temp_dir().join(format!("kvssrc-sessions-{}-{name}.mkv", std::process::id()));
+    std::fs::write(&path, output).unwrap();
+    let demuxed = demuxed_timestamps(&path);
+    assert_eq!(demuxed.len(), expected.len(), "{name}: matroskademux packets");
+    assert!(demuxed.windows(2).all(|w| w[0] < w[1]), "{name}: matroskademux timestamps go back: {demuxed:?}");
+    assert_eq!(demuxed[0], producer[0] * 1_000_000, "{name}: the first frame at its producer time");
+    let probed = ffprobe_timestamps(&path);
+    assert_eq!(probed.len(), expected.len(), "{name}: ffprobe packets");
+    assert!(probed.windows(2).all(|w| w[0] < w[1]), "{name}: ffprobe timestamps go back: {probed:?}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn relative_producer_sessions_restarting_at_zero_read_back_every_frame_once_in_every_mode() {
+    let emu = Emu::start();
+    emu.create_stream("sessions", 24);
+    let base_ms = (now_s() as u64 - 3 * 3600) * 1000;
+    let clip = clip(80);
+    let sessions = relative_sessions(&clip, base_ms);
+    for (start, pieces) in &sessions {
+        put_relative(&emu, &clip, "sessions", *start, pieces);
+    }
+    let pieces: Vec<&Piece> = sessions.iter().flat_map(|(_, p)| p.iter()).collect();
+    let starts = [true, false, false, true, false, false, true, false];
+
+    // Everything stored (ListFragments + GetMediaForFragmentList).
+    let earliest = read_range(&emu, "sessions", "");
+    assert_eq!(earliest.error, None);
+    assert_one_timeline(
+        "earliest",
+        &earliest.input,
+        &earliest.messages_named("kvssrc-fragment"),
+        &pieces,
+        &starts,
+    );
+
+    // By producer time, from the first fragment to past the last.
+    let description = format!(
+        "{} start-selector=producer-timestamp start-timestamp={} end-timestamp={} ! appsink name=capture sync=false",
+        src_props(&emu, "sessions"),
+        base_ms / 1000,
+        base_ms / 1000 + 3 * 3600
+    );
+    let by_time = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(by_time.error, None);
+    assert_one_timeline(
+        "producer-range",
+        &by_time.input,
+        &by_time.messages_named("kvssrc-fragment"),
+        &pieces,
+        &starts,
+    );
+
+    // Live from the earliest fragment (GetMedia).
+    let mut live = LiveRead::start(&format!(
+        "{} start-selector=earliest ! appsink name=capture sync=false",
+        src_props(&emu, "sessions")
+    ));
+    live.wait_for_frames(80, Duration::from_secs(30));
+    live.stop();
+    let output = live.captured.lock().unwrap().clone();
+    let messages = live.messages_named("kvssrc-fragment");
+    assert_one_timeline("live", &output, &messages.iter().collect::<Vec<_>>(), &pieces, &starts);
+
+    // Continuous: the same frames, the gaps between sessions closed (2 hours and 1.1 s here).
+    let continuous = read_range(&emu, "sessions", "timeline=continuous");
+    assert_eq!(continuous.error, None);
+    assert!(input_frames(&continuous.input) == input_frames(&earliest.input), "the same frames");
+    let times = cluster_timecodes(&continuous.input);
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert_eq!(times[0], base_ms);
+    assert!(times[7] - times[0] < 15_000, "no gap left: {times:?}");
+    let path = std::env::temp_dir().join(format!("kvssrc-continuous-{}.mkv", std::process::id()));
+    std::fs::write(&path, &continuous.input).unwrap();
+    let probed = ffprobe_timestamps(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(probed.len(), 80);
+    assert!(probed.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 1_000), "{probed:?}");
+
+    // Raw: the service's bytes unchanged, the messages still naming the session starts.
+    let raw = read_range(&emu, "sessions", "mode=raw");
+    assert_eq!(raw.error, None);
+    assert_eq!(ebml_headers(&raw.input), 8, "one document per fragment");
+    let timecodes: Vec<u64> = frames(&raw.input)
+        .iter()
+        .map(|(_, t, _, _)| *t)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(timecodes, [0, 1_001, 2_002, 5_005, 10_014], "the stored (relative) cluster timecodes");
+    let starts_raw: Vec<bool> = raw
+        .messages_named("kvssrc-fragment")
+        .iter()
+        .map(|m| m.get::<bool>("session-start").unwrap())
+        .collect();
+    assert_eq!(starts_raw, starts);
+}
+
+#[test]
+fn a_fragment_the_service_sends_twice_is_left_out_with_a_warning() {
+    // A GetMedia recording, imported: a RELATIVE session restart, and its first fragment sent again (same
+    // fragment number) right after it.
+    let base_ms = 1_700_000_000_000u64;
+    let clip = clip(30);
+    let pieces = [
+        piece(&clip, 0, 10_014, base_ms + 10_014),
+        piece(&clip, 1, 0, base_ms + 12_000),
+        piece(&clip, 2, 1_001, base_ms + 13_001),
+    ];
+    let number = |i: usize| format!("91343852333181432392682062607743920146159169{i:03}");
+    let mut recording = Vec::new();
+    for (index, piece_index) in [0usize, 1, 1, 2].into_iter().enumerate() {
+        let piece = &pieces[piece_index];
+        recording.extend(clip.header());
+        let seconds = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
+        kvs_mkv::tags::write_tags(
+            &mut recording,
+            &[
+                kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::FRAGMENT_NUMBER, number(piece_index)),
+                kvs_mkv::tags::SimpleTag::new(
+                    kvs_mkv::tags::SERVER_TIMESTAMP,
+                    seconds(piece.producer_ms + 300),
+                ),
+                kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::PRODUCER_TIMESTAMP, seconds(piece.producer_ms)),
+            ],
+            8,
+        );
+        write_cluster(&mut recording, piece);
+        kvs_mkv::tags::write_tags(
+            &mut recording,
+            &[
+                kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::MILLIS_BEHIND_NOW, "1000"),
+                kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::CONTINUATION_TOKEN, number(index)),
+            ],
+            8,
+        );
+    }
+    let emu = Emu::start();
+    let (status, body) = emu.call_bytes("POST", "/_emulator/streams/twice/import", &recording);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let description = format!(
+        "{} start-selector=earliest end-timestamp={} ! appsink name=capture sync=false",
+        src_props(&emu, "twice"),
+        base_ms / 1000 + 60
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(run.error, None);
+    let messages = run.messages_named("kvssrc-fragment");
+    let skipped: Vec<String> = messages.iter().map(|m| m.get::<String>("skip-reason").unwrap()).collect();
+    assert_eq!(
+        skipped,
+        ["", "", &format!("fragment {} was already written (the service sent it again)", number(1)), ""]
+    );
+    assert!(
+        run.warnings.iter().any(|w| w.contains(&format!("kvssrc: fragment {} left out", number(1)))),
+        "{:?}",
+        run.warnings
+    );
+    assert_one_timeline(
+        "twice",
+        &run.input,
+        &messages,
+        &pieces.iter().collect::<Vec<_>>(),
+        &[true, true, false],
+    );
+}

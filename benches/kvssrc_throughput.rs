@@ -9,6 +9,9 @@
 //! in its own child process (this binary again), so its CPU time is its own:
 //! - `kvssrc N`: `kvssrc start-selector=earliest end-timestamp=... parallel-downloads=N ! fakesink`.
 //! - `getmedia`: one GetMedia session from EARLIEST read with a bare hyper client until every stored byte came.
+//!
+//! CPU per GB is given for the whole child process and for the read alone (from PLAYING to EOS for kvssrc, from
+//! the request to the last byte for the client), whose ratio is the cost of kvssrc's work on the same bytes.
 
 mod common;
 
@@ -30,6 +33,7 @@ fn kvssrc(url: &str, parallel: &str) -> u64 {
     );
     let pipeline = gst::parse::launch(&description).unwrap();
     let bus = pipeline.bus().unwrap();
+    let cpu_before = common::cpu_seconds();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut bytes = 0;
     for message in bus.iter_timed(gst::ClockTime::NONE) {
@@ -46,6 +50,7 @@ fn kvssrc(url: &str, parallel: &str) -> u64 {
             _ => {}
         }
     }
+    println!("work-cpu {}", common::cpu_seconds() - cpu_before);
     pipeline.set_state(gst::State::Null).unwrap();
     bytes
 }
@@ -53,7 +58,8 @@ fn kvssrc(url: &str, parallel: &str) -> u64 {
 fn getmedia(url: &str, total: &str) -> u64 {
     let total: u64 = total.parse().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
+    let cpu_before = common::cpu_seconds();
+    let read = runtime.block_on(async {
         let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
@@ -75,7 +81,9 @@ fn getmedia(url: &str, total: &str) -> u64 {
             }
         }
         read
-    })
+    });
+    println!("work-cpu {}", common::cpu_seconds() - cpu_before);
+    read
 }
 
 fn main() {
@@ -117,8 +125,9 @@ fn main() {
     let gb = stored as f64 / 1e9;
     let single = run_child("getmedia", &[&emu.url, &stored.to_string()]);
     let single_rate = single.count as f64 / 1e6 / single.seconds;
+    let single_work = single.work_cpu.unwrap_or(single.cpu) / gb;
     println!(
-        "one GetMedia session:         {:6.2} s, {single_rate:6.1} MB/s, {:.2} CPU s/GB",
+        "one GetMedia session:         {:6.2} s, {single_rate:6.1} MB/s, {:.2} CPU s/GB ({single_work:.2} reading)",
         single.seconds,
         single.cpu / gb
     );
@@ -126,10 +135,13 @@ fn main() {
         let m = run_child("kvssrc", &[&emu.url, parallel]);
         assert_eq!(m.count, stored, "every byte read");
         let rate = stored as f64 / 1e6 / m.seconds;
+        let work = m.work_cpu.unwrap_or(m.cpu) / gb;
         println!(
-            "kvssrc parallel-downloads={parallel}: {:6.2} s, {rate:6.1} MB/s, {:.2} CPU s/GB, peak RSS {:.0} MB, {:.1}x one GetMedia session",
+            "kvssrc parallel-downloads={parallel}: {:6.2} s, {rate:6.1} MB/s, {:.2} CPU s/GB ({work:.2} reading, \
+             {:.2}x the GetMedia client's), peak RSS {:.0} MB, {:.1}x one GetMedia session's rate",
             m.seconds,
             m.cpu / gb,
+            work / single_work,
             m.rss_mb,
             rate / single_rate
         );

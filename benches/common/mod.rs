@@ -36,6 +36,8 @@ pub struct Measured {
     pub rss_mb: f64,
     /// The child's `count N` line: what it counted (fragments persisted, bytes read...).
     pub count: u64,
+    /// The child's `work-cpu S` line, if it printed one: CPU seconds of the work alone (without start-up).
+    pub work_cpu: Option<f64>,
 }
 
 /// Runs one upload in a child process; it prints `count N` then `measured WALL CPU RSS`.
@@ -57,7 +59,14 @@ pub fn run_child(mode: &str, args: &[&str]) -> Measured {
             .collect()
     };
     let measured = value("measured ");
-    Measured { seconds: measured[0], cpu: measured[1], rss_mb: measured[2], count: value("count ")[0] as u64 }
+    let work_cpu = text.lines().find_map(|l| l.strip_prefix("work-cpu ")).and_then(|v| v.trim().parse().ok());
+    Measured {
+        seconds: measured[0],
+        cpu: measured[1],
+        rss_mb: measured[2],
+        count: value("count ")[0] as u64,
+        work_cpu,
+    }
 }
 
 pub const FRAME_BYTES: usize = 100_000;

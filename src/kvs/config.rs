@@ -119,7 +119,52 @@ fn data_plane_tls(
     Ok(config)
 }
 
+/// Contexts already loaded, by a hash of the settings they were loaded from (the most recent few).
+static SHARED: std::sync::LazyLock<std::sync::Mutex<std::collections::VecDeque<(u64, AwsContext)>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Distinct settings kept in [`SHARED`].
+const SHARED_MAX: usize = 32;
+
+/// A hash of everything a context is made of: the settings (secrets included, never stored), the endpoint the
+/// environment gives, and the element.
+fn settings_key(settings: &ConnectionSettings, element: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    element.hash(&mut hasher);
+    settings.region.hash(&mut hasher);
+    settings.access_key.hash(&mut hasher);
+    settings.secret_access_key.as_ref().map(Secret::expose).hash(&mut hasher);
+    settings.session_token.as_ref().map(Secret::expose).hash(&mut hasher);
+    settings.role_arn.hash(&mut hasher);
+    control_plane_endpoint(settings).hash(&mut hasher);
+    settings.ca_file.hash(&mut hasher);
+    settings.request_timeout.hash(&mut hasher);
+    hasher.finish()
+}
+
 impl AwsContext {
+    /// The context for these settings, shared by every element that has the same ones: one SDK client,
+    /// credential provider and TLS configuration for them all, however many streams a process writes or reads
+    /// (a context takes milliseconds and hundreds of kilobytes to make). Loaded (see [`load`](Self::load))
+    /// the first time.
+    pub async fn shared(
+        settings: &ConnectionSettings,
+        element: &'static str,
+    ) -> Result<AwsContext, KvsError> {
+        let key = settings_key(settings, element);
+        let lock = || SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, ctx)) = lock().iter().find(|(k, _)| *k == key) {
+            return Ok(ctx.clone());
+        }
+        let ctx = AwsContext::load(settings, element).await?;
+        let mut shared = lock();
+        if shared.len() == SHARED_MAX {
+            shared.pop_front();
+        }
+        shared.push_back((key, ctx.clone()));
+        Ok(ctx)
+    }
+
     /// Loads the configuration and checks that credentials can be had, so that a missing or broken credential
     /// source is reported at start, naming the cause.
     pub async fn load(settings: &ConnectionSettings, element: &'static str) -> Result<AwsContext, KvsError> {
@@ -278,6 +323,24 @@ mod tests {
         assert!(!text.contains("wJalrXUtnFEMI"), "{text}");
         assert!(!text.contains("IQoJb3JpZ2lu"), "{text}");
         assert!(text.contains("AKIDEXAMPLE"));
+    }
+
+    #[test]
+    fn contexts_are_shared_only_between_identical_settings() {
+        let settings = ConnectionSettings {
+            access_key: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some(Secret::new("one")),
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        let same = settings.clone();
+        let other_secret =
+            ConnectionSettings { secret_access_key: Some(Secret::new("two")), ..settings.clone() };
+        let other_region = ConnectionSettings { region: Some("us-east-1".into()), ..settings.clone() };
+        assert_eq!(settings_key(&settings, "kvssink"), settings_key(&same, "kvssink"));
+        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&other_secret, "kvssink"));
+        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&other_region, "kvssink"));
+        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&settings, "kvssrc"));
     }
 
     #[test]

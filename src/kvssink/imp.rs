@@ -228,13 +228,13 @@ impl KvsSink {
         let prepared = self.canceller.wait(
             async {
                 let started = std::time::Instant::now();
-                let ctx = AwsContext::load(&connection, "kvssink").await?;
+                let ctx = AwsContext::shared(&connection, "kvssink").await?;
                 let loaded = started.elapsed();
                 let description = control::ensure_stream(&ctx, &stream_name, None).await;
                 gst::debug!(
                     CAT,
                     imp = self,
-                    "AWS configuration loaded in {loaded:?}, DescribeStream answered in {:?}",
+                    "AWS configuration ready in {loaded:?}, DescribeStream answered in {:?}",
                     started.elapsed() - loaded
                 );
                 Ok::<_, KvsError>((ctx, description))

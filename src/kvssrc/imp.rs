@@ -442,7 +442,7 @@ impl BaseSrcImpl for KvsSrc {
         let timeout = connection.request_timeout;
         let prepared = self.canceller.wait(
             async {
-                let ctx = AwsContext::load(&connection, "kvssrc").await?;
+                let ctx = AwsContext::shared(&connection, "kvssrc").await?;
                 control::ensure_stream(&ctx, &stream_name, None).await?;
                 Ok::<_, KvsError>(ctx)
             },
@@ -494,7 +494,16 @@ impl PushSrcImpl for KvsSrc {
         let mut receiver = lock(&self.receiver);
         let Some(rx) = receiver.as_mut() else { return Err(gst::FlowError::Flushing) };
         loop {
-            let item = match self.canceller.wait(rx.recv(), None) {
+            if self.canceller.is_cancelled() {
+                return Err(gst::FlowError::Flushing);
+            }
+            // What is there already is taken without a round trip through the runtime.
+            let next = match rx.try_recv() {
+                Ok(item) => Ok(Some(item)),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => self.canceller.wait(rx.recv(), None),
+            };
+            let item = match next {
                 Ok(Some(item)) => item,
                 // The reader finished: the range is read.
                 Ok(None) => return Err(gst::FlowError::Eos),

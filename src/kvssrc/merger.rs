@@ -424,19 +424,22 @@ impl Merger {
         }
 
         let (output_ns, session_start, shift) = self.place(&info, cluster_ns);
-        self.shift = shift;
         info.output_time_ns = output_ns;
         info.session_start = session_start;
-        self.previous = Some((cluster_ns, output_ns));
-        self.previous_offset = info
-            .producer_timestamp
-            .as_deref()
-            .and_then(seconds_to_ns)
-            .map(|p| i128::from(p) - i128::from(cluster_ns));
         let output_units = output_ns / scale;
         let number = info.number.clone();
         let repeat = if self.merged() { self.written.repeat_of(&info) } else { None };
         info.skipped = repeat.clone();
+        if repeat.is_none() {
+            // Only what is written moves the timeline on.
+            self.shift = shift;
+            self.previous = Some((cluster_ns, output_ns));
+            self.previous_offset = info
+                .producer_timestamp
+                .as_deref()
+                .and_then(seconds_to_ns)
+                .map(|p| i128::from(p) - i128::from(cluster_ns));
+        }
         if repeat.is_some() {
             out.push(Output::Fragment(info));
             self.fragments_skipped += 1;
@@ -631,6 +634,8 @@ mod tests {
             ]
         );
         assert_eq!((merger.fragments_written, merger.fragments_skipped), (3, 2));
+        // What is left out does not move the timeline.
+        assert_eq!(cluster_timecodes(&stream), [1_000, 2_000, 3_000]);
         let tokens = outputs.iter().filter(|o| matches!(o, Output::Session { .. })).count();
         assert_eq!(tokens, 5);
     }

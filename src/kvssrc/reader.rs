@@ -109,9 +109,34 @@ async fn give(tx: &Tx, item: Item) -> bool {
     tx.send(item).await.is_ok()
 }
 
-/// Sends the merger's outputs; an error tag in the stream ends reading.
+/// A buffer holds at most this many memories (GStreamer merges them, copying, beyond it).
+const MAX_PIECES_PER_ITEM: usize = 16;
+
+/// Sends the merger's outputs; an error tag in the stream ends reading. Consecutive data goes as one item (one
+/// buffer downstream) of at most [`MAX_PIECES_PER_ITEM`] pieces.
 async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, String> {
+    let mut pending: Option<Rope> = None;
     for output in outputs {
+        if let Output::Data { data, header: false } = output {
+            match pending.as_mut() {
+                Some(rope) if rope.piece_count() + data.piece_count() <= MAX_PIECES_PER_ITEM => {
+                    rope.append(data)
+                }
+                _ => {
+                    if let Some(rope) = pending.replace(data)
+                        && !give(tx, Item::Data { data: rope, header: false }).await
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(rope) = pending.take()
+            && !give(tx, Item::Data { data: rope, header: false }).await
+        {
+            return Ok(false);
+        }
         let item = match output {
             Output::Data { data, header } => Item::Data { data, header },
             Output::Fragment(info) => Item::Fragment(info),
@@ -128,6 +153,9 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
         if !give(tx, item).await {
             return Ok(false);
         }
+    }
+    if let Some(rope) = pending {
+        return Ok(give(tx, Item::Data { data: rope, header: false }).await);
     }
     Ok(true)
 }

@@ -1,0 +1,137 @@
+//! Many kvssink elements in one process: N pipelines, each streaming a paced 256 kbit/s clip to its own stream
+//! on one kvs-emulator, next to the same N pipelines ending in `fakesink`. Prints, per stream, the memory and CPU
+//! kvssink adds; asserts that every fragment of every stream was PERSISTED.
+//!
+//! `cargo bench --bench kvssink_scale [-- N...]` (default 100 500 1000).
+//!
+//! The clip: 20 s of 160x120 H.264 at 10 fps, 256 kbit/s, a key frame (so a fragment) every second, encoded once.
+//! Each run is a child process (this binary again) holding N pipelines
+//! `filesrc ! matroskademux ! h264parse ! clocksync ! matroskamux streamable=true ! SINK`, all playing at once;
+//! the emulator runs in this parent process, so the child's CPU time and peak RSS are the pipelines' own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Emu, cpu_seconds, peak_rss_mb, run_child};
+use gst::prelude::*;
+
+const SECONDS: u32 = 20;
+
+/// Child: N pipelines into `sink` (`fakesink` or `kvssink`), to EOS; counts the fragments kvssink says were
+/// persisted.
+fn run(count: usize, sink: &str, clip: &str, url: &str) -> u64 {
+    gst::init().unwrap();
+    gstkvs::plugin_register_static().unwrap();
+    let pipelines: Vec<gst::Pipeline> = (0..count)
+        .map(|i| {
+            let sink = match sink {
+                "kvssink" => format!(
+                    "kvssink name=sink stream-name=scale-{i} endpoint-uri={url} access-key=AKIDBENCH \
+                     secret-access-key=bench-secret region=us-east-1"
+                ),
+                other => format!("{other} name=sink"),
+            };
+            let description = format!(
+                "filesrc location={clip} ! matroskademux ! h264parse ! clocksync ! matroskamux streamable=true ! {sink}"
+            );
+            gst::parse::launch(&description).unwrap().downcast::<gst::Pipeline>().unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    for pipeline in &pipelines {
+        pipeline.set_state(gst::State::Playing).unwrap();
+    }
+    eprintln!("{count} x {sink}: all playing after {:.1} s", started.elapsed().as_secs_f64());
+    let mut persisted = 0;
+    for pipeline in &pipelines {
+        let bus = pipeline.bus().unwrap();
+        let message = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(u64::from(SECONDS) + 120),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .expect("EOS in time");
+        if let gst::MessageView::Error(e) = message.view() {
+            panic!("{} {:?}", e.error(), e.debug());
+        }
+        let element = pipeline.by_name("sink").unwrap();
+        if element.find_property("stats").is_some() {
+            let stats = element.property::<Option<gst::Structure>>("stats").unwrap();
+            persisted += stats.get::<u64>("fragments-persisted").unwrap();
+        }
+    }
+    for pipeline in &pipelines {
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+    persisted
+}
+
+fn make_clip(path: &std::path::Path) {
+    gst::init().unwrap();
+    let description = format!(
+        "videotestsrc num-buffers={} pattern=snow ! video/x-raw,format=I420,width=160,height=120,framerate=10/1 \
+         ! x264enc bitrate=256 key-int-max=10 bframes=0 option-string=scenecut=0 speed-preset=veryfast \
+         ! h264parse ! matroskamux ! filesink location={}",
+        SECONDS * 10,
+        path.display()
+    );
+    let pipeline = gst::parse::launch(&description).unwrap();
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    bus.timed_pop_filtered(gst::ClockTime::NONE, &[gst::MessageType::Eos, gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let started = Instant::now();
+        let count = run(args[2].parse().unwrap(), &args[3], &args[4], &args[5]);
+        println!("count {count}");
+        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        return;
+    }
+    let counts: Vec<usize> = {
+        let given: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if given.is_empty() { vec![100, 500, 1000] } else { given }
+    };
+    let dir = std::env::temp_dir().join(format!("kvssink-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clip = dir.join("clip.mkv");
+    make_clip(&clip);
+    let clip = clip.to_str().unwrap().to_owned();
+    let fragments_per_stream = u64::from(SECONDS);
+    println!(
+        "clip: {SECONDS} s of 160x120 H.264, 256 kbit/s, {:.0} kB, {fragments_per_stream} fragments",
+        std::fs::metadata(&clip).unwrap().len() as f64 / 1e3
+    );
+    for count in counts {
+        let emu = Emu::start("scale-0");
+        for i in 1..count {
+            let status = emu.post(
+                "/createStream",
+                format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
+            );
+            assert_eq!(status, 200);
+        }
+        let base = run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url]);
+        let sink = run_child("run", &[&count.to_string(), "kvssink", &clip, &emu.url]);
+        assert_eq!(
+            sink.count,
+            fragments_per_stream * count as u64,
+            "every fragment of every stream PERSISTED"
+        );
+        let per_stream_mib = (sink.rss_mb - base.rss_mb) / count as f64;
+        // CPU above the fakesink run, as a share of one core over the clip's duration, per stream.
+        let per_stream_core = (sink.cpu - base.cpu) / f64::from(SECONDS) / count as f64 * 100.0;
+        println!(
+            "N={count:>5}: fakesink {:.1} s wall, {:.2} CPU s, {:.0} MiB; kvssink {:.1} s wall, {:.2} CPU s, {:.0} MiB, \
+             {} fragments persisted; per stream {per_stream_mib:.3} MiB and {per_stream_core:.4} % of a core above fakesink",
+            base.seconds, base.cpu, base.rss_mb, sink.seconds, sink.cpu, sink.rss_mb, sink.count
+        );
+        drop(emu);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -56,7 +56,7 @@ fn run(count: usize, sink: &str, clip: &str, url: &str) -> u64 {
             panic!("{} {:?}", e.error(), e.debug());
         }
         let element = pipeline.by_name("sink").unwrap();
-        if element.find_property("stats").is_some() {
+        if element.factory().is_some_and(|f| f.name() == "kvssink") {
             let stats = element.property::<Option<gst::Structure>>("stats").unwrap();
             persisted += stats.get::<u64>("fragments-persisted").unwrap();
         }

@@ -69,7 +69,8 @@ pub struct AwsContext {
     pub region: String,
     pub credentials: SharedCredentialsProvider,
     pub kinesis_video: aws_sdk_kinesisvideo::Client,
-    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// TLS for data-plane connections to an `https://` endpoint.
+    pub tls: DataPlaneTls,
     pub request_timeout: Duration,
 }
 
@@ -83,40 +84,58 @@ fn read_ca_file(path: &str) -> Result<Vec<u8>, KvsError> {
     std::fs::read(path).map_err(|e| KvsError::Config(format!("cannot read the CA file {path:?}: {e}")))
 }
 
+/// The system's root certificates, read once per process (reading them takes milliseconds).
+static NATIVE_ROOTS: std::sync::LazyLock<Vec<rustls_pki_types::CertificateDer<'static>>> =
+    std::sync::LazyLock::new(|| rustls_native_certs::load_native_certs().certs);
+
 /// The TLS client configuration for the data plane: the system's roots plus the custom CA, certificates
-/// always verified.
-fn data_plane_tls(
-    ca_pem: Option<&[u8]>,
-    ca_path: &str,
-) -> Result<tokio_rustls::rustls::ClientConfig, KvsError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A system certificate rustls cannot use is skipped, as every rustls client does.
-        let _ = roots.add(cert);
-    }
-    if let Some(pem) = ca_pem {
-        let mut added = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert =
-                cert.map_err(|e| KvsError::Config(format!("the CA file {ca_path:?} is not PEM: {e}")))?;
-            roots.add(cert).map_err(|e| {
-                KvsError::Config(format!("the CA file {ca_path:?} holds an unusable certificate: {e}"))
-            })?;
-            added += 1;
+/// always verified. The custom CA is read and checked when the context is made; the configuration itself is
+/// built the first time an `https://` endpoint is used (a plain `http://` endpoint never pays for it).
+#[derive(Clone)]
+pub struct DataPlaneTls {
+    custom: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    config: Arc<std::sync::OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>>>,
+}
+
+impl DataPlaneTls {
+    fn new(ca_pem: Option<&[u8]>, ca_path: &str) -> Result<DataPlaneTls, KvsError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut custom = Vec::new();
+        if let Some(pem) = ca_pem {
+            let mut check = tokio_rustls::rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| KvsError::Config(format!("the CA file {ca_path:?} is not PEM: {e}")))?;
+                check.add(cert.clone()).map_err(|e| {
+                    KvsError::Config(format!("the CA file {ca_path:?} holds an unusable certificate: {e}"))
+                })?;
+                custom.push(cert);
+            }
+            if custom.is_empty() {
+                return Err(KvsError::Config(format!("the CA file {ca_path:?} holds no PEM certificate")));
+            }
         }
-        if added == 0 {
-            return Err(KvsError::Config(format!("the CA file {ca_path:?} holds no PEM certificate")));
-        }
+        Ok(DataPlaneTls { custom: Arc::new(custom), config: Arc::default() })
     }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KvsError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+
+    /// The client configuration, built on first use.
+    pub fn config(&self) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, KvsError> {
+        self.config
+            .get_or_init(|| {
+                let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+                // A system certificate rustls cannot use is skipped, as every rustls client does; the custom
+                // ones were checked already.
+                let _ = roots.add_parsable_certificates(NATIVE_ROOTS.iter().cloned());
+                let _ = roots.add_parsable_certificates(self.custom.iter().cloned());
+                let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+                tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+                    .map_err(|e| format!("TLS: {e}"))
+            })
+            .clone()
+            .map_err(KvsError::Config)
+    }
 }
 
 /// Contexts already loaded, by a hash of the settings they were loaded from (the most recent few).
@@ -272,7 +291,7 @@ impl AwsContext {
                 )));
             }
         }
-        let tls = Arc::new(data_plane_tls(ca_pem.as_deref(), &ca_path)?);
+        let tls = DataPlaneTls::new(ca_pem.as_deref(), &ca_path)?;
         Ok(AwsContext {
             region,
             credentials,

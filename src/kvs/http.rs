@@ -68,7 +68,7 @@ async fn connect(
     let server_name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
         KvsError::Config(format!("the data endpoint host {host:?} is not a valid TLS name: {e}"))
     })?;
-    let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
+    let connector = tokio_rustls::TlsConnector::from(ctx.tls.config()?);
     let stream = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
         .await
         .map_err(|_| KvsError::Timeout { api, after: timeout })?

@@ -907,3 +907,34 @@ fn both_elements_work_over_https_with_a_custom_ca_and_refuse_an_unknown_certific
     assert!(error.contains("kvssink:") && error.to_lowercase().contains("certificate"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_live_reader_started_before_any_fragment_misses_none_that_arrives_between_two_sessions() {
+    let emu = Emu::start();
+    emu.create_stream("between", 1);
+    let clip = clip(10);
+    let mut reader =
+        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "between")));
+    // The first NOW session ends after the service's idle time; kvssrc waits a moment (the retry delay after a
+    // session that gave nothing) before the next one. A whole fragment is stored right then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let retry_in = loop {
+        if let Some(message) = reader.messages_named("kvssrc-connection").first() {
+            break message.get::<u64>("retry-in-ms").unwrap();
+        }
+        assert!(Instant::now() < deadline, "no session ended");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let piece = piece(&clip, 0, 0, (now_s() * 1000.0) as u64);
+    let started = Instant::now();
+    put_relative(&emu, &clip, "between", piece.producer_ms, std::slice::from_ref(&piece));
+    assert!(
+        started.elapsed() < Duration::from_millis(retry_in),
+        "the fragment was not stored before the next session ({:?}, retry in {retry_in} ms)",
+        started.elapsed()
+    );
+    reader.wait_for_frames(10, Duration::from_secs(10));
+    reader.stop();
+    let output = reader.captured.lock().unwrap().clone();
+    assert!(input_frames(&output) == piece.frames.iter().map(|f| (1, f.clone())).collect::<Vec<_>>());
+}

@@ -23,7 +23,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{cpu_seconds, peak_rss_mb, run_child};
+use common::{cpu_seconds, peak_rss_mb, run_child, run_to_eos};
 use gst::prelude::*;
 use kvs_emulator::{Config, Emulator};
 
@@ -36,20 +36,6 @@ fn now_us() -> u64 {
 fn init() {
     gst::init().unwrap();
     gstkvs::plugin_register_static().unwrap();
-}
-
-/// Runs a pipeline to EOS; panics on an error.
-fn run_to_eos(pipeline: &gst::Element, limit: Duration) {
-    let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    for message in bus.iter_timed(gst::ClockTime::from_nseconds(limit.as_nanos() as u64)) {
-        match message.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
 }
 
 fn write_lines(path: &str, lines: impl IntoIterator<Item = String>) {
@@ -146,17 +132,6 @@ fn summary(values: &mut [f64]) -> String {
     )
 }
 
-fn make_clip(path: &std::path::Path, seconds: u32) {
-    let description = format!(
-        "videotestsrc num-buffers={} pattern=snow ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
-         ! x264enc bitrate=2000 key-int-max=60 bframes=0 option-string=scenecut=0 speed-preset=veryfast \
-         ! h264parse ! matroskamux ! filesink location={}",
-        seconds * 30,
-        path.display()
-    );
-    run_to_eos(&gst::parse::launch(&description).unwrap(), Duration::from_secs(600));
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -176,7 +151,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("kvssink-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let clip = dir.join("clip.mkv");
-    make_clip(&clip, seconds);
+    common::encode_clip(&clip, seconds, (640, 480, 30), 2000, 60);
     println!(
         "clip: {seconds} s, {frames} frames of 640x480 H.264 at 2 Mbit/s, 2-s GOP, {:.1} MB",
         std::fs::metadata(&clip).unwrap().len() as f64 / 1e6

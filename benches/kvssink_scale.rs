@@ -67,22 +67,6 @@ fn run(count: usize, sink: &str, clip: &str, url: &str) -> u64 {
     persisted
 }
 
-fn make_clip(path: &std::path::Path) {
-    gst::init().unwrap();
-    let description = format!(
-        "videotestsrc num-buffers={} pattern=snow ! video/x-raw,format=I420,width=160,height=120,framerate=10/1 \
-         ! x264enc bitrate=256 key-int-max=10 bframes=0 option-string=scenecut=0 speed-preset=veryfast \
-         ! h264parse ! matroskamux ! filesink location={}",
-        SECONDS * 10,
-        path.display()
-    );
-    let pipeline = gst::parse::launch(&description).unwrap();
-    let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    bus.timed_pop_filtered(gst::ClockTime::NONE, &[gst::MessageType::Eos, gst::MessageType::Error]);
-    pipeline.set_state(gst::State::Null).unwrap();
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -99,7 +83,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("kvssink-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let clip = dir.join("clip.mkv");
-    make_clip(&clip);
+    common::encode_clip(&clip, SECONDS, (160, 120, 10), 256, 10);
     let clip = clip.to_str().unwrap().to_owned();
     let fragments_per_stream = u64::from(SECONDS);
     println!(

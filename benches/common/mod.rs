@@ -189,3 +189,38 @@ impl Drop for Emu {
         }
     }
 }
+
+/// Runs a pipeline to EOS (bounded by `limit`); panics on an error.
+pub fn run_to_eos(pipeline: &gst::Element, limit: std::time::Duration) {
+    use gst::prelude::*;
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for message in bus.iter_timed(gst::ClockTime::from_nseconds(limit.as_nanos() as u64)) {
+        match message.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Encodes `seconds` of noise (so that x264 reaches its bitrate) into a Matroska file: `width`x`height` H.264
+/// at `fps`, `kbps`, a key frame every `gop` frames.
+pub fn encode_clip(
+    path: &std::path::Path,
+    seconds: u32,
+    (width, height, fps): (u32, u32, u32),
+    kbps: u32,
+    gop: u32,
+) {
+    gst::init().unwrap();
+    let description = format!(
+        "videotestsrc num-buffers={} pattern=snow ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
+         ! x264enc bitrate={kbps} key-int-max={gop} bframes=0 option-string=scenecut=0 speed-preset=veryfast \
+         ! h264parse ! matroskamux ! filesink location={}",
+        seconds * fps,
+        path.display()
+    );
+    run_to_eos(&gst::parse::launch(&description).unwrap(), std::time::Duration::from_secs(600));
+}

@@ -78,19 +78,10 @@ impl Rope {
         out
     }
 
-    /// Copies the first `n` bytes (or all, if fewer) into `out`; returns how many were copied. For reading
-    /// small headers at the start of a rope whatever its cuts.
+    /// Copies the first `out.len()` bytes (or all, if fewer) into `out`; returns how many were copied. For
+    /// reading small headers at the start of a rope whatever its cuts.
     pub fn copy_prefix(&self, out: &mut [u8]) -> usize {
-        let mut copied = 0;
-        for piece in self.pieces() {
-            if copied == out.len() {
-                break;
-            }
-            let n = piece.len().min(out.len() - copied);
-            out[copied..copied + n].copy_from_slice(&piece[..n]);
-            copied += n;
-        }
-        copied
+        copy_prefix(self.pieces(), out)
     }
 
     /// The bytes from `start` to the end, as a rope sharing the same pieces (no copy).
@@ -106,6 +97,20 @@ impl Rope {
         }
         out
     }
+}
+
+/// Copies the start of a sequence of pieces into `out`; returns how many bytes were copied.
+fn copy_prefix<'a>(pieces: impl Iterator<Item = &'a Bytes>, out: &mut [u8]) -> usize {
+    let mut copied = 0;
+    for piece in pieces {
+        if copied == out.len() {
+            break;
+        }
+        let n = piece.len().min(out.len() - copied);
+        out[copied..copied + n].copy_from_slice(&piece[..n]);
+        copied += n;
+    }
+    copied
 }
 
 impl From<Bytes> for Rope {
@@ -190,16 +195,7 @@ impl PieceQueue {
 
     /// Copies up to `out.len()` bytes from the front into `out`, without consuming them.
     pub fn peek(&self, out: &mut [u8]) -> usize {
-        let mut copied = 0;
-        for piece in &self.pieces {
-            if copied == out.len() {
-                break;
-            }
-            let n = piece.len().min(out.len() - copied);
-            out[copied..copied + n].copy_from_slice(&piece[..n]);
-            copied += n;
-        }
-        copied
+        copy_prefix(self.pieces.iter(), out)
     }
 
     /// Removes the first `n` bytes (`n <= len`) and returns them as a rope of the input's pieces.

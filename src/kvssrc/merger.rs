@@ -106,6 +106,40 @@ struct OpenCluster {
     skip: usize,
     /// False when the whole cluster is left out.
     pass: bool,
+    /// Its producer timestamp, and whether its first frame's fingerprint was noted.
+    producer: Option<String>,
+    fingerprinted: bool,
+}
+
+/// A fragment with the producer timestamp of one already written: a copy if its first frame is the same too.
+/// It waits for that frame to be judged.
+#[derive(Debug)]
+struct Undecided {
+    info: FragmentInfo,
+    placement: Placement,
+    /// The fragments written with the same producer timestamp, and their first frames' fingerprints.
+    candidates: Vec<(String, Option<u64>)>,
+    /// Its children so far (none is a frame).
+    children: Vec<Rope>,
+}
+
+/// Where a cluster goes: what [`Merger::place`] decided.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    cluster_ns: u64,
+    output_ns: u64,
+    shift: i128,
+}
+
+/// What identifies a frame well enough to tell a copy: its length and first bytes.
+fn fingerprint(element: &kvs_mkv::Element) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut head = [0u8; 256];
+    let n = element.bytes.copy_prefix(&mut head);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    element.len().hash(&mut hasher);
+    head[..n].hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Fragment numbers and producer timestamps of the fragments written, to recognise repeats.
@@ -113,21 +147,31 @@ struct OpenCluster {
 struct Written {
     order: VecDeque<(String, Option<String>)>,
     numbers: HashMap<String, ()>,
-    producer_timestamps: HashMap<String, String>,
+    /// Producer timestamp → the fragments written with it and their first frames' fingerprints.
+    producer_timestamps: HashMap<String, Vec<(String, Option<u64>)>>,
 }
 
 impl Written {
-    fn repeat_of(&self, info: &FragmentInfo) -> Option<String> {
-        if !info.number.is_empty() && self.numbers.contains_key(&info.number) {
-            return Some(format!("fragment {} was already written (the service sent it again)", info.number));
+    fn number_repeat(&self, info: &FragmentInfo) -> Option<String> {
+        (!info.number.is_empty() && self.numbers.contains_key(&info.number))
+            .then(|| format!("fragment {} was already written (the service sent it again)", info.number))
+    }
+
+    /// The fragments written with the same producer timestamp, and their first frames' fingerprints.
+    fn same_producer_time(&self, info: &FragmentInfo) -> Vec<(String, Option<u64>)> {
+        info.producer_timestamp
+            .as_ref()
+            .and_then(|p| self.producer_timestamps.get(p))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_fingerprint(&mut self, producer: &str, number: &str, fingerprint: u64) {
+        if let Some(written) = self.producer_timestamps.get_mut(producer)
+            && let Some((_, known)) = written.iter_mut().find(|(n, _)| n == number)
+        {
+            known.get_or_insert(fingerprint);
         }
-        let producer = info.producer_timestamp.as_ref()?;
-        self.producer_timestamps.get(producer).map(|first| {
-            format!(
-                "a copy of fragment {first} (same producer timestamp {producer}): the producer sent it again and \
-                 the service stored it twice"
-            )
-        })
     }
 
     fn add(&mut self, info: &FragmentInfo) {
@@ -135,15 +179,20 @@ impl Written {
             && let Some((number, producer)) = self.order.pop_front()
         {
             self.numbers.remove(&number);
-            if let Some(producer) = producer {
-                self.producer_timestamps.remove(&producer);
+            if let Some(producer) = producer
+                && let Some(written) = self.producer_timestamps.get_mut(&producer)
+            {
+                written.retain(|(n, _)| *n != number);
+                if written.is_empty() {
+                    self.producer_timestamps.remove(&producer);
+                }
             }
         }
         if !info.number.is_empty() {
             self.numbers.insert(info.number.clone(), ());
         }
         if let Some(producer) = &info.producer_timestamp {
-            self.producer_timestamps.insert(producer.clone(), info.number.clone());
+            self.producer_timestamps.entry(producer.clone()).or_default().push((info.number.clone(), None));
         }
         self.order.push_back((info.number.clone(), info.producer_timestamp.clone()));
     }
@@ -170,6 +219,8 @@ pub struct Merger {
     pending_children: Vec<Rope>,
     /// An interrupted cluster, to be continued if the next session starts with the same fragment.
     interrupted: Option<OpenCluster>,
+    /// A possible copy, waiting for its first frame.
+    undecided: Option<Undecided>,
     /// The previous fragment's cluster time as stored (ns), and where it went in the output (ns).
     previous: Option<(u64, u64)>,
     /// Output time − producer time (ns) of the current session's fragments.
@@ -197,6 +248,7 @@ impl Merger {
             cluster: None,
             pending_children: Vec::new(),
             interrupted: None,
+            undecided: None,
             previous: None,
             shift: 0,
             previous_offset: None,
@@ -221,6 +273,7 @@ impl Merger {
         self.reader = MkvReader::new();
         self.doc = Document { timecode_scale: 1_000_000, ..Default::default() };
         self.pending_children.clear();
+        self.undecided = None;
         if let Some(cluster) = self.cluster.take()
             && cluster.pass
         {
@@ -278,11 +331,38 @@ impl Merger {
                 self.cluster = None;
             }
             Event::ClusterChild(element) => {
+                let is_frame = matches!(element.id, id::SIMPLE_BLOCK | id::BLOCK_GROUP);
+                if let Some(mut undecided) = self.undecided.take() {
+                    if !is_frame {
+                        undecided.children.push(element.bytes);
+                        self.undecided = Some(undecided);
+                        return Ok(());
+                    }
+                    let frame = Some(fingerprint(&element));
+                    if let Some((first, _)) = undecided.candidates.iter().find(|(_, known)| *known == frame) {
+                        let reason = format!(
+                            "a copy of fragment {first} (same producer timestamp {} and first frame): the producer \
+                             sent it again and the service stored it twice",
+                            undecided.info.producer_timestamp.as_deref().unwrap_or_default()
+                        );
+                        let seen = undecided.children.len() + 2;
+                        self.leave_out(undecided.info, reason, undecided.placement, seen, out);
+                        return Ok(());
+                    }
+                    self.write_cluster(undecided.info, undecided.placement, undecided.children, out)?;
+                }
                 if let Some(cluster) = &mut self.cluster {
                     cluster.seen += 1;
                     if cluster.pass && cluster.seen > cluster.skip {
                         cluster.written += 1;
-                        let output_units = cluster.output_units;
+                        if is_frame && !cluster.fingerprinted {
+                            cluster.fingerprinted = true;
+                            if let Some(producer) = cluster.producer.clone() {
+                                let number = cluster.number.clone();
+                                self.written.set_fingerprint(&producer, &number, fingerprint(&element));
+                            }
+                        }
+                        let output_units = self.cluster.as_ref().map_or(0, |c| c.output_units);
                         self.pass_child(output_units, element, out);
                     }
                 } else if element.id == id::TIMECODE {
@@ -294,6 +374,13 @@ impl Merger {
                 }
             }
             Event::ClusterEnd { .. } => {
+                // A possible copy without a frame: nothing would be written anyway.
+                if let Some(undecided) = self.undecided.take() {
+                    let first = undecided.candidates.first().map(|(n, _)| n.clone()).unwrap_or_default();
+                    let reason = format!("a copy of fragment {first} without frames");
+                    self.leave_out(undecided.info, reason, undecided.placement, 0, out);
+                    self.cluster = None;
+                }
                 if let Some(cluster) = self.cluster.take()
                     && cluster.pass
                 {
@@ -426,39 +513,80 @@ impl Merger {
         let (output_ns, session_start, shift) = self.place(&info, cluster_ns);
         info.output_time_ns = output_ns;
         info.session_start = session_start;
-        let output_units = output_ns / scale;
+        let placement = Placement { cluster_ns, output_ns, shift };
+        if self.merged() {
+            if let Some(reason) = self.written.number_repeat(&info) {
+                self.leave_out(info, reason, placement, children.len() + 1, out);
+                return Ok(());
+            }
+            let candidates = self.written.same_producer_time(&info);
+            if !candidates.is_empty() {
+                self.undecided = Some(Undecided { info, placement, candidates, children });
+                return Ok(());
+            }
+        }
+        self.write_cluster(info, placement, children, out)
+    }
+
+    /// Leaves a fragment out (reported with `reason`); `seen`: its children so far.
+    fn leave_out(
+        &mut self,
+        mut info: FragmentInfo,
+        reason: String,
+        placement: Placement,
+        seen: usize,
+        out: &mut Vec<Output>,
+    ) {
         let number = info.number.clone();
-        let repeat = if self.merged() { self.written.repeat_of(&info) } else { None };
-        info.skipped = repeat.clone();
-        if repeat.is_none() {
-            // Only what is written moves the timeline on.
-            self.shift = shift;
-            self.previous = Some((cluster_ns, output_ns));
-            self.previous_offset = info
-                .producer_timestamp
-                .as_deref()
-                .and_then(seconds_to_ns)
-                .map(|p| i128::from(p) - i128::from(cluster_ns));
-        }
-        if repeat.is_some() {
-            out.push(Output::Fragment(info));
-            self.fragments_skipped += 1;
-            self.cluster = Some(OpenCluster {
-                number,
-                output_units,
-                written: 0,
-                seen: children.len() + 1,
-                skip: 0,
-                pass: false,
-            });
-            return Ok(());
-        }
-        self.written.add(&info);
+        info.skipped = Some(reason);
         out.push(Output::Fragment(info));
-        // The children before the Timecode and the Timecode itself count as written (in raw mode too).
+        self.fragments_skipped += 1;
+        let output_units = placement.output_ns / self.doc.timecode_scale.max(1);
+        self.cluster = Some(OpenCluster {
+            number,
+            output_units,
+            written: 0,
+            seen,
+            skip: 0,
+            pass: false,
+            producer: None,
+            fingerprinted: true,
+        });
+    }
+
+    /// Writes a fragment's cluster start (and the children before its first frame); only what is written moves
+    /// the timeline on.
+    fn write_cluster(
+        &mut self,
+        info: FragmentInfo,
+        placement: Placement,
+        children: Vec<Rope>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Error> {
+        let scale = self.doc.timecode_scale.max(1);
+        self.shift = placement.shift;
+        self.previous = Some((placement.cluster_ns, placement.output_ns));
+        self.previous_offset = info
+            .producer_timestamp
+            .as_deref()
+            .and_then(seconds_to_ns)
+            .map(|p| i128::from(p) - i128::from(placement.cluster_ns));
+        let output_units = placement.output_ns / scale;
+        self.written.add(&info);
+        let (number, producer) = (info.number.clone(), info.producer_timestamp.clone());
+        out.push(Output::Fragment(info));
+        // The children before the first frame and the Timecode count as written (in raw mode too).
         let before = children.len() + 1;
-        self.cluster =
-            Some(OpenCluster { number, output_units, written: before, seen: before, skip: 0, pass: true });
+        self.cluster = Some(OpenCluster {
+            number,
+            output_units,
+            written: before,
+            seen: before,
+            skip: 0,
+            pass: true,
+            producer,
+            fingerprinted: false,
+        });
         if self.merged() {
             self.write_header_if_changed(out)?;
             let mut head = Vec::with_capacity(24);
@@ -625,8 +753,8 @@ mod tests {
                 (
                     "9".to_owned(),
                     Some(
-                        "a copy of fragment 2 (same producer timestamp 2.000): the producer sent it again and the \
-                         service stored it twice"
+                        "a copy of fragment 2 (same producer timestamp 2.000 and first frame): the producer sent it \
+                         again and the service stored it twice"
                             .to_owned()
                     )
                 ),
@@ -638,6 +766,22 @@ mod tests {
         assert_eq!(cluster_timecodes(&stream), [1_000, 2_000, 3_000]);
         let tokens = outputs.iter().filter(|o| matches!(o, Output::Session { .. })).count();
         assert_eq!(tokens, 5);
+    }
+
+    #[test]
+    fn a_fragment_with_the_producer_time_of_another_but_other_frames_is_not_a_copy() {
+        // Two producers (or a clock that went back) stamping the same time: both are written, the second after
+        // the first.
+        let mut input = fragment("1", 1_000, &[b"a", b"b"], &[]);
+        input.extend(fragment("2", 1_000, &[b"x", b"y"], &[]));
+        input.extend(fragment("3", 1_000, &[b"a", b"b"], &[])); // a real copy of 1
+        let (merger, outputs) = merge(&input);
+        let stream = data(&outputs);
+        assert_eq!(payloads(&stream), [b"a".to_vec(), b"b".to_vec(), b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(cluster_timecodes(&stream), [1_000, 1_066]);
+        let skipped: Vec<bool> = infos(&outputs).iter().map(|f| f.skipped.is_some()).collect();
+        assert_eq!(skipped, [false, false, true]);
+        assert_eq!(merger.fragments_skipped, 1);
     }
 
     #[test]

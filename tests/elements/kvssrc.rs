@@ -938,3 +938,39 @@ fn a_live_reader_started_before_any_fragment_misses_none_that_arrives_between_tw
     let output = reader.captured.lock().unwrap().clone();
     assert!(input_frames(&output) == piece.frames.iter().map(|f| (1, f.clone())).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_producer_restarted_with_a_clock_behind_loses_nothing_and_time_never_goes_back() {
+    // kvssink uploads 3 s stamped from T, then restarts with a clock one second behind and uploads 3 s of
+    // other pictures: its fragments at T+1 and T+2 have the producer timestamps of the first run's (not copies:
+    // other frames).
+    let emu = Emu::start();
+    emu.create_stream("restart", 1);
+    let start = 1_700_000_000u64;
+    let first = produce(&emu, "restart", 90, &format!("file-start-time={start}"));
+    let description = format!(
+        "videotestsrc num-buffers=90 pattern=smpte ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! tee name=t ! queue ! {} sync=false file-start-time={} {CAPTURE}",
+        sink_props(&emu, "restart"),
+        start + 1
+    );
+    let second = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(second.error, None);
+    let run = read_range(&emu, "restart", "");
+    assert_eq!(run.error, None);
+    let mut expected = input_frames(&first);
+    expected.extend(input_frames(&second.input));
+    let got = input_frames(&run.input);
+    assert_eq!(got.len(), 180, "every frame of both runs");
+    // Fragments come in producer-time order: T, T+1 (first run), T+1 (second run), T+2, T+2, T+3.
+    let mut sorted_got = got.clone();
+    sorted_got.sort();
+    let mut sorted_expected = expected;
+    sorted_expected.sort();
+    assert!(sorted_got == sorted_expected, "each frame once");
+    let times = cluster_timecodes(&run.input);
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert_eq!(times.len(), 6);
+    assert!(run.messages_named("kvssrc-fragment").iter().all(|m| !m.get::<bool>("skipped").unwrap()));
+}

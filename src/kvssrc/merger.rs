@@ -5,8 +5,8 @@
 //! - The AWS tags (`AWS_KINESISVIDEO_*`) and user tags become [`Output::Fragment`] / [`Output::Session`] /
 //!   [`Output::Error`] events instead of bytes.
 //! - Repeats are recognised by fragment number (the same fragment sent twice, e.g. after a broken session), and
-//!   by producer timestamp (a producer re-sent a fragment after a reconnection and the service stored it twice
-//!   under a new number): they are left out, with the reason in the fragment event. Cluster timecodes never
+//!   by producer timestamp and first frame (a producer re-sent a fragment after a reconnection and the service
+//!   stored it twice under a new number): they are left out, with the reason in the fragment event. Cluster timecodes never
 //!   decide: a producer sending RELATIVE timecodes starts again at 0 on every restart, and a cluster whose
 //!   timecode goes back is a new producer session ([`FragmentInfo::session_start`]), not a repeat.
 //! - One timeline (merged mode): every cluster is placed at its producer timestamp (from the fragment's

@@ -22,7 +22,7 @@
 //! - Input pushed as [`Bytes`] is not copied: output frames are slices of it ([`Rope`]s).
 //! - `raw` mode passes the service's bytes through unchanged (the events are still produced).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id, write_uint_fixed};
@@ -146,14 +146,14 @@ fn fingerprint(element: &kvs_mkv::Element) -> u64 {
 #[derive(Debug, Default)]
 struct Written {
     order: VecDeque<(String, Option<String>)>,
-    numbers: HashMap<String, ()>,
+    numbers: HashSet<String>,
     /// Producer timestamp → the fragments written with it and their first frames' fingerprints.
     producer_timestamps: HashMap<String, Vec<(String, Option<u64>)>>,
 }
 
 impl Written {
     fn number_repeat(&self, info: &FragmentInfo) -> Option<String> {
-        (!info.number.is_empty() && self.numbers.contains_key(&info.number))
+        (!info.number.is_empty() && self.numbers.contains(&info.number))
             .then(|| format!("fragment {} was already written (the service sent it again)", info.number))
     }
 
@@ -189,7 +189,7 @@ impl Written {
             }
         }
         if !info.number.is_empty() {
-            self.numbers.insert(info.number.clone(), ());
+            self.numbers.insert(info.number.clone());
         }
         if let Some(producer) = &info.producer_timestamp {
             self.producer_timestamps.entry(producer.clone()).or_default().push((info.number.clone(), None));

@@ -5,8 +5,8 @@
 //! connection as soon as it is queued: the task wakes on every change and writes what is new as one HTTP chunk
 //! (the frame's own memory, no copy). Fragments stay queued until the service has them for good (PERSISTED, or
 //! RECEIVED for a stream without retention). The task reads ACKs at the same time, and on a dropped
-//! connection, a retryable ERROR ACK, an HTTP error or a stale connection it reconnects with exponential
-//! backoff and jitter and re-sends every fragment that is not yet done, in order, after a fresh header (a
+//! connection, a retryable ERROR ACK, an HTTP error or a stale connection it reconnects at once (with
+//! exponential backoff and jitter when that fails too) and re-sends every fragment that is not yet done, in order, after a fresh header (a
 //! fragment still being written continues on the new connection). Before the service's connection time limit,
 //! or when the stream header changes, it rotates at the next fragment: the old connection gets the
 //! end-of-fragment tag and drains its last ACKs in the background while the next one already streams.
@@ -593,7 +593,9 @@ impl Uploader {
             ));
             return false;
         }
-        let delay = if failure.immediate { Duration::ZERO } else { self.backoff(attempt) };
+        // The first attempt after a failure goes at once (a reset connection is usually just that); only when
+        // that fails too does the backoff start.
+        let delay = if failure.immediate || attempt <= 1 { Duration::ZERO } else { self.backoff(attempt) };
         self.emit(UploadEvent::Disconnected { connection, reason: failure.reason, retry_in: delay, attempt });
         tokio::time::sleep(delay).await;
         true

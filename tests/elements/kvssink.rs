@@ -107,6 +107,14 @@ fn ten_dropped_connections_lose_nothing() {
     assert_round_trip(&emu, "drops", &run);
     assert_eq!(reconnections(&run), 10, "{:?}", run.messages_named("kvssink-connection"));
     assert_eq!(run.stat("reconnections"), 10);
+    // A drop after ACKs is followed by a reconnection at once (a drop that beats the new connection's first
+    // ACK counts as a second failure in a row and backs off: allowed for once or twice).
+    let waits: Vec<u64> = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter_map(|s| s.get::<u64>("retry-in-ms").ok())
+        .collect();
+    assert!(waits.iter().filter(|w| **w == 0).count() >= 8, "{waits:?}");
     assert!(run.stat("fragments-resent") >= 10, "{:?}", run.stats);
 }
 
@@ -136,6 +144,16 @@ fn a_503_on_connect_is_retried() {
     let reasons = reasons(&run);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].contains("HTTP 503 ServiceUnavailableException"), "{reasons:?}");
+    // The first retry goes at once; the second, after another failure, backs off.
+    let waits: Vec<(u32, u64)> = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter(|s| s.get::<String>("state").unwrap() == "reconnecting")
+        .map(|s| (s.get::<u32>("attempt").unwrap(), s.get::<u64>("retry-in-ms").unwrap()))
+        .collect();
+    assert_eq!(waits[0], (1, 0), "{waits:?}");
+    assert_eq!(waits[1].0, 2);
+    assert!((250..=500).contains(&waits[1].1), "{waits:?}");
 }
 
 #[test]

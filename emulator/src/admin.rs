@@ -14,7 +14,7 @@ use crate::faults::Fault;
 use crate::media::{Fragment, FragmentState};
 use crate::store::NewStream;
 use kvs_mkv::ebml::{id, read_uint};
-use kvs_mkv::{Event, block, header, tags};
+use kvs_mkv::{Event, header, tags};
 
 /// Largest import body (recorded GetMedia output).
 pub const MAX_IMPORT_BYTES: usize = 1024 * 1024 * 1024;
@@ -256,12 +256,7 @@ pub fn parse_capture(body: &[u8]) -> Result<(Vec<Fragment>, Option<Cut>), String
                 if el.id == id::TIMECODE {
                     doc.timecode = read_uint(&el.data()).map_err(|e| e.to_string())?;
                 } else if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP {
-                    let info = if el.id == id::SIMPLE_BLOCK {
-                        block::parse_simple_block(&el.data())
-                    } else {
-                        block::parse_block_group(&el.data())
-                    }
-                    .map_err(|e| e.to_string())?;
+                    let info = el.block().map_err(|e| e.to_string())?;
                     *doc.frames.entry(info.track).or_default() += 1;
                     let units = doc.timecode as i128 + i128::from(info.relative_timecode);
                     let ms = (units * i128::from(doc.scale) / 1_000_000) as i64;

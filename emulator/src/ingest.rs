@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kvs_mkv::ebml::{id, read_uint};
-use kvs_mkv::{Event, MkvReader, block, header, tags};
+use kvs_mkv::{Event, MkvReader, header, tags};
 
 /// An ERROR ACK's id and code (KVS-PROTOCOL.md §2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +366,7 @@ impl Ingest {
         let Some(fragment) = self.current.as_mut() else {
             return Err(invalid("a Cluster child outside a Cluster".to_owned()));
         };
-        fragment.size += element.to_bytes().len() as u64;
+        fragment.size += element.len() as u64;
         if fragment.size > limits.max_fragment_bytes {
             return Err((
                 AckError::MAX_FRAGMENT_SIZE_REACHED,
@@ -401,12 +401,7 @@ impl Ingest {
                 let Some(timecode) = fragment.timecode else {
                     return Err(invalid("a block before the Cluster's Timecode".to_owned()));
                 };
-                let info = if element.id == id::SIMPLE_BLOCK {
-                    block::parse_simple_block(&element.data())
-                } else {
-                    block::parse_block_group(&element.data())
-                }
-                .map_err(|e| invalid(e.to_string()))?;
+                let info = element.block().map_err(|e| invalid(e.to_string()))?;
                 if !self.header.tracks.iter().any(|t| t.number == info.track) {
                     return Err((
                         AckError::TRACK_NUMBER_MISMATCH,

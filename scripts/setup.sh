@@ -18,7 +18,8 @@ DEB_PACKAGES=(
     build-essential pkg-config git ca-certificates curl python3 python3-venv
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-    gstreamer1.0-plugins-ugly gstreamer1.0-libav
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-plugins-base-apps
+    python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
     meson ninja-build ffmpeg mkvtoolnix openssl
 )
 

@@ -13,6 +13,7 @@ pub mod kvssink;
 pub mod kvssrc;
 mod props;
 pub mod runtime;
+mod uri;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     kvssink::register(plugin)?;

@@ -457,6 +457,7 @@ impl ObjectSubclass for KvsSink {
     const NAME: &'static str = "GstKvsSink";
     type Type = super::KvsSink;
     type ParentType = gst_base::BaseSink;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl ObjectImpl for KvsSink {
@@ -565,6 +566,23 @@ impl ObjectImpl for KvsSink {
 }
 
 impl GstObjectImpl for KvsSink {}
+
+/// `kvs://STREAM?property=value…` ([`crate::uri`]).
+impl URIHandlerImpl for KvsSink {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    fn protocols() -> &'static [&'static str] {
+        &[crate::uri::SCHEME]
+    }
+
+    fn uri(&self) -> Option<String> {
+        crate::uri::current(self.obj().upcast_ref())
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        crate::uri::apply(self.obj().upcast_ref(), uri)
+    }
+}
 
 impl ElementImpl for KvsSink {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {

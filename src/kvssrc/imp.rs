@@ -114,6 +114,10 @@ impl Default for Settings {
 struct Progress {
     last_fragment_number: Option<String>,
     continuation_token: Option<String>,
+    /// How far behind the live edge the last fragment was, as GetMedia said (live reads).
+    millis_behind_now: Option<u64>,
+    /// A range read posted its GST_MESSAGE_PROGRESS start and not yet its end.
+    range_in_progress: bool,
 }
 
 #[derive(Default)]
@@ -190,6 +194,44 @@ impl KvsSrc {
         let _ = element.post_message(gst::message::Element::builder(structure).src(&*element).build());
     }
 
+    /// A range read's progress as a standard GST_MESSAGE_PROGRESS (code `kvs-read`), which `gst-launch-1.0`
+    /// prints and applications read without knowing kvssrc: start, continue per batch of fragments, complete.
+    ///
+    /// Start and continue are posted in PLAYING only: `gst-launch-1.0` (and applications written like it) hold
+    /// a prerolled pipeline in PAUSED while a progress is open, and a range read cannot go on in PAUSED.
+    /// Complete is posted only after a start.
+    fn post_progress(&self, done: usize, total: usize, percent: u32) {
+        let playing = self.obj().current_state() == gst::State::Playing;
+        let kind = {
+            let mut progress = lock(&self.progress);
+            match (progress.range_in_progress, done < total) {
+                (true, false) => {
+                    progress.range_in_progress = false;
+                    gst::ProgressType::Complete
+                }
+                (_, true) if playing => {
+                    let started = std::mem::replace(&mut progress.range_in_progress, true);
+                    if started { gst::ProgressType::Continue } else { gst::ProgressType::Start }
+                }
+                _ => return,
+            }
+        };
+        self.post_progress_message(
+            kind,
+            &format!("Read {done} of {total} fragments ({percent}%)"),
+            Some(percent),
+        );
+    }
+
+    fn post_progress_message(&self, kind: gst::ProgressType, text: &str, percent: Option<u32>) {
+        let element = self.obj();
+        let mut message = gst::message::Progress::builder(kind, "kvs-read", text).src(&*element);
+        if let Some(percent) = percent {
+            message = message.other_field("percent", percent as i32);
+        }
+        let _ = element.post_message(message.build());
+    }
+
     /// Posts what an item says; returns the buffer it carries, if any.
     fn handle(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
         match item {
@@ -233,6 +275,7 @@ impl KvsSrc {
                 }
                 let tags: Vec<String> =
                     info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+                let behind = lock(&self.progress).millis_behind_now;
                 self.post(
                     gst::Structure::builder("kvssrc-fragment")
                         .field("fragment-number", info.number)
@@ -244,12 +287,17 @@ impl KvsSrc {
                         .field("skipped", info.skipped.is_some())
                         .field("skip-reason", info.skipped.unwrap_or_default())
                         .field("tags", gst::Array::new(tags))
+                        .field_if_some("millis-behind-now", behind)
                         .build(),
                 );
             }
             Item::Session { millis_behind_now, continuation_token } => {
-                if let Some(token) = &continuation_token {
-                    lock(&self.progress).continuation_token = Some(token.clone());
+                {
+                    let mut progress = lock(&self.progress);
+                    if let Some(token) = &continuation_token {
+                        progress.continuation_token = Some(token.clone());
+                    }
+                    progress.millis_behind_now = millis_behind_now.or(progress.millis_behind_now);
                 }
                 self.post(
                     gst::Structure::builder("kvssrc-session")
@@ -268,6 +316,7 @@ impl KvsSrc {
                         .field("percent", percent)
                         .build(),
                 );
+                self.post_progress(done, total, percent);
             }
             Item::Reconnecting { reason, retry_in } => {
                 gst::info!(CAT, imp = self, "{reason}; reading again in {retry_in:?}");
@@ -280,6 +329,13 @@ impl KvsSrc {
                 );
             }
             Item::Error(message) => {
+                if std::mem::take(&mut lock(&self.progress).range_in_progress) {
+                    self.post_progress_message(
+                        gst::ProgressType::Error,
+                        &format!("Reading failed: {message}"),
+                        None,
+                    );
+                }
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::Read,
@@ -298,6 +354,7 @@ impl ObjectSubclass for KvsSrc {
     const NAME: &'static str = "GstKvsSrc";
     type Type = super::KvsSrc;
     type ParentType = gst_base::PushSrc;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl ObjectImpl for KvsSrc {
@@ -400,6 +457,23 @@ impl ObjectImpl for KvsSrc {
 
 impl GstObjectImpl for KvsSrc {}
 
+/// `kvs://STREAM?property=value…` ([`crate::uri`]).
+impl URIHandlerImpl for KvsSrc {
+    const URI_TYPE: gst::URIType = gst::URIType::Src;
+
+    fn protocols() -> &'static [&'static str] {
+        &[crate::uri::SCHEME]
+    }
+
+    fn uri(&self) -> Option<String> {
+        crate::uri::current(self.obj().upcast_ref())
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        crate::uri::apply(self.obj().upcast_ref(), uri)
+    }
+}
+
 impl ElementImpl for KvsSrc {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
@@ -467,6 +541,9 @@ impl BaseSrcImpl for KvsSrc {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.cancel();
+        if std::mem::take(&mut lock(&self.progress).range_in_progress) {
+            self.post_progress_message(gst::ProgressType::Canceled, "Reading stopped", None);
+        }
         if let Some(task) = lock(&self.task).take() {
             task.abort();
         }

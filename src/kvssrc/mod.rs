@@ -8,9 +8,9 @@ pub mod merger;
 pub mod reader;
 
 glib::wrapper! {
-    pub struct KvsSrc(ObjectSubclass<imp::KvsSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+    pub struct KvsSrc(ObjectSubclass<imp::KvsSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object, @implements gst::URIHandler;
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    gst::Element::register(Some(plugin), "kvssrc", gst::Rank::NONE, KvsSrc::static_type())
+    gst::Element::register(Some(plugin), "kvssrc", gst::Rank::SECONDARY, KvsSrc::static_type())
 }

@@ -139,6 +139,17 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The directory of this test binary's own libgstkvs.so (target/<profile>/deps/elements-<hash> ->
+/// target/<profile>), for tools run as child processes (gst-launch-1.0, gst-play-1.0, the examples).
+pub fn plugin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let plugin_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    if !plugin_dir.join("libgstkvs.so").exists() {
+        panic!("no libgstkvs.so in {}: build the plugin first (cargo build --lib)", plugin_dir.display());
+    }
+    plugin_dir
+}
+
 /// What running a pipeline gave.
 pub struct Run {
     /// The Matroska bytes matroskamux produced (captured beside kvssink).
@@ -149,6 +160,8 @@ pub struct Run {
     pub messages: Vec<gst::Structure>,
     pub elapsed: Duration,
     pub stats: Option<gst::Structure>,
+    /// GST_MESSAGE_PROGRESS messages: type, code, text, the `percent` field.
+    pub progress: Vec<(gst::ProgressType, String, String, i32)>,
 }
 
 impl Run {
@@ -206,6 +219,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
         messages: Vec::new(),
         elapsed: Duration::ZERO,
         stats: None,
+        progress: Vec::new(),
     };
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
         // The error message on the bus says why.
@@ -230,6 +244,11 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
                 w.error(),
                 w.debug().map(|d| d.to_string()).unwrap_or_default()
             )),
+            gst::MessageView::Progress(p) => {
+                let (kind, code, text) = p.get();
+                let percent = p.structure().and_then(|s| s.get::<i32>("percent").ok()).unwrap_or(-1);
+                run.progress.push((kind, code.to_string(), text.to_string(), percent));
+            }
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure()
                     && s.name().starts_with("kvs")

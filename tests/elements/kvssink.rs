@@ -384,12 +384,7 @@ fn an_unreachable_endpoint_fails_within_the_request_timeout() {
 #[test]
 fn no_credentials_anywhere_is_an_error_naming_the_cause() {
     // gst-launch-1.0 in a clean environment: no AWS variables, an empty HOME, IMDS disabled.
-    // libgstkvs.so of this test binary's own profile: target/<profile>/deps/elements-<hash> -> target/<profile>.
-    let exe = std::env::current_exe().unwrap();
-    let plugin_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    if !plugin_dir.join("libgstkvs.so").exists() {
-        panic!("no libgstkvs.so in {}: build the plugin first (cargo build --lib)", plugin_dir.display());
-    }
+    let plugin_dir = plugin_dir();
     let home = std::env::temp_dir().join(format!("kvssink-nocreds-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     let output = std::process::Command::new("gst-launch-1.0")

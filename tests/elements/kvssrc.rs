@@ -8,19 +8,19 @@ use crate::common::*;
 use gst::prelude::*;
 use serde_json::json;
 
-fn src_props(emu: &Emu, stream: &str) -> String {
+pub fn src_props(emu: &Emu, stream: &str) -> String {
     format!(
         "kvssrc name=src stream-name={stream} endpoint-uri={} access-key=AKIDTEST secret-access-key=test-secret region=us-east-1",
         emu.url
     )
 }
 
-fn now_s() -> f64 {
+pub fn now_s() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// Uploads `frames` frames of H.264 through kvssink; returns the Matroska bytes matroskamux made.
-fn produce(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Vec<u8> {
+pub fn produce(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Vec<u8> {
     let description = format!(
         "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {extra} {CAPTURE}",
         video_source(frames),

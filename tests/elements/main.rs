@@ -5,3 +5,4 @@ mod common;
 mod kvssink;
 mod kvssrc;
 mod plugin;
+mod uri;

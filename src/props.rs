@@ -111,18 +111,20 @@ pub fn effective_connection(settings: &ConnectionSettings) -> ConnectionSettings
     connection
 }
 
-/// An AWS-side error as a GStreamer error message naming the element and the cause.
+/// An AWS-side error as a GStreamer error message naming the element and the cause, in the message itself (what
+/// applications show), not only in the debug string: the domain's stock text ("Not authorized to access
+/// resource.") does not say which service call failed or why.
 pub fn kvs_error_message(element: &str, error: &KvsError, other: gst::ResourceError) -> gst::ErrorMessage {
     let text = format!("{element}: {error}");
     match error {
-        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ["{}", text]),
-        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text]),
+        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", text]),
+        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text]),
         KvsError::Service { status: 401 | 403, .. } => {
-            gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", text])
+            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text])
         }
         KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
-            gst::error_msg!(gst::ResourceError::NotFound, ["{}", text])
+            gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", text])
         }
-        _ => gst::error_msg!(other, ["{}", text]),
+        _ => gst::error_msg!(other, ("{}", text), ["{}", text]),
     }
 }

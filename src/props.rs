@@ -118,7 +118,9 @@ pub fn kvs_error_message(element: &str, error: &KvsError, other: gst::ResourceEr
     let text = format!("{element}: {error}");
     match error {
         KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", text]),
-        KvsError::Credentials(_) => gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text]),
+        KvsError::Credentials(_) => {
+            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text])
+        }
         KvsError::Service { status: 401 | 403, .. } => {
             gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text])
         }

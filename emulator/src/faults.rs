@@ -11,24 +11,86 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// How a dropped connection ends at the TCP level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Close {
+    /// The socket is closed as it is: the kernel sends FIN, or RST when received bytes are still unread.
+    #[default]
+    Drop,
+    /// A clean close: FIN in both directions first (`shutdown`), then the socket is closed.
+    Fin,
+    /// A TCP reset (`SO_LINGER` 0): the peer's next read or write fails with "connection reset".
+    Reset,
+}
+
 /// What a fault does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     /// Drops the connection once this many body bytes were received (PutMedia) or sent (GetMedia).
-    DropAfterBytes { bytes: u64 },
-    /// Drops the connection when the K-th fragment (1-based, counted per connection) begins.
-    DropAtFragment { fragment: u64 },
+    DropAfterBytes {
+        bytes: u64,
+        #[serde(default)]
+        close: Close,
+    },
+    /// Drops the connection when the K-th fragment (1-based, counted per connection) begins, or `delay_ms`
+    /// after it began (PutMedia: checked as body bytes arrive).
+    DropAtFragment {
+        fragment: u64,
+        #[serde(default)]
+        close: Close,
+        #[serde(default)]
+        delay_ms: u64,
+    },
+    /// PutMedia: drops the connection right after the ACK `event` of the K-th fragment is written (a reset in the
+    /// same millisecond as a PERSISTED).
+    DropAfterAck {
+        fragment: u64,
+        event: String,
+        #[serde(default)]
+        close: Close,
+    },
+    /// PutMedia: when the K-th fragment begins, ends the response (the zero-length chunk) and half-closes the
+    /// connection, while reading the rest of the body without storing it, as a server whose handler died.
+    EndResponse { fragment: u64 },
+    /// GetMedia: ends the response cleanly (the zero-length chunk) after this many bytes, in mid-fragment.
+    EndResponseAfterBytes { bytes: u64 },
+    /// PutMedia: no `100 Continue` before the response head (clients that wait for it wait in vain).
+    NoContinue,
+    /// PutMedia: stops reading the body when the K-th fragment begins; the connection stays open, the TCP
+    /// window fills, nothing is refused and nothing arrives.
+    StopReading { fragment: u64 },
+    /// GetMedia: stops sending after this many bytes; the connection stays open.
+    Stall { bytes: u64 },
+    /// PutMedia: each ACK line goes out cut into pieces of this many bytes, one HTTP chunk each.
+    SplitAcks { bytes: u64 },
+    /// PutMedia: ACK lines go out `count` at a time in one HTTP chunk.
+    CoalesceAcks { count: u64 },
+    /// PutMedia: the ACK `event` of the K-th fragment is sent garbled (cut JSON, then a newline).
+    GarbleAck { fragment: u64, event: String },
+    /// PutMedia: before the K-th fragment's BUFFERING, an ACK for a fragment that was never sent.
+    UnknownAck { fragment: u64 },
+    /// PutMedia: when the K-th fragment begins, the response carries bytes without a newline, endlessly.
+    EndlessLine { fragment: u64 },
+    /// GetMedia: after this many bytes, 64 bytes that are not Matroska, then the stream goes on.
+    GarbleMedia { bytes: u64 },
+    /// PutMedia and GetMedia: answers with this status, content type and body, not chunked, instead of running
+    /// the call (an HTML page from a proxy, a 4xx/5xx that is not JSON, a 200 with a plain body).
+    RawResponse { status: u16, content_type: String, body: String },
     /// Delays ACKs (all, or those of one EventType) by `ms`; later ACKs wait behind them.
     DelayAcks {
         ms: u64,
         #[serde(default)]
         event: Option<String>,
     },
-    /// Never sends ACKs (all, or those of one EventType).
+    /// Never sends ACKs (all, or those of one EventType), from the K-th fragment of the connection on (all
+    /// fragments when absent).
     WithholdAcks {
         #[serde(default)]
         event: Option<String>,
+        #[serde(default)]
+        from_fragment: Option<u64>,
     },
     /// Answers the call with this HTTP status and error name instead of running it.
     HttpError {
@@ -121,10 +183,22 @@ impl Faults {
 /// The faults one connection is subject to, in a form its loop can check cheaply.
 #[derive(Debug, Default, Clone)]
 pub struct ConnectionFaults {
-    pub drop_after_bytes: Option<u64>,
-    pub drop_at_fragment: Option<u64>,
+    pub drop_after_bytes: Option<(u64, Close)>,
+    pub drop_at_fragment: Option<(u64, Close, Duration)>,
+    pub drop_after_ack: Option<(u64, String, Close)>,
+    pub end_response: Option<u64>,
+    pub end_response_after_bytes: Option<u64>,
+    pub no_continue: bool,
+    pub stop_reading: Option<u64>,
+    pub stall: Option<u64>,
+    pub split_acks: Option<usize>,
+    pub coalesce_acks: Option<usize>,
+    pub garble_ack: Option<(u64, String)>,
+    pub unknown_ack: Option<u64>,
+    pub endless_line: Option<u64>,
+    pub garble_media: Option<u64>,
     pub delay_acks: Vec<(Duration, Option<String>)>,
-    pub withhold_acks: Vec<Option<String>>,
+    pub withhold_acks: Vec<(Option<String>, u64)>,
     pub error_ack: Option<(u64, u32)>,
     pub bytes_per_second: Option<u64>,
     pub error_tag: Option<(u64, u32)>,
@@ -135,18 +209,36 @@ impl ConnectionFaults {
         let mut out = ConnectionFaults::default();
         for action in actions {
             match action {
-                Action::DropAfterBytes { bytes } => out.drop_after_bytes = Some(*bytes),
-                Action::DropAtFragment { fragment } => out.drop_at_fragment = Some(*fragment),
+                Action::DropAfterBytes { bytes, close } => out.drop_after_bytes = Some((*bytes, *close)),
+                Action::DropAtFragment { fragment, close, delay_ms } => {
+                    out.drop_at_fragment = Some((*fragment, *close, Duration::from_millis(*delay_ms)))
+                }
+                Action::DropAfterAck { fragment, event, close } => {
+                    out.drop_after_ack = Some((*fragment, event.clone(), *close))
+                }
+                Action::EndResponse { fragment } => out.end_response = Some(*fragment),
+                Action::EndResponseAfterBytes { bytes } => out.end_response_after_bytes = Some(*bytes),
+                Action::NoContinue => out.no_continue = true,
+                Action::StopReading { fragment } => out.stop_reading = Some(*fragment),
+                Action::Stall { bytes } => out.stall = Some(*bytes),
+                Action::SplitAcks { bytes } => out.split_acks = Some((*bytes).max(1) as usize),
+                Action::CoalesceAcks { count } => out.coalesce_acks = Some((*count).max(1) as usize),
+                Action::GarbleAck { fragment, event } => out.garble_ack = Some((*fragment, event.clone())),
+                Action::UnknownAck { fragment } => out.unknown_ack = Some(*fragment),
+                Action::EndlessLine { fragment } => out.endless_line = Some(*fragment),
+                Action::GarbleMedia { bytes } => out.garble_media = Some(*bytes),
                 Action::DelayAcks { ms, event } => {
                     out.delay_acks.push((Duration::from_millis(*ms), event.clone()))
                 }
-                Action::WithholdAcks { event } => out.withhold_acks.push(event.clone()),
+                Action::WithholdAcks { event, from_fragment } => {
+                    out.withhold_acks.push((event.clone(), from_fragment.unwrap_or(0)))
+                }
                 Action::ErrorAck { fragment, error_id } => out.error_ack = Some((*fragment, *error_id)),
                 Action::Throttle { bytes_per_second } => {
                     out.bytes_per_second = Some((*bytes_per_second).max(1))
                 }
                 Action::ErrorTag { fragment, error_id } => out.error_tag = Some((*fragment, *error_id)),
-                Action::HttpError { .. } => {}
+                Action::HttpError { .. } | Action::RawResponse { .. } => {}
             }
         }
         out
@@ -156,9 +248,9 @@ impl ConnectionFaults {
         filter.as_deref().is_none_or(|wanted| wanted == event)
     }
 
-    /// Whether an ACK of this EventType is withheld.
-    pub fn withholds(&self, event: &str) -> bool {
-        self.withhold_acks.iter().any(|filter| Self::matches(filter, event))
+    /// Whether an ACK of this EventType about the `index`-th fragment (0: none) is withheld.
+    pub fn withholds(&self, event: &str, index: u64) -> bool {
+        self.withhold_acks.iter().any(|(filter, from)| index >= *from && Self::matches(filter, event))
     }
 
     /// How long an ACK of this EventType is delayed.
@@ -190,14 +282,79 @@ impl Pacer {
     }
 }
 
-/// Ends a connection from inside a request handler: the connection task drops the socket when notified.
+/// Ends a connection from inside a request handler. The connection task (`serve_connection`) holds the socket's
+/// descriptor and acts on the request: a close (FIN or reset) drops the connection, a half-close only ends the
+/// sending side.
 #[derive(Debug, Clone, Default)]
-pub struct ConnectionKill(pub Arc<Notify>);
+pub struct ConnectionKill(pub Arc<KillState>);
+
+#[derive(Debug, Default)]
+pub struct KillState {
+    pub notify: Notify,
+    pub how: Mutex<Close>,
+    /// The TCP socket's descriptor, while the connection task holds the socket.
+    pub fd: Mutex<Option<std::os::fd::RawFd>>,
+}
 
 impl ConnectionKill {
+    /// Drops the connection the way the kernel closes a socket with what it holds.
     pub fn kill(&self) {
-        self.0.notify_one();
+        self.close(Close::Drop);
     }
+
+    /// Drops the connection with a FIN, a reset or a plain close.
+    pub fn close(&self, how: Close) {
+        *self.0.how.lock().unwrap_or_else(|e| e.into_inner()) = how;
+        self.0.notify.notify_one();
+    }
+
+    /// Ends the sending side only (FIN towards the client); the connection still reads.
+    pub fn half_close(&self) {
+        self.with_socket(|socket| socket.shutdown(std::net::Shutdown::Write));
+    }
+
+    /// Prepares the socket for `how` just before the connection task drops it.
+    pub fn prepare_close(&self, how: Close) {
+        match how {
+            Close::Drop => {}
+            Close::Fin => self.with_socket(|socket| socket.shutdown(std::net::Shutdown::Both)),
+            Close::Reset => self.with_socket(|socket| socket.set_linger(Some(Duration::ZERO))),
+        }
+    }
+
+    pub fn how(&self) -> Close {
+        *self.0.how.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_socket(&self, action: impl FnOnce(socket2::SockRef<'_>) -> std::io::Result<()>) {
+        // The lock is held while the socket is used: the connection task clears `fd` under it before it drops
+        // the socket.
+        let guard = self.0.fd.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = *guard else { return };
+        // SAFETY: `fd` is set only while the connection task owns the open socket (see above).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Err(err) = action(socket2::SockRef::from(&borrowed)) {
+            eprintln!("kvs-emulator: socket fault not applied: {err}");
+        }
+    }
+}
+
+/// The raw response fault among `actions`, if any: status, content type and body.
+pub fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> {
+    actions.iter().find_map(|action| match action {
+        Action::RawResponse { status, content_type, body } => {
+            use http_body_util::BodyExt;
+            let mut response =
+                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.clone())).boxed());
+            *response.status_mut() =
+                hyper::StatusCode::from_u16(*status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+            if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+                response.headers_mut().insert("content-type", value);
+            }
+            Some(response)
+        }
+        _ => None,
+    })
 }
 
 /// The first HTTP error fault among `actions`, if any.
@@ -227,7 +384,7 @@ mod tests {
             r#"{"api":"putMedia","stream":"cam1","kind":"drop_after_bytes","bytes":1000,"times":2}"#,
         )
         .unwrap();
-        assert_eq!(fault.action, Action::DropAfterBytes { bytes: 1000 });
+        assert_eq!(fault.action, Action::DropAfterBytes { bytes: 1000, close: Close::Drop });
         faults.add(fault);
         assert!(faults.take("putMedia", Some("cam2")).is_empty());
         assert!(faults.take("getMedia", Some("cam1")).is_empty());
@@ -241,11 +398,11 @@ mod tests {
     #[test]
     fn connection_faults_filter_acks_by_event() {
         let faults = ConnectionFaults::new(&[
-            Action::WithholdAcks { event: Some("PERSISTED".into()) },
+            Action::WithholdAcks { event: Some("PERSISTED".into()), from_fragment: None },
             Action::DelayAcks { ms: 1500, event: None },
         ]);
-        assert!(faults.withholds("PERSISTED"));
-        assert!(!faults.withholds("RECEIVED"));
+        assert!(faults.withholds("PERSISTED", 1));
+        assert!(!faults.withholds("RECEIVED", 1));
         assert_eq!(faults.delay_of("BUFFERING"), Duration::from_millis(1500));
     }
 }

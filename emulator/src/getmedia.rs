@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::faults::{ConnectionFaults, ConnectionKill, Pacer};
+use crate::faults::{Close, ConnectionFaults, ConnectionKill, Pacer};
 use crate::media::{Fragment, FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
 use kvs_mkv::ebml::{UNKNOWN_SIZE_8, id, write_id};
@@ -224,9 +224,9 @@ impl Output {
     }
 
     /// Drops the connection, and waits until it is gone so that the response cannot end cleanly first.
-    async fn drop_connection(&self) {
+    async fn drop_connection(&self, how: Close) {
         if let Some(kill) = &self.kill {
-            kill.kill();
+            kill.close(how);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.closed()).await;
         }
     }
@@ -234,8 +234,8 @@ impl Output {
     /// Counts a fragment about to be sent; false when a fault drops the connection or ends the session here.
     async fn begin_fragment(&mut self, fragment: &Fragment) -> bool {
         self.fragments += 1;
-        if self.faults.drop_at_fragment == Some(self.fragments) {
-            self.drop_connection().await;
+        if let Some((_, how, _)) = self.faults.drop_at_fragment.filter(|(k, _, _)| *k == self.fragments) {
+            self.drop_connection(how).await;
             return false;
         }
         if let Some((_, error_id)) = self.faults.error_tag.filter(|(k, _)| *k == self.fragments) {
@@ -245,28 +245,49 @@ impl Output {
         true
     }
 
-    /// Sends bytes; false when the client is gone or a fault dropped the connection.
+    /// Sends bytes; false when the client is gone or a fault ended the session (dropped the connection, ended
+    /// the response, stalled it).
     pub async fn send(&mut self, mut data: Bytes) -> bool {
-        let mut drop_after = false;
-        if let Some(limit) = self.faults.drop_after_bytes
-            && self.sent + data.len() as u64 >= limit
-        {
-            data.truncate((limit - self.sent) as usize);
-            drop_after = true;
+        // The first fault whose byte offset falls in this piece cuts it there.
+        let end = self.sent + data.len() as u64;
+        let cut = [
+            self.faults.drop_after_bytes.map(|(at, _)| at),
+            self.faults.end_response_after_bytes,
+            self.faults.stall,
+            self.faults.garble_media,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|at| *at >= self.sent && *at <= end)
+        .min();
+        let mut rest = Bytes::new();
+        if let Some(at) = cut {
+            rest = data.split_off((at - self.sent) as usize);
         }
         self.sent += data.len() as u64;
         let paced = data.len();
         if !data.is_empty() && self.tx.send(data).await.is_err() {
             return false;
         }
-        if drop_after {
+        self.pacer.pace(self.faults.bytes_per_second, paced).await;
+        let Some(at) = cut else { return true };
+        if self.faults.garble_media == Some(at) {
+            self.faults.garble_media = None;
+            if self.tx.send(Bytes::from_static(&[0u8; 64])).await.is_err() {
+                return false;
+            }
+            return rest.is_empty() || Box::pin(self.send(rest)).await;
+        }
+        if let Some((_, how)) = self.faults.drop_after_bytes.filter(|(a, _)| *a == at) {
             // Let the connection write what was sent, then drop it.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            self.drop_connection().await;
-            return false;
+            self.drop_connection(how).await;
+        } else if self.faults.stall == Some(at) {
+            // Nothing more, and the connection stays open until the client gives up.
+            self.tx.closed().await;
         }
-        self.pacer.pace(self.faults.bytes_per_second, paced).await;
-        true
+        // end_response_after_bytes: returning false ends the session, and with it the response.
+        false
     }
 }
 

@@ -278,13 +278,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<tokio
             }
         };
         let _ = stream.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state).await,
+                None => serve_connection(stream, fd, state).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_connection(stream, state).await,
+                    Ok(stream) => serve_connection(stream, fd, state).await,
                     Err(err) => eprintln!("kvs-emulator: TLS handshake with {peer} failed: {err}"),
                 },
             }
@@ -292,27 +293,36 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<tokio
     }
 }
 
-/// Serves HTTP/1.1 on one connection until it ends or a fault drops it.
-async fn serve_connection<I>(io: I, state: Arc<State>)
+/// Serves HTTP/1.1 on one connection until it ends or a fault drops it. `fd` is the TCP socket under `io`, for
+/// the faults that act on it (reset, half-close).
+async fn serve_connection<I>(io: I, fd: std::os::fd::RawFd, state: Arc<State>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // Fault injection can end the connection from inside a handler (see `faults::ConnectionKill`).
     let kill = ConnectionKill::default();
+    *kill.0.fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
     let handle_kill = kill.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(handle_kill.clone());
         handle(state.clone(), request)
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
     tokio::select! {
-        result = conn => {
+        result = &mut conn => {
             if let Err(err) = result {
                 eprintln!("kvs-emulator: connection error: {err}");
             }
         }
-        _ = kill.0.notified() => eprintln!("kvs-emulator: connection dropped by a fault"),
+        _ = kill.0.notify.notified() => {
+            let how = kill.how();
+            kill.prepare_close(how);
+            eprintln!("kvs-emulator: connection dropped by a fault ({how:?})");
+        }
     }
+    // The socket goes with `conn`: no fault may use its descriptor from here on.
+    *kill.0.fd.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// Serves one request and logs one line: method, path (never the query, which may hold a presigned
@@ -428,6 +438,9 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         .take("getMedia", state.store.lock().find(None, Some(&arn)).ok().map(|s| s.stream_name.as_str()));
     if let Some(err) = faults::http_error(&actions) {
         return boxed(err.into_response());
+    }
+    if let Some(response) = faults::raw_response(&actions) {
+        return response;
     }
     let first = {
         let streams = state.media.lock();

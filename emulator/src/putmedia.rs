@@ -22,7 +22,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::Body;
 use crate::error::ApiError;
-use crate::faults::{ConnectionFaults, ConnectionKill, Faults};
+use crate::faults::{Close, ConnectionFaults, ConnectionKill, Faults};
 use crate::ingest::{AckError, Ingest, IngestEvent, Limits, TimecodeType};
 use crate::media::{FragmentState, MediaStore};
 use crate::store::{Store, epoch_millis};
@@ -146,19 +146,26 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
     if let Some(err) = crate::faults::http_error(&actions) {
         return err.into_response().map(BodyExt::boxed);
     }
+    if let Some(response) = crate::faults::raw_response(&actions) {
+        return response;
+    }
     let kill = request.extensions().get::<ConnectionKill>().cloned();
+    let faults = ConnectionFaults::new(&actions);
 
     let mut body = request.into_body();
-    // Poll the body once now: hyper then writes `100 Continue` before the response head.
-    let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
-    let first = match first {
-        Poll::Ready(frame) => Some(frame),
-        Poll::Pending => None,
+    // Poll the body once now: hyper then writes `100 Continue` before the response head. With the no_continue
+    // fault the task polls it only after the head went out, and hyper sends no `100 Continue` then.
+    let first = if faults.no_continue {
+        None
+    } else {
+        match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        }
     };
 
     let (tx, rx) = mpsc::unbounded_channel();
     eprintln!("kvs-emulator: putMedia stream={name} started");
-    let faults = ConnectionFaults::new(&actions);
     tokio::spawn(ingest_task(ctx, params, arn, name, body, first, tx, faults, kill));
     let mut response = Response::new(stream_body(UnboundedReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
@@ -189,41 +196,164 @@ struct OpenFragment {
     sequence: u64,
     number: String,
     timecode: u64,
+    /// 1-based, per connection.
+    index: u64,
 }
 
-/// Sends ACK lines in order, applying the connection's ACK faults (withheld, delayed).
+/// What the ACK forwarding task is asked to do.
+enum AckMessage {
+    /// Send this line after `delay`, then close the connection this way, if asked.
+    Line { delay: Duration, line: Bytes, then_close: Option<Close> },
+    /// End the response (the zero-length chunk).
+    End,
+}
+
+/// Sends ACK lines in order, applying the connection's ACK faults (withheld, delayed, split, coalesced,
+/// garbled, followed by a drop).
 struct AckSender {
-    tx: mpsc::UnboundedSender<(Duration, Bytes)>,
+    tx: mpsc::UnboundedSender<AckMessage>,
     faults: Arc<ConnectionFaults>,
-    /// The response body's channel, to tell when the connection is gone.
-    response: mpsc::UnboundedSender<Bytes>,
+    /// The response body's channel, to tell when the connection is gone (None once the response ended).
+    response: Option<mpsc::UnboundedSender<Bytes>>,
+    /// No more ACKs (the response was ended or filled with an endless line).
+    muted: bool,
 }
 
 impl AckSender {
     /// Starts the task that forwards ACKs to the response body, waiting out delays in order.
-    fn new(response: mpsc::UnboundedSender<Bytes>, faults: Arc<ConnectionFaults>) -> AckSender {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Bytes)>();
+    fn new(
+        response: mpsc::UnboundedSender<Bytes>,
+        faults: Arc<ConnectionFaults>,
+        kill: Option<ConnectionKill>,
+    ) -> AckSender {
+        let (tx, mut rx) = mpsc::unbounded_channel::<AckMessage>();
         let forward = response.clone();
+        let (split, coalesce) = (faults.split_acks, faults.coalesce_acks);
         tokio::spawn(async move {
             let response = forward;
-            while let Some((delay, line)) = rx.recv().await {
+            let mut held = Vec::new();
+            let mut count = 0;
+            loop {
+                let message = if count > 0 {
+                    // Coalescing: what is held goes out with the next lines, or alone after a while.
+                    match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                        Ok(message) => message,
+                        Err(_) => {
+                            count = 0;
+                            if response.send(Bytes::from(std::mem::take(&mut held))).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let Some(AckMessage::Line { delay, line, then_close }) = message else {
+                    if !held.is_empty() {
+                        let _ = response.send(Bytes::from(held));
+                    }
+                    break;
+                };
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                if response.send(line).is_err() {
+                let sent = if let Some(count_limit) = coalesce {
+                    held.extend_from_slice(&line);
+                    count += 1;
+                    if count >= count_limit {
+                        count = 0;
+                        response.send(Bytes::from(std::mem::take(&mut held))).is_ok()
+                    } else {
+                        true
+                    }
+                } else if let Some(size) = split {
+                    let mut ok = true;
+                    for start in (0..line.len()).step_by(size) {
+                        ok &= response.send(line.slice(start..(start + size).min(line.len()))).is_ok();
+                        // Apart, so that the pieces reach the client in separate reads.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    ok
+                } else {
+                    response.send(line).is_ok()
+                };
+                if !sent {
+                    break;
+                }
+                if let (Some(how), Some(kill)) = (then_close, &kill) {
+                    // Written, and gone in the same millisecond.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    kill.close(how);
                     break;
                 }
             }
         });
-        AckSender { tx, faults, response }
+        AckSender { tx, faults, response: Some(response), muted: false }
     }
 
-    fn send(&self, event_type: &str, timecode: Option<u64>, number: Option<&str>, error: Option<AckError>) {
-        if self.faults.withholds(event_type) {
+    /// Sends an ACK about the `index`-th fragment of the connection (1-based; 0 when about none).
+    fn send(
+        &self,
+        index: u64,
+        event_type: &str,
+        timecode: Option<u64>,
+        number: Option<&str>,
+        error: Option<AckError>,
+    ) {
+        if self.muted || self.faults.withholds(event_type, index) {
             return;
         }
-        let _ =
-            self.tx.send((self.faults.delay_of(event_type), ack_line(event_type, timecode, number, error)));
+        let about = |fault: &Option<(u64, String)>| {
+            fault.as_ref().is_some_and(|(k, event)| *k == index && event == event_type)
+        };
+        let mut line = ack_line(event_type, timecode, number, error);
+        if about(&self.faults.garble_ack) {
+            // Cut in the middle of the JSON object, then the line ends.
+            let mut garbled = line[..line.len() / 2].to_vec();
+            garbled.extend_from_slice(b"\x01}\n");
+            line = Bytes::from(garbled);
+        }
+        let then_close = self
+            .faults
+            .drop_after_ack
+            .as_ref()
+            .filter(|(k, event, _)| *k == index && event == event_type)
+            .map(|(_, _, how)| *how);
+        let delay = self.faults.delay_of(event_type);
+        let _ = self.tx.send(AckMessage::Line { delay, line, then_close });
+    }
+
+    /// Sends a line as it is (an ACK for a fragment that was never sent).
+    fn send_raw(&self, line: &'static str) {
+        let line = Bytes::from_static(line.as_bytes());
+        let _ = self.tx.send(AckMessage::Line { delay: Duration::ZERO, line, then_close: None });
+    }
+
+    /// Ends the response after the ACKs already queued; no ACK goes out after it.
+    fn end_response(&mut self) {
+        self.muted = true;
+        self.response = None;
+        let _ = self.tx.send(AckMessage::End);
+    }
+
+    /// From now on the response carries bytes without a newline, 1 KiB every 10 ms, until the connection ends.
+    fn endless_line(&mut self) {
+        self.muted = true;
+        let Some(response) = self.response.clone() else { return };
+        tokio::spawn(async move {
+            let filler = Bytes::from(vec![b'x'; 1024]);
+            while response.send(filler.clone()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+
+    /// Waits until the response is gone (the client closed the connection), at most `limit`.
+    async fn closed(&self, limit: Duration) {
+        if let Some(response) = &self.response {
+            let _ = tokio::time::timeout(limit, response.closed()).await;
+        }
     }
 }
 
@@ -240,6 +370,10 @@ struct Connection {
     acks: AckSender,
     faults: Arc<ConnectionFaults>,
     kill: Option<ConnectionKill>,
+    /// When a drop_at_fragment fault with a delay fires.
+    drop_at: Option<(Instant, Close)>,
+    /// The response was ended by a fault: the rest of the body is read and thrown away.
+    discard: bool,
     /// Fragments received but not yet written to `--data-dir` (their PERSISTED waits for it).
     to_persist: Vec<OpenFragment>,
     /// The stream's name, for the arrival log.
@@ -254,6 +388,8 @@ enum End {
     ErrorAck,
     /// A fault dropped the connection.
     Dropped,
+    /// A fault stopped reading the body.
+    StopReading,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -278,9 +414,11 @@ async fn ingest_task(
         open: None,
         started: 0,
         completed: 0,
-        acks: AckSender::new(tx, faults.clone()),
+        acks: AckSender::new(tx, faults.clone(), kill.clone()),
         faults: faults.clone(),
         kill,
+        drop_at: None,
+        discard: false,
         to_persist: Vec::new(),
         name: name.clone(),
         received_at: SystemTime::now(),
@@ -294,13 +432,25 @@ async fn ingest_task(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut pending_first = first;
     let outcome: &str;
+    if faults.no_continue {
+        // Let the response head go out first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     loop {
         let frame = if let Some(frame) = pending_first.take() {
             frame
         } else {
+            let drop_at = conn.drop_at.map(|(at, _)| at);
             tokio::select! {
                 frame = body.frame() => frame,
+                _ = async { tokio::time::sleep_until(drop_at.unwrap_or_else(Instant::now)).await },
+                    if drop_at.is_some() => {
+                    let how = conn.drop_at.take().map_or(Close::Drop, |(_, how)| how);
+                    conn.drop_connection(how);
+                    outcome = "dropped by a fault";
+                    break;
+                }
                 _ = tick.tick() => {
                     let idle = last_data.elapsed();
                     if idle >= config.idle_timeout {
@@ -309,14 +459,14 @@ async fn ingest_task(
                     }
                     if idle >= config.idle_ack_interval && last_idle_ack.elapsed() >= config.idle_ack_interval {
                         last_idle_ack = Instant::now();
-                        conn.acks.send("IDLE", None, None, None);
+                        conn.acks.send(0, "IDLE", None, None, None);
                     }
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let timecode = conn.open.as_ref().map_or(conn.ingest.current_timecode(), |f| f.timecode);
                     let number = conn.open.as_ref().map(|f| f.number.clone());
-                    conn.acks.send("ERROR", Some(timecode), number.as_deref(),
+                    conn.acks.send(0, "ERROR", Some(timecode), number.as_deref(),
                         Some(AckError::MAX_CONNECTION_DURATION_REACHED));
                     outcome = "ended: maximum connection duration";
                     break;
@@ -331,21 +481,28 @@ async fn ingest_task(
                     if bytes == 0 && !data.is_empty() {
                         conn.ctx.arrivals.first_body_byte(&name, upload, conn.received_at);
                     }
-                    let mut drop_now = false;
-                    if let Some(limit) = faults.drop_after_bytes
+                    let mut drop_now = None;
+                    if let Some((limit, how)) = faults.drop_after_bytes
                         && bytes + data.len() as u64 >= limit
                     {
                         data.truncate((limit - bytes) as usize);
-                        drop_now = true;
+                        drop_now = Some(how);
                     }
                     bytes += data.len() as u64;
                     pacer.pace(faults.bytes_per_second, data.len()).await;
+                    if conn.discard {
+                        continue;
+                    }
                     (conn.ingest.push(&data), drop_now)
                 }
                 Err(_trailers) => continue,
             },
             Some(Err(_)) => {
                 outcome = "connection broken";
+                break;
+            }
+            None if conn.discard => {
+                outcome = "body complete after the response was ended by a fault";
                 break;
             }
             None => {
@@ -355,7 +512,7 @@ async fn ingest_task(
                 outcome = match end {
                     Some(End::ErrorAck) => "ended with an ERROR ack",
                     Some(End::Dropped) => "dropped by a fault",
-                    None => "body complete",
+                    Some(End::StopReading) | None => "body complete",
                 };
                 break;
             }
@@ -371,8 +528,14 @@ async fn ingest_task(
                 outcome = "dropped by a fault";
                 break;
             }
-            None if drop_now => {
-                conn.drop_connection();
+            Some(End::StopReading) => {
+                // The body is not read any more; the connection stays until the client gives up.
+                conn.acks.closed(Duration::from_secs(600)).await;
+                outcome = "stopped reading by a fault";
+                break;
+            }
+            None if drop_now.is_some() => {
+                conn.drop_connection(drop_now.unwrap_or_default());
                 outcome = "dropped by a fault";
                 break;
             }
@@ -390,7 +553,7 @@ async fn ingest_task(
     }
     if outcome == "dropped by a fault" {
         // Keep the response open until the dropped connection is gone, so that it cannot end cleanly first.
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.acks.response.closed()).await;
+        conn.acks.closed(Duration::from_secs(5)).await;
     }
     eprintln!("kvs-emulator: putMedia stream={name} {outcome}: {bytes} bytes, {} fragments", conn.completed);
 }
@@ -404,18 +567,22 @@ impl Connection {
             let Some(stored) = stored else { continue };
             let (dir, arn) = (data_dir.clone(), self.arn.clone());
             match tokio::task::spawn_blocking(move || dir.save_fragment(&arn, &stored)).await {
-                Ok(Ok(())) => {
-                    self.acks.send("PERSISTED", Some(fragment.timecode), Some(&fragment.number), None)
-                }
+                Ok(Ok(())) => self.acks.send(
+                    fragment.index,
+                    "PERSISTED",
+                    Some(fragment.timecode),
+                    Some(&fragment.number),
+                    None,
+                ),
                 Ok(Err(err)) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
                 Err(err) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
             }
         }
     }
 
-    fn drop_connection(&self) {
+    fn drop_connection(&self, how: Close) {
         if let Some(kill) = &self.kill {
-            kill.kill();
+            kill.close(how);
         }
     }
 
@@ -429,12 +596,42 @@ impl Connection {
             match event {
                 IngestEvent::Started { timecode, producer_ms, tags, data } => {
                     self.started += 1;
-                    if self.faults.drop_at_fragment == Some(self.started) {
-                        self.drop_connection();
-                        return Some(End::Dropped);
+                    let index = self.started;
+                    if let Some((_, how, delay)) =
+                        self.faults.drop_at_fragment.filter(|(k, _, _)| *k == index)
+                    {
+                        if delay.is_zero() {
+                            self.drop_connection(how);
+                            return Some(End::Dropped);
+                        }
+                        self.drop_at = Some((Instant::now() + delay, how));
+                    }
+                    if self.faults.end_response == Some(index) {
+                        self.acks.end_response();
+                        self.discard = true;
+                        if let Some(kill) = self.kill.clone() {
+                            tokio::spawn(async move {
+                                // After hyper wrote the zero-length chunk.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                kill.half_close();
+                            });
+                        }
+                        return None;
+                    }
+                    if self.faults.stop_reading == Some(index) {
+                        return Some(End::StopReading);
+                    }
+                    if self.faults.endless_line == Some(index) {
+                        self.acks.endless_line();
+                    }
+                    if self.faults.unknown_ack == Some(index) {
+                        self.acks.send_raw(
+                            "{\"EventType\":\"PERSISTED\",\"FragmentTimecode\":1,\
+                             \"FragmentNumber\":\"91343852333181432392682062599999999999\"}\n",
+                        );
                     }
                     if self.retention().is_none() {
-                        self.acks.send("ERROR", Some(timecode), None, Some(AckError::STREAM_DELETED));
+                        self.acks.send(index, "ERROR", Some(timecode), None, Some(AckError::STREAM_DELETED));
                         return Some(End::ErrorAck);
                     }
                     let elements = &self.ingest.header().elements;
@@ -450,8 +647,8 @@ impl Connection {
                         tags,
                         data,
                     );
-                    self.acks.send("BUFFERING", Some(timecode), Some(&number), None);
-                    self.open = Some(OpenFragment { sequence, number, timecode });
+                    self.acks.send(index, "BUFFERING", Some(timecode), Some(&number), None);
+                    self.open = Some(OpenFragment { sequence, number, timecode, index });
                 }
                 IngestEvent::Frame { track, producer_ms } => {
                     self.ctx.arrivals.frame(&self.name, track, producer_ms, self.received_at);
@@ -478,7 +675,13 @@ impl Connection {
                             0,
                             Default::default(),
                         );
-                        self.acks.send("ERROR", Some(fragment.timecode), Some(&fragment.number), Some(error));
+                        self.acks.send(
+                            fragment.index,
+                            "ERROR",
+                            Some(fragment.timecode),
+                            Some(&fragment.number),
+                            Some(error),
+                        );
                         return Some(End::ErrorAck);
                     }
                     self.ctx.media.finish_fragment(
@@ -494,12 +697,19 @@ impl Connection {
                     if let (Some(dir), false) = (&self.ctx.data_dir, expired.is_empty()) {
                         dir.remove_fragments(&self.arn, &expired);
                     }
-                    self.acks.send("RECEIVED", Some(fragment.timecode), Some(&fragment.number), None);
+                    self.acks.send(
+                        fragment.index,
+                        "RECEIVED",
+                        Some(fragment.timecode),
+                        Some(&fragment.number),
+                        None,
+                    );
                     if retention.unwrap_or(0) > 0 {
                         if self.ctx.data_dir.is_some() {
                             self.to_persist.push(fragment);
                         } else {
                             self.acks.send(
+                                fragment.index,
                                 "PERSISTED",
                                 Some(fragment.timecode),
                                 Some(&fragment.number),
@@ -511,7 +721,7 @@ impl Connection {
                 IngestEvent::Failed { error, timecode, reason } => {
                     eprintln!("kvs-emulator: putMedia ERROR {} {}: {reason}", error.id, error.code);
                     let number = self.open.as_ref().map(|f| f.number.clone());
-                    self.acks.send("ERROR", Some(timecode), number.as_deref(), Some(error));
+                    self.acks.send(self.started, "ERROR", Some(timecode), number.as_deref(), Some(error));
                     return Some(End::ErrorAck);
                 }
             }

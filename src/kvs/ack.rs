@@ -103,6 +103,8 @@ pub fn parse_ack(text: &[u8]) -> Result<AckEvent, AckError> {
 #[derive(Debug, Default)]
 pub struct AckParser {
     current: Vec<u8>,
+    /// Bytes skipped between objects since the last line break.
+    skipped: usize,
     depth: u32,
     in_string: bool,
     escaped: bool,
@@ -118,16 +120,39 @@ impl AckParser {
         let mut out = Vec::new();
         for &byte in data {
             if self.depth == 0 {
-                // Between objects only whitespace (newlines) is expected; anything else is skipped.
-                if byte == b'{' {
-                    self.depth = 1;
-                    self.current.clear();
-                    self.current.push(byte);
+                // Between objects only whitespace (newlines) is expected; anything else is skipped, but a line
+                // of it longer than an ACK means the response is not an ACK stream.
+                match byte {
+                    b'{' => {
+                        self.depth = 1;
+                        self.skipped = 0;
+                        self.current.clear();
+                        self.current.push(byte);
+                    }
+                    b'\n' => self.skipped = 0,
+                    _ => {
+                        self.skipped += 1;
+                        if self.skipped == MAX_ACK_LEN {
+                            out.push(Err(AckError::TooLong));
+                            self.skipped = 0;
+                        }
+                    }
                 }
                 continue;
             }
             if self.current.len() >= MAX_ACK_LEN {
                 out.push(Err(AckError::TooLong));
+                self.depth = 0;
+                self.in_string = false;
+                self.escaped = false;
+                self.current.clear();
+                continue;
+            }
+            if self.in_string && byte == b'\n' {
+                // JSON strings hold no raw line break: this object was cut, and the next line starts afresh.
+                out.push(Err(AckError::Invalid(
+                    "a cut acknowledgement (a line break inside a string)".into(),
+                )));
                 self.depth = 0;
                 self.in_string = false;
                 self.escaped = false;
@@ -227,6 +252,26 @@ mod tests {
         assert!(matches!(&acks[0], Err(AckError::Invalid(why)) if why.contains("SOMETHING")));
         assert!(matches!(&acks[1], Err(AckError::Invalid(why)) if why.contains("ErrorId")));
         assert_eq!(acks[2].as_ref().unwrap().fragment_number.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn an_endless_line_outside_any_object_is_refused() {
+        let mut parser = AckParser::new();
+        assert!(parser.push(&vec![b'x'; MAX_ACK_LEN - 1]).is_empty());
+        assert!(parser.push(b"\n").is_empty(), "a line break starts the count again");
+        assert!(parser.push(&vec![b'x'; MAX_ACK_LEN - 1]).is_empty());
+        assert_eq!(parser.push(b"x"), [Err(AckError::TooLong)]);
+    }
+
+    #[test]
+    fn a_line_cut_inside_a_string_is_refused_and_the_next_line_is_read() {
+        let mut parser = AckParser::new();
+        let line = SAMPLE.lines().nth(1).unwrap();
+        let cut = format!("{}\u{1}}}\n{}\n", &line[..line.len() / 2], line);
+        let out = parser.push(cut.as_bytes());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(&out[0], Err(AckError::Invalid(why)) if why.contains("cut")), "{out:?}");
+        assert_eq!(out[1].as_ref().unwrap().kind, AckKind::Received);
     }
 
     #[test]

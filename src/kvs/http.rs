@@ -95,19 +95,60 @@ pub async fn error_from_response(
         .and_then(|r| r.ok())
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let reason = response_reason(status);
     let code = header_code
         .or_else(|| {
-            json.get("__type").and_then(|v| v.as_str()).map(|s| s.rsplit('#').next().unwrap_or(s).to_owned())
+            let kind = json.as_ref()?.get("__type")?.as_str()?;
+            Some(kind.rsplit('#').next().unwrap_or(kind).to_owned())
         })
-        .unwrap_or_else(|| format!("HTTP{status}"));
-    let message = json
-        .get("Message")
-        .or_else(|| json.get("message"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or(reason);
+    let message = match &json {
+        Some(json) => json
+            .get("Message")
+            .or_else(|| json.get("message"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        // Not the service's JSON: a proxy's page or a load balancer's text, quoted so the user sees who
+        // answered.
+        None if !body.is_empty() => format!("not a service answer: \"{}\"", quote_page(&body)),
+        None => String::new(),
+    };
     KvsError::Service { api, status, code, message }
+}
+
+/// An HTTP status's reason phrase ("Forbidden"), or `HTTP<status>` for an unknown one.
+fn response_reason(status: u16) -> String {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map_or_else(|| format!("HTTP{status}"), |r| r.replace(' ', ""))
+}
+
+/// The text of an error page: tags left out, white space collapsed, at most 200 characters.
+fn quote_page(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(if c.is_control() { ' ' } else { c }),
+            _ => {}
+        }
+    }
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let mut quoted = words.join(" ");
+    if let Some((cut, _)) = quoted.char_indices().nth(200) {
+        quoted.truncate(cut);
+        quoted.push('…');
+    }
+    quoted
 }
 
 /// SigV4 headers for a request to `url` carrying `headers` (`host` among them): the given headers followed by
@@ -224,4 +265,20 @@ pub async fn read_all(body: Incoming, timeout: Duration, api: &'static str) -> R
         .map_err(|_| KvsError::Timeout { api, after: timeout })?
         .map(|c| c.to_bytes())
         .map_err(|e| KvsError::Network { api, message: format!("reading the answer failed: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_pages_are_quoted_as_text() {
+        assert_eq!(
+            quote_page(b"<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad   Gateway</h1></body></html>"),
+            "502 Bad Gateway Bad Gateway"
+        );
+        assert_eq!(quote_page("x".repeat(300).as_bytes()).chars().count(), 201);
+        assert_eq!(response_reason(403), "Forbidden");
+        assert_eq!(response_reason(599), "HTTP599");
+    }
 }

@@ -7,9 +7,10 @@
 //! `UNSIGNED-PAYLOAD`, as a body that is not known in advance must be.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::SignableBody;
@@ -84,7 +85,29 @@ impl Buf for BodyChunk {
 }
 
 /// The request body: chunks from a channel.
-pub type UploadBody = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<BodyChunk>, Infallible>> + Send>>>;
+pub type UploadBody =
+    StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<BodyChunk>, std::io::Error>> + Send>>>;
+
+/// The sending side of a PutMedia body. [`BodySender::finish`] ends the body with the last chunk: the request is
+/// complete. Dropped without `finish`, it aborts the request: the connection closes without the last chunk, so
+/// the service drops the fragment it was receiving instead of storing it cut short (a re-send on the next
+/// connection then stores it whole, once).
+pub struct BodySender {
+    tx: mpsc::Sender<BodyChunk>,
+    finished: Arc<AtomicBool>,
+}
+
+impl BodySender {
+    /// Queues a chunk; an error when the connection is gone.
+    pub async fn send(&self, chunk: BodyChunk) -> Result<(), mpsc::error::SendError<BodyChunk>> {
+        self.tx.send(chunk).await
+    }
+
+    /// Ends the body cleanly once the queued chunks are written.
+    pub fn finish(self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+}
 
 /// What a PutMedia request says about the stream.
 #[derive(Debug, Clone)]
@@ -100,8 +123,8 @@ pub struct PutMediaRequest {
 
 /// An open PutMedia connection: write the body through `body`, read ACK bytes from `acks`.
 pub struct PutMediaConnection {
-    /// Send body chunks; dropping it ends the body (the zero-length chunk).
-    pub body: mpsc::Sender<BodyChunk>,
+    /// Send body chunks; `finish()` ends the body (the zero-length chunk), dropping it aborts the request.
+    pub body: BodySender,
     pub acks: Incoming,
 }
 
@@ -139,15 +162,27 @@ pub fn signed_headers(
 /// open). Bounded by the request timeout.
 pub async fn open(ctx: &AwsContext, request: &PutMediaRequest) -> Result<PutMediaConnection, KvsError> {
     let (tx, rx) = mpsc::channel::<BodyChunk>(16);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
-    });
+    let finished = Arc::new(AtomicBool::new(false));
+    let stream =
+        futures::stream::unfold((rx, finished.clone(), false), |(mut rx, finished, over)| async move {
+            if over {
+                return None;
+            }
+            match rx.recv().await {
+                Some(chunk) => Some((Ok(Frame::data(chunk)), (rx, finished, false))),
+                None if finished.load(Ordering::SeqCst) => None,
+                None => {
+                    let aborted = std::io::Error::other("kvssink abandoned this PutMedia connection");
+                    Some((Err(aborted), (rx, finished, true)))
+                }
+            }
+        });
     let body: UploadBody = StreamBody::new(Box::pin(stream));
     let headers = |authority: &str, credentials: &aws_credential_types::Credentials| {
         signed_headers(credentials, &ctx.region, authority, &request.endpoint, request, SystemTime::now())
     };
     let response = super::http::post(ctx, &request.endpoint, "/putMedia", API, headers, body).await?;
-    Ok(PutMediaConnection { body: tx, acks: response.into_body() })
+    Ok(PutMediaConnection { body: BodySender { tx, finished }, acks: response.into_body() })
 }
 
 #[cfg(test)]

@@ -199,6 +199,15 @@ impl KvsSink {
                         .field("reason", reason)
                         .build()
                 }
+                UploadEvent::UnreadableAck { connection, reason } => {
+                    gst::element_warning!(
+                        element,
+                        gst::StreamError::Decode,
+                        ("kvssink: skipped {} on connection {}", reason, connection),
+                        ["the connection goes on; a later PERSISTED acknowledges the fragments before it"]
+                    );
+                    return;
+                }
                 UploadEvent::Failed(reason) => {
                     gst::element_error!(
                         element,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use kvs_mkv::Rope;
 
@@ -32,7 +32,11 @@ use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
 use crate::kvs::error::{AckErrorAction, Action, KvsError, ack_error_action};
-use crate::kvs::putmedia::{self, BodyChunk, PutMediaRequest};
+use crate::kvs::putmedia::{self, BodyChunk, BodySender, PutMediaRequest};
+
+/// How long the service keeps a PutMedia connection that carries no data (the service: 30 s; a little less, to
+/// tell its idle close from a response that ends at once).
+const IDLE_CLOSE: Duration = Duration::from_secs(25);
 
 /// How the uploader behaves; the element fills it from its properties.
 #[derive(Debug, Clone)]
@@ -84,6 +88,12 @@ pub enum UploadEvent {
     Dropped {
         timecode: u64,
         bytes: usize,
+        reason: String,
+    },
+    /// An ACK line that could not be read was skipped; the connection goes on (a later PERSISTED covers the
+    /// fragments before it).
+    UnreadableAck {
+        connection: u64,
         reason: String,
     },
     /// The uploader gave up; nothing more will be sent.
@@ -686,6 +696,11 @@ impl Uploader {
                 frame = acks.frame() => match frame {
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return Err(Failure::retry(format!("the connection broke: {error}"))),
+                    // The service closes a connection that carries no data for 30 s; anything sooner is a
+                    // failure (a proxy's plain answer), retried with backoff so that it cannot spin.
+                    None if opened.elapsed() < IDLE_CLOSE => {
+                        return Err(Failure::retry("the service ended the response before any data was sent"));
+                    }
                     None => return Ok(End::Idle),
                 },
                 _ = changes.changed() => {}
@@ -797,7 +812,16 @@ impl Uploader {
     ) -> Result<(), Failure> {
         let ack = match ack {
             Ok(ack) => ack,
-            Err(error) => return Err(Failure::retry(format!("the service sent {error}"))),
+            // A line too long to be an ACK: the response is not an ACK stream (any more).
+            Err(error @ crate::kvs::ack::AckError::TooLong) => {
+                return Err(Failure::retry(format!("the service sent {error}")));
+            }
+            // One bad line (a proxy's mangling, a cut write): skipped. Dropping the connection for it would
+            // re-send fragments the service may already have stored.
+            Err(error) => {
+                self.emit(UploadEvent::UnreadableAck { connection, reason: error.to_string() });
+                return Ok(());
+            }
         };
         if ack.kind == AckKind::Idle {
             return Ok(());
@@ -881,13 +905,7 @@ impl Uploader {
     /// Ends a connection gracefully in the background: the end-of-fragment tag, then its last ACKs until all
     /// its fragments are done. If it fails first, its fragments are queued again and the current connection
     /// starts over.
-    fn drain(
-        self: &Arc<Self>,
-        connection: u64,
-        body: mpsc::Sender<BodyChunk>,
-        acks: Incoming,
-        parser: AckParser,
-    ) {
+    fn drain(self: &Arc<Self>, connection: u64, body: BodySender, acks: Incoming, parser: AckParser) {
         let this = self.clone();
         crate::runtime::RUNTIME.spawn(async move { this.drain_task(connection, body, acks, parser).await });
     }
@@ -895,7 +913,7 @@ impl Uploader {
     async fn drain_task(
         self: Arc<Self>,
         connection: u64,
-        body: mpsc::Sender<BodyChunk>,
+        body: BodySender,
         mut acks: Incoming,
         mut parser: AckParser,
     ) {
@@ -932,12 +950,12 @@ impl Uploader {
 
 /// Ends the request body (hyper writes the last chunk) and reads the response to its end, so the service sees
 /// a complete request rather than a reset connection. Bounded: a response that stays open is abandoned.
-async fn close(body: mpsc::Sender<BodyChunk>, mut acks: Incoming, timeout: Duration) {
-    drop(body);
+async fn close(body: BodySender, mut acks: Incoming, timeout: Duration) {
+    body.finish();
     let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = acks.frame().await {} }).await;
 }
 
-async fn send(body: &mpsc::Sender<BodyChunk>, chunk: BodyChunk, timeout: Duration) -> Result<(), Failure> {
+async fn send(body: &BodySender, chunk: BodyChunk, timeout: Duration) -> Result<(), Failure> {
     match tokio::time::timeout(timeout, body.send(chunk)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Failure::retry("the connection closed while sending")),

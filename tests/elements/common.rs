@@ -31,6 +31,13 @@ impl Emu {
         Emu::with_config(Config::default())
     }
 
+    /// A client for an emulator running elsewhere (a child process), at `url`.
+    pub fn external(url: &str) -> Emu {
+        let addr = url.trim_start_matches("http://").parse().expect("http://IP:PORT");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Emu { url: url.to_owned(), addr, emulator: None, runtime }
+    }
+
     pub fn with_config(config: Config) -> Emu {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -158,6 +165,8 @@ pub struct Run {
     pub warnings: Vec<String>,
     /// Element messages from kvssink.
     pub messages: Vec<gst::Structure>,
+    /// When each of `messages` arrived, since the pipeline started.
+    pub message_times: Vec<Duration>,
     pub elapsed: Duration,
     pub stats: Option<gst::Structure>,
     /// GST_MESSAGE_PROGRESS messages: type, code, text, the `percent` field.
@@ -217,6 +226,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
         error: None,
         warnings: Vec::new(),
         messages: Vec::new(),
+        message_times: Vec::new(),
         elapsed: Duration::ZERO,
         stats: None,
         progress: Vec::new(),
@@ -254,6 +264,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
                     && s.name().starts_with("kvs")
                 {
                     run.messages.push(s.to_owned());
+                    run.message_times.push(started.elapsed());
                 }
             }
             _ => {}

@@ -32,7 +32,7 @@ pub fn produce(emu: &Emu, stream: &str, frames: u32, extra: &str) -> Vec<u8> {
 }
 
 /// Reads everything stored up to now through kvssrc (a range read ending with EOS).
-fn read_range(emu: &Emu, stream: &str, extra: &str) -> Run {
+pub fn read_range(emu: &Emu, stream: &str, extra: &str) -> Run {
     let description = format!(
         "{} start-selector=earliest end-timestamp={:.3} {extra} ! appsink name=capture sync=false",
         src_props(emu, stream),

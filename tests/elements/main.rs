@@ -5,4 +5,5 @@ mod common;
 mod kvssink;
 mod kvssrc;
 mod plugin;
+mod reliability;
 mod uri;

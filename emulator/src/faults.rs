@@ -73,8 +73,9 @@ pub enum Action {
     UnknownAck { fragment: u64 },
     /// PutMedia: when the K-th fragment begins, the response carries bytes without a newline, endlessly.
     EndlessLine { fragment: u64 },
-    /// GetMedia: after this many bytes, 64 bytes that are not Matroska, then the stream goes on.
-    GarbleMedia { bytes: u64 },
+    /// GetMedia: before the K-th fragment of the session, 64 bytes that are not Matroska, then the stream goes
+    /// on (garbage inside a frame could not be told from the frame).
+    GarbleMedia { fragment: u64 },
     /// PutMedia and GetMedia: answers with this status, content type and body, not chunked, instead of running
     /// the call (an HTML page from a proxy, a 4xx/5xx that is not JSON, a 200 with a plain body).
     RawResponse { status: u16, content_type: String, body: String },
@@ -226,7 +227,7 @@ impl ConnectionFaults {
                 Action::GarbleAck { fragment, event } => out.garble_ack = Some((*fragment, event.clone())),
                 Action::UnknownAck { fragment } => out.unknown_ack = Some(*fragment),
                 Action::EndlessLine { fragment } => out.endless_line = Some(*fragment),
-                Action::GarbleMedia { bytes } => out.garble_media = Some(*bytes),
+                Action::GarbleMedia { fragment } => out.garble_media = Some(*fragment),
                 Action::DelayAcks { ms, event } => {
                     out.delay_acks.push((Duration::from_millis(*ms), event.clone()))
                 }

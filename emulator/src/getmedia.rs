@@ -238,6 +238,11 @@ impl Output {
             self.drop_connection(how).await;
             return false;
         }
+        if self.faults.garble_media == Some(self.fragments)
+            && !self.send(Bytes::from_static(&[0u8; 64])).await
+        {
+            return false;
+        }
         if let Some((_, error_id)) = self.faults.error_tag.filter(|(k, _)| *k == self.fragments) {
             let _ = self.send(error_chunk(fragment, error_id)).await;
             return false;
@@ -254,15 +259,13 @@ impl Output {
             self.faults.drop_after_bytes.map(|(at, _)| at),
             self.faults.end_response_after_bytes,
             self.faults.stall,
-            self.faults.garble_media,
         ]
         .into_iter()
         .flatten()
         .filter(|at| *at >= self.sent && *at <= end)
         .min();
-        let mut rest = Bytes::new();
         if let Some(at) = cut {
-            rest = data.split_off((at - self.sent) as usize);
+            data.truncate((at - self.sent) as usize);
         }
         self.sent += data.len() as u64;
         let paced = data.len();
@@ -271,13 +274,6 @@ impl Output {
         }
         self.pacer.pace(self.faults.bytes_per_second, paced).await;
         let Some(at) = cut else { return true };
-        if self.faults.garble_media == Some(at) {
-            self.faults.garble_media = None;
-            if self.tx.send(Bytes::from_static(&[0u8; 64])).await.is_err() {
-                return false;
-            }
-            return rest.is_empty() || Box::pin(self.send(rest)).await;
-        }
         if let Some((_, how)) = self.faults.drop_after_bytes.filter(|(a, _)| *a == at) {
             // Let the connection write what was sent, then drop it.
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -160,6 +160,9 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
     Ok(true)
 }
 
+/// Sessions in a row that may bring bytes that are not Matroska before kvssrc gives up with an error.
+const MAX_BAD_SESSIONS: u32 = 3;
+
 /// How far before the first NOW session a live reader that saw no fragment yet asks for more.
 const NOW_MARGIN_S: f64 = 2.0;
 
@@ -184,6 +187,8 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
     let mut start = config.start.clone();
     let mut endpoint: Option<String> = None;
     let mut failures = 0u32;
+    // Sessions in a row whose bytes were not Matroska.
+    let mut bad_sessions = 0u32;
     loop {
         let url = match &endpoint {
             Some(url) => url.clone(),
@@ -210,17 +215,40 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
         let mut token = None;
         let mut received = false;
         let reason = loop {
-            match body.frame().await {
+            // A connection that stays open with nothing on it (a stalled proxy, a half-dead peer) is given up
+            // after the request timeout and read again from the last continuation token.
+            let frame = match tokio::time::timeout(ctx.request_timeout, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    break format!(
+                        "nothing arrived on the GetMedia connection for {:.1} s (request-timeout)",
+                        ctx.request_timeout.as_secs_f64()
+                    );
+                }
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
                     received = true;
-                    let outputs =
-                        merger.push(data).map_err(|e| format!("GetMedia returned bad Matroska: {e}"))?;
+                    let outputs = match merger.push(data) {
+                        Ok(outputs) => outputs,
+                        // Bytes mangled on the way: this session is unusable, the next one starts clean.
+                        Err(e) => {
+                            bad_sessions += 1;
+                            if bad_sessions > MAX_BAD_SESSIONS {
+                                return Err(format!(
+                                    "GetMedia returned bad Matroska {bad_sessions} times in a row: {e}"
+                                ));
+                            }
+                            break format!("GetMedia returned bad Matroska: {e}");
+                        }
+                    };
                     if !give_outputs(tx, outputs, &mut token).await? {
                         return Ok(());
                     }
                     if let Some(t) = token.take() {
                         start = Start::ContinuationToken(t);
+                        bad_sessions = 0;
                     }
                 }
                 Some(Err(error)) => break format!("the GetMedia connection broke: {error}"),

@@ -226,17 +226,17 @@ fn a_time_range_reads_exactly_its_fragments_and_parallel_equals_sequential() {
 }
 
 /// A live kvssrc pipeline running in the background, its output and messages collected.
-struct LiveRead {
-    pipeline: gst::Pipeline,
-    captured: Arc<Mutex<Vec<u8>>>,
+pub struct LiveRead {
+    pub pipeline: gst::Pipeline,
+    pub captured: Arc<Mutex<Vec<u8>>>,
     messages: Arc<Mutex<Vec<gst::Structure>>>,
-    errors: Arc<Mutex<Vec<String>>>,
+    pub errors: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LiveRead {
-    fn start(description: &str) -> LiveRead {
+    pub fn start(description: &str) -> LiveRead {
         init();
         let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
@@ -283,7 +283,7 @@ impl LiveRead {
         count
     }
 
-    fn wait_for_frames(&self, count: usize, limit: Duration) {
+    pub fn wait_for_frames(&self, count: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.frame_count() < count
             && Instant::now() < deadline
@@ -293,12 +293,12 @@ impl LiveRead {
         }
     }
 
-    fn messages_named(&self, name: &str) -> Vec<gst::Structure> {
+    pub fn messages_named(&self, name: &str) -> Vec<gst::Structure> {
         self.messages.lock().unwrap().iter().filter(|s| s.name() == name).cloned().collect()
     }
 
     /// Stops the pipeline; returns how long going to NULL took.
-    fn stop(&mut self) -> Duration {
+    pub fn stop(&mut self) -> Duration {
         let started = Instant::now();
         self.pipeline.set_state(gst::State::Null).unwrap();
         let took = started.elapsed();

@@ -491,3 +491,106 @@ fn an_emulator_killed_and_restarted_on_its_data_dir_mid_stream_loses_nothing() {
         .collect();
     assert!(reasons[0].starts_with("the connection broke"), "{reasons:?}");
 }
+
+/// A live kvssrc reads a stream while it is uploaded, under one GetMedia fault armed `times` times: every frame
+/// comes out once, in order; returns the reasons of its reconnections.
+fn live_read_under(fault: Value, times: u32) -> Vec<String> {
+    use crate::kvssrc::{LiveRead, produce, src_props};
+    let emu = Emu::start();
+    emu.create_stream("read", 1);
+    let mut fault = fault;
+    fault["stream"] = json!("read");
+    fault["times"] = json!(times);
+    emu.fault(fault.clone());
+    let mut reader = LiveRead::start(&format!(
+        "{} request-timeout=2000 ! appsink name=capture sync=false",
+        src_props(&emu, "read")
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let input = produce(&emu, "read", 240, "");
+    reader.wait_for_frames(240, Duration::from_secs(40));
+    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new(), "{fault}");
+    let read = input_frames(&reader.captured.lock().unwrap());
+    let reasons: Vec<String> = reader
+        .messages_named("kvssrc-connection")
+        .iter()
+        .map(|s| s.get::<String>("reason").unwrap())
+        .collect();
+    assert_eq!(read.len(), 240, "{fault}: every frame exactly once; reconnections: {reasons:?}");
+    assert!(read == input_frames(&input), "{fault}: in order, byte for byte");
+    reader.stop();
+    println!("kvssrc under {fault}: 240 frames read once each; reconnections {reasons:?}");
+    reasons
+}
+
+#[test]
+fn kvssrc_reads_every_frame_once_through_getmedia_faults() {
+    let reasons =
+        live_read_under(json!({"api": "getMedia", "kind": "end_response_after_bytes", "bytes": 40000}), 2);
+    assert_eq!(reasons.iter().filter(|r| *r == "the GetMedia session ended").count(), 2, "{reasons:?}");
+
+    let reasons = live_read_under(
+        json!({"api": "getMedia", "kind": "drop_after_bytes", "bytes": 40000, "close": "reset"}),
+        2,
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("the GetMedia connection broke")).count(),
+        2,
+        "{reasons:?}"
+    );
+
+    let reasons = live_read_under(json!({"api": "getMedia", "kind": "stall", "bytes": 40000}), 1);
+    assert!(
+        reasons
+            .contains(&"nothing arrived on the GetMedia connection for 2.0 s (request-timeout)".to_owned()),
+        "{reasons:?}"
+    );
+
+    let reasons = live_read_under(json!({"api": "getMedia", "kind": "garble_media", "fragment": 3}), 2);
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("GetMedia returned bad Matroska")).count(),
+        2,
+        "{reasons:?}"
+    );
+
+    let reasons = live_read_under(
+        json!({"api": "getMedia", "kind": "raw_response", "status": 502, "content_type": "text/html",
+               "body": "<html><body>Bad Gateway</body></html>"}),
+        2,
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "GetMedia failed: HTTP 502 BadGateway: not a service answer: \"Bad Gateway\"")
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn kvssrc_gives_up_on_a_stream_that_is_never_matroska() {
+    use crate::kvssrc::{LiveRead, produce, src_props};
+    let emu = Emu::start();
+    emu.create_stream("junk", 1);
+    emu.fault(
+        json!({"api": "getMedia", "stream": "junk", "kind": "garble_media", "fragment": 1, "times": 10}),
+    );
+    let mut reader =
+        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "junk")));
+    std::thread::sleep(Duration::from_millis(300));
+    produce(&emu, "junk", 60, "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reader.errors.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let errors = reader.errors.lock().unwrap().clone();
+    assert!(
+        errors[0].starts_with(
+            "kvssrc: GetMedia returned bad Matroska 4 times in a row: corrupt Matroska at byte 0: invalid EBML \
+             element ID (first byte 0x00)"
+        ),
+        "{errors:?}"
+    );
+    reader.stop();
+}

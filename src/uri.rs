@@ -164,7 +164,11 @@ pub fn apply(element: &gst::Element, uri: &str) -> Result<(), glib::Error> {
 pub fn current(element: &gst::Element) -> Option<String> {
     let stream: Option<String> = element.property("stream-name");
     let stream = stream?;
-    let serialize = |v: &glib::Value| v.serialize().ok().map(String::from);
+    // An unset string or structure is left out (GStreamer cannot serialize a NULL structure).
+    let unset = |v: &glib::Value| {
+        matches!(v.get::<Option<String>>(), Ok(None)) || matches!(v.get::<Option<gst::Structure>>(), Ok(None))
+    };
+    let serialize = |v: &glib::Value| (!unset(v)).then(|| v.serialize().ok().map(String::from)).flatten();
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     let mut any = false;
     // aws-region is region under its C++ name: written once.

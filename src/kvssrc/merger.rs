@@ -109,6 +109,8 @@ struct OpenCluster {
     /// Its producer timestamp, and whether its first frame's fingerprint was noted.
     producer: Option<String>,
     fingerprinted: bool,
+    /// The rest of a copy of the cluster written before it (not a fragment of its own).
+    copy: bool,
 }
 
 /// A fragment with the producer timestamp of one already written: a copy if its first frame is the same too.
@@ -221,6 +223,9 @@ pub struct Merger {
     interrupted: Option<OpenCluster>,
     /// A possible copy, waiting for its first frame.
     undecided: Option<Undecided>,
+    /// The last cluster written whole (its number, children written, output Timecode), while no other was
+    /// written after it: a copy of it that holds more frames continues it.
+    last_cluster: Option<(String, usize, u64)>,
     /// The previous fragment's cluster time as stored (ns), and where it went in the output (ns).
     previous: Option<(u64, u64)>,
     /// Output time − producer time (ns) of the current session's fragments.
@@ -249,6 +254,7 @@ impl Merger {
             pending_children: Vec::new(),
             interrupted: None,
             undecided: None,
+            last_cluster: None,
             previous: None,
             shift: 0,
             previous_offset: None,
@@ -345,11 +351,39 @@ impl Merger {
                              sent it again and the service stored it twice",
                             undecided.info.producer_timestamp.as_deref().unwrap_or_default()
                         );
-                        let seen = undecided.children.len() + 2;
-                        self.leave_out(undecided.info, reason, undecided.placement, seen, out);
-                        return Ok(());
+                        let of_last =
+                            self.last_cluster.as_ref().is_some_and(|(number, _, _)| number == first);
+                        match self.last_cluster.take().filter(|_| of_last) {
+                            // A copy of the cluster just written: the first may have been stored cut short (its
+                            // connection ended cleanly in mid-fragment), so the copy's frames beyond those written
+                            // go on in the same output cluster. The children so far and this frame are counted
+                            // below as for any cluster.
+                            Some((_, written, output_units)) => {
+                                let mut info = undecided.info;
+                                info.skipped = Some(reason);
+                                out.push(Output::Fragment(info));
+                                self.fragments_skipped += 1;
+                                self.cluster = Some(OpenCluster {
+                                    number: first.clone(),
+                                    output_units,
+                                    written,
+                                    seen: undecided.children.len() + 1,
+                                    skip: written,
+                                    pass: true,
+                                    producer: None,
+                                    fingerprinted: true,
+                                    copy: true,
+                                });
+                            }
+                            None => {
+                                let seen = undecided.children.len() + 2;
+                                self.leave_out(undecided.info, reason, undecided.placement, seen, out);
+                                return Ok(());
+                            }
+                        }
+                    } else {
+                        self.write_cluster(undecided.info, undecided.placement, undecided.children, out)?;
                     }
-                    self.write_cluster(undecided.info, undecided.placement, undecided.children, out)?;
                 }
                 if let Some(cluster) = &mut self.cluster {
                     cluster.seen += 1;
@@ -384,7 +418,10 @@ impl Merger {
                 if let Some(cluster) = self.cluster.take()
                     && cluster.pass
                 {
-                    self.fragments_written += 1;
+                    if !cluster.copy {
+                        self.fragments_written += 1;
+                    }
+                    self.last_cluster = Some((cluster.number, cluster.written, cluster.output_units));
                 }
                 self.interrupted = None;
             }
@@ -551,6 +588,7 @@ impl Merger {
             pass: false,
             producer: None,
             fingerprinted: true,
+            copy: false,
         });
     }
 
@@ -572,6 +610,7 @@ impl Merger {
             .and_then(seconds_to_ns)
             .map(|p| i128::from(p) - i128::from(placement.cluster_ns));
         let output_units = placement.output_ns / scale;
+        self.last_cluster = None;
         self.written.add(&info);
         let (number, producer) = (info.number.clone(), info.producer_timestamp.clone());
         out.push(Output::Fragment(info));
@@ -586,6 +625,7 @@ impl Merger {
             pass: true,
             producer,
             fingerprinted: false,
+            copy: false,
         });
         if self.merged() {
             self.write_header_if_changed(out)?;
@@ -847,6 +887,32 @@ mod tests {
         let (merger, outputs) = merge(&input);
         assert_eq!(cluster_timecodes(&data(&outputs)), [5_000, 5_066, 5_566]);
         assert_eq!(merger.fragments_skipped, 0);
+    }
+
+    #[test]
+    fn a_fragment_stored_cut_short_then_whole_gives_every_frame_once() {
+        // The service stored fragment 5 with two of its four frames (its connection ended cleanly in
+        // mid-fragment), then the whole fragment again as 6 (the producer re-sent it).
+        let mut input = fragment("5", 5_000, &[b"f1", b"f2"], &[]);
+        input.extend(fragment("6", 5_000, &[b"f1", b"f2", b"f3", b"f4"], &[]));
+        input.extend(fragment("7", 6_000, &[b"g1"], &[]));
+        // A copy with fewer frames than the first adds nothing.
+        input.extend(fragment("8", 6_000, &[b"g1"], &[]));
+        let (merger, outputs) = merge(&input);
+        let stream = data(&outputs);
+        let expected: Vec<Vec<u8>> =
+            ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(payloads(&stream), expected);
+        assert_eq!(cluster_timecodes(&stream), [5_000, 6_000], "the rest of 5 goes on in its own cluster");
+        let skipped: Vec<(String, String)> =
+            infos(&outputs).into_iter().filter_map(|i| i.skipped.map(|reason| (i.number, reason))).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(skipped[0].0, "6");
+        assert!(
+            skipped[0].1.starts_with("a copy of fragment 5 (same producer timestamp 5.000"),
+            "{skipped:?}"
+        );
+        assert_eq!((merger.fragments_written, merger.fragments_skipped), (2, 2));
     }
 
     #[test]

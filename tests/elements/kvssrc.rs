@@ -974,3 +974,44 @@ fn a_producer_restarted_with_a_clock_behind_loses_nothing_and_time_never_goes_ba
     assert_eq!(times.len(), 6);
     assert!(run.messages_named("kvssrc-fragment").iter().all(|m| !m.get::<bool>("skipped").unwrap()));
 }
+
+#[test]
+fn a_fragment_stored_cut_short_then_resent_whole_reads_back_every_frame_once() {
+    // A producer that ends its PutMedia body cleanly in mid-fragment (the C++ kvssink does after an ERROR ACK)
+    // gets that fragment stored cut short; it then sends the whole fragment again on a new connection.
+    let clip = clip(40);
+    let emu = Emu::start();
+    emu.create_stream("cut", 1);
+    let start = (now_s() as u64 - 60) * 1000;
+    let mut cut_short = piece(&clip, 2, 2_000, start + 2_000);
+    cut_short.frames.truncate(5);
+    put_relative(
+        &emu,
+        &clip,
+        "cut",
+        start,
+        &[piece(&clip, 0, 0, start), piece(&clip, 1, 1_000, start + 1_000), cut_short],
+    );
+    put_relative(
+        &emu,
+        &clip,
+        "cut",
+        start,
+        &[piece(&clip, 2, 2_000, start + 2_000), piece(&clip, 3, 3_000, start + 3_000)],
+    );
+    assert_eq!(emu.admin_fragments("cut").len(), 5, "the service keeps both copies");
+
+    for extra in ["", "parallel-downloads=1"] {
+        let run = read_range(&emu, "cut", extra);
+        assert_eq!(run.error, None);
+        let read: Vec<Vec<u8>> = input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect();
+        assert_eq!(read.len(), 40, "every frame once");
+        assert!(read == clip.frames, "in order, byte for byte");
+        let skipped = run
+            .messages_named("kvssrc-fragment")
+            .iter()
+            .filter(|f| f.get::<bool>("skipped").unwrap())
+            .count();
+        assert_eq!(skipped, 1);
+    }
+}

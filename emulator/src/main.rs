@@ -25,8 +25,15 @@ struct Args {
     region: String,
     /// An access key the emulator accepts, as ACCESS_KEY_ID:SECRET_ACCESS_KEY (repeatable). With at least one,
     /// every request must carry a valid SigV4 signature by one of them; with none, signatures are not checked.
+    /// Command lines are visible to every user of the machine (ps, /proc): `--credentials-file` or the
+    /// KVS_EMULATOR_CREDENTIALS variable keep the secret off it.
     #[arg(long = "credentials", value_name = "AKID:SECRET", value_parser = parse_credentials)]
     credentials: Vec<(String, String)>,
+    /// A file of accepted access keys, one ACCESS_KEY_ID:SECRET_ACCESS_KEY per line (blank lines and lines
+    /// starting with # are skipped). Added to --credentials and KVS_EMULATOR_CREDENTIALS (keys separated by
+    /// white space).
+    #[arg(long, value_name = "FILE")]
+    credentials_file: Option<std::path::PathBuf>,
     /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. The base URL then starts with https://.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -59,9 +66,44 @@ fn parse_credentials(value: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The access keys from `--credentials-file` and `KVS_EMULATOR_CREDENTIALS`. An error names the place, never the
+/// text (it may hold a secret).
+fn more_credentials(file: Option<&std::path::Path>) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    if let Ok(value) = std::env::var("KVS_EMULATOR_CREDENTIALS") {
+        for (n, item) in value.split_whitespace().enumerate() {
+            out.push(
+                parse_credentials(item)
+                    .map_err(|e| format!("KVS_EMULATOR_CREDENTIALS, key {}: {e}", n + 1))?,
+            );
+        }
+    }
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(
+                parse_credentials(line).map_err(|e| format!("{}, line {}: {e}", path.display(), n + 1))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    match more_credentials(args.credentials_file.as_deref()) {
+        Ok(more) => args.credentials.extend(more),
+        Err(err) => {
+            eprintln!("kvs-emulator: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let config = Config {
         listen: args.listen,
         region: args.region,

@@ -6,4 +6,5 @@ mod kvssink;
 mod kvssrc;
 mod plugin;
 mod reliability;
+mod secrets;
 mod uri;

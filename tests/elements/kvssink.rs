@@ -333,6 +333,110 @@ fn bad_input_gives_an_error_naming_the_problem() {
     }
     let error = error_for_input(&emu, "bad", &backwards);
     assert!(error.contains("Matroska cluster timecodes go backwards"), "{error}");
+
+    let mut mp4 = Vec::new();
+    writer::write_ebml_header(&mut mp4, "mp4");
+    writer::write_segment_start(&mut mp4);
+    writer::write_info(&mut mp4, 1_000_000);
+    let error = error_for_input(&emu, "bad", &mp4);
+    assert!(
+        error.starts_with(
+            "kvssink: invalid input: unsupported EBML DocType \"mp4\" (expected \"matroska\" or \"webm\")"
+        ),
+        "{error}"
+    );
+
+    let mut no_tracks = Vec::new();
+    writer::write_ebml_header(&mut no_tracks, "matroska");
+    writer::write_segment_start(&mut no_tracks);
+    writer::write_info(&mut no_tracks, 1_000_000);
+    writer::write_cluster_start(&mut no_tracks, 0);
+    writer::write_simple_block(&mut no_tracks, 1, 0, true, &[1; 100]);
+    let error = error_for_input(&emu, "bad", &no_tracks);
+    assert!(
+        error.starts_with("kvssink: invalid input: the Matroska stream has clusters but no Tracks element"),
+        "{error}"
+    );
+
+    // Elements that declare 1 GB: a frame, and a level-1 Tags element. Refused at once, nothing allocated.
+    let gigabyte = [0x08, 0x40, 0x00, 0x00, 0x00];
+    let mut huge_frame = writer::h264_stream_header();
+    writer::write_cluster_start(&mut huge_frame, 0);
+    huge_frame.push(0xA3);
+    huge_frame.extend_from_slice(&gigabyte);
+    huge_frame.extend_from_slice(&[0x81, 0, 0, 0x80, 1, 2, 3]);
+    let error = error_for_input(&emu, "bad", &huge_frame);
+    assert!(error.starts_with("kvssink: invalid input: Matroska element 0xA3 at byte "), "{error}");
+    assert!(error.contains("is too large (1073741824 bytes)"), "{error}");
+    let mut huge_tags = writer::h264_stream_header();
+    huge_tags.extend_from_slice(&[0x12, 0x54, 0xC3, 0x67]);
+    huge_tags.extend_from_slice(&gigabyte);
+    huge_tags.extend_from_slice(&[0; 64]);
+    let error = error_for_input(&emu, "bad", &huge_tags);
+    assert!(error.starts_with("kvssink: invalid input: Matroska element 0x1254C367 at byte "), "{error}");
+}
+
+#[test]
+fn caps_and_stream_header_changing_mid_stream_start_a_new_header_and_lose_nothing() {
+    use kvs_mkv::writer;
+    let emu = Emu::start();
+    emu.create_stream("recaps", 1);
+    // Two documents, the second WebM with other tracks, the caps changing between them, as after a
+    // renegotiation upstream of matroskamux.
+    let document = |doc_type: &str, codec_private: &[u8], first_timecode: u64, seed: u8| {
+        let mut out = Vec::new();
+        writer::write_ebml_header(&mut out, doc_type);
+        writer::write_segment_start(&mut out);
+        writer::write_info(&mut out, 1_000_000);
+        writer::write_tracks(
+            &mut out,
+            &[writer::TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private }],
+        );
+        for cluster in 0..3u64 {
+            writer::write_cluster_start(&mut out, first_timecode + cluster * 1000);
+            for frame in 0..10u8 {
+                writer::write_simple_block(
+                    &mut out,
+                    1,
+                    i16::from(frame) * 100,
+                    frame == 0,
+                    &[seed, frame, 7, 7],
+                );
+            }
+        }
+        out
+    };
+    let first = document("matroska", &[1, 2, 3], 0, 1);
+    let second = document("webm", &[4, 5, 6], 3000, 2);
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=in format=time ! {} sync=false",
+        sink_props(&emu, "recaps")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let appsrc = pipeline.by_name("in").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    appsrc.set_caps(Some(&gst::Caps::builder("video/x-matroska").build()));
+    appsrc.push_buffer(gst::Buffer::from_slice(first.clone())).unwrap();
+    appsrc.set_caps(Some(&gst::Caps::builder("video/webm").build()));
+    appsrc.push_buffer(gst::Buffer::from_slice(second.clone())).unwrap();
+    appsrc.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    let message = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(message.view(), gst::MessageView::Eos(_)), "{message:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let mut input = input_frames(&first);
+    input.extend(input_frames(&second));
+    let stored = unique_frames(&emu.read_back("recaps"));
+    assert_eq!(stored.len(), 60);
+    assert!(stored == input, "every frame of both documents, in order");
 }
 
 fn start_error(description: &str) -> (String, Duration) {

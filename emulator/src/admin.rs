@@ -29,6 +29,18 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             Ok(state.arrivals.list(name))
         }
         ("POST", ["streams", name, "import"]) => import(state, name, body),
+        ("POST", ["streams", name, "drop"]) => {
+            #[derive(serde::Deserialize)]
+            struct Drop {
+                api: String,
+                #[serde(default)]
+                close: crate::faults::Close,
+            }
+            let request: Drop = serde_json::from_slice(body)
+                .map_err(|e| ApiError::invalid_argument(format!("Invalid drop request: {e}")))?;
+            stream_arn(state, name)?;
+            Ok(json!({ "dropped": state.faults.drop_open(&request.api, name, request.close) }))
+        }
         ("POST", ["reset"]) => {
             state.faults.clear();
             state.media.clear();

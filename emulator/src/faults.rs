@@ -136,6 +136,8 @@ fn one() -> u32 {
 #[derive(Debug, Default)]
 pub struct Faults {
     state: Mutex<(u64, Vec<Fault>)>,
+    /// Open media connections (API, stream), for `POST /_emulator/streams/NAME/drop`.
+    open: Mutex<Vec<(String, String, std::sync::Weak<KillState>)>>,
 }
 
 impl Faults {
@@ -159,6 +161,29 @@ impl Faults {
 
     pub fn clear(&self) {
         self.lock().1.clear();
+    }
+
+    /// Notes an open media connection, so that it can be dropped on request.
+    pub fn register(&self, api: &str, stream: &str, kill: &ConnectionKill) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, _, weak)| weak.strong_count() > 0);
+        open.push((api.to_owned(), stream.to_owned(), Arc::downgrade(&kill.0)));
+    }
+
+    /// Drops the open connections of `api` for `stream` the way `close` says; returns how many.
+    pub fn drop_open(&self, api: &str, stream: &str, close: Close) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for (a, s, weak) in open.iter() {
+            if a == api
+                && s == stream
+                && let Some(state) = weak.upgrade()
+            {
+                ConnectionKill(state).close(close);
+                count += 1;
+            }
+        }
+        count
     }
 
     /// The actions that apply to one call of `api` for `stream`; each fault taken counts one use.

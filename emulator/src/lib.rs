@@ -433,9 +433,11 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         Ok(arn) => arn,
         Err(err) => return boxed(err.into_response()),
     };
-    let actions = state
-        .faults
-        .take("getMedia", state.store.lock().find(None, Some(&arn)).ok().map(|s| s.stream_name.as_str()));
+    let name = state.store.lock().find(None, Some(&arn)).ok().map(|s| s.stream_name.clone());
+    let actions = state.faults.take("getMedia", name.as_deref());
+    if let (Some(kill), Some(name)) = (&kill, &name) {
+        state.faults.register("getMedia", name, kill);
+    }
     if let Some(err) = faults::http_error(&actions) {
         return boxed(err.into_response());
     }

@@ -150,6 +150,9 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
         return response;
     }
     let kill = request.extensions().get::<ConnectionKill>().cloned();
+    if let Some(kill) = &kill {
+        ctx.faults.register("putMedia", &name, kill);
+    }
     let faults = ConnectionFaults::new(&actions);
 
     let mut body = request.into_body();

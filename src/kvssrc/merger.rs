@@ -283,6 +283,9 @@ impl Merger {
         if let Some(cluster) = self.cluster.take()
             && cluster.pass
         {
+            // Continued by the next session if it starts with the same fragment, or by a copy of it (the
+            // service lost the fragment and the producer sent it again under another number).
+            self.last_cluster = Some((cluster.number.clone(), cluster.written, cluster.output_units));
             self.interrupted = Some(cluster);
         }
     }
@@ -913,6 +916,24 @@ mod tests {
             "{skipped:?}"
         );
         assert_eq!((merger.fragments_written, merger.fragments_skipped), (2, 2));
+    }
+
+    #[test]
+    fn a_fragment_cut_off_by_a_broken_session_and_resent_under_another_number_gives_every_frame_once() {
+        let whole = fragment("7", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]);
+        let cut = whole.windows(2).position(|w| w == b"f3").unwrap() - 1;
+        let mut merger = Merger::new(Mode::Merged);
+        let mut stream = data(&merger.push(Bytes::copy_from_slice(&whole[..cut])).unwrap());
+        merger.interrupted();
+        // The service lost fragment 7; the producer sent it again, stored as 9.
+        let mut next = fragment("9", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]);
+        next.extend(fragment("10", 8_000, &[b"g1"], &[]));
+        stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
+        stream.extend(data(&merger.finish().unwrap()));
+        let expected: Vec<Vec<u8>> =
+            ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(payloads(&stream), expected);
+        assert_eq!(cluster_timecodes(&stream), [7_000, 8_000]);
     }
 
     #[test]

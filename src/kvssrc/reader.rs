@@ -189,6 +189,8 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
     let mut failures = 0u32;
     // Sessions in a row whose bytes were not Matroska.
     let mut bad_sessions = 0u32;
+    // The server timestamp (seconds) of the last fragment read, to resume from if a token is refused.
+    let mut last_server_s: Option<f64> = None;
     loop {
         let url = match &endpoint {
             Some(url) => url.clone(),
@@ -207,6 +209,23 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
         let requested = std::time::SystemTime::now();
         let mut body = match post_json(ctx, &url, "/getMedia", "GetMedia", &request).await {
             Ok(body) => body,
+            // The token of a fragment read in this session is gone (the service lost or expired it): read again
+            // from that fragment's server time; fragments already written are recognised and left out.
+            Err(KvsError::Service { code, message, .. })
+                if code == "ResourceNotFoundException"
+                    && matches!(start, Start::ContinuationToken(_))
+                    && last_server_s.is_some() =>
+            {
+                let from = (last_server_s.unwrap_or_default() - 1.0).max(0.0);
+                start = Start::ServerTimestamp(from);
+                let reason = format!(
+                    "the continuation token was refused ({message}); reading from server time {from:.3}"
+                );
+                if !give(tx, Item::Reconnecting { reason, retry_in: Duration::ZERO }).await {
+                    return Ok(());
+                }
+                continue;
+            }
             Err(error) => {
                 retry_or_fail(error, &mut failures, &mut endpoint, tx).await?;
                 continue;
@@ -243,6 +262,14 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
                             break format!("GetMedia returned bad Matroska: {e}");
                         }
                     };
+                    for output in &outputs {
+                        if let Output::Fragment(info) = output
+                            && let Some(server) =
+                                info.server_timestamp.as_deref().and_then(|t| t.parse().ok())
+                        {
+                            last_server_s = Some(server);
+                        }
+                    }
                     if !give_outputs(tx, outputs, &mut token).await? {
                         return Ok(());
                     }

@@ -485,3 +485,39 @@ async fn a_capture_cut_inside_a_frame_imports_every_whole_fragment_and_frame() {
         (Some(4), Some(0))
     );
 }
+
+#[tokio::test]
+async fn open_connections_are_dropped_on_request_with_a_reset() {
+    let emulator = Emulator::start(Config::default()).await.unwrap();
+    create(&emulator, "d").await;
+    // A PutMedia whose body stays open: two clusters sent, then nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::post("/putMedia")
+        .header("host", emulator.local_addr().to_string())
+        .header("x-amzn-stream-name", "d")
+        .header("x-amzn-fragment-timecode-type", "ABSOLUTE")
+        .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap();
+    let mut data = body(2);
+    data.truncate(data.len() - 40);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(data)))).await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let (status, dropped) =
+        json_call(&emulator, "/_emulator/streams/d/drop", json!({"api": "getMedia"})).await;
+    assert_eq!((status, dropped), (200, json!({"dropped": 0})), "no GetMedia is open");
+    let (status, dropped) =
+        json_call(&emulator, "/_emulator/streams/d/drop", json!({"api": "putMedia", "close": "reset"})).await;
+    assert_eq!((status, dropped), (200, json!({"dropped": 1})));
+    let read = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await.unwrap();
+    let error = read.expect_err("the connection was reset").to_string();
+    assert!(error.contains("error reading a body"), "{error}");
+    drop(tx);
+    let (status, _) =
+        json_call(&emulator, "/_emulator/streams/nosuch/drop", json!({"api": "putMedia"})).await;
+    assert_eq!(status, 404);
+}

@@ -19,16 +19,26 @@ fn main() {
     // target/<profile>/deps/chaos-<hash> -> target/<profile>: the plugin and the emulator of this profile.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    // The reader child loads libgstkvs.so and the campaign runs the emulator binary from this directory: build
+    // both for this profile first (cargo bench builds neither).
+    let profile = if dir.ends_with("release") { "release" } else { "dev" };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "gst-plugin-kvs",
+            "-p",
+            "kvs-emulator",
+            "--lib",
+            "--bins",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "cannot build the plugin and kvs-emulator");
     let emulator = dir.join("kvs-emulator");
-    if !emulator.exists() {
-        let profile = if dir.ends_with("release") { "release" } else { "dev" };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--profile", profile, "-p", "kvs-emulator"])
-            .status()
-            .expect("cargo build -p kvs-emulator");
-        assert!(status.success(), "cannot build kvs-emulator");
-    }
     gst::init().unwrap();
     gstkvs::plugin_register_static().unwrap();
     let config = campaign::Config {

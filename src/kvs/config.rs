@@ -50,6 +50,8 @@ pub struct ConnectionSettings {
     pub endpoint_uri: Option<String>,
     pub ca_file: Option<String>,
     pub request_timeout: Duration,
+    /// Bound on connecting (TCP and TLS); `request_timeout` when unset.
+    pub connect_timeout: Option<Duration>,
 }
 
 /// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.
@@ -72,6 +74,7 @@ pub struct AwsContext {
     /// TLS for data-plane connections to an `https://` endpoint.
     pub tls: DataPlaneTls,
     pub request_timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for AwsContext {
@@ -158,6 +161,7 @@ fn settings_key(settings: &ConnectionSettings, element: &str) -> u64 {
     control_plane_endpoint(settings).hash(&mut hasher);
     settings.ca_file.hash(&mut hasher);
     settings.request_timeout.hash(&mut hasher);
+    settings.connect_timeout.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -204,7 +208,7 @@ impl AwsContext {
             .build_https();
 
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(settings.request_timeout)
+            .connect_timeout(settings.connect_timeout.unwrap_or(settings.request_timeout))
             .operation_attempt_timeout(settings.request_timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -298,6 +302,7 @@ impl AwsContext {
             kinesis_video: aws_sdk_kinesisvideo::Client::new(&sdk_config),
             tls,
             request_timeout: settings.request_timeout,
+            connect_timeout: settings.connect_timeout.unwrap_or(settings.request_timeout),
         })
     }
 

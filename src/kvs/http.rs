@@ -52,7 +52,7 @@ async fn connect(
     api: &'static str,
 ) -> Result<(Box<dyn Io>, String), KvsError> {
     let (tls, host, port) = parse_endpoint(endpoint)?;
-    let timeout = ctx.request_timeout;
+    let timeout = ctx.connect_timeout;
     let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
         .await
         .map_err(|_| KvsError::Timeout { api, after: timeout })?

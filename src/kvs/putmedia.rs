@@ -119,6 +119,8 @@ pub struct PutMediaRequest {
     pub producer_start_ms: u64,
     /// `x-amzn-fragment-acknowledgment-required`.
     pub acks: bool,
+    /// Put before kvssink's own user agent (the C++ kvssink's `user-agent`).
+    pub user_agent: Option<String>,
 }
 
 /// An open PutMedia connection: write the body through `body`, read ACK bytes from `acks`.
@@ -138,6 +140,11 @@ pub fn signed_headers(
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, KvsError> {
     let start = format!("{}.{:03}", request.producer_start_ms / 1000, request.producer_start_ms % 1000);
+    let own = concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"));
+    let user_agent = match &request.user_agent {
+        Some(prefix) => format!("{prefix} {own}"),
+        None => own.to_owned(),
+    };
     let headers: Vec<(&str, &str)> = vec![
         ("host", authority),
         ("x-amzn-stream-name", &request.stream_name),
@@ -145,7 +152,7 @@ pub fn signed_headers(
         ("x-amzn-producer-start-timestamp", &start),
         ("x-amzn-fragment-acknowledgment-required", if request.acks { "1" } else { "0" }),
         ("content-type", "video/x-matroska"),
-        ("user-agent", concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"))),
+        ("user-agent", &user_agent),
     ];
     sign_headers(
         credentials,
@@ -208,6 +215,7 @@ mod tests {
             stream_name: "cam1".into(),
             producer_start_ms: 1_700_000_000_005,
             acks: true,
+            user_agent: Some("AWS-SDK-KVS-CPP-CLIENT/3.6.0".into()),
         };
         let headers = signed_headers(
             &credentials,

@@ -57,6 +57,8 @@ struct Settings {
     file_start_time: u64,
     rotation_s: u32,
     retry_limit: u32,
+    /// The C++ kvssink's properties ([`super::compat`]).
+    cpp: super::compat::CppSettings,
 }
 
 impl Default for Settings {
@@ -79,6 +81,7 @@ impl Default for Settings {
             file_start_time: 0,
             rotation_s: DEFAULT_ROTATION_S,
             retry_limit: DEFAULT_RETRY_LIMIT,
+            cpp: Default::default(),
         }
     }
 }
@@ -231,7 +234,33 @@ impl KvsSink {
                 ["set stream-name to the name of the Kinesis video stream"]
             ));
         };
-        let connection = effective_connection(&settings.connection);
+        let unsupported = settings.cpp.unsupported();
+        if !unsupported.is_empty() {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("kvssink: {} not supported yet", unsupported.join(" and ")),
+                [
+                    "kvssink cannot read the C++ SDK's credential file or IoT credentials yet: give credentials through \
+                     the environment, a profile, role-arn, or access-key and secret-access-key"
+                ]
+            ));
+        }
+        let without_effect = settings.cpp.without_effect();
+        if !without_effect.is_empty() {
+            let list: Vec<String> =
+                without_effect.iter().map(|(name, why)| format!("{name} ({why})")).collect();
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ("kvssink: these C++ kvssink properties have no effect here: {}", list.join(", ")),
+                ["they are accepted so that pipelines written for the C++ kvssink run unchanged"]
+            );
+        }
+        let mut connection = effective_connection(&settings.connection);
+        if let Some(completion) = settings.cpp.completion_timeout() {
+            connection.request_timeout = completion;
+        }
+        connection.connect_timeout = settings.cpp.connect_timeout();
         let timeout = connection.request_timeout;
         // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
         let prepared = self.canceller.wait(
@@ -314,6 +343,8 @@ impl KvsSink {
             max_queue_duration: Duration::from_secs(u64::from(settings.buffer_duration_s.max(1))),
             retry_limit: settings.retry_limit,
             max_backoff: Duration::from_secs(10),
+            user_agent: settings.cpp.user_agent(),
+            restart_on_error: settings.cpp.restart_on_error(),
         };
         let uploader = Uploader::start(ctx, config, self.listener());
         let anchor = if settings.file_start_time > 0 {
@@ -513,6 +544,7 @@ impl ObjectImpl for KvsSink {
                     .build(),
             ];
             properties.splice(1..1, connection_properties());
+            properties.extend(super::compat::properties());
             properties
         });
         PROPERTIES.as_ref()
@@ -521,7 +553,9 @@ impl ObjectImpl for KvsSink {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings();
         let get_u32 = || value.get::<u32>().unwrap_or_default();
-        if set_connection_property(&mut settings.connection, pspec.name(), value) {
+        if set_connection_property(&mut settings.connection, pspec.name(), value)
+            || settings.cpp.set(pspec.name(), value)
+        {
             return;
         }
         match pspec.name() {
@@ -544,7 +578,9 @@ impl ObjectImpl for KvsSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
-        if let Some(value) = connection_property(&settings.connection, pspec.name()) {
+        if let Some(value) = connection_property(&settings.connection, pspec.name())
+            .or_else(|| settings.cpp.get(pspec.name(), pspec))
+        {
             return value;
         }
         match pspec.name() {

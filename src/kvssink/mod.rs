@@ -6,6 +6,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod compat;
 pub mod fragmenter;
 mod imp;
 pub mod uploader;

@@ -59,6 +59,10 @@ pub struct UploaderConfig {
     pub retry_limit: u32,
     /// Longest backoff between reconnections.
     pub max_backoff: Duration,
+    /// Put before kvssink's own user agent in PutMedia requests.
+    pub user_agent: Option<String>,
+    /// Reconnect after a failure (false: the first failure is final, the C++ `restart-on-error=false`).
+    pub restart_on_error: bool,
 }
 
 /// What the element is told.
@@ -596,6 +600,10 @@ impl Uploader {
             self.fail(failure.reason);
             return false;
         }
+        if !self.config.restart_on_error {
+            self.fail(format!("{} (restart-on-error is false)", failure.reason));
+            return false;
+        }
         if self.config.retry_limit > 0 && attempt > self.config.retry_limit {
             self.fail(format!(
                 "gave up after {} failed attempts in a row; the last: {}",
@@ -670,6 +678,7 @@ impl Uploader {
             stream_name: self.config.stream_name.clone(),
             producer_start_ms: now_ms(),
             acks: self.config.acks,
+            user_agent: self.config.user_agent.clone(),
         };
         let connection = putmedia::open(&self.ctx, &request).await?;
         let opened = Instant::now();

@@ -425,8 +425,9 @@ impl Merger {
                         self.fragments_written += 1;
                     }
                     self.last_cluster = Some((cluster.number, cluster.written, cluster.output_units));
+                    // A cluster written whole after the interrupted one: continuing that now would go back.
+                    self.interrupted = None;
                 }
-                self.interrupted = None;
             }
         }
         Ok(())
@@ -531,9 +532,10 @@ impl Merger {
         let children = std::mem::take(&mut self.pending_children);
 
         // The continuation of a cluster a broken session left half written: its Timecode is out already.
-        if let Some(previous) = self.interrupted.take()
-            && !info.number.is_empty()
-            && previous.number == info.number
+        // (A session that starts earlier, at a server time, first repeats fragments already written: they are
+        // left out and the interrupted one waits for its turn.)
+        if let Some(previous) =
+            self.interrupted.take_if(|previous| !info.number.is_empty() && previous.number == info.number)
         {
             // The Timecode counts as this session's first child.
             let mut cluster = OpenCluster { seen: 1, skip: previous.written, ..previous };
@@ -934,6 +936,28 @@ mod tests {
             ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
         assert_eq!(payloads(&stream), expected);
         assert_eq!(cluster_timecodes(&stream), [7_000, 8_000]);
+    }
+
+    #[test]
+    fn a_broken_fragment_continues_after_earlier_fragments_read_again() {
+        // The next session starts earlier (a refused token: read again from a server time): fragment 6 again,
+        // then 7 whole, then 8.
+        let six = fragment("6", 6_000, &[b"e1"], &[]);
+        let seven = fragment("7", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]);
+        let cut = seven.windows(2).position(|w| w == b"f3").unwrap() - 1;
+        let mut merger = Merger::new(Mode::Merged);
+        let mut first = six.clone();
+        first.extend_from_slice(&seven[..cut]);
+        let mut stream = data(&merger.push(Bytes::from(first)).unwrap());
+        merger.interrupted();
+        let mut next = six;
+        next.extend(seven);
+        next.extend(fragment("8", 8_000, &[b"g1"], &[]));
+        stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
+        stream.extend(data(&merger.finish().unwrap()));
+        let expected: Vec<Vec<u8>> =
+            ["e1", "f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(payloads(&stream), expected);
     }
 
     #[test]

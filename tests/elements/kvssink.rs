@@ -742,3 +742,98 @@ fn producer_timestamps_are_capture_times_with_2_s_fragments() {
 fn producer_timestamps_are_capture_times_with_10_s_fragments() {
     producer_timestamps_are_capture_times(10, 12);
 }
+
+/// The C++ kvssink's property names kvssink has besides its own, with a value each.
+const CPP_PROPERTIES: &[(&str, &str)] = &[
+    ("user-agent", "my-camera/1.0"),
+    ("connection-timeout", "3"),
+    ("completion-timeout", "20"),
+    ("restart-on-error", "true"),
+    ("codec-id", "V_MPEG4/ISO/AVC"),
+    ("track-name", "kinesis_video"),
+    ("timecode-scale", "1"),
+    ("fragment-duration", "2000"),
+    ("key-frame-fragmentation", "true"),
+    ("frame-timecodes", "true"),
+    ("absolute-fragment-times", "true"),
+    ("content-type", "video/h264"),
+    ("use-original-pts", "false"),
+    ("disable-buffer-clipping", "false"),
+    ("avg-bandwidth-bps", "2097152"),
+    ("framerate", "30"),
+    ("max-latency", "60"),
+    ("log-config", "../kvs_log_configuration"),
+    ("recalculate-metrics", "true"),
+    ("get-kvs-metrics", "false"),
+    ("replay-duration", "40"),
+    ("rotation-period", "3600"),
+    ("streaming-type", "realtime"),
+];
+
+#[test]
+fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_through() {
+    let emu = Emu::start();
+    emu.create_stream("cpp-props", 1);
+    let mut args: Vec<String> =
+        format!("{} ! matroskamux ! {} sync=false", video_source(60), sink_props(&emu, "cpp-props"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+    args.extend(CPP_PROPERTIES.iter().map(|(name, value)| format!("{name}={value}")));
+    let output = std::process::Command::new("gst-launch-1.0")
+        .args(&args)
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    assert!(!text.contains("no property"), "{text}");
+    assert!(
+        text.contains("kvssink: these C++ kvssink properties have no effect here: codec-id (matroskamux's output decides it)"),
+        "{text}"
+    );
+    assert!(!text.contains("user-agent ("), "user-agent has an effect: {text}");
+    assert_eq!(unique_frames(&emu.read_back("cpp-props")).len(), 60);
+
+    // Each reads back as set, with the C++ type.
+    init();
+    let sink = gst::ElementFactory::make("kvssink").build().unwrap();
+    for (name, value) in CPP_PROPERTIES {
+        sink.set_property_from_str(name, value);
+        let read = sink.property_value(name);
+        assert_eq!(read.serialize().unwrap().trim_matches('"'), *value, "{name}");
+    }
+    let defaults = gst::ElementFactory::make("kvssink").build().unwrap();
+    assert_eq!(defaults.property::<u32>("completion-timeout"), 10);
+    assert_eq!(defaults.property::<u32>("avg-bandwidth-bps"), 4 * 1024 * 1024);
+    assert_eq!(defaults.property::<Option<String>>("credential-path").as_deref(), Some(".kvs/credential"));
+}
+
+#[test]
+fn credential_path_and_iot_certificate_are_refused_until_supported() {
+    let emu = Emu::start();
+    emu.create_stream("cpp-creds", 1);
+    for extra in
+        ["credential-path=/tmp/credentials", "iot-certificate=\"iot-certificate,endpoint=x,cert-path=/c\""]
+    {
+        let (error, _) = start_error(&format!(
+            "{} ! matroskamux ! {} {extra}",
+            video_source(10),
+            sink_props(&emu, "cpp-creds")
+        ));
+        let name = extra.split('=').next().unwrap();
+        assert!(error.starts_with(&format!("kvssink: {name} not supported yet")), "{error}");
+    }
+}
+
+#[test]
+fn restart_on_error_false_makes_the_first_failure_final() {
+    let emu = Emu::start();
+    emu.create_stream("no-restart", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "drop_after_bytes", "bytes": 20000, "close": "reset"}));
+    let run = upload(&emu, "no-restart", 120, "restart-on-error=false");
+    let error = run.error.expect("an element error");
+    assert!(error.starts_with("kvssink: the connection broke"), "{error}");
+    assert!(error.contains("(restart-on-error is false)"), "{error}");
+}

@@ -318,7 +318,7 @@ pub async fn stream_session(
             return;
         }
         let Some(sequence) = found.flatten() else {
-            if !wait_for_change(&mut changes, idle_end).await {
+            if !wait_for_change(&mut changes, idle_end, &out.tx).await {
                 return;
             }
             continue;
@@ -330,12 +330,19 @@ pub async fn stream_session(
     }
 }
 
-/// Waits until the media changes; false after `limit` with no change.
-async fn wait_for_change(changes: &mut tokio::sync::watch::Receiver<u64>, limit: Duration) -> bool {
-    matches!(tokio::time::timeout(limit, changes.changed()).await, Ok(Ok(())))
+/// Waits until the media changes; false after `limit` with no change, or when the client is gone (so that its
+/// session, and its place among the stream's three, ends with the connection).
+async fn wait_for_change(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    limit: Duration,
+    client: &mpsc::Sender<Bytes>,
+) -> bool {
+    tokio::select! {
+        changed = tokio::time::timeout(limit, changes.changed()) => matches!(changed, Ok(Ok(()))),
+        _ = client.closed() => false,
+    }
 }
 
-/// Sends one fragment, following it while it is being ingested. False when the session must end.
 async fn send_fragment(
     media: &MediaStore,
     arn: &str,
@@ -386,7 +393,7 @@ async fn send_fragment(
         if let Some(suffix) = suffix {
             return out.send(suffix).await;
         }
-        if !wait_for_change(changes, idle_end).await {
+        if !wait_for_change(changes, idle_end, &out.tx).await {
             return false;
         }
     }

@@ -356,7 +356,7 @@ impl Merger {
                         );
                         let of_last =
                             self.last_cluster.as_ref().is_some_and(|(number, _, _)| number == first);
-                        match self.last_cluster.take().filter(|_| of_last) {
+                        match if of_last { self.last_cluster.take() } else { None } {
                             // A copy of the cluster just written: the first may have been stored cut short (its
                             // connection ended cleanly in mid-fragment), so the copy's frames beyond those written
                             // go on in the same output cluster. The children so far and this frame are counted
@@ -936,6 +936,27 @@ mod tests {
             ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
         assert_eq!(payloads(&stream), expected);
         assert_eq!(cluster_timecodes(&stream), [7_000, 8_000]);
+    }
+
+    #[test]
+    fn copies_of_older_fragments_in_between_do_not_stop_a_cut_fragment_from_being_continued() {
+        // Fragment 7 is cut off; the producer then re-sends 6 and 7 (a replay after a reconnection), stored
+        // as 8 and 9: 8 is left out, 9 continues 7.
+        let six = fragment("6", 6_000, &[b"e1"], &[]);
+        let seven = fragment("7", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]);
+        let cut = seven.windows(2).position(|w| w == b"f3").unwrap() - 1;
+        let mut merger = Merger::new(Mode::Merged);
+        let mut first = six;
+        first.extend_from_slice(&seven[..cut]);
+        let mut stream = data(&merger.push(Bytes::from(first)).unwrap());
+        merger.interrupted();
+        let mut next = fragment("8", 6_000, &[b"e1"], &[]);
+        next.extend(fragment("9", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]));
+        stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
+        stream.extend(data(&merger.finish().unwrap()));
+        let expected: Vec<Vec<u8>> =
+            ["e1", "f1", "f2", "f3", "f4"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(payloads(&stream), expected);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Report {
     pub read_duplicates: u64,
     pub read_missing: u64,
     pub read_out_of_order: u64,
+    /// The first frames kvssrc did not read, and what the reader said (warnings, reconnections).
+    pub missing_examples: Vec<u64>,
+    pub reader_log: String,
     pub corrupt: u64,
     pub reconnections: u64,
     pub faults: Vec<String>,
@@ -359,6 +362,9 @@ pub fn run(config: &Config) -> Report {
         .env("AWS_ACCESS_KEY_ID", "AKIDCHAOS")
         .env("AWS_SECRET_ACCESS_KEY", "chaos-secret")
         .env("AWS_REGION", "us-east-1")
+        .env("GST_DEBUG", "kvssrc:5")
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .env("GST_DEBUG_FILE", data_dir.with_extension("reader.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -546,6 +552,13 @@ pub fn run(config: &Config) -> Report {
     }
     report.read_duplicates = seen.iter().map(|c| u64::from(c.saturating_sub(1))).sum();
     report.read_missing = seen.iter().filter(|c| **c == 0).count() as u64;
+    report.missing_examples =
+        seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i as u64).take(30).collect();
+    report.reader_log = std::fs::read_to_string(data_dir.with_extension("reader.log")).unwrap_or_default();
+    let _ = std::fs::rename(
+        data_dir.with_extension("reader.log"),
+        std::env::temp_dir().join("kvs-chaos-reader.log"),
+    );
     drop(emulator);
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_file(&read_path);
@@ -596,6 +609,19 @@ impl Report {
         println!("  faults: {kinds:?}");
         if let Some(error) = &self.error {
             println!("  error: {error}");
+        }
+        if !self.missing_examples.is_empty() {
+            println!("  frames kvssrc did not read (first 30): {:?}", self.missing_examples);
+            let notable: Vec<&str> = self
+                .reader_log
+                .lines()
+                .filter(|l| {
+                    l.contains("kvssrc-connection")
+                        || l.contains("skip-reason=(string)a")
+                        || l.contains("WARNING")
+                })
+                .collect();
+            println!("  the reader's reconnections and warnings:\n    {}", notable.join("\n    "));
         }
     }
 

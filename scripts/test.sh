@@ -37,6 +37,11 @@ KVS_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest tests/python -q 2>&1 
 pytest_status=${PIPESTATUS[0]}
 set -e
 
+say "cargo clippy --workspace --all-targets -- -D warnings"
+clippy_status=0
+cargo clippy --workspace --all-targets -- -D warnings 2>&1 | grep -Ev '^ +(Checking|Compiling) ' | tail -30
+[ "${PIPESTATUS[0]}" = 0 ] || clippy_status=1
+
 say "meson: build and install into a staging directory, then load the installed plugin"
 stage=$(mktemp -d)
 meson_status=0
@@ -70,11 +75,13 @@ py_failed=$(echo "$pytest_summary" | sum '(failed|errors?)')
 if [ "$pytest_status" != 0 ] && [ "$py_failed" = 0 ]; then py_failed=1; fi
 
 [ "$meson_status" = 0 ] && meson_passed=1 meson_failed=0 || meson_passed=0 meson_failed=1
+[ "$clippy_status" = 0 ] && clippy_passed=1 clippy_failed=0 || clippy_passed=0 clippy_failed=1
 
 echo
 echo "Rust: $rust_passed passed, $rust_failed failed; Python: $py_passed passed, $py_failed failed;" \
+    "clippy: $clippy_passed passed, $clippy_failed failed;" \
     "meson install: $meson_passed passed, $meson_failed failed ($((SECONDS - started)) s after set-up)"
-passed=$((rust_passed + py_passed + meson_passed))
-failed=$((rust_failed + py_failed + meson_failed))
+passed=$((rust_passed + py_passed + clippy_passed + meson_passed))
+failed=$((rust_failed + py_failed + clippy_failed + meson_failed))
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

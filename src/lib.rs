@@ -3,8 +3,10 @@
 //! - `kvssink` streams the output of `matroskamux` to the KVS PutMedia API.
 //! - `kvssrc` reads a stream with GetMedia (live or from the past) and emits Matroska.
 //!
-//! The streaming code in [`mkv`] and [`kvs`] does not depend on GStreamer types, so it is unit-tested on
-//! its own and shared with the `kvs-emulator` crate.
+//! The protocol code in [`kvs`] (signing, PutMedia, ACKs, errors), the fragmenter and uploader of
+//! [`kvssink`] and the reader and merger of [`kvssrc`] do not depend on GStreamer types, so they are
+//! unit-tested on their own. The Matroska reader and writer are the `kvs-mkv` crate, which the
+//! `kvs-emulator` crate uses too.
 
 use gst::glib;
 

@@ -110,6 +110,20 @@ fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
     crate::props::kvs_error_message("kvssink", error, gst::ResourceError::OpenWrite)
 }
 
+/// Emitted for each ACK (the C++ kvssink's signal), with the `kvssink-ack` structure the bus message carries.
+const SIGNAL_FRAGMENT_ACK: &str = "fragment-ack";
+/// Emitted for an ERROR ACK and when the upload gives up (the C++ kvssink's signal), with a
+/// `kvssink-stream-error` structure: `reason`, `error-id` (the ACK's ErrorId, 0 otherwise), `fatal`.
+const SIGNAL_STREAM_ERROR: &str = "stream-error";
+
+fn stream_error(reason: &str, error_id: u32, fatal: bool) -> gst::Structure {
+    gst::Structure::builder("kvssink-stream-error")
+        .field("reason", reason)
+        .field("error-id", error_id)
+        .field("fatal", fatal)
+        .build()
+}
+
 fn stats_structure(stats: &Stats) -> gst::Structure {
     gst::Structure::builder("kvssink-stats")
         .field("bytes-sent", stats.bytes_sent)
@@ -187,7 +201,13 @@ impl KvsSink {
                     if let AckKind::Error { id, code } = &ack.kind {
                         builder = builder.field("error-id", id).field("error-code", code);
                     }
-                    builder.build()
+                    let structure = builder.build();
+                    element.emit_by_name::<()>(SIGNAL_FRAGMENT_ACK, &[&structure]);
+                    if let AckKind::Error { id, code } = &ack.kind {
+                        let error = stream_error(&format!("ERROR ACK {id} {code}"), *id, false);
+                        element.emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&error]);
+                    }
+                    structure
                 }
                 UploadEvent::Dropped { timecode, bytes, reason } => {
                     gst::element_warning!(
@@ -212,6 +232,7 @@ impl KvsSink {
                     return;
                 }
                 UploadEvent::Failed(reason) => {
+                    element.emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&stream_error(reason, 0, true)]);
                     gst::element_error!(
                         element,
                         gst::ResourceError::Write,
@@ -501,6 +522,22 @@ impl ObjectSubclass for KvsSink {
 }
 
 impl ObjectImpl for KvsSink {
+    /// The C++ kvssink's signals, with arguments any language reads: a `GstStructure` each, emitted from the
+    /// upload thread (connect with a handler that does not block).
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                glib::subclass::Signal::builder(SIGNAL_FRAGMENT_ACK)
+                    .param_types([gst::Structure::static_type()])
+                    .build(),
+                glib::subclass::Signal::builder(SIGNAL_STREAM_ERROR)
+                    .param_types([gst::Structure::static_type()])
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn constructed(&self) {
         self.parent_constructed();
         // With sync, a buffer is rendered at its running time, not 20 ms (BaseSink's default deadline) after.

@@ -2,6 +2,7 @@
 //! matroskamux ! kvssink), frames read back through the emulator's media APIs and compared with what
 //! matroskamux produced, byte for byte.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
@@ -836,4 +837,37 @@ fn restart_on_error_false_makes_the_first_failure_final() {
     let error = run.error.expect("an element error");
     assert!(error.starts_with("kvssink: the connection broke"), "{error}");
     assert!(error.contains("(restart-on-error is false)"), "{error}");
+}
+
+#[test]
+fn the_cpp_signals_fragment_ack_and_stream_error_carry_structures() {
+    let emu = Emu::start();
+    emu.create_stream("signals", 1);
+    emu.fault(json!({"api": "putMedia", "kind": "error_ack", "fragment": 2, "error_id": 5000}));
+    let acks = Arc::new(Mutex::new(Vec::<String>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<gst::Structure>::new()));
+    let description =
+        format!("{} ! matroskamux ! {} sync=false", video_source(90), sink_props(&emu, "signals"));
+    let (a, e) = (acks.clone(), errors.clone());
+    let run = run_pipeline_with(&description, Duration::from_secs(60), move |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        sink.connect("fragment-ack", false, move |args| {
+            let ack = args[1].get::<gst::Structure>().unwrap();
+            a.lock().unwrap().push(ack.get::<String>("event-type").unwrap());
+            None
+        });
+        sink.connect("stream-error", false, move |args| {
+            e.lock().unwrap().push(args[1].get::<gst::Structure>().unwrap());
+            None
+        });
+    });
+    assert_eq!(run.error, None);
+    let acks = acks.lock().unwrap().clone();
+    assert_eq!(acks.iter().filter(|k| *k == "PERSISTED").count(), 3, "{acks:?}");
+    assert_eq!(acks.len(), run.messages_named("kvssink-ack").len(), "one signal per ACK message");
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].get::<u32>("error-id").unwrap(), 5000);
+    assert!(!errors[0].get::<bool>("fatal").unwrap());
+    assert_eq!(errors[0].get::<String>("reason").unwrap(), "ERROR ACK 5000 INTERNAL_ERROR");
 }

@@ -16,5 +16,6 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    compat::StreamingType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "kvssink", gst::Rank::SECONDARY, KvsSink::static_type())
 }

@@ -12,5 +12,13 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The property enums, documented with the element (gst-inspect, the plugin documentation cache).
+    for enum_type in [
+        imp::StartSelector::static_type(),
+        imp::OutputMode::static_type(),
+        imp::OutputTimeline::static_type(),
+    ] {
+        enum_type.mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    }
     gst::Element::register(Some(plugin), "kvssrc", gst::Rank::SECONDARY, KvsSrc::static_type())
 }

@@ -30,6 +30,11 @@ fn plugin_registers_both_elements() {
     assert!(sink.is::<gst_base::BaseSink>());
     let src = gst::ElementFactory::make("kvssrc").build().unwrap();
     assert!(src.is::<gst_base::PushSrc>());
+    // The property enums are marked as plugin API, so documentation tools describe them with the elements.
+    for name in ["GstKvsSrcStartSelector", "GstKvsSrcMode", "GstKvsSrcTimeline", "GstKvsRsStreamingType"] {
+        let enum_type = gst::glib::Type::from_name(name).unwrap_or_else(|| panic!("{name} registered"));
+        assert!(enum_type.plugin_api_flags().is_some(), "{name} is not marked as plugin API");
+    }
 }
 
 #[test]

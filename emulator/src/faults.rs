@@ -323,11 +323,6 @@ pub struct KillState {
 }
 
 impl ConnectionKill {
-    /// Drops the connection the way the kernel closes a socket with what it holds.
-    pub fn kill(&self) {
-        self.close(Close::Drop);
-    }
-
     /// Drops the connection with a FIN, a reset or a plain close.
     pub fn close(&self, how: Close) {
         *self.0.how.lock().unwrap_or_else(|e| e.into_inner()) = how;

@@ -354,9 +354,7 @@ impl Merger {
                              sent it again and the service stored it twice",
                             undecided.info.producer_timestamp.as_deref().unwrap_or_default()
                         );
-                        let of_last =
-                            self.last_cluster.as_ref().is_some_and(|(number, _, _)| number == first);
-                        match if of_last { self.last_cluster.take() } else { None } {
+                        match self.last_cluster.take_if(|(number, _, _)| number == first) {
                             // A copy of the cluster just written: the first may have been stored cut short (its
                             // connection ended cleanly in mid-fragment), so the copy's frames beyond those written
                             // go on in the same output cluster. The children so far and this frame are counted

@@ -84,22 +84,25 @@ struct Emulator {
     addr: SocketAddr,
 }
 
-impl Emulator {
-    fn spawn(binary: &Path, data_dir: &Path, listen: &str) -> (Child, String) {
-        let mut child = Command::new(binary)
-            .args(["--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kvs-emulator");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        (child, line.trim().to_owned())
-    }
+/// Starts a kvs-emulator process listening on `listen` with `--data-dir`; returns it and its base URL (its
+/// first stdout line).
+pub fn spawn_emulator(binary: &Path, data_dir: &Path, listen: &str) -> (Child, String) {
+    assert!(binary.exists(), "{} not found: cargo build -p kvs-emulator", binary.display());
+    let mut child = Command::new(binary)
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kvs-emulator");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().to_owned())
+}
 
+impl Emulator {
     fn start(binary: &Path, data_dir: &Path) -> (Emulator, String) {
-        let (child, url) = Emulator::spawn(binary, data_dir, "127.0.0.1:0");
+        let (child, url) = spawn_emulator(binary, data_dir, "127.0.0.1:0");
         let listen = url.trim_start_matches("http://").to_owned();
         let addr = listen.parse().unwrap();
         (Emulator { binary: binary.into(), data_dir: data_dir.into(), listen, child, addr }, url)
@@ -109,7 +112,7 @@ impl Emulator {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        let (child, _) = Emulator::spawn(&self.binary, &self.data_dir, &self.listen);
+        let (child, _) = spawn_emulator(&self.binary, &self.data_dir, &self.listen);
         self.child = child;
     }
 }

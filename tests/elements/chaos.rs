@@ -2,7 +2,7 @@
 //! long one is `cargo bench --bench chaos`. See `tests/chaos/campaign.rs`.
 
 #[path = "../chaos/campaign.rs"]
-mod campaign;
+pub mod campaign;
 
 use crate::common::{init, plugin_dir};
 

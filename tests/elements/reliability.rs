@@ -442,19 +442,7 @@ fn a_proxy_page_with_a_4xx_is_an_error_that_quotes_it() {
 
 /// A kvs-emulator process (the binary cargo built beside this test) keeping its streams in `data_dir`.
 fn spawn_emulator(listen: &str, data_dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let binary = plugin_dir().join("kvs-emulator");
-    assert!(binary.exists(), "{} not found: cargo build -p kvs-emulator", binary.display());
-    let mut child = std::process::Command::new(binary)
-        .args(["--listen", listen, "--data-dir"])
-        .arg(data_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (child, line.trim().to_owned())
+    crate::chaos::campaign::spawn_emulator(&plugin_dir().join("kvs-emulator"), data_dir, listen)
 }
 
 #[test]

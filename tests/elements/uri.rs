@@ -134,11 +134,9 @@ fn decode(mkv: &[u8]) -> Vec<u8> {
     run.input
 }
 
-/// A playbin for `uri` whose video ends in an appsink collecting I420 frames into `decoded`; credentials go to
-/// kvssrc in `source-setup`, the way applications give them.
-fn playbin(uri: &str, decoded: Arc<Mutex<Vec<u8>>>) -> gst::Element {
-    init();
-    let playbin = gst::ElementFactory::make("playbin").property("uri", uri).build().unwrap();
+/// Makes `playbin`'s video end in an appsink collecting I420 frames into `decoded`; credentials go to kvssrc in
+/// `source-setup`, the way applications give them.
+fn set_up_playbin(playbin: &gst::Element, decoded: Arc<Mutex<Vec<u8>>>) {
     let video = gst::parse::bin_from_description(
         "videoconvert ! video/x-raw,format=I420 ! appsink name=capture sync=true",
         true,
@@ -154,7 +152,6 @@ fn playbin(uri: &str, decoded: Arc<Mutex<Vec<u8>>>) -> gst::Element {
         source.set_property("secret-access-key", "test-secret");
         None
     });
-    playbin
 }
 
 #[test]
@@ -171,23 +168,13 @@ fn playbin_plays_a_range_from_a_kvs_uri_frame_for_frame_and_posts_progress() {
         emu.url
     );
     let decoded = Arc::new(Mutex::new(Vec::new()));
-    let pipeline = playbin(&uri, decoded.clone());
-    let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut progress = Vec::new();
-    for message in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
-        match message.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{} | {:?}", e.error(), e.debug()),
-            gst::MessageView::Progress(p) => {
-                let (kind, code, text) = p.get();
-                let percent = p.structure().unwrap().get::<i32>("percent").unwrap();
-                progress.push((kind, code.to_owned(), text.to_owned(), percent));
-            }
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    let capture = decoded.clone();
+    let run =
+        run_pipeline_with(&format!("playbin uri=\"{uri}\""), Duration::from_secs(60), move |pipeline| {
+            set_up_playbin(pipeline.upcast_ref(), capture)
+        });
+    assert_eq!(run.error, None);
+    let progress = run.progress;
     let decoded = std::mem::take(&mut *decoded.lock().unwrap());
     assert_eq!(decoded.len() / FRAME_BYTES, 150, "every frame played once");
     assert!(decoded == expected, "decoded frames differ from the input's");
@@ -215,7 +202,9 @@ fn playbin_plays_a_live_kvs_uri_while_the_stream_is_uploaded() {
     emu.create_stream("play-live", 1);
     let uri = format!("kvs://play-live?endpoint-uri={}&region=us-east-1", emu.url);
     let decoded = Arc::new(Mutex::new(Vec::new()));
-    let pipeline = playbin(&uri, decoded.clone());
+    init();
+    let pipeline = gst::ElementFactory::make("playbin").property("uri", &uri).build().unwrap();
+    set_up_playbin(&pipeline, decoded.clone());
     pipeline.set_state(gst::State::Playing).unwrap();
     // The reader waits for the first fragment (decodebin exposes its pads once it has seen data).
     std::thread::sleep(Duration::from_millis(500));

@@ -4,7 +4,6 @@ pkg-config, and the Rust example built by cargo. What they upload is read back a
 with the project's `mkvframes` tool."""
 
 import os
-import pathlib
 import re
 import subprocess
 import time
@@ -12,23 +11,10 @@ import time
 import pytest
 
 from conftest import BIN_DIR, REPO
-from test_emulator_media import mkvframes
+from test_emulator_media import FRAMES, clip, mkvframes  # noqa: F401 (clip is a fixture)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 EXAMPLES = REPO / "examples"
-FRAMES = 90  # 3 fragments of 30 frames
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "in.mkv"
-    pipeline = (
-        f"videotestsrc num-buffers={FRAMES} ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 "
-        "! x264enc key-int-max=30 option-string=scenecut=0 bframes=0 ! h264parse "
-        f"! matroskamux ! filesink location={path}"
-    )
-    subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], check=True, timeout=60)
-    return path
 
 
 def source_of(clip):

@@ -1,7 +1,7 @@
 //! What a Matroska stream header says: doc type, timecode scale and tracks.
 
 use crate::Error;
-use crate::ebml::{children, id, read_float, read_uint};
+use crate::ebml::{children, id, read_float, read_uint, write_binary, write_master};
 
 /// Track types (Matroska TrackType values).
 pub const TRACK_TYPE_VIDEO: u64 = 1;
@@ -117,6 +117,54 @@ pub fn tracks(tracks_data: &[u8]) -> Result<Vec<Track>, Error> {
     Ok(tracks)
 }
 
+/// A track's new Name and CodecID (None: keep what it has).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackRename {
+    pub name: Option<String>,
+    pub codec_id: Option<String>,
+}
+
+/// A Tracks element (id, size and data) rebuilt from `tracks_data` with each TrackEntry's Name and CodecID
+/// replaced as `rename(track_type)` says; every other child is kept as it was (re-encoded with the smallest
+/// size fields). This is how kvssink gives the tracks it muxes itself the C++ kvssink's names and codec IDs.
+pub fn rename_tracks(tracks_data: &[u8], rename: impl Fn(u64) -> TrackRename) -> Result<Vec<u8>, Error> {
+    let mut entries = Vec::new();
+    for entry in children(tracks_data) {
+        let (entry_id, entry_data) = entry?;
+        if entry_id != id::TRACK_ENTRY {
+            write_binary(&mut entries, entry_id, entry_data);
+            continue;
+        }
+        let mut track_type = 0;
+        for child in children(entry_data) {
+            let (child_id, data) = child?;
+            if child_id == id::TRACK_TYPE {
+                track_type = read_uint(data)?;
+            }
+        }
+        let wanted = rename(track_type);
+        let mut entry = Vec::new();
+        for child in children(entry_data) {
+            let (child_id, data) = child?;
+            match child_id {
+                id::NAME if wanted.name.is_some() => {}
+                id::CODEC_ID if wanted.codec_id.is_some() => {}
+                _ => write_binary(&mut entry, child_id, data),
+            }
+        }
+        if let Some(name) = &wanted.name {
+            write_binary(&mut entry, id::NAME, name.as_bytes());
+        }
+        if let Some(codec_id) = &wanted.codec_id {
+            write_binary(&mut entry, id::CODEC_ID, codec_id.as_bytes());
+        }
+        write_master(&mut entries, id::TRACK_ENTRY, &entry, 1);
+    }
+    let mut out = Vec::new();
+    write_master(&mut out, id::TRACKS, &entries, 4);
+    Ok(out)
+}
+
 /// The MIME type KVS uses for a Matroska codec ID (`video/h264`, `audio/aac`...), as CreateStream's
 /// MediaType expects; `None` for codecs KVS has no name for.
 pub fn media_type(codec_id: &str) -> Option<&'static str> {
@@ -178,5 +226,41 @@ mod tests {
         write_uint(&mut info, id::TIMECODE_SCALE, 1000);
         assert_eq!(timecode_scale(&info).unwrap(), 1000);
         assert_eq!(timecode_scale(&[]).unwrap(), 1_000_000);
+    }
+
+    #[test]
+    fn tracks_are_renamed_by_type_and_keep_everything_else() {
+        let mut body = Vec::new();
+        for (number, kind, codec, name) in
+            [(1, TRACK_TYPE_VIDEO, "V_MPEG4/ISO/AVC", Some("Video")), (2, TRACK_TYPE_AUDIO, "A_AAC", None)]
+        {
+            let mut entry = Vec::new();
+            write_uint(&mut entry, id::TRACK_NUMBER, number);
+            write_uint(&mut entry, id::TRACK_TYPE, kind);
+            if let Some(name) = name {
+                write_binary(&mut entry, id::NAME, name.as_bytes());
+            }
+            write_binary(&mut entry, id::CODEC_ID, codec.as_bytes());
+            write_binary(&mut entry, id::CODEC_PRIVATE, &[9; 200]);
+            write_master(&mut body, id::TRACK_ENTRY, &entry, 1);
+        }
+        let renamed = rename_tracks(&body, |kind| TrackRename {
+            name: Some(if kind == TRACK_TYPE_VIDEO { "kinesis_video" } else { "audio" }.to_owned()),
+            codec_id: (kind == TRACK_TYPE_VIDEO).then(|| "V_MPEG4/ISO/AVC/X".to_owned()),
+        })
+        .unwrap();
+        let (element_id, _) = crate::ebml::read_id(&renamed).unwrap().unwrap();
+        assert_eq!(element_id, id::TRACKS);
+        let data = children(&renamed).next().unwrap().unwrap().1;
+        let tracks = tracks(data).unwrap();
+        assert_eq!(tracks.len(), 2);
+        assert_eq!(tracks[0].name.as_deref(), Some("kinesis_video"));
+        assert_eq!(tracks[0].codec_id, "V_MPEG4/ISO/AVC/X");
+        assert_eq!(tracks[0].codec_private, vec![9; 200]);
+        assert_eq!((tracks[1].number, tracks[1].name.as_deref()), (2, Some("audio")));
+        assert_eq!(tracks[1].codec_id, "A_AAC");
+        // Nothing asked: the same tracks.
+        let same = rename_tracks(&body, |_| TrackRename::default()).unwrap();
+        assert_eq!(super::tracks(children(&same).next().unwrap().unwrap().1).unwrap().len(), 2);
     }
 }

@@ -2,16 +2,21 @@
 //! C++ types and defaults so that pipelines written for it parse and run unchanged. Each says what it does here:
 //!
 //! - **implemented**: `user-agent` (prefixed to kvssink's own in every request), `connection-timeout` (seconds
-//!   to connect), `completion-timeout` (seconds for a request to complete: `request-timeout`), and
-//!   `restart-on-error` (false: the first failed connection is an element error instead of a reconnection);
-//! - **for elementary-stream input** (`codec-id`, `track-name`, `timecode-scale`, `fragment-duration`,
-//!   `key-frame-fragmentation`, `frame-timecodes`, `absolute-fragment-times`, `content-type`,
-//!   `use-original-pts`, `disable-buffer-clipping`): they describe how the C++ element muxes H.264/AAC itself;
-//!   kvssink takes `matroskamux` output, whose muxer settings decide those things, so they have no effect;
+//!   to connect), `completion-timeout` (seconds for a request to complete: `request-timeout`),
+//!   `restart-on-error` (false: the first failed connection is an element error instead of a reconnection),
+//!   `content-type` (the media type of a stream kvssink creates; otherwise the tracks' codecs give it),
+//!   `frame-timecodes` (false: each fragment is stamped with the time it reaches kvssink, not its capture time),
+//!   `streaming-type` (`offline`: a full queue always waits, never drops, and the stream starts at
+//!   `file-start-time` or the start time);
+//! - **for elementary streams on the request pads** (`codec-id`, `track-name`, `timecode-scale`,
+//!   `fragment-duration`, `key-frame-fragmentation`): how the inner `matroskamux` muxes them, as the C++ element
+//!   does; with Matroska input on the `sink` pad the upstream muxer decided, and they have no effect;
+//! - **muxing details without a meaning here** (`absolute-fragment-times`, `use-original-pts`,
+//!   `disable-buffer-clipping`): kvssink always sends absolute producer times from the buffers' running time;
 //! - **C++ SDK internals** (`avg-bandwidth-bps`, `framerate`, `max-latency`, `log-config`,
-//!   `recalculate-metrics`, `get-kvs-metrics`, `replay-duration`, `rotation-period`, `streaming-type`): no
-//!   effect; kvssink re-sends every fragment not yet persisted (not a `replay-duration` window), follows its
-//!   source for real-time or offline upload, and the C++ element ignores `rotation-period` too;
+//!   `recalculate-metrics`, `get-kvs-metrics`, `replay-duration`, `rotation-period`): no effect; kvssink
+//!   re-sends every fragment not yet persisted (not a `replay-duration` window), and the C++ element ignores
+//!   `rotation-period` too;
 //! - **credentials not supported yet** (`credential-path`, `iot-certificate`): setting one is a start error
 //!   saying so, rather than an upload with other credentials than the user meant.
 //!
@@ -26,6 +31,8 @@ use gst::prelude::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Support {
     Implemented,
+    /// Applies to the tracks muxed from the request pads; no effect with Matroska input.
+    Muxing,
     /// Accepted, no effect; the text says why (for the start warning).
     Ignored(&'static str),
     /// A start error when set.
@@ -44,7 +51,9 @@ pub enum StreamingType {
     Offline,
 }
 
-const MUXER: &str = "matroskamux's output decides it";
+const MUXER: &str = "kvssink stamps frames from the buffers' running time";
+const UPSTREAM_MUXER: &str =
+    "it applies to streams on the video/audio request pads; with Matroska input the upstream muxer decided";
 const SDK: &str = "it tunes the C++ SDK";
 
 /// The C++ properties kvssink accepts by their C++ names, with what each does.
@@ -54,14 +63,14 @@ pub fn effects() -> &'static [(&'static str, Support)] {
         ("connection-timeout", Support::Implemented),
         ("completion-timeout", Support::Implemented),
         ("restart-on-error", Support::Implemented),
-        ("codec-id", Support::Ignored(MUXER)),
-        ("track-name", Support::Ignored(MUXER)),
-        ("timecode-scale", Support::Ignored(MUXER)),
-        ("fragment-duration", Support::Ignored(MUXER)),
-        ("key-frame-fragmentation", Support::Ignored(MUXER)),
-        ("frame-timecodes", Support::Ignored(MUXER)),
-        ("absolute-fragment-times", Support::Ignored(MUXER)),
-        ("content-type", Support::Ignored("the stream's media type comes from the Matroska tracks")),
+        ("codec-id", Support::Muxing),
+        ("track-name", Support::Muxing),
+        ("timecode-scale", Support::Muxing),
+        ("fragment-duration", Support::Muxing),
+        ("key-frame-fragmentation", Support::Muxing),
+        ("frame-timecodes", Support::Implemented),
+        ("absolute-fragment-times", Support::Ignored("kvssink always sends absolute producer times")),
+        ("content-type", Support::Implemented),
         ("use-original-pts", Support::Ignored(MUXER)),
         ("disable-buffer-clipping", Support::Ignored(MUXER)),
         ("avg-bandwidth-bps", Support::Ignored(SDK)),
@@ -72,10 +81,7 @@ pub fn effects() -> &'static [(&'static str, Support)] {
         ("get-kvs-metrics", Support::Ignored("the stats property and the bus messages carry the figures")),
         ("replay-duration", Support::Ignored("kvssink re-sends every fragment not yet persisted")),
         ("rotation-period", Support::Ignored("the C++ kvssink ignores it too; see connection-rotation")),
-        (
-            "streaming-type",
-            Support::Ignored("kvssink follows its source; file-start-time uploads a recording"),
-        ),
+        ("streaming-type", Support::Implemented),
         ("credential-path", Support::NotSupported),
         ("iot-certificate", Support::NotSupported),
     ]
@@ -113,16 +119,44 @@ pub fn properties() -> Vec<glib::ParamSpec> {
             "false: the first failed connection is an element error instead of a reconnection (C++ kvssink name; default: true)",
             true,
         ),
-        string("codec-id", &format!("{} (default: V_MPEG4/ISO/AVC)", none(MUXER)), Some("V_MPEG4/ISO/AVC")),
-        string("track-name", &format!("{} (default: kinesis_video)", none(MUXER)), Some("kinesis_video")),
-        uint("timecode-scale", &format!("{} (milliseconds; default: 1)", none(MUXER)), 1),
-        uint("fragment-duration", &format!("{} (milliseconds; default: 2000)", none(MUXER)), 2000),
-        boolean("key-frame-fragmentation", &format!("{} (default: true)", none(MUXER)), true),
-        boolean("frame-timecodes", &format!("{} (default: true)", none(MUXER)), true),
-        boolean("absolute-fragment-times", &format!("{} (default: true)", none(MUXER)), true),
+        string(
+            "codec-id",
+            "CodecID of the video track muxed from the video request pad, when not the H.264 one; with Matroska input, no effect (default: V_MPEG4/ISO/AVC)",
+            Some("V_MPEG4/ISO/AVC"),
+        ),
+        string(
+            "track-name",
+            "Name of the video track muxed from the video request pad (the audio track is \"audio\"); with Matroska input, no effect (default: kinesis_video)",
+            Some("kinesis_video"),
+        ),
+        uint(
+            "timecode-scale",
+            "Matroska timecode unit of the streams muxed from the request pads, in milliseconds; with Matroska input, no effect (default: 1)",
+            1,
+        ),
+        uint(
+            "fragment-duration",
+            "Shortest fragment muxed from the request pads when not cut at every key frame (key-frame-fragmentation=false, or audio only), in milliseconds (default: 2000)",
+            2000,
+        ),
+        boolean(
+            "key-frame-fragmentation",
+            "Start a fragment at every video key frame of the request pads; false: at the first key frame after fragment-duration (default: true)",
+            true,
+        ),
+        boolean(
+            "frame-timecodes",
+            "Stamp fragments with the capture time from the buffers' timestamps; false: with the time they reach kvssink (default: true)",
+            true,
+        ),
+        boolean(
+            "absolute-fragment-times",
+            &format!("{} (default: true)", none("kvssink always sends absolute producer times")),
+            true,
+        ),
         string(
             "content-type",
-            &format!("{} (default: video/h264)", none("the media type comes from the Matroska tracks")),
+            "Media type of a stream kvssink creates, such as video/h264,audio/aac; when not set, the tracks' codecs give it (default: video/h264)",
             Some("video/h264"),
         ),
         boolean("use-original-pts", &format!("{} (default: false)", none(MUXER)), false),
@@ -144,7 +178,7 @@ pub fn properties() -> Vec<glib::ParamSpec> {
         ),
         uint("rotation-period", &format!("{} (seconds; default: 3600)", none("see connection-rotation")), 3600),
         glib::ParamSpecEnum::builder_with_default("streaming-type", StreamingType::Realtime)
-            .blurb(&format!("{} (default: realtime)", none("kvssink follows its source")))
+            .blurb("realtime and near-realtime: a live source drops the oldest fragments when the queue is full; offline: the queue always waits, and the stream starts at file-start-time (default: realtime)")
             .mutable_ready()
             .build(),
         string(
@@ -220,6 +254,22 @@ impl CppSettings {
         self.text("restart-on-error") != Some("false")
     }
 
+    /// `content-type`, when set.
+    pub fn content_type(&self) -> Option<String> {
+        let value = glib::Value::deserialize(self.text("content-type")?, glib::Type::STRING).ok()?;
+        value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+    }
+
+    /// `frame-timecodes` (true unless set to false).
+    pub fn frame_timecodes(&self) -> bool {
+        self.text("frame-timecodes") != Some("false")
+    }
+
+    /// `streaming-type=offline`.
+    pub fn offline(&self) -> bool {
+        self.text("streaming-type") == Some("offline")
+    }
+
     /// The properties set that cannot work yet (a start error); an empty or NULL value does not count.
     pub fn unsupported(&self) -> Vec<&'static str> {
         effects()
@@ -232,12 +282,14 @@ impl CppSettings {
             .collect()
     }
 
-    /// The properties set that have no effect, with why.
-    pub fn without_effect(&self) -> Vec<(&'static str, &'static str)> {
+    /// The properties set that have no effect, with why (the muxing ones when the input is Matroska).
+    pub fn without_effect(&self, muxing: bool) -> Vec<(&'static str, &'static str)> {
         effects()
             .iter()
             .filter_map(|(name, effect)| match effect {
-                Support::Ignored(why) if self.values.contains_key(*name) => Some((*name, *why)),
+                _ if !self.values.contains_key(*name) => None,
+                Support::Ignored(why) => Some((*name, *why)),
+                Support::Muxing if !muxing => Some((*name, UPSTREAM_MUXER)),
                 _ => None,
             })
             .collect()

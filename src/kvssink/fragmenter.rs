@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kvs_mkv::ebml::{self, id};
+pub use kvs_mkv::header::TrackRename;
 use kvs_mkv::tags::{SimpleTag, write_tags};
 use kvs_mkv::{Event, MkvReader, Rope};
 
@@ -177,6 +178,15 @@ pub struct Fragmenter {
     persistent_tags: Vec<SimpleTag>,
     /// Capture time of the input being read (see [`push`](Self::push)).
     capture_time: Option<SystemTime>,
+    /// Names and codec IDs given to the tracks (see [`set_track_names`](Self::set_track_names)).
+    track_names: Option<TrackNames>,
+}
+
+/// Names and codec IDs for the video and audio tracks, replacing what the muxer wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackNames {
+    pub video: TrackRename,
+    pub audio: TrackRename,
 }
 
 fn units(time: SystemTime, scale: u64) -> i128 {
@@ -202,7 +212,13 @@ impl Fragmenter {
             pending_tags: Vec::new(),
             persistent_tags: Vec::new(),
             capture_time: None,
+            track_names: None,
         }
+    }
+
+    /// Renames the tracks of the headers that come after this (None: as the muxer wrote them).
+    pub fn set_track_names(&mut self, names: Option<TrackNames>) {
+        self.track_names = names;
     }
 
     /// Adds a metadata tag to the next fragment, or to every following fragment when `persist` (a persistent
@@ -276,10 +292,19 @@ impl Fragmenter {
                     self.header_parts.extend_from_slice(&element.bytes.to_vec());
                 }
                 id::TRACKS if !self.header_announced => {
-                    let tracks = kvs_mkv::header::tracks(&element.data())?;
+                    let mut bytes = element.bytes.to_vec();
+                    if let Some(names) = &self.track_names {
+                        bytes = kvs_mkv::header::rename_tracks(&element.data(), |kind| match kind {
+                            kvs_mkv::header::TRACK_TYPE_VIDEO => names.video.clone(),
+                            kvs_mkv::header::TRACK_TYPE_AUDIO => names.audio.clone(),
+                            _ => TrackRename::default(),
+                        })?;
+                    }
+                    let (_, data) = ebml::children(&bytes).next().ok_or(InputError::NoTracks)??;
+                    let tracks = kvs_mkv::header::tracks(data)?;
                     self.media_type_tracks =
                         tracks.iter().filter_map(|t| kvs_mkv::header::media_type(&t.codec_id)).collect();
-                    self.header_parts.extend_from_slice(&element.bytes.to_vec());
+                    self.header_parts.extend_from_slice(&bytes);
                     self.has_tracks = true;
                 }
                 // Everything else at level 1 describes a file (SeekHead, Cues, Void, global Tags): dropped.
@@ -717,5 +742,36 @@ mod media_type_tests {
         let out = Fragmenter::new(TimeAnchor::CaptureTime).push(Bytes::from(data), None).unwrap();
         let Output::Header(header) = &out[0] else { panic!() };
         assert_eq!(header.media_type.as_deref(), Some("video/h264"));
+    }
+
+    #[test]
+    fn track_names_replace_what_the_muxer_wrote() {
+        let mut data = kvs_mkv::writer::h264_stream_header();
+        kvs_mkv::writer::write_cluster_start(&mut data, 0);
+        kvs_mkv::writer::write_simple_block(&mut data, 1, 0, true, &[1]);
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        fragmenter.set_track_names(Some(TrackNames {
+            video: TrackRename {
+                name: Some("kinesis_video".into()),
+                codec_id: Some("V_MPEGH/ISO/HEVC".into()),
+            },
+            audio: TrackRename { name: Some("audio".into()), codec_id: None },
+        }));
+        let out = fragmenter.push(Bytes::from(data), None).unwrap();
+        let Output::Header(header) = &out[0] else { panic!() };
+        assert_eq!(header.media_type.as_deref(), Some("video/h265"));
+        let mut reader = MkvReader::default();
+        reader.push_bytes(header.bytes.clone());
+        let mut names = Vec::new();
+        while let Some(event) = reader.next_event().unwrap() {
+            if let Event::Element(element) = event
+                && element.id == id::TRACKS
+            {
+                for track in kvs_mkv::header::tracks(&element.data()).unwrap() {
+                    names.push((track.name, track.codec_id));
+                }
+            }
+        }
+        assert_eq!(names, [(Some("kinesis_video".to_owned()), "V_MPEGH/ISO/HEVC".to_owned())]);
     }
 }

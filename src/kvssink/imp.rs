@@ -1,4 +1,5 @@
-//! The `kvssink` element: a `BaseSink` taking Matroska (`matroskamux` output).
+//! The Matroska sink inside the `kvssink` bin ([`super::bin`]): a `BaseSink` taking Matroska (`matroskamux`
+//! output). It is not registered: the bin creates it and forwards every property, signal and message.
 //!
 //! `start()` loads the AWS configuration and checks the stream (DescribeStream), so that missing credentials,
 //! an unreachable endpoint or a missing stream fail the state change with a clear error. `render()` feeds the
@@ -17,7 +18,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::fragmenter::{Fragmenter, Output, TimeAnchor};
+use super::fragmenter::{Fragmenter, Output, TimeAnchor, TrackNames};
 use super::uploader::{Stats, UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
 use crate::kvs::config::{AwsContext, ConnectionSettings};
@@ -57,6 +58,8 @@ struct Settings {
     file_start_time: u64,
     rotation_s: u32,
     retry_limit: u32,
+    /// Track names and codec IDs when the bin muxes elementary streams itself.
+    track_names: Option<TrackNames>,
     /// The C++ kvssink's properties ([`super::compat`]).
     cpp: super::compat::CppSettings,
 }
@@ -81,6 +84,7 @@ impl Default for Settings {
             file_start_time: 0,
             rotation_s: DEFAULT_ROTATION_S,
             retry_limit: DEFAULT_RETRY_LIMIT,
+            track_names: None,
             cpp: Default::default(),
         }
     }
@@ -90,11 +94,13 @@ struct Started {
     fragmenter: Fragmenter,
     uploader: Arc<Uploader>,
     live: Option<bool>,
+    /// False: fragments are stamped with the time their first frame reaches kvssink (`frame-timecodes`).
+    frame_timecodes: bool,
     stop_timeout: Duration,
 }
 
 #[derive(Default)]
-pub struct KvsSink {
+pub struct KvsMkvSink {
     settings: Mutex<Settings>,
     state: Mutex<Option<Started>>,
     /// The uploader, also reachable without the state lock (for `stats` while render waits).
@@ -142,9 +148,37 @@ fn stats_structure(stats: &Stats) -> gst::Structure {
         .build()
 }
 
-impl KvsSink {
+impl KvsMkvSink {
     fn settings(&self) -> MutexGuard<'_, Settings> {
         lock(&self.settings)
+    }
+
+    /// The names and codec IDs of the tracks the bin muxes (None: the input's own), from the next header on.
+    pub(super) fn set_track_names(&self, names: Option<TrackNames>) {
+        self.settings().track_names = names.clone();
+        if let Some(started) = lock(&self.state).as_mut() {
+            started.fragmenter.set_track_names(names);
+        }
+    }
+
+    /// `kvs-add-metadata`: a tag for the next fragment, or for all of them with `persist`.
+    pub(super) fn add_metadata(&self, metadata: &gst::StructureRef) {
+        let name = metadata.get::<String>("name").unwrap_or_default();
+        let value = metadata.get::<String>("value").unwrap_or_default();
+        let persist = metadata.get::<bool>("persist").unwrap_or(false);
+        let result = match lock(&self.state).as_mut() {
+            Some(started) if !name.is_empty() => started.fragmenter.add_metadata(&name, &value, persist),
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => gst::debug!(CAT, imp = self, "metadata {name}={value} (persist {persist})"),
+            Err(error) => gst::element_imp_warning!(
+                self,
+                gst::StreamError::Failed,
+                ("kvssink: metadata {:?} not added: {}", name, error),
+                ["{}", error]
+            ),
+        }
     }
 
     /// Turns uploader events into bus messages, debug logs and, for a failure, an element error.
@@ -266,7 +300,7 @@ impl KvsSink {
                 ]
             ));
         }
-        let without_effect = settings.cpp.without_effect();
+        let without_effect = settings.cpp.without_effect(settings.track_names.is_some());
         if !without_effect.is_empty() {
             let list: Vec<String> =
                 without_effect.iter().map(|(name, why)| format!("{name} ({why})")).collect();
@@ -339,7 +373,7 @@ impl KvsSink {
                 let params = CreateParams {
                     retention_hours: settings.retention_hours as i32,
                     kms_key_id: settings.kms_key_id.clone(),
-                    media_type: None,
+                    media_type: settings.cpp.content_type(),
                     device_name: None,
                     tags,
                 };
@@ -368,15 +402,22 @@ impl KvsSink {
             restart_on_error: settings.cpp.restart_on_error(),
         };
         let uploader = Uploader::start(ctx, config, self.listener());
+        let offline = settings.cpp.offline();
         let anchor = if settings.file_start_time > 0 {
             TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(settings.file_start_time))
+        } else if offline {
+            TimeAnchor::Fixed(SystemTime::now())
         } else {
             TimeAnchor::CaptureTime
         };
+        let mut fragmenter = Fragmenter::new(anchor);
+        fragmenter.set_track_names(settings.track_names.clone());
         Ok(Started {
-            fragmenter: Fragmenter::new(anchor),
+            fragmenter,
             uploader,
-            live: None,
+            // Offline: never live, so a full queue waits instead of dropping.
+            live: offline.then_some(false),
+            frame_timecodes: settings.cpp.frame_timecodes(),
             stop_timeout: Duration::from_secs(u64::from(settings.stop_timeout_s)),
         })
     }
@@ -513,28 +554,74 @@ impl KvsSink {
     }
 }
 
+/// The custom downstream event that adds fragment metadata.
+pub(super) const METADATA_EVENT: &str = "kvs-add-metadata";
+
 #[glib::object_subclass]
-impl ObjectSubclass for KvsSink {
-    const NAME: &'static str = "GstKvsSink";
-    type Type = super::KvsSink;
+impl ObjectSubclass for KvsMkvSink {
+    const NAME: &'static str = "GstKvsMkvSink";
+    type Type = super::KvsMkvSink;
     type ParentType = gst_base::BaseSink;
-    type Interfaces = (gst::URIHandler,);
 }
 
-impl ObjectImpl for KvsSink {
-    /// The C++ kvssink's signals, with arguments any language reads: a `GstStructure` each, emitted from the
-    /// upload thread (connect with a handler that does not block).
+/// kvssink's own properties (the bin has the same, and BaseSink's).
+pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
+    let mut properties = vec![
+        string("stream-name", "Name of the Kinesis video stream to write to (required; default: none)"),
+        glib::ParamSpecBoolean::builder("allow-create-stream")
+            .blurb("Create the stream when it does not exist (default: true)")
+            .default_value(true)
+            .mutable_ready()
+            .build(),
+        uint("retention-period", "Retention of a stream created by kvssink, in hours; 0: no persistence (default: 2)", 87_600, DEFAULT_RETENTION_HOURS),
+        string("kms-key-id", "KMS key for a stream created by kvssink (default: the AWS managed key)"),
+        glib::ParamSpecBoxed::builder::<gst::Structure>("stream-tags")
+            .blurb("Tags of a stream created by kvssink, as a GstStructure such as \"tags, team=video, env=prod\" (default: none)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecBoolean::builder("fragment-acks")
+            .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted (default: true)")
+            .default_value(true)
+            .mutable_ready()
+            .build(),
+        uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds (default: 60)", 86_400, DEFAULT_STALENESS_S),
+        uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds (default: 120)", 86_400, DEFAULT_STOP_TIMEOUT_S),
+        uint("storage-size", "Fragment queue size limit, in MiB: a live source then drops the oldest unsent fragments, other sources wait (default: 128)", 1_048_576, DEFAULT_STORAGE_MB),
+        uint("buffer-duration", "Fragment queue duration limit, in seconds (default: 120)", 86_400, DEFAULT_BUFFER_DURATION_S),
+        glib::ParamSpecUInt64::builder("file-start-time")
+            .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings ; 0: the wall clock at the first buffer (default: 0)")
+            .default_value(0)
+            .mutable_ready()
+            .build(),
+        uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min (default: 2400)", 2700, DEFAULT_ROTATION_S),
+        uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up (default: 10)", u32::MAX, DEFAULT_RETRY_LIMIT),
+        glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
+            .read_only()
+            .build(),
+    ];
+    properties.splice(1..1, connection_properties());
+    properties.extend(super::compat::properties());
+    properties
+}
+
+/// The C++ kvssink's signals, with arguments any language reads: a `GstStructure` each, emitted from the
+/// upload thread (connect with a handler that does not block).
+pub(super) fn signal_specs() -> Vec<glib::subclass::Signal> {
+    [SIGNAL_FRAGMENT_ACK, SIGNAL_STREAM_ERROR]
+        .into_iter()
+        .map(|name| {
+            glib::subclass::Signal::builder(name).param_types([gst::Structure::static_type()]).build()
+        })
+        .collect()
+}
+
+/// The signals' names.
+pub(super) const SIGNALS: [&str; 2] = [SIGNAL_FRAGMENT_ACK, SIGNAL_STREAM_ERROR];
+
+impl ObjectImpl for KvsMkvSink {
     fn signals() -> &'static [glib::subclass::Signal] {
-        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
-            vec![
-                glib::subclass::Signal::builder(SIGNAL_FRAGMENT_ACK)
-                    .param_types([gst::Structure::static_type()])
-                    .build(),
-                glib::subclass::Signal::builder(SIGNAL_STREAM_ERROR)
-                    .param_types([gst::Structure::static_type()])
-                    .build(),
-            ]
-        });
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(signal_specs);
         SIGNALS.as_ref()
     }
 
@@ -545,45 +632,7 @@ impl ObjectImpl for KvsSink {
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
-        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            let mut properties = vec![
-                string("stream-name", "Name of the Kinesis video stream to write to (required; default: none)"),
-                glib::ParamSpecBoolean::builder("allow-create-stream")
-                    .blurb("Create the stream when it does not exist (default: true)")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                uint("retention-period", "Retention of a stream created by kvssink, in hours; 0: no persistence (default: 2)", 87_600, DEFAULT_RETENTION_HOURS),
-                string("kms-key-id", "KMS key for a stream created by kvssink (default: the AWS managed key)"),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stream-tags")
-                    .blurb("Tags of a stream created by kvssink, as a GstStructure such as \"tags, team=video, env=prod\" (default: none)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("fragment-acks")
-                    .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted (default: true)")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds (default: 60)", 86_400, DEFAULT_STALENESS_S),
-                uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds (default: 120)", 86_400, DEFAULT_STOP_TIMEOUT_S),
-                uint("storage-size", "Fragment queue size limit, in MiB: a live source then drops the oldest unsent fragments, other sources wait (default: 128)", 1_048_576, DEFAULT_STORAGE_MB),
-                uint("buffer-duration", "Fragment queue duration limit, in seconds (default: 120)", 86_400, DEFAULT_BUFFER_DURATION_S),
-                glib::ParamSpecUInt64::builder("file-start-time")
-                    .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings ; 0: the wall clock at the first buffer (default: 0)")
-                    .default_value(0)
-                    .mutable_ready()
-                    .build(),
-                uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min (default: 2400)", 2700, DEFAULT_ROTATION_S),
-                uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up (default: 10)", u32::MAX, DEFAULT_RETRY_LIMIT),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
-                    .read_only()
-                    .build(),
-            ];
-            properties.splice(1..1, connection_properties());
-            properties.extend(super::compat::properties());
-            properties
-        });
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(property_specs);
         PROPERTIES.as_ref()
     }
 
@@ -647,26 +696,9 @@ impl ObjectImpl for KvsSink {
     }
 }
 
-impl GstObjectImpl for KvsSink {}
+impl GstObjectImpl for KvsMkvSink {}
 
-/// `kvs://STREAM?property=value…` ([`crate::uri`]).
-impl URIHandlerImpl for KvsSink {
-    const URI_TYPE: gst::URIType = gst::URIType::Sink;
-
-    fn protocols() -> &'static [&'static str] {
-        &[crate::uri::SCHEME]
-    }
-
-    fn uri(&self) -> Option<String> {
-        crate::uri::current(self.obj().upcast_ref())
-    }
-
-    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        crate::uri::apply(self.obj().upcast_ref(), uri)
-    }
-}
-
-impl ElementImpl for KvsSink {
+impl ElementImpl for KvsMkvSink {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -694,7 +726,7 @@ impl ElementImpl for KvsSink {
     }
 }
 
-impl BaseSinkImpl for KvsSink {
+impl BaseSinkImpl for KvsMkvSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.reset();
         let started = self.start_inner()?;
@@ -742,7 +774,8 @@ impl BaseSinkImpl for KvsSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let capture_time = self.capture_time(buffer);
+        let frame_timecodes = lock(&self.state).as_ref().is_none_or(|s| s.frame_timecodes);
+        let capture_time = if frame_timecodes { self.capture_time(buffer) } else { Some(SystemTime::now()) };
         // The buffer's memory, kept (not copied) until its fragment is acknowledged.
         let data = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::ResourceError::Read, ["kvssink: cannot map the buffer"]);
@@ -773,26 +806,9 @@ impl BaseSinkImpl for KvsSink {
             gst::EventView::Eos(_) => self.on_eos(),
             gst::EventView::CustomDownstream(custom) => {
                 if let Some(s) = custom.structure()
-                    && s.name() == "kvs-add-metadata"
+                    && s.name() == METADATA_EVENT
                 {
-                    let name = s.get::<String>("name").unwrap_or_default();
-                    let value = s.get::<String>("value").unwrap_or_default();
-                    let persist = s.get::<bool>("persist").unwrap_or(false);
-                    let result = match lock(&self.state).as_mut() {
-                        Some(started) if !name.is_empty() => {
-                            started.fragmenter.add_metadata(&name, &value, persist)
-                        }
-                        _ => Ok(()),
-                    };
-                    match result {
-                        Ok(()) => gst::debug!(CAT, imp = self, "metadata {name}={value} (persist {persist})"),
-                        Err(error) => gst::element_imp_warning!(
-                            self,
-                            gst::StreamError::Failed,
-                            ("kvssink: metadata {:?} not added: {}", name, error),
-                            ["{}", error]
-                        ),
-                    }
+                    self.add_metadata(s);
                 }
             }
             _ => {}
@@ -823,5 +839,5 @@ impl BaseSinkImpl for KvsSink {
 #[allow(dead_code)]
 fn _assert_send() {
     fn is_send<T: Send + Sync>() {}
-    is_send::<KvsSink>();
+    is_send::<KvsMkvSink>();
 }

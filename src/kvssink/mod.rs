@@ -1,18 +1,27 @@
-//! `kvssink`: streams the output of `matroskamux` to Kinesis Video Streams with PutMedia.
+//! `kvssink`: streams the output of `matroskamux`, or elementary H.264/H.265/AAC streams, to Kinesis Video
+//! Streams with PutMedia.
 //!
 //! [`fragmenter`] splits the Matroska byte stream into a header and fragments; [`uploader`] owns the PutMedia
-//! connection and the fragment queue; `imp` is the GStreamer element around them.
+//! connection and the fragment queue; `imp` is the Matroska sink around them, and `bin` the `kvssink` element:
+//! a bin holding that sink and, for elementary streams on request pads, a `matroskamux`.
 
 use gst::glib;
 use gst::prelude::*;
 
+mod bin;
 mod compat;
 pub mod fragmenter;
 mod imp;
 pub mod uploader;
 
 glib::wrapper! {
-    pub struct KvsSink(ObjectSubclass<imp::KvsSink>) @extends gst_base::BaseSink, gst::Element, gst::Object, @implements gst::URIHandler;
+    /// The `kvssink` element.
+    pub struct KvsSink(ObjectSubclass<bin::KvsSink>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::URIHandler, gst::ChildProxy;
+}
+
+glib::wrapper! {
+    /// The Matroska sink inside `kvssink` (not registered as an element of its own).
+    pub struct KvsMkvSink(ObjectSubclass<imp::KvsMkvSink>) @extends gst_base::BaseSink, gst::Element, gst::Object;
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -791,7 +791,10 @@ fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_th
     assert!(output.status.success(), "{text}");
     assert!(!text.contains("no property"), "{text}");
     assert!(
-        text.contains("kvssink: these C++ kvssink properties have no effect here: codec-id (matroskamux's output decides it)"),
+        text.contains(
+            "kvssink: these C++ kvssink properties have no effect here: codec-id (it applies to streams on the \
+             video/audio request pads; with Matroska input the upstream muxer decided)"
+        ),
         "{text}"
     );
     assert!(!text.contains("user-agent ("), "user-agent has an effect: {text}");
@@ -809,6 +812,61 @@ fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_th
     assert_eq!(defaults.property::<u32>("completion-timeout"), 10);
     assert_eq!(defaults.property::<u32>("avg-bandwidth-bps"), 4 * 1024 * 1024);
     assert_eq!(defaults.property::<Option<String>>("credential-path").as_deref(), Some(".kvs/credential"));
+}
+
+/// The producer timestamps (seconds) of a stream's fragments, in order.
+fn producer_times(emu: &Emu, stream: &str) -> Vec<f64> {
+    let (_, listed) = emu.json("/listFragments", json!({"StreamName": stream}));
+    let mut times: Vec<f64> = listed["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["ProducerTimestamp"].as_f64().unwrap())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// Buffers stamped 600 s ahead: by default the fragments carry that capture time; `frame-timecodes=false`
+/// stamps them when they arrive, and `streaming-type=offline` starts the stream at the start time and follows
+/// the Matroska timeline exactly; `content-type` names the media type of the stream kvssink creates.
+#[test]
+fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does() {
+    let emu = Emu::start();
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for (stream, extra, ahead) in [
+        ("stamp-capture", "", 600.0),
+        ("stamp-arrival", "frame-timecodes=false content-type=video/h264,audio/aac", 0.0),
+        ("stamp-offline", "streaming-type=offline", 0.0),
+    ] {
+        let before = wall();
+        let run = run_pipeline(
+            &format!(
+                "videotestsrc num-buffers=90 timestamp-offset=600000000000 \
+                 ! video/x-raw,width=160,height=120,framerate=30/1 \
+                 ! x264enc key-int-max=45 bframes=0 tune=zerolatency speed-preset=ultrafast \
+                 ! h264parse ! matroskamux ! {} sync=false {extra}",
+                sink_props(&emu, stream)
+            ),
+            Duration::from_secs(60),
+        );
+        assert_eq!(run.error, None, "{stream}: {:?}", run.warnings);
+        let times = producer_times(&emu, stream);
+        assert_eq!(times.len(), 2, "{stream}");
+        let start = times[0] - ahead;
+        assert!(
+            start >= before - 1.0 && start <= wall() + 1.0,
+            "{stream}: first fragment at {} (now {before})",
+            times[0]
+        );
+        if stream == "stamp-offline" {
+            assert_eq!(times[1] - times[0], 1.5, "{stream}: the Matroska timeline, exactly");
+        }
+    }
+    let (_, described) = emu.json("/describeStream", json!({"StreamName": "stamp-arrival"}));
+    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264,audio/aac", "{described}");
+    let (_, described) = emu.json("/describeStream", json!({"StreamName": "stamp-capture"}));
+    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod chaos;
 mod common;
+mod elementary;
 mod kvssink;
 mod kvssrc;
 mod plugin;

@@ -58,6 +58,27 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             Ok(serde_json::to_value(state.faults.add(fault)).unwrap_or_default())
         }
         ("GET", ["faults"]) => Ok(json!({ "faults": state.faults.list() })),
+        ("POST", ["credentials"]) => {
+            #[derive(serde::Deserialize)]
+            struct Key {
+                access_key_id: String,
+                secret_access_key: String,
+            }
+            let key: Key = serde_json::from_slice(body)
+                .map_err(|e| ApiError::invalid_argument(format!("Invalid access key: {e}")))?;
+            verifier(state)?.accept(&key.access_key_id, &key.secret_access_key);
+            Ok(json!({}))
+        }
+        ("DELETE", ["credentials", access_key_id]) => {
+            if !verifier(state)?.revoke(access_key_id) {
+                return Err(ApiError::new(
+                    "ResourceNotFoundException",
+                    StatusCode::NOT_FOUND,
+                    format!("No access key {access_key_id}"),
+                ));
+            }
+            Ok(json!({}))
+        }
         ("DELETE", ["faults"]) => {
             state.faults.clear();
             Ok(json!({}))
@@ -68,6 +89,15 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             format!("No admin operation {method} /_emulator/{path}"),
         )),
     }
+}
+
+/// The signature verifier, which exists only when the emulator was started with credentials.
+fn verifier(state: &State) -> Result<&crate::sigv4::Verifier, ApiError> {
+    state.verifier.as_ref().ok_or_else(|| {
+        ApiError::invalid_argument(
+            "Signatures are not checked: start the emulator with --credentials to manage keys",
+        )
+    })
 }
 
 fn stream_arn(state: &State, name: &str) -> Result<String, ApiError> {

@@ -62,12 +62,12 @@ pub struct Verified {
     pub access_key_id: String,
 }
 
-/// Checks signatures against a fixed set of access keys, for one region and service.
-#[derive(Clone)]
+/// Checks signatures against a set of access keys (which the admin API can change), for one region and
+/// service.
 pub struct Verifier {
     region: String,
     service: String,
-    secrets: HashMap<String, String>,
+    secrets: std::sync::RwLock<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -76,7 +76,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("region", &self.region)
             .field("service", &self.service)
-            .field("access_key_ids", &self.secrets.keys().collect::<Vec<_>>())
+            .field("access_key_ids", &self.secrets().keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -109,8 +109,24 @@ impl Verifier {
         Verifier {
             region: region.to_owned(),
             service: service.to_owned(),
-            secrets: credentials.iter().cloned().collect(),
+            secrets: std::sync::RwLock::new(credentials.iter().cloned().collect()),
         }
+    }
+
+    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, String>> {
+        self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accepts one more access key from now on.
+    pub fn accept(&self, access_key_id: &str, secret: &str) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        secrets.insert(access_key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Refuses an access key from now on; false if it was not known.
+    pub fn revoke(&self, access_key_id: &str) -> bool {
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        secrets.remove(access_key_id).is_some()
     }
 
     /// Verifies one request; `now` is the emulator's clock.
@@ -134,7 +150,8 @@ impl Verifier {
             return Err(ApiError::missing_authentication_token());
         };
 
-        let secret = self.secrets.get(&claim.access_key_id).ok_or_else(ApiError::unrecognized_client)?;
+        let secret =
+            self.secrets().get(&claim.access_key_id).cloned().ok_or_else(ApiError::unrecognized_client)?;
         self.check_scope(&claim)?;
         check_time(&claim, now.into())?;
         if !claim.signed_headers.iter().any(|name| name == "host") {
@@ -149,7 +166,7 @@ impl Verifier {
         let canonical_headers = canonical_headers(headers, &claim.signed_headers);
         let signed_headers = claim.signed_headers.join(";");
         let scope = format!("{}/{}/{}/{TERMINATOR}", claim.scope_date, self.region, self.service);
-        let key = signing_key(secret, &claim.scope_date, &self.region, &self.service);
+        let key = signing_key(&secret, &claim.scope_date, &self.region, &self.service);
 
         for canonical_uri in &canonical_uris {
             for canonical_query in &canonical_queries {

@@ -52,6 +52,9 @@ pub struct ConnectionSettings {
     pub request_timeout: Duration,
     /// Bound on connecting (TCP and TLS); `request_timeout` when unset.
     pub connect_timeout: Option<Duration>,
+    /// The C++ SDK's credential file (kvssink `credential-path`) and the longest its credentials are kept
+    /// (`rotation-period`): used when neither the properties nor the environment give keys.
+    pub credential_file: Option<(String, Duration)>,
 }
 
 /// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.
@@ -162,6 +165,7 @@ fn settings_key(settings: &ConnectionSettings, element: &str) -> u64 {
     settings.ca_file.hash(&mut hasher);
     settings.request_timeout.hash(&mut hasher);
     settings.connect_timeout.hash(&mut hasher);
+    settings.credential_file.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -242,7 +246,14 @@ impl AwsContext {
                         .into(),
                 ));
             }
-            _ => {}
+            _ => {
+                // The C++ kvssink's order: keys from the environment before its credential file.
+                let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty());
+                if let Some((path, period)) = settings.credential_file.as_ref().filter(|_| !env_keys) {
+                    loader =
+                        loader.credentials_provider(super::credentials::FileCredentials::new(path, *period));
+                }
+            }
         }
         if let Some(endpoint) = control_plane_endpoint(settings) {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {

@@ -5,6 +5,7 @@
 pub mod ack;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod putmedia;

@@ -17,8 +17,9 @@
 //!   `recalculate-metrics`, `get-kvs-metrics`, `replay-duration`, `rotation-period`): no effect; kvssink
 //!   re-sends every fragment not yet persisted (not a `replay-duration` window), and the C++ element ignores
 //!   `rotation-period` too;
-//! - **credentials not supported yet** (`credential-path`, `iot-certificate`): setting one is a start error
-//!   saying so, rather than an upload with other credentials than the user meant.
+//! - **credentials**: `credential-path` (the C++ SDK's rotating credential file, read again when it changes;
+//!   [`crate::kvs::credentials`]) with `rotation-period`; `iot-certificate` is not supported yet: setting it is
+//!   a start error saying so, rather than an upload with other credentials than the user meant.
 //!
 //! Properties without effect that are set get one warning on the bus when the element starts.
 
@@ -51,6 +52,8 @@ pub enum StreamingType {
     Offline,
 }
 
+/// The C++ kvssink's default `credential-path`, relative to the working directory.
+const DEFAULT_CREDENTIAL_PATH: &str = ".kvs/credential";
 const MUXER: &str = "kvssink stamps frames from the buffers' running time";
 const UPSTREAM_MUXER: &str =
     "it applies to streams on the video/audio request pads; with Matroska input the upstream muxer decided";
@@ -80,9 +83,9 @@ pub fn effects() -> &'static [(&'static str, Support)] {
         ("recalculate-metrics", Support::Ignored(SDK)),
         ("get-kvs-metrics", Support::Ignored("the stats property and the bus messages carry the figures")),
         ("replay-duration", Support::Ignored("kvssink re-sends every fragment not yet persisted")),
-        ("rotation-period", Support::Ignored("the C++ kvssink ignores it too; see connection-rotation")),
+        ("rotation-period", Support::Implemented),
         ("streaming-type", Support::Implemented),
-        ("credential-path", Support::NotSupported),
+        ("credential-path", Support::Implemented),
         ("iot-certificate", Support::NotSupported),
     ]
 }
@@ -176,15 +179,19 @@ pub fn properties() -> Vec<glib::ParamSpec> {
             &format!("{} (seconds; default: 40)", none("kvssink re-sends every fragment not yet persisted")),
             40,
         ),
-        uint("rotation-period", &format!("{} (seconds; default: 3600)", none("see connection-rotation")), 3600),
+        uint(
+            "rotation-period",
+            "The longest credentials from credential-path are used before the file is read again, in seconds (default: 3600)",
+            3600,
+        ),
         glib::ParamSpecEnum::builder_with_default("streaming-type", StreamingType::Realtime)
             .blurb("realtime and near-realtime: a live source drops the oldest fragments when the queue is full; offline: the queue always waits, and the stream starts at file-start-time (default: realtime)")
             .mutable_ready()
             .build(),
         string(
             "credential-path",
-            "The C++ SDK's rotating credential file: not supported yet, an error when set (default: .kvs/credential)",
-            Some(".kvs/credential"),
+            "The C++ SDK's rotating credential file (CREDENTIALS <key id> [<expiration>] <secret> [<token>]), read again when it changes; used when neither the properties nor the environment give keys (default: .kvs/credential, when it exists)",
+            Some(DEFAULT_CREDENTIAL_PATH),
         ),
         glib::ParamSpecBoxed::builder::<gst::Structure>("iot-certificate")
             .blurb("IoT credentials (endpoint, cert-path, key-path, ca-path, role-aliases): not supported yet, an error when set (default: none)")
@@ -263,6 +270,20 @@ impl CppSettings {
     /// `frame-timecodes` (true unless set to false).
     pub fn frame_timecodes(&self) -> bool {
         self.text("frame-timecodes") != Some("false")
+    }
+
+    /// The credential file and the longest its credentials are kept: `credential-path` when set, else the C++
+    /// default `.kvs/credential` when that file exists.
+    pub fn credential_file(&self) -> Option<(String, std::time::Duration)> {
+        let period = self.seconds("rotation-period").unwrap_or(std::time::Duration::from_secs(3600));
+        let path = match self.text("credential-path") {
+            Some(text) => {
+                glib::Value::deserialize(text, glib::Type::STRING).ok()?.get::<Option<String>>().ok()??
+            }
+            None => DEFAULT_CREDENTIAL_PATH.to_owned(),
+        };
+        let explicit = self.values.contains_key("credential-path");
+        (!path.is_empty() && (explicit || std::path::Path::new(&path).is_file())).then_some((path, period))
     }
 
     /// `streaming-type=offline`.

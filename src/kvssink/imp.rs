@@ -295,8 +295,8 @@ impl KvsMkvSink {
                 gst::LibraryError::Settings,
                 ("kvssink: {} not supported yet", unsupported.join(" and ")),
                 [
-                    "kvssink cannot read the C++ SDK's credential file or IoT credentials yet: give credentials through \
-                     the environment, a profile, role-arn, or access-key and secret-access-key"
+                    "kvssink cannot get IoT credentials yet: give credentials through the environment, a profile, \
+                     credential-path, role-arn, or access-key and secret-access-key"
                 ]
             ));
         }
@@ -316,6 +316,7 @@ impl KvsMkvSink {
             connection.request_timeout = completion;
         }
         connection.connect_timeout = settings.cpp.connect_timeout();
+        connection.credential_file = settings.cpp.credential_file();
         let timeout = connection.request_timeout;
         // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
         let prepared = self.canceller.wait(

@@ -378,3 +378,28 @@ fn fragment_duration_and_timecode_scale_shape_the_muxed_fragments() {
     assert_eq!(stored.video.len(), 90);
     assert_eq!(stored.tracks, [(Some("kinesis_video".to_owned()), "V_MPEG4/ISO/AVC/KVS".to_owned(), 1)]);
 }
+
+/// A-law audio alone on an audio request pad: the C++ element's A_MS/ACM track named "audio", cut into
+/// fragments of at least `fragment-duration` (audio has no key frames).
+#[test]
+fn alaw_audio_alone_is_stored_frame_for_frame_in_fragment_duration_fragments() {
+    let emu = Emu::start();
+    emu.create_stream("alaw", 1);
+    let description = format!(
+        "audiotestsrc num-buffers=100 samplesperbuffer=1024 ! audio/x-raw,rate=8000,channels=1 ! alawenc \
+         ! tee name=a ! queue ! {} sync=false a. ! queue ! appsink name=acap sync=false",
+        sink_props(&emu, "alaw")
+    );
+    let mut audio_in = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        audio_in = Some(collect(pipeline, "acap"));
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let audio_in = audio_in.unwrap().lock().unwrap().clone();
+    let stored = stored(&emu, "alaw");
+    assert_eq!(stored.tracks, [(Some("audio".to_owned()), "A_MS/ACM".to_owned(), 2)]);
+    assert_eq!(stored.audio.len(), 100);
+    assert!(stored.audio == audio_in, "the frames read back differ from the frames uploaded");
+    // 12.8 s of audio in fragments of at least 2 s (16 buffers of 128 ms): 7.
+    assert_eq!(run.acks("PERSISTED"), 7, "{:?}", run.messages);
+}

@@ -870,20 +870,74 @@ fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does(
 }
 
 #[test]
-fn credential_path_and_iot_certificate_are_refused_until_supported() {
+fn iot_certificate_is_refused_until_supported() {
     let emu = Emu::start();
     emu.create_stream("cpp-creds", 1);
-    for extra in
-        ["credential-path=/tmp/credentials", "iot-certificate=\"iot-certificate,endpoint=x,cert-path=/c\""]
-    {
-        let (error, _) = start_error(&format!(
-            "{} ! matroskamux ! {} {extra}",
-            video_source(10),
-            sink_props(&emu, "cpp-creds")
-        ));
-        let name = extra.split('=').next().unwrap();
-        assert!(error.starts_with(&format!("kvssink: {name} not supported yet")), "{error}");
-    }
+    let (error, _) = start_error(&format!(
+        "{} ! matroskamux ! {} iot-certificate=\"iot-certificate,endpoint=x,cert-path=/c\"",
+        video_source(10),
+        sink_props(&emu, "cpp-creds")
+    ));
+    assert!(error.starts_with("kvssink: iot-certificate not supported yet"), "{error}");
+}
+
+/// The C++ SDK's credential file, rewritten with a new key mid-stream; the old key is then revoked. kvssink
+/// opens a new connection every second, each signed with what the file says then: every frame is stored.
+#[test]
+fn credential_path_rotated_mid_stream_loses_nothing() {
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![
+            ("KEYONE".into(), "secret-one".into()),
+            ("KEYTWO".into(), "secret-two-longer".into()),
+        ],
+        ..Default::default()
+    });
+    let dir = std::env::temp_dir().join(format!("kvs-credential-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credential");
+    let sink = |stream: &str, path: &std::path::Path| {
+        format!(
+            "kvssink name=sink stream-name={stream} endpoint-uri={} region=us-east-1 credential-path={}",
+            emu.url,
+            path.display()
+        )
+    };
+    // A missing file is a start error naming it.
+    let (error, _) = start_error(&format!(
+        "{} ! matroskamux ! {}",
+        video_source(10),
+        sink("rotated", &dir.join("missing"))
+    ));
+    assert!(error.contains(&format!("credential-path {}/missing: No such file", dir.display())), "{error}");
+
+    std::fs::write(&file, "CREDENTIALS KEYONE secret-one\n").unwrap();
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse \
+         ! matroskamux ! tee name=t ! queue ! {} connection-rotation=1 {CAPTURE}",
+        sink("rotated", &file)
+    );
+    let url = emu.url.clone();
+    let rotated = file.clone();
+    let run = run_pipeline_with(&description, Duration::from_secs(60), move |_| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::fs::write(&rotated, "CREDENTIALS KEYTWO 2099-01-01T00:00:00Z secret-two-longer TOKEN2\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1000));
+            let revoked = Emu::external(&url).call("DELETE", "/_emulator/credentials/KEYONE", "");
+            assert_eq!(revoked.0, 200, "{}", String::from_utf8_lossy(&revoked.1));
+        });
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert_eq!(input_frames(&run.input).len(), 150);
+    assert!(run.stat("connections") >= 4, "{:?}", run.stats);
+    // Read back through kvssrc with the new key (the emulator refuses unsigned calls, and now the old key).
+    let read =
+        crate::kvssrc::read_range(&emu, "rotated", "access-key=KEYTWO secret-access-key=secret-two-longer");
+    assert_eq!(read.error, None);
+    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -93,7 +93,7 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
 
 /// The signature verifier, which exists only when the emulator was started with credentials.
 fn verifier(state: &State) -> Result<&crate::sigv4::Verifier, ApiError> {
-    state.verifier.as_ref().ok_or_else(|| {
+    state.verifier.as_deref().ok_or_else(|| {
         ApiError::invalid_argument(
             "Signatures are not checked: start the emulator with --credentials to manage keys",
         )

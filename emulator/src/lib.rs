@@ -17,6 +17,7 @@ pub mod error;
 pub mod faults;
 pub mod getmedia;
 pub mod ingest;
+pub mod iot;
 pub mod media;
 pub mod persist;
 pub mod putmedia;
@@ -76,6 +77,8 @@ pub struct Config {
     pub credentials: Vec<(String, String)>,
     /// Record when every uploaded frame arrived (`GET /_emulator/streams/NAME/arrivals`).
     pub record_arrivals: bool,
+    /// Also serve the AWS IoT credentials provider endpoint ([`iot`]).
+    pub iot: Option<iot::IotConfig>,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for Config {
             data_dir: None,
             credentials: Vec::new(),
             record_arrivals: false,
+            iot: None,
         }
     }
 }
@@ -111,7 +115,7 @@ pub struct State {
     pub local_addr: SocketAddr,
     pub store: Arc<Store>,
     /// `None` when no credentials were given: signatures are not checked.
-    pub verifier: Option<Verifier>,
+    pub verifier: Option<Arc<Verifier>>,
     /// Every stream's fragments.
     pub media: Arc<MediaStore>,
     /// Open GetMedia sessions per stream ARN (the service allows 3).
@@ -127,8 +131,8 @@ pub struct State {
 impl State {
     fn new(config: Config, local_addr: SocketAddr) -> State {
         let arrivals = Arc::new(Arrivals::new(config.record_arrivals));
-        let verifier =
-            (!config.credentials.is_empty()).then(|| Verifier::new(&config.region, &config.credentials));
+        let verifier = (!config.credentials.is_empty())
+            .then(|| Arc::new(Verifier::new(&config.region, &config.credentials)));
         let store = Arc::new(Store::new(config.region.clone()));
         State {
             config,
@@ -211,6 +215,8 @@ fn strip_port(host: &str) -> &str {
 pub struct Emulator {
     state: Arc<State>,
     task: JoinHandle<()>,
+    /// The IoT credentials endpoint's address and task, when it runs.
+    iot: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Emulator {
@@ -238,8 +244,26 @@ impl Emulator {
             state.data_dir = Some(Arc::new(data_dir));
         }
         let state = Arc::new(state);
+        let iot = match state.config.iot.clone() {
+            Some(config) => {
+                let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+                let acceptor = iot::acceptor(&config).map_err(|e| invalid(format!("IoT endpoint: {e}")))?;
+                let listener = TcpListener::bind(config.listen).await?;
+                let addr = listener.local_addr()?;
+                let task =
+                    tokio::spawn(iot::serve(listener, acceptor, Arc::new(config), state.verifier.clone()));
+                Some((addr, task))
+            }
+            None => None,
+        };
         let task = tokio::spawn(accept_loop(listener, state.clone(), acceptor));
-        Ok(Emulator { state, task })
+        Ok(Emulator { state, task, iot })
+    }
+
+    /// The IoT credentials endpoint's address (`host:port`, what `iot-certificate`'s `endpoint` takes), when
+    /// it runs.
+    pub fn iot_addr(&self) -> Option<SocketAddr> {
+        self.iot.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The base URL clients use, e.g. `http://127.0.0.1:41234` (no trailing slash).
@@ -264,6 +288,9 @@ impl Emulator {
     /// Stops accepting connections.
     pub fn shutdown(self) {
         self.task.abort();
+        if let Some((_, task)) = self.iot {
+            task.abort();
+        }
     }
 }
 

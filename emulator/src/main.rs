@@ -54,6 +54,26 @@ struct Args {
     /// latency.
     #[arg(long)]
     record_arrivals: bool,
+    /// Also serve the AWS IoT credentials provider endpoint (GET /role-aliases/ALIAS/credentials, over HTTPS
+    /// with client certificates) on this address; needs --iot-cert, --iot-key and --iot-client-ca. Its address
+    /// is printed on stderr ("IoT credentials endpoint on HOST:PORT").
+    #[arg(long, value_name = "ADDR", requires_all = ["iot_cert", "iot_key", "iot_client_ca"])]
+    iot_listen: Option<std::net::SocketAddr>,
+    /// PEM certificate (chain) of the IoT endpoint.
+    #[arg(long, value_name = "FILE")]
+    iot_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --iot-cert.
+    #[arg(long, value_name = "FILE")]
+    iot_key: Option<std::path::PathBuf>,
+    /// PEM CA that signs the device certificates the IoT endpoint accepts.
+    #[arg(long, value_name = "FILE")]
+    iot_client_ca: Option<std::path::PathBuf>,
+    /// A role alias the IoT endpoint answers (repeatable; any when none is given).
+    #[arg(long, value_name = "NAME")]
+    iot_role_alias: Vec<String>,
+    /// Seconds the IoT endpoint's credentials last.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    iot_credential_lifetime: u64,
 }
 
 /// `AKID:SECRET` → (AKID, SECRET). Access key ids never contain `:`; the secret may.
@@ -111,6 +131,17 @@ async fn main() -> std::process::ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         data_dir: args.data_dir,
         record_arrivals: args.record_arrivals,
+        iot: match (args.iot_listen, args.iot_cert, args.iot_key, args.iot_client_ca) {
+            (Some(listen), Some(cert), Some(key), Some(client_ca)) => Some(kvs_emulator::iot::IotConfig {
+                listen,
+                cert,
+                key,
+                client_ca,
+                role_aliases: args.iot_role_alias,
+                lifetime: Duration::from_secs(args.iot_credential_lifetime.max(1)),
+            }),
+            _ => None,
+        },
         put_media: PutMediaConfig {
             max_connection_duration: Duration::from_secs(args.max_connection_duration),
             idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -132,6 +163,9 @@ async fn main() -> std::process::ExitCode {
     let _ = writeln!(stdout, "{}", emulator.base_url());
     let _ = stdout.flush();
     eprintln!("kvs-emulator: listening on {}", emulator.base_url());
+    if let Some(iot) = emulator.iot_addr() {
+        eprintln!("kvs-emulator: IoT credentials endpoint on {iot}");
+    }
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("kvs-emulator: shutting down");
     std::process::ExitCode::SUCCESS

@@ -55,6 +55,8 @@ pub struct ConnectionSettings {
     /// The C++ SDK's credential file (kvssink `credential-path`) and the longest its credentials are kept
     /// (`rotation-period`): used when neither the properties nor the environment give keys.
     pub credential_file: Option<(String, Duration)>,
+    /// IoT credentials (kvssink `iot-certificate`): before every other source, as in the C++ kvssink.
+    pub iot: Option<super::credentials::IotSettings>,
 }
 
 /// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.
@@ -166,6 +168,7 @@ fn settings_key(settings: &ConnectionSettings, element: &str) -> u64 {
     settings.request_timeout.hash(&mut hasher);
     settings.connect_timeout.hash(&mut hasher);
     settings.credential_file.hash(&mut hasher);
+    settings.iot.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -222,36 +225,45 @@ impl AwsContext {
                 aws_config::AppName::new(element.replace(|c: char| !c.is_ascii_alphanumeric(), "-"))
                     .map_err(|e| KvsError::Config(format!("app name: {e}")))?,
             );
-        match (&settings.access_key, &settings.secret_access_key) {
-            (Some(key), Some(secret)) if !key.is_empty() && !secret.expose().is_empty() => {
-                let token =
-                    settings.session_token.as_ref().map(|t| t.expose().to_owned()).filter(|t| !t.is_empty());
-                loader = loader.credentials_provider(Credentials::new(
-                    key.clone(),
-                    secret.expose().to_owned(),
-                    token,
-                    None,
-                    "element-properties",
-                ));
-            }
-            (Some(key), _) if !key.is_empty() => {
-                return Err(KvsError::Credentials(
+        if let Some(iot) = &settings.iot {
+            let provider = super::credentials::IotCredentials::new(iot.clone())
+                .map_err(|why| KvsError::Credentials(format!("iot-certificate: {why}")))?;
+            loader = loader.credentials_provider(provider);
+        } else {
+            match (&settings.access_key, &settings.secret_access_key) {
+                (Some(key), Some(secret)) if !key.is_empty() && !secret.expose().is_empty() => {
+                    let token = settings
+                        .session_token
+                        .as_ref()
+                        .map(|t| t.expose().to_owned())
+                        .filter(|t| !t.is_empty());
+                    loader = loader.credentials_provider(Credentials::new(
+                        key.clone(),
+                        secret.expose().to_owned(),
+                        token,
+                        None,
+                        "element-properties",
+                    ));
+                }
+                (Some(key), _) if !key.is_empty() => {
+                    return Err(KvsError::Credentials(
                     "access-key is set but secret-access-key is not: set both, or neither to use the default chain"
                         .into(),
                 ));
-            }
-            (_, Some(secret)) if !secret.expose().is_empty() => {
-                return Err(KvsError::Credentials(
+                }
+                (_, Some(secret)) if !secret.expose().is_empty() => {
+                    return Err(KvsError::Credentials(
                     "secret-access-key is set but access-key is not: set both, or neither to use the default chain"
                         .into(),
                 ));
-            }
-            _ => {
-                // The C++ kvssink's order: keys from the environment before its credential file.
-                let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty());
-                if let Some((path, period)) = settings.credential_file.as_ref().filter(|_| !env_keys) {
-                    loader =
-                        loader.credentials_provider(super::credentials::FileCredentials::new(path, *period));
+                }
+                _ => {
+                    // The C++ kvssink's order: keys from the environment before its credential file.
+                    let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty());
+                    if let Some((path, period)) = settings.credential_file.as_ref().filter(|_| !env_keys) {
+                        loader = loader
+                            .credentials_provider(super::credentials::FileCredentials::new(path, *period));
+                    }
                 }
             }
         }
@@ -292,6 +304,9 @@ impl AwsContext {
             .ok_or_else(|| KvsError::Credentials("no credential provider is configured".into()))?;
         match tokio::time::timeout(settings.request_timeout, credentials.provide_credentials()).await {
             Ok(Ok(_)) => {}
+            Ok(Err(e)) if settings.iot.is_some() || settings.credential_file.is_some() => {
+                return Err(KvsError::Credentials(describe_credentials_error(&e)));
+            }
             Ok(Err(e)) => {
                 return Err(KvsError::Credentials(format!(
                     "{} (set access-key and secret-access-key, the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
@@ -329,8 +344,16 @@ impl AwsContext {
 
 /// The error and its sources on one line (the SDK's top-level messages alone are vague).
 fn describe_credentials_error(error: &aws_credential_types::provider::error::CredentialsError) -> String {
-    let mut text = error.to_string();
+    // The SDK's own words for the kind of failure ("an error occurred while loading credentials") say less
+    // than the cause: with a cause, the cause leads.
     let mut source = std::error::Error::source(error);
+    let mut text = match source {
+        Some(cause) => {
+            source = cause.source();
+            cause.to_string()
+        }
+        None => error.to_string(),
+    };
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

@@ -6,12 +6,22 @@
 //!   the credentials it gives expire at its expiration or after `rotation-period`, whichever comes first, so
 //!   that the SDK asks again.
 //!
-//! Written here because no AWS crate reads this format: it is the C++ producer SDK's, not the shared
-//! `~/.aws/credentials` file that `aws-config` reads.
+//! - [`IotCredentials`]: the AWS IoT credentials provider (`iot-certificate`): `GET
+//!   https://ENDPOINT/role-aliases/ALIAS/credentials` with the header `x-amzn-iot-thingname`, over TLS with the
+//!   device's X.509 certificate and key, the server checked against `ca-path`. The answer's temporary
+//!   credentials are kept until shortly before they expire (a quarter of their lifetime, at most 5 minutes).
+//!
+//! Written here because no AWS crate does either: the file format is the C++ producer SDK's, not the shared
+//! `~/.aws/credentials` file that `aws-config` reads, and the IoT credentials endpoint is not an AWS SDK
+//! service (it takes a client certificate, not a signature).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio_rustls::rustls;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
@@ -114,6 +124,238 @@ impl ProvideCredentials for FileCredentials {
     }
 }
 
+/// What `iot-certificate` says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IotSettings {
+    /// `host[:port]` of the account's IoT credentials endpoint (`https://` may be given, and is implied).
+    pub endpoint: String,
+    pub cert_path: String,
+    pub key_path: String,
+    /// The CA that signed the endpoint's certificate; the system's roots when absent.
+    pub ca_path: Option<String>,
+    pub role_alias: String,
+    pub thing_name: String,
+    pub connect_timeout: Duration,
+    pub completion_timeout: Duration,
+}
+
+/// Answers kept this long at most before their expiry, and for a quarter of their lifetime at least.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// Largest answer read from the endpoint.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// See the module documentation.
+pub struct IotCredentials {
+    settings: IotSettings,
+    host: String,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    /// The credentials and when to ask again.
+    cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
+}
+
+impl std::fmt::Debug for IotCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IotCredentials").field("settings", &self.settings).finish()
+    }
+}
+
+impl IotCredentials {
+    /// Reads the certificate, key and CA files: a missing or unusable one is an error naming it.
+    pub fn new(settings: IotSettings) -> Result<IotCredentials, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let endpoint = settings.endpoint.trim_start_matches("https://").trim_end_matches('/');
+        let (host, port) = match endpoint.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                match port.parse::<u16>() {
+                    Ok(port) => (host.trim_start_matches('[').trim_end_matches(']').to_owned(), port),
+                    Err(_) => {
+                        return Err(format!("endpoint {:?} is not HOST or HOST:PORT", settings.endpoint));
+                    }
+                }
+            }
+            _ => (endpoint.to_owned(), 443),
+        };
+        if host.is_empty() || endpoint.contains('/') {
+            return Err(format!("endpoint {:?} is not HOST or HOST:PORT", settings.endpoint));
+        }
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_path)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| format!("cert-path {}: {e}", settings.cert_path))?;
+        if certs.is_empty() {
+            return Err(format!("cert-path {}: no PEM certificate in it", settings.cert_path));
+        }
+        let key = PrivateKeyDer::from_pem_file(&settings.key_path)
+            .map_err(|e| format!("key-path {}: {e}", settings.key_path))?;
+        let mut roots = rustls::RootCertStore::empty();
+        match &settings.ca_path {
+            Some(ca_path) => {
+                for cert in
+                    CertificateDer::pem_file_iter(ca_path).map_err(|e| format!("ca-path {ca_path}: {e}"))?
+                {
+                    let cert = cert.map_err(|e| format!("ca-path {ca_path}: {e}"))?;
+                    roots.add(cert).map_err(|e| format!("ca-path {ca_path}: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("ca-path {ca_path}: no PEM certificate in it"));
+                }
+            }
+            None => {
+                let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("cert-path and key-path do not make a client certificate: {e}"))?;
+        Ok(IotCredentials { settings, host, port, tls: Arc::new(tls), cached: Default::default() })
+    }
+
+    /// One call to the endpoint.
+    async fn fetch(&self) -> Result<Credentials, String> {
+        let (host, port) = (&self.host, self.port);
+        let where_ = format!("the IoT credentials endpoint {host}:{port}");
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host:?} is not a valid TLS name: {e}"))?;
+            tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {where_} failed: {e}"))
+        };
+        let stream = tokio::time::timeout(self.settings.connect_timeout, connect).await.map_err(|_| {
+            format!("cannot connect to {where_} within {:?}", self.settings.connect_timeout)
+        })??;
+        let refused = |e: &dyn std::fmt::Display| {
+            format!(
+                "{where_} ended the connection: {e} (a certificate it does not trust is refused this way: \
+                 is cert-path a certificate registered with AWS IoT?)"
+            )
+        };
+        let exchange = async {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| refused(&e))?;
+            let connection = tokio::spawn(connection);
+            let authority = if port == 443 { host.clone() } else { format!("{host}:{port}") };
+            let request = http::Request::get(format!(
+                "/role-aliases/{}/credentials",
+                url::form_urlencoded::byte_serialize(self.settings.role_alias.as_bytes()).collect::<String>()
+            ))
+            .header(http::header::HOST, authority)
+            .header("x-amzn-iot-thingname", &self.settings.thing_name)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                // The connection's own error says why (a TLS alert when the certificate is refused).
+                Err(e) => {
+                    return Err(match connection.await {
+                        Ok(Err(cause)) => refused(&with_causes(&cause)),
+                        _ => refused(&with_causes(&e)),
+                    });
+                }
+            };
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer of {where_}: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let (status, body) =
+            tokio::time::timeout(self.settings.completion_timeout, exchange).await.map_err(|_| {
+                format!("{where_} gave no answer within {:?}", self.settings.completion_timeout)
+            })??;
+        parse_iot_answer(status.as_u16(), &body).map_err(|why| format!("{where_}: {why}"))
+    }
+}
+
+/// An error and its causes on one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The credentials in an answer of the IoT credentials endpoint, or why there are none (never its secrets).
+pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, String> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if status != 200 {
+        let message = json
+            .as_ref()
+            .and_then(|j| j.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        return Err(format!("HTTP {status}: {message}"));
+    }
+    let credentials =
+        json.as_ref().and_then(|j| j.get("credentials")).ok_or("the answer has no \"credentials\" object")?;
+    let field = |name: &str| {
+        credentials
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("the answer's credentials have no {name}"))
+    };
+    let expiration = field("expiration")?;
+    let expiry =
+        aws_smithy_types::DateTime::from_str(expiration, aws_smithy_types::date_time::Format::DateTime)
+            .ok()
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or_else(|| {
+                format!("the answer's expiration {expiration:?} is not a YYYY-MM-DDTHH:MM:SSZ time")
+            })?;
+    Ok(Credentials::new(
+        field("accessKeyId")?,
+        field("secretAccessKey")?,
+        Some(field("sessionToken")?.to_owned()),
+        Some(expiry),
+        "iot-certificate",
+    ))
+}
+
+impl ProvideCredentials for IotCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let mut cached = self.cached.lock().await;
+            let now = SystemTime::now();
+            if let Some((credentials, refresh_at)) = cached.as_ref()
+                && now < *refresh_at
+            {
+                return Ok(credentials.clone());
+            }
+            let credentials = self
+                .fetch()
+                .await
+                .map_err(|why| CredentialsError::provider_error(format!("iot-certificate: {why}")))?;
+            let expiry = credentials.expiry().unwrap_or(now);
+            let lifetime = expiry.duration_since(now).unwrap_or_default();
+            let refresh_at = expiry - REFRESH_BEFORE_EXPIRY.min(lifetime / 4);
+            *cached = Some((credentials.clone(), refresh_at));
+            Ok(credentials)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +406,31 @@ mod tests {
         for text in [error("CREDENTIALS AKID tomorrow SECRET-X TOKEN-Y"), expired] {
             assert!(!text.contains("SECRET-X") && !text.contains("TOKEN-Y"), "{text}");
         }
+    }
+
+    #[test]
+    fn iot_answers_and_refusals() {
+        let good = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","sessionToken":"T0K3N","expiration":"2030-01-01T00:00:00Z"}}"#;
+        let credentials = parse_iot_answer(200, good).unwrap();
+        assert_eq!((credentials.access_key_id(), credentials.session_token()), ("ASIAX", Some("T0K3N")));
+        assert_eq!(credentials.expiry(), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000)));
+        assert_eq!(
+            parse_iot_answer(403, br#"{"message":"Access Denied"}"#).unwrap_err(),
+            "HTTP 403: Access Denied"
+        );
+        assert_eq!(
+            parse_iot_answer(502, b"<html>bad gateway</html>").unwrap_err(),
+            "HTTP 502: <html>bad gateway</html>"
+        );
+        assert_eq!(parse_iot_answer(200, b"{}").unwrap_err(), "the answer has no \"credentials\" object");
+        let no_token = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","expiration":"2030-01-01T00:00:00Z"}}"#;
+        assert_eq!(
+            parse_iot_answer(200, no_token).unwrap_err(),
+            "the answer's credentials have no sessionToken"
+        );
+        let bad_time = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","sessionToken":"T0K3N","expiration":"soon"}}"#;
+        let error = parse_iot_answer(200, bad_time).unwrap_err();
+        assert_eq!(error, "the answer's expiration \"soon\" is not a YYYY-MM-DDTHH:MM:SSZ time");
     }
 
     #[test]

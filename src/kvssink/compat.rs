@@ -17,9 +17,9 @@
 //!   `recalculate-metrics`, `get-kvs-metrics`, `replay-duration`, `rotation-period`): no effect; kvssink
 //!   re-sends every fragment not yet persisted (not a `replay-duration` window), and the C++ element ignores
 //!   `rotation-period` too;
-//! - **credentials**: `credential-path` (the C++ SDK's rotating credential file, read again when it changes;
-//!   [`crate::kvs::credentials`]) with `rotation-period`; `iot-certificate` is not supported yet: setting it is
-//!   a start error saying so, rather than an upload with other credentials than the user meant.
+//! - **credentials** ([`crate::kvs::credentials`]): `credential-path` (the C++ SDK's rotating credential file,
+//!   read again when it changes) with `rotation-period`, and `iot-certificate` (temporary credentials from the
+//!   AWS IoT credentials endpoint with the device's certificate), in the C++ element's order.
 //!
 //! Properties without effect that are set get one warning on the bus when the element starts.
 
@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 
 use gst::glib;
 use gst::prelude::*;
+
+use crate::kvs::credentials::IotSettings;
 
 /// What a C++ property does in kvssink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +38,6 @@ pub enum Support {
     Muxing,
     /// Accepted, no effect; the text says why (for the start warning).
     Ignored(&'static str),
-    /// A start error when set.
-    NotSupported,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
@@ -86,7 +86,7 @@ pub fn effects() -> &'static [(&'static str, Support)] {
         ("rotation-period", Support::Implemented),
         ("streaming-type", Support::Implemented),
         ("credential-path", Support::Implemented),
-        ("iot-certificate", Support::NotSupported),
+        ("iot-certificate", Support::Implemented),
     ]
 }
 
@@ -194,7 +194,7 @@ pub fn properties() -> Vec<glib::ParamSpec> {
             Some(DEFAULT_CREDENTIAL_PATH),
         ),
         glib::ParamSpecBoxed::builder::<gst::Structure>("iot-certificate")
-            .blurb("IoT credentials (endpoint, cert-path, key-path, ca-path, role-aliases): not supported yet, an error when set (default: none)")
+            .blurb("Credentials from the AWS IoT credentials endpoint with a device certificate, as \"iot-certificate,endpoint=HOST,cert-path=…,key-path=…,ca-path=…,role-aliases=ALIAS[,iot-thing-name=…][,connection-timeout=3][,completion-timeout=5]\"; the thing name defaults to stream-name (default: none)")
             .mutable_ready()
             .build(),
     ]
@@ -291,16 +291,49 @@ impl CppSettings {
         self.text("streaming-type") == Some("offline")
     }
 
-    /// The properties set that cannot work yet (a start error); an empty or NULL value does not count.
-    pub fn unsupported(&self) -> Vec<&'static str> {
-        effects()
-            .iter()
-            .filter(|(name, effect)| {
-                *effect == Support::NotSupported
-                    && self.text(name).is_some_and(|t| !t.is_empty() && t != "\"\"")
+    /// `iot-certificate`, when set: its fields, the thing name defaulting to the stream name.
+    pub fn iot(&self, stream_name: &str) -> Result<Option<IotSettings>, String> {
+        let Some(text) = self.text("iot-certificate").filter(|t| !t.is_empty() && *t != "\"\"") else {
+            return Ok(None);
+        };
+        let structure = glib::Value::deserialize(text, gst::Structure::static_type())
+            .ok()
+            .and_then(|v| v.get::<Option<gst::Structure>>().ok().flatten())
+            .ok_or("iot-certificate is not a GstStructure")?;
+        let field = |name: &str| {
+            structure.value(name).ok().and_then(|value| match value.get::<String>() {
+                Ok(text) => Some(text),
+                Err(_) => value.serialize().ok().map(String::from),
             })
-            .map(|(name, _)| *name)
-            .collect()
+        };
+        let required = |name: &str| {
+            field(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                format!(
+                    "iot-certificate lacks {name} (it needs endpoint, cert-path, key-path and role-aliases)"
+                )
+            })
+        };
+        let seconds = |name: &str, default: u64| -> Result<std::time::Duration, String> {
+            match field(name) {
+                None => Ok(std::time::Duration::from_secs(default)),
+                Some(text) => text
+                    .parse::<u64>()
+                    .map(|s| std::time::Duration::from_secs(s.max(1)))
+                    .map_err(|_| format!("iot-certificate {name} {text:?} is not a number of seconds")),
+            }
+        };
+        Ok(Some(IotSettings {
+            endpoint: required("endpoint")?,
+            cert_path: required("cert-path")?,
+            key_path: required("key-path")?,
+            ca_path: field("ca-path").filter(|v| !v.is_empty()),
+            role_alias: required("role-aliases")?,
+            thing_name: field("iot-thing-name")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| stream_name.to_owned()),
+            connect_timeout: seconds("connection-timeout", 3)?,
+            completion_timeout: seconds("completion-timeout", 5)?,
+        }))
     }
 
     /// The properties set that have no effect, with why (the muxing ones when the input is Matroska).

@@ -289,17 +289,13 @@ impl KvsMkvSink {
                 ["set stream-name to the name of the Kinesis video stream"]
             ));
         };
-        let unsupported = settings.cpp.unsupported();
-        if !unsupported.is_empty() {
-            return Err(gst::error_msg!(
+        let iot = settings.cpp.iot(&stream_name).map_err(|why| {
+            gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("kvssink: {} not supported yet", unsupported.join(" and ")),
-                [
-                    "kvssink cannot get IoT credentials yet: give credentials through the environment, a profile, \
-                     credential-path, role-arn, or access-key and secret-access-key"
-                ]
-            ));
-        }
+                ("kvssink: {}", why),
+                ["iot-certificate is a GstStructure with the fields endpoint, cert-path, key-path, ca-path, role-aliases and optionally iot-thing-name, connection-timeout and completion-timeout"]
+            )
+        })?;
         let without_effect = settings.cpp.without_effect(settings.track_names.is_some());
         if !without_effect.is_empty() {
             let list: Vec<String> =
@@ -317,6 +313,7 @@ impl KvsMkvSink {
         }
         connection.connect_timeout = settings.cpp.connect_timeout();
         connection.credential_file = settings.cpp.credential_file();
+        connection.iot = iot;
         let timeout = connection.request_timeout;
         // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
         let prepared = self.canceller.wait(

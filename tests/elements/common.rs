@@ -45,6 +45,11 @@ impl Emu {
         Emu { url: emulator.base_url(), addr: emulator.local_addr(), emulator: Some(emulator), runtime }
     }
 
+    /// The emulator's IoT credentials endpoint, when it runs one.
+    pub fn iot_addr(&self) -> Option<std::net::SocketAddr> {
+        self.emulator.as_ref().and_then(|e| e.iot_addr())
+    }
+
     /// One HTTP/1.1 request; returns the status and the whole body.
     pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
         self.call_bytes(method, path, body.as_bytes())
@@ -360,3 +365,86 @@ pub fn av_upload(emu: &Emu, stream: &str) -> String {
 }
 
 pub const CAPTURE: &str = "t. ! queue ! appsink name=capture sync=false";
+
+/// Test certificates made with the `openssl` command in a directory: CAs and certificates they sign.
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("kvs-pki-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    /// A self-signed CA: `NAME.pem` and `NAME.key`; returns the certificate's path.
+    pub fn ca(&self, name: &str) -> std::path::PathBuf {
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let subject = format!("/CN={name} test CA");
+        self.openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout",
+            &key, "-out", &cert,
+        ]);
+        self.dir.join(cert)
+    }
+
+    /// A certificate `NAME.pem` (key `NAME.key`) signed by the CA `ca`, for `subject_alt_name` (such as
+    /// `IP:127.0.0.1`) or a client certificate without one; returns (certificate, key) paths. rustls refuses a
+    /// CA certificate as a server's or a client's own, hence a leaf.
+    pub fn leaf(
+        &self,
+        name: &str,
+        ca: &str,
+        subject_alt_name: Option<&str>,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key, csr, ext) =
+            (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+        let mut extensions = String::from("basicConstraints=CA:FALSE\n");
+        match subject_alt_name {
+            Some(san) => extensions.push_str(&format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n")),
+            None => extensions.push_str("extendedKeyUsage=clientAuth\n"),
+        }
+        std::fs::write(self.dir.join(&ext), extensions).unwrap();
+        let subject = format!("/CN={name}");
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+        ]);
+        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]);
+        (self.dir.join(cert), self.dir.join(key))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

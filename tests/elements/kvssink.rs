@@ -869,16 +869,83 @@ fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does(
     assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
 }
 
+/// `iot-certificate` against the emulator's IoT credentials endpoint: a device certificate the test makes gets
+/// temporary credentials (the emulator accepts nothing else: it checks signatures), the stream is created and
+/// uploaded with them, and read back with other keys. A certificate from another CA, an unknown role alias and
+/// a missing key file are start errors naming the cause.
 #[test]
-fn iot_certificate_is_refused_until_supported() {
-    let emu = Emu::start();
-    emu.create_stream("cpp-creds", 1);
-    let (error, _) = start_error(&format!(
-        "{} ! matroskamux ! {} iot-certificate=\"iot-certificate,endpoint=x,cert-path=/c\"",
-        video_source(10),
-        sink_props(&emu, "cpp-creds")
+fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certificate() {
+    let pki = Pki::new("iot");
+    let ca = pki.ca("ca");
+    let (server_cert, server_key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
+    let device_ca = pki.ca("device-ca");
+    pki.ca("rogue-ca");
+    let (device_cert, device_key) = pki.leaf("device", "device-ca", None);
+    let (rogue_cert, rogue_key) = pki.leaf("rogue", "rogue-ca", None);
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "test-secret".into())],
+        iot: Some(kvs_emulator::iot::IotConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: server_cert,
+            key: server_key,
+            client_ca: device_ca,
+            role_aliases: vec!["KvsCameraIoTRoleAlias".into()],
+            lifetime: Duration::from_secs(3600),
+        }),
+        ..Default::default()
+    });
+    let iot_addr = emu.iot_addr().expect("the IoT endpoint runs");
+    let sink = |cert: &std::path::Path, key: &str, alias: &str| {
+        format!(
+            "kvssink name=sink stream-name=iot-cam endpoint-uri={} region=us-east-1 \
+             iot-certificate=\"iot-certificate,endpoint={iot_addr},cert-path={},key-path={key},ca-path={},\
+             role-aliases={alias},iot-thing-name=front-door\"",
+            emu.url,
+            cert.display(),
+            ca.display()
+        )
+    };
+    let device_key = device_key.display().to_string();
+    let run = run_pipeline(
+        &format!(
+            "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+            video_source(60),
+            sink(&device_cert, &device_key, "KvsCameraIoTRoleAlias")
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert_eq!(run.acks("PERSISTED"), 2);
+    let read = crate::kvssrc::read_range(&emu, "iot-cam", "");
+    assert_eq!(read.error, None);
+    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+
+    let refused = |sink: String| start_error(&format!("{} ! matroskamux ! {sink}", video_source(10))).0;
+    let error = refused(sink(&rogue_cert, &rogue_key.display().to_string(), "KvsCameraIoTRoleAlias"));
+    assert!(
+        error.starts_with(&format!(
+            "kvssink: no usable AWS credentials: iot-certificate: the IoT credentials endpoint {iot_addr} ended \
+             the connection"
+        )) && error.contains("is cert-path a certificate registered with AWS IoT?"),
+        "{error}"
+    );
+    let error = refused(sink(&device_cert, &device_key, "OtherAlias"));
+    assert!(
+        error.contains(&format!(
+            "the IoT credentials endpoint {iot_addr}: HTTP 404: Role alias does not exist"
+        )),
+        "{error}"
+    );
+    let error = refused(sink(&device_cert, "/nonexistent/device.key", "KvsCameraIoTRoleAlias"));
+    assert!(error.contains("iot-certificate: key-path /nonexistent/device.key: "), "{error}");
+    let error = refused(format!(
+        "kvssink name=sink stream-name=iot-cam endpoint-uri={} iot-certificate=\"iot-certificate,endpoint={iot_addr}\"",
+        emu.url
     ));
-    assert!(error.starts_with("kvssink: iot-certificate not supported yet"), "{error}");
+    assert!(
+        error.starts_with("kvssink: iot-certificate lacks cert-path (it needs endpoint, cert-path, key-path and role-aliases)"),
+        "{error}"
+    );
 }
 
 /// The C++ SDK's credential file, rewritten with a new key mid-stream; the old key is then revoked. kvssink

@@ -819,67 +819,10 @@ fn a_fragment_the_service_sends_twice_is_left_out_with_a_warning() {
 
 #[test]
 fn both_elements_work_over_https_with_a_custom_ca_and_refuse_an_unknown_certificate() {
-    let dir = std::env::temp_dir().join(format!("kvs-tls-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // A CA, and a certificate for 127.0.0.1 it signed (rustls refuses a CA certificate as the server's own).
-    let (ca, ca_key, cert, key) =
-        (dir.join("ca.pem"), dir.join("ca.key"), dir.join("cert.pem"), dir.join("key.pem"));
-    let (csr, extensions) = (dir.join("leaf.csr"), dir.join("leaf.ext"));
-    std::fs::write(&extensions, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    let openssl = |args: &[&std::ffi::OsStr]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let os = |s: &str| std::ffi::OsString::from(s);
-    openssl(&[
-        &os("req"),
-        &os("-x509"),
-        &os("-newkey"),
-        &os("rsa:2048"),
-        &os("-nodes"),
-        &os("-days"),
-        &os("2"),
-        &os("-subj"),
-        &os("/CN=kvs test CA"),
-        &os("-keyout"),
-        ca_key.as_os_str(),
-        &os("-out"),
-        ca.as_os_str(),
-    ]);
-    openssl(&[
-        &os("req"),
-        &os("-newkey"),
-        &os("rsa:2048"),
-        &os("-nodes"),
-        &os("-subj"),
-        &os("/CN=127.0.0.1"),
-        &os("-keyout"),
-        key.as_os_str(),
-        &os("-out"),
-        csr.as_os_str(),
-    ]);
-    openssl(&[
-        &os("x509"),
-        &os("-req"),
-        &os("-in"),
-        csr.as_os_str(),
-        &os("-CA"),
-        ca.as_os_str(),
-        &os("-CAkey"),
-        ca_key.as_os_str(),
-        &os("-CAcreateserial"),
-        &os("-days"),
-        &os("2"),
-        &os("-extfile"),
-        extensions.as_os_str(),
-        &os("-out"),
-        cert.as_os_str(),
-    ]);
+    // A CA, and a certificate for 127.0.0.1 it signed.
+    let pki = Pki::new("tls");
+    let ca = pki.ca("ca");
+    let (cert, key) = pki.leaf("server", "ca", Some("IP:127.0.0.1"));
     let emu = Emu::with_config(kvs_emulator::Config {
         tls: Some((cert.clone(), key.clone())),
         ..kvs_emulator::Config::default()
@@ -905,7 +848,6 @@ fn both_elements_work_over_https_with_a_custom_ca_and_refuse_an_unknown_certific
     );
     let error = refused.error.unwrap_or_default();
     assert!(error.contains("kvssink:") && error.to_lowercase().contains("certificate"), "{error}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! GStreamer plugin `kvs`: elements for Amazon Kinesis Video Streams.
 //!
-//! - `kvssink` streams the output of `matroskamux` to the KVS PutMedia API.
+//! - `kvssink` streams the output of `matroskamux` to the KVS PutMedia API. It is a bin, so that it also takes
+//!   the elementary streams the C++ kvssink takes (H.264/H.265/AAC/G.711 on `video_%u`/`audio_%u` request
+//!   pads): a real `matroskamux` inside muxes them for its Matroska sink, which a plain `sink` pad reaches
+//!   directly otherwise. Muxing again by hand would duplicate what `matroskamux` does well; a bin keeps one
+//!   upload path for both kinds of input.
 //! - `kvssrc` reads a stream with GetMedia (live or from the past) and emits Matroska.
 //!
 //! The protocol code in [`kvs`] (signing, PutMedia, ACKs, errors), the fragmenter and uploader of

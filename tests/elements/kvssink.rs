@@ -745,7 +745,10 @@ fn producer_timestamps_are_capture_times_with_10_s_fragments() {
 }
 
 /// The C++ kvssink's property names kvssink has besides its own, with a value each.
+/// Every C++ kvssink property but `iot-certificate` (which would be used first of all credential sources: its
+/// own test sets it), with a value; `credential-path` is set but not used, because the properties give keys.
 const CPP_PROPERTIES: &[(&str, &str)] = &[
+    ("credential-path", "/etc/kvs/credential"),
     ("user-agent", "my-camera/1.0"),
     ("connection-timeout", "3"),
     ("completion-timeout", "20"),

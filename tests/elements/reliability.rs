@@ -406,7 +406,12 @@ fn proxy_pages_non_json_errors_and_a_plain_200_are_retried() {
         let outcome = play(&format!("raw-{status}"), Scenario { faults: vec![fault], ..Default::default() });
         assert_eq!(outcome.reconnections(), 1, "{status}");
         assert_eq!(outcome.duplicates, 0, "{status}");
-        let reason = outcome.run.messages_named("kvssink-connection")[0].get::<String>("reason").unwrap();
+        let reconnecting = outcome
+            .run
+            .messages_named("kvssink-connection")
+            .into_iter()
+            .find(|m| m.get::<String>("state").as_deref() == Ok("reconnecting"));
+        let reason = reconnecting.expect("a reconnection").get::<String>("reason").unwrap();
         let expected = match status.as_u64() {
             Some(502) => {
                 "PutMedia failed: HTTP 502 BadGateway: not a service answer: \"502 Bad Gateway Bad Gateway\""

@@ -66,7 +66,7 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             }
             let key: Key = serde_json::from_slice(body)
                 .map_err(|e| ApiError::invalid_argument(format!("Invalid access key: {e}")))?;
-            verifier(state)?.accept(&key.access_key_id, &key.secret_access_key);
+            verifier(state)?.accept(&key.access_key_id, &key.secret_access_key, None);
             Ok(json!({}))
         }
         ("DELETE", ["credentials", access_key_id]) => {

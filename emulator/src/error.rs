@@ -128,6 +128,15 @@ impl ApiError {
     }
 
     /// 403, an access key the emulator was not given.
+    /// 403, temporary credentials past their expiration.
+    pub fn expired_token() -> ApiError {
+        ApiError::new(
+            "ExpiredTokenException",
+            StatusCode::FORBIDDEN,
+            "The security token included in the request is expired",
+        )
+    }
+
     pub fn unrecognized_client() -> ApiError {
         ApiError::new(
             "UnrecognizedClientException",

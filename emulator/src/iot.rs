@@ -6,7 +6,8 @@
 //! - `GET /role-aliases/ALIAS/credentials` with the header `x-amzn-iot-thingname` answers
 //!   `{"credentials": {"accessKeyId", "secretAccessKey", "sessionToken", "expiration"}}` (expiration as
 //!   `YYYY-MM-DDTHH:MM:SSZ`, `--iot-credential-lifetime` seconds ahead). The keys are new for each call and,
-//!   when the emulator checks signatures, accepted from then on.
+//!   when the emulator checks signatures, accepted from then on until they expire (then
+//!   `ExpiredTokenException`, as the service answers expired temporary credentials).
 //! - An alias not in `--iot-role-alias` (when some are given) is a 404, a missing thing name a 400, both with a
 //!   JSON `message`, as the real endpoint answers. The emulator keeps no registry of things: it does not check
 //!   that the certificate is attached to the thing.
@@ -151,11 +152,12 @@ fn answer(
     let access_key_id = format!("ASIA{}", random(UPPER, 16));
     let secret = random(ANY, 40);
     let token = random(ANY, 300);
-    let expiration = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() + config.lifetime)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    // Whole seconds, as the expiration is written.
+    let expires = SystemTime::now() + config.lifetime;
+    let expiration = chrono::DateTime::<chrono::Utc>::from(expires).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let expires = chrono::DateTime::parse_from_rfc3339(&expiration).map(SystemTime::from).unwrap_or(expires);
     if let Some(verifier) = verifier {
-        verifier.accept(&access_key_id, &secret);
+        verifier.accept(&access_key_id, &secret, Some(expires));
     }
     let body = json!({
         "credentials": {

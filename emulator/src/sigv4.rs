@@ -67,7 +67,8 @@ pub struct Verified {
 pub struct Verifier {
     region: String,
     service: String,
-    secrets: std::sync::RwLock<HashMap<String, String>>,
+    /// Secret access key and, for temporary keys, when they expire.
+    secrets: std::sync::RwLock<HashMap<String, (String, Option<SystemTime>)>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -109,18 +110,21 @@ impl Verifier {
         Verifier {
             region: region.to_owned(),
             service: service.to_owned(),
-            secrets: std::sync::RwLock::new(credentials.iter().cloned().collect()),
+            secrets: std::sync::RwLock::new(
+                credentials.iter().map(|(key, secret)| (key.clone(), (secret.clone(), None))).collect(),
+            ),
         }
     }
 
-    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, String>> {
+    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, Option<SystemTime>)>> {
         self.secrets.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Accepts one more access key from now on.
-    pub fn accept(&self, access_key_id: &str, secret: &str) {
+    /// Accepts one more access key from now on, until `expires` for temporary credentials (after which requests
+    /// signed with it get `ExpiredTokenException`).
+    pub fn accept(&self, access_key_id: &str, secret: &str, expires: Option<SystemTime>) {
         let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
-        secrets.insert(access_key_id.to_owned(), secret.to_owned());
+        secrets.insert(access_key_id.to_owned(), (secret.to_owned(), expires));
     }
 
     /// Refuses an access key from now on; false if it was not known.
@@ -150,8 +154,11 @@ impl Verifier {
             return Err(ApiError::missing_authentication_token());
         };
 
-        let secret =
+        let (secret, expires) =
             self.secrets().get(&claim.access_key_id).cloned().ok_or_else(ApiError::unrecognized_client)?;
+        if expires.is_some_and(|at| at <= now) {
+            return Err(ApiError::expired_token());
+        }
         self.check_scope(&claim)?;
         check_time(&claim, now.into())?;
         if !claim.signed_headers.iter().any(|name| name == "host") {

@@ -343,10 +343,19 @@ impl ProvideCredentials for IotCredentials {
             {
                 return Ok(credentials.clone());
             }
-            let credentials = self
-                .fetch()
-                .await
-                .map_err(|why| CredentialsError::provider_error(format!("iot-certificate: {why}")))?;
+            let credentials = match self.fetch().await {
+                Ok(credentials) => credentials,
+                Err(why) => {
+                    // The endpoint cannot be reached now: credentials not yet expired still serve (the next
+                    // call asks again).
+                    if let Some((credentials, _)) = cached.as_ref()
+                        && credentials.expiry().is_some_and(|at| at > now)
+                    {
+                        return Ok(credentials.clone());
+                    }
+                    return Err(CredentialsError::provider_error(format!("iot-certificate: {why}")));
+                }
+            };
             let expiry = credentials.expiry().unwrap_or(now);
             let lifetime = expiry.duration_since(now).unwrap_or_default();
             let refresh_at = expiry - REFRESH_BEFORE_EXPIRY.min(lifetime / 4);

@@ -951,6 +951,49 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
     );
 }
 
+/// IoT credentials that last 3 s (the emulator refuses them after that, as the service refuses expired
+/// temporary credentials) over an 8-s live upload that opens a connection every second: kvssink asks the IoT
+/// endpoint again before they expire, and every frame is stored.
+#[test]
+fn iot_credentials_are_renewed_before_they_expire() {
+    let pki = Pki::new("iot-renew");
+    let ca = pki.ca("ca");
+    let (server_cert, server_key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
+    let device_ca = pki.ca("device-ca");
+    let (device_cert, device_key) = pki.leaf("device", "device-ca", None);
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "test-secret".into())],
+        iot: Some(kvs_emulator::iot::IotConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: server_cert,
+            key: server_key,
+            client_ca: device_ca,
+            role_aliases: Vec::new(),
+            lifetime: Duration::from_secs(3),
+        }),
+        ..Default::default()
+    });
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=240 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! tee name=t ! queue ! kvssink name=sink stream-name=iot-renew endpoint-uri={} region=us-east-1 \
+         connection-rotation=1 iot-certificate=\"iot-certificate,endpoint={},cert-path={},key-path={},ca-path={},\
+         role-aliases=KvsCameraIoTRoleAlias\" {CAPTURE}",
+        emu.url,
+        emu.iot_addr().unwrap(),
+        device_cert.display(),
+        device_key.display(),
+        ca.display()
+    );
+    let run = run_pipeline(&description, Duration::from_secs(60));
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert!(run.stat("connections") >= 5, "{:?}", run.stats);
+    let read = crate::kvssrc::read_range(&emu, "iot-renew", "");
+    assert_eq!(read.error, None);
+    assert_eq!(input_frames(&read.input).len(), 240);
+    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+}
+
 /// The C++ SDK's credential file, rewritten with a new key mid-stream; the old key is then revoked. kvssink
 /// opens a new connection every second, each signed with what the file says then: every frame is stored.
 #[test]

@@ -113,20 +113,35 @@ pub fn effective_connection(settings: &ConnectionSettings) -> ConnectionSettings
 
 /// An AWS-side error as a GStreamer error message naming the element and the cause, in the message itself (what
 /// applications show), not only in the debug string: the domain's stock text ("Not authorized to access
-/// resource.") does not say which service call failed or why.
+/// resource.") does not say which service call failed or why. The domain says what kind of failure it is
+/// ([`KvsError::kind`]); the debug string adds the service's error code and request id when it answered.
 pub fn kvs_error_message(element: &str, error: &KvsError, other: gst::ResourceError) -> gst::ErrorMessage {
-    let text = format!("{element}: {error}");
-    match error {
-        KvsError::Config(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", text]),
-        KvsError::Credentials(_) => {
-            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text])
+    error_message(element, error, &error.to_string(), other)
+}
+
+/// [`kvs_error_message`] with the text to show (the error with what came with it).
+pub fn error_message(
+    element: &str,
+    error: &KvsError,
+    shown: &str,
+    other: gst::ResourceError,
+) -> gst::ErrorMessage {
+    use crate::kvs::error::ErrorKind;
+    let text = format!("{element}: {shown}");
+    let mut debug = text.clone();
+    if let Some(code) = error.code() {
+        debug.push_str(&format!(" (error code {code}"));
+        if let Some(id) = error.request_id() {
+            debug.push_str(&format!(", request id {id}"));
         }
-        KvsError::Service { status: 401 | 403, .. } => {
-            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", text])
+        debug.push(')');
+    }
+    match error.kind() {
+        ErrorKind::Settings => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", debug]),
+        ErrorKind::NotAuthorized => {
+            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", debug])
         }
-        KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", text])
-        }
-        _ => gst::error_msg!(other, ("{}", text), ["{}", text]),
+        ErrorKind::NotFound => gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", debug]),
+        ErrorKind::Failed => gst::error_msg!(other, ("{}", text), ["{}", debug]),
     }
 }

@@ -46,6 +46,7 @@ where
                 status,
                 code: meta.code().map(str::to_owned).unwrap_or_else(|| format!("HTTP{status}")),
                 message: meta.message().unwrap_or_default().to_owned(),
+                request_id: service.raw().request_id(),
             }
         }
         SdkError::TimeoutError(_) => KvsError::Timeout { api, after: timeout },
@@ -59,11 +60,16 @@ where
 /// The HTTP status of a raw SDK response.
 pub trait HasStatus {
     fn status_code(&self) -> u16;
+    /// The `x-amzn-RequestId` header.
+    fn request_id(&self) -> Option<String>;
 }
 
 impl HasStatus for aws_smithy_runtime_api::http::Response {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
+    }
+    fn request_id(&self) -> Option<String> {
+        self.headers().get("x-amzn-requestid").map(str::to_owned)
     }
 }
 
@@ -79,11 +85,9 @@ pub async fn ensure_stream(
         let described = ctx.kinesis_video.describe_stream().stream_name(name).send().await;
         match described {
             Ok(output) => {
-                let info = output.stream_info.ok_or_else(|| KvsError::Service {
+                let info = output.stream_info.ok_or_else(|| KvsError::BadResponse {
                     api: "DescribeStream",
-                    status: 200,
-                    code: "MissingStreamInfo".into(),
-                    message: "the answer has no StreamInfo".into(),
+                    message: "DescribeStream answered without StreamInfo".into(),
                 })?;
                 match info.status {
                     Some(Status::Active) | Some(Status::Updating) => {
@@ -100,6 +104,7 @@ pub async fn ensure_stream(
                             status: 200,
                             code: "StreamDeleting".into(),
                             message: format!("the stream {name:?} is being deleted"),
+                            request_id: None,
                         });
                     }
                     _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -118,6 +123,7 @@ pub async fn ensure_stream(
                         message: format!(
                             "the stream {name:?} does not exist and creating it is not allowed (allow-create-stream=false)"
                         ),
+                        request_id: error.request_id().map(str::to_owned),
                     });
                 };
                 let mut request = ctx
@@ -149,6 +155,7 @@ pub async fn ensure_stream(
         status: 200,
         code: "StreamNotActive".into(),
         message: format!("the stream {name:?} did not become ACTIVE"),
+        request_id: None,
     })
 }
 
@@ -162,10 +169,8 @@ pub async fn data_endpoint(ctx: &AwsContext, stream: &str, api: ApiName) -> Resu
         .send()
         .await
         .map_err(|e| sdk_error("GetDataEndpoint", e, ctx.request_timeout))?;
-    output.data_endpoint.map(|e| e.trim_end_matches('/').to_owned()).ok_or_else(|| KvsError::Service {
+    output.data_endpoint.map(|e| e.trim_end_matches('/').to_owned()).ok_or_else(|| KvsError::BadResponse {
         api: "GetDataEndpoint",
-        status: 200,
-        code: "MissingDataEndpoint".into(),
-        message: "the answer has no DataEndpoint".into(),
+        message: "GetDataEndpoint answered without DataEndpoint".into(),
     })
 }

@@ -2,6 +2,54 @@
 
 use std::time::Duration;
 
+/// What kind of failure an error is, for the GStreamer error domain an element posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Settings,
+    NotAuthorized,
+    NotFound,
+    /// Any other failure: the element's read or write failed.
+    Failed,
+}
+
+/// An error that ended an upload or a read, and what made it final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalError {
+    pub error: KvsError,
+    pub why: GaveUp,
+}
+
+/// What made an error final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// The error cannot be retried (refused credentials, a deleted stream, a refused stream).
+    Final,
+    /// `restart-on-error` is false.
+    NoRestart,
+    /// This many failed attempts in a row.
+    RetryLimit(u32),
+    /// The task was stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for FinalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.why {
+            GaveUp::Final | GaveUp::Stopped => write!(f, "{}", self.error),
+            GaveUp::NoRestart => write!(f, "{} (restart-on-error is false)", self.error),
+            GaveUp::RetryLimit(attempts) => {
+                write!(f, "gave up after {attempts} failed attempts in a row; the last: {}", self.error)
+            }
+        }
+    }
+}
+
+impl From<KvsError> for FinalError {
+    fn from(error: KvsError) -> Self {
+        FinalError { error, why: GaveUp::Final }
+    }
+}
+
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -21,8 +69,16 @@ pub enum KvsError {
     Config(String),
     /// No credentials could be found or loaded.
     Credentials(String),
-    /// The service answered with an error.
-    Service { api: &'static str, status: u16, code: String, message: String },
+    /// The service answered with an error; `request_id` is its `x-amzn-RequestId` when it sent one.
+    Service { api: &'static str, status: u16, code: String, message: String, request_id: Option<String> },
+    /// The service refused a fragment with an ERROR ACK (`fragment` is its timecode).
+    FragmentRefused { fragment: u64, id: u32, code: String },
+    /// A connection ended or broke without an answer that says why (the message says what happened).
+    Connection { api: &'static str, message: String },
+    /// An answer that does not follow the protocol (not JSON, not Matroska); the message names the API.
+    BadResponse { api: &'static str, message: String },
+    /// A GetMedia stream carried an error chunk in place of a fragment.
+    InStream { code: String, id: String },
     /// No answer: connection refused, reset, DNS, TLS.
     Network { api: &'static str, message: String },
     /// No answer within the request timeout.
@@ -34,7 +90,7 @@ impl std::fmt::Display for KvsError {
         match self {
             KvsError::Config(message) => write!(f, "invalid configuration: {message}"),
             KvsError::Credentials(message) => write!(f, "no usable AWS credentials: {message}"),
-            KvsError::Service { api, status, code, message } => {
+            KvsError::Service { api, status, code, message, .. } => {
                 write!(f, "{api} failed: HTTP {status} {code}")?;
                 if !message.is_empty() {
                     write!(f, ": {message}")?;
@@ -47,6 +103,12 @@ impl std::fmt::Display for KvsError {
             KvsError::Timeout { api, after } => {
                 write!(f, "{api} failed: no answer within {:.1} s (request-timeout)", after.as_secs_f64())
             }
+            KvsError::FragmentRefused { fragment, id, code } => {
+                write!(f, "the service refused fragment {fragment} with ERROR {id} {code}")
+            }
+            KvsError::Connection { message, .. } => f.write_str(message),
+            KvsError::BadResponse { message, .. } => f.write_str(message),
+            KvsError::InStream { code, id } => write!(f, "the stream holds an error chunk: {code} ({id})"),
         }
     }
 }
@@ -54,19 +116,53 @@ impl std::fmt::Display for KvsError {
 impl std::error::Error for KvsError {}
 
 impl KvsError {
-    /// The service error code (`ResourceNotFoundException`...), if the service answered.
+    /// The service error code (`ResourceNotFoundException`, `STREAM_DELETED`...), if the service answered.
     pub fn code(&self) -> Option<&str> {
         match self {
-            KvsError::Service { code, .. } => Some(code),
+            KvsError::Service { code, .. }
+            | KvsError::FragmentRefused { code, .. }
+            | KvsError::InStream { code, .. } => Some(code),
             _ => None,
+        }
+    }
+
+    /// The service's request id, if it answered with one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            KvsError::Service { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What GStreamer error this is for an application: refused credentials or access, a stream that is not
+    /// there, settings that cannot work, or (`None`) a failed read or write.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            KvsError::Config(_) => ErrorKind::Settings,
+            KvsError::Credentials(_) => ErrorKind::NotAuthorized,
+            KvsError::Service { status: 401 | 403, .. } => ErrorKind::NotAuthorized,
+            KvsError::Service { code, .. } if code == "ResourceNotFoundException" => ErrorKind::NotFound,
+            // 4500: KMS access denied; 4507: the stream was deleted.
+            KvsError::FragmentRefused { id: 4500, .. } => ErrorKind::NotAuthorized,
+            KvsError::FragmentRefused { id: 4507, .. } => ErrorKind::NotFound,
+            _ => ErrorKind::Failed,
         }
     }
 
     /// The table: what to do about this error.
     pub fn action(&self) -> Action {
         match self {
-            KvsError::Config(_) | KvsError::Credentials(_) => Action::Fail,
-            KvsError::Network { .. } | KvsError::Timeout { .. } => Action::Retry,
+            KvsError::Config(_)
+            | KvsError::Credentials(_)
+            | KvsError::BadResponse { .. }
+            | KvsError::InStream { .. } => Action::Fail,
+            KvsError::Network { .. } | KvsError::Timeout { .. } | KvsError::Connection { .. } => {
+                Action::Retry
+            }
+            KvsError::FragmentRefused { id, .. } => match ack_error_action(*id) {
+                AckErrorAction::Resend | AckErrorAction::SkipFragment => Action::Retry,
+                AckErrorAction::Fail => Action::Fail,
+            },
             KvsError::Service { status, code, .. } => match code.as_str() {
                 "InvalidEndpointException" | "InvalidEndpoint" => Action::RefreshEndpoint,
                 "ClientLimitExceededException"
@@ -121,7 +217,13 @@ mod tests {
     use super::*;
 
     fn service(status: u16, code: &str) -> KvsError {
-        KvsError::Service { api: "PutMedia", status, code: code.into(), message: String::new() }
+        KvsError::Service {
+            api: "PutMedia",
+            status,
+            code: code.into(),
+            message: String::new(),
+            request_id: None,
+        }
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub async fn error_from_response(
     api: &'static str,
 ) -> KvsError {
     let status = response.status().as_u16();
+    let request_id =
+        response.headers().get("x-amzn-requestid").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let header_code = response
         .headers()
         .get("x-amzn-errortype")
@@ -115,7 +117,7 @@ pub async fn error_from_response(
         None if !body.is_empty() => format!("not a service answer: \"{}\"", quote_page(&body)),
         None => String::new(),
     };
-    KvsError::Service { api, status, code, message }
+    KvsError::Service { api, status, code, message, request_id }
 }
 
 /// An HTTP status's reason phrase ("Forbidden"), or `HTTP<status>` for an unknown one.

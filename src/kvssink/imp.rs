@@ -265,14 +265,21 @@ impl KvsMkvSink {
                     );
                     return;
                 }
-                UploadEvent::Failed(reason) => {
-                    element.emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&stream_error(reason, 0, true)]);
-                    gst::element_error!(
-                        element,
+                UploadEvent::Failed(failure) => {
+                    let reason = failure.to_string();
+                    let error_id = match &failure.error {
+                        KvsError::FragmentRefused { id, .. } => *id,
+                        _ => 0,
+                    };
+                    element
+                        .emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&stream_error(&reason, error_id, true)]);
+                    let message = crate::props::error_message(
+                        "kvssink",
+                        &failure.error,
+                        &reason,
                         gst::ResourceError::Write,
-                        ("kvssink: {}", reason),
-                        ["{}", reason]
                     );
+                    element.post_error_message(message);
                     return;
                 }
             };

@@ -31,7 +31,7 @@ use kvs_mkv::Rope;
 use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
-use crate::kvs::error::{AckErrorAction, Action, KvsError, ack_error_action};
+use crate::kvs::error::{AckErrorAction, Action, FinalError, GaveUp, KvsError, ack_error_action};
 use crate::kvs::putmedia::{self, BodyChunk, BodySender, PutMediaRequest};
 
 /// How long the service keeps a PutMedia connection that carries no data (the service: 30 s; a little less, to
@@ -101,7 +101,17 @@ pub enum UploadEvent {
         reason: String,
     },
     /// The uploader gave up; nothing more will be sent.
-    Failed(String),
+    Failed(UploadFailure),
+}
+
+/// Why the uploader gave up.
+pub type UploadFailure = FinalError;
+
+fn stopped() -> UploadFailure {
+    FinalError {
+        error: KvsError::Connection { api: "PutMedia", message: "the uploader stopped".into() },
+        why: GaveUp::Stopped,
+    }
 }
 
 /// Counters, readable at any time.
@@ -172,7 +182,7 @@ struct Shared {
     queue_bytes: usize,
     /// No more fragments will come (EOS).
     end: bool,
-    failed: Option<String>,
+    failed: Option<UploadFailure>,
     stats: Stats,
     /// Incremented whenever fragments of a connection other than the current one are queued again: the
     /// current connection must then start over so that fragments stay in order.
@@ -262,7 +272,7 @@ enum Next {
 
 /// Why a connection failed, and what to do about it.
 struct Failure {
-    reason: String,
+    error: KvsError,
     action: Action,
     /// An ERROR ACK that only costs one fragment: reconnect at once, no backoff.
     immediate: bool,
@@ -270,13 +280,14 @@ struct Failure {
 
 impl From<KvsError> for Failure {
     fn from(error: KvsError) -> Self {
-        Failure { action: error.action(), reason: error.to_string(), immediate: false }
+        Failure { action: error.action(), error, immediate: false }
     }
 }
 
 impl Failure {
-    fn retry(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), action: Action::Retry, immediate: false }
+    /// A connection that ended or broke: retried.
+    fn retry(message: impl Into<String>) -> Self {
+        KvsError::Connection { api: "PutMedia", message: message.into() }.into()
     }
 }
 
@@ -321,8 +332,8 @@ impl Uploader {
         stats
     }
 
-    /// The reason the uploader gave up, if it did.
-    pub fn failure(&self) -> Option<String> {
+    /// Why the uploader gave up, if it did.
+    pub fn failure(&self) -> Option<UploadFailure> {
         self.lock().failed.clone()
     }
 
@@ -335,7 +346,7 @@ impl Uploader {
 
     /// Waits until the queue has room for `size` bytes, or the uploader failed (backpressure for uploads that
     /// are not live).
-    pub async fn wait_for_room(&self, size: usize) -> Result<(), String> {
+    pub async fn wait_for_room(&self, size: usize) -> Result<(), UploadFailure> {
         let mut changes = self.changed.subscribe();
         loop {
             {
@@ -348,7 +359,7 @@ impl Uploader {
                 }
             }
             if changes.changed().await.is_err() {
-                return Err("the uploader stopped".into());
+                return Err(stopped());
             }
         }
     }
@@ -370,7 +381,7 @@ impl Uploader {
     }
 
     /// Adds to the queue under the lock, then reports what had to be dropped and wakes the connection.
-    fn queue_with(&self, size: usize, add: impl FnOnce(&mut Shared)) -> Result<(), String> {
+    fn queue_with(&self, size: usize, add: impl FnOnce(&mut Shared)) -> Result<(), UploadFailure> {
         let dropped = {
             let mut shared = self.lock();
             if let Some(reason) = &shared.failed {
@@ -398,7 +409,7 @@ impl Uploader {
 
     /// Queues a new fragment with its first frame; it goes out at once. A fragment still being written is
     /// complete from now on.
-    pub fn start_fragment(&self, start: FragmentStart) -> Result<(), String> {
+    pub fn start_fragment(&self, start: FragmentStart) -> Result<(), UploadFailure> {
         let size = start.data.len();
         self.queue_with(size, |shared| {
             if let Some(previous) = shared.writing() {
@@ -423,7 +434,7 @@ impl Uploader {
 
     /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
     /// with it.
-    pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), String> {
+    pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), UploadFailure> {
         let size = data.len();
         self.queue_with(size, |shared| match shared.writing() {
             Some(entry) => {
@@ -451,7 +462,7 @@ impl Uploader {
     }
 
     /// Waits until every fragment is done (after [`finish`](Self::finish)); `Err` when the uploader gave up.
-    pub async fn wait_done(&self) -> Result<(), String> {
+    pub async fn wait_done(&self) -> Result<(), UploadFailure> {
         let mut changes = self.changed.subscribe();
         loop {
             {
@@ -464,7 +475,7 @@ impl Uploader {
                 }
             }
             if changes.changed().await.is_err() {
-                return Err("the uploader stopped".into());
+                return Err(stopped());
             }
         }
     }
@@ -476,16 +487,17 @@ impl Uploader {
         }
     }
 
-    fn fail(&self, reason: String) {
+    fn fail(&self, error: KvsError, why: GaveUp) {
+        let failure = FinalError { error, why };
         {
             let mut shared = self.lock();
             if shared.failed.is_some() {
                 return;
             }
-            shared.failed = Some(reason.clone());
+            shared.failed = Some(failure.clone());
         }
         self.notify();
-        self.emit(UploadEvent::Failed(reason));
+        self.emit(UploadEvent::Failed(failure));
     }
 
     async fn wait_for_work(&self) -> bool {
@@ -597,24 +609,22 @@ impl Uploader {
             shared.failures
         };
         if failure.action == Action::Fail {
-            self.fail(failure.reason);
+            self.fail(failure.error, GaveUp::Final);
             return false;
         }
         if !self.config.restart_on_error {
-            self.fail(format!("{} (restart-on-error is false)", failure.reason));
+            self.fail(failure.error, GaveUp::NoRestart);
             return false;
         }
         if self.config.retry_limit > 0 && attempt > self.config.retry_limit {
-            self.fail(format!(
-                "gave up after {} failed attempts in a row; the last: {}",
-                attempt, failure.reason
-            ));
+            self.fail(failure.error, GaveUp::RetryLimit(attempt));
             return false;
         }
         // The first attempt after a failure goes at once (a reset connection is usually just that); only when
         // that fails too does the backoff start.
         let delay = if failure.immediate || attempt <= 1 { Duration::ZERO } else { self.backoff(attempt) };
-        self.emit(UploadEvent::Disconnected { connection, reason: failure.reason, retry_in: delay, attempt });
+        let reason = failure.error.to_string();
+        self.emit(UploadEvent::Disconnected { connection, reason, retry_in: delay, attempt });
         tokio::time::sleep(delay).await;
         true
     }
@@ -878,23 +888,17 @@ impl Uploader {
                 }
                 (AckKind::Error { id, code }, index) => {
                     shared.stats.errors_acked += 1;
-                    let reason = format!(
-                        "the service refused fragment {} with ERROR {id} {code}",
-                        ack.timecode.unwrap_or(0)
-                    );
-                    match ack_error_action(*id) {
-                        AckErrorAction::Resend => result = Err(Failure::retry(reason)),
-                        AckErrorAction::SkipFragment => {
-                            if let Some(entry) = index.and_then(|i| shared.remove_at(i)) {
-                                shared.stats.fragments_dropped += 1;
-                                dropped = Some((entry.timecode, entry.size, reason.clone()));
-                            }
-                            result = Err(Failure { reason, action: Action::Retry, immediate: true });
-                        }
-                        AckErrorAction::Fail => {
-                            result = Err(Failure { reason, action: Action::Fail, immediate: false });
-                        }
+                    let error = KvsError::FragmentRefused {
+                        fragment: ack.timecode.unwrap_or(0),
+                        id: *id,
+                        code: code.clone(),
+                    };
+                    let immediate = ack_error_action(*id) == AckErrorAction::SkipFragment;
+                    if immediate && let Some(entry) = index.and_then(|i| shared.remove_at(i)) {
+                        shared.stats.fragments_dropped += 1;
+                        dropped = Some((entry.timecode, entry.size, error.to_string()));
                     }
+                    result = Err(Failure { action: error.action(), error, immediate });
                 }
                 _ => {}
             }

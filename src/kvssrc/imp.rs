@@ -328,7 +328,8 @@ impl KvsSrc {
                         .build(),
                 );
             }
-            Item::Error(message) => {
+            Item::Error(failure) => {
+                let message = failure.to_string();
                 if std::mem::take(&mut lock(&self.progress).range_in_progress) {
                     self.post_progress_message(
                         gst::ProgressType::Error,
@@ -336,12 +337,12 @@ impl KvsSrc {
                         None,
                     );
                 }
-                gst::element_imp_error!(
-                    self,
+                self.obj().post_error_message(crate::props::error_message(
+                    "kvssrc",
+                    &failure.error,
+                    &message,
                     gst::ResourceError::Read,
-                    ("kvssrc: {}", message),
-                    ["{}", message]
-                );
+                ));
                 return Err(gst::FlowError::Error);
             }
         }

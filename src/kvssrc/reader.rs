@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::merger::{FragmentInfo, Merger, Mode, Output};
 use crate::kvs::config::AwsContext;
 use crate::kvs::control::data_endpoint;
-use crate::kvs::error::{Action, KvsError};
+use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
 use crate::kvs::http::{post_json, read_all};
 use aws_sdk_kinesisvideo::types::ApiName;
 
@@ -99,7 +99,7 @@ pub enum Item {
         retry_in: Duration,
     },
     /// Reading cannot go on.
-    Error(String),
+    Error(FinalError),
 }
 
 type Tx = mpsc::Sender<Item>;
@@ -114,7 +114,7 @@ const MAX_PIECES_PER_ITEM: usize = 16;
 
 /// Sends the merger's outputs; an error tag in the stream ends reading. Consecutive data goes as one item (one
 /// buffer downstream) of at most [`MAX_PIECES_PER_ITEM`] pieces.
-async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, String> {
+async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, KvsError> {
     let mut pending: Option<Rope> = None;
     for output in outputs {
         if let Output::Data { data, header: false } = output {
@@ -147,7 +147,7 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
                 Item::Session { millis_behind_now, continuation_token }
             }
             Output::Error { code, id } => {
-                return Err(format!("the stream holds an error chunk: {code} ({id})"));
+                return Err(KvsError::InStream { code, id: id.to_string() });
             }
         };
         if !give(tx, item).await {
@@ -177,12 +177,12 @@ pub async fn run(ctx: AwsContext, config: ReaderConfig, tx: Tx) {
         Some(end) => range(&ctx, &config, end, &tx).await,
         None => live(&ctx, &config, &tx).await,
     };
-    if let Err(message) = result {
-        let _ = tx.send(Item::Error(message)).await;
+    if let Err(error) = result {
+        let _ = tx.send(Item::Error(error)).await;
     }
 }
 
-async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), String> {
+async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), FinalError> {
     let mut merger = config.merger();
     let mut start = config.start.clone();
     let mut endpoint: Option<String> = None;
@@ -255,9 +255,13 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), St
                         Err(e) => {
                             bad_sessions += 1;
                             if bad_sessions > MAX_BAD_SESSIONS {
-                                return Err(format!(
-                                    "GetMedia returned bad Matroska {bad_sessions} times in a row: {e}"
-                                ));
+                                return Err(KvsError::BadResponse {
+                                    api: "GetMedia",
+                                    message: format!(
+                                        "GetMedia returned bad Matroska {bad_sessions} times in a row: {e}"
+                                    ),
+                                }
+                                .into());
                             }
                             break format!("GetMedia returned bad Matroska: {e}");
                         }
@@ -307,16 +311,16 @@ async fn retry_or_fail(
     failures: &mut u32,
     endpoint: &mut Option<String>,
     tx: &Tx,
-) -> Result<(), String> {
+) -> Result<(), FinalError> {
     match error.action() {
-        Action::Fail => Err(error.to_string()),
+        Action::Fail => Err(error.into()),
         action => {
             if action == Action::RefreshEndpoint {
                 *endpoint = None;
             }
             *failures += 1;
             if *failures > 8 {
-                return Err(format!("{error} (gave up after {} attempts)", *failures));
+                return Err(FinalError { error, why: GaveUp::RetryLimit(*failures) });
             }
             let retry_in = backoff(*failures);
             if give(tx, Item::Reconnecting { reason: error.to_string(), retry_in }).await {
@@ -356,11 +360,9 @@ async fn list(ctx: &AwsContext, config: &ReaderConfig, end: f64) -> Result<Vec<L
         }
         let body = post_json(ctx, &url, "/listFragments", "ListFragments", &request).await?;
         let bytes = read_all(body, ctx.request_timeout, "ListFragments").await?;
-        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| KvsError::Service {
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| KvsError::BadResponse {
             api: "ListFragments",
-            status: 200,
-            code: "InvalidResponse".into(),
-            message: format!("the answer is not JSON: {e}"),
+            message: format!("ListFragments answered with something that is not JSON: {e}"),
         })?;
         let time_field = if kind == "PRODUCER_TIMESTAMP" { "ProducerTimestamp" } else { "ServerTimestamp" };
         for fragment in answer["Fragments"].as_array().into_iter().flatten() {
@@ -439,17 +441,16 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), String> {
+async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), FinalError> {
     if !matches!(config.start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_)) {
-        return Err(
-            "end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp".into()
-        );
+        return Err(KvsError::Config(
+            "end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp".into(),
+        )
+        .into());
     }
-    let fragments = list(ctx, config, end).await.map_err(|e| e.to_string())?;
+    let fragments = list(ctx, config, end).await?;
     let total = fragments.len();
-    let url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList)
-        .await
-        .map_err(|e| e.to_string())?;
+    let url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList).await?;
     // Enough batches to keep `parallel` requests busy, none larger than BATCH_BYTES (unless one fragment is).
     let per_batch = total.div_ceil(config.parallel.max(1) * 2).clamp(1, BATCH_FRAGMENTS);
     let mut batches: Vec<Vec<Listed>> = Vec::new();
@@ -486,8 +487,11 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         return Ok(());
     }
     while let Some(result) = downloads.next().await {
-        let (count, pieces) = result.map_err(|e| e.to_string())?;
-        let bad = |e: kvs_mkv::Error| format!("GetMediaForFragmentList returned bad Matroska: {e}");
+        let (count, pieces) = result?;
+        let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
+            api: "GetMediaForFragmentList",
+            message: format!("GetMediaForFragmentList returned bad Matroska: {e}"),
+        };
         let size: usize = pieces.iter().map(Bytes::len).sum();
         let mut outputs = Vec::new();
         for piece in pieces {

@@ -166,7 +166,10 @@ pub fn plugin_dir() -> std::path::PathBuf {
 pub struct Run {
     /// The Matroska bytes matroskamux produced (captured beside kvssink).
     pub input: Vec<u8>,
+    /// The first error: its message and debug string, "MESSAGE | DEBUG".
     pub error: Option<String>,
+    /// The first error itself, for its domain (`gerror.matches(gst::ResourceError::NotFound)`).
+    pub gerror: Option<gst::glib::Error>,
     pub warnings: Vec<String>,
     /// Element messages from kvssink.
     pub messages: Vec<gst::Structure>,
@@ -229,6 +232,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
     let mut run = Run {
         input: Vec::new(),
         error: None,
+        gerror: None,
         warnings: Vec::new(),
         messages: Vec::new(),
         message_times: Vec::new(),
@@ -250,6 +254,7 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
         match message.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
+                run.gerror = Some(e.error());
                 run.error =
                     Some(format!("{} | {}", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default()));
                 break;

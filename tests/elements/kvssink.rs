@@ -193,6 +193,8 @@ fn a_stream_deleted_mid_stream_is_an_element_error() {
             error.contains("ERROR 4507 STREAM_DELETED") || error.contains("ResourceNotFoundException"),
             "{error}"
         );
+        // The domain says what happened, whichever way the service said it.
+        assert!(run.gerror.unwrap().matches(gst::ResourceError::NotFound), "{error}");
         assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
     });
 }
@@ -451,10 +453,17 @@ fn a_wrong_secret_is_refused_with_the_service_error() {
         credentials: vec![("AKIDTEST".into(), "right-secret".into())],
         ..Default::default()
     });
-    let (error, _) =
-        start_error(&format!("{} ! matroskamux ! {}", video_source(10), sink_props(&emu, "any")));
+    let run = run_pipeline(
+        &format!("{} ! matroskamux ! {}", video_source(10), sink_props(&emu, "any")),
+        Duration::from_secs(60),
+    );
+    let error = run.error.expect("an element error");
     assert!(error.contains("kvssink: DescribeStream failed: HTTP 403"), "{error}");
     assert!(!error.contains("test-secret"), "the secret never shows: {error}");
+    assert!(run.gerror.unwrap().matches(gst::ResourceError::NotAuthorized), "{error}");
+    // The debug string carries the service's error code and request id.
+    let debug = error.split(" | ").nth(1).unwrap();
+    assert!(debug.contains("(error code InvalidSignatureException, request id "), "{debug}");
 }
 
 #[test]

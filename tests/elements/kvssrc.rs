@@ -372,8 +372,11 @@ fn read_error(description: &str) -> (String, Duration) {
 #[test]
 fn errors_name_their_cause() {
     let emu = Emu::start();
-    let (error, _) = read_error(&format!("{} ! fakesink", src_props(&emu, "nothere")));
+    let missing =
+        run_pipeline(&format!("{} ! fakesink", src_props(&emu, "nothere")), Duration::from_secs(60));
+    let error = missing.error.expect("an element error");
     assert!(error.contains("kvssrc: DescribeStream failed: HTTP 404 ResourceNotFoundException"), "{error}");
+    assert!(missing.gerror.unwrap().matches(gst::ResourceError::NotFound), "{error}");
 
     emu.create_stream("tagged", 1);
     produce(&emu, "tagged", 90, "");

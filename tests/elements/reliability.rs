@@ -149,7 +149,7 @@ fn check(emu: &Emu, name: &str, stream: &str, run: Run) -> Outcome {
 fn scenario_01_basic_upload_to_a_missing_stream() {
     let outcome = play("01-basic", Scenario { frames: 300, create: false, ..Default::default() });
     assert_eq!((outcome.reconnections(), outcome.duplicates), (0, 0));
-    assert_eq!(outcome.run.acks("PERSISTED"), 10);
+    assert_eq!(outcome.run.acks("PERSISTED"), 10, "{:?}", outcome.run.messages);
 }
 
 #[test]

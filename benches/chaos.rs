@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The fault campaign (`tests/chaos/campaign.rs`) at full length: an hour of stream time through kvssink while
 //! over a hundred faults drawn from the seed and two emulator restarts hit it, and a live kvssrc reads the stream
 //! under its own GetMedia faults. Prints what was sent, stored and read, the reconnections, the longest gap and

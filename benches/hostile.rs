@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The long run of the hostile-input cases (`tests/hostile/cases.rs`): well over a million seeded cases for the
 //! Matroska reader, the fragmenter, the ACK parser and the GetMedia merger, with the seed printed so that any
 //! failure can be replayed (`cargo bench --bench hostile -- --seed N --per-family M`).

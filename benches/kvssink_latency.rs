@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssink latency, timestamps, CPU and memory on a paced live clip, next to the same pipeline ending in
 //! `fakesink`, and end to end through a live kvssrc. Prints numbers; asserts only that every frame arrived.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Many kvssink elements in one process: N pipelines, each streaming a paced 256 kbit/s clip to its own stream
 //! on one kvs-emulator, next to the same N pipelines ending in `fakesink`. Prints, per stream, the memory and CPU
 //! kvssink adds; asserts that every fragment of every stream was PERSISTED.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssink upload throughput next to a plain streaming HTTP upload of the same bytes, into one kvs-emulator on
 //! loopback. Prints numbers; asserts only that every fragment arrived.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssrc read throughput of an archived range: sequential (`parallel-downloads=1`) against parallel
 //! GetMediaForFragmentList requests, and one plain GetMedia session, with the emulator throttling each
 //! connection to a per-connection rate as the service's do. Prints numbers; asserts only that every byte came.

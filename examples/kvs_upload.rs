@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! A Rust application that uses the plugin as a crate, without installing it: `gstkvs::plugin_register_static()`
 //! registers kvssink and kvssrc in this process. Streams H.264 to Kinesis Video Streams and prints every fragment
 //! acknowledgement and the final statistics.

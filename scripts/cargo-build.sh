@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MPL-2.0
 # Called by meson.build: builds libgstkvs.so with cargo and copies it to meson's output path. The whole
 # workspace's libraries are built, so cargo resolves features as `cargo build --workspace` does and reuses what
 # that already compiled. With ALL_TARGETS=true every target (tests, benches, examples) is built in the same call,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # The demo: installs what is missing, builds the plugin and the emulator, starts the emulator, streams ten
 # seconds of H.264 test video through kvssink, reads it back with kvssrc and checks that every frame came back
 # identical, and that the output plays (ffprobe counts its frames). Usage: bash scripts/demo.sh

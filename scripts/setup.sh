@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # Installs what building, the demo and the tests need on Debian 12, skipping what is already there.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (idempotent).
 set -euo pipefail

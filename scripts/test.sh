@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # The test command: installs what the tests need, then runs the whole suite and prints a summary that counts
 # every test (Rust and Python), failures included. Usage: bash scripts/test.sh
 #

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! GStreamer plugin `kvs`: elements for Amazon Kinesis Video Streams.
 //!
 //! - `kvssink` streams the output of `matroskamux` to the KVS PutMedia API. It is a bin, so that it also takes

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! GStreamer glue shared by kvssink and kvssrc: the connection properties (credentials, region, endpoint, CA,
 //! timeout) with the same names, defaults and behaviour on both elements, and AWS errors as element errors.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The plugin's one shared tokio runtime, and a wait that a GStreamer thread can abort.
 //!
 //! Elements never block a streaming thread on the network directly: they hand the work to [`RUNTIME`] and,

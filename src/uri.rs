@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! `kvs://` URIs for both elements (`GstURIHandler`), so that `playbin uri=kvs://cam1`,
 //! `gst-play-1.0 kvs://cam1` and `gst_element_make_from_uri()` find kvssrc and kvssink.
 //!

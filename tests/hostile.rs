@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Hostile input for the Matroska reader, the fragmenter, the ACK parser and the GetMedia merger: a few thousand
 //! seeded cases per run (`tests/hostile/cases.rs` says what each checks). The long run, over a million cases,
 //! is `cargo bench --bench hostile`.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! What the benchmarks share: CPU and peak-RSS readings from /proc, uploads and reads run in child processes
 //! (this binary again, with `--child MODE ...`), and an in-process kvs-emulator.
 #![allow(dead_code)]

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Emulator throughput on loopback: PutMedia ingest and GetMedia read, in MB/s. Prints numbers; asserts
 //! nothing. `cargo bench -p kvs-emulator --bench throughput [-- SIZE_MB]` (default 512 MB).
 //!

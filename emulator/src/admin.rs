@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The emulator's own admin API under `/_emulator/` (never signature-checked), for tests and users:
 //! inspect stored fragments, import recorded GetMedia output, reset, and inject faults.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Archived media (KVS-PROTOCOL.md §4): ListFragments and GetMediaForFragmentList over the stored fragments.
 
 use base64::Engine;

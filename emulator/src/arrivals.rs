@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! When uploaded frames arrived (`--record-arrivals`): for measuring a producer's latency from capture to the
 //! service. For every PutMedia body, the time its request arrived and its first body byte; for every frame, its
 //! track, its producer time and when the last of its bytes arrived. Kept per stream, at most

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The control-plane operations: a JSON body in, a JSON body (or an [`ApiError`]) out.
 //!
 //! Every operation is a `POST` whose path is the operation name (KVS-PROTOCOL.md §1.1, §1.3). Requests are

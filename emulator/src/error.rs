@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Errors as the service puts them on the wire.
 //!
 //! Every error answer has the HTTP status from the service model, the headers

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Fault injection, driven by the admin API (`POST /_emulator/faults`): tests script failures of the
 //! service (dropped connections, stalled or withheld ACKs, ERROR ACKs, HTTP errors, slow links) and check
 //! that clients survive them.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! GetMedia (KVS-PROTOCOL.md §3): a long-lived chunked response with one complete Matroska document per
 //! fragment, in the element layout of the service's recorded output (`tests/fixtures/getmedia/`):
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! PutMedia body ingestion: the rules KVS applies to a Matroska upload (KVS-PROTOCOL.md §2.6), as a state
 //! machine without I/O. The PutMedia handler feeds it the body as it arrives and turns its events into
 //! ACKs and stored fragments.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The AWS IoT credentials provider endpoint (`--iot-listen`): what a device with an X.509 certificate calls to
 //! get temporary AWS credentials, and what kvssink's `iot-certificate` uses.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvs-emulator: a local server that behaves like Amazon Kinesis Video Streams for the APIs the plugin,
 //! the AWS SDKs and the official producer use.
 //!

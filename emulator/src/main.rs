@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The `kvs-emulator` command: prints its base URL on the first stdout line, logs to stderr.
 
 use std::io::Write;

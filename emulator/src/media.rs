@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Stored media: every fragment of every stream, as ingested by PutMedia (or imported), with what
 //! GetMedia, ListFragments and the admin API need. Fragments still being ingested are visible, so live
 //! GetMedia readers can follow them frame by frame.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! `--data-dir`: streams and fragments that survive a restart.
 //!
 //! Layout: `streams.json` holds the stream registry (rewritten whole, through a temporary file and a rename,

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! PutMedia: one long-lived chunked POST whose Matroska body is ingested while ACKs stream back on the same
 //! connection (KVS-PROTOCOL.md §2).
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! AWS Signature Version 4 verification, server side.
 //!
 //! Written here with `hmac` and `sha2` because no maintained crate verifies SigV4: `aws-sigv4` and the other

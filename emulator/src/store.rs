@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The in-memory stream registry.
 //!
 //! One [`Store`] per emulator, shared as `Arc<Store>`; its [`Streams`] sit behind a `std::sync::Mutex` that is

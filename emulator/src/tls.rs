@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Optional HTTPS (`--tls-cert`/`--tls-key`), with rustls and its ring provider.
 
 use std::path::Path;

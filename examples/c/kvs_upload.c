@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MPL-2.0 */
+
 /* Streams H.264 to Kinesis Video Streams with kvssink and prints every fragment acknowledgement, read from the
  * kvssink-ack element messages.
  *

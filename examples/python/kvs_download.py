@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Saves a time range of a Kinesis video stream into a Matroska file that any player opens.
 
     python3 examples/python/kvs_download.py cam1 2026-11-28T10:00:00Z 2026-11-28T10:05:00Z cam1.mkv

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Streams a camera (or any H.264 source) to Kinesis Video Streams with kvssink, printing every fragment
 acknowledgement and, every few seconds, the upload statistics.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Prints the structure the streaming reader sees in a Matroska file: `cargo run -p kvs-mkv --example mkvdump FILE`.
 
 use kvs_mkv::ebml::id;

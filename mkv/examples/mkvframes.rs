@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Counts the frames (SimpleBlock/BlockGroup payloads) of Matroska files, one or many documents each, and
 //! prints a digest of their bytes, so two files can be compared frame for frame:
 //! `cargo run -p kvs-mkv --example mkvframes -- A.mkv B.mkv`

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Block headers: which track a frame belongs to, its timecode relative to the Cluster, and whether it is
 //! a key frame.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! EBML primitives: element IDs, variable-size integers, and writing elements.
 //!
 //! Matroska is EBML: every element is `ID | size | data`, where the ID and the size are variable-length

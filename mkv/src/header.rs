@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! What a Matroska stream header says: doc type, timecode scale and tracks.
 
 use crate::Error;

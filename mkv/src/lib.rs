@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Streaming EBML/Matroska for Kinesis Video Streams, shared by the `kvs` GStreamer plugin (kvssink splits
 //! `matroskamux` output into fragments, kvssrc reads GetMedia responses) and by `kvs-emulator` (parses
 //! PutMedia bodies, writes GetMedia responses).

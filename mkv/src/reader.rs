@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! A push-style streaming Matroska reader: feed it bytes as they arrive, in pieces of any size, and take
 //! out events for the structure KVS cares about.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! [`Rope`]: bytes kept in the pieces they arrived in, so that a frame read from a GStreamer buffer or an HTTP
 //! response reaches the socket or the next buffer without being copied.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Tags: the per-fragment metadata of KVS (`AWS_KINESISVIDEO_*` and user tags).
 
 use crate::Error;

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Writing the Matroska a KVS producer sends: EBML header, a live Segment, Tracks, and unknown-size Clusters
 //! of SimpleBlocks (the layout of the C++ producer, KVS-PROTOCOL.md §2.8).
 

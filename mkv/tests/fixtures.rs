@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The reader against real recorded KVS output (GetMedia responses) and real C++ producer PutMedia bodies.
 //! Fixtures live in the repository's `tests/fixtures` (override with `KVS_FIXTURES_DIR`).
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! PutMedia acknowledgements: the JSON objects the service streams back while the body is being uploaded.
 //!
 //! The response body is a sequence of flat JSON objects, usually one per line, but a proxy may coalesce several

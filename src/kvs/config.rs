@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Connection settings shared by kvssink and kvssrc: credentials, region, endpoint, CA, timeouts; and the
 //! [`AwsContext`] built from them with `aws-config`.
 //!

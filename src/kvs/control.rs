@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The control plane through `aws-sdk-kinesisvideo`: DescribeStream, CreateStream when allowed, and
 //! GetDataEndpoint, with errors turned into [`KvsError`].
 

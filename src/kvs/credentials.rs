@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The C++ kvssink's own credential sources, as `aws-config` credential providers:
 //!
 //! - [`FileCredentials`]: the C++ SDK's rotating credential file (`credential-path`): one line

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Errors from the AWS side, and the one table that says what to do about each.
 
 use std::time::Duration;

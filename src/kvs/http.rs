@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Signed requests to the KVS data plane (PutMedia, GetMedia, ListFragments, GetMediaForFragmentList) over
 //! hyper's HTTP/1.1 client, with rustls when the endpoint is `https://`.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The AWS side, shared by kvssink and kvssrc and free of GStreamer types: configuration and credentials
 //! ([`config`]), the control plane ([`control`]), signed data-plane requests ([`http`]), PutMedia connections ([`putmedia`]) and their ACKs ([`ack`]),
 //! and the error table ([`error`]).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Opening a PutMedia connection: one long-lived chunked POST, SigV4-signed with `aws-sigv4`, over HTTP/1.1
 //! (TLS with rustls when the data endpoint is `https://`).
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The `kvssink` element: a bin around the Matroska sink ([`super::imp`]), so that it takes both what
 //! `matroskamux` makes (its `sink` pad) and the elementary streams the C++ kvssink takes on request pads
 //! (`video_%u`: H.264, H.265; `audio_%u`: AAC, A-law, µ-law), which a real `matroskamux` inside muxes.

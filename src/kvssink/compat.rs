@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The official C++ kvssink's property names that kvssink does not have under its own names, accepted with the
 //! C++ types and defaults so that pipelines written for it parse and run unchanged. Each says what it does here:
 //!

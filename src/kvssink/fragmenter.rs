@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Splits a Matroska byte stream (matroskamux output, in buffers of any size) into a KVS stream header and
 //! fragments, one per Cluster, frame by frame, ready for PutMedia.
 //!

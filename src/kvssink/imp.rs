@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The Matroska sink inside the `kvssink` bin ([`super::bin`]): a `BaseSink` taking Matroska (`matroskamux`
 //! output). It is not registered: the bin creates it and forwards every property, signal and message.
 //!

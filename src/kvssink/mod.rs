@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! `kvssink`: streams the output of `matroskamux`, or elementary H.264/H.265/AAC streams, to Kinesis Video
 //! Streams with PutMedia.
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The uploader: one task on the shared runtime that owns the PutMedia connection for a stream.
 //!
 //! Fragments arrive frame by frame from the fragmenter ([`start_fragment`](Uploader::start_fragment),

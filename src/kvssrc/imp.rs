@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The `kvssrc` element: a `PushSrc` emitting Matroska read from Kinesis Video Streams.
 //!
 //! `start()` loads the AWS configuration and checks the stream (DescribeStream), so a wrong name or secret is

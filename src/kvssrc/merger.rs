@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Turns what GetMedia and GetMediaForFragmentList return (one complete Matroska document per fragment) into
 //! what a player wants: one EBML header and Segment, the Tracks once, then the clusters on one timeline, with a
 //! new Segment only when the tracks really change. GStreamer-free; the element feeds it response bytes.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! `kvssrc`: reads a Kinesis video stream with GetMedia and emits Matroska.
 
 use gst::glib;

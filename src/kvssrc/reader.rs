@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The reading side of kvssrc, free of GStreamer types: a task on the shared runtime that reads a stream and
 //! sends [`Item`]s to the element through a bounded channel (the channel's bound is the backpressure).
 //!

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The fault campaign: one kvssink uploads a long recording (`sync=false`) to a kvs-emulator process while
 //! drivers inject faults drawn at random from a seed (every PutMedia kind the emulator has, emulator restarts
 //! with SIGKILL on its `--data-dir`), and a live kvssrc (a `gst-launch-1.0` child process) reads the same

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! A short fault campaign in the test command (two minutes of stream time, a restart, a few dozen faults); the
 //! long one is `cargo bench --bench chaos`. See `tests/chaos/campaign.rs`.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! What the element tests share: a kvs-emulator running in the test process, a small blocking HTTP client for
 //! its APIs, pipelines run to the end with their bus messages, and frame extraction from Matroska bytes.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssink's request pads (`video_%u`, `audio_%u`): elementary H.264, H.265 and AAC linked straight to kvssink
 //! as with the C++ kvssink, uploaded and read back frame for frame; the C++ documentation's pipelines run by
 //! `gst-launch-1.0` with only the endpoint (`CONTROL_PLANE_URI`) and the sources changed; what is refused.

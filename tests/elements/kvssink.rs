@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssink against a kvs-emulator running in the test process: real pipelines (videotestsrc ! x264enc !
 //! matroskamux ! kvssink), frames read back through the emulator's media APIs and compared with what
 //! matroskamux produced, byte for byte.

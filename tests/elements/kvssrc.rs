@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssrc against a kvs-emulator running in the test process: streams written by kvssink (or imported from
 //! recorded service output) read back through kvssrc, frame by frame.
 

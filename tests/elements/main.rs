@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The elements' integration tests, in one test binary (one link of the plugin and the AWS SDK, not one per
 //! file): real pipelines against a kvs-emulator running in the test process.
 

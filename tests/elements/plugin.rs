@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The plugin loads, registers both elements with the documented pad templates, and every property
 //! round-trips.
 
@@ -113,4 +115,38 @@ fn missing_stream_name_is_a_clear_error() {
         assert_eq!(msg.src(), Some(element.upcast_ref::<gst::Object>()));
         pipeline.set_state(gst::State::Null).unwrap();
     }
+}
+
+/// Every source file says its licence (SPDX), as the GStreamer Rust tree's checks expect.
+#[test]
+fn every_source_file_has_an_spdx_licence_header() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "py" || e == "c") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "examples", "emulator", "mkv/src", "build.rs"] {
+        let path = root.join(dir);
+        if path.is_file() {
+            files.push(path);
+        } else if path.is_dir() {
+            walk(&path, &mut files);
+        }
+    }
+    assert!(files.len() > 70, "{}", files.len());
+    let missing: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            !text.lines().take(3).any(|l| l.contains("SPDX-License-Identifier: MPL-2.0"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "no SPDX header: {missing:?}");
 }

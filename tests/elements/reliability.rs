@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! kvssink under the faults real networks and servers produce, scripted with the emulator's fault API: the
 //! scenarios the official C++ kvssink was recorded in (tests/fixtures/putmedia-cpp: resets after PERSISTED, in
 //! the same millisecond as one, with no ACKs or RECEIVED only, ERROR 5000, the response ended early, EOS with

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! A known secret key and session token, given to kvssink and kvssrc through the API (as applications do; a
 //! `gst-launch-1.0` command line is logged by GStreamer's own parser), never show up: not in a `GST_DEBUG=*:9`
 //! log, bus messages, error and warning texts, property reads, `gst-inspect-1.0`, nor the emulator's log (which

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! `kvs://` URIs: the element a URI makes and the properties it sets, the URIs refused and why; `playbin`,
 //! `gst-play-1.0` and `gst-launch-1.0 playbin` playing streams from the emulator, frame for frame, with the
 //! range read's GST_MESSAGE_PROGRESS.

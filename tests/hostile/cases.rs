@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Hostile input for the parsers that read what others wrote: the Matroska reader, kvssink's fragmenter, the
 //! PutMedia ACK parser and kvssrc's GetMedia merger. Shared by the test binary `tests/hostile.rs` (a few thousand
 //! cases, in the test command) and the benchmark `benches/hostile.rs` (over a million).

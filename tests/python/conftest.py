@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MPL-2.0
+
 """Shared fixtures for the Python tests: a real kvs-emulator process and clients pointed at it.
 
 The binaries come from cargo's target/debug (the test command's profile; KVS_BIN_DIR names another directory,

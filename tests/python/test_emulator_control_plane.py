@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MPL-2.0
+
 """The emulator's control plane through real AWS clients: boto3 and the AWS CLI, with SigV4 signatures checked."""
 
 import datetime

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MPL-2.0
+
 """The emulator's media APIs through real AWS clients: PutMedia signed with botocore's SigV4 signer, then
 GetMedia, ListFragments and GetMediaForFragmentList with boto3 and the AWS CLI. Frames are compared with the
 project's `mkvframes` tool (count and digest of every frame's bytes)."""

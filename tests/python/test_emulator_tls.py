@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MPL-2.0
+
 """The emulator over HTTPS (--tls-cert/--tls-key): boto3 works when it trusts the certificate, and refuses the
 connection when it does not."""
 

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MPL-2.0
+
 """The examples in examples/, run as users run them, against a kvs-emulator process: the Python uploader and
 downloader (PyGObject, with the system Python that Debian's python3-gi serves), the C uploader compiled with
 pkg-config, and the Rust example built by cargo. What they upload is read back and compared frame for frame

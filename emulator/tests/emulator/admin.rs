@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The admin API: import of recorded service output (compared element by element with the recording),
 //! fragment listing, reset, and every kind of fault.
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The `kvs-emulator` binary prints its base URL first and answers HTTP on it.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The control plane over raw HTTP/1.1 against an in-process emulator: every operation's success shape and the
 //! main errors, with exact status, headers and body.
 

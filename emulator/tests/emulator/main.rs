@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The emulator's integration tests, in one test binary (one link, not one per file).
 
 mod admin;

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! PutMedia and GetMedia against an in-process emulator, with bodies made by real GStreamer pipelines
 //! (`x264enc ! matroskamux streamable=true`, with and without audio): the ACK sequence line by line, and
 //! every frame read back through GetMedia byte for byte.

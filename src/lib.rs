@@ -19,6 +19,7 @@ use gst::glib;
 pub mod kvs;
 pub mod kvssink;
 pub mod kvssrc;
+pub mod messages;
 mod props;
 pub mod runtime;
 mod uri;

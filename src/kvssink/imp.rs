@@ -21,7 +21,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::fragmenter::{Fragmenter, Output, TimeAnchor, TrackNames};
-use super::uploader::{Stats, UploadEvent, Uploader, UploaderConfig};
+use super::uploader::{UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
 use crate::kvs::config::{AwsContext, ConnectionSettings};
 use crate::kvs::control::{self, CreateParams};
@@ -124,31 +124,7 @@ const SIGNAL_FRAGMENT_ACK: &str = "fragment-ack";
 /// `kvssink-stream-error` structure: `reason`, `error-id` (the ACK's ErrorId, 0 otherwise), `fatal`.
 const SIGNAL_STREAM_ERROR: &str = "stream-error";
 
-fn stream_error(reason: &str, error_id: u32, fatal: bool) -> gst::Structure {
-    gst::Structure::builder("kvssink-stream-error")
-        .field("reason", reason)
-        .field("error-id", error_id)
-        .field("fatal", fatal)
-        .build()
-}
-
-fn stats_structure(stats: &Stats) -> gst::Structure {
-    gst::Structure::builder("kvssink-stats")
-        .field("bytes-sent", stats.bytes_sent)
-        .field("fragments-queued", stats.fragments_queued)
-        .field("fragments-sent", stats.fragments_sent)
-        .field("fragments-received", stats.fragments_received)
-        .field("fragments-persisted", stats.fragments_persisted)
-        .field("fragments-dropped", stats.fragments_dropped)
-        .field("fragments-resent", stats.fragments_resent)
-        .field("error-acks", stats.errors_acked)
-        .field("connections", stats.connections)
-        .field("reconnections", stats.reconnections)
-        .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
-        .field("queued-fragments", stats.queue_fragments as u64)
-        .field("queued-bytes", stats.queue_bytes as u64)
-        .build()
-}
+use crate::messages::stream_error;
 
 impl KvsMkvSink {
     fn settings(&self) -> MutexGuard<'_, Settings> {
@@ -188,76 +164,37 @@ impl KvsMkvSink {
         let weak = self.obj().downgrade();
         Arc::new(move |event: UploadEvent| {
             let Some(element) = weak.upgrade() else { return };
-            let structure = match &event {
-                UploadEvent::Connected { connection, endpoint, resending } => {
-                    gst::info!(
-                        CAT,
-                        obj = element,
-                        "connection {connection} to {endpoint} open, re-sending {resending}"
-                    );
-                    gst::Structure::builder("kvssink-connection")
-                        .field("state", "connected")
-                        .field("connection", connection)
-                        .field("endpoint", endpoint)
-                        .field("resending", *resending as u64)
-                        .build()
-                }
-                UploadEvent::Disconnected { connection, reason, retry_in, attempt } => {
-                    gst::warning!(
-                        CAT,
-                        obj = element,
-                        "connection {connection} lost: {reason}; retry {attempt} in {retry_in:?}"
-                    );
-                    gst::Structure::builder("kvssink-connection")
-                        .field("state", "reconnecting")
-                        .field("connection", connection)
-                        .field("reason", reason)
-                        .field("attempt", attempt)
-                        .field("retry-in-ms", retry_in.as_millis() as u64)
-                        .build()
-                }
+            let structure = crate::messages::upload_event(&event);
+            match &event {
+                UploadEvent::Connected { connection, endpoint, resending } => gst::info!(
+                    CAT,
+                    obj = element,
+                    "connection {connection} to {endpoint} open, re-sending {resending}"
+                ),
+                UploadEvent::Disconnected { connection, reason, retry_in, attempt } => gst::warning!(
+                    CAT,
+                    obj = element,
+                    "connection {connection} lost: {reason}; retry {attempt} in {retry_in:?}"
+                ),
                 UploadEvent::Rotating { connection, reason } => {
-                    gst::info!(CAT, obj = element, "rotating connection {connection}: {reason}");
-                    gst::Structure::builder("kvssink-connection")
-                        .field("state", "rotating")
-                        .field("connection", connection)
-                        .field("reason", *reason)
-                        .build()
+                    gst::info!(CAT, obj = element, "rotating connection {connection}: {reason}")
                 }
-                UploadEvent::Ack { connection, ack, latency } => {
+                UploadEvent::Ack { connection, ack, .. } => {
                     gst::debug!(CAT, obj = element, "connection {connection}: {ack:?}");
-                    let mut builder = gst::Structure::builder("kvssink-ack")
-                        .field("event-type", ack.kind.name())
-                        .field("connection", connection)
-                        .field("fragment-timecode", ack.timecode.unwrap_or(0))
-                        .field("fragment-number", ack.fragment_number.clone().unwrap_or_default());
-                    if let Some(latency) = latency {
-                        builder = builder.field("latency-ms", latency.as_millis() as u64);
+                    if let Some(structure) = &structure {
+                        element.emit_by_name::<()>(SIGNAL_FRAGMENT_ACK, &[structure]);
                     }
-                    if let AckKind::Error { id, code } = &ack.kind {
-                        builder = builder.field("error-id", id).field("error-code", code);
-                    }
-                    let structure = builder.build();
-                    element.emit_by_name::<()>(SIGNAL_FRAGMENT_ACK, &[&structure]);
                     if let AckKind::Error { id, code } = &ack.kind {
                         let error = stream_error(&format!("ERROR ACK {id} {code}"), *id, false);
                         element.emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&error]);
                     }
-                    structure
                 }
-                UploadEvent::Dropped { timecode, bytes, reason } => {
-                    gst::element_warning!(
-                        element,
-                        gst::ResourceError::Write,
-                        ("kvssink: fragment {} dropped", timecode),
-                        ["{}", reason]
-                    );
-                    gst::Structure::builder("kvssink-fragment-dropped")
-                        .field("fragment-timecode", timecode)
-                        .field("bytes", *bytes as u64)
-                        .field("reason", reason)
-                        .build()
-                }
+                UploadEvent::Dropped { timecode, reason, .. } => gst::element_warning!(
+                    element,
+                    gst::ResourceError::Write,
+                    ("kvssink: fragment {} dropped", timecode),
+                    ["{}", reason]
+                ),
                 UploadEvent::UnreadableAck { connection, reason } => {
                     gst::element_warning!(
                         element,
@@ -265,7 +202,6 @@ impl KvsMkvSink {
                         ("kvssink: skipped {} on connection {}", reason, connection),
                         ["the connection goes on; a later PERSISTED acknowledges the fragments before it"]
                     );
-                    return;
                 }
                 UploadEvent::Failed(failure) => {
                     let reason = failure.to_string();
@@ -282,10 +218,11 @@ impl KvsMkvSink {
                         gst::ResourceError::Write,
                     );
                     element.post_error_message(message);
-                    return;
                 }
-            };
-            let _ = element.post_message(gst::message::Element::builder(structure).src(&element).build());
+            }
+            if let Some(structure) = structure {
+                let _ = element.post_message(gst::message::Element::builder(structure).src(&element).build());
+            }
         })
     }
 
@@ -693,7 +630,7 @@ impl ObjectImpl for KvsMkvSink {
             "stats" => {
                 drop(settings);
                 let stats = lock(&self.uploader).as_ref().map(|u| u.stats()).unwrap_or_default();
-                stats_structure(&stats).to_value()
+                crate::messages::stats(&stats).to_value()
             }
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");

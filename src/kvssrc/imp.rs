@@ -275,23 +275,8 @@ impl KvsSrc {
                         ]
                     ),
                 }
-                let tags: Vec<String> =
-                    info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
                 let behind = lock(&self.progress).millis_behind_now;
-                self.post(
-                    gst::Structure::builder("kvssrc-fragment")
-                        .field("fragment-number", info.number)
-                        .field("producer-timestamp", info.producer_timestamp.unwrap_or_default())
-                        .field("server-timestamp", info.server_timestamp.unwrap_or_default())
-                        .field("cluster-time-ns", info.cluster_time_ns)
-                        .field("output-time-ns", info.output_time_ns)
-                        .field("session-start", info.session_start)
-                        .field("skipped", info.skipped.is_some())
-                        .field("skip-reason", info.skipped.unwrap_or_default())
-                        .field("tags", gst::Array::new(tags))
-                        .field_if_some("millis-behind-now", behind)
-                        .build(),
-                );
+                self.post(crate::messages::fragment(&info, behind));
             }
             Item::Session { millis_behind_now, continuation_token } => {
                 {
@@ -301,34 +286,15 @@ impl KvsSrc {
                     }
                     progress.millis_behind_now = millis_behind_now.or(progress.millis_behind_now);
                 }
-                self.post(
-                    gst::Structure::builder("kvssrc-session")
-                        .field("millis-behind-now", millis_behind_now.unwrap_or(0))
-                        .field("continuation-token", continuation_token.unwrap_or_default())
-                        .build(),
-                );
+                self.post(crate::messages::session(millis_behind_now, continuation_token.as_deref()));
             }
             Item::Progress { done, total, bytes } => {
-                let percent = (done * 100).checked_div(total).unwrap_or(100) as u32;
-                self.post(
-                    gst::Structure::builder("kvssrc-progress")
-                        .field("fragments-done", done as u64)
-                        .field("fragments-total", total as u64)
-                        .field("bytes", bytes)
-                        .field("percent", percent)
-                        .build(),
-                );
-                self.post_progress(done, total, percent);
+                self.post(crate::messages::progress(done, total, bytes));
+                self.post_progress(done, total, crate::messages::progress_percent(done, total));
             }
             Item::Reconnecting { reason, retry_in } => {
                 gst::info!(CAT, imp = self, "{reason}; reading again in {retry_in:?}");
-                self.post(
-                    gst::Structure::builder("kvssrc-connection")
-                        .field("state", "reconnecting")
-                        .field("reason", reason)
-                        .field("retry-in-ms", retry_in.as_millis() as u64)
-                        .build(),
-                );
+                self.post(crate::messages::reconnecting(&reason, retry_in));
             }
             Item::Error(failure) => {
                 let message = failure.to_string();

@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The element messages both elements post on the bus, and the structures their signals carry: one function
+//! per message turns a core event into its `GstStructure`, so that the names and fields are defined once
+//! (the README's tables describe these) and are tested without a pipeline. The elements only post them.
+//!
+//! | structure | fields |
+//! |---|---|
+//! | `kvssink-connection` | `state` (`connected`: `endpoint`, `resending`; `reconnecting`: `reason`, `attempt`, `retry-in-ms`; `rotating`: `reason`), `connection` |
+//! | `kvssink-ack` | `event-type`, `connection`, `fragment-timecode`, `fragment-number`, `latency-ms` (when known), `error-id` and `error-code` (ERROR) |
+//! | `kvssink-fragment-dropped` | `fragment-timecode`, `bytes`, `reason` |
+//! | `kvssink-stream-error` | `reason`, `error-id`, `fatal` (the `stream-error` signal's argument) |
+//! | `kvssink-stats` | the `stats` property: counters of the upload |
+//! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
+//! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |
+//! | `kvssrc-progress` | `fragments-done`, `fragments-total`, `bytes`, `percent` |
+//! | `kvssrc-connection` | `state` (`reconnecting`), `reason`, `retry-in-ms` |
+
+use std::time::Duration;
+
+use crate::kvs::ack::AckKind;
+use crate::kvssink::uploader::{Stats, UploadEvent};
+use crate::kvssrc::merger::FragmentInfo;
+
+pub const KVSSINK_CONNECTION: &str = "kvssink-connection";
+pub const KVSSINK_ACK: &str = "kvssink-ack";
+pub const KVSSINK_FRAGMENT_DROPPED: &str = "kvssink-fragment-dropped";
+pub const KVSSINK_STREAM_ERROR: &str = "kvssink-stream-error";
+pub const KVSSINK_STATS: &str = "kvssink-stats";
+pub const KVSSRC_FRAGMENT: &str = "kvssrc-fragment";
+pub const KVSSRC_SESSION: &str = "kvssrc-session";
+pub const KVSSRC_PROGRESS: &str = "kvssrc-progress";
+pub const KVSSRC_CONNECTION: &str = "kvssrc-connection";
+
+/// The bus message for an upload event; `None` for the events that are errors or warnings instead.
+pub fn upload_event(event: &UploadEvent) -> Option<gst::Structure> {
+    Some(match event {
+        UploadEvent::Connected { connection, endpoint, resending } => {
+            gst::Structure::builder(KVSSINK_CONNECTION)
+                .field("state", "connected")
+                .field("connection", connection)
+                .field("endpoint", endpoint)
+                .field("resending", *resending as u64)
+                .build()
+        }
+        UploadEvent::Disconnected { connection, reason, retry_in, attempt } => {
+            gst::Structure::builder(KVSSINK_CONNECTION)
+                .field("state", "reconnecting")
+                .field("connection", connection)
+                .field("reason", reason)
+                .field("attempt", attempt)
+                .field("retry-in-ms", retry_in.as_millis() as u64)
+                .build()
+        }
+        UploadEvent::Rotating { connection, reason } => gst::Structure::builder(KVSSINK_CONNECTION)
+            .field("state", "rotating")
+            .field("connection", connection)
+            .field("reason", *reason)
+            .build(),
+        UploadEvent::Ack { connection, ack, latency } => {
+            let mut builder = gst::Structure::builder(KVSSINK_ACK)
+                .field("event-type", ack.kind.name())
+                .field("connection", connection)
+                .field("fragment-timecode", ack.timecode.unwrap_or(0))
+                .field("fragment-number", ack.fragment_number.clone().unwrap_or_default())
+                .field_if_some("latency-ms", latency.map(|l| l.as_millis() as u64));
+            if let AckKind::Error { id, code } = &ack.kind {
+                builder = builder.field("error-id", id).field("error-code", code);
+            }
+            builder.build()
+        }
+        UploadEvent::Dropped { timecode, bytes, reason } => gst::Structure::builder(KVSSINK_FRAGMENT_DROPPED)
+            .field("fragment-timecode", timecode)
+            .field("bytes", *bytes as u64)
+            .field("reason", reason)
+            .build(),
+        UploadEvent::UnreadableAck { .. } | UploadEvent::Failed(_) => return None,
+    })
+}
+
+/// The `stream-error` signal's argument.
+pub fn stream_error(reason: &str, error_id: u32, fatal: bool) -> gst::Structure {
+    gst::Structure::builder(KVSSINK_STREAM_ERROR)
+        .field("reason", reason)
+        .field("error-id", error_id)
+        .field("fatal", fatal)
+        .build()
+}
+
+/// The `stats` property of kvssink.
+pub fn stats(stats: &Stats) -> gst::Structure {
+    gst::Structure::builder(KVSSINK_STATS)
+        .field("bytes-sent", stats.bytes_sent)
+        .field("fragments-queued", stats.fragments_queued)
+        .field("fragments-sent", stats.fragments_sent)
+        .field("fragments-received", stats.fragments_received)
+        .field("fragments-persisted", stats.fragments_persisted)
+        .field("fragments-dropped", stats.fragments_dropped)
+        .field("fragments-resent", stats.fragments_resent)
+        .field("error-acks", stats.errors_acked)
+        .field("connections", stats.connections)
+        .field("reconnections", stats.reconnections)
+        .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
+        .field("queued-fragments", stats.queue_fragments as u64)
+        .field("queued-bytes", stats.queue_bytes as u64)
+        .build()
+}
+
+/// A fragment kvssrc read (or left out); `millis_behind_now` for live reads.
+pub fn fragment(info: &FragmentInfo, millis_behind_now: Option<u64>) -> gst::Structure {
+    let tags: Vec<String> = info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+    gst::Structure::builder(KVSSRC_FRAGMENT)
+        .field("fragment-number", &info.number)
+        .field("producer-timestamp", info.producer_timestamp.clone().unwrap_or_default())
+        .field("server-timestamp", info.server_timestamp.clone().unwrap_or_default())
+        .field("cluster-time-ns", info.cluster_time_ns)
+        .field("output-time-ns", info.output_time_ns)
+        .field("session-start", info.session_start)
+        .field("skipped", info.skipped.is_some())
+        .field("skip-reason", info.skipped.clone().unwrap_or_default())
+        .field("tags", gst::Array::new(tags))
+        .field_if_some("millis-behind-now", millis_behind_now)
+        .build()
+}
+
+/// The end of a GetMedia chunk: how far behind now, and where to continue.
+pub fn session(millis_behind_now: Option<u64>, continuation_token: Option<&str>) -> gst::Structure {
+    gst::Structure::builder(KVSSRC_SESSION)
+        .field("millis-behind-now", millis_behind_now.unwrap_or(0))
+        .field("continuation-token", continuation_token.unwrap_or_default())
+        .build()
+}
+
+/// How far a range read is.
+pub fn progress(done: usize, total: usize, bytes: u64) -> gst::Structure {
+    gst::Structure::builder(KVSSRC_PROGRESS)
+        .field("fragments-done", done as u64)
+        .field("fragments-total", total as u64)
+        .field("bytes", bytes)
+        .field("percent", progress_percent(done, total))
+        .build()
+}
+
+/// `done` of `total` in percent (100 for an empty read).
+pub fn progress_percent(done: usize, total: usize) -> u32 {
+    (done * 100).checked_div(total).unwrap_or(100) as u32
+}
+
+/// A live read lost its session and reads again after `retry_in`.
+pub fn reconnecting(reason: &str, retry_in: Duration) -> gst::Structure {
+    gst::Structure::builder(KVSSRC_CONNECTION)
+        .field("state", "reconnecting")
+        .field("reason", reason)
+        .field("retry-in-ms", retry_in.as_millis() as u64)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::ack::AckEvent;
+
+    fn init() {
+        gst::init().unwrap();
+    }
+
+    #[test]
+    fn kvssink_messages() {
+        init();
+        let connected = upload_event(&UploadEvent::Connected {
+            connection: 2,
+            endpoint: "https://example".into(),
+            resending: 3,
+        })
+        .unwrap();
+        assert_eq!(
+            connected.to_string(),
+            "kvssink-connection, state=(string)connected, connection=(guint64)2, endpoint=(string)https://example, resending=(guint64)3;"
+        );
+        let lost = upload_event(&UploadEvent::Disconnected {
+            connection: 2,
+            reason: "the connection broke".into(),
+            retry_in: Duration::from_millis(250),
+            attempt: 2,
+        })
+        .unwrap();
+        assert_eq!(lost.get::<String>("state").unwrap(), "reconnecting");
+        assert_eq!(lost.get::<u64>("retry-in-ms").unwrap(), 250);
+        assert_eq!(lost.get::<u32>("attempt").unwrap(), 2);
+
+        let ack = |kind: AckKind, latency: Option<Duration>| UploadEvent::Ack {
+            connection: 1,
+            ack: AckEvent { kind, timecode: Some(1_700_000_000_000), fragment_number: Some("9100".into()) },
+            latency,
+        };
+        let persisted = upload_event(&ack(AckKind::Persisted, Some(Duration::from_millis(40)))).unwrap();
+        assert_eq!(persisted.name(), KVSSINK_ACK);
+        assert_eq!(persisted.get::<String>("event-type").unwrap(), "PERSISTED");
+        assert_eq!(persisted.get::<u64>("fragment-timecode").unwrap(), 1_700_000_000_000);
+        assert_eq!(persisted.get::<u64>("latency-ms").unwrap(), 40);
+        assert!(!persisted.has_field("error-id"));
+        let error =
+            upload_event(&ack(AckKind::Error { id: 4507, code: "STREAM_DELETED".into() }, None)).unwrap();
+        assert_eq!(error.get::<u32>("error-id").unwrap(), 4507);
+        assert_eq!(error.get::<String>("error-code").unwrap(), "STREAM_DELETED");
+        assert!(!error.has_field("latency-ms"));
+
+        let dropped =
+            upload_event(&UploadEvent::Dropped { timecode: 5, bytes: 100, reason: "full".into() }).unwrap();
+        assert_eq!(
+            dropped.to_string(),
+            "kvssink-fragment-dropped, fragment-timecode=(guint64)5, bytes=(guint64)100, reason=(string)full;"
+        );
+        assert!(upload_event(&UploadEvent::UnreadableAck { connection: 1, reason: "x".into() }).is_none());
+
+        let signal = stream_error("ERROR ACK 4000 X", 4000, false);
+        assert_eq!(
+            signal.to_string(),
+            "kvssink-stream-error, reason=(string)\"ERROR\\ ACK\\ 4000\\ X\", error-id=(uint)4000, fatal=(boolean)false;"
+        );
+        let counters = stats(&Stats { connections: 3, ..Default::default() });
+        assert_eq!(counters.get::<u64>("connections").unwrap(), 3);
+        assert_eq!(counters.n_fields(), 13);
+    }
+
+    #[test]
+    fn kvssrc_messages() {
+        init();
+        let info = FragmentInfo {
+            number: "91343852333181432392682062607743920146264143695".into(),
+            producer_timestamp: Some("1700000000.000".into()),
+            server_timestamp: None,
+            cluster_time_ns: 1,
+            output_time_ns: 2,
+            session_start: true,
+            user_tags: vec![kvs_mkv::tags::SimpleTag::new("camera", "front")],
+            skipped: None,
+        };
+        let live = fragment(&info, Some(120));
+        assert_eq!(live.get::<String>("producer-timestamp").unwrap(), "1700000000.000");
+        assert_eq!(live.get::<String>("server-timestamp").unwrap(), "");
+        assert!(!live.get::<bool>("skipped").unwrap());
+        assert_eq!(
+            live.get::<gst::Array>("tags").unwrap().as_slice()[0].get::<String>().unwrap(),
+            "camera=front"
+        );
+        assert_eq!(live.get::<u64>("millis-behind-now").unwrap(), 120);
+        assert!(!fragment(&info, None).has_field("millis-behind-now"));
+
+        assert_eq!(
+            session(None, Some("t")).to_string(),
+            "kvssrc-session, millis-behind-now=(guint64)0, continuation-token=(string)t;"
+        );
+        let half = progress(5, 10, 1000);
+        assert_eq!(half.get::<u32>("percent").unwrap(), 50);
+        assert_eq!(progress_percent(0, 0), 100);
+        assert_eq!(reconnecting("stalled", Duration::from_secs(1)).get::<u64>("retry-in-ms").unwrap(), 1000);
+    }
+}

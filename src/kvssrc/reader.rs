@@ -209,6 +209,13 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
         };
         let request = json!({"StreamName": config.stream_name, "StartSelector": start.selector()});
         let requested = std::time::SystemTime::now();
+        if start == Start::Now {
+            // Whatever happens to this session (no fragment before it ends, or a failed request retried), the
+            // next one reads from when this one began: a fragment stored meanwhile is not missed, as NOW would
+            // miss it. A margin covers a clock that runs ahead of the service's.
+            let began = requested.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            start = Start::ServerTimestamp((began - NOW_MARGIN_S).max(0.0));
+        }
         let mut body = match post_json(ctx, &url, "/getMedia", "GetMedia", &request).await {
             Ok(body) => body,
             // The token of a fragment read in this session is gone (the service lost or expired it): read again
@@ -289,13 +296,6 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
             }
         };
         merger.interrupted();
-        if start == Start::Now {
-            // No fragment yet: read on from when this session began, so that a fragment that arrives between
-            // two sessions is not missed (NOW would start after it). A margin covers a clock that runs ahead
-            // of the service's.
-            let began = requested.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            start = Start::ServerTimestamp((began - NOW_MARGIN_S).max(0.0));
-        }
         if received {
             failures = 0;
         }

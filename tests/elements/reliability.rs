@@ -10,7 +10,7 @@
 //! kvssrc reads each back exactly once. Where the client cannot know what the service kept (an ACK lost in a
 //! reset), a fragment may be stored twice: the count is printed, and kvssrc leaves the repeat out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::kvssrc::read_range;
@@ -516,6 +516,48 @@ fn live_read_under(fault: Value, times: u32) -> Vec<String> {
     reader.stop();
     println!("kvssrc under {fault}: 240 frames read once each; reconnections {reasons:?}");
     reasons
+}
+
+/// The first GetMedia requests (start selector NOW) fail while the whole stream is uploaded; then the service
+/// answers again. The request that goes through reads from when the first one was made, not from its own NOW,
+/// which would miss everything stored during the retries. (Found by the test command under load: 150 and 60 of
+/// 240 frames read.)
+#[test]
+fn kvssrc_started_live_misses_nothing_stored_while_its_first_requests_fail() {
+    use crate::kvssrc::{LiveRead, src_props};
+    let emu = Emu::start();
+    emu.create_stream("retried", 1);
+    emu.fault(
+        json!({"api": "getMedia", "stream": "retried", "times": 100, "kind": "http_error", "status": 503,
+                     "error": "ServiceUnavailableException"}),
+    );
+    let mut reader =
+        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "retried")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.messages_named("kvssrc-connection").is_empty() {
+        assert!(Instant::now() < deadline, "no failed request");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A live upload of 8 s; the service answers GetMedia again 3 s into it, mid-fragment.
+    let upload = format!(
+        "videotestsrc is-live=true num-buffers=240 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! tee name=t ! queue ! {} {CAPTURE}",
+        sink_props(&emu, "retried")
+    );
+    let input = std::thread::scope(|scope| {
+        let uploading = scope.spawn(|| run_pipeline(&upload, Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(3100));
+        let (status, _) = emu.call("DELETE", "/_emulator/faults", "");
+        assert_eq!(status, 200);
+        uploading.join().unwrap().input
+    });
+    reader.wait_for_frames(240, Duration::from_secs(20));
+    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new());
+    let read = input_frames(&reader.captured.lock().unwrap());
+    assert_eq!(read.len(), 240, "every frame stored while the requests failed");
+    assert!(read == input_frames(&input));
+    reader.stop();
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 use gst::glib;
 
+mod element;
 pub mod kvs;
 pub mod kvssink;
 pub mod kvssrc;

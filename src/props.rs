@@ -11,7 +11,7 @@ use gst::prelude::*;
 use crate::kvs::config::{ConnectionSettings, Secret};
 use crate::kvs::error::KvsError;
 
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = 10_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = crate::kvs::config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
 
 pub fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec {
     glib::ParamSpecUInt::builder(name)

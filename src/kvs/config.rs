@@ -40,9 +40,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How long one request may take unless the `request-timeout` property says otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything needed to reach KVS, as the element properties give it. Empty fields fall back on the default
 /// chain.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnectionSettings {
     pub region: Option<String>,
     pub access_key: Option<String>,
@@ -59,6 +62,24 @@ pub struct ConnectionSettings {
     pub credential_file: Option<(String, Duration)>,
     /// IoT credentials (kvssink `iot-certificate`): before every other source, as in the C++ kvssink.
     pub iot: Option<super::credentials::IotSettings>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            region: None,
+            access_key: None,
+            secret_access_key: None,
+            session_token: None,
+            role_arn: None,
+            endpoint_uri: None,
+            ca_file: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: None,
+            credential_file: None,
+            iot: None,
+        }
+    }
 }
 
 /// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.

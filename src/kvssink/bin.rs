@@ -73,9 +73,7 @@ pub struct KvsSink {
     muxing: Mutex<Muxing>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::element::lock;
 
 /// A new spec like `spec` (BaseSink's properties, installed again on the bin).
 fn copy_spec(spec: &glib::ParamSpec) -> Option<glib::ParamSpec> {

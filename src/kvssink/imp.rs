@@ -23,12 +23,12 @@ use gst_base::subclass::prelude::*;
 use super::fragmenter::{Fragmenter, Output, TimeAnchor, TrackNames};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
-use crate::kvs::config::{AwsContext, ConnectionSettings};
-use crate::kvs::control::{self, CreateParams};
+use crate::kvs::config::ConnectionSettings;
+use crate::kvs::control::CreateParams;
 use crate::kvs::error::KvsError;
 use crate::props::{
-    DEFAULT_REQUEST_TIMEOUT_MS, connection_properties, connection_property, effective_connection,
-    set_connection_property, string, string_value, uint,
+    connection_properties, connection_property, effective_connection, set_connection_property, string,
+    string_value, uint,
 };
 use crate::runtime::{Canceller, WaitError};
 
@@ -70,10 +70,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             stream_name: None,
-            connection: ConnectionSettings {
-                request_timeout: Duration::from_millis(u64::from(DEFAULT_REQUEST_TIMEOUT_MS)),
-                ..Default::default()
-            },
+            connection: ConnectionSettings::default(),
             allow_create: true,
             retention_hours: DEFAULT_RETENTION_HOURS,
             kms_key_id: None,
@@ -104,15 +101,12 @@ struct Started {
 #[derive(Default)]
 pub struct KvsMkvSink {
     settings: Mutex<Settings>,
+    /// Never held while waiting (render and EOS take what they need and let go).
     state: Mutex<Option<Started>>,
-    /// The uploader, also reachable without the state lock (for `stats` while render waits).
-    uploader: Mutex<Option<Arc<Uploader>>>,
     canceller: Canceller,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::element::lock;
 
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
     crate::props::kvs_error_message("kvssink", error, gst::ResourceError::OpenWrite)
@@ -228,13 +222,7 @@ impl KvsMkvSink {
 
     fn start_inner(&self) -> Result<Started, gst::ErrorMessage> {
         let settings = self.settings().clone();
-        let Some(stream_name) = settings.stream_name.clone() else {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("kvssink: the stream-name property is not set"),
-                ["set stream-name to the name of the Kinesis video stream"]
-            ));
-        };
+        let stream_name = crate::element::stream_name("kvssink", settings.stream_name.as_ref())?;
         let iot = settings.cpp.iot(&stream_name).map_err(|why| {
             gst::error_msg!(
                 gst::LibraryError::Settings,
@@ -260,37 +248,15 @@ impl KvsMkvSink {
         connection.connect_timeout = settings.cpp.connect_timeout();
         connection.credential_file = settings.cpp.credential_file();
         connection.iot = iot;
-        let timeout = connection.request_timeout;
-        // Loading the chain, checking credentials and DescribeStream: each bounded by the request timeout.
-        let prepared = self.canceller.wait(
-            async {
-                let started = std::time::Instant::now();
-                let ctx = AwsContext::shared(&connection, "kvssink").await?;
-                let loaded = started.elapsed();
-                let description = control::ensure_stream(&ctx, &stream_name, None).await;
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "AWS configuration ready in {loaded:?}, DescribeStream answered in {:?}",
-                    started.elapsed() - loaded
-                );
-                Ok::<_, KvsError>((ctx, description))
-            },
-            Some(timeout * 4),
-        );
-        let (ctx, description) = match prepared {
-            Ok(Ok(v)) => v,
-            Ok(Err(error)) => return Err(kvs_error_message(&error)),
-            Err(WaitError::Cancelled) => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::OpenWrite,
-                    ["kvssink: start was interrupted"]
-                ));
-            }
-            Err(WaitError::TimedOut(after)) => {
-                return Err(kvs_error_message(&KvsError::Timeout { api: "DescribeStream", after }));
-            }
-        };
+        let started = std::time::Instant::now();
+        let (ctx, description) = crate::element::prepare(
+            "kvssink",
+            &self.canceller,
+            &connection,
+            &stream_name,
+            gst::ResourceError::OpenWrite,
+        )?;
+        gst::debug!(CAT, imp = self, "AWS configuration and DescribeStream took {:?}", started.elapsed());
         let (retention_hours, create) = match description {
             Ok(description) => {
                 gst::info!(
@@ -629,7 +595,7 @@ impl ObjectImpl for KvsMkvSink {
             "retry-limit" => settings.retry_limit.to_value(),
             "stats" => {
                 drop(settings);
-                let stats = lock(&self.uploader).as_ref().map(|u| u.stats()).unwrap_or_default();
+                let stats = lock(&self.state).as_ref().map(|s| s.uploader.stats()).unwrap_or_default();
                 crate::messages::stats(&stats).to_value()
             }
             other => {
@@ -674,7 +640,6 @@ impl BaseSinkImpl for KvsMkvSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.reset();
         let started = self.start_inner()?;
-        *lock(&self.uploader) = Some(started.uploader.clone());
         *lock(&self.state) = Some(started);
         gst::debug!(CAT, imp = self, "started");
         Ok(())

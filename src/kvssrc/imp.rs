@@ -18,14 +18,13 @@ use tokio::sync::mpsc;
 
 use super::merger::Mode;
 use super::reader::{Item, ReaderConfig, Start};
-use crate::kvs::config::{AwsContext, ConnectionSettings};
-use crate::kvs::control;
+use crate::kvs::config::ConnectionSettings;
 use crate::kvs::error::KvsError;
 use crate::props::{
-    DEFAULT_REQUEST_TIMEOUT_MS, connection_properties, connection_property, effective_connection,
-    set_connection_property, string, string_value, uint,
+    connection_properties, connection_property, effective_connection, set_connection_property, string,
+    string_value, uint,
 };
-use crate::runtime::{Canceller, RUNTIME, WaitError};
+use crate::runtime::{Canceller, RUNTIME};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssrc", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams source"))
@@ -95,10 +94,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             stream_name: None,
-            connection: ConnectionSettings {
-                request_timeout: std::time::Duration::from_millis(u64::from(DEFAULT_REQUEST_TIMEOUT_MS)),
-                ..Default::default()
-            },
+            connection: ConnectionSettings::default(),
             start_selector: StartSelector::Now,
             start_fragment_number: None,
             start_timestamp: 0.0,
@@ -126,14 +122,19 @@ struct Progress {
 pub struct KvsSrc {
     settings: Mutex<Settings>,
     progress: Mutex<Progress>,
-    receiver: Mutex<Option<mpsc::Receiver<Item>>>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The running read. `create` holds it while it waits for the next item (the canceller ends the wait), so
+    /// what properties read (`progress`) is kept apart.
+    reading: Mutex<Option<Reading>>,
     canceller: Canceller,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// A read in progress: its task on the shared runtime, and what it hands over.
+struct Reading {
+    task: tokio::task::JoinHandle<()>,
+    receiver: mpsc::Receiver<Item>,
 }
+
+use crate::element::lock;
 
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
     crate::props::kvs_error_message("kvssrc", error, gst::ResourceError::OpenRead)
@@ -471,40 +472,23 @@ impl ElementImpl for KvsSrc {
 impl BaseSrcImpl for KvsSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings().clone();
-        let Some(stream_name) = settings.stream_name.clone() else {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("kvssrc: the stream-name property is not set"),
-                ["set stream-name to the name of the Kinesis video stream"]
-            ));
-        };
+        let stream_name = crate::element::stream_name("kvssrc", settings.stream_name.as_ref())?;
         let config = Self::reader_config(&settings)?;
         self.canceller.reset();
         *lock(&self.progress) = Progress::default();
         let connection = effective_connection(&settings.connection);
-        let timeout = connection.request_timeout;
-        let prepared = self.canceller.wait(
-            async {
-                let ctx = AwsContext::shared(&connection, "kvssrc").await?;
-                control::ensure_stream(&ctx, &stream_name, None).await?;
-                Ok::<_, KvsError>(ctx)
-            },
-            Some(timeout * 4),
-        );
-        let ctx = match prepared {
-            Ok(Ok(ctx)) => ctx,
-            Ok(Err(error)) => return Err(kvs_error_message(&error)),
-            Err(WaitError::Cancelled) => {
-                return Err(gst::error_msg!(gst::ResourceError::OpenRead, ["kvssrc: start was interrupted"]));
-            }
-            Err(WaitError::TimedOut(after)) => {
-                return Err(kvs_error_message(&KvsError::Timeout { api: "DescribeStream", after }));
-            }
-        };
+        let (ctx, description) = crate::element::prepare(
+            "kvssrc",
+            &self.canceller,
+            &connection,
+            &stream_name,
+            gst::ResourceError::OpenRead,
+        )?;
+        description.map_err(|error| kvs_error_message(&error))?;
         gst::info!(CAT, imp = self, "reading {stream_name} from {:?} to {:?}", config.start, config.end);
         let (tx, rx) = mpsc::channel(64);
-        *lock(&self.receiver) = Some(rx);
-        *lock(&self.task) = Some(RUNTIME.spawn(super::reader::run(ctx, config, tx)));
+        let task = RUNTIME.spawn(super::reader::run(ctx, config, tx));
+        *lock(&self.reading) = Some(Reading { task, receiver: rx });
         Ok(())
     }
 
@@ -513,10 +497,9 @@ impl BaseSrcImpl for KvsSrc {
         if std::mem::take(&mut lock(&self.progress).range_in_progress) {
             self.post_progress_message(gst::ProgressType::Canceled, "Reading stopped", None);
         }
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
+        if let Some(reading) = lock(&self.reading).take() {
+            reading.task.abort();
         }
-        lock(&self.receiver).take();
         Ok(())
     }
 
@@ -537,8 +520,10 @@ impl BaseSrcImpl for KvsSrc {
 
 impl PushSrcImpl for KvsSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
-        let mut receiver = lock(&self.receiver);
-        let Some(rx) = receiver.as_mut() else { return Err(gst::FlowError::Flushing) };
+        let mut reading = lock(&self.reading);
+        let Some(rx) = reading.as_mut().map(|r| &mut r.receiver) else {
+            return Err(gst::FlowError::Flushing);
+        };
         loop {
             if self.canceller.is_cancelled() {
                 return Err(gst::FlowError::Flushing);

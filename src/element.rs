@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! What both elements do the same way: lock their mutexes, require a stream name, and get ready to talk to KVS
+//! at start (load the configuration, check the credentials and DescribeStream, bounded and cancellable), with
+//! the same errors.
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::kvs::config::{AwsContext, ConnectionSettings};
+use crate::kvs::control::{self, StreamDescription};
+use crate::kvs::error::KvsError;
+use crate::props::kvs_error_message;
+use crate::runtime::{Canceller, WaitError};
+
+/// Locks a mutex; a panic while it was held does not make the element unusable.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The stream name, or the start error that says it is missing.
+pub fn stream_name(element: &str, name: Option<&String>) -> Result<String, gst::ErrorMessage> {
+    name.filter(|n| !n.is_empty()).cloned().ok_or_else(|| {
+        gst::error_msg!(
+            gst::LibraryError::Settings,
+            ("{}: the stream-name property is not set", element),
+            ["set stream-name to the name of the Kinesis video stream"]
+        )
+    })
+}
+
+/// At start: the shared AWS context for `connection` and what DescribeStream says about `stream` (an `Err`
+/// there is the caller's to judge: kvssink creates a missing stream). Each step is bounded by the request
+/// timeout, the whole by four times it, and `canceller` interrupts it (a state change back to NULL).
+pub fn prepare(
+    element: &'static str,
+    canceller: &Canceller,
+    connection: &ConnectionSettings,
+    stream: &str,
+    other: gst::ResourceError,
+) -> Result<(AwsContext, Result<StreamDescription, KvsError>), gst::ErrorMessage> {
+    let prepared = canceller.wait(
+        async {
+            let ctx = AwsContext::shared(connection, element).await?;
+            let description = control::ensure_stream(&ctx, stream, None).await;
+            Ok::<_, KvsError>((ctx, description))
+        },
+        Some(connection.request_timeout * 4),
+    );
+    match prepared {
+        Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(error)) => Err(kvs_error_message(element, &error, other)),
+        Err(WaitError::Cancelled) => Err(gst::error_msg!(other, ["{}: start was interrupted", element])),
+        Err(WaitError::TimedOut(after)) => {
+            Err(kvs_error_message(element, &KvsError::Timeout { api: "DescribeStream", after }, other))
+        }
+    }
+}

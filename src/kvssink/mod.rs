@@ -14,6 +14,7 @@ mod bin;
 mod compat;
 pub mod fragmenter;
 mod imp;
+pub mod queue;
 pub mod uploader;
 
 glib::wrapper! {

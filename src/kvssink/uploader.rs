@@ -18,11 +18,9 @@
 //!
 //! Nothing here depends on GStreamer: the element hears about what happens through [`UploadEvent`]s.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
@@ -30,10 +28,11 @@ use tokio::sync::watch;
 
 use kvs_mkv::Rope;
 
-use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
+use super::fragmenter::{FragmentStart, end_of_fragment_tag};
+use super::queue::{Cursor, FragmentQueue, Limits, Next};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
-use crate::kvs::error::{AckErrorAction, Action, FinalError, GaveUp, KvsError, ack_error_action};
+use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
 use crate::kvs::putmedia::{self, BodyChunk, BodySender, PutMediaRequest};
 
 /// How long the service keeps a PutMedia connection that carries no data (the service: 30 s; a little less, to
@@ -134,58 +133,11 @@ pub struct Stats {
     pub queue_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Queued,
-    Sent { connection: u64, at: Instant },
-    Buffering { connection: u64, at: Instant },
-    Received { connection: u64, at: Instant },
-}
-
-impl State {
-    fn connection(&self) -> Option<u64> {
-        match *self {
-            State::Queued => None,
-            State::Sent { connection, .. }
-            | State::Buffering { connection, .. }
-            | State::Received { connection, .. } => Some(connection),
-        }
-    }
-    fn sent_at(&self) -> Option<Instant> {
-        match *self {
-            State::Queued => None,
-            State::Sent { at, .. } | State::Buffering { at, .. } | State::Received { at, .. } => Some(at),
-        }
-    }
-}
-
-/// A fragment in the queue, complete or still being written.
-struct Entry {
-    /// Unique and increasing, in queue order.
-    id: u64,
-    header: Arc<StreamHeader>,
-    /// The cluster's absolute Timecode (what the ACKs echo).
-    timecode: u64,
-    /// From its Timecode to the start of its latest frame.
-    duration: Duration,
-    /// Tags, Cluster head and frames, in the pieces they came in.
-    data: Vec<Bytes>,
-    size: usize,
-    /// The fragmenter said it ended: no more frames will be added.
-    complete: bool,
-    state: State,
-    sends: u32,
-}
-
-#[derive(Default)]
 struct Shared {
-    queue: VecDeque<Entry>,
-    next_id: u64,
-    queue_bytes: usize,
+    queue: FragmentQueue,
     /// No more fragments will come (EOS).
     end: bool,
     failed: Option<UploadFailure>,
-    stats: Stats,
     /// Incremented whenever fragments of a connection other than the current one are queued again: the
     /// current connection must then start over so that fragments stay in order.
     requeue_epoch: u64,
@@ -193,46 +145,7 @@ struct Shared {
     failures: u32,
 }
 
-impl Shared {
-    fn queue_duration(&self) -> Duration {
-        match (self.queue.front(), self.queue.back()) {
-            (Some(first), Some(last)) => {
-                let units = last.timecode.saturating_sub(first.timecode);
-                Duration::from_nanos(units.saturating_mul(first.header.timecode_scale)) + last.duration
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Queues again every fragment of `connection` that is not done.
-    fn requeue(&mut self, connection: u64) -> usize {
-        let mut count = 0;
-        for entry in self.queue.iter_mut() {
-            if entry.state.connection() == Some(connection) {
-                entry.state = State::Queued;
-                count += 1;
-            }
-        }
-        count
-    }
-
-    fn remove_at(&mut self, index: usize) -> Option<Entry> {
-        let entry = self.queue.remove(index)?;
-        self.queue_bytes -= entry.size;
-        Some(entry)
-    }
-
-    fn has_unsent(&self) -> bool {
-        self.queue.iter().any(|e| e.state == State::Queued)
-    }
-
-    /// The fragment being written, if the last one is not complete.
-    fn writing(&mut self) -> Option<&mut Entry> {
-        self.queue.back_mut().filter(|e| !e.complete)
-    }
-}
-
-/// The listener the element gives; called from the runtime's threads.
+/// Receives the upload's events.
 pub type Listener = Arc<dyn Fn(UploadEvent) + Send + Sync>;
 
 /// See the module documentation.
@@ -243,6 +156,8 @@ pub struct Uploader {
     shared: Mutex<Shared>,
     changed: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Connections ending in the background (see [`drain`](Self::drain)); `stop` ends them too.
+    drains: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     retention_hours: std::sync::atomic::AtomicI32,
 }
 
@@ -254,22 +169,6 @@ enum End {
     Rotate,
     /// The service closed a connection that had nothing outstanding (idle).
     Idle,
-}
-
-/// Where a connection is in the fragment it is writing.
-struct Cursor {
-    entry: u64,
-    /// Pieces of the fragment already written.
-    pieces: usize,
-}
-
-/// What a connection does next.
-enum Next {
-    Send(Vec<Bytes>),
-    /// End this connection gracefully and go on with a new one.
-    Rotate(&'static str),
-    /// Nothing to send until something changes.
-    Wait,
 }
 
 /// Why a connection failed, and what to do about it.
@@ -304,9 +203,21 @@ impl Uploader {
             ctx,
             config: config.clone(),
             listener,
-            shared: Mutex::new(Shared::default()),
+            shared: Mutex::new(Shared {
+                queue: FragmentQueue::new(Limits {
+                    max_bytes: config.max_queue_bytes,
+                    max_duration: config.max_queue_duration,
+                    acks: config.acks,
+                    staleness: config.staleness,
+                }),
+                end: false,
+                failed: None,
+                requeue_epoch: 0,
+                failures: 0,
+            }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
+            drains: Mutex::default(),
             retention_hours: std::sync::atomic::AtomicI32::new(config.retention_hours),
         });
         let task = crate::runtime::RUNTIME.spawn(uploader.clone().run());
@@ -327,23 +238,12 @@ impl Uploader {
     }
 
     pub fn stats(&self) -> Stats {
-        let shared = self.lock();
-        let mut stats = shared.stats.clone();
-        stats.queue_fragments = shared.queue.len();
-        stats.queue_bytes = shared.queue_bytes;
-        stats
+        self.lock().queue.stats()
     }
 
     /// Why the uploader gave up, if it did.
     pub fn failure(&self) -> Option<UploadFailure> {
         self.lock().failed.clone()
-    }
-
-    /// True when the queue has room for `size` more bytes (or holds at most the fragment being written).
-    fn has_room(&self, shared: &Shared, size: usize) -> bool {
-        shared.queue.len() <= usize::from(shared.queue.back().is_some_and(|e| !e.complete))
-            || (shared.queue_bytes + size <= self.config.max_queue_bytes
-                && shared.queue_duration() < self.config.max_queue_duration)
     }
 
     /// Waits until the queue has room for `size` bytes, or the uploader failed (backpressure for uploads that
@@ -356,7 +256,7 @@ impl Uploader {
                 if let Some(reason) = &shared.failed {
                     return Err(reason.clone());
                 }
-                if self.has_room(&shared, size) {
+                if shared.queue.has_room(size) {
                     return Ok(());
                 }
             }
@@ -366,38 +266,23 @@ impl Uploader {
         }
     }
 
-    /// Makes room for `size` more bytes by dropping the oldest complete fragments not sent yet (a live source
-    /// cannot wait; callers that can wait call [`wait_for_room`](Self::wait_for_room) first). Returns them.
-    fn make_room(&self, shared: &mut Shared, size: usize) -> Vec<Entry> {
-        let mut dropped = Vec::new();
-        while !self.has_room(shared, size) {
-            let Some(index) = shared.queue.iter().position(|e| e.state == State::Queued && e.complete) else {
-                break;
-            };
-            if let Some(entry) = shared.remove_at(index) {
-                shared.stats.fragments_dropped += 1;
-                dropped.push(entry);
-            }
-        }
-        dropped
-    }
-
-    /// Adds to the queue under the lock, then reports what had to be dropped and wakes the connection.
-    fn queue_with(&self, size: usize, add: impl FnOnce(&mut Shared)) -> Result<(), UploadFailure> {
+    /// Adds to the queue under the lock, first dropping the oldest fragments not sent if it is full (a live
+    /// source cannot wait; callers that can wait call [`wait_for_room`](Self::wait_for_room) first), then
+    /// reports what was dropped and wakes the connection.
+    fn queue_with(&self, size: usize, add: impl FnOnce(&mut FragmentQueue)) -> Result<(), UploadFailure> {
         let dropped = {
             let mut shared = self.lock();
             if let Some(reason) = &shared.failed {
                 return Err(reason.clone());
             }
-            let dropped = self.make_room(&mut shared, size);
-            shared.queue_bytes += size;
-            add(&mut shared);
+            let dropped = shared.queue.make_room(size);
+            add(&mut shared.queue);
             dropped
         };
         for entry in dropped {
             self.emit(UploadEvent::Dropped {
                 timecode: entry.timecode,
-                bytes: entry.size,
+                bytes: entry.bytes,
                 reason: format!(
                     "the fragment queue is full ({} bytes, {} s at most: storage-size, buffer-duration)",
                     self.config.max_queue_bytes,
@@ -412,48 +297,18 @@ impl Uploader {
     /// Queues a new fragment with its first frame; it goes out at once. A fragment still being written is
     /// complete from now on.
     pub fn start_fragment(&self, start: FragmentStart) -> Result<(), UploadFailure> {
-        let size = start.data.len();
-        self.queue_with(size, |shared| {
-            if let Some(previous) = shared.writing() {
-                previous.complete = true;
-            }
-            let id = shared.next_id;
-            shared.next_id += 1;
-            shared.stats.fragments_queued += 1;
-            shared.queue.push_back(Entry {
-                id,
-                header: start.header,
-                timecode: start.timecode,
-                duration: Duration::ZERO,
-                data: start.data.into_pieces().collect(),
-                size,
-                complete: false,
-                state: State::Queued,
-                sends: 0,
-            });
-        })
+        self.queue_with(start.data.len(), |queue| queue.start_fragment(start))
     }
 
     /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
     /// with it.
     pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), UploadFailure> {
-        let size = data.len();
-        self.queue_with(size, |shared| match shared.writing() {
-            Some(entry) => {
-                entry.data.extend(data.into_pieces());
-                entry.size += size;
-                entry.duration = duration;
-            }
-            // Its fragment was refused by the service meanwhile (ERROR ACK): the rest of it goes too.
-            None => shared.queue_bytes -= size,
-        })
+        self.queue_with(data.len(), |queue| queue.push_frame(data, duration))
     }
 
     /// The fragment being written is complete.
     pub fn end_fragment(&self) {
-        if let Some(entry) = self.lock().writing() {
-            entry.complete = true;
-        }
+        self.lock().queue.end_fragment();
         self.notify();
     }
 
@@ -487,6 +342,9 @@ impl Uploader {
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+        for drain in self.drains.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            drain.abort();
+        }
     }
 
     fn fail(&self, error: KvsError, why: GaveUp) {
@@ -510,7 +368,7 @@ impl Uploader {
                 if shared.failed.is_some() || (shared.end && shared.queue.is_empty()) {
                     return false;
                 }
-                if shared.has_unsent() {
+                if shared.queue.has_unsent() {
                     return true;
                 }
             }
@@ -603,8 +461,8 @@ impl Uploader {
     async fn after_failure(&self, connection: u64, failure: Failure) -> bool {
         let attempt = {
             let mut shared = self.lock();
-            shared.requeue(connection);
-            shared.stats.reconnections += 1;
+            shared.queue.requeue(connection);
+            shared.queue.stats.reconnections += 1;
             if !failure.immediate {
                 shared.failures += 1;
             }
@@ -631,8 +489,7 @@ impl Uploader {
         true
     }
 
-    /// What a connection sends next: the new pieces of the fragment it is writing, or the start of the next
-    /// queued fragment (unless the connection must rotate first). Updates `cursor` and the fragments' states.
+    /// What a connection sends next ([`FragmentQueue::next_to_send`]); it rotates after `connection-rotation`.
     fn next_to_send(
         &self,
         connection: u64,
@@ -640,48 +497,8 @@ impl Uploader {
         generation: u64,
         opened: Instant,
     ) -> Next {
-        let mut shared = self.lock();
-        if let Some(at) = cursor.as_mut() {
-            match shared
-                .queue
-                .iter()
-                .position(|e| e.id == at.entry && e.state.connection() == Some(connection))
-            {
-                Some(index) if shared.queue[index].data.len() > at.pieces => {
-                    let pieces = shared.queue[index].data[at.pieces..].to_vec();
-                    at.pieces = shared.queue[index].data.len();
-                    return Next::Send(pieces);
-                }
-                Some(index) if !shared.queue[index].complete => return Next::Wait,
-                Some(index) => {
-                    // Complete and all written.
-                    shared.stats.fragments_sent += 1;
-                    if shared.queue[index].sends > 1 {
-                        shared.stats.fragments_resent += 1;
-                    }
-                    if !self.config.acks {
-                        shared.remove_at(index);
-                    }
-                }
-                // Dropped meanwhile (refused by the service): its connection is ending.
-                None => {}
-            }
-            *cursor = None;
-        }
-        let Some(index) = shared.queue.iter().position(|e| e.state == State::Queued) else {
-            return Next::Wait;
-        };
-        let entry = &mut shared.queue[index];
-        if entry.header.generation != generation {
-            return Next::Rotate("the stream header changed");
-        }
-        if opened.elapsed() >= self.config.rotation {
-            return Next::Rotate("connection-rotation reached");
-        }
-        entry.state = State::Sent { connection, at: Instant::now() };
-        entry.sends += 1;
-        *cursor = Some(Cursor { entry: entry.id, pieces: entry.data.len() });
-        Next::Send(entry.data.clone())
+        let rotate = opened.elapsed() >= self.config.rotation;
+        self.lock().queue.next_to_send(connection, cursor, generation, rotate, Instant::now())
     }
 
     async fn connection(self: &Arc<Self>, id: u64, endpoint: &str) -> Result<End, Failure> {
@@ -704,7 +521,7 @@ impl Uploader {
         let (header, epoch) = loop {
             let over = {
                 let shared = self.lock();
-                if let Some(first) = shared.queue.iter().find(|e| e.state == State::Queued) {
+                if let Some(first) = shared.queue.first_queued() {
                     break (first.header.clone(), shared.requeue_epoch);
                 }
                 shared.failed.is_some() || (shared.end && shared.queue.is_empty())
@@ -729,12 +546,12 @@ impl Uploader {
         };
         let resending = {
             let mut shared = self.lock();
-            shared.stats.connections += 1;
-            shared.queue.iter().filter(|e| e.state == State::Queued && e.sends > 0).count()
+            shared.queue.stats.connections += 1;
+            shared.queue.resending()
         };
         self.emit(UploadEvent::Connected { connection: id, endpoint: endpoint.to_owned(), resending });
         send(&body, BodyChunk::from(vec![header.bytes.clone()]), write_timeout).await?;
-        self.lock().stats.bytes_sent += header.bytes.len() as u64;
+        self.lock().queue.stats.bytes_sent += header.bytes.len() as u64;
         let mut cursor = None;
         let mut end_of_fragment_sent = false;
         loop {
@@ -748,7 +565,7 @@ impl Uploader {
                         let chunk = BodyChunk::from(pieces);
                         let size = chunk.len() as u64;
                         send(&body, chunk, write_timeout).await?;
-                        self.lock().stats.bytes_sent += size;
+                        self.lock().queue.stats.bytes_sent += size;
                     }
                     Next::Rotate(reason) => {
                         self.emit(UploadEvent::Rotating { connection: id, reason });
@@ -760,11 +577,7 @@ impl Uploader {
             }
             let (end, empty, unsent) = {
                 let shared = self.lock();
-                (
-                    shared.end,
-                    shared.queue.is_empty(),
-                    shared.has_unsent() || shared.queue.iter().any(|e| !e.complete),
-                )
+                (shared.end, shared.queue.is_empty(), shared.queue.has_work())
             };
             if end && empty {
                 close(body, acks, write_timeout).await;
@@ -774,7 +587,7 @@ impl Uploader {
                 let tag = end_of_fragment_tag();
                 let size = tag.len() as u64;
                 send(&body, BodyChunk::from(vec![tag]), write_timeout).await?;
-                self.lock().stats.bytes_sent += size;
+                self.lock().queue.stats.bytes_sent += size;
                 end_of_fragment_sent = true;
             }
             if let Some(stale) = self.stale_for(id) {
@@ -794,7 +607,7 @@ impl Uploader {
                     }
                     Some(Err(error)) => return Err(Failure::retry(format!("the connection broke: {error}"))),
                     None => {
-                        let outstanding = self.lock().queue.iter().any(|e| e.state.connection() == Some(id));
+                        let outstanding = self.lock().queue.holds(id);
                         if outstanding {
                             return Err(Failure::retry("the service closed the connection with fragments not yet acknowledged"));
                         }
@@ -810,19 +623,7 @@ impl Uploader {
     /// How long the oldest fragment of this connection waits for its first ACK, if longer than the staleness
     /// limit.
     fn stale_for(&self, connection: u64) -> Option<Duration> {
-        if !self.config.acks {
-            return None;
-        }
-        let shared = self.lock();
-        shared
-            .queue
-            .iter()
-            .filter_map(|e| match e.state {
-                State::Sent { connection: c, at } if c == connection => Some(at.elapsed()),
-                _ => None,
-            })
-            .max()
-            .filter(|waited| *waited >= self.config.staleness)
+        self.lock().queue.stale_for(connection, Instant::now())
     }
 
     /// Applies one ACK. An ERROR ACK ends the connection (the service closes it after one).
@@ -847,74 +648,27 @@ impl Uploader {
         if ack.kind == AckKind::Idle {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut latency = None;
-        let mut dropped = None;
-        let mut result = Ok(());
-        {
+        let persisting = self.retention_hours.load(std::sync::atomic::Ordering::Relaxed) != 0;
+        let effect = {
             let mut shared = self.lock();
-            let index = shared
-                .queue
-                .iter()
-                .position(|e| e.state.connection() == Some(connection) && Some(e.timecode) == ack.timecode);
-            if let Some(index) = index {
-                latency = shared.queue[index].state.sent_at().map(|at| now.duration_since(at));
+            let effect = shared.queue.apply_ack(connection, &ack, Instant::now(), persisting);
+            if effect.latency.is_some() {
                 shared.failures = 0;
             }
-            match (&ack.kind, index) {
-                (AckKind::Buffering, Some(i)) => {
-                    let at = shared.queue[i].state.sent_at().unwrap_or(now);
-                    shared.queue[i].state = State::Buffering { connection, at };
-                }
-                (AckKind::Received, Some(i)) => {
-                    shared.stats.fragments_received += 1;
-                    if self.retention_hours.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                        shared.remove_at(i);
-                    } else {
-                        let at = shared.queue[i].state.sent_at().unwrap_or(now);
-                        shared.queue[i].state = State::Received { connection, at };
-                    }
-                }
-                (AckKind::Persisted, Some(i)) => {
-                    shared.stats.fragments_persisted += 1;
-                    shared.remove_at(i);
-                    // The service persists in order: earlier received fragments of this connection are stored.
-                    let timecode = ack.timecode.unwrap_or(0);
-                    while let Some(j) = shared.queue.iter().position(|e| {
-                        matches!(e.state, State::Received { connection: c, .. } if c == connection)
-                            && e.timecode < timecode
-                    }) {
-                        shared.stats.fragments_persisted += 1;
-                        shared.remove_at(j);
-                    }
-                }
-                (AckKind::Error { id, code }, index) => {
-                    shared.stats.errors_acked += 1;
-                    let error = KvsError::FragmentRefused {
-                        fragment: ack.timecode.unwrap_or(0),
-                        id: *id,
-                        code: code.clone(),
-                    };
-                    let immediate = ack_error_action(*id) == AckErrorAction::SkipFragment;
-                    if immediate && let Some(entry) = index.and_then(|i| shared.remove_at(i)) {
-                        shared.stats.fragments_dropped += 1;
-                        dropped = Some((entry.timecode, entry.size, error.to_string()));
-                    }
-                    result = Err(Failure { action: error.action(), error, immediate });
-                }
-                _ => {}
-            }
-        }
-        if latency.is_some() {
-            self.lock().stats.last_ack_latency = latency;
-        }
+            effect
+        };
         // Messages first: a waiter woken by the notification (EOS) must find them already on the bus.
-        self.emit(UploadEvent::Ack { connection, ack, latency });
-        if let Some((timecode, bytes, reason)) = dropped {
-            self.emit(UploadEvent::Dropped { timecode, bytes, reason });
+        let refused = effect.refused;
+        self.emit(UploadEvent::Ack { connection, ack, latency: effect.latency });
+        if let (Some(dropped), Some((error, _))) = (effect.dropped, &refused) {
+            let reason = error.to_string();
+            self.emit(UploadEvent::Dropped { timecode: dropped.timecode, bytes: dropped.bytes, reason });
         }
         self.notify();
-        result
+        match refused {
+            Some((error, immediate)) => Err(Failure { action: error.action(), error, immediate }),
+            None => Ok(()),
+        }
     }
 
     /// Ends a connection gracefully in the background: the end-of-fragment tag, then its last ACKs until all
@@ -922,7 +676,11 @@ impl Uploader {
     /// starts over.
     fn drain(self: &Arc<Self>, connection: u64, body: BodySender, acks: Incoming, parser: AckParser) {
         let this = self.clone();
-        crate::runtime::RUNTIME.spawn(async move { this.drain_task(connection, body, acks, parser).await });
+        let task = crate::runtime::RUNTIME
+            .spawn(async move { this.drain_task(connection, body, acks, parser).await });
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.retain(|d| !d.is_finished());
+        drains.push(task);
     }
 
     async fn drain_task(
@@ -937,7 +695,7 @@ impl Uploader {
             send(&body, BodyChunk::from(vec![end_of_fragment_tag()]), timeout).await.ok()?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
-                if !self.lock().queue.iter().any(|e| e.state.connection() == Some(connection)) {
+                if !self.lock().queue.holds(connection) {
                     return Some(());
                 }
                 let frame = tokio::time::timeout_at(deadline, acks.frame()).await.ok()??.ok()?;
@@ -955,7 +713,7 @@ impl Uploader {
         }
         drop(body);
         let mut shared = self.lock();
-        if shared.requeue(connection) > 0 {
+        if shared.queue.requeue(connection) > 0 {
             shared.requeue_epoch += 1;
         }
         drop(shared);

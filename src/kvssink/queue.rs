@@ -1,0 +1,603 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The fragment queue of an upload, without I/O, locks or clocks: which fragments wait, which connection sent
+//! them, what each ACK releases, what a full queue drops and which sent fragments are stale. The time is a
+//! parameter and the methods return what happened, so that the [`super::uploader`] (which owns the
+//! connections, the lock and the events) stays small and this is tested on its own.
+//!
+//! A fragment stays until it is PERSISTED (RECEIVED when the stream keeps no data, sent when no ACKs are asked
+//! for); a PERSISTED also releases the fragments RECEIVED before it on the same connection, since the service
+//! persists in order. A failed connection's fragments are queued again, in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::fragmenter::{FragmentStart, StreamHeader};
+use super::uploader::Stats;
+use crate::kvs::ack::{AckEvent, AckKind};
+use crate::kvs::error::{AckErrorAction, KvsError, ack_error_action};
+use kvs_mkv::Rope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Sent { connection: u64, at: Instant },
+    Buffering { connection: u64, at: Instant },
+    Received { connection: u64, at: Instant },
+}
+
+impl State {
+    pub fn connection(&self) -> Option<u64> {
+        match *self {
+            State::Queued => None,
+            State::Sent { connection, .. }
+            | State::Buffering { connection, .. }
+            | State::Received { connection, .. } => Some(connection),
+        }
+    }
+    fn sent_at(&self) -> Option<Instant> {
+        match *self {
+            State::Queued => None,
+            State::Sent { at, .. } | State::Buffering { at, .. } | State::Received { at, .. } => Some(at),
+        }
+    }
+}
+
+/// A fragment in the queue, complete or still being written.
+pub struct Entry {
+    /// Unique and increasing, in queue order.
+    pub id: u64,
+    pub header: Arc<StreamHeader>,
+    /// The cluster's absolute Timecode (what the ACKs echo).
+    pub timecode: u64,
+    /// From its Timecode to the start of its latest frame.
+    pub duration: Duration,
+    /// Tags, Cluster head and frames, in the pieces they came in.
+    pub data: Vec<Bytes>,
+    pub size: usize,
+    /// The fragmenter said it ended: no more frames will be added.
+    pub complete: bool,
+    pub state: State,
+    pub sends: u32,
+}
+
+/// How much the queue holds at most, and whether fragments wait for ACKs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_duration: Duration,
+    pub acks: bool,
+    pub staleness: Duration,
+}
+
+/// A fragment that left the queue without being stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub timecode: u64,
+    pub bytes: usize,
+}
+
+/// Where a connection is in the fragment it writes: which entry, and how many of its pieces went out.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    entry: u64,
+    pieces: usize,
+}
+
+/// What a connection sends next.
+#[derive(Debug)]
+pub enum Next {
+    Send(Vec<Bytes>),
+    /// End this connection gracefully and go on with a new one.
+    Rotate(&'static str),
+    /// Nothing to send until something changes.
+    Wait,
+}
+
+/// What an ACK did.
+#[derive(Debug, Default)]
+pub struct AckEffect {
+    /// It was for a fragment this connection sent (time since it was sent).
+    pub latency: Option<Duration>,
+    /// An ERROR ACK: the error, and whether it only cost that fragment (dropped, reconnect at once).
+    pub refused: Option<(KvsError, bool)>,
+    /// The fragment an ERROR ACK dropped.
+    pub dropped: Option<Dropped>,
+}
+
+/// See the module documentation.
+pub struct FragmentQueue {
+    entries: VecDeque<Entry>,
+    next_id: u64,
+    bytes: usize,
+    limits: Limits,
+    pub stats: Stats,
+}
+
+impl FragmentQueue {
+    pub fn new(limits: Limits) -> Self {
+        FragmentQueue { entries: VecDeque::new(), next_id: 0, bytes: 0, limits, stats: Stats::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The counters, with the queue's size.
+    pub fn stats(&self) -> Stats {
+        Stats { queue_fragments: self.entries.len(), queue_bytes: self.bytes, ..self.stats.clone() }
+    }
+
+    /// The first fragment waiting to be sent.
+    pub fn first_queued(&self) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.state == State::Queued)
+    }
+
+    /// The oldest fragment in the queue.
+    pub fn front(&self) -> Option<&Entry> {
+        self.entries.front()
+    }
+
+    pub fn has_unsent(&self) -> bool {
+        self.entries.iter().any(|e| e.state == State::Queued)
+    }
+
+    /// Fragments queued again after an earlier send.
+    pub fn resending(&self) -> usize {
+        self.entries.iter().filter(|e| e.state == State::Queued && e.sends > 0).count()
+    }
+
+    /// True while a fragment is still being written or waits to be sent.
+    pub fn has_work(&self) -> bool {
+        self.has_unsent() || self.entries.iter().any(|e| !e.complete)
+    }
+
+    /// True while `connection` has fragments not done.
+    pub fn holds(&self, connection: u64) -> bool {
+        self.entries.iter().any(|e| e.state.connection() == Some(connection))
+    }
+
+    /// From the first fragment's start to the end of the last one.
+    pub fn duration(&self) -> Duration {
+        match (self.entries.front(), self.entries.back()) {
+            (Some(first), Some(last)) => {
+                let units = last.timecode.saturating_sub(first.timecode);
+                Duration::from_nanos(units.saturating_mul(first.header.timecode_scale)) + last.duration
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// True when `size` more bytes fit (a queue holding at most the fragment being written always takes more).
+    pub fn has_room(&self, size: usize) -> bool {
+        self.entries.len() <= usize::from(self.entries.back().is_some_and(|e| !e.complete))
+            || (self.bytes + size <= self.limits.max_bytes && self.duration() < self.limits.max_duration)
+    }
+
+    /// Makes room for `size` more bytes by dropping the oldest complete fragments not sent yet; returns them.
+    pub fn make_room(&mut self, size: usize) -> Vec<Dropped> {
+        let mut dropped = Vec::new();
+        while !self.has_room(size) {
+            let Some(index) = self.entries.iter().position(|e| e.state == State::Queued && e.complete) else {
+                break;
+            };
+            if let Some(entry) = self.remove_at(index) {
+                self.stats.fragments_dropped += 1;
+                dropped.push(Dropped { timecode: entry.timecode, bytes: entry.size });
+            }
+        }
+        dropped
+    }
+
+    /// A new fragment with its first frame; the one being written is complete from now on.
+    pub fn start_fragment(&mut self, start: FragmentStart) {
+        if let Some(previous) = self.writing() {
+            previous.complete = true;
+        }
+        let size = start.data.len();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bytes += size;
+        self.stats.fragments_queued += 1;
+        self.entries.push_back(Entry {
+            id,
+            header: start.header,
+            timecode: start.timecode,
+            duration: Duration::ZERO,
+            data: start.data.into_pieces().collect(),
+            size,
+            complete: false,
+            state: State::Queued,
+            sends: 0,
+        });
+    }
+
+    /// The next frame of the fragment being written (`duration`: the fragment's length with it). Nothing when
+    /// that fragment was refused by the service meanwhile: the rest of it goes too.
+    pub fn push_frame(&mut self, data: Rope, duration: Duration) {
+        let size = data.len();
+        if let Some(entry) = self.writing() {
+            entry.data.extend(data.into_pieces());
+            entry.size += size;
+            entry.duration = duration;
+            self.bytes += size;
+        }
+    }
+
+    /// The fragment being written is complete.
+    pub fn end_fragment(&mut self) {
+        if let Some(entry) = self.writing() {
+            entry.complete = true;
+        }
+    }
+
+    fn writing(&mut self) -> Option<&mut Entry> {
+        self.entries.back_mut().filter(|e| !e.complete)
+    }
+
+    fn remove_at(&mut self, index: usize) -> Option<Entry> {
+        let entry = self.entries.remove(index)?;
+        self.bytes -= entry.size;
+        Some(entry)
+    }
+
+    /// Queues again every fragment of `connection` that is not done; returns how many.
+    pub fn requeue(&mut self, connection: u64) -> usize {
+        let mut count = 0;
+        for entry in self.entries.iter_mut().filter(|e| e.state.connection() == Some(connection)) {
+            entry.state = State::Queued;
+            count += 1;
+        }
+        count
+    }
+
+    /// What `connection` sends next: the new pieces of the fragment it is writing, or the start of the next
+    /// queued fragment, unless that one has another header or `rotate` says the connection is old enough.
+    pub fn next_to_send(
+        &mut self,
+        connection: u64,
+        cursor: &mut Option<Cursor>,
+        generation: u64,
+        rotate: bool,
+        now: Instant,
+    ) -> Next {
+        if let Some(at) = cursor.as_mut() {
+            match self
+                .entries
+                .iter()
+                .position(|e| e.id == at.entry && e.state.connection() == Some(connection))
+            {
+                Some(index) if self.entries[index].data.len() > at.pieces => {
+                    let pieces = self.entries[index].data[at.pieces..].to_vec();
+                    at.pieces = self.entries[index].data.len();
+                    return Next::Send(pieces);
+                }
+                Some(index) if !self.entries[index].complete => return Next::Wait,
+                Some(index) => {
+                    // Complete and all written.
+                    self.stats.fragments_sent += 1;
+                    if self.entries[index].sends > 1 {
+                        self.stats.fragments_resent += 1;
+                    }
+                    if !self.limits.acks {
+                        self.remove_at(index);
+                    }
+                }
+                // Dropped meanwhile (refused by the service): its connection is ending.
+                None => {}
+            }
+            *cursor = None;
+        }
+        let Some(index) = self.entries.iter().position(|e| e.state == State::Queued) else {
+            return Next::Wait;
+        };
+        let entry = &mut self.entries[index];
+        if entry.header.generation != generation {
+            return Next::Rotate("the stream header changed");
+        }
+        if rotate {
+            return Next::Rotate("connection-rotation reached");
+        }
+        entry.state = State::Sent { connection, at: now };
+        entry.sends += 1;
+        *cursor = Some(Cursor { entry: entry.id, pieces: entry.data.len() });
+        Next::Send(entry.data.clone())
+    }
+
+    /// How long the oldest fragment `connection` sent has waited for its first ACK, if as long as the staleness
+    /// limit (never without ACKs).
+    pub fn stale_for(&self, connection: u64, now: Instant) -> Option<Duration> {
+        if !self.limits.acks {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter_map(|e| match e.state {
+                State::Sent { connection: c, at } if c == connection => Some(now.duration_since(at)),
+                _ => None,
+            })
+            .max()
+            .filter(|waited| *waited >= self.limits.staleness)
+    }
+
+    /// Applies an ACK `connection` received. `persisting`: the stream keeps data (otherwise RECEIVED is the
+    /// last ACK a fragment gets).
+    pub fn apply_ack(
+        &mut self,
+        connection: u64,
+        ack: &AckEvent,
+        now: Instant,
+        persisting: bool,
+    ) -> AckEffect {
+        let mut effect = AckEffect::default();
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.state.connection() == Some(connection) && Some(e.timecode) == ack.timecode);
+        if let Some(index) = index {
+            effect.latency = self.entries[index].state.sent_at().map(|at| now.duration_since(at));
+        }
+        match (&ack.kind, index) {
+            (AckKind::Buffering, Some(i)) => {
+                let at = self.entries[i].state.sent_at().unwrap_or(now);
+                self.entries[i].state = State::Buffering { connection, at };
+            }
+            (AckKind::Received, Some(i)) => {
+                self.stats.fragments_received += 1;
+                if persisting {
+                    let at = self.entries[i].state.sent_at().unwrap_or(now);
+                    self.entries[i].state = State::Received { connection, at };
+                } else {
+                    self.remove_at(i);
+                }
+            }
+            (AckKind::Persisted, Some(i)) => {
+                self.stats.fragments_persisted += 1;
+                self.remove_at(i);
+                // The service persists in order: earlier received fragments of this connection are stored.
+                let timecode = ack.timecode.unwrap_or(0);
+                while let Some(j) = self.entries.iter().position(|e| {
+                    matches!(e.state, State::Received { connection: c, .. } if c == connection)
+                        && e.timecode < timecode
+                }) {
+                    self.stats.fragments_persisted += 1;
+                    self.remove_at(j);
+                }
+            }
+            (AckKind::Error { id, code }, index) => {
+                self.stats.errors_acked += 1;
+                let error = KvsError::FragmentRefused {
+                    fragment: ack.timecode.unwrap_or(0),
+                    id: *id,
+                    code: code.clone(),
+                };
+                let only_this_fragment = ack_error_action(*id) == AckErrorAction::SkipFragment;
+                if only_this_fragment && let Some(entry) = index.and_then(|i| self.remove_at(i)) {
+                    self.stats.fragments_dropped += 1;
+                    effect.dropped = Some(Dropped { timecode: entry.timecode, bytes: entry.size });
+                }
+                effect.refused = Some((error, only_this_fragment));
+            }
+            _ => {}
+        }
+        if effect.latency.is_some() {
+            self.stats.last_ack_latency = effect.latency;
+        }
+        effect
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1000,
+        max_duration: Duration::from_secs(120),
+        acks: true,
+        staleness: Duration::from_secs(5),
+    };
+
+    fn header() -> Arc<StreamHeader> {
+        Arc::new(StreamHeader {
+            generation: 1,
+            bytes: Bytes::from_static(b"H"),
+            timecode_scale: 1_000_000,
+            media_type: None,
+        })
+    }
+
+    /// A complete fragment of `size` bytes at `timecode` (ms).
+    fn fragment(queue: &mut FragmentQueue, timecode: u64, size: usize) {
+        queue.start_fragment(FragmentStart {
+            header: header(),
+            timecode,
+            data: Rope::from(Bytes::from(vec![0; size])),
+        });
+        queue.end_fragment();
+    }
+
+    /// Sends every queued fragment on `connection` at `now`; returns their timecodes.
+    fn send_all(queue: &mut FragmentQueue, connection: u64, now: Instant) -> Vec<u64> {
+        let mut cursor = None;
+        let mut sent = Vec::new();
+        loop {
+            match queue.next_to_send(connection, &mut cursor, 1, false, now) {
+                Next::Send(_) => {
+                    if let Some(c) = cursor {
+                        sent.push(queue.entries.iter().find(|e| e.id == c.entry).unwrap().timecode);
+                    }
+                }
+                Next::Wait if cursor.is_none() => return sent,
+                Next::Wait => cursor = None,
+                Next::Rotate(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    fn ack(kind: AckKind, timecode: u64) -> AckEvent {
+        AckEvent { kind, timecode: Some(timecode), fragment_number: None }
+    }
+
+    #[test]
+    fn a_persisted_releases_the_fragments_received_before_it_on_its_connection() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        for tc in [1000, 2000, 3000] {
+            fragment(&mut queue, tc, 10);
+        }
+        assert_eq!(send_all(&mut queue, 1, t0), [1000, 2000, 3000]);
+        queue.apply_ack(1, &ack(AckKind::Received, 1000), t0, true);
+        queue.apply_ack(1, &ack(AckKind::Received, 2000), t0, true);
+        assert_eq!(queue.len(), 3, "RECEIVED keeps a fragment until it is persisted");
+        let effect = queue.apply_ack(1, &ack(AckKind::Persisted, 2000), t0 + Duration::from_millis(40), true);
+        assert_eq!(effect.latency, Some(Duration::from_millis(40)));
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.stats.fragments_persisted, 2);
+        assert_eq!(queue.front().unwrap().timecode, 3000);
+        // An ACK for another connection's fragment changes nothing.
+        assert!(queue.apply_ack(2, &ack(AckKind::Persisted, 3000), t0, true).latency.is_none());
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn without_retention_received_is_the_last_ack_and_without_acks_sent_is_done() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        fragment(&mut queue, 1000, 10);
+        send_all(&mut queue, 1, t0);
+        queue.apply_ack(1, &ack(AckKind::Received, 1000), t0, false);
+        assert!(queue.is_empty());
+
+        let mut queue = FragmentQueue::new(Limits { acks: false, ..LIMITS });
+        fragment(&mut queue, 1000, 10);
+        fragment(&mut queue, 2000, 10);
+        assert_eq!(send_all(&mut queue, 1, t0), [1000, 2000]);
+        // Each is done once all of it was written (seen at the next call).
+        assert!(queue.is_empty());
+        assert_eq!(queue.stats.fragments_sent, 2);
+        assert_eq!(queue.stale_for(1, t0 + Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn an_error_ack_skips_only_fragments_the_service_will_never_take() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        fragment(&mut queue, 1000, 10);
+        fragment(&mut queue, 2000, 10);
+        send_all(&mut queue, 1, t0);
+        // 4002: too long, this fragment only.
+        let effect = queue.apply_ack(
+            1,
+            &ack(AckKind::Error { id: 4002, code: "MAX_FRAGMENT_DURATION_REACHED".into() }, 1000),
+            t0,
+            true,
+        );
+        assert_eq!(effect.dropped, Some(Dropped { timecode: 1000, bytes: 10 }));
+        let (error, only_this) = effect.refused.unwrap();
+        assert!(only_this);
+        assert_eq!(
+            error.to_string(),
+            "the service refused fragment 1000 with ERROR 4002 MAX_FRAGMENT_DURATION_REACHED"
+        );
+        // 5000: the service's problem: the fragment stays, to be sent again.
+        let effect = queue.apply_ack(
+            1,
+            &ack(AckKind::Error { id: 5000, code: "INTERNAL_ERROR".into() }, 2000),
+            t0,
+            true,
+        );
+        assert_eq!((effect.dropped, effect.refused.unwrap().1), (None, false));
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.requeue(1), 1);
+        assert_eq!(queue.resending(), 1);
+        assert_eq!(send_all(&mut queue, 2, t0), [2000]);
+        assert_eq!(queue.stats.errors_acked, 2);
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_unsent_fragments_and_never_one_in_flight() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        fragment(&mut queue, 1000, 400);
+        send_all(&mut queue, 1, t0);
+        fragment(&mut queue, 2000, 400);
+        fragment(&mut queue, 3000, 100);
+        assert!(!queue.has_room(300));
+        // The sent one stays; the oldest queued one goes.
+        assert_eq!(queue.make_room(300), [Dropped { timecode: 2000, bytes: 400 }]);
+        assert!(queue.has_room(300));
+        assert_eq!(queue.stats.fragments_dropped, 1);
+        assert_eq!(queue.bytes(), 500);
+        // A fragment being written is never dropped, and a queue holding only it always takes more.
+        let mut writing = FragmentQueue::new(LIMITS);
+        writing.start_fragment(FragmentStart {
+            header: header(),
+            timecode: 1,
+            data: Rope::from(Bytes::from(vec![0; 5000])),
+        });
+        assert!(writing.has_room(5000));
+        assert!(writing.make_room(5000).is_empty());
+    }
+
+    #[test]
+    fn a_sent_fragment_without_ack_becomes_stale_after_the_limit() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        fragment(&mut queue, 1000, 10);
+        send_all(&mut queue, 7, t0);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(4)), None);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(6)), Some(Duration::from_secs(6)));
+        // A BUFFERING ACK is an answer: no longer stale.
+        queue.apply_ack(7, &ack(AckKind::Buffering, 1000), t0, true);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(60)), None);
+        assert!(queue.holds(7));
+    }
+
+    #[test]
+    fn frames_follow_their_fragment_as_they_come_and_a_new_header_rotates() {
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        queue.start_fragment(FragmentStart {
+            header: header(),
+            timecode: 1000,
+            data: Rope::from(Bytes::from_static(b"A")),
+        });
+        let mut cursor = None;
+        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Send(p) if p.len() == 1));
+        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Wait));
+        queue.push_frame(Rope::from(Bytes::from_static(b"B")), Duration::from_millis(33));
+        assert!(
+            matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Send(p) if p == [Bytes::from_static(b"B")])
+        );
+        queue.end_fragment();
+        let mut next = StreamHeader::clone(&header());
+        next.generation = 2;
+        queue.start_fragment(FragmentStart {
+            header: Arc::new(next),
+            timecode: 2000,
+            data: Rope::from(Bytes::from_static(b"C")),
+        });
+        assert!(matches!(
+            queue.next_to_send(1, &mut cursor, 1, false, t0),
+            Next::Rotate("the stream header changed")
+        ));
+        assert_eq!(queue.stats.fragments_sent, 1);
+        assert!(matches!(
+            queue.next_to_send(2, &mut None, 2, true, t0),
+            Next::Rotate("connection-rotation reached")
+        ));
+        assert!(matches!(queue.next_to_send(2, &mut None, 2, false, t0), Next::Send(_)));
+    }
+}

@@ -6,6 +6,7 @@
 mod chaos;
 mod common;
 mod elementary;
+mod harness;
 mod kvssink;
 mod kvssrc;
 mod plugin;

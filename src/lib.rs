@@ -9,21 +9,30 @@
 //!   upload path for both kinds of input.
 //! - `kvssrc` reads a stream with GetMedia (live or from the past) and emits Matroska.
 //!
-//! The protocol code in [`kvs`] (signing, PutMedia, ACKs, errors), the fragmenter and uploader of
-//! [`kvssink`] and the reader and merger of [`kvssrc`] do not depend on GStreamer types, so they are
+//! The protocol code in `kvs` (signing, PutMedia, ACKs, errors), the fragmenter and uploader of
+//! `kvssink` and the reader and merger of `kvssrc` do not depend on GStreamer types, so they are
 //! unit-tested on their own. The Matroska reader and writer are the `kvs-mkv` crate, which the
 //! `kvs-emulator` crate uses too.
 
 use gst::glib;
 
 mod element;
-pub mod kvs;
-pub mod kvssink;
-pub mod kvssrc;
-pub mod messages;
+pub(crate) mod kvs;
+pub(crate) mod kvssink;
+pub(crate) mod kvssrc;
+pub(crate) mod messages;
 mod props;
-pub mod runtime;
+pub(crate) mod runtime;
 mod uri;
+
+/// The GStreamer-free cores the hostile-input tests and benchmarks drive directly. Not a stable API: the plugin's
+/// interface is its elements.
+#[doc(hidden)]
+pub mod cores {
+    pub use crate::kvs::ack::AckParser;
+    pub use crate::kvssink::fragmenter;
+    pub use crate::kvssrc::merger;
+}
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     kvssink::register(plugin)?;

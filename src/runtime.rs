@@ -63,10 +63,6 @@ pub struct Canceller {
 }
 
 impl Canceller {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn lock(&self) -> MutexGuard<'_, CancelState> {
         // A panic while holding this lock cannot leave the state inconsistent: keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -130,7 +126,7 @@ mod tests {
 
     #[test]
     fn cancel_ends_a_wait_on_a_never_ready_future_at_once() {
-        let canceller = Arc::new(Canceller::new());
+        let canceller = Arc::new(Canceller::default());
         let waiter = {
             let canceller = canceller.clone();
             std::thread::spawn(move || {
@@ -152,7 +148,7 @@ mod tests {
 
     #[test]
     fn cancel_ends_all_concurrent_waits() {
-        let canceller = Arc::new(Canceller::new());
+        let canceller = Arc::new(Canceller::default());
         let waiters: Vec<_> = (0..4)
             .map(|_| {
                 let canceller = canceller.clone();
@@ -171,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_canceller_refuses_waits_until_reset() {
-        let canceller = Canceller::new();
+        let canceller = Canceller::default();
         canceller.cancel();
         assert!(canceller.is_cancelled());
         assert_eq!(canceller.wait(async { 7 }, None), Err(WaitError::Cancelled));
@@ -182,7 +178,7 @@ mod tests {
 
     #[test]
     fn timeout_ends_the_wait_with_timed_out() {
-        let canceller = Canceller::new();
+        let canceller = Canceller::default();
         let limit = Duration::from_millis(20);
         let started = Instant::now();
         let result = canceller.wait(std::future::pending::<()>(), Some(limit));
@@ -193,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_wait_drives_runtime_io_and_timers() {
-        let canceller = Canceller::new();
+        let canceller = Canceller::default();
         let value = canceller.wait(
             async {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -37,12 +37,9 @@ pub struct BodyChunk {
 }
 
 impl BodyChunk {
+    /// Bytes not yet written.
     pub fn len(&self) -> usize {
         self.remaining
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.remaining == 0
     }
 }
 

@@ -67,6 +67,24 @@ impl Muxing {
     }
 }
 
+/**
+ * element-kvssink:
+ * @short_description: Streams Matroska, or H.264/H.265 and AAC/G.711, to Amazon Kinesis Video Streams
+ *
+ * Each frame goes to the PutMedia API as soon as it arrives, stamped with its capture time; fragments are kept
+ * until the service says they are persisted and sent again after a reconnection. Element messages
+ * (`kvssink-connection`, `kvssink-ack`, `kvssink-fragment-dropped`), the `stats` property and the
+ * `fragment-ack` and `stream-error` signals tell the application what happens.
+ *
+ * ## Example pipelines
+ * ```bash
+ * gst-launch-1.0 -e videotestsrc is-live=true ! x264enc tune=zerolatency key-int-max=60 ! h264parse \
+ *     ! matroskamux ! kvssink stream-name=cam1
+ * gst-launch-1.0 -e v4l2src ! videoconvert ! x264enc bframes=0 key-int-max=45 tune=zerolatency \
+ *     ! video/x-h264,stream-format=avc,alignment=au ! kvssink name=s stream-name=cam1 \
+ *     alsasrc ! audioconvert ! avenc_aac ! queue ! s.
+ * ```
+ */
 pub struct KvsSink {
     core: super::KvsMkvSink,
     sink_pad: gst::GhostPad,

@@ -122,6 +122,7 @@ impl FragmentQueue {
         FragmentQueue { entries: VecDeque::new(), next_id: 0, bytes: 0, limits, stats: Stats::default() }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -130,6 +131,7 @@ impl FragmentQueue {
         self.entries.is_empty()
     }
 
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

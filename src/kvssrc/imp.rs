@@ -118,6 +118,22 @@ struct Progress {
     range_in_progress: bool,
 }
 
+/**
+ * element-kvssrc:
+ * @short_description: Reads an Amazon Kinesis Video Streams stream (GetMedia) as Matroska
+ *
+ * Live from now or from a point in the past, or a time range to its end (then EOS); every frame once, on one
+ * timeline, whatever the stream's producers did (restarts, re-sent fragments). `kvs://STREAM?…` URIs make it
+ * from `playbin`. Element messages `kvssrc-fragment`, `kvssrc-session`, `kvssrc-progress` and
+ * `kvssrc-connection` say what it reads.
+ *
+ * ## Example pipelines
+ * ```bash
+ * gst-launch-1.0 kvssrc stream-name=cam1 ! matroskademux ! h264parse ! avdec_h264 ! autovideosink
+ * gst-launch-1.0 -e kvssrc stream-name=cam1 start-selector=producer-timestamp \
+ *     start-timestamp=1795860000 end-timestamp=1795860300 ! filesink location=cam1.mkv
+ * ```
+ */
 #[derive(Default)]
 pub struct KvsSrc {
     settings: Mutex<Settings>,

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use gstkvs::kvs::ack::AckParser;
-use gstkvs::kvssink::fragmenter::{self, Fragmenter, TimeAnchor};
-use gstkvs::kvssrc::merger::{self, Merger, Mode};
+use gstkvs::cores::AckParser;
+use gstkvs::cores::fragmenter::{self, Fragmenter, TimeAnchor};
+use gstkvs::cores::merger::{self, Merger, Mode};
 use kvs_mkv::tags::{self, SimpleTag};
 use kvs_mkv::writer::{self, TrackSpec};
 use kvs_mkv::{Event, MkvReader};

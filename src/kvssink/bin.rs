@@ -97,37 +97,31 @@ use crate::element::lock;
 fn copy_spec(spec: &glib::ParamSpec) -> Option<glib::ParamSpec> {
     let (name, nick, blurb, flags) =
         (spec.name(), spec.nick(), spec.blurb().unwrap_or_default(), spec.flags());
+    // The numeric specs have the same builder shape.
+    macro_rules! ranged {
+        ($kind:ty) => {
+            spec.downcast_ref::<$kind>().map(|p| {
+                <$kind>::builder(name)
+                    .nick(nick)
+                    .blurb(blurb)
+                    .minimum(p.minimum())
+                    .maximum(p.maximum())
+                    .default_value(p.default_value())
+                    .flags(flags)
+                    .build()
+            })
+        };
+    }
+    if let Some(copy) = ranged!(glib::ParamSpecInt64)
+        .or_else(|| ranged!(glib::ParamSpecUInt))
+        .or_else(|| ranged!(glib::ParamSpecUInt64))
+    {
+        return Some(copy);
+    }
     Some(if let Some(p) = spec.downcast_ref::<glib::ParamSpecBoolean>() {
         glib::ParamSpecBoolean::builder(name)
             .nick(nick)
             .blurb(blurb)
-            .default_value(p.default_value())
-            .flags(flags)
-            .build()
-    } else if let Some(p) = spec.downcast_ref::<glib::ParamSpecInt64>() {
-        glib::ParamSpecInt64::builder(name)
-            .nick(nick)
-            .blurb(blurb)
-            .minimum(p.minimum())
-            .maximum(p.maximum())
-            .default_value(p.default_value())
-            .flags(flags)
-            .build()
-    } else if let Some(p) = spec.downcast_ref::<glib::ParamSpecUInt>() {
-        glib::ParamSpecUInt::builder(name)
-            .nick(nick)
-            .blurb(blurb)
-            .minimum(p.minimum())
-            .maximum(p.maximum())
-            .default_value(p.default_value())
-            .flags(flags)
-            .build()
-    } else if let Some(p) = spec.downcast_ref::<glib::ParamSpecUInt64>() {
-        glib::ParamSpecUInt64::builder(name)
-            .nick(nick)
-            .blurb(blurb)
-            .minimum(p.minimum())
-            .maximum(p.maximum())
             .default_value(p.default_value())
             .flags(flags)
             .build()

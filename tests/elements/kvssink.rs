@@ -883,6 +883,33 @@ fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does(
     assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
 }
 
+/// An emulator that checks signatures, with an IoT credentials endpoint (certificate for 127.0.0.1 signed by
+/// the CA `ca`, device certificates by `device-ca`); returns it, the CA's path and a device's certificate and
+/// key.
+fn iot_emulator(
+    pki: &Pki,
+    role_aliases: Vec<String>,
+    lifetime: Duration,
+) -> (Emu, std::path::PathBuf, (std::path::PathBuf, std::path::PathBuf)) {
+    let ca = pki.ca("ca");
+    let (cert, key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
+    let client_ca = pki.ca("device-ca");
+    let device = pki.leaf("device", "device-ca", None);
+    let emu = Emu::with_config(kvs_emulator::Config {
+        credentials: vec![("AKIDTEST".into(), "test-secret".into())],
+        iot: Some(kvs_emulator::iot::IotConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert,
+            key,
+            client_ca,
+            role_aliases,
+            lifetime,
+        }),
+        ..Default::default()
+    });
+    (emu, ca, device)
+}
+
 /// `iot-certificate` against the emulator's IoT credentials endpoint: a device certificate the test makes gets
 /// temporary credentials (the emulator accepts nothing else: it checks signatures), the stream is created and
 /// uploaded with them, and read back with other keys. A certificate from another CA, an unknown role alias and
@@ -890,24 +917,10 @@ fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does(
 #[test]
 fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certificate() {
     let pki = Pki::new("iot");
-    let ca = pki.ca("ca");
-    let (server_cert, server_key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
-    let device_ca = pki.ca("device-ca");
+    let (emu, ca, (device_cert, device_key)) =
+        iot_emulator(&pki, vec!["KvsCameraIoTRoleAlias".into()], Duration::from_secs(3600));
     pki.ca("rogue-ca");
-    let (device_cert, device_key) = pki.leaf("device", "device-ca", None);
     let (rogue_cert, rogue_key) = pki.leaf("rogue", "rogue-ca", None);
-    let emu = Emu::with_config(kvs_emulator::Config {
-        credentials: vec![("AKIDTEST".into(), "test-secret".into())],
-        iot: Some(kvs_emulator::iot::IotConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert: server_cert,
-            key: server_key,
-            client_ca: device_ca,
-            role_aliases: vec!["KvsCameraIoTRoleAlias".into()],
-            lifetime: Duration::from_secs(3600),
-        }),
-        ..Default::default()
-    });
     let iot_addr = emu.iot_addr().expect("the IoT endpoint runs");
     let sink = |cert: &std::path::Path, key: &str, alias: &str| {
         format!(
@@ -968,22 +981,7 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
 #[test]
 fn iot_credentials_are_renewed_before_they_expire() {
     let pki = Pki::new("iot-renew");
-    let ca = pki.ca("ca");
-    let (server_cert, server_key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
-    let device_ca = pki.ca("device-ca");
-    let (device_cert, device_key) = pki.leaf("device", "device-ca", None);
-    let emu = Emu::with_config(kvs_emulator::Config {
-        credentials: vec![("AKIDTEST".into(), "test-secret".into())],
-        iot: Some(kvs_emulator::iot::IotConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert: server_cert,
-            key: server_key,
-            client_ca: device_ca,
-            role_aliases: Vec::new(),
-            lifetime: Duration::from_secs(3),
-        }),
-        ..Default::default()
-    });
+    let (emu, ca, (device_cert, device_key)) = iot_emulator(&pki, Vec::new(), Duration::from_secs(3));
     let description = format!(
         "videotestsrc is-live=true num-buffers=240 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \

@@ -26,15 +26,15 @@ build_status=${PIPESTATUS[0]}
 set -e
 say "built in $((SECONDS - started)) s"
 
-# The Python tests run beside the Rust ones (their output is printed after), and each Rust test binary runs 8
+# The Python tests run beside the Rust ones (their output is printed after), and each Rust test binary runs 6
 # tests at a time: most tests wait on real-time pipelines and sockets, not on the CPU.
 say "Python tests (boto3, AWS CLI) against target/debug/kvs-emulator, in the background"
 KVS_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest tests/python -q >"$pylog" 2>&1 &
 pytest_pid=$!
 
-say "cargo test --workspace --no-fail-fast -- --test-threads=8"
+say "cargo test --workspace --no-fail-fast -- --test-threads=6"
 set +e
-cargo test --workspace --no-fail-fast -- --test-threads=8 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --test-threads=6 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 wait "$pytest_pid"
 pytest_status=$?

@@ -256,4 +256,63 @@ mod tests {
         assert_eq!(progress_percent(0, 0), 100);
         assert_eq!(reconnecting("stalled", Duration::from_secs(1)).get::<u64>("retry-in-ms").unwrap(), 1000);
     }
+
+    /// The README's message tables name every field these functions write (the tables are for people; this
+    /// keeps them true).
+    #[test]
+    fn the_readme_tables_name_every_field() {
+        init();
+        let readme = include_str!("../README.md");
+        let info = FragmentInfo {
+            number: "1".into(),
+            producer_timestamp: None,
+            server_timestamp: None,
+            cluster_time_ns: 0,
+            output_time_ns: 0,
+            session_start: false,
+            user_tags: Vec::new(),
+            skipped: None,
+        };
+        let ack = crate::kvs::ack::AckEvent {
+            kind: AckKind::Error { id: 1, code: "X".into() },
+            timecode: Some(1),
+            fragment_number: None,
+        };
+        let structures = [
+            upload_event(&UploadEvent::Connected { connection: 1, endpoint: String::new(), resending: 0 })
+                .unwrap(),
+            upload_event(&UploadEvent::Disconnected {
+                connection: 1,
+                reason: String::new(),
+                retry_in: Duration::ZERO,
+                attempt: 1,
+            })
+            .unwrap(),
+            upload_event(&UploadEvent::Ack { connection: 1, ack, latency: Some(Duration::ZERO) }).unwrap(),
+            upload_event(&UploadEvent::Dropped { timecode: 1, bytes: 1, reason: String::new() }).unwrap(),
+            fragment(&info, Some(1)),
+            session(None, None),
+            progress(1, 1, 1),
+            reconnecting("", Duration::ZERO),
+        ];
+        for structure in structures {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", structure.name())))
+                .unwrap_or_else(|| panic!("no README row for {}", structure.name()));
+            for field in structure.fields() {
+                assert!(
+                    row.contains(&format!("`{field}`")),
+                    "the README row of {} lacks {field}",
+                    structure.name()
+                );
+            }
+        }
+        let stats_row = readme.lines().find(|l| l.contains("`kvssink-stats` structure")).unwrap();
+        for field in stats(&Stats::default()).fields() {
+            let named = stats_row.contains(&format!("`{field}`"))
+                || field.strip_prefix("fragments-").is_some_and(|rest| stats_row.contains(rest));
+            assert!(named, "the README's stats row lacks {field}");
+        }
+    }
 }

@@ -111,22 +111,30 @@ fn a_flush_in_the_middle_of_a_fragment_loses_nothing_that_follows() {
     assert_eq!(stored_payloads(&emu, "flushed"), payloads);
 }
 
-/// `kvs-add-metadata` between two fragments: stored with the next one, exactly once.
+/// `kvs-add-metadata` between two fragments: stored with the next one, exactly once; sent into the pad or to
+/// the element itself (`gst_element_send_event`, what applications usually do).
 #[test]
 fn metadata_goes_with_the_next_fragment() {
     let emu = Emu::start();
     emu.create_stream("tagged-harness", 1);
     let mut h = harness(&emu, "tagged-harness");
-    let (header, clusters, _) = stream(2, 3);
+    let (header, clusters, _) = stream(3, 3);
     push(&mut h, header);
     for (n, (head, blocks)) in clusters.into_iter().enumerate() {
+        let metadata = |value: &str| {
+            gst::event::CustomDownstream::new(
+                gst::Structure::builder("kvs-add-metadata")
+                    .field("name", "door")
+                    .field("value", value)
+                    .field("persist", false)
+                    .build(),
+            )
+        };
         if n == 1 {
-            let metadata = gst::Structure::builder("kvs-add-metadata")
-                .field("name", "door")
-                .field("value", "open")
-                .field("persist", false)
-                .build();
-            assert!(h.push_event(gst::event::CustomDownstream::new(metadata)));
+            assert!(h.push_event(metadata("open")));
+        }
+        if n == 2 {
+            assert!(h.element().unwrap().send_event(metadata("closed")));
         }
         push(&mut h, head);
         for block in blocks {
@@ -135,21 +143,22 @@ fn metadata_goes_with_the_next_fragment() {
     }
     assert!(h.push_event(gst::event::Eos::new()));
     let fragments = emu.admin_fragments("tagged-harness");
-    assert_eq!(fragments.len(), 2);
+    assert_eq!(fragments.len(), 3);
+    // Each fragment's tags (GetMediaForFragmentList gives each fragment as its own document).
     let data = emu.read_back("tagged-harness");
-    let doors = kvs_mkv::read_all(&data)
-        .unwrap()
-        .into_iter()
-        .filter_map(|event| match event {
+    let mut own: Vec<Vec<String>> = Vec::new();
+    for event in kvs_mkv::read_all(&data).unwrap() {
+        match event {
+            kvs_mkv::Event::EbmlHeader(_) => own.push(Vec::new()),
             kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
-                Some(kvs_mkv::tags::parse_tags(&e.data()).unwrap())
+                let doors =
+                    kvs_mkv::tags::parse_tags(&e.data()).unwrap().into_iter().filter(|t| t.name == "door");
+                own.last_mut().unwrap().extend(doors.map(|t| t.value));
             }
-            _ => None,
-        })
-        .flatten()
-        .filter(|tag| tag.name == "door" && tag.value == "open")
-        .count();
-    assert_eq!(doors, 1);
+            _ => {}
+        }
+    }
+    assert_eq!(own, [vec![], vec!["open".to_owned()], vec!["closed".to_owned()]]);
 }
 
 /// Setting kvssink to NULL while it waits for room in a full queue returns at once. (The harness answers

@@ -16,6 +16,9 @@
 //! - timestamp error: stored producer time − capture time;
 //! - and once: process start → first PutMedia body byte.
 //!
+//! Then the same clip once more as a C++ kvssink pipeline is written, `h264parse ! clocksync ! kvssink` (its
+//! `video_0` request pad, with kvssink's own matroskamux inside), for the same latency figure.
+//!
 //! End to end: while kvssink streams, a third child reads the stream live (`kvssrc start-selector=now !
 //! matroskademux ! appsink`). kvssrc's buffers carry the producer times (epoch) as timestamps, so wall clock at
 //! the appsink − PTS is the time from capture to the frame coming out of kvssrc in another process.
@@ -30,6 +33,8 @@ use gst::prelude::*;
 use kvs_emulator::{Config, Emulator};
 
 const STREAM: &str = "latency";
+/// The stream the same clip goes to through kvssink's request pad.
+const STREAM_ELEMENTARY: &str = "latency-elementary";
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
@@ -56,17 +61,20 @@ fn read_numbers(path: &std::path::Path) -> Vec<i64> {
 fn play(sink: &str, clip: &str, url: &str, out: &str) -> u64 {
     let start = now_us();
     init();
-    let sink = match sink {
-        "kvssink" => format!(
-            "kvssink stream-name={STREAM} endpoint-uri={url} access-key=AKIDBENCH secret-access-key=bench-secret \
+    let kvssink = |stream: &str| {
+        format!(
+            "kvssink stream-name={stream} endpoint-uri={url} access-key=AKIDBENCH secret-access-key=bench-secret \
              region=us-east-1"
-        ),
-        other => other.to_owned(),
+        )
     };
-    let description = format!(
-        "filesrc location={clip} ! matroskademux ! h264parse ! clocksync name=pace ! matroskamux streamable=true \
-         ! {sink}"
-    );
+    let tail = match sink {
+        "kvssink" => format!("matroskamux streamable=true ! {}", kvssink(STREAM)),
+        // The C++ kvssink's pipeline: H.264 straight to kvssink's video_%u pad (its own matroskamux inside).
+        "kvssink-elementary" => kvssink(STREAM_ELEMENTARY),
+        other => format!("matroskamux streamable=true ! {other}"),
+    };
+    let description =
+        format!("filesrc location={clip} ! matroskademux ! h264parse ! clocksync name=pace ! {tail}");
     let pipeline = gst::parse::launch(&description).unwrap();
     let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
     let pad =
@@ -254,6 +262,33 @@ fn main() {
          the first {skip}: {}",
         end_to_end.len(),
         summary(&mut end_to_end)
+    );
+
+    // The same clip through kvssink's request pad, as a C++ kvssink pipeline is written.
+    http(
+        "POST",
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM_ELEMENTARY}\",\"DataRetentionInHours\":1}}"),
+    );
+    let elementary_out = dir.join("elementary.txt");
+    let elementary =
+        run_child("play", &["kvssink-elementary", &clip, &url, elementary_out.to_str().unwrap()]);
+    assert_eq!(elementary.count as usize, frames);
+    let released = read_numbers(&elementary_out);
+    let arrivals = http("GET", &format!("/_emulator/streams/{STREAM_ELEMENTARY}/arrivals"), "");
+    let stored = arrivals["frames"].as_array().unwrap();
+    assert_eq!(stored.len(), frames, "every frame arrived once");
+    let mut latency: Vec<f64> = stored
+        .iter()
+        .zip(&released[1..])
+        .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
+        .collect();
+    println!(
+        "h264parse ! kvssink (video_0 request pad): {:.2} CPU s, peak RSS {:.1} MiB; frame capture -> its last \
+         byte at the server: {}",
+        elementary.cpu,
+        elementary.rss_mb,
+        summary(&mut latency)
     );
     let _guard = runtime.enter();
     emulator.shutdown();

@@ -183,3 +183,26 @@ pub fn current(element: &gst::Element) -> Option<String> {
     }
     Some(if any { format!("{SCHEME}://{stream}?{}", query.finish()) } else { format!("{SCHEME}://{stream}") })
 }
+
+/// `kvs://STREAM?property=value…` for an element implementation: its `GstURIHandler`, the same for both elements
+/// but for the URI type.
+macro_rules! uri_handler {
+    ($imp:ty, $kind:expr) => {
+        impl gst::subclass::prelude::URIHandlerImpl for $imp {
+            const URI_TYPE: gst::URIType = $kind;
+
+            fn protocols() -> &'static [&'static str] {
+                &[crate::uri::SCHEME]
+            }
+
+            fn uri(&self) -> Option<String> {
+                crate::uri::current(self.obj().upcast_ref())
+            }
+
+            fn set_uri(&self, uri: &str) -> Result<(), gst::glib::Error> {
+                crate::uri::apply(self.obj().upcast_ref(), uri)
+            }
+        }
+    };
+}
+pub(crate) use uri_handler;

@@ -356,22 +356,7 @@ impl ObjectImpl for KvsSink {
 
 impl GstObjectImpl for KvsSink {}
 
-/// `kvs://STREAM?property=value…` ([`crate::uri`]).
-impl URIHandlerImpl for KvsSink {
-    const URI_TYPE: gst::URIType = gst::URIType::Sink;
-
-    fn protocols() -> &'static [&'static str] {
-        &[crate::uri::SCHEME]
-    }
-
-    fn uri(&self) -> Option<String> {
-        crate::uri::current(self.obj().upcast_ref())
-    }
-
-    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        crate::uri::apply(self.obj().upcast_ref(), uri)
-    }
-}
+crate::uri::uri_handler!(KvsSink, gst::URIType::Sink);
 
 impl ElementImpl for KvsSink {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {

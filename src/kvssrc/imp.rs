@@ -443,22 +443,7 @@ impl ObjectImpl for KvsSrc {
 
 impl GstObjectImpl for KvsSrc {}
 
-/// `kvs://STREAM?property=value…` ([`crate::uri`]).
-impl URIHandlerImpl for KvsSrc {
-    const URI_TYPE: gst::URIType = gst::URIType::Src;
-
-    fn protocols() -> &'static [&'static str] {
-        &[crate::uri::SCHEME]
-    }
-
-    fn uri(&self) -> Option<String> {
-        crate::uri::current(self.obj().upcast_ref())
-    }
-
-    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        crate::uri::apply(self.obj().upcast_ref(), uri)
-    }
-}
+crate::uri::uri_handler!(KvsSrc, gst::URIType::Src);
 
 impl ElementImpl for KvsSrc {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {

@@ -143,6 +143,9 @@ struct Shared {
     requeue_epoch: u64,
     /// Consecutive failures without an ACK.
     failures: u32,
+    /// ACKs applied to the queue whose events are not out yet: the upload is not done before they are (an
+    /// application must see the last PERSISTED before EOS).
+    reporting: u32,
 }
 
 /// Receives the upload's events.
@@ -214,6 +217,7 @@ impl Uploader {
                 failed: None,
                 requeue_epoch: 0,
                 failures: 0,
+                reporting: 0,
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
@@ -327,7 +331,7 @@ impl Uploader {
                 if let Some(reason) = &shared.failed {
                     return Err(reason.clone());
                 }
-                if shared.end && shared.queue.is_empty() {
+                if shared.end && shared.queue.is_empty() && shared.reporting == 0 {
                     return Ok(());
                 }
             }
@@ -655,15 +659,18 @@ impl Uploader {
             if effect.latency.is_some() {
                 shared.failures = 0;
             }
+            shared.reporting += 1;
             effect
         };
-        // Messages first: a waiter woken by the notification (EOS) must find them already on the bus.
+        // Messages first: a waiter (EOS) must find them already on the bus, even one woken by something else
+        // between the queue's change and these events.
         let refused = effect.refused;
         self.emit(UploadEvent::Ack { connection, ack, latency: effect.latency });
         if let (Some(dropped), Some((error, _))) = (effect.dropped, &refused) {
             let reason = error.to_string();
             self.emit(UploadEvent::Dropped { timecode: dropped.timecode, bytes: dropped.bytes, reason });
         }
+        self.lock().reporting -= 1;
         self.notify();
         match refused {
             Some((error, immediate)) => Err(Failure { action: error.action(), error, immediate }),

@@ -9,15 +9,12 @@
 
 #[path = "../tests/chaos/campaign.rs"]
 mod campaign;
+#[path = "common/options.rs"]
+mod options;
+use options::value;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok())
-    };
-    let seed = value("--seed").unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    });
+    let seed = options::seed();
     // target/<profile>/deps/chaos-<hash> -> target/<profile>: the plugin and the emulator of this profile.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();

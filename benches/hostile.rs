@@ -6,18 +6,15 @@
 
 #[path = "../tests/hostile/cases.rs"]
 mod cases;
+#[path = "common/options.rs"]
+mod options;
+use options::value;
 
 #[global_allocator]
 static ALLOC: cases::CountingAlloc = cases::CountingAlloc;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok())
-    };
-    let seed = value("--seed").unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    });
+    let seed = options::seed();
     let per_family = value("--per-family").unwrap_or(20_000);
     println!("hostile input: seed {seed}, {per_family} seeds per family");
     let started = std::time::Instant::now();

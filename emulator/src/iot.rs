@@ -26,8 +26,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::{TlsAcceptor, rustls};
@@ -51,11 +51,7 @@ pub struct IotConfig {
 
 /// A TLS acceptor that requires a client certificate signed by the client CA.
 pub fn acceptor(config: &IotConfig) -> Result<TlsAcceptor, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| format!("cannot read the certificate {}: {e}", config.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&config.key)
-        .map_err(|e| format!("cannot read the key {}: {e}", config.key.display()))?;
+    let (certs, key) = crate::tls::certificate(&config.cert, &config.key)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&config.client_ca)
         .map_err(|e| format!("cannot read the client CA {}: {e}", config.client_ca.display()))?

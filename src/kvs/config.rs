@@ -369,23 +369,10 @@ impl AwsContext {
 fn describe_credentials_error(error: &aws_credential_types::provider::error::CredentialsError) -> String {
     // The SDK's own words for the kind of failure ("an error occurred while loading credentials") say less
     // than the cause: with a cause, the cause leads.
-    let mut source = std::error::Error::source(error);
-    let mut text = match source {
-        Some(cause) => {
-            source = cause.source();
-            cause.to_string()
-        }
+    match std::error::Error::source(error) {
+        Some(cause) => super::error::with_causes(cause),
         None => error.to_string(),
-    };
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
     }
-    text
 }
 
 #[cfg(test)]

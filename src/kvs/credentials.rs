@@ -29,6 +29,8 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, future};
 
+use super::error::with_causes;
+
 /// Parses the C++ SDK's credential file. `now + period` bounds the expiry.
 pub fn parse_credential_file(text: &str, now: SystemTime, period: Duration) -> Result<Credentials, String> {
     let fields: Vec<&str> = text.split_whitespace().collect();
@@ -167,20 +169,16 @@ impl IotCredentials {
     pub fn new(settings: IotSettings) -> Result<IotCredentials, String> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let endpoint = settings.endpoint.trim_start_matches("https://").trim_end_matches('/');
-        let (host, port) = match endpoint.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                match port.parse::<u16>() {
-                    Ok(port) => (host.trim_start_matches('[').trim_end_matches(']').to_owned(), port),
-                    Err(_) => {
-                        return Err(format!("endpoint {:?} is not HOST or HOST:PORT", settings.endpoint));
-                    }
-                }
-            }
-            _ => (endpoint.to_owned(), 443),
+        // A host name (the C++ element puts https:// before it), or a URL.
+        let url = match settings.endpoint.contains("://") {
+            true => settings.endpoint.clone(),
+            false => format!("https://{}", settings.endpoint),
         };
-        if host.is_empty() || endpoint.contains('/') {
-            return Err(format!("endpoint {:?} is not HOST or HOST:PORT", settings.endpoint));
+        let not_host =
+            || format!("endpoint {:?} is not HOST, HOST:PORT or an https:// URL", settings.endpoint);
+        let (tls, host, port) = super::http::parse_endpoint(&url).map_err(|_| not_host())?;
+        if !tls || url.trim_end_matches('/').splitn(4, '/').nth(3).is_some() {
+            return Err(not_host());
         }
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_path)
             .and_then(|certs| certs.collect::<Result<_, _>>())
@@ -280,20 +278,6 @@ impl IotCredentials {
             })??;
         parse_iot_answer(status.as_u16(), &body).map_err(|why| format!("{where_}: {why}"))
     }
-}
-
-/// An error and its causes on one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The credentials in an answer of the IoT credentials endpoint, or why there are none (never its secrets).

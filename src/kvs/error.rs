@@ -14,6 +14,20 @@ pub enum ErrorKind {
     Failed,
 }
 
+/// An error and its causes on one line, each cause once (a cause's text already in the line is not repeated).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// An error that ended an upload or a read, and what made it final.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalError {

@@ -22,7 +22,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::fragmenter::{TrackNames, TrackRename};
-use super::imp::{METADATA_EVENT, SIGNALS, property_specs, signal_specs};
+use super::imp::{METADATA_EVENT, SIGNALS, matroska_caps, property_specs, signal_specs};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
@@ -176,37 +176,24 @@ impl KvsSink {
     /// Re-posts a message of an inner element with the bin as its source.
     fn repost(&self, message: &gst::Message) -> Option<gst::Message> {
         let obj = self.obj();
+        // Error, warning and info messages: the same error, debug string and details, another source.
+        macro_rules! again {
+            ($kind:ident, $m:expr) => {{
+                let debug = $m.debug();
+                let mut builder = gst::message::$kind::builder_from_error($m.error()).src(&*obj);
+                if let Some(debug) = debug.as_deref() {
+                    builder = builder.debug(debug);
+                }
+                if let Some(details) = $m.details() {
+                    builder = builder.details(details.to_owned());
+                }
+                builder.build()
+            }};
+        }
         Some(match message.view() {
-            gst::MessageView::Error(m) => {
-                let debug = m.debug();
-                let mut builder = gst::message::Error::builder_from_error(m.error()).src(&*obj);
-                if let Some(debug) = debug.as_deref() {
-                    builder = builder.debug(debug);
-                }
-                if let Some(details) = m.details() {
-                    builder = builder.details(details.to_owned());
-                }
-                builder.build()
-            }
-            gst::MessageView::Warning(m) => {
-                let debug = m.debug();
-                let mut builder = gst::message::Warning::builder_from_error(m.error()).src(&*obj);
-                if let Some(debug) = debug.as_deref() {
-                    builder = builder.debug(debug);
-                }
-                if let Some(details) = m.details() {
-                    builder = builder.details(details.to_owned());
-                }
-                builder.build()
-            }
-            gst::MessageView::Info(m) => {
-                let debug = m.debug();
-                let mut builder = gst::message::Info::builder_from_error(m.error()).src(&*obj);
-                if let Some(debug) = debug.as_deref() {
-                    builder = builder.debug(debug);
-                }
-                builder.build()
-            }
+            gst::MessageView::Error(m) => again!(Error, m),
+            gst::MessageView::Warning(m) => again!(Warning, m),
+            gst::MessageView::Info(m) => again!(Info, m),
             gst::MessageView::Element(m) => {
                 gst::message::Element::builder(m.structure()?.to_owned()).src(&*obj).build()
             }
@@ -374,10 +361,7 @@ impl ElementImpl for KvsSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let matroska = ["video/x-matroska", "audio/x-matroska", "video/webm", "audio/webm"]
-                .into_iter()
-                .map(gst::Structure::new_empty)
-                .collect::<gst::Caps>();
+            let matroska = matroska_caps();
             let mut video = gst::Caps::builder("video/x-h264")
                 .field("stream-format", "avc")
                 .field("alignment", "au")

@@ -239,9 +239,14 @@ impl CppSettings {
         self.values.get(name).and_then(|v| v.as_deref())
     }
 
-    pub fn user_agent(&self) -> Option<String> {
-        let value = glib::Value::deserialize(self.text("user-agent")?, glib::Type::STRING).ok()?;
+    /// A string property's value, when set and not empty.
+    fn string(&self, name: &str) -> Option<String> {
+        let value = glib::Value::deserialize(self.text(name)?, glib::Type::STRING).ok()?;
         value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+    }
+
+    pub fn user_agent(&self) -> Option<String> {
+        self.string("user-agent")
     }
 
     fn seconds(&self, name: &str) -> Option<std::time::Duration> {
@@ -265,8 +270,7 @@ impl CppSettings {
 
     /// `content-type`, when set.
     pub fn content_type(&self) -> Option<String> {
-        let value = glib::Value::deserialize(self.text("content-type")?, glib::Type::STRING).ok()?;
-        value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+        self.string("content-type")
     }
 
     /// `frame-timecodes` (true unless set to false).
@@ -278,14 +282,13 @@ impl CppSettings {
     /// default `.kvs/credential` when that file exists.
     pub fn credential_file(&self) -> Option<(String, std::time::Duration)> {
         let period = self.seconds("rotation-period").unwrap_or(std::time::Duration::from_secs(3600));
-        let path = match self.text("credential-path") {
-            Some(text) => {
-                glib::Value::deserialize(text, glib::Type::STRING).ok()?.get::<Option<String>>().ok()??
-            }
-            None => DEFAULT_CREDENTIAL_PATH.to_owned(),
-        };
-        let explicit = self.values.contains_key("credential-path");
-        (!path.is_empty() && (explicit || std::path::Path::new(&path).is_file())).then_some((path, period))
+        match self.values.get("credential-path") {
+            // Set: used (an empty value or NULL turns it off).
+            Some(_) => self.string("credential-path").map(|path| (path, period)),
+            None => std::path::Path::new(DEFAULT_CREDENTIAL_PATH)
+                .is_file()
+                .then(|| (DEFAULT_CREDENTIAL_PATH.to_owned(), period)),
+        }
     }
 
     /// `streaming-type=offline`.

@@ -464,6 +464,14 @@ impl KvsMkvSink {
     }
 }
 
+/// What the Matroska sink pad takes (kvssink's `sink` pad too).
+pub(super) fn matroska_caps() -> gst::Caps {
+    ["video/x-matroska", "audio/x-matroska", "video/webm", "audio/webm"]
+        .into_iter()
+        .map(gst::Structure::new_empty)
+        .collect()
+}
+
 /// The custom downstream event that adds fragment metadata.
 pub(super) const METADATA_EVENT: &str = "kvs-add-metadata";
 
@@ -623,13 +631,14 @@ impl ElementImpl for KvsMkvSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = ["video/x-matroska", "audio/x-matroska", "video/webm", "audio/webm"]
-                .into_iter()
-                .map(gst::Structure::new_empty)
-                .collect::<gst::Caps>();
             vec![
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps)
-                    .expect("valid pad template"),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &matroska_caps(),
+                )
+                .expect("valid pad template"),
             ]
         });
         TEMPLATES.as_ref()
@@ -683,8 +692,6 @@ impl BaseSinkImpl for KvsMkvSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let frame_timecodes = lock(&self.state).as_ref().is_none_or(|s| s.frame_timecodes);
-        let capture_time = if frame_timecodes { self.capture_time(buffer) } else { Some(SystemTime::now()) };
         // The buffer's memory, kept (not copied) until its fragment is acknowledged.
         let data = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::ResourceError::Read, ["kvssink: cannot map the buffer"]);
@@ -698,6 +705,8 @@ impl BaseSinkImpl for KvsMkvSink {
                 gst::debug!(CAT, imp = self, "uploader failed: {reason}");
                 return Err(gst::FlowError::Error);
             }
+            let capture_time =
+                if started.frame_timecodes { self.capture_time(buffer) } else { Some(SystemTime::now()) };
             match started.fragmenter.push(data, capture_time) {
                 Ok(outputs) => (started.uploader.clone(), outputs, started.live.unwrap_or(false)),
                 Err(error) => {

@@ -29,8 +29,9 @@ pub fn stream_name(element: &str, name: Option<&String>) -> Result<String, gst::
 }
 
 /// At start: the shared AWS context for `connection` and what DescribeStream says about `stream` (an `Err`
-/// there is the caller's to judge: kvssink creates a missing stream). Each step is bounded by the request
-/// timeout, the whole by four times it, and `canceller` interrupts it (a state change back to NULL).
+/// there, a timeout included, is the caller's to judge: kvssink creates a missing stream, and with a fragment
+/// store goes on while the service cannot be reached). Each step is bounded by the request timeout, each of the
+/// two by four times it, and `canceller` interrupts them (a state change back to NULL).
 pub fn prepare(
     element: &'static str,
     canceller: &Canceller,
@@ -38,20 +39,21 @@ pub fn prepare(
     stream: &str,
     other: gst::ResourceError,
 ) -> Result<(AwsContext, Result<StreamDescription, KvsError>), gst::ErrorMessage> {
-    let prepared = canceller.wait(
-        async {
-            let ctx = AwsContext::shared(connection, element).await?;
-            let description = control::ensure_stream(&ctx, stream, None).await;
-            Ok::<_, KvsError>((ctx, description))
-        },
-        Some(connection.request_timeout * 4),
-    );
-    match prepared {
-        Ok(Ok(ready)) => Ok(ready),
-        Ok(Err(error)) => Err(kvs_error_message(element, &error, other)),
-        Err(WaitError::Cancelled) => Err(gst::error_msg!(other, ["{}: start was interrupted", element])),
+    let bound = Some(connection.request_timeout * 4);
+    let interrupted = || gst::error_msg!(other, ["{}: start was interrupted", element]);
+    let ctx = match canceller.wait(AwsContext::shared(connection, element), bound) {
+        Ok(Ok(ctx)) => ctx,
+        Ok(Err(error)) => return Err(kvs_error_message(element, &error, other)),
+        Err(WaitError::Cancelled) => return Err(interrupted()),
         Err(WaitError::TimedOut(after)) => {
-            Err(kvs_error_message(element, &KvsError::Timeout { api: "DescribeStream", after }, other))
+            let error = KvsError::Timeout { api: "the AWS configuration", after };
+            return Err(kvs_error_message(element, &error, other));
         }
-    }
+    };
+    let description = match canceller.wait(control::ensure_stream(&ctx, stream, None), bound) {
+        Ok(description) => description,
+        Err(WaitError::Cancelled) => return Err(interrupted()),
+        Err(WaitError::TimedOut(after)) => Err(KvsError::Timeout { api: "DescribeStream", after }),
+    };
+    Ok((ctx, description))
 }

@@ -11,6 +11,7 @@
 //! | `kvssink-fragment-dropped` | `fragment-timecode`, `bytes`, `reason` |
 //! | `kvssink-stream-error` | `reason`, `error-id`, `fatal` (the `stream-error` signal's argument) |
 //! | `kvssink-stats` | the `stats` property: counters of the upload |
+//! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems` |
 //! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
 //! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |
 //! | `kvssrc-progress` | `fragments-done`, `fragments-total`, `bytes`, `percent` |
@@ -27,6 +28,7 @@ pub const KVSSINK_ACK: &str = "kvssink-ack";
 pub const KVSSINK_FRAGMENT_DROPPED: &str = "kvssink-fragment-dropped";
 pub const KVSSINK_STREAM_ERROR: &str = "kvssink-stream-error";
 pub const KVSSINK_STATS: &str = "kvssink-stats";
+pub const KVSSINK_STORE_RECOVERED: &str = "kvssink-store-recovered";
 pub const KVSSRC_FRAGMENT: &str = "kvssrc-fragment";
 pub const KVSSRC_SESSION: &str = "kvssrc-session";
 pub const KVSSRC_PROGRESS: &str = "kvssrc-progress";
@@ -103,6 +105,29 @@ pub fn stats(stats: &Stats) -> gst::Structure {
         .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
         .field("queued-fragments", stats.queue_fragments as u64)
         .field("queued-bytes", stats.queue_bytes as u64)
+        .build()
+}
+
+/// What kvssink found in its fragment store at start (queued before live media): how many fragments,
+/// frames and bytes, how many were cut short by the end of the earlier process, the first one's Timecode (0
+/// when none) and the number of files cut or set aside (each also a warning).
+pub fn store_recovered(
+    dir: &str,
+    fragments: u64,
+    frames: u64,
+    bytes: u64,
+    incomplete: u64,
+    first_timecode: Option<u64>,
+    problems: u64,
+) -> gst::Structure {
+    gst::Structure::builder(KVSSINK_STORE_RECOVERED)
+        .field("dir", dir)
+        .field("fragments", fragments)
+        .field("frames", frames)
+        .field("bytes", bytes)
+        .field("incomplete", incomplete)
+        .field("first-timecode", first_timecode.unwrap_or(0))
+        .field("problems", problems)
         .build()
 }
 
@@ -290,6 +315,7 @@ mod tests {
             .unwrap(),
             upload_event(&UploadEvent::Ack { connection: 1, ack, latency: Some(Duration::ZERO) }).unwrap(),
             upload_event(&UploadEvent::Dropped { timecode: 1, bytes: 1, reason: String::new() }).unwrap(),
+            store_recovered("", 0, 0, 0, 0, None, 0),
             fragment(&info, Some(1)),
             session(None, None),
             progress(1, 1, 1),

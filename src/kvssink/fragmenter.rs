@@ -182,6 +182,8 @@ pub struct Fragmenter {
     capture_time: Option<SystemTime>,
     /// Names and codec IDs given to the tracks (see [`set_track_names`](Self::set_track_names)).
     track_names: Option<TrackNames>,
+    /// No frame goes at or before this time (see [`set_not_before`](Self::set_not_before)).
+    not_before: Option<SystemTime>,
 }
 
 /// Names and codec IDs for the video and audio tracks, replacing what the muxer wrote.
@@ -215,7 +217,20 @@ impl Fragmenter {
             persistent_tags: Vec::new(),
             capture_time: None,
             track_names: None,
+            not_before: None,
         }
+    }
+
+    /// Headers get generations after `base` (the generations already used by fragments queued before this
+    /// fragmenter's, read back from the fragment store).
+    pub fn set_generation_base(&mut self, base: u64) {
+        self.generation = self.generation.max(base);
+    }
+
+    /// No fragment starts at or before `time` (the last frame already queued by someone else: fragments read
+    /// back from the store), so that the stream never goes back in time.
+    pub fn set_not_before(&mut self, time: Option<SystemTime>) {
+        self.not_before = time;
     }
 
     /// Renames the tracks of the headers that come after this (None: as the muxer wrote them).
@@ -422,11 +437,16 @@ impl Fragmenter {
             // A new segment of a recorded file: it follows the previous one.
             (None, None) => i128::from(self.last_frame.unwrap_or(0)) + 1 - first_frame,
         };
-        // Never back to or before the latest frame already sent.
-        if let Some(last) = self.last_frame
-            && base + first_frame <= i128::from(last)
+        // Never back to or before the latest frame already sent (or queued before this fragmenter started).
+        let floor = self.not_before.map(|t| units(t, scale));
+        let last = match (self.last_frame.map(i128::from), floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(last) = last
+            && base + first_frame <= last
         {
-            base = i128::from(last) + 1 - first_frame;
+            base = last + 1 - first_frame;
         }
         self.segment_base = Some(base);
         let timecode = u64::try_from(base + i128::from(relative))

@@ -21,6 +21,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::fragmenter::{Fragmenter, Output, TimeAnchor, TrackNames};
+use super::store::{Recovered, Store};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
 use crate::kvs::config::ConnectionSettings;
@@ -43,6 +44,7 @@ const DEFAULT_STORAGE_MB: u32 = 128;
 const DEFAULT_BUFFER_DURATION_S: u32 = 120;
 const DEFAULT_ROTATION_S: u32 = 40 * 60;
 const DEFAULT_RETRY_LIMIT: u32 = 10;
+const DEFAULT_BUFFER_MAX_MB: u32 = 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -60,6 +62,10 @@ struct Settings {
     file_start_time: u64,
     rotation_s: u32,
     retry_limit: u32,
+    /// The fragment store's directory (`buffer-dir`), its size limit in MiB and age limit in seconds (0: none).
+    buffer_dir: Option<String>,
+    buffer_max_mb: u32,
+    buffer_max_age_s: u32,
     /// Track names and codec IDs when the bin muxes elementary streams itself.
     track_names: Option<TrackNames>,
     /// The C++ kvssink's properties ([`super::compat`]).
@@ -83,6 +89,9 @@ impl Default for Settings {
             file_start_time: 0,
             rotation_s: DEFAULT_ROTATION_S,
             retry_limit: DEFAULT_RETRY_LIMIT,
+            buffer_dir: None,
+            buffer_max_mb: DEFAULT_BUFFER_MAX_MB,
+            buffer_max_age_s: 0,
             track_names: None,
             cpp: Default::default(),
         }
@@ -92,6 +101,8 @@ impl Default for Settings {
 struct Started {
     fragmenter: Fragmenter,
     uploader: Arc<Uploader>,
+    /// The fragment store (`buffer-dir`), written from the streaming thread only.
+    store: Option<Arc<Mutex<Store>>>,
     live: Option<bool>,
     /// False: fragments are stamped with the time their first frame reaches kvssink (`frame-timecodes`).
     frame_timecodes: bool,
@@ -104,6 +115,8 @@ pub struct KvsMkvSink {
     /// Never held while waiting (render and EOS take what they need and let go).
     state: Mutex<Option<Started>>,
     canceller: Canceller,
+    /// The fragment store's last write failed (a warning was posted).
+    store_failing: Mutex<bool>,
 }
 
 use crate::element::lock;
@@ -248,6 +261,31 @@ impl KvsMkvSink {
         connection.connect_timeout = settings.cpp.connect_timeout();
         connection.credential_file = settings.cpp.credential_file();
         connection.iot = iot;
+        // The store first: a directory that cannot be used, or that holds another stream, stops here.
+        let (store, recovered) = match &settings.buffer_dir {
+            Some(dir) => {
+                let (store, recovered) =
+                    Store::open(std::path::Path::new(dir), &stream_name).map_err(|error| {
+                        gst::error_msg!(
+                            gst::ResourceError::OpenWrite,
+                            ("kvssink: {}", error),
+                            ["buffer-dir {} cannot hold the fragments of stream {}", dir, stream_name]
+                        )
+                    })?;
+                (Some(store), recovered)
+            }
+            None => (None, Recovered::default()),
+        };
+        if !settings.fragment_acks {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ("kvssink: fragment-acks=false: a fragment is forgotten once written, so nothing lost on a dropped connection can be sent again"),
+                [
+                    "without acknowledgements kvssink cannot know what the service stored; set fragment-acks=true to keep every fragment until it is persisted"
+                ]
+            );
+        }
         let started = std::time::Instant::now();
         let (ctx, description) = crate::element::prepare(
             "kvssink",
@@ -257,7 +295,26 @@ impl KvsMkvSink {
             gst::ResourceError::OpenWrite,
         )?;
         gst::debug!(CAT, imp = self, "AWS configuration and DescribeStream took {:?}", started.elapsed());
-        let (retention_hours, create) = match description {
+        let create_params = || {
+            let tags: HashMap<String, String> = settings
+                .stream_tags
+                .iter()
+                .flat_map(|s| {
+                    s.iter().map(|(k, v)| {
+                        (k.to_string(), v.serialize().map(|v| v.to_string()).unwrap_or_default())
+                    })
+                })
+                .map(|(k, v)| (k, v.trim_matches('"').to_owned()))
+                .collect();
+            CreateParams {
+                retention_hours: settings.retention_hours as i32,
+                kms_key_id: settings.kms_key_id.clone(),
+                media_type: settings.cpp.content_type(),
+                device_name: None,
+                tags,
+            }
+        };
+        let (retention_hours, create, check_stream) = match description {
             Ok(description) => {
                 gst::info!(
                     CAT,
@@ -267,45 +324,61 @@ impl KvsMkvSink {
                     description.arn,
                     description.retention_hours
                 );
-                (description.retention_hours, None)
+                (description.retention_hours, None, false)
             }
             Err(error) if error.code() == Some("ResourceNotFoundException") && settings.allow_create => {
-                let tags: HashMap<String, String> = settings
-                    .stream_tags
-                    .iter()
-                    .flat_map(|s| {
-                        s.iter().map(|(k, v)| {
-                            (k.to_string(), v.serialize().map(|v| v.to_string()).unwrap_or_default())
-                        })
-                    })
-                    .map(|(k, v)| (k, v.trim_matches('"').to_owned()))
-                    .collect();
-                let params = CreateParams {
-                    retention_hours: settings.retention_hours as i32,
-                    kms_key_id: settings.kms_key_id.clone(),
-                    media_type: settings.cpp.content_type(),
-                    device_name: None,
-                    tags,
-                };
                 gst::info!(
                     CAT,
                     imp = self,
                     "stream {} is missing: it is created with the first fragment",
                     stream_name
                 );
-                (settings.retention_hours as i32, Some(params))
+                (settings.retention_hours as i32, Some(create_params()), true)
+            }
+            // With a store, an unreachable service is an outage like any other: record now, upload later.
+            Err(error) if store.is_some() && error.action() != crate::kvs::error::Action::Fail => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenWrite,
+                    (
+                        "kvssink: the service cannot be reached ({}): recording into buffer-dir, uploading when it can",
+                        error
+                    ),
+                    [
+                        "DescribeStream for {} failed; fragments are kept in {} until they are persisted",
+                        stream_name,
+                        settings.buffer_dir.as_deref().unwrap_or_default()
+                    ]
+                );
+                let create = settings.allow_create.then(create_params);
+                (settings.retention_hours as i32, create, true)
             }
             Err(error) => return Err(kvs_error_message(&error)),
+        };
+        let durable = store.is_some();
+        let (max_queue_bytes, max_queue_duration) = if durable {
+            let age = match settings.buffer_max_age_s {
+                0 => Duration::MAX,
+                seconds => Duration::from_secs(u64::from(seconds)),
+            };
+            (settings.buffer_max_mb as usize * 1024 * 1024, age)
+        } else {
+            (
+                settings.storage_mb as usize * 1024 * 1024,
+                Duration::from_secs(u64::from(settings.buffer_duration_s.max(1))),
+            )
         };
         let config = UploaderConfig {
             stream_name,
             retention_hours,
             create,
+            check_stream,
+            durable,
             acks: settings.fragment_acks,
             staleness: Duration::from_secs(u64::from(settings.staleness_s.max(1))),
             rotation: Duration::from_secs(u64::from(settings.rotation_s.max(1))),
-            max_queue_bytes: settings.storage_mb as usize * 1024 * 1024,
-            max_queue_duration: Duration::from_secs(u64::from(settings.buffer_duration_s.max(1))),
+            max_queue_bytes,
+            max_queue_duration,
             retry_limit: settings.retry_limit,
             max_backoff: Duration::from_secs(10),
             user_agent: settings.cpp.user_agent(),
@@ -322,14 +395,78 @@ impl KvsMkvSink {
         };
         let mut fragmenter = Fragmenter::new(anchor);
         fragmenter.set_track_names(settings.track_names.clone());
+        if let Some(store) = &store {
+            self.queue_recovered(store, recovered, &uploader, &mut fragmenter);
+        }
         Ok(Started {
             fragmenter,
             uploader,
+            store: store.map(|s| Arc::new(Mutex::new(s))),
             // Offline: never live, so a full queue waits instead of dropping.
             live: offline.then_some(false),
             frame_timecodes: settings.cpp.frame_timecodes(),
             stop_timeout: Duration::from_secs(u64::from(settings.stop_timeout_s)),
         })
+    }
+
+    /// Queues what an earlier process left in the store, before any live media, and says on the bus what was
+    /// found: a `kvssink-store-recovered` message, and a warning for each file cut or set aside. Live media
+    /// then starts after the last recovered frame (one PutMedia stream must not go back in time).
+    fn queue_recovered(
+        &self,
+        store: &Store,
+        recovered: Recovered,
+        uploader: &Arc<Uploader>,
+        fragmenter: &mut Fragmenter,
+    ) {
+        for problem in &recovered.problems {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Read,
+                ("kvssink: {}", problem),
+                ["found in buffer-dir {} at start", store.dir().display()]
+            );
+        }
+        let mut headers: Vec<Arc<super::fragmenter::StreamHeader>> = Vec::new();
+        let (mut bytes, mut frames, mut incomplete) = (0u64, 0u64, 0u64);
+        let (first, count) = (recovered.fragments.first().map(|f| f.timecode), recovered.fragments.len());
+        let mut last_end: Option<SystemTime> = None;
+        for fragment in recovered.fragments {
+            let header = match headers.last() {
+                Some(h) if h.bytes == fragment.header && h.timecode_scale == fragment.timecode_scale => {
+                    h.clone()
+                }
+                _ => {
+                    let header = Arc::new(super::fragmenter::StreamHeader {
+                        generation: headers.len() as u64 + 1,
+                        bytes: fragment.header.clone(),
+                        timecode_scale: fragment.timecode_scale,
+                        media_type: fragment.media_type.clone(),
+                    });
+                    headers.push(header.clone());
+                    header
+                }
+            };
+            bytes += fragment.size as u64;
+            frames += fragment.frames as u64;
+            incomplete += u64::from(!fragment.complete);
+            let start = Duration::from_nanos(fragment.timecode.saturating_mul(fragment.timecode_scale));
+            last_end = Some(UNIX_EPOCH + start + fragment.duration);
+            uploader.queue_stored(header, fragment);
+        }
+        fragmenter.set_generation_base(headers.len() as u64);
+        fragmenter.set_not_before(last_end);
+        let structure = crate::messages::store_recovered(
+            &store.dir().display().to_string(),
+            count as u64,
+            frames,
+            bytes,
+            incomplete,
+            first,
+            recovered.problems.len() as u64,
+        );
+        gst::info!(CAT, imp = self, "fragment store: {structure}");
+        let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
     }
 
     /// True when upstream is live (then a full queue drops fragments instead of blocking).
@@ -338,13 +475,16 @@ impl KvsMkvSink {
         self.obj().sink_pad().peer_query(&mut query) && query.result().0
     }
 
-    /// Hands the fragmenter's output to the uploader, frame by frame. Waits for room only when not live.
+    /// Hands the fragmenter's output to the store (when there is one) and the uploader, frame by frame. Waits
+    /// for room only when not live. A frame is written to the store before it is queued for the connection.
     fn queue_outputs(
         &self,
         uploader: &Arc<Uploader>,
+        store: Option<&Arc<Mutex<Store>>>,
         live: bool,
         outputs: Vec<Output>,
     ) -> Result<(), gst::FlowError> {
+        let mut store = store.map(|s| lock(s));
         for output in outputs {
             let size = match &output {
                 Output::FragmentStart(start) => start.data.len(),
@@ -372,10 +512,24 @@ impl KvsMkvSink {
                 }
                 Output::FragmentStart(start) => {
                     gst::debug!(CAT, imp = self, "fragment {} starts ({} bytes)", start.timecode, size);
-                    uploader.start_fragment(start)
+                    let stored = store.as_mut().and_then(|store| {
+                        let stored = store.start_fragment(&start.header, start.timecode, &start.data);
+                        self.stored(stored, start.timecode, store.position())
+                    });
+                    uploader.start_fragment(start, stored)
                 }
-                Output::Frame { data, duration } => uploader.push_frame(data, duration),
+                Output::Frame { data, duration } => {
+                    if let Some(store) = store.as_mut() {
+                        let appended = store.append(&data, duration);
+                        self.stored(appended, 0, store.position());
+                    }
+                    uploader.push_frame(data, duration)
+                }
                 Output::FragmentEnd => {
+                    if let Some(store) = store.as_mut() {
+                        let ended = store.end_fragment();
+                        self.stored(ended, 0, None);
+                    }
                     uploader.end_fragment();
                     Ok(())
                 }
@@ -385,6 +539,47 @@ impl KvsMkvSink {
             }
         }
         Ok(())
+    }
+
+    /// What a store write gave: logged (each stored frame at debug level, which the crash tests read), and a
+    /// warning when the store starts failing (the fragment then lives in memory only) or works again.
+    fn stored<T>(
+        &self,
+        result: Result<T, super::store::StoreError>,
+        timecode: u64,
+        position: Option<(u64, usize)>,
+    ) -> Option<T> {
+        let mut failing = lock(&self.store_failing);
+        match result {
+            Ok(value) => {
+                if std::mem::take(&mut *failing) {
+                    gst::element_imp_info!(
+                        self,
+                        gst::ResourceError::Write,
+                        ("kvssink: buffer-dir takes fragments again"),
+                        ["fragments are stored on disk again from fragment {}", timecode]
+                    );
+                }
+                if let Some((fragment, frames)) = position {
+                    gst::debug!(CAT, imp = self, "stored frame {} of fragment {fragment}", frames - 1);
+                }
+                Some(value)
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut *failing, true) {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        ("kvssink: {}", error),
+                        [
+                            "buffer-dir failed: fragments live in memory only (lost if the process stops) until it works again"
+                        ]
+                    );
+                }
+                gst::debug!(CAT, imp = self, "store write failed: {error}");
+                None
+            }
+        }
     }
 
     /// The wall-clock time at which the content of `buffer` was captured: its running time is a time of the
@@ -418,7 +613,7 @@ impl KvsMkvSink {
     }
 
     fn on_eos(&self) {
-        let (uploader, outputs, live, stop_timeout) = {
+        let (uploader, store, outputs, live, stop_timeout) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return };
             let outputs = match started.fragmenter.finish() {
@@ -429,9 +624,15 @@ impl KvsMkvSink {
                     return;
                 }
             };
-            (started.uploader.clone(), outputs, started.live.unwrap_or(false), started.stop_timeout)
+            (
+                started.uploader.clone(),
+                started.store.clone(),
+                outputs,
+                started.live.unwrap_or(false),
+                started.stop_timeout,
+            )
         };
-        if self.queue_outputs(&uploader, live, outputs).is_err() {
+        if self.queue_outputs(&uploader, store.as_ref(), live, outputs).is_err() {
             return;
         }
         uploader.finish();
@@ -513,6 +714,9 @@ pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
             .build(),
         uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min (default: 2400)", 2700, DEFAULT_ROTATION_S),
         uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up (default: 10)", u32::MAX, DEFAULT_RETRY_LIMIT),
+        string("buffer-dir", "Directory of the fragment store: every frame is written there before it is sent and kept until the service persists it, so a crash, a restart or an outage loses nothing; a sink started on it uploads what it holds first (default: none, fragments in RAM only)"),
+        uint("buffer-max-size", "Fragment store size limit, in MiB: a live source then drops the oldest fragments, other sources wait (default: 1024)", 16_777_216, DEFAULT_BUFFER_MAX_MB),
+        uint("buffer-max-age", "Fragment store age limit: the stored media spans at most this long, in seconds; 0: no limit (default: 0)", u32::MAX, 0),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
             .read_only()
@@ -576,6 +780,9 @@ impl ObjectImpl for KvsMkvSink {
             "file-start-time" => settings.file_start_time = value.get().unwrap_or(0),
             "connection-rotation" => settings.rotation_s = get_u32(),
             "retry-limit" => settings.retry_limit = get_u32(),
+            "buffer-dir" => settings.buffer_dir = string_value(value),
+            "buffer-max-size" => settings.buffer_max_mb = get_u32(),
+            "buffer-max-age" => settings.buffer_max_age_s = get_u32(),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
@@ -601,6 +808,9 @@ impl ObjectImpl for KvsMkvSink {
             "file-start-time" => settings.file_start_time.to_value(),
             "connection-rotation" => settings.rotation_s.to_value(),
             "retry-limit" => settings.retry_limit.to_value(),
+            "buffer-dir" => settings.buffer_dir.to_value(),
+            "buffer-max-size" => settings.buffer_max_mb.to_value(),
+            "buffer-max-age" => settings.buffer_max_age_s.to_value(),
             "stats" => {
                 drop(settings);
                 let stats = lock(&self.state).as_ref().map(|s| s.uploader.stats()).unwrap_or_default();
@@ -658,6 +868,10 @@ impl BaseSinkImpl for KvsMkvSink {
         self.canceller.cancel();
         if let Some(started) = lock(&self.state).take() {
             started.uploader.stop();
+            // What the store holds is on disk before the next start (or a power loss).
+            if let Some(store) = &started.store {
+                lock(store).sync();
+            }
         }
         Ok(())
     }
@@ -698,7 +912,7 @@ impl BaseSinkImpl for KvsMkvSink {
             gst::FlowError::Error
         })?;
         let data = bytes::Bytes::from_owner(data);
-        let (uploader, outputs, live) = {
+        let (uploader, store, outputs, live) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
             if let Some(reason) = started.uploader.failure() {
@@ -708,14 +922,16 @@ impl BaseSinkImpl for KvsMkvSink {
             let capture_time =
                 if started.frame_timecodes { self.capture_time(buffer) } else { Some(SystemTime::now()) };
             match started.fragmenter.push(data, capture_time) {
-                Ok(outputs) => (started.uploader.clone(), outputs, started.live.unwrap_or(false)),
+                Ok(outputs) => {
+                    (started.uploader.clone(), started.store.clone(), outputs, started.live.unwrap_or(false))
+                }
                 Err(error) => {
                     drop(state);
                     return Err(self.input_error(&error));
                 }
             }
         };
-        self.queue_outputs(&uploader, live, outputs)?;
+        self.queue_outputs(&uploader, store.as_ref(), live, outputs)?;
         Ok(gst::FlowSuccess::Ok)
     }
 

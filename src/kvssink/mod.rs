@@ -15,6 +15,7 @@ mod compat;
 pub mod fragmenter;
 mod imp;
 pub mod queue;
+pub mod store;
 pub mod uploader;
 
 glib::wrapper! {

@@ -8,6 +8,11 @@
 //! A fragment stays until it is PERSISTED (RECEIVED when the stream keeps no data, sent when no ACKs are asked
 //! for); a PERSISTED also releases the fragments RECEIVED before it on the same connection, since the service
 //! persists in order. A failed connection's fragments are queued again, in order.
+//!
+//! With a fragment store (`buffer-dir`, [`super::store`]) each entry also has its file. The queue's only I/O
+//! goes through that handle: a fragment that leaves the queue (done or dropped) releases its file, and a
+//! complete fragment that waits to be sent is served from a map of its file instead of the frames' memory
+//! ([`spill`](FragmentQueue::spill)), so a backlog costs disk, not RAM.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::fragmenter::{FragmentStart, StreamHeader};
+use super::store::FragmentFile;
 use super::uploader::Stats;
 use crate::kvs::ack::{AckEvent, AckKind};
 use crate::kvs::error::{AckErrorAction, KvsError, ack_error_action};
@@ -62,6 +68,10 @@ pub struct Entry {
     pub complete: bool,
     pub state: State,
     pub sends: u32,
+    /// Its file in the fragment store, if there is one.
+    pub stored: Option<FragmentFile>,
+    /// `data` is a map of its file (no longer the frames' memory).
+    pub spilled: bool,
 }
 
 /// How much the queue holds at most, and whether fragments wait for ACKs.
@@ -187,13 +197,18 @@ impl FragmentQueue {
             || (self.bytes + size <= self.limits.max_bytes && self.duration() < self.limits.max_duration)
     }
 
-    /// Makes room for `size` more bytes by dropping the oldest complete fragments not sent yet; returns them.
+    /// Makes room for `size` more bytes by dropping the oldest complete fragments, those not sent yet first,
+    /// then those sent and waiting for their PERSISTED (every byte held counts against the limits); returns them.
+    /// The fragment being written is never dropped.
     pub fn make_room(&mut self, size: usize) -> Vec<Dropped> {
         let mut dropped = Vec::new();
         while !self.has_room(size) {
-            let Some(index) = self.entries.iter().position(|e| e.state == State::Queued && e.complete) else {
-                break;
-            };
+            let index = self
+                .entries
+                .iter()
+                .position(|e| e.state == State::Queued && e.complete)
+                .or_else(|| self.entries.iter().position(|e| e.complete));
+            let Some(index) = index else { break };
             if let Some(entry) = self.remove_at(index) {
                 self.stats.fragments_dropped += 1;
                 dropped.push(Dropped { timecode: entry.timecode, bytes: entry.size });
@@ -203,7 +218,7 @@ impl FragmentQueue {
     }
 
     /// A new fragment with its first frame; the one being written is complete from now on.
-    pub fn start_fragment(&mut self, start: FragmentStart) {
+    pub fn start_fragment(&mut self, start: FragmentStart, stored: Option<FragmentFile>) {
         if let Some(previous) = self.writing() {
             previous.complete = true;
         }
@@ -222,7 +237,56 @@ impl FragmentQueue {
             complete: false,
             state: State::Queued,
             sends: 0,
+            stored,
+            spilled: false,
         });
+    }
+
+    /// A complete fragment read back from the store (left by an earlier process), queued after the others.
+    pub fn push_stored(
+        &mut self,
+        header: Arc<StreamHeader>,
+        timecode: u64,
+        duration: Duration,
+        data: Vec<Bytes>,
+        file: FragmentFile,
+    ) {
+        let size = data.iter().map(Bytes::len).sum();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bytes += size;
+        self.stats.fragments_queued += 1;
+        self.entries.push_back(Entry {
+            id,
+            header,
+            timecode,
+            duration,
+            data,
+            size,
+            complete: true,
+            state: State::Queued,
+            sends: 0,
+            stored: Some(file),
+            spilled: true,
+        });
+    }
+
+    /// Serves every complete fragment that waits to be sent and has a file from a map of that file, letting go
+    /// of its frames' memory; returns how many. A fragment whose file cannot be mapped stays in memory.
+    pub fn spill(&mut self) -> usize {
+        let mut count = 0;
+        for entry in self.entries.iter_mut().filter(|e| e.complete && !e.spilled && e.state == State::Queued)
+        {
+            let Some(file) = &entry.stored else { continue };
+            if let Ok(data) = file.map()
+                && data.iter().map(Bytes::len).sum::<usize>() == entry.size
+            {
+                entry.data = data;
+                entry.spilled = true;
+                count += 1;
+            }
+        }
+        count
     }
 
     /// The next frame of the fragment being written (`duration`: the fragment's length with it). Nothing when
@@ -248,9 +312,13 @@ impl FragmentQueue {
         self.entries.back_mut().filter(|e| !e.complete)
     }
 
+    /// Takes a fragment out of the queue: it is done (stored by the service) or dropped, so its file goes too.
     fn remove_at(&mut self, index: usize) -> Option<Entry> {
         let entry = self.entries.remove(index)?;
         self.bytes -= entry.size;
+        if let Some(file) = &entry.stored {
+            file.release();
+        }
         Some(entry)
     }
 
@@ -317,20 +385,30 @@ impl FragmentQueue {
         Next::Send(entry.data.clone())
     }
 
-    /// How long the oldest fragment `connection` sent has waited for its first ACK, if as long as the staleness
-    /// limit (never without ACKs).
+    /// How long the oldest fragment `connection` sent has waited, if past the staleness limit (never without
+    /// ACKs): a fragment with no ACK at all `staleness` after it was sent, or a complete one with a BUFFERING or
+    /// RECEIVED but no PERSISTED `staleness` after its last frame.
     pub fn stale_for(&self, connection: u64, now: Instant) -> Option<Duration> {
         if !self.limits.acks {
             return None;
         }
+        let staleness = self.limits.staleness;
         self.entries
             .iter()
-            .filter_map(|e| match e.state {
-                State::Sent { connection: c, at } if c == connection => Some(now.duration_since(at)),
-                _ => None,
+            .filter_map(|e| {
+                let waited = now.duration_since(e.state.sent_at()?);
+                let bound = match e.state {
+                    State::Sent { connection: c, .. } if c == connection => staleness,
+                    State::Buffering { connection: c, .. } | State::Received { connection: c, .. }
+                        if c == connection && e.complete =>
+                    {
+                        staleness + e.duration
+                    }
+                    _ => return None,
+                };
+                (waited >= bound).then_some(waited)
             })
             .max()
-            .filter(|waited| *waited >= self.limits.staleness)
     }
 
     /// Applies an ACK `connection` received. `persisting`: the stream keeps data (otherwise RECEIVED is the
@@ -422,11 +500,10 @@ mod tests {
 
     /// A complete fragment of `size` bytes at `timecode` (ms).
     fn fragment(queue: &mut FragmentQueue, timecode: u64, size: usize) {
-        queue.start_fragment(FragmentStart {
-            header: header(),
-            timecode,
-            data: Rope::from(Bytes::from(vec![0; size])),
-        });
+        queue.start_fragment(
+            FragmentStart { header: header(), timecode, data: Rope::from(Bytes::from(vec![0; size])) },
+            None,
+        );
         queue.end_fragment();
     }
 
@@ -529,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_the_oldest_unsent_fragments_and_never_one_in_flight() {
+    fn a_full_queue_drops_the_oldest_unsent_fragments_first_then_the_oldest_sent() {
         let t0 = Instant::now();
         let mut queue = FragmentQueue::new(LIMITS);
         fragment(&mut queue, 1000, 400);
@@ -542,13 +619,18 @@ mod tests {
         assert!(queue.has_room(300));
         assert_eq!(queue.stats.fragments_dropped, 1);
         assert_eq!(queue.bytes(), 500);
+        // With nothing unsent left, sent fragments waiting for their PERSISTED go too: every byte counts.
+        assert_eq!(
+            queue.make_room(900),
+            [Dropped { timecode: 3000, bytes: 100 }, Dropped { timecode: 1000, bytes: 400 }]
+        );
+        assert!(queue.is_empty());
         // A fragment being written is never dropped, and a queue holding only it always takes more.
         let mut writing = FragmentQueue::new(LIMITS);
-        writing.start_fragment(FragmentStart {
-            header: header(),
-            timecode: 1,
-            data: Rope::from(Bytes::from(vec![0; 5000])),
-        });
+        writing.start_fragment(
+            FragmentStart { header: header(), timecode: 1, data: Rope::from(Bytes::from(vec![0; 5000])) },
+            None,
+        );
         assert!(writing.has_room(5000));
         assert!(writing.make_room(5000).is_empty());
     }
@@ -561,21 +643,37 @@ mod tests {
         send_all(&mut queue, 7, t0);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(4)), None);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(6)), Some(Duration::from_secs(6)));
-        // A BUFFERING ACK is an answer: no longer stale.
+        // A BUFFERING ACK is an answer, but the fragment must still be persisted: stale `staleness` after its
+        // last frame (at 2 s here) without one.
         queue.apply_ack(7, &ack(AckKind::Buffering, 1000), t0, true);
-        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(60)), None);
+        queue.entries[0].duration = Duration::from_secs(2);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(6)), None);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        // So is a RECEIVED one; another connection's fragments are not this one's business.
+        queue.apply_ack(7, &ack(AckKind::Received, 1000), t0, true);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        assert_eq!(queue.stale_for(8, t0 + Duration::from_secs(60)), None);
         assert!(queue.holds(7));
+        // A fragment still being written waits for its end before it can be persisted.
+        let mut queue = FragmentQueue::new(LIMITS);
+        queue.start_fragment(
+            FragmentStart { header: header(), timecode: 1, data: Rope::from(Bytes::from_static(b"A")) },
+            None,
+        );
+        let mut cursor = None;
+        assert!(matches!(queue.next_to_send(7, &mut cursor, 1, false, t0), Next::Send(_)));
+        queue.apply_ack(7, &ack(AckKind::Buffering, 1), t0, true);
+        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(60)), None);
     }
 
     #[test]
     fn frames_follow_their_fragment_as_they_come_and_a_new_header_rotates() {
         let t0 = Instant::now();
         let mut queue = FragmentQueue::new(LIMITS);
-        queue.start_fragment(FragmentStart {
-            header: header(),
-            timecode: 1000,
-            data: Rope::from(Bytes::from_static(b"A")),
-        });
+        queue.start_fragment(
+            FragmentStart { header: header(), timecode: 1000, data: Rope::from(Bytes::from_static(b"A")) },
+            None,
+        );
         let mut cursor = None;
         assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Send(p) if p.len() == 1));
         assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Wait));
@@ -586,11 +684,14 @@ mod tests {
         queue.end_fragment();
         let mut next = StreamHeader::clone(&header());
         next.generation = 2;
-        queue.start_fragment(FragmentStart {
-            header: Arc::new(next),
-            timecode: 2000,
-            data: Rope::from(Bytes::from_static(b"C")),
-        });
+        queue.start_fragment(
+            FragmentStart {
+                header: Arc::new(next),
+                timecode: 2000,
+                data: Rope::from(Bytes::from_static(b"C")),
+            },
+            None,
+        );
         assert!(matches!(
             queue.next_to_send(1, &mut cursor, 1, false, t0),
             Next::Rotate("the stream header changed")

@@ -28,8 +28,9 @@ use tokio::sync::watch;
 
 use kvs_mkv::Rope;
 
-use super::fragmenter::{FragmentStart, end_of_fragment_tag};
+use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
 use super::queue::{Cursor, FragmentQueue, Limits, Next};
+use super::store::{FragmentFile, RecoveredFragment};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
 use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
@@ -48,6 +49,12 @@ pub struct UploaderConfig {
     pub retention_hours: i32,
     /// The stream is missing: create it with these (and the media type of the first header) before uploading.
     pub create: Option<crate::kvs::control::CreateParams>,
+    /// The stream could not be checked at start (the service was unreachable and there is a fragment store):
+    /// check it (and create it, with `create`) before the first connection.
+    pub check_stream: bool,
+    /// Media is kept in a fragment store on disk: connection failures never make the upload give up
+    /// (`retry-limit` is for uploads that hold media in RAM only).
+    pub durable: bool,
     /// Ask for ACKs (`fragment-acks`); without them a fragment is done once written.
     pub acks: bool,
     /// No BUFFERING ACK this long after a fragment was sent: the connection is stale.
@@ -284,11 +291,16 @@ impl Uploader {
             dropped
         };
         for entry in dropped {
+            let (limit, what) = if self.config.durable {
+                ("buffer-max-size, buffer-max-age", "fragment store")
+            } else {
+                ("storage-size, buffer-duration", "fragment queue")
+            };
             self.emit(UploadEvent::Dropped {
                 timecode: entry.timecode,
                 bytes: entry.bytes,
                 reason: format!(
-                    "the fragment queue is full ({} bytes, {} s at most: storage-size, buffer-duration)",
+                    "the {what} is full ({} bytes, {} s at most: {limit}): the oldest fragment goes",
                     self.config.max_queue_bytes,
                     self.config.max_queue_duration.as_secs()
                 ),
@@ -300,8 +312,27 @@ impl Uploader {
 
     /// Queues a new fragment with its first frame; it goes out at once. A fragment still being written is
     /// complete from now on.
-    pub fn start_fragment(&self, start: FragmentStart) -> Result<(), UploadFailure> {
-        self.queue_with(start.data.len(), |queue| queue.start_fragment(start))
+    pub fn start_fragment(
+        &self,
+        start: FragmentStart,
+        stored: Option<FragmentFile>,
+    ) -> Result<(), UploadFailure> {
+        self.queue_with(start.data.len(), |queue| {
+            queue.start_fragment(start, stored);
+            queue.spill();
+        })
+    }
+
+    /// Queues a complete fragment read back from the fragment store (before any live media).
+    pub fn queue_stored(&self, header: Arc<StreamHeader>, fragment: RecoveredFragment) {
+        self.lock().queue.push_stored(
+            header,
+            fragment.timecode,
+            fragment.duration,
+            fragment.data,
+            fragment.file,
+        );
+        self.notify();
     }
 
     /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
@@ -312,7 +343,11 @@ impl Uploader {
 
     /// The fragment being written is complete.
     pub fn end_fragment(&self) {
-        self.lock().queue.end_fragment();
+        {
+            let mut shared = self.lock();
+            shared.queue.end_fragment();
+            shared.queue.spill();
+        }
         self.notify();
     }
 
@@ -393,25 +428,28 @@ impl Uploader {
         let mut endpoint: Option<String> = None;
         let mut connection = 0u64;
         let mut create = self.config.create.clone();
+        let mut check = self.config.check_stream || create.is_some();
         // The first connection opens at once when the stream exists; later ones when there is work.
-        let mut eager = create.is_none();
+        let mut eager = !check;
         loop {
             if !std::mem::take(&mut eager) && !self.wait_for_work().await {
                 return;
             }
-            if let Some(params) = &mut create {
-                let media_type = {
-                    let shared = self.lock();
-                    shared.queue.front().and_then(|e| e.header.media_type.clone())
-                };
-                params.media_type = params.media_type.clone().or(media_type);
-                match crate::kvs::control::ensure_stream(&self.ctx, &self.config.stream_name, Some(params))
+            if check {
+                if let Some(params) = &mut create {
+                    let media_type = {
+                        let shared = self.lock();
+                        shared.queue.front().and_then(|e| e.header.media_type.clone())
+                    };
+                    params.media_type = params.media_type.clone().or(media_type);
+                }
+                match crate::kvs::control::ensure_stream(&self.ctx, &self.config.stream_name, create.as_ref())
                     .await
                 {
                     Ok(description) => {
                         self.retention_hours
                             .store(description.retention_hours, std::sync::atomic::Ordering::Relaxed);
-                        create = None;
+                        check = false;
                     }
                     Err(error) => {
                         if !self.after_failure(connection, error.into()).await {
@@ -466,6 +504,7 @@ impl Uploader {
         let attempt = {
             let mut shared = self.lock();
             shared.queue.requeue(connection);
+            shared.queue.spill();
             shared.queue.stats.reconnections += 1;
             if !failure.immediate {
                 shared.failures += 1;
@@ -480,7 +519,7 @@ impl Uploader {
             self.fail(failure.error, GaveUp::NoRestart);
             return false;
         }
-        if self.config.retry_limit > 0 && attempt > self.config.retry_limit {
+        if self.config.retry_limit > 0 && attempt > self.config.retry_limit && !self.config.durable {
             self.fail(failure.error, GaveUp::RetryLimit(attempt));
             return false;
         }
@@ -722,6 +761,7 @@ impl Uploader {
         let mut shared = self.lock();
         if shared.queue.requeue(connection) > 0 {
             shared.requeue_epoch += 1;
+            shared.queue.spill();
         }
         drop(shared);
         self.notify();

@@ -12,4 +12,5 @@ mod kvssrc;
 mod plugin;
 mod reliability;
 mod secrets;
+mod store;
 mod uri;

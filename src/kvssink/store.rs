@@ -1,0 +1,733 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The fragment store on disk (`buffer-dir`): what kvssink has taken but the service has not yet persisted,
+//! kept so that it survives a crash, a restart, a power loss and outages longer than RAM can hold.
+//!
+//! **Layout.** One file per fragment, `NNNNNNNNNNNNNNNNNNNN.kvsfrag` (a sequence number that increases with each
+//! fragment, so the names sort in upload order), in a directory that one kvssink holds at a time
+//! (`kvssink.lock`, an advisory `flock` with the holder's pid in it). A file is a magic string and a log of
+//! records, each `u32 LE length | u8 kind | u32 LE CRC-32 of kind and payload | payload`:
+//! - META (JSON: stream name, the fragment's absolute Timecode, TimecodeScale, media type),
+//! - HEADER (the stream header the fragment belongs to: EBML header, Segment, Info, Tracks),
+//! - DATA (the fragment's bytes as sent, frame by frame: `u64 LE` duration so far in ns, then the bytes; the
+//!   first carries the Tags and Cluster head with the first frame),
+//! - END (the fragmenter ended the fragment).
+//!
+//! The payloads of the DATA records, one after the other, are exactly the bytes PutMedia sends for the fragment.
+//! A file is deleted when its fragment is PERSISTED (RECEIVED on a stream without retention), or dropped.
+//!
+//! **Durability.** Each frame is written (`write(2)`, one call) before it is queued for the connection, so a
+//! process killed at any moment (SIGKILL, a crash, an OOM kill) loses nothing the store accepted: the kernel
+//! has it. At the end of each fragment the file (and, for a new file, the directory) is `fdatasync`ed on the
+//! runtime's blocking pool, off the streaming thread; a power loss can cost what was written since the last
+//! completed sync (at most about one fragment). A torn last record (power loss, a write cut short) fails its
+//! length or CRC check: the file is cut at the last whole record and the cut is reported.
+//!
+//! **Reading back.** Fragments found at start, and fragments that wait while the network is down, are served
+//! from memory maps of their files (`memmap2`), not from RAM copies: an outage of hours costs disk, not memory,
+//! and a restart starts sending before it has read its backlog. The maps are safe to use because the files
+//! are only ever appended to by the holder of the directory lock, which is this process.
+//!
+//! Written by hand: no maintained crate offers a crash-safe, append-only, per-item-deletable log whose payloads
+//! can be sent as they are; the parts that exist (CRC-32, mmap) come from `crc32fast` and `memmap2`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use kvs_mkv::Rope;
+
+const MAGIC: &[u8; 8] = b"KVSFRAG1";
+const EXTENSION: &str = "kvsfrag";
+const LOCK_FILE: &str = "kvssink.lock";
+const RECORD_HEAD: usize = 9;
+/// No record is larger (a fragment is at most 50 MB; a frame cannot be larger).
+const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+const META: u8 = 1;
+const HEADER: u8 = 2;
+const DATA: u8 = 3;
+const END: u8 = 4;
+
+/// What goes wrong with the store. `Display` names the file or directory and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A file operation failed.
+    Io { path: PathBuf, action: &'static str, error: String },
+    /// Another kvssink (this process or another) holds the directory.
+    InUse { dir: PathBuf, holder: String },
+    /// A stored fragment belongs to another stream.
+    OtherStream { file: PathBuf, stream: String, expected: String },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io { path, action, error } => {
+                write!(f, "cannot {action} {}: {error}", path.display())
+            }
+            StoreError::InUse { dir, holder } => write!(
+                f,
+                "buffer-dir {} is in use by another kvssink ({holder}): each sink needs a directory of its own",
+                dir.display()
+            ),
+            StoreError::OtherStream { file, stream, expected } => write!(
+                f,
+                "{} holds a fragment of stream {stream:?}, not {expected:?}: buffer-dir belongs to another stream \
+                 (upload it with stream-name={stream}, or move the directory away)",
+                file.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |error| StoreError::Io { path: path.to_owned(), action, error: error.to_string() }
+}
+
+/// What the store found at start that it did not upload as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A torn last record (the process or the machine stopped while writing): the file was cut there.
+    TornTail { file: PathBuf, kept: u64, cut: u64 },
+    /// Not a fragment file of ours, or damaged before its first frame: renamed `*.corrupt`, not uploaded.
+    Corrupt { file: PathBuf, moved_to: PathBuf, reason: String },
+    /// A file that could not be read: left where it is, not uploaded.
+    Unreadable { file: PathBuf, error: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::TornTail { file, kept, cut } => write!(
+                f,
+                "{}: a torn last record was cut ({cut} bytes after the last whole frame at byte {kept}); \
+                 every whole frame before it is uploaded",
+                file.display()
+            ),
+            Problem::Corrupt { file, moved_to, reason } => write!(
+                f,
+                "{} is not a readable fragment ({reason}): moved to {}, not uploaded",
+                file.display(),
+                moved_to.display()
+            ),
+            Problem::Unreadable { file, error } => {
+                write!(f, "{} cannot be read ({error}): left in place, not uploaded", file.display())
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    path: PathBuf,
+    /// Deleted (stored by the service, dropped, or given up after a failed write).
+    released: AtomicBool,
+}
+
+/// A fragment's file. Clones share it; [`release`](Self::release) deletes it once.
+#[derive(Debug, Clone)]
+pub struct FragmentFile(Arc<FileState>);
+
+impl FragmentFile {
+    fn new(path: PathBuf) -> Self {
+        FragmentFile(Arc::new(FileState { path, released: AtomicBool::new(false) }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// The fragment is done with (persisted or dropped): its file goes.
+    pub fn release(&self) {
+        if !self.0.released.swap(true, Ordering::AcqRel) {
+            let _ = fs::remove_file(&self.0.path);
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.0.released.load(Ordering::Acquire)
+    }
+
+    /// The fragment's bytes, as PutMedia sends them, from a memory map of its file (one piece per frame).
+    pub fn map(&self) -> io::Result<Vec<Bytes>> {
+        if self.is_released() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "the fragment's file was released"));
+        }
+        let file = File::open(self.path())?;
+        let parsed = parse(&map_file(&file)?);
+        Ok(parsed.data)
+    }
+}
+
+fn map_file(file: &File) -> io::Result<Bytes> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the file is appended to only by this process while it holds the directory lock, and never
+    // truncated while mapped (the torn-tail cut happens before the file is mapped for use).
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    Ok(Bytes::from_owner(map))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    stream: String,
+    timecode: u64,
+    timecode_scale: u64,
+    #[serde(default)]
+    media_type: Option<String>,
+}
+
+/// A fragment found in the store at start.
+#[derive(Debug, Clone)]
+pub struct RecoveredFragment {
+    /// The stream header's bytes.
+    pub header: Bytes,
+    pub timecode_scale: u64,
+    pub media_type: Option<String>,
+    /// The cluster's absolute Timecode.
+    pub timecode: u64,
+    /// From its Timecode to the start of its latest frame.
+    pub duration: Duration,
+    /// Its bytes as PutMedia sends them (memory-mapped).
+    pub data: Vec<Bytes>,
+    pub size: usize,
+    /// Frames in it (DATA records).
+    pub frames: usize,
+    /// It ended normally (false: the process stopped while it was written; it is uploaded as far as it got).
+    pub complete: bool,
+    pub file: FragmentFile,
+}
+
+/// What [`Store::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub fragments: Vec<RecoveredFragment>,
+    pub problems: Vec<Problem>,
+}
+
+/// The records of a file, as far as they are whole.
+#[derive(Debug, Default)]
+struct Parsed {
+    meta: Option<Meta>,
+    header: Option<Bytes>,
+    data: Vec<Bytes>,
+    duration: Duration,
+    complete: bool,
+    /// Bytes of whole records (magic included).
+    valid: usize,
+    /// Why parsing stopped before the end, if it did.
+    stopped: Option<String>,
+}
+
+fn parse(file: &Bytes) -> Parsed {
+    let mut parsed = Parsed::default();
+    if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
+        parsed.stopped = Some("no kvssink fragment file magic".into());
+        return parsed;
+    }
+    let mut at = MAGIC.len();
+    parsed.valid = at;
+    while at < file.len() {
+        let Some(head) = file.get(at..at + RECORD_HEAD) else {
+            parsed.stopped = Some("a record head cut short".into());
+            break;
+        };
+        let length = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default()) as usize;
+        let kind = head[4];
+        let crc = u32::from_le_bytes(head[5..9].try_into().unwrap_or_default());
+        let start = at + RECORD_HEAD;
+        let Some(payload) = (length <= MAX_RECORD).then(|| file.get(start..start + length)).flatten() else {
+            parsed.stopped = Some(format!("a record of {length} bytes cut short"));
+            break;
+        };
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[kind]);
+        hasher.update(payload);
+        if hasher.finalize() != crc {
+            parsed.stopped = Some("a record whose checksum does not match".into());
+            break;
+        }
+        match kind {
+            META => match serde_json::from_slice(payload) {
+                Ok(meta) => parsed.meta = Some(meta),
+                Err(error) => {
+                    parsed.stopped = Some(format!("unreadable metadata: {error}"));
+                    break;
+                }
+            },
+            HEADER => parsed.header = Some(file.slice(start..start + length)),
+            DATA if length >= 8 => {
+                parsed.duration =
+                    Duration::from_nanos(u64::from_le_bytes(payload[..8].try_into().unwrap_or_default()));
+                parsed.data.push(file.slice(start + 8..start + length));
+            }
+            END => parsed.complete = true,
+            other => {
+                parsed.stopped = Some(format!("an unknown record kind {other}"));
+                break;
+            }
+        }
+        at = start + length;
+        parsed.valid = at;
+    }
+    parsed
+}
+
+/// One record, head and payload, in one buffer (one `write` call).
+fn record(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let length: usize = parts.iter().map(|p| p.len()).sum();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    for part in parts {
+        hasher.update(part);
+    }
+    let mut out = Vec::with_capacity(RECORD_HEAD + length);
+    out.extend_from_slice(&(length as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn data_record(data: &Rope, duration: Duration) -> Vec<u8> {
+    let duration = (duration.as_nanos() as u64).to_le_bytes();
+    let pieces: Vec<Bytes> = data.clone().into_pieces().collect();
+    let mut parts: Vec<&[u8]> = vec![&duration];
+    parts.extend(pieces.iter().map(|p| p.as_ref()));
+    record(DATA, &parts)
+}
+
+struct Writer {
+    file: File,
+    handle: FragmentFile,
+    timecode: u64,
+    frames: usize,
+}
+
+/// Syncs run here: the streaming thread never waits for the disk. Tests wait on it with [`Store::sync`].
+type Syncs = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+/// See the module documentation. Used from the streaming thread only (fragment files are released from the
+/// upload task through their [`FragmentFile`]).
+pub struct Store {
+    dir: PathBuf,
+    stream: String,
+    /// Holds the directory's `flock` while open.
+    _lock: File,
+    next_sequence: u64,
+    writing: Option<Writer>,
+    syncs: Syncs,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).field("stream", &self.stream).finish()
+    }
+}
+
+fn sequence_of(path: &Path) -> Option<u64> {
+    if path.extension()? != EXTENSION {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+impl Store {
+    /// Opens (creating it if needed) and locks `dir` for `stream`, and reads what an earlier process left:
+    /// the fragments in upload order, torn tails cut, damaged files set aside. A fragment of another stream is
+    /// an error (nothing of it is uploaded).
+    pub fn open(dir: &Path, stream: &str) -> Result<(Store, Recovered), StoreError> {
+        fs::create_dir_all(dir).map_err(io_error(dir, "create the directory"))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path, "open"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "a process that has not written its pid yet".to_owned(),
+                    pid => format!("process {pid}"),
+                };
+                return Err(StoreError::InUse { dir: dir.to_owned(), holder });
+            }
+            Err(fs::TryLockError::Error(error)) => {
+                return Err(StoreError::Io { path: lock_path, action: "lock", error: error.to_string() });
+            }
+        }
+        lock.set_len(0).map_err(io_error(&lock_path, "write"))?;
+        write!(lock, "{}", std::process::id()).map_err(io_error(&lock_path, "write"))?;
+
+        let mut files: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+            .map_err(io_error(dir, "list"))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter_map(|path| sequence_of(&path).map(|sequence| (sequence, path)))
+            .collect();
+        files.sort();
+        let next_sequence = files.last().map_or(0, |(sequence, _)| sequence + 1);
+        let mut recovered = Recovered::default();
+        for (_, path) in files {
+            if let Some(fragment) = recover(&path, stream, &mut recovered.problems)? {
+                recovered.fragments.push(fragment);
+            }
+        }
+        let store = Store {
+            dir: dir.to_owned(),
+            stream: stream.to_owned(),
+            _lock: lock,
+            next_sequence,
+            writing: None,
+            syncs: Syncs::default(),
+        };
+        Ok((store, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new fragment with its first frame (`data`: Tags, Cluster head, frame). The one being written, if any,
+    /// is ended. Returns its file, for the queue to release when the fragment is done.
+    pub fn start_fragment(
+        &mut self,
+        header: &super::fragmenter::StreamHeader,
+        timecode: u64,
+        data: &Rope,
+    ) -> Result<FragmentFile, StoreError> {
+        self.end_fragment()?;
+        let path = self.dir.join(format!("{:020}.{EXTENSION}", self.next_sequence));
+        self.next_sequence += 1;
+        let meta = serde_json::to_vec(&Meta {
+            stream: self.stream.clone(),
+            timecode,
+            timecode_scale: header.timecode_scale,
+            media_type: header.media_type.clone(),
+        })
+        .unwrap_or_default();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(record(META, &[&meta]));
+        bytes.extend(record(HEADER, &[&header.bytes]));
+        bytes.extend(data_record(data, Duration::ZERO));
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_error(&path, "create"))?;
+        let handle = FragmentFile::new(path.clone());
+        if let Err(error) = file.write_all(&bytes) {
+            handle.release();
+            return Err(io_error(&path, "write")(error));
+        }
+        self.writing = Some(Writer { file, handle: handle.clone(), timecode, frames: 1 });
+        Ok(handle)
+    }
+
+    /// The next frame of the fragment being written (`duration`: the fragment's length with it). Nothing when
+    /// no fragment is being written (its start failed). A failed write gives the fragment up: its file goes
+    /// (it lives on in memory only).
+    pub fn append(&mut self, data: &Rope, duration: Duration) -> Result<(), StoreError> {
+        let Some(writer) = self.writing.as_mut() else { return Ok(()) };
+        if writer.handle.is_released() {
+            // Done with already (refused by the service while being written).
+            self.writing = None;
+            return Ok(());
+        }
+        if let Err(error) = writer.file.write_all(&data_record(data, duration)) {
+            let writer = self.writing.take();
+            let path = writer.as_ref().map(|w| w.handle.path().to_owned()).unwrap_or_default();
+            if let Some(writer) = writer {
+                writer.handle.release();
+            }
+            return Err(io_error(&path, "write")(error));
+        }
+        writer.frames += 1;
+        Ok(())
+    }
+
+    /// The fragment being written (its Timecode) and how many of its frames are stored.
+    pub fn position(&self) -> Option<(u64, usize)> {
+        self.writing.as_ref().map(|w| (w.timecode, w.frames))
+    }
+
+    /// The fragment being written is complete: its END record, then a data sync off the streaming thread.
+    pub fn end_fragment(&mut self) -> Result<(), StoreError> {
+        let Some(mut writer) = self.writing.take() else { return Ok(()) };
+        if writer.handle.is_released() {
+            return Ok(());
+        }
+        let path = writer.handle.path().to_owned();
+        writer.file.write_all(&record(END, &[])).map_err(io_error(&path, "write"))?;
+        let dir = self.dir.clone();
+        let sync = crate::runtime::RUNTIME.spawn_blocking(move || {
+            let _ = writer.file.sync_data();
+            if let Ok(dir) = File::open(&dir) {
+                let _ = dir.sync_all();
+            }
+        });
+        let mut syncs = self.syncs.lock().unwrap_or_else(|e| e.into_inner());
+        syncs.retain(|s| !s.is_finished());
+        syncs.push(sync);
+        Ok(())
+    }
+
+    /// Waits for the syncs started so far (EOS and tests).
+    pub fn sync(&self) {
+        let syncs: Vec<_> = self.syncs.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for sync in syncs {
+            let _ = crate::runtime::RUNTIME.block_on(sync);
+        }
+    }
+}
+
+/// Reads one file left by an earlier process: its fragment (None: nothing to upload) or a problem.
+fn recover(
+    path: &Path,
+    stream: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<RecoveredFragment>, StoreError> {
+    let unreadable =
+        |error: io::Error| Problem::Unreadable { file: path.to_owned(), error: error.to_string() };
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(error) => {
+            problems.push(unreadable(error));
+            return Ok(None);
+        }
+    };
+    let mut bytes = match map_file(&file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            problems.push(unreadable(error));
+            return Ok(None);
+        }
+    };
+    let mut parsed = parse(&bytes);
+    let (Some(meta), Some(_)) = (&parsed.meta, &parsed.header) else {
+        let reason = parsed.stopped.unwrap_or_else(|| "no metadata or stream header".into());
+        let moved_to = path.with_extension(format!("{EXTENSION}.corrupt"));
+        drop(bytes);
+        if let Err(error) = fs::rename(path, &moved_to) {
+            problems.push(unreadable(error));
+        } else {
+            problems.push(Problem::Corrupt { file: path.to_owned(), moved_to, reason });
+        }
+        return Ok(None);
+    };
+    if meta.stream != stream {
+        return Err(StoreError::OtherStream {
+            file: path.to_owned(),
+            stream: meta.stream.clone(),
+            expected: stream.to_owned(),
+        });
+    }
+    if parsed.stopped.is_some() {
+        let total = bytes.len() as u64;
+        let kept = parsed.valid as u64;
+        drop(parsed);
+        drop(bytes);
+        file.set_len(kept).map_err(io_error(path, "cut the torn tail of"))?;
+        let _ = file.sync_all();
+        problems.push(Problem::TornTail { file: path.to_owned(), kept, cut: total - kept });
+        bytes = map_file(&file).map_err(io_error(path, "read"))?;
+        parsed = parse(&bytes);
+    }
+    let handle = FragmentFile::new(path.to_owned());
+    let (Some(meta), Some(header)) = (parsed.meta, parsed.header) else { return Ok(None) };
+    if parsed.data.is_empty() {
+        // Its first frame never reached the disk: nothing to upload.
+        handle.release();
+        return Ok(None);
+    }
+    let size = parsed.data.iter().map(Bytes::len).sum();
+    Ok(Some(RecoveredFragment {
+        header,
+        timecode_scale: meta.timecode_scale,
+        media_type: meta.media_type,
+        timecode: meta.timecode,
+        duration: parsed.duration,
+        frames: parsed.data.len(),
+        data: parsed.data,
+        size,
+        complete: parsed.complete,
+        file: handle,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fragmenter::StreamHeader;
+    use super::*;
+
+    fn header() -> StreamHeader {
+        StreamHeader {
+            generation: 1,
+            bytes: Bytes::from_static(b"HEADER"),
+            timecode_scale: 1_000_000,
+            media_type: Some("video/h264".into()),
+        }
+    }
+
+    fn rope(bytes: &'static [u8]) -> Rope {
+        Rope::from(Bytes::from_static(bytes))
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kvs-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn whole(fragment: &RecoveredFragment) -> Vec<u8> {
+        fragment.data.concat()
+    }
+
+    #[test]
+    fn fragments_come_back_in_order_with_their_bytes_and_released_ones_do_not() {
+        let dir = dir("order");
+        {
+            let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
+            assert!(recovered.fragments.is_empty() && recovered.problems.is_empty());
+            let first = store.start_fragment(&header(), 1000, &rope(b"A1")).unwrap();
+            store.append(&rope(b"A2"), Duration::from_millis(33)).unwrap();
+            store.end_fragment().unwrap();
+            store.start_fragment(&header(), 2000, &rope(b"B1")).unwrap();
+            store.append(&rope(b"B2"), Duration::from_millis(33)).unwrap();
+            store.end_fragment().unwrap();
+            store.start_fragment(&header(), 3000, &rope(b"C1")).unwrap();
+            store.append(&rope(b"C2"), Duration::from_millis(33)).unwrap();
+            store.sync();
+            assert_eq!(first.map().unwrap().concat(), b"A1A2");
+            first.release();
+            assert!(!first.path().exists());
+            // The process stops here, C mid-fragment.
+        }
+        let (_store, recovered) = Store::open(&dir, "cam1").unwrap();
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+        let found: Vec<_> =
+            recovered.fragments.iter().map(|f| (f.timecode, whole(f), f.frames, f.complete)).collect();
+        assert_eq!(found, [(2000, b"B1B2".to_vec(), 2, true), (3000, b"C1C2".to_vec(), 2, false)]);
+        let b = &recovered.fragments[0];
+        assert_eq!((b.header.as_ref(), b.timecode_scale), (&b"HEADER"[..], 1_000_000));
+        assert_eq!((b.duration, b.media_type.as_deref()), (Duration::from_millis(33), Some("video/h264")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_whole_frame_at_every_byte() {
+        let dir = dir("torn");
+        let full = {
+            let (mut store, _) = Store::open(&dir, "cam1").unwrap();
+            let file = store.start_fragment(&header(), 1000, &rope(b"first")).unwrap();
+            store.append(&rope(b"second"), Duration::from_millis(33)).unwrap();
+            store.append(&rope(b"third"), Duration::from_millis(66)).unwrap();
+            fs::read(file.path()).unwrap()
+        };
+        let path = dir.join(format!("{:020}.{EXTENSION}", 0));
+        let third_starts = full.len() - (RECORD_HEAD + 8 + 5);
+        for cut in third_starts..full.len() {
+            fs::write(&path, &full[..cut]).unwrap();
+            let (_store, recovered) = Store::open(&dir, "cam1").unwrap();
+            let fragment = &recovered.fragments[0];
+            assert_eq!(whole(fragment), b"firstsecond", "cut at {cut}");
+            if cut == third_starts {
+                assert!(recovered.problems.is_empty());
+            } else {
+                assert_eq!(
+                    recovered.problems,
+                    [Problem::TornTail {
+                        file: path.clone(),
+                        kept: third_starts as u64,
+                        cut: (cut - third_starts) as u64
+                    }]
+                );
+            }
+            assert_eq!(fs::metadata(&path).unwrap().len(), third_starts as u64);
+        }
+        // A flipped byte in the last frame: the same.
+        let mut flipped = full.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        let (_store, recovered) = Store::open(&dir, "cam1").unwrap();
+        assert_eq!(whole(&recovered.fragments[0]), b"firstsecond");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_foreign_and_locked_directories_are_named() {
+        let dir = dir("named");
+        fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join(format!("{:020}.{EXTENSION}", 7));
+        fs::write(&junk, b"not a fragment").unwrap();
+        let (store, recovered) = Store::open(&dir, "cam1").unwrap();
+        let moved_to = dir.join(format!("{:020}.{EXTENSION}.corrupt", 7));
+        assert_eq!(
+            recovered.problems,
+            [Problem::Corrupt {
+                file: junk.clone(),
+                moved_to: moved_to.clone(),
+                reason: "no kvssink fragment file magic".into()
+            }]
+        );
+        assert!(moved_to.exists() && !junk.exists());
+        assert_eq!(
+            recovered.problems[0].to_string(),
+            format!(
+                "{} is not a readable fragment (no kvssink fragment file magic): moved to {}, not uploaded",
+                junk.display(),
+                moved_to.display()
+            )
+        );
+        // A second sink on the directory.
+        let error = Store::open(&dir, "cam1").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "buffer-dir {} is in use by another kvssink (process {}): each sink needs a directory of its own",
+                dir.display(),
+                std::process::id()
+            )
+        );
+        drop(store);
+        // Another stream's fragments: an error, nothing uploaded.
+        let (mut store, _) = Store::open(&dir, "cam1").unwrap();
+        let file = store.start_fragment(&header(), 1000, &rope(b"x")).unwrap();
+        drop(store);
+        let error = Store::open(&dir, "cam2").unwrap_err();
+        assert_eq!(
+            error,
+            StoreError::OtherStream {
+                file: file.path().to_owned(),
+                stream: "cam1".into(),
+                expected: "cam2".into()
+            }
+        );
+        // Sequence numbers go on after what is there.
+        let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
+        assert_eq!(recovered.fragments.len(), 1);
+        let next = store.start_fragment(&header(), 2000, &rope(b"y")).unwrap();
+        assert_eq!(sequence_of(next.path()), Some(1));
+        drop(store);
+        // A directory that cannot be made.
+        let not_a_dir = moved_to.join("sub");
+        let error = Store::open(&not_a_dir, "cam1").unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!("cannot create the directory {}: ", not_a_dir.display())),
+            "{error}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

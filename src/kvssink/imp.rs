@@ -552,7 +552,9 @@ impl KvsMkvSink {
         let mut failing = lock(&self.store_failing);
         match result {
             Ok(value) => {
-                if std::mem::take(&mut *failing) {
+                // Only a write that happened says the store works again (a frame of a fragment whose start
+                // failed is not written at all).
+                if position.is_some() && std::mem::take(&mut *failing) {
                     gst::element_imp_info!(
                         self,
                         gst::ResourceError::Write,

@@ -345,3 +345,128 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Reads kvssink's `queued-bytes` every 20 ms while the pipeline runs; returns the largest value seen.
+fn sample_queued_bytes(pipeline: &gst::Pipeline) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use gst::prelude::*;
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = pipeline.by_name("sink").unwrap().downgrade();
+    let seen = peak.clone();
+    std::thread::spawn(move || {
+        while let Some(sink) = sink.upgrade() {
+            if let Some(stats) = sink.property::<Option<gst::Structure>>("stats") {
+                seen.fetch_max(stats.get::<u64>("queued-bytes").unwrap(), std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(sink);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    peak
+}
+
+/// A live H.264 source of `frames` frames at about 4 Mbit/s (noise), a key frame each second.
+fn heavy_live_source(frames: u32) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={frames} pattern=snow ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast bitrate=4000 ! h264parse"
+    )
+}
+
+#[test]
+fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
+    let emu = Emu::start();
+    emu.create_stream("withheld", 1);
+    // RECEIVED comes, PERSISTED never does: before, sent fragments stayed in RAM without bound.
+    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED", "times": 1000}));
+    let description = format!(
+        "{} ! matroskamux ! {} storage-size=2 connection-staleness=1 stop-stream-timeout=1",
+        heavy_live_source(300),
+        sink_props(&emu, "withheld")
+    );
+    let mut peak = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |p| peak = Some(sample_queued_bytes(p)));
+    let peak = peak.unwrap().load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(run.error, None);
+    let dropped = run.messages_named("kvssink-fragment-dropped");
+    assert!(!dropped.is_empty(), "a full queue drops fragments");
+    assert_eq!(run.stat("fragments-dropped"), dropped.len() as u64);
+    let dropped_warnings = run.warnings.iter().filter(|w| w.contains(" dropped | ")).count();
+    assert_eq!(dropped_warnings, dropped.len(), "{:?}", run.warnings);
+    for message in &dropped {
+        assert!(message.get::<String>("reason").unwrap().starts_with(
+            "the fragment queue is full (2097152 bytes, 120 s at most: storage-size, buffer-duration)"
+        ));
+    }
+    // Every byte counts: at most storage-size, plus the fragment being written (never dropped).
+    let largest = emu
+        .admin_fragments("withheld")
+        .iter()
+        .map(|f| f["size_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(peak <= 2 * 1024 * 1024 + largest, "queued bytes peaked at {peak} (largest fragment {largest})");
+    // And fragments that never got their PERSISTED were sent again.
+    assert!(run.stat("fragments-resent") >= 1, "{:?}", run.stats);
+    println!(
+        "PERSISTED withheld: queue peaked at {peak} bytes (storage-size 2 MiB, largest fragment {largest}), \
+         {} fragments dropped with a warning, {} re-sent",
+        dropped.len(),
+        run.stat("fragments-resent")
+    );
+}
+
+/// Runs `body` with a tmpfs of `size` mounted at a new directory (root only: None otherwise).
+fn with_tmpfs<T>(size: &str, body: impl FnOnce(&Path) -> T) -> Option<T> {
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root {
+        println!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    let dir = temp_dir(&format!("tmpfs-{size}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&dir)));
+    Command::new("umount").arg(&dir).status().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    Some(result.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
+#[test]
+fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
+    with_tmpfs("512k", |dir| {
+        let emu = Emu::start();
+        emu.create_stream("full", 1);
+        // Nothing is persisted for a while, so the store fills; then it drains.
+        emu.fault(json!({"api": "putMedia", "kind": "delay_acks", "ms": 2500, "event": "PERSISTED"}));
+        let description = format!(
+            "{} ! matroskamux ! tee name=t ! queue ! {} sync=false buffer-dir={}/store {CAPTURE}",
+            heavy_live_source(150),
+            sink_props(&emu, "full"),
+            dir.display()
+        );
+        let run = run_pipeline(&description, Duration::from_secs(60));
+        assert_eq!(run.error, None);
+        let full: Vec<&String> =
+            run.warnings.iter().filter(|w| w.contains("No space left on device")).collect();
+        assert!(!full.is_empty(), "a warning when the store starts failing: {:?}", run.warnings);
+        let recovered = run.warnings.len() - full.len();
+        assert_eq!(recovered, 0, "no other warning: {:?}", run.warnings);
+        for warning in &full {
+            assert!(
+                warning.starts_with(&format!("kvssink: cannot write {}/store/", dir.display()))
+                    || warning.starts_with(&format!("kvssink: cannot create {}/store/", dir.display())),
+                "{warning}"
+            );
+        }
+        let input = input_frames(&run.input);
+        let stored = unique_frames(&emu.read_back("full"));
+        assert_eq!(stored.len(), input.len());
+        assert!(stored == input, "every frame stored although the disk was full");
+        assert!(fragment_files(&dir.join("store")).is_empty());
+    });
+}

@@ -355,7 +355,10 @@ fn sample_queued_bytes(pipeline: &gst::Pipeline) -> std::sync::Arc<std::sync::at
     std::thread::spawn(move || {
         while let Some(sink) = sink.upgrade() {
             if let Some(stats) = sink.property::<Option<gst::Structure>>("stats") {
-                seen.fetch_max(stats.get::<u64>("queued-bytes").unwrap(), std::sync::atomic::Ordering::Relaxed);
+                seen.fetch_max(
+                    stats.get::<u64>("queued-bytes").unwrap(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             drop(sink);
             std::thread::sleep(Duration::from_millis(20));
@@ -384,7 +387,8 @@ fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
         sink_props(&emu, "withheld")
     );
     let mut peak = None;
-    let run = run_pipeline_with(&description, Duration::from_secs(60), |p| peak = Some(sample_queued_bytes(p)));
+    let run =
+        run_pipeline_with(&description, Duration::from_secs(60), |p| peak = Some(sample_queued_bytes(p)));
     let peak = peak.unwrap().load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(run.error, None);
     let dropped = run.messages_named("kvssink-fragment-dropped");
@@ -398,12 +402,8 @@ fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
         ));
     }
     // Every byte counts: at most storage-size, plus the fragment being written (never dropped).
-    let largest = emu
-        .admin_fragments("withheld")
-        .iter()
-        .map(|f| f["size_bytes"].as_u64().unwrap())
-        .max()
-        .unwrap();
+    let largest =
+        emu.admin_fragments("withheld").iter().map(|f| f["size_bytes"].as_u64().unwrap()).max().unwrap();
     assert!(peak <= 2 * 1024 * 1024 + largest, "queued bytes peaked at {peak} (largest fragment {largest})");
     // And fragments that never got their PERSISTED were sent again.
     assert!(run.stat("fragments-resent") >= 1, "{:?}", run.stats);
@@ -469,4 +469,104 @@ fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
         assert!(stored == input, "every frame stored although the disk was full");
         assert!(fragment_files(&dir.join("store")).is_empty());
     });
+}
+
+/// One cluster of synthetic H.264 at 2 Mbit/s: 60 frames 33 ms apart, each 8333 bytes that name the cluster
+/// and the frame.
+fn synthetic_cluster(index: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(60 * 8400);
+    kvs_mkv::writer::write_cluster_start(&mut out, index * 2000);
+    for frame in 0..60u64 {
+        let mut payload = vec![(index % 251) as u8; 8333];
+        payload[..16].copy_from_slice(&[index.to_be_bytes(), frame.to_be_bytes()].concat());
+        kvs_mkv::writer::write_simple_block(&mut out, 1, (frame * 33) as i16, frame == 0, &payload);
+    }
+    out
+}
+
+#[test]
+fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropped() {
+    use gst::prelude::*;
+    const CLUSTERS: u64 = 1800; // an hour of 2-s fragments at 2 Mbit/s: 900 MB
+    let closed = closed_address();
+    let listen = closed.trim_start_matches("http://").to_owned();
+    let dir = temp_dir("hour");
+    let data_dir = temp_dir("hour-emulator");
+    let emu = Emu::external(&closed);
+    let started_at = std::time::SystemTime::now() - Duration::from_secs(3600 + 60);
+    let start_s = started_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let description = format!(
+        "appsrc name=feed is-live=true format=time block=true max-bytes=1000000 caps=video/x-matroska ! {} request-timeout=1000 \
+         buffer-dir={} buffer-max-size=64 file-start-time={start_s} stop-stream-timeout=300",
+        sink_props(&emu, "hour"),
+        dir.display()
+    );
+    let (emulator_tx, emulator_rx) = std::sync::mpsc::channel();
+    let run = run_pipeline_with(&description, Duration::from_secs(400), |pipeline| {
+        let feed = pipeline.by_name("feed").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        std::thread::spawn(move || {
+            let push = |data: Vec<u8>, pts: u64| {
+                let mut buffer = gst::Buffer::from_mut_slice(data);
+                buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(pts));
+                let _ = feed.push_buffer(buffer);
+            };
+            push(kvs_mkv::writer::h264_stream_header(), 0);
+            for index in 0..CLUSTERS {
+                push(synthetic_cluster(index), index * 2000);
+            }
+            // The service comes back once the hour is recorded.
+            emulator_tx
+                .send(crate::chaos::campaign::spawn_emulator(
+                    &plugin_dir().join("kvs-emulator"),
+                    &data_dir,
+                    &listen,
+                ))
+                .unwrap();
+            let _ = feed.end_of_stream();
+        });
+    });
+    let (mut emulator, _) = emulator_rx.recv().unwrap();
+    assert_eq!(run.error, None, "{:?}", run.warnings.first());
+    // What was dropped, oldest first, each named; what is stored is all the rest, byte for byte.
+    let dropped: Vec<(u64, u64)> = run
+        .messages_named("kvssink-fragment-dropped")
+        .iter()
+        .map(|m| (m.get::<u64>("fragment-timecode").unwrap(), m.get::<u64>("bytes").unwrap()))
+        .collect();
+    let start_ms = start_s * 1000;
+    let expected_dropped: Vec<u64> = (0..dropped.len() as u64).map(|i| start_ms + i * 2000).collect();
+    assert_eq!(
+        dropped.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        expected_dropped,
+        "the oldest go, in order"
+    );
+    assert!(
+        dropped.len() > 1000 && dropped.len() < 1750,
+        "{} dropped; {:?} {:?}",
+        dropped.len(),
+        run.stats,
+        run.warnings.first()
+    );
+    let warnings = run.warnings.iter().filter(|w| w.contains(" dropped | ")).count();
+    assert_eq!(warnings, dropped.len());
+    let stored = timed_frames(&emu.read_back("hour"));
+    let kept = CLUSTERS - dropped.len() as u64;
+    assert_eq!(stored.len() as u64, kept * 60, "every frame not dropped is stored");
+    for (i, (time, _, payload)) in stored.iter().enumerate() {
+        let (cluster, frame) = (dropped.len() as u64 + i as u64 / 60, i as u64 % 60);
+        assert_eq!(*time as u64, start_ms + cluster * 2000 + frame * 33);
+        assert_eq!(&payload[..16], &[cluster.to_be_bytes(), frame.to_be_bytes()].concat()[..]);
+    }
+    assert!(fragment_files(&dir).is_empty());
+    emulator.kill().unwrap();
+    emulator.wait().unwrap();
+    println!(
+        "an hour offline (1800 fragments, 900 MB) into a 64-MiB store: {} oldest dropped with a warning each \
+         ({} bytes each), the newest {kept} stored, {} frames compared; {:.1} s",
+        dropped.len(),
+        dropped[0].1,
+        stored.len(),
+        run.elapsed.as_secs_f64()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

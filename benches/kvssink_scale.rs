@@ -92,6 +92,7 @@ fn main() {
         "clip: {SECONDS} s of 160x120 H.264, 256 kbit/s, {:.0} kB, {fragments_per_stream} fragments",
         std::fs::metadata(&clip).unwrap().len() as f64 / 1e3
     );
+    println!("note: {}", common::NO_SERVICE_LIMITS);
     for count in counts {
         let emu = Emu::start("scale-0");
         for i in 1..count {

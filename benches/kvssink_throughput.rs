@@ -76,6 +76,7 @@ fn main() {
         FRAMES_PER_CLUSTER,
         FRAME_BYTES / 1000
     );
+    println!("note: {}", common::NO_SERVICE_LIMITS);
     let gb = bytes as f64 / 1e9;
     let mut best = [0f64; 2];
     for round in 1..=2 {

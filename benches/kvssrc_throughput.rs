@@ -124,6 +124,7 @@ fn main() {
         "stored: {:.1} MB in {clusters} fragments; each connection throttled to {rate_mb} MB/s",
         stored as f64 / 1e6
     );
+    println!("note: {}", common::NO_SERVICE_LIMITS);
     let gb = stored as f64 / 1e9;
     let single = run_child("getmedia", &[&emu.url, &stored.to_string()]);
     let single_rate = single.count as f64 / 1e6 / single.seconds;

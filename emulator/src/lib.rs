@@ -128,6 +128,8 @@ pub struct State {
     pub data_dir: Option<Arc<DataDir>>,
     /// `--record-arrivals`.
     pub arrivals: Arc<Arrivals>,
+    /// PutMedia fragment starts per stream (the service's fragment rate limit).
+    pub rates: Arc<putmedia::FragmentRates>,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             faults: Arc::new(Faults::default()),
             data_dir: None,
             arrivals,
+            rates: Arc::default(),
         }
     }
 
@@ -411,6 +414,7 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
                 faults: state.faults.clone(),
                 data_dir: state.data_dir.clone(),
                 arrivals: state.arrivals.clone(),
+                rates: state.rates.clone(),
             };
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }

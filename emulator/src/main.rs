@@ -52,6 +52,10 @@ struct Args {
     /// Seconds without PutMedia body bytes after which the emulator ends the connection (the service: 30).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     idle_timeout: u64,
+    /// Lift the service's per-stream PutMedia limits (5 fragments/s, 12.5 MB/s, one connection per stream), for
+    /// benchmarks that measure a client alone. Tests and users keep them.
+    #[arg(long)]
+    no_service_limits: bool,
     /// Record when every uploaded frame arrives (GET /_emulator/streams/NAME/arrivals), to measure a producer's
     /// latency.
     #[arg(long)]
@@ -147,6 +151,7 @@ async fn main() -> std::process::ExitCode {
         put_media: PutMediaConfig {
             max_connection_duration: Duration::from_secs(args.max_connection_duration),
             idle_timeout: Duration::from_secs(args.idle_timeout),
+            service_limits: !args.no_service_limits,
             ..PutMediaConfig::default()
         },
     };

@@ -46,6 +46,45 @@ pub struct PutMediaConfig {
     /// ERROR 4003 after this long (the service: 45 min).
     pub max_connection_duration: Duration,
     pub limits: Limits,
+    /// The service's per-stream ingest limits ([`FRAGMENTS_PER_SECOND`], [`BYTES_PER_SECOND`], one connection per
+    /// stream); off only for benchmarks that measure a client alone (`--no-service-limits`).
+    pub service_limits: bool,
+}
+
+/// The service reads at most this many fragments a second on a stream (PutMedia's documented limit). Faster
+/// fragments wait: the body is not read until the fragment fits in the last second's five (the service does
+/// not document what it does; the emulator holds the connection back, as for the byte rate).
+pub const FRAGMENTS_PER_SECOND: usize = 5;
+/// The service reads a PutMedia session's media at most this fast (12.5 MB/s, 100 Mbps, documented).
+pub const BYTES_PER_SECOND: u64 = 12_500_000;
+
+/// When the last fragments of each stream started, to hold a stream to [`FRAGMENTS_PER_SECOND`] across its
+/// connections.
+#[derive(Debug, Default)]
+pub struct FragmentRates(
+    std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
+);
+
+impl FragmentRates {
+    /// Waits until one more fragment of `stream` fits in the last second, then counts it.
+    async fn admit(&self, stream: &str) {
+        let due = {
+            let rates = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            rates
+                .get(stream)
+                .filter(|starts| starts.len() >= FRAGMENTS_PER_SECOND)
+                .map(|starts| starts[starts.len() - FRAGMENTS_PER_SECOND] + Duration::from_secs(1))
+        };
+        if let Some(due) = due {
+            tokio::time::sleep_until(due).await;
+        }
+        let mut rates = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let starts = rates.entry(stream.to_owned()).or_default();
+        starts.push_back(Instant::now());
+        while starts.len() > FRAGMENTS_PER_SECOND {
+            starts.pop_front();
+        }
+    }
 }
 
 impl Default for PutMediaConfig {
@@ -55,6 +94,7 @@ impl Default for PutMediaConfig {
             idle_timeout: Duration::from_secs(30),
             max_connection_duration: Duration::from_secs(45 * 60),
             limits: Limits::default(),
+            service_limits: true,
         }
     }
 }
@@ -70,6 +110,8 @@ pub struct PutMediaContext {
     pub data_dir: Option<Arc<crate::persist::DataDir>>,
     /// `--record-arrivals`.
     pub arrivals: Arc<crate::arrivals::Arrivals>,
+    /// Fragment starts per stream, for [`FRAGMENTS_PER_SECOND`].
+    pub rates: Arc<FragmentRates>,
 }
 
 struct Params {
@@ -152,6 +194,16 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
         return response;
     }
     let kill = request.extensions().get::<ConnectionKill>().cloned();
+    if ctx.config.service_limits {
+        // One PutMedia connection per stream: "the last connection is accepted". What becomes of the older one
+        // is not documented; the strict reading: it is reset, and the fragment it was sending is not stored.
+        let older = ctx.faults.drop_open("putMedia", &name, Close::Reset);
+        if older > 0 {
+            eprintln!(
+                "kvs-emulator: putMedia stream={name}: a newer connection replaces {older} open one(s)"
+            );
+        }
+    }
     if let Some(kill) = &kill {
         ctx.faults.register("putMedia", &name, kill);
     }
@@ -431,6 +483,7 @@ async fn ingest_task(
     let upload = conn.ctx.arrivals.upload(&name, conn.received_at);
     let mut bytes = 0u64;
     let mut pacer = crate::faults::Pacer::default();
+    let mut service_pacer = crate::faults::Pacer::default();
     let deadline = Instant::now() + config.max_connection_duration;
     let mut last_data = Instant::now();
     let mut last_idle_ack = Instant::now();
@@ -495,6 +548,9 @@ async fn ingest_task(
                     }
                     bytes += data.len() as u64;
                     pacer.pace(faults.bytes_per_second, data.len()).await;
+                    if config.service_limits {
+                        service_pacer.pace(Some(BYTES_PER_SECOND), data.len()).await;
+                    }
                     if conn.discard {
                         continue;
                     }
@@ -512,7 +568,7 @@ async fn ingest_task(
             }
             None => {
                 let events = conn.ingest.finish();
-                let end = conn.handle_events(events);
+                let end = conn.handle_events_paced(events).await;
                 conn.persist_pending().await;
                 outcome = match end {
                     Some(End::ErrorAck) => "ended with an ERROR ack",
@@ -522,7 +578,7 @@ async fn ingest_task(
                 break;
             }
         };
-        let end = conn.handle_events(events);
+        let end = conn.handle_events_paced(events).await;
         conn.persist_pending().await;
         match end {
             Some(End::ErrorAck) => {
@@ -593,6 +649,25 @@ impl Connection {
 
     fn retention(&self) -> Option<u32> {
         self.ctx.store.lock().find(None, Some(&self.arn)).ok().map(|s| s.data_retention_in_hours)
+    }
+
+    /// Applies ingest events, each fragment start once the stream's fragment rate allows it (with the service's
+    /// limits): the body is not read meanwhile. `Some` when the connection must end.
+    async fn handle_events_paced(&mut self, events: Vec<IngestEvent>) -> Option<End> {
+        if !self.ctx.config.service_limits {
+            return self.handle_events(events);
+        }
+        let mut batch = Vec::new();
+        for event in events {
+            if matches!(event, IngestEvent::Started { .. }) {
+                if let Some(end) = self.handle_events(std::mem::take(&mut batch)) {
+                    return Some(end);
+                }
+                self.ctx.rates.admit(&self.name).await;
+            }
+            batch.push(event);
+        }
+        self.handle_events(batch)
     }
 
     /// Applies ingest events; `Some` when the connection must end.

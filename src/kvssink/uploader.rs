@@ -11,7 +11,8 @@
 //! exponential backoff and jitter when that fails too) and re-sends every fragment that is not yet done, in order, after a fresh header (a
 //! fragment still being written continues on the new connection). Before the service's connection time limit,
 //! or when the stream header changes, it rotates at the next fragment: the old connection gets the
-//! end-of-fragment tag and drains its last ACKs in the background while the next one already streams.
+//! end-of-fragment tag and its last ACKs are read before the next one opens (the service takes one PutMedia
+//! connection per stream, and a newer one replaces the older); frames that come meanwhile wait in the queue.
 //!
 //! The first connection is opened as soon as the task starts (when the stream exists), so that the first frame
 //! does not wait for GetDataEndpoint and the request's round trip.
@@ -166,8 +167,6 @@ pub struct Uploader {
     shared: Mutex<Shared>,
     changed: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Connections ending in the background (see [`drain`](Self::drain)); `stop` ends them too.
-    drains: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     retention_hours: std::sync::atomic::AtomicI32,
 }
 
@@ -228,7 +227,6 @@ impl Uploader {
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
-            drains: Mutex::default(),
             retention_hours: std::sync::atomic::AtomicI32::new(config.retention_hours),
         });
         let task = crate::runtime::RUNTIME.spawn(uploader.clone().run());
@@ -380,9 +378,6 @@ impl Uploader {
     pub fn stop(&self) {
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
-        }
-        for drain in self.drains.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            drain.abort();
         }
     }
 
@@ -612,7 +607,9 @@ impl Uploader {
                     }
                     Next::Rotate(reason) => {
                         self.emit(UploadEvent::Rotating { connection: id, reason });
-                        self.drain(id, body, acks, parser);
+                        // Ended before the next one opens: the service accepts one PutMedia connection per
+                        // stream (a newer one replaces an older one that still waits for its ACKs).
+                        self.clone().drain_task(id, body, acks, parser).await;
                         return Ok(End::Rotate);
                     }
                     Next::Wait => break,
@@ -717,18 +714,8 @@ impl Uploader {
         }
     }
 
-    /// Ends a connection gracefully in the background: the end-of-fragment tag, then its last ACKs until all
-    /// its fragments are done. If it fails first, its fragments are queued again and the current connection
-    /// starts over.
-    fn drain(self: &Arc<Self>, connection: u64, body: BodySender, acks: Incoming, parser: AckParser) {
-        let this = self.clone();
-        let task = crate::runtime::RUNTIME
-            .spawn(async move { this.drain_task(connection, body, acks, parser).await });
-        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
-        drains.retain(|d| !d.is_finished());
-        drains.push(task);
-    }
-
+    /// Ends a connection gracefully: the end-of-fragment tag, then its last ACKs until all its fragments are
+    /// done (bounded by `connection-staleness`). If it fails first, its fragments are queued again.
     async fn drain_task(
         self: Arc<Self>,
         connection: u64,

@@ -152,7 +152,7 @@ fn a_producer_killed_ten_times_loses_no_frame_it_stored() {
         let endpoint = if mode == "offline" { closed.clone() } else { emu.url.clone() };
         let log = dir.with_extension(format!("{run}.log"));
         let mut child = spawn_producer(&endpoint, "killed", &dir, &log, 0xff000000 | (run * 0x1f3d5b));
-        let after = Duration::from_millis(2500 + rng.below(3000));
+        let after = Duration::from_millis(3500 + rng.below(3000));
         std::thread::sleep(after);
         child.kill().unwrap();
         child.wait().unwrap();

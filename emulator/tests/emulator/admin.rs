@@ -523,3 +523,108 @@ async fn open_connections_are_dropped_on_request_with_a_reset() {
         json_call(&emulator, "/_emulator/streams/nosuch/drop", json!({"api": "putMedia"})).await;
     assert_eq!(status, 404);
 }
+
+/// An emulator with the service's per-stream PutMedia limits (the default) or without them.
+async fn with_limits(on: bool) -> Emulator {
+    let mut config = Config::default();
+    config.put_media.service_limits = on;
+    Emulator::start(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn putmedia_is_read_at_five_fragments_a_second_unless_the_limits_are_lifted() {
+    for on in [true, false] {
+        let emulator = with_limits(on).await;
+        create(&emulator, "rate").await;
+        // 16 fragments of 100 ms sent at once: the 6th can start 1 s after the 1st, the 16th 3 s after.
+        let started = Instant::now();
+        let acks = put(&emulator, "rate", body(16)).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(kinds(&acks).iter().filter(|k| *k == "PERSISTED").count(), 16);
+        let (_, listed) = json_call(&emulator, "/listFragments", json!({"StreamName": "rate"})).await;
+        let mut arrivals: Vec<u64> = listed["Fragments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["ServerTimestamp"].as_f64().unwrap() * 1000.0).round() as u64)
+            .collect();
+        arrivals.sort();
+        let spread = arrivals[15] - arrivals[0];
+        if on {
+            assert!(elapsed >= Duration::from_millis(2950), "{elapsed:?}");
+            assert!(spread >= 2950, "server timestamps of the 1st and 16th fragments {spread} ms apart");
+            // No second has more than five fragments.
+            for window in arrivals.windows(6) {
+                assert!(window[5] - window[0] >= 995, "{arrivals:?}");
+            }
+        } else {
+            assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+        }
+    }
+}
+
+/// One fragment of 25 frames of 1 MB.
+fn big_body() -> Vec<u8> {
+    use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
+    let mut out = h264_stream_header();
+    write_cluster_start(&mut out, 1_795_312_662_000);
+    for i in 0..25u8 {
+        write_simple_block(&mut out, 1, i16::from(i) * 33, i == 0, &vec![i; 1 << 20]);
+    }
+    tags::write_tags(&mut out, &[tags::SimpleTag::new(tags::END_OF_FRAGMENT, "")], 8);
+    out
+}
+
+#[tokio::test]
+async fn putmedia_is_read_at_most_at_12_5_mb_a_second_unless_the_limits_are_lifted() {
+    for on in [true, false] {
+        let emulator = with_limits(on).await;
+        create(&emulator, "bytes").await;
+        let data = big_body();
+        let started = Instant::now();
+        let acks = put(&emulator, "bytes", data.clone()).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "PERSISTED"]);
+        let floor = Duration::from_secs_f64(data.len() as f64 / 12_500_000.0 * 0.95);
+        if on {
+            assert!(elapsed >= floor, "{} bytes in {elapsed:?}", data.len());
+        } else {
+            assert!(elapsed < floor / 2, "{} bytes in {elapsed:?} without limits", data.len());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_putmedia_on_a_stream_replaces_the_first_which_is_reset() {
+    let emulator = with_limits(true).await;
+    create(&emulator, "two").await;
+    // The first connection: two clusters sent, the body left open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::post("/putMedia")
+        .header("host", emulator.local_addr().to_string())
+        .header("x-amzn-stream-name", "two")
+        .header("x-amzn-fragment-timecode-type", "ABSOLUTE")
+        .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap();
+    // Two fragments without the end-of-fragment tag: the second stays open.
+    let mut tag = Vec::new();
+    tags::write_tags(&mut tag, &[tags::SimpleTag::new(tags::END_OF_FRAGMENT, "")], 8);
+    let mut data = body(2);
+    data.truncate(data.len() - tag.len());
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from(data)))).await.unwrap();
+    let first = sender.send_request(request).await.unwrap();
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The second is accepted; the first is reset, its open fragment not stored.
+    let acks = put(&emulator, "two", body(1)).await.unwrap();
+    assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "PERSISTED"]);
+    let read = tokio::time::timeout(Duration::from_secs(5), first.into_body().collect()).await.unwrap();
+    let error = read.expect_err("the first connection was reset").to_string();
+    assert!(error.contains("error reading a body"), "{error}");
+    drop(tx);
+    assert_eq!(stored(&emulator, "two").await, ["complete", "aborted", "complete"]);
+}

@@ -11,6 +11,7 @@
 //! | `kvssink-fragment-dropped` | `fragment-timecode`, `bytes`, `reason` |
 //! | `kvssink-stream-error` | `reason`, `error-id`, `fatal` (the `stream-error` signal's argument) |
 //! | `kvssink-stats` | the `stats` property: counters of the upload |
+//! | `kvssink-backlog` | `fragments`, `bytes`, `bytes-per-second`, `eta-ms` (-1: unknown), `waiting` |
 //! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems` |
 //! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
 //! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |
@@ -29,6 +30,7 @@ pub const KVSSINK_FRAGMENT_DROPPED: &str = "kvssink-fragment-dropped";
 pub const KVSSINK_STREAM_ERROR: &str = "kvssink-stream-error";
 pub const KVSSINK_STATS: &str = "kvssink-stats";
 pub const KVSSINK_STORE_RECOVERED: &str = "kvssink-store-recovered";
+pub const KVSSINK_BACKLOG: &str = "kvssink-backlog";
 pub const KVSSRC_FRAGMENT: &str = "kvssrc-fragment";
 pub const KVSSRC_SESSION: &str = "kvssrc-session";
 pub const KVSSRC_PROGRESS: &str = "kvssrc-progress";
@@ -76,6 +78,13 @@ pub fn upload_event(event: &UploadEvent) -> Option<gst::Structure> {
             .field("bytes", *bytes as u64)
             .field("reason", reason)
             .build(),
+        UploadEvent::Backlog(backlog) => gst::Structure::builder(KVSSINK_BACKLOG)
+            .field("fragments", backlog.fragments as u64)
+            .field("bytes", backlog.bytes as u64)
+            .field("bytes-per-second", backlog.rate.round() as u64)
+            .field("eta-ms", backlog.eta.map_or(-1, |eta| eta.as_millis() as i64))
+            .field("waiting", backlog.waiting)
+            .build(),
         UploadEvent::UnreadableAck { .. } | UploadEvent::Failed(_) => return None,
     })
 }
@@ -105,6 +114,8 @@ pub fn stats(stats: &Stats) -> gst::Structure {
         .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
         .field("queued-fragments", stats.queue_fragments as u64)
         .field("queued-bytes", stats.queue_bytes as u64)
+        .field("backlog-fragments", stats.backlog_fragments as u64)
+        .field("backlog-bytes", stats.backlog_bytes as u64)
         .build()
 }
 
@@ -245,7 +256,7 @@ mod tests {
         );
         let counters = stats(&Stats { connections: 3, ..Default::default() });
         assert_eq!(counters.get::<u64>("connections").unwrap(), 3);
-        assert_eq!(counters.n_fields(), 13);
+        assert_eq!(counters.n_fields(), 15);
     }
 
     #[test]
@@ -316,6 +327,14 @@ mod tests {
             upload_event(&UploadEvent::Ack { connection: 1, ack, latency: Some(Duration::ZERO) }).unwrap(),
             upload_event(&UploadEvent::Dropped { timecode: 1, bytes: 1, reason: String::new() }).unwrap(),
             store_recovered("", 0, 0, 0, 0, None, 0),
+            upload_event(&UploadEvent::Backlog(crate::kvssink::uploader::Backlog {
+                fragments: 1,
+                bytes: 1,
+                rate: 1.0,
+                eta: None,
+                waiting: false,
+            }))
+            .unwrap(),
             fragment(&info, Some(1)),
             session(None, None),
             progress(1, 1, 1),

@@ -117,6 +117,8 @@ pub struct KvsMkvSink {
     canceller: Canceller,
     /// The fragment store's last write failed (a warning was posted).
     store_failing: Mutex<bool>,
+    /// A backlog progress was started and not completed.
+    backlog_open: Mutex<bool>,
 }
 
 use crate::element::lock;
@@ -210,6 +212,10 @@ impl KvsMkvSink {
                         ["the connection goes on; a later PERSISTED acknowledges the fragments before it"]
                     );
                 }
+                UploadEvent::Backlog(backlog) => {
+                    gst::debug!(CAT, obj = element, "backlog: {backlog:?}");
+                    element.imp().post_backlog_progress(backlog);
+                }
                 UploadEvent::Failed(failure) => {
                     let reason = failure.to_string();
                     let error_id = match &failure.error {
@@ -231,6 +237,45 @@ impl KvsMkvSink {
                 let _ = element.post_message(gst::message::Element::builder(structure).src(&element).build());
             }
         })
+    }
+
+    /// A backlog as a standard GST_MESSAGE_PROGRESS (code `kvssink-backlog`) that `gst-launch-1.0` prints and
+    /// applications read without knowing kvssink: start, continue each second, complete when it is gone. Start
+    /// and continue only in PLAYING (`gst-launch-1.0` holds a pipeline in PAUSED while a progress is open).
+    fn post_backlog_progress(&self, backlog: &super::uploader::Backlog) {
+        let playing = self.obj().current_state() == gst::State::Playing;
+        let kind = {
+            let mut open = lock(&self.backlog_open);
+            match (*open, backlog.fragments > 0) {
+                (true, false) => {
+                    *open = false;
+                    gst::ProgressType::Complete
+                }
+                (started, true) if playing => {
+                    *open = true;
+                    if started { gst::ProgressType::Continue } else { gst::ProgressType::Start }
+                }
+                _ => return,
+            }
+        };
+        let text = match (kind, backlog.eta) {
+            (gst::ProgressType::Complete, _) => "Backlog uploaded".to_owned(),
+            (_, _) if backlog.waiting => format!(
+                "{} fragments ({:.1} MB) wait for the service",
+                backlog.fragments,
+                backlog.bytes as f64 / 1e6
+            ),
+            (_, eta) => format!(
+                "{} fragments ({:.1} MB) to upload at {:.2} MB/s, about {} s left",
+                backlog.fragments,
+                backlog.bytes as f64 / 1e6,
+                backlog.rate / 1e6,
+                eta.unwrap_or_default().as_secs()
+            ),
+        };
+        let element = self.obj();
+        let message = gst::message::Progress::builder(kind, "kvssink-backlog", &text).src(&*element).build();
+        let _ = element.post_message(message);
     }
 
     fn start_inner(&self) -> Result<Started, gst::ErrorMessage> {
@@ -720,7 +765,7 @@ pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
         uint("buffer-max-size", "Fragment store size limit, in MiB: a live source then drops the oldest fragments, other sources wait (default: 1024)", 16_777_216, DEFAULT_BUFFER_MAX_MB),
         uint("buffer-max-age", "Fragment store age limit: the stored media spans at most this long, in seconds; 0: no limit (default: 0)", u32::MAX, 0),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes; read-only, default: all 0)")
+            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes; read-only, default: all 0)")
             .read_only()
             .build(),
     ];

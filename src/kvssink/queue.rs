@@ -146,9 +146,24 @@ impl FragmentQueue {
         self.bytes
     }
 
-    /// The counters, with the queue's size.
+    /// The counters, with the queue's size and backlog.
     pub fn stats(&self) -> Stats {
-        Stats { queue_fragments: self.entries.len(), queue_bytes: self.bytes, ..self.stats.clone() }
+        let (backlog_fragments, backlog_bytes) = self.backlog();
+        Stats {
+            queue_fragments: self.entries.len(),
+            queue_bytes: self.bytes,
+            backlog_fragments,
+            backlog_bytes,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Complete fragments waiting to be sent (not the one being written): how many, how many bytes.
+    pub fn backlog(&self) -> (usize, usize) {
+        self.entries
+            .iter()
+            .filter(|e| e.complete && e.state == State::Queued)
+            .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.size))
     }
 
     /// The first fragment waiting to be sent.

@@ -41,6 +41,57 @@ use crate::kvs::putmedia::{self, BodyChunk, BodySender, PutMediaRequest};
 /// tell its idle close from a response that ends at once).
 const IDLE_CLOSE: Duration = Duration::from_secs(25);
 
+/// The service reads at most this many fragments a second on a stream, and this many bytes (PutMedia's
+/// documented limits): a backlog goes up no faster, so that the service never has to hold the connection back.
+pub const SERVICE_FRAGMENTS_PER_SECOND: usize = 5;
+pub const SERVICE_BYTES_PER_SECOND: f64 = 12_500_000.0;
+
+/// Keeps one connection within the service's ingest limits: a fragment starts at most as the fifth of the last
+/// second, and bytes go out at most at the byte rate (a token bucket holding one second of it). Live media,
+/// at a few fragments a minute, never waits; a backlog goes up at the limits.
+#[derive(Debug)]
+struct Pacer {
+    starts: std::collections::VecDeque<Instant>,
+    /// Bytes that may go now, and when that was counted.
+    allowance: f64,
+    counted: Instant,
+}
+
+impl Pacer {
+    fn new(now: Instant) -> Self {
+        Pacer { starts: Default::default(), allowance: SERVICE_BYTES_PER_SECOND, counted: now }
+    }
+
+    /// How long a new fragment must wait.
+    fn fragment_wait(&self, now: Instant) -> Duration {
+        match self.starts.len() {
+            n if n >= SERVICE_FRAGMENTS_PER_SECOND => (self.starts[n - SERVICE_FRAGMENTS_PER_SECOND]
+                + Duration::from_secs(1))
+            .saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn fragment_started(&mut self, now: Instant) {
+        self.starts.push_back(now);
+        while self.starts.len() > SERVICE_FRAGMENTS_PER_SECOND {
+            self.starts.pop_front();
+        }
+    }
+
+    /// Counts `bytes` about to go; returns how long to wait first.
+    fn bytes_wait(&mut self, bytes: usize, now: Instant) -> Duration {
+        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
+        self.counted = now;
+        self.allowance = (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND) - bytes as f64;
+        if self.allowance >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.allowance / SERVICE_BYTES_PER_SECOND)
+        }
+    }
+}
+
 /// How the uploader behaves; the element fills it from its properties.
 #[derive(Debug, Clone)]
 pub struct UploaderConfig {
@@ -109,8 +160,24 @@ pub enum UploadEvent {
         connection: u64,
         reason: String,
     },
+    /// Fragments wait to be sent (a catch-up after an outage or a restart, or an outage going on): posted each
+    /// second while more than the fragment being written waits, and once more when the backlog is gone.
+    Backlog(Backlog),
     /// The uploader gave up; nothing more will be sent.
     Failed(UploadFailure),
+}
+
+/// How much waits to be sent, and how long it should take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backlog {
+    pub fragments: usize,
+    pub bytes: usize,
+    /// Bytes sent per second over the last second.
+    pub rate: f64,
+    /// At the measured rate, or at the service's limits while nothing goes out (None: unknown).
+    pub eta: Option<Duration>,
+    /// Nothing goes out: no connection (an outage).
+    pub waiting: bool,
 }
 
 /// Why the uploader gave up.
@@ -139,6 +206,9 @@ pub struct Stats {
     pub last_ack_latency: Option<Duration>,
     pub queue_fragments: usize,
     pub queue_bytes: usize,
+    /// Complete fragments waiting to be sent (a catch-up or an outage).
+    pub backlog_fragments: usize,
+    pub backlog_bytes: usize,
 }
 
 struct Shared {
@@ -167,6 +237,10 @@ pub struct Uploader {
     shared: Mutex<Shared>,
     changed: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The backlog reporter ([`report_backlog`](Self::report_backlog)).
+    reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The service's ingest limits, across this stream's connections.
+    pacer: Mutex<Pacer>,
     retention_hours: std::sync::atomic::AtomicI32,
 }
 
@@ -201,6 +275,10 @@ impl Failure {
     }
 }
 
+fn lock_pacer(pacer: &Mutex<Pacer>) -> MutexGuard<'_, Pacer> {
+    pacer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
@@ -227,10 +305,14 @@ impl Uploader {
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
+            reporter: Mutex::new(None),
+            pacer: Mutex::new(Pacer::new(Instant::now())),
             retention_hours: std::sync::atomic::AtomicI32::new(config.retention_hours),
         });
         let task = crate::runtime::RUNTIME.spawn(uploader.clone().run());
         *uploader.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let reporter = crate::runtime::RUNTIME.spawn(uploader.clone().report_backlog());
+        *uploader.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reporter);
         uploader
     }
 
@@ -376,8 +458,10 @@ impl Uploader {
 
     /// Stops the task at once, dropping its connections.
     pub fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
+        for task in [&self.task, &self.reporter] {
+            if let Some(task) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
         }
     }
 
@@ -409,6 +493,44 @@ impl Uploader {
             if changes.changed().await.is_err() {
                 return false;
             }
+        }
+    }
+
+    /// Each second while fragments wait to be sent beyond the one being written: how many, and how long they
+    /// should take; once more when they are all sent.
+    async fn report_backlog(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reporting = false;
+        let mut last_sent = self.lock().queue.stats.bytes_sent;
+        let mut last_at = Instant::now();
+        loop {
+            tick.tick().await;
+            let ((fragments, bytes), sent, over) = {
+                let shared = self.lock();
+                (shared.queue.backlog(), shared.queue.stats.bytes_sent, shared.failed.is_some())
+            };
+            if over {
+                return;
+            }
+            let now = Instant::now();
+            let rate = (sent - last_sent) as f64 / now.duration_since(last_at).as_secs_f64().max(0.001);
+            (last_sent, last_at) = (sent, now);
+            if fragments <= 1 && !reporting {
+                continue;
+            }
+            reporting = fragments > 1;
+            let at_limits = (fragments as f64 / SERVICE_FRAGMENTS_PER_SECOND as f64)
+                .max(bytes as f64 / SERVICE_BYTES_PER_SECOND);
+            let waiting = rate == 0.0;
+            let eta = if waiting {
+                None
+            } else {
+                Some(Duration::from_secs_f64((bytes as f64 / rate).max(at_limits)))
+            };
+            let fragments = if reporting { fragments } else { 0 };
+            let bytes = if reporting { bytes } else { 0 };
+            self.emit(UploadEvent::Backlog(Backlog { fragments, bytes, rate, eta, waiting }));
         }
     }
 
@@ -598,10 +720,28 @@ impl Uploader {
                 if self.lock().requeue_epoch != epoch {
                     return Err(Failure::retry("an earlier connection ended with fragments to re-send"));
                 }
+                let starting = cursor.is_none();
+                if starting {
+                    // A backlog goes up at the service's fragment rate, no faster.
+                    let wait = lock_pacer(&self.pacer).fragment_wait(Instant::now());
+                    if !wait.is_zero() && self.lock().queue.has_unsent() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 match self.next_to_send(id, &mut cursor, header.generation, opened) {
                     Next::Send(pieces) => {
                         let chunk = BodyChunk::from(pieces);
                         let size = chunk.len() as u64;
+                        let wait = {
+                            let mut pacer = lock_pacer(&self.pacer);
+                            if starting {
+                                pacer.fragment_started(Instant::now());
+                            }
+                            pacer.bytes_wait(chunk.len(), Instant::now())
+                        };
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
                         send(&body, chunk, write_timeout).await?;
                         self.lock().queue.stats.bytes_sent += size;
                     }
@@ -770,5 +910,35 @@ async fn send(body: &BodySender, chunk: BodyChunk, timeout: Duration) -> Result<
             "the service took no data for {:.1} s (connection-staleness)",
             timeout.as_secs_f64()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_lets_five_fragments_start_a_second_and_bytes_at_the_service_rate() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(t0);
+        for i in 0..5 {
+            let at = t0 + Duration::from_millis(i * 10);
+            assert_eq!(pacer.fragment_wait(at), Duration::ZERO);
+            pacer.fragment_started(at);
+        }
+        // The sixth waits until a second after the first.
+        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(50)), Duration::from_millis(950));
+        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(1000)), Duration::ZERO);
+        pacer.fragment_started(t0 + Duration::from_millis(1000));
+        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(1000)), Duration::from_millis(10));
+
+        // One second of bytes goes at once, the next second's waits its time.
+        let mut pacer = Pacer::new(t0);
+        assert_eq!(pacer.bytes_wait(12_500_000, t0), Duration::ZERO);
+        assert_eq!(pacer.bytes_wait(6_250_000, t0), Duration::from_millis(500));
+        // Half a second later it is paid back.
+        assert_eq!(pacer.bytes_wait(0, t0 + Duration::from_millis(500)), Duration::ZERO);
+        // A pause refills at most one second's worth.
+        assert_eq!(pacer.bytes_wait(25_000_000, t0 + Duration::from_secs(60)), Duration::from_secs(1));
     }
 }

@@ -558,8 +558,33 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
         assert_eq!(&payload[..16], &[cluster.to_be_bytes(), frame.to_be_bytes()].concat()[..]);
     }
     assert!(fragment_files(&dir).is_empty());
+    // The backlog was told: while offline (waiting), then during the catch-up, then gone.
+    let backlog = run.messages_named("kvssink-backlog");
+    assert!(backlog.iter().any(|m| m.get::<bool>("waiting").unwrap()), "a backlog waiting for the service");
+    let last = backlog.last().expect("backlog messages");
+    assert_eq!((last.get::<u64>("fragments").unwrap(), last.get::<u64>("bytes").unwrap()), (0, 0));
+    let catching_up: Vec<u64> = backlog
+        .iter()
+        .filter(|m| !m.get::<bool>("waiting").unwrap() && m.get::<u64>("fragments").unwrap() > 0)
+        .map(|m| m.get::<u64>("fragments").unwrap())
+        .collect();
+    assert!(catching_up.windows(2).all(|w| w[1] <= w[0]), "the backlog only shrinks: {catching_up:?}");
+    let progress: Vec<&(gst::ProgressType, String, String, i32)> =
+        run.progress.iter().filter(|(_, code, _, _)| code == "kvssink-backlog").collect();
+    assert_eq!(progress.first().map(|p| p.0), Some(gst::ProgressType::Start));
+    assert_eq!(
+        progress.last().map(|p| (p.0, p.2.as_str())),
+        Some((gst::ProgressType::Complete, "Backlog uploaded"))
+    );
+    // The catch-up went at the service's pace: never more than five fragments in a second.
+    let mut arrivals: Vec<u64> =
+        emu.admin_fragments("hour").iter().map(|f| f["server_timestamp_ms"].as_u64().unwrap()).collect();
+    arrivals.sort();
+    assert!(arrivals.windows(6).all(|w| w[5] - w[0] >= 990), "more than 5 fragments in a second");
+    let rate = (arrivals.len() - 1) as f64 * 1000.0 / (arrivals[arrivals.len() - 1] - arrivals[0]) as f64;
     emulator.kill().unwrap();
     emulator.wait().unwrap();
+    println!("catch-up: {} fragments at {rate:.2} fragments/s (the service's limit: 5)", arrivals.len());
     println!(
         "an hour offline (1800 fragments, 900 MB) into a 64-MiB store: {} oldest dropped with a warning each \
          ({} bytes each), the newest {kept} stored, {} frames compared; {:.1} s",

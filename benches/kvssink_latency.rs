@@ -17,7 +17,9 @@
 //! - and once: process start → first PutMedia body byte.
 //!
 //! Then the same clip once more as a C++ kvssink pipeline is written, `h264parse ! clocksync ! kvssink` (its
-//! `video_0` request pad, with kvssink's own matroskamux inside), for the same latency figure.
+//! `video_0` request pad, with kvssink's own matroskamux inside), for the same latency figure; and once more
+//! through kvssink with a fragment store (`buffer-dir` in the system's temporary directory), against kvssink
+//! without one: latency, CPU and RSS side by side.
 //!
 //! End to end: while kvssink streams, a third child reads the stream live (`kvssrc start-selector=now !
 //! matroskademux ! appsink`). kvssrc's buffers carry the producer times (epoch) as timestamps, so wall clock at
@@ -35,6 +37,8 @@ use kvs_emulator::{Config, Emulator};
 const STREAM: &str = "latency";
 /// The stream the same clip goes to through kvssink's request pad.
 const STREAM_ELEMENTARY: &str = "latency-elementary";
+/// The stream the same clip goes to through kvssink with a fragment store (`buffer-dir`).
+const STREAM_STORE: &str = "latency-store";
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
@@ -71,6 +75,10 @@ fn play(sink: &str, clip: &str, url: &str, out: &str) -> u64 {
         "kvssink" => format!("matroskamux streamable=true ! {}", kvssink(STREAM)),
         // The C++ kvssink's pipeline: H.264 straight to kvssink's video_%u pad (its own matroskamux inside).
         "kvssink-elementary" => kvssink(STREAM_ELEMENTARY),
+        // Every frame written to the fragment store before it is sent.
+        "kvssink-store" => {
+            format!("matroskamux streamable=true ! {} buffer-dir={out}.store", kvssink(STREAM_STORE))
+        }
         other => format!("matroskamux streamable=true ! {other}"),
     };
     let description =
@@ -129,6 +137,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    percentile(values, 0.5)
 }
 
 fn summary(values: &mut [f64]) -> String {
@@ -221,6 +234,7 @@ fn main() {
         .zip(released)
         .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
         .collect();
+    let latency_without_store = latency.clone();
     let mut errors: Vec<f64> = stored
         .iter()
         .zip(released)
@@ -270,25 +284,54 @@ fn main() {
         "/createStream",
         &format!("{{\"StreamName\":\"{STREAM_ELEMENTARY}\",\"DataRetentionInHours\":1}}"),
     );
-    let elementary_out = dir.join("elementary.txt");
-    let elementary =
-        run_child("play", &["kvssink-elementary", &clip, &url, elementary_out.to_str().unwrap()]);
-    assert_eq!(elementary.count as usize, frames);
-    let released = read_numbers(&elementary_out);
-    let arrivals = http("GET", &format!("/_emulator/streams/{STREAM_ELEMENTARY}/arrivals"), "");
-    let stored = arrivals["frames"].as_array().unwrap();
-    assert_eq!(stored.len(), frames, "every frame arrived once");
-    let mut latency: Vec<f64> = stored
-        .iter()
-        .zip(&released[1..])
-        .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
-        .collect();
+    // Plays the clip through `mode` into `stream`; its measures and every frame's capture -> server latency.
+    let latency_of = |mode: &str, stream: &str| {
+        let out = dir.join(format!("{mode}.txt"));
+        let measured = run_child("play", &[mode, &clip, &url, out.to_str().unwrap()]);
+        assert_eq!(measured.count as usize, frames);
+        let released = read_numbers(&out);
+        let arrivals = http("GET", &format!("/_emulator/streams/{stream}/arrivals"), "");
+        let stored = arrivals["frames"].as_array().unwrap().clone();
+        assert_eq!(stored.len(), frames, "every frame arrived once");
+        let latency: Vec<f64> = stored
+            .iter()
+            .zip(&released[1..])
+            .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
+            .collect();
+        (measured, latency)
+    };
+    let (elementary, mut latency) = latency_of("kvssink-elementary", STREAM_ELEMENTARY);
     println!(
         "h264parse ! kvssink (video_0 request pad): {:.2} CPU s, peak RSS {:.1} MiB; frame capture -> its last \
          byte at the server: {}",
         elementary.cpu,
         elementary.rss_mb,
         summary(&mut latency)
+    );
+
+    // With the fragment store: every frame written to disk before it is sent.
+    http(
+        "POST",
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM_STORE}\",\"DataRetentionInHours\":1}}"),
+    );
+    let (stored_run, mut with_store) = latency_of("kvssink-store", STREAM_STORE);
+    let mut without = latency_without_store.clone();
+    let (p50_with, p50_without) = (median(&mut with_store), median(&mut without));
+    println!(
+        "kvssink buffer-dir=...: {:.2} CPU s, peak RSS {:.1} MiB; frame capture -> its last byte at the server: {}",
+        stored_run.cpu,
+        stored_run.rss_mb,
+        summary(&mut with_store)
+    );
+    println!(
+        "the store against no store: p50 {:+.2} ms ({p50_with:.2} vs {p50_without:.2}), CPU {:+.2} s ({:.2}x), \
+         peak RSS {:+.1} MiB (disk: {}; page cache, fsync at each fragment's end)",
+        p50_with - p50_without,
+        stored_run.cpu - sink.cpu,
+        stored_run.cpu / sink.cpu.max(0.001),
+        stored_run.rss_mb - sink.rss_mb,
+        std::env::temp_dir().display()
     );
     let _guard = runtime.enter();
     emulator.shutdown();

@@ -31,6 +31,7 @@ mod uri;
 pub mod cores {
     pub use crate::kvs::ack::AckParser;
     pub use crate::kvssink::fragmenter;
+    pub use crate::kvssink::store;
     pub use crate::kvssrc::merger;
 }
 

@@ -61,7 +61,8 @@ pub struct Entry {
     pub timecode: u64,
     /// From its Timecode to the start of its latest frame.
     pub duration: Duration,
-    /// Tags, Cluster head and frames, in the pieces they came in.
+    /// Tags, Cluster head and frames, in the pieces they came in; empty while the fragment waits on disk
+    /// (`spilled`), mapped from its file when it is sent.
     pub data: Vec<Bytes>,
     pub size: usize,
     /// The fragmenter said it ended: no more frames will be added.
@@ -70,7 +71,7 @@ pub struct Entry {
     pub sends: u32,
     /// Its file in the fragment store, if there is one.
     pub stored: Option<FragmentFile>,
-    /// `data` is a map of its file (no longer the frames' memory).
+    /// Its bytes are read from its file when it is sent (not held in memory).
     pub spilled: bool,
 }
 
@@ -105,6 +106,8 @@ pub enum Next {
     Rotate(&'static str),
     /// Nothing to send until something changes.
     Wait,
+    /// A fragment waiting on disk could not be read back (its file is gone or unreadable): it is dropped.
+    Lost(Dropped, String),
 }
 
 /// What an ACK did.
@@ -257,16 +260,16 @@ impl FragmentQueue {
         });
     }
 
-    /// A complete fragment read back from the store (left by an earlier process), queued after the others.
+    /// A complete fragment read back from the store (left by an earlier process), queued after the others; its
+    /// bytes stay on disk until it is sent.
     pub fn push_stored(
         &mut self,
         header: Arc<StreamHeader>,
         timecode: u64,
         duration: Duration,
-        data: Vec<Bytes>,
         file: FragmentFile,
     ) {
-        let size = data.iter().map(Bytes::len).sum();
+        let size = file.size();
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += size;
@@ -276,7 +279,7 @@ impl FragmentQueue {
             header,
             timecode,
             duration,
-            data,
+            data: Vec::new(),
             size,
             complete: true,
             state: State::Queued,
@@ -286,17 +289,15 @@ impl FragmentQueue {
         });
     }
 
-    /// Serves every complete fragment that waits to be sent and has a file from a map of that file, letting go
-    /// of its frames' memory; returns how many. A fragment whose file cannot be mapped stays in memory.
+    /// Lets go of the memory of every complete fragment that waits to be sent and whose file holds all of it:
+    /// it is read from the file when it is sent. Returns how many.
     pub fn spill(&mut self) -> usize {
         let mut count = 0;
-        for entry in self.entries.iter_mut().filter(|e| e.complete && !e.spilled && e.state == State::Queued)
+        for entry in
+            self.entries.iter_mut().filter(|e| e.complete && e.state == State::Queued && !e.data.is_empty())
         {
-            let Some(file) = &entry.stored else { continue };
-            if let Ok(data) = file.map()
-                && data.iter().map(Bytes::len).sum::<usize>() == entry.size
-            {
-                entry.data = data;
+            if entry.stored.as_ref().is_some_and(|file| !file.is_released() && file.size() == entry.size) {
+                entry.data = Vec::new();
                 entry.spilled = true;
                 count += 1;
             }
@@ -387,6 +388,20 @@ impl FragmentQueue {
         let Some(index) = self.entries.iter().position(|e| e.state == State::Queued) else {
             return Next::Wait;
         };
+        if self.entries[index].data.is_empty() && self.entries[index].spilled {
+            match self.entries[index].stored.as_ref().map(FragmentFile::map) {
+                Some(Ok(data)) => self.entries[index].data = data,
+                Some(Err(error)) => {
+                    let file = self.entries[index].stored.as_ref().map(|f| f.path().display().to_string());
+                    let (timecode, bytes) = (self.entries[index].timecode, self.entries[index].size);
+                    self.remove_at(index);
+                    self.stats.fragments_dropped += 1;
+                    let reason = format!("{} cannot be read back: {error}", file.unwrap_or_default());
+                    return Next::Lost(Dropped { timecode, bytes }, reason);
+                }
+                None => {}
+            }
+        }
         let entry = &mut self.entries[index];
         if entry.header.generation != generation {
             return Next::Rotate("the stream header changed");
@@ -536,6 +551,7 @@ mod tests {
                 Next::Wait if cursor.is_none() => return sent,
                 Next::Wait => cursor = None,
                 Next::Rotate(why) => panic!("{why}"),
+                Next::Lost(dropped, why) => panic!("{dropped:?}: {why}"),
             }
         }
     }
@@ -648,6 +664,53 @@ mod tests {
         );
         assert!(writing.has_room(5000));
         assert!(writing.make_room(5000).is_empty());
+    }
+
+    #[test]
+    fn waiting_fragments_with_a_file_hold_no_memory_and_are_read_back_when_sent() {
+        use super::super::store::Store;
+        let dir = std::env::temp_dir().join(format!("kvs-queue-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut store, _) = Store::open(&dir, "s").unwrap();
+        let t0 = Instant::now();
+        let mut queue = FragmentQueue::new(LIMITS);
+        let mut files = Vec::new();
+        for (timecode, first, second) in [(1000, b"A1", b"A2"), (2000, b"B1", b"B2")] {
+            let start =
+                FragmentStart { header: header(), timecode, data: Rope::from(Bytes::from_static(first)) };
+            let file = store.start_fragment(&start.header, timecode, &start.data).unwrap();
+            queue.start_fragment(start, Some(file.clone()));
+            store.append(&Rope::from(Bytes::from_static(second)), Duration::from_millis(33)).unwrap();
+            queue.push_frame(Rope::from(Bytes::from_static(second)), Duration::from_millis(33));
+            store.end_fragment().unwrap();
+            queue.end_fragment();
+            files.push(file);
+        }
+        // Both wait (no connection): their memory goes, their size still counts.
+        assert_eq!(queue.spill(), 2);
+        assert!(queue.entries.iter().all(|e| e.data.is_empty() && e.spilled));
+        assert_eq!((queue.bytes(), queue.backlog()), (8, (2, 8)));
+        // The second's file disappears: it is dropped, named, when its turn comes; the first is read back.
+        std::fs::remove_file(files[1].path()).unwrap();
+        let mut cursor = None;
+        match queue.next_to_send(1, &mut cursor, 1, false, t0) {
+            Next::Send(pieces) => assert_eq!(pieces.concat(), b"A1A2"),
+            other => panic!("{other:?}"),
+        }
+        match queue.next_to_send(1, &mut cursor, 1, false, t0) {
+            Next::Lost(dropped, why) => {
+                assert_eq!(dropped, Dropped { timecode: 2000, bytes: 4 });
+                assert!(
+                    why.starts_with(&format!("{} cannot be read back: ", files[1].path().display())),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A persisted fragment's file goes with it.
+        queue.apply_ack(1, &ack(AckKind::Persisted, 1000), t0, true);
+        assert!(queue.is_empty() && !files[0].path().exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

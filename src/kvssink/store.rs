@@ -23,10 +23,11 @@
 //! completed sync (at most about one fragment). A torn last record (power loss, a write cut short) fails its
 //! length or CRC check: the file is cut at the last whole record and the cut is reported.
 //!
-//! **Reading back.** Fragments found at start, and fragments that wait while the network is down, are served
-//! from memory maps of their files (`memmap2`), not from RAM copies: an outage of hours costs disk, not memory,
-//! and a restart starts sending before it has read its backlog. The maps are safe to use because the files
-//! are only ever appended to by the holder of the directory lock, which is this process.
+//! **Reading back.** Fragments found at start, and complete fragments that wait while the network is down,
+//! hold no memory: each is mapped from its file (`memmap2`) when it is sent, and unmapped when it is done, so an
+//! outage of hours costs disk, not memory (nor one mapping per fragment). At start every file is read once
+//! and checked. The maps are safe to use because the files are only ever appended to by the holder of the
+//! directory lock, which is this process.
 //!
 //! Written by hand: no maintained crate offers a crash-safe, append-only, per-item-deletable log whose payloads
 //! can be sent as they are; the parts that exist (CRC-32, mmap) come from `crc32fast` and `memmap2`.
@@ -131,6 +132,9 @@ struct FileState {
     path: PathBuf,
     /// Deleted (stored by the service, dropped, or given up after a failed write).
     released: AtomicBool,
+    /// Where each frame's bytes are in the file (offset, length), as written or as found at start: a map of
+    /// the file is sliced there without reading it, so its pages are read only when sent.
+    pieces: Mutex<Vec<(usize, usize)>>,
 }
 
 /// A fragment's file. Clones share it; [`release`](Self::release) deletes it once.
@@ -138,8 +142,16 @@ struct FileState {
 pub struct FragmentFile(Arc<FileState>);
 
 impl FragmentFile {
-    fn new(path: PathBuf) -> Self {
-        FragmentFile(Arc::new(FileState { path, released: AtomicBool::new(false) }))
+    fn new(path: PathBuf, pieces: Vec<(usize, usize)>) -> Self {
+        FragmentFile(Arc::new(FileState {
+            path,
+            released: AtomicBool::new(false),
+            pieces: Mutex::new(pieces),
+        }))
+    }
+
+    fn add_piece(&self, offset: usize, length: usize) {
+        self.0.pieces.lock().unwrap_or_else(|e| e.into_inner()).push((offset, length));
     }
 
     pub fn path(&self) -> &Path {
@@ -153,18 +165,31 @@ impl FragmentFile {
         }
     }
 
+    /// The fragment's size: its frames' bytes written so far.
+    pub fn size(&self) -> usize {
+        self.0.pieces.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, length)| length).sum()
+    }
+
     pub fn is_released(&self) -> bool {
         self.0.released.load(Ordering::Acquire)
     }
 
-    /// The fragment's bytes, as PutMedia sends them, from a memory map of its file (one piece per frame).
+    /// The fragment's bytes, as PutMedia sends them, from a memory map of its file (one piece per frame). Nothing
+    /// is read here: the pages come in when the pieces are sent.
     pub fn map(&self) -> io::Result<Vec<Bytes>> {
         if self.is_released() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "the fragment's file was released"));
         }
-        let file = File::open(self.path())?;
-        let parsed = parse(&map_file(&file)?);
-        Ok(parsed.data)
+        let map = map_file(&File::open(self.path())?)?;
+        let pieces = self.0.pieces.lock().unwrap_or_else(|e| e.into_inner());
+        pieces
+            .iter()
+            .map(|&(offset, length)| {
+                map.get(offset..offset + length).map(|_| map.slice(offset..offset + length)).ok_or_else(
+                    || io::Error::new(io::ErrorKind::UnexpectedEof, "the fragment's file is shorter"),
+                )
+            })
+            .collect()
     }
 }
 
@@ -198,8 +223,7 @@ pub struct RecoveredFragment {
     pub timecode: u64,
     /// From its Timecode to the start of its latest frame.
     pub duration: Duration,
-    /// Its bytes as PutMedia sends them (memory-mapped).
-    pub data: Vec<Bytes>,
+    /// Its size (its bytes stay on disk until it is sent: [`FragmentFile::map`]).
     pub size: usize,
     /// Frames in it (DATA records).
     pub frames: usize,
@@ -215,12 +239,12 @@ pub struct Recovered {
     pub problems: Vec<Problem>,
 }
 
-/// The records of a file, as far as they are whole.
+/// The records of a file, as far as they are whole: where the header and each frame's bytes are.
 #[derive(Debug, Default)]
 struct Parsed {
     meta: Option<Meta>,
-    header: Option<Bytes>,
-    data: Vec<Bytes>,
+    header: Option<(usize, usize)>,
+    data: Vec<(usize, usize)>,
     duration: Duration,
     complete: bool,
     /// Bytes of whole records (magic included).
@@ -229,7 +253,7 @@ struct Parsed {
     stopped: Option<String>,
 }
 
-fn parse(file: &Bytes) -> Parsed {
+fn parse(file: &[u8]) -> Parsed {
     let mut parsed = Parsed::default();
     if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
         parsed.stopped = Some("no kvssink fragment file magic".into());
@@ -265,11 +289,11 @@ fn parse(file: &Bytes) -> Parsed {
                     break;
                 }
             },
-            HEADER => parsed.header = Some(file.slice(start..start + length)),
+            HEADER => parsed.header = Some((start, length)),
             DATA if length >= 8 => {
                 parsed.duration =
                     Duration::from_nanos(u64::from_le_bytes(payload[..8].try_into().unwrap_or_default()));
-                parsed.data.push(file.slice(start + 8..start + length));
+                parsed.data.push((start + 8, length - 8));
             }
             END => parsed.complete = true,
             other => {
@@ -314,6 +338,8 @@ struct Writer {
     handle: FragmentFile,
     timecode: u64,
     frames: usize,
+    /// The file's length.
+    length: usize,
 }
 
 /// Syncs run here: the streaming thread never waits for the disk. Tests wait on it with [`Store::sync`].
@@ -424,15 +450,17 @@ impl Store {
         let mut bytes = MAGIC.to_vec();
         bytes.extend(record(META, &[&meta]));
         bytes.extend(record(HEADER, &[&header.bytes]));
+        let first = (bytes.len() + RECORD_HEAD + 8, data.len());
         bytes.extend(data_record(data, Duration::ZERO));
         let mut file =
             OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_error(&path, "create"))?;
-        let handle = FragmentFile::new(path.clone());
+        let handle = FragmentFile::new(path.clone(), vec![first]);
         if let Err(error) = file.write_all(&bytes) {
             handle.release();
             return Err(io_error(&path, "write")(error));
         }
-        self.writing = Some(Writer { file, handle: handle.clone(), timecode, frames: 1 });
+        let length = bytes.len();
+        self.writing = Some(Writer { file, handle: handle.clone(), timecode, frames: 1, length });
         Ok(handle)
     }
 
@@ -446,7 +474,8 @@ impl Store {
             self.writing = None;
             return Ok(());
         }
-        if let Err(error) = writer.file.write_all(&data_record(data, duration)) {
+        let record = data_record(data, duration);
+        if let Err(error) = writer.file.write_all(&record) {
             let writer = self.writing.take();
             let path = writer.as_ref().map(|w| w.handle.path().to_owned()).unwrap_or_default();
             if let Some(writer) = writer {
@@ -454,6 +483,8 @@ impl Store {
             }
             return Err(io_error(&path, "write")(error));
         }
+        writer.handle.add_piece(writer.length + RECORD_HEAD + 8, data.len());
+        writer.length += record.len();
         writer.frames += 1;
         Ok(())
     }
@@ -493,7 +524,9 @@ impl Store {
     }
 }
 
-/// Reads one file left by an earlier process: its fragment (None: nothing to upload) or a problem.
+/// Reads one file left by an earlier process: its fragment (None: nothing to upload) or a problem. The file is
+/// read (and checked) through a buffer; what is queued is a fresh map of it, whose pages are read again only
+/// when they are sent, so a large backlog does not sit in the process's memory.
 fn recover(
     path: &Path,
     stream: &str,
@@ -501,25 +534,21 @@ fn recover(
 ) -> Result<Option<RecoveredFragment>, StoreError> {
     let unreadable =
         |error: io::Error| Problem::Unreadable { file: path.to_owned(), error: error.to_string() };
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(file) => file,
+    let (file, bytes) = match OpenOptions::new().read(true).write(true).open(path).and_then(|mut file| {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok((file, bytes))
+    }) {
+        Ok(read) => read,
         Err(error) => {
             problems.push(unreadable(error));
             return Ok(None);
         }
     };
-    let mut bytes = match map_file(&file) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            problems.push(unreadable(error));
-            return Ok(None);
-        }
-    };
-    let mut parsed = parse(&bytes);
-    let (Some(meta), Some(_)) = (&parsed.meta, &parsed.header) else {
+    let parsed = parse(&bytes);
+    let (Some(meta), Some((header_at, header_length))) = (parsed.meta, parsed.header) else {
         let reason = parsed.stopped.unwrap_or_else(|| "no metadata or stream header".into());
         let moved_to = path.with_extension(format!("{EXTENSION}.corrupt"));
-        drop(bytes);
         if let Err(error) = fs::rename(path, &moved_to) {
             problems.push(unreadable(error));
         } else {
@@ -530,38 +559,30 @@ fn recover(
     if meta.stream != stream {
         return Err(StoreError::OtherStream {
             file: path.to_owned(),
-            stream: meta.stream.clone(),
+            stream: meta.stream,
             expected: stream.to_owned(),
         });
     }
     if parsed.stopped.is_some() {
-        let total = bytes.len() as u64;
-        let kept = parsed.valid as u64;
-        drop(parsed);
-        drop(bytes);
+        let (total, kept) = (bytes.len() as u64, parsed.valid as u64);
         file.set_len(kept).map_err(io_error(path, "cut the torn tail of"))?;
         let _ = file.sync_all();
         problems.push(Problem::TornTail { file: path.to_owned(), kept, cut: total - kept });
-        bytes = map_file(&file).map_err(io_error(path, "read"))?;
-        parsed = parse(&bytes);
     }
-    let handle = FragmentFile::new(path.to_owned());
-    let (Some(meta), Some(header)) = (parsed.meta, parsed.header) else { return Ok(None) };
+    let handle = FragmentFile::new(path.to_owned(), parsed.data.clone());
     if parsed.data.is_empty() {
         // Its first frame never reached the disk: nothing to upload.
         handle.release();
         return Ok(None);
     }
-    let size = parsed.data.iter().map(Bytes::len).sum();
     Ok(Some(RecoveredFragment {
-        header,
+        header: Bytes::copy_from_slice(&bytes[header_at..header_at + header_length]),
         timecode_scale: meta.timecode_scale,
         media_type: meta.media_type,
         timecode: meta.timecode,
         duration: parsed.duration,
         frames: parsed.data.len(),
-        data: parsed.data,
-        size,
+        size: handle.size(),
         complete: parsed.complete,
         file: handle,
     }))
@@ -592,7 +613,7 @@ mod tests {
     }
 
     fn whole(fragment: &RecoveredFragment) -> Vec<u8> {
-        fragment.data.concat()
+        fragment.file.map().unwrap().concat()
     }
 
     #[test]

@@ -405,13 +405,7 @@ impl Uploader {
 
     /// Queues a complete fragment read back from the fragment store (before any live media).
     pub fn queue_stored(&self, header: Arc<StreamHeader>, fragment: RecoveredFragment) {
-        self.lock().queue.push_stored(
-            header,
-            fragment.timecode,
-            fragment.duration,
-            fragment.data,
-            fragment.file,
-        );
+        self.lock().queue.push_stored(header, fragment.timecode, fragment.duration, fragment.file);
         self.notify();
     }
 
@@ -752,6 +746,11 @@ impl Uploader {
                         self.clone().drain_task(id, body, acks, parser).await;
                         return Ok(End::Rotate);
                     }
+                    Next::Lost(dropped, reason) => self.emit(UploadEvent::Dropped {
+                        timecode: dropped.timecode,
+                        bytes: dropped.bytes,
+                        reason,
+                    }),
                     Next::Wait => break,
                 }
             }

@@ -296,6 +296,11 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     use gst::prelude::*;
     pipeline.set_state(gst::State::Playing).unwrap();
     pipeline.state(gst::ClockTime::from_seconds(10)).0.unwrap();
+    // Until the holder stored its first frame (the fragment being written is never persisted before it ends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fragment_files(&dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let run = upload("dirs", 30, &dir);
     let error = run.error.expect("a second sink on the directory fails");
     assert!(

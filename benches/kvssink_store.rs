@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{cpu_seconds, peak_rss_mb, run_child, run_to_eos};
@@ -109,19 +108,8 @@ fn main() {
     let emulator =
         runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
     let url = emulator.base_url();
-    let http = |method: &str, path: &str, body: &str| -> serde_json::Value {
-        let addr = emulator.local_addr();
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    let http = |method: &str, path: &str, body: &str| {
+        common::emulator_call(emulator.local_addr(), method, path, body)
     };
     println!(
         "note: the emulator's service limits are on (5 fragments/s, 12.5 MB/s per stream); plain HTTP on loopback"

@@ -232,3 +232,19 @@ pub fn encode_clip(
     );
     run_to_eos(&gst::parse::launch(&description).unwrap(), std::time::Duration::from_secs(600));
 }
+
+/// One request to an emulator on a new connection; the JSON answer (Null when it is not JSON).
+pub fn emulator_call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}

@@ -98,6 +98,13 @@ pub struct Cursor {
     pieces: usize,
 }
 
+impl Cursor {
+    /// The fragment being written (its queue id).
+    pub fn entry(&self) -> u64 {
+        self.entry
+    }
+}
+
 /// What a connection sends next.
 #[derive(Debug)]
 pub enum Next {
@@ -106,6 +113,8 @@ pub enum Next {
     Rotate(&'static str),
     /// Nothing to send until something changes.
     Wait,
+    /// A fragment waits, but the caller said not to start one now.
+    Hold,
     /// A fragment waiting on disk could not be read back (its file is gone or unreadable): it is dropped.
     Lost(Dropped, String),
 }
@@ -240,24 +249,8 @@ impl FragmentQueue {
         if let Some(previous) = self.writing() {
             previous.complete = true;
         }
-        let size = start.data.len();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.bytes += size;
-        self.stats.fragments_queued += 1;
-        self.entries.push_back(Entry {
-            id,
-            header: start.header,
-            timecode: start.timecode,
-            duration: Duration::ZERO,
-            data: start.data.into_pieces().collect(),
-            size,
-            complete: false,
-            state: State::Queued,
-            sends: 0,
-            stored,
-            spilled: false,
-        });
+        let data: Vec<Bytes> = start.data.into_pieces().collect();
+        self.push_entry(start.header, start.timecode, Duration::ZERO, data, stored);
     }
 
     /// A complete fragment read back from the store (left by an earlier process), queued after the others; its
@@ -269,7 +262,25 @@ impl FragmentQueue {
         duration: Duration,
         file: FragmentFile,
     ) {
-        let size = file.size();
+        self.push_entry(header, timecode, duration, Vec::new(), Some(file));
+    }
+
+    /// Queues a fragment: with `data` (its memory), being written; without, complete and read from `stored`
+    /// when sent.
+    fn push_entry(
+        &mut self,
+        header: Arc<StreamHeader>,
+        timecode: u64,
+        duration: Duration,
+        data: Vec<Bytes>,
+        stored: Option<FragmentFile>,
+    ) {
+        let on_disk = data.is_empty();
+        let size = if on_disk {
+            stored.as_ref().map_or(0, FragmentFile::size)
+        } else {
+            data.iter().map(Bytes::len).sum()
+        };
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += size;
@@ -279,13 +290,13 @@ impl FragmentQueue {
             header,
             timecode,
             duration,
-            data: Vec::new(),
+            data,
             size,
-            complete: true,
+            complete: on_disk,
             state: State::Queued,
             sends: 0,
-            stored: Some(file),
-            spilled: true,
+            stored,
+            spilled: on_disk,
         });
     }
 
@@ -349,7 +360,8 @@ impl FragmentQueue {
     }
 
     /// What `connection` sends next: the new pieces of the fragment it is writing, or the start of the next
-    /// queued fragment, unless that one has another header or `rotate` says the connection is old enough.
+    /// queued fragment, unless `may_start` says not yet (the service's fragment rate), that one has another
+    /// header or `rotate` says the connection is old enough.
     pub fn next_to_send(
         &mut self,
         connection: u64,
@@ -357,6 +369,7 @@ impl FragmentQueue {
         generation: u64,
         rotate: bool,
         now: Instant,
+        may_start: bool,
     ) -> Next {
         if let Some(at) = cursor.as_mut() {
             match self
@@ -388,6 +401,9 @@ impl FragmentQueue {
         let Some(index) = self.entries.iter().position(|e| e.state == State::Queued) else {
             return Next::Wait;
         };
+        if !may_start {
+            return Next::Hold;
+        }
         if self.entries[index].data.is_empty() && self.entries[index].spilled {
             match self.entries[index].stored.as_ref().map(FragmentFile::map) {
                 Some(Ok(data)) => self.entries[index].data = data,
@@ -542,7 +558,7 @@ mod tests {
         let mut cursor = None;
         let mut sent = Vec::new();
         loop {
-            match queue.next_to_send(connection, &mut cursor, 1, false, now) {
+            match queue.next_to_send(connection, &mut cursor, 1, false, now, true) {
                 Next::Send(_) => {
                     if let Some(c) = cursor {
                         sent.push(queue.entries.iter().find(|e| e.id == c.entry).unwrap().timecode);
@@ -552,6 +568,7 @@ mod tests {
                 Next::Wait => cursor = None,
                 Next::Rotate(why) => panic!("{why}"),
                 Next::Lost(dropped, why) => panic!("{dropped:?}: {why}"),
+                Next::Hold => panic!("held"),
             }
         }
     }
@@ -693,11 +710,11 @@ mod tests {
         // The second's file disappears: it is dropped, named, when its turn comes; the first is read back.
         std::fs::remove_file(files[1].path()).unwrap();
         let mut cursor = None;
-        match queue.next_to_send(1, &mut cursor, 1, false, t0) {
+        match queue.next_to_send(1, &mut cursor, 1, false, t0, true) {
             Next::Send(pieces) => assert_eq!(pieces.concat(), b"A1A2"),
             other => panic!("{other:?}"),
         }
-        match queue.next_to_send(1, &mut cursor, 1, false, t0) {
+        match queue.next_to_send(1, &mut cursor, 1, false, t0, true) {
             Next::Lost(dropped, why) => {
                 assert_eq!(dropped, Dropped { timecode: 2000, bytes: 4 });
                 assert!(
@@ -739,7 +756,7 @@ mod tests {
             None,
         );
         let mut cursor = None;
-        assert!(matches!(queue.next_to_send(7, &mut cursor, 1, false, t0), Next::Send(_)));
+        assert!(matches!(queue.next_to_send(7, &mut cursor, 1, false, t0, true), Next::Send(_)));
         queue.apply_ack(7, &ack(AckKind::Buffering, 1), t0, true);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(60)), None);
     }
@@ -753,11 +770,13 @@ mod tests {
             None,
         );
         let mut cursor = None;
-        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Send(p) if p.len() == 1));
-        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Wait));
+        assert!(
+            matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Send(p) if p.len() == 1)
+        );
+        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Wait));
         queue.push_frame(Rope::from(Bytes::from_static(b"B")), Duration::from_millis(33));
         assert!(
-            matches!(queue.next_to_send(1, &mut cursor, 1, false, t0), Next::Send(p) if p == [Bytes::from_static(b"B")])
+            matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Send(p) if p == [Bytes::from_static(b"B")])
         );
         queue.end_fragment();
         let mut next = StreamHeader::clone(&header());
@@ -771,14 +790,14 @@ mod tests {
             None,
         );
         assert!(matches!(
-            queue.next_to_send(1, &mut cursor, 1, false, t0),
+            queue.next_to_send(1, &mut cursor, 1, false, t0, true),
             Next::Rotate("the stream header changed")
         ));
         assert_eq!(queue.stats.fragments_sent, 1);
         assert!(matches!(
-            queue.next_to_send(2, &mut None, 2, true, t0),
+            queue.next_to_send(2, &mut None, 2, true, t0, true),
             Next::Rotate("connection-rotation reached")
         ));
-        assert!(matches!(queue.next_to_send(2, &mut None, 2, false, t0), Next::Send(_)));
+        assert!(matches!(queue.next_to_send(2, &mut None, 2, false, t0, true), Next::Send(_)));
     }
 }

@@ -174,10 +174,17 @@ pub struct Backlog {
     pub bytes: usize,
     /// Bytes sent per second over the last second.
     pub rate: f64,
-    /// At the measured rate, or at the service's limits while nothing goes out (None: unknown).
+    /// At the measured rate, and no sooner than the service's limits allow (None while nothing goes out).
     pub eta: Option<Duration>,
     /// Nothing goes out: no connection (an outage).
     pub waiting: bool,
+}
+
+impl Backlog {
+    /// The backlog is gone.
+    fn done() -> Self {
+        Backlog { fragments: 0, bytes: 0, rate: 0.0, eta: Some(Duration::ZERO), waiting: false }
+    }
 }
 
 /// Why the uploader gave up.
@@ -224,6 +231,8 @@ struct Shared {
     /// ACKs applied to the queue whose events are not out yet: the upload is not done before they are (an
     /// application must see the last PERSISTED before EOS).
     reporting: u32,
+    /// A backlog was reported and its end was not yet.
+    backlog_open: bool,
 }
 
 /// Receives the upload's events.
@@ -302,6 +311,7 @@ impl Uploader {
                 requeue_epoch: 0,
                 failures: 0,
                 reporting: 0,
+                backlog_open: false,
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
@@ -436,11 +446,17 @@ impl Uploader {
         let mut changes = self.changed.subscribe();
         loop {
             {
-                let shared = self.lock();
+                let mut shared = self.lock();
                 if let Some(reason) = &shared.failed {
                     return Err(reason.clone());
                 }
                 if shared.end && shared.queue.is_empty() && shared.reporting == 0 {
+                    let backlog_open = std::mem::take(&mut shared.backlog_open);
+                    drop(shared);
+                    if backlog_open {
+                        // Its end goes out before EOS does.
+                        self.emit(UploadEvent::Backlog(Backlog::done()));
+                    }
                     return Ok(());
                 }
             }
@@ -495,36 +511,36 @@ impl Uploader {
     async fn report_backlog(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reporting = false;
         let mut last_sent = self.lock().queue.stats.bytes_sent;
         let mut last_at = Instant::now();
         loop {
             tick.tick().await;
-            let ((fragments, bytes), sent, over) = {
-                let shared = self.lock();
-                (shared.queue.backlog(), shared.queue.stats.bytes_sent, shared.failed.is_some())
-            };
-            if over {
-                return;
-            }
             let now = Instant::now();
-            let rate = (sent - last_sent) as f64 / now.duration_since(last_at).as_secs_f64().max(0.001);
-            (last_sent, last_at) = (sent, now);
-            if fragments <= 1 && !reporting {
-                continue;
-            }
-            reporting = fragments > 1;
-            let at_limits = (fragments as f64 / SERVICE_FRAGMENTS_PER_SECOND as f64)
-                .max(bytes as f64 / SERVICE_BYTES_PER_SECOND);
-            let waiting = rate == 0.0;
-            let eta = if waiting {
-                None
-            } else {
-                Some(Duration::from_secs_f64((bytes as f64 / rate).max(at_limits)))
+            let backlog = {
+                let mut shared = self.lock();
+                if shared.failed.is_some() {
+                    return;
+                }
+                let (fragments, bytes) = shared.queue.backlog();
+                let sent = shared.queue.stats.bytes_sent;
+                let rate = (sent - last_sent) as f64 / now.duration_since(last_at).as_secs_f64().max(0.001);
+                (last_sent, last_at) = (sent, now);
+                if fragments <= 1 && !shared.backlog_open {
+                    continue;
+                }
+                shared.backlog_open = fragments > 1;
+                if fragments <= 1 {
+                    Backlog::done()
+                } else {
+                    let at_limits = (fragments as f64 / SERVICE_FRAGMENTS_PER_SECOND as f64)
+                        .max(bytes as f64 / SERVICE_BYTES_PER_SECOND);
+                    let waiting = rate == 0.0;
+                    let eta =
+                        (!waiting).then(|| Duration::from_secs_f64((bytes as f64 / rate).max(at_limits)));
+                    Backlog { fragments, bytes, rate, eta, waiting }
+                }
             };
-            let fragments = if reporting { fragments } else { 0 };
-            let bytes = if reporting { bytes } else { 0 };
-            self.emit(UploadEvent::Backlog(Backlog { fragments, bytes, rate, eta, waiting }));
+            self.emit(UploadEvent::Backlog(backlog));
         }
     }
 
@@ -650,9 +666,10 @@ impl Uploader {
         cursor: &mut Option<Cursor>,
         generation: u64,
         opened: Instant,
+        may_start: bool,
     ) -> Next {
         let rotate = opened.elapsed() >= self.config.rotation;
-        self.lock().queue.next_to_send(connection, cursor, generation, rotate, Instant::now())
+        self.lock().queue.next_to_send(connection, cursor, generation, rotate, Instant::now(), may_start)
     }
 
     async fn connection(self: &Arc<Self>, id: u64, endpoint: &str) -> Result<End, Failure> {
@@ -706,24 +723,31 @@ impl Uploader {
         self.emit(UploadEvent::Connected { connection: id, endpoint: endpoint.to_owned(), resending });
         send(&body, BodyChunk::from(vec![header.bytes.clone()]), write_timeout).await?;
         self.lock().queue.stats.bytes_sent += header.bytes.len() as u64;
-        let mut cursor = None;
+        let mut cursor: Option<Cursor> = None;
         let mut end_of_fragment_sent = false;
         loop {
-            // Send what there is to send.
+            // Send what there is to send, at most one new fragment at a time: the ACKs are read between two
+            // (a long catch-up must not keep every fragment it sent until its end), and a new fragment waits
+            // for the service's fragment rate without holding up the ACKs either.
+            let mut pace_until = None;
+            let mut more_now = false;
+            let mut started = false;
             loop {
                 if self.lock().requeue_epoch != epoch {
                     return Err(Failure::retry("an earlier connection ended with fragments to re-send"));
                 }
-                let starting = cursor.is_none();
-                if starting {
-                    // A backlog goes up at the service's fragment rate, no faster.
-                    let wait = lock_pacer(&self.pacer).fragment_wait(Instant::now());
-                    if !wait.is_zero() && self.lock().queue.has_unsent() {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                match self.next_to_send(id, &mut cursor, header.generation, opened) {
+                let wait = lock_pacer(&self.pacer).fragment_wait(Instant::now());
+                let before = cursor.map(|c: Cursor| c.entry());
+                match self.next_to_send(
+                    id,
+                    &mut cursor,
+                    header.generation,
+                    opened,
+                    !started && wait.is_zero(),
+                ) {
                     Next::Send(pieces) => {
+                        let starting = cursor.map(|c: Cursor| c.entry()) != before;
+                        started |= starting;
                         let chunk = BodyChunk::from(pieces);
                         let size = chunk.len() as u64;
                         let wait = {
@@ -738,6 +762,14 @@ impl Uploader {
                         }
                         send(&body, chunk, write_timeout).await?;
                         self.lock().queue.stats.bytes_sent += size;
+                    }
+                    Next::Hold if started => {
+                        more_now = true;
+                        break;
+                    }
+                    Next::Hold => {
+                        pace_until = Some(tokio::time::Instant::now() + wait);
+                        break;
                     }
                     Next::Rotate(reason) => {
                         self.emit(UploadEvent::Rotating { connection: id, reason });
@@ -795,6 +827,9 @@ impl Uploader {
                 },
                 _ = changes.changed() => {}
                 _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(pace_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if pace_until.is_some() => {}
+                _ = std::future::ready(()), if more_now => {}
             }
         }
     }

@@ -581,6 +581,17 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
         progress.last().map(|p| (p.0, p.2.as_str())),
         Some((gst::ProgressType::Complete, "Backlog uploaded"))
     );
+    // ACKs were read during the catch-up, not at its end: what was persisted left the store as it went.
+    let catch_up_end = run
+        .messages
+        .iter()
+        .rposition(|m| m.name() == "kvssink-backlog" && m.get::<u64>("fragments").unwrap() > 0)
+        .unwrap();
+    let persisted_during = run.messages[..catch_up_end]
+        .iter()
+        .filter(|m| m.name() == "kvssink-ack" && m.get::<String>("event-type").unwrap() == "PERSISTED")
+        .count();
+    assert!(persisted_during >= 100, "{persisted_during} PERSISTED read while the backlog was going up");
     // The catch-up went at the service's pace: never more than five fragments in a second.
     let mut arrivals: Vec<u64> =
         emu.admin_fragments("hour").iter().map(|f| f["server_timestamp_ms"].as_u64().unwrap()).collect();
@@ -589,7 +600,11 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
     let rate = (arrivals.len() - 1) as f64 * 1000.0 / (arrivals[arrivals.len() - 1] - arrivals[0]) as f64;
     emulator.kill().unwrap();
     emulator.wait().unwrap();
-    println!("catch-up: {} fragments at {rate:.2} fragments/s (the service's limit: 5)", arrivals.len());
+    println!(
+        "catch-up: {} fragments at {rate:.2} fragments/s (the service's limit: 5), {persisted_during} PERSISTED \
+         read while it went on",
+        arrivals.len()
+    );
     println!(
         "an hour offline (1800 fragments, 900 MB) into a 64-MiB store: {} oldest dropped with a warning each \
          ({} bytes each), the newest {kept} stored, {} frames compared; {:.1} s",

@@ -488,21 +488,36 @@ async fn a_capture_cut_inside_a_frame_imports_every_whole_fragment_and_frame() {
     );
 }
 
+type BodyTx = tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+type UploadBody = http_body_util::StreamBody<
+    tokio_stream::wrappers::ReceiverStream<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+>;
+
+/// A PutMedia request on a new connection whose body is fed through the returned sender and stays open until
+/// it is dropped.
+async fn open_putmedia(
+    emulator: &Emulator,
+    stream_name: &str,
+) -> (BodyTx, hyper::client::conn::http1::SendRequest<UploadBody>, hyper::Request<UploadBody>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::post("/putMedia")
+        .header("host", emulator.local_addr().to_string())
+        .header("x-amzn-stream-name", stream_name)
+        .header("x-amzn-fragment-timecode-type", "ABSOLUTE")
+        .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap();
+    (tx, sender, request)
+}
+
 #[tokio::test]
 async fn open_connections_are_dropped_on_request_with_a_reset() {
     let emulator = Emulator::start(Config::default()).await.unwrap();
     create(&emulator, "d").await;
     // A PutMedia whose body stays open: two clusters sent, then nothing.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
-    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::post("/putMedia")
-        .header("host", emulator.local_addr().to_string())
-        .header("x-amzn-stream-name", "d")
-        .header("x-amzn-fragment-timecode-type", "ABSOLUTE")
-        .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-        .unwrap();
+    let (tx, mut sender, request) = open_putmedia(&emulator, "d").await;
     let mut data = body(2);
     data.truncate(data.len() - 40);
     tx.send(Ok(hyper::body::Frame::data(Bytes::from(data)))).await.unwrap();
@@ -599,16 +614,7 @@ async fn a_second_putmedia_on_a_stream_replaces_the_first_which_is_reset() {
     let emulator = with_limits(true).await;
     create(&emulator, "two").await;
     // The first connection: two clusters sent, the body left open.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
-    let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::post("/putMedia")
-        .header("host", emulator.local_addr().to_string())
-        .header("x-amzn-stream-name", "two")
-        .header("x-amzn-fragment-timecode-type", "ABSOLUTE")
-        .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-        .unwrap();
+    let (tx, mut sender, request) = open_putmedia(&emulator, "two").await;
     // Two fragments without the end-of-fragment tag: the second stays open.
     let mut tag = Vec::new();
     tags::write_tags(&mut tag, &[tags::SimpleTag::new(tags::END_OF_FRAGMENT, "")], 8);

@@ -233,6 +233,8 @@ struct Shared {
     reporting: u32,
     /// A backlog was reported and its end was not yet.
     backlog_open: bool,
+    /// [`fail`](Uploader::fail) is reporting the failure.
+    giving_up: bool,
 }
 
 /// Receives the upload's events.
@@ -312,6 +314,7 @@ impl Uploader {
                 failures: 0,
                 reporting: 0,
                 backlog_open: false,
+                giving_up: false,
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
@@ -479,13 +482,16 @@ impl Uploader {
         let failure = FinalError { error, why };
         {
             let mut shared = self.lock();
-            if shared.failed.is_some() {
+            if shared.failed.is_some() || shared.giving_up {
                 return;
             }
-            shared.failed = Some(failure.clone());
+            shared.giving_up = true;
         }
+        // The element's error goes on the bus before anything sees the failure: a render that then returns an
+        // error makes its source post a vaguer "Internal data stream error", which must come second.
+        self.emit(UploadEvent::Failed(failure.clone()));
+        self.lock().failed = Some(failure);
         self.notify();
-        self.emit(UploadEvent::Failed(failure));
     }
 
     async fn wait_for_work(&self) -> bool {

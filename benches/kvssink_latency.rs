@@ -32,7 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{cpu_seconds, peak_rss_mb, run_child, run_to_eos};
 use gst::prelude::*;
-use kvs_emulator::{Config, Emulator};
 
 const STREAM: &str = "latency";
 /// The stream the same clip goes to through kvssink's request pad.
@@ -180,9 +179,7 @@ fn main() {
         std::fs::metadata(&clip).unwrap().len() as f64 / 1e6
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let emulator =
-        runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
+    let (runtime, emulator) = common::recording_emulator();
     let url = emulator.base_url();
     let http = |method: &str, path: &str, body: &str| {
         common::emulator_call(emulator.local_addr(), method, path, body)

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{cpu_seconds, peak_rss_mb, run_child, run_to_eos};
 use gstkvs::cores::fragmenter::{Fragmenter, Output, TimeAnchor};
 use gstkvs::cores::store::Store;
-use kvs_emulator::{Config, Emulator};
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
@@ -104,9 +103,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let emulator =
-        runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
+    let (runtime, emulator) = common::recording_emulator();
     let url = emulator.base_url();
     let http = |method: &str, path: &str, body: &str| {
         common::emulator_call(emulator.local_addr(), method, path, body)

@@ -248,3 +248,11 @@ pub fn emulator_call(addr: std::net::SocketAddr, method: &str, path: &str, body:
     let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
 }
+
+/// An in-process kvs-emulator on a runtime of its own, with the service's limits and `--record-arrivals`.
+pub fn recording_emulator() -> (tokio::runtime::Runtime, Emulator) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let emulator =
+        runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
+    (runtime, emulator)
+}

@@ -742,6 +742,25 @@ mod tests {
         let next = store.start_fragment(&header(), 2000, &rope(b"y")).unwrap();
         assert_eq!(sequence_of(next.path()), Some(1));
         drop(store);
+        // A file that cannot be read (here a directory with a fragment's name: the tests run as root, which
+        // reads anything): named, left in place, the rest recovered.
+        let unreadable = dir.join(format!("{:020}.{EXTENSION}", 5));
+        fs::create_dir(&unreadable).unwrap();
+        let (reopened, recovered) = Store::open(&dir, "cam1").unwrap();
+        assert_eq!(recovered.fragments.len(), 2);
+        match &recovered.problems[..] {
+            [Problem::Unreadable { file, error }] => {
+                assert_eq!(file, &unreadable);
+                assert!(error.starts_with("Is a directory"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            recovered.problems[0].to_string().ends_with("): left in place, not uploaded"),
+            "{}",
+            recovered.problems[0]
+        );
+        drop(reopened);
         // A directory that cannot be made.
         let not_a_dir = moved_to.join("sub");
         let error = Store::open(&not_a_dir, "cam1").unwrap_err();

@@ -378,7 +378,7 @@ impl KvsMkvSink {
                     "stream {} is missing: it is created with the first fragment",
                     stream_name
                 );
-                (settings.retention_hours as i32, Some(create_params()), true)
+                (settings.retention_hours as i32, Some(create_params()), false)
             }
             // With a store, an unreachable service is an outage like any other: record now, upload later.
             Err(error) if store.is_some() && error.action() != crate::kvs::error::Action::Fail => {
@@ -905,6 +905,9 @@ impl ElementImpl for KvsMkvSink {
 impl BaseSinkImpl for KvsMkvSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         self.canceller.reset();
+        // What an earlier run reported is not this run's.
+        *lock(&self.store_failing) = false;
+        *lock(&self.backlog_open) = false;
         let started = self.start_inner()?;
         *lock(&self.state) = Some(started);
         gst::debug!(CAT, imp = self, "started");

@@ -62,7 +62,7 @@ pub struct Entry {
     /// From its Timecode to the start of its latest frame.
     pub duration: Duration,
     /// Tags, Cluster head and frames, in the pieces they came in; empty while the fragment waits on disk
-    /// (`spilled`), mapped from its file when it is sent.
+    /// ([`on_disk`](Entry::on_disk)), mapped from its file when it is sent.
     pub data: Vec<Bytes>,
     pub size: usize,
     /// The fragmenter said it ended: no more frames will be added.
@@ -71,8 +71,13 @@ pub struct Entry {
     pub sends: u32,
     /// Its file in the fragment store, if there is one.
     pub stored: Option<FragmentFile>,
-    /// Its bytes are read from its file when it is sent (not held in memory).
-    pub spilled: bool,
+}
+
+impl Entry {
+    /// Its bytes wait in its file, not in memory (a fragment always has at least its first piece in memory).
+    pub fn on_disk(&self) -> bool {
+        self.data.is_empty() && self.stored.is_some()
+    }
 }
 
 /// How much the queue holds at most, and whether fragments wait for ACKs.
@@ -296,7 +301,6 @@ impl FragmentQueue {
             state: State::Queued,
             sends: 0,
             stored,
-            spilled: on_disk,
         });
     }
 
@@ -309,7 +313,6 @@ impl FragmentQueue {
         {
             if entry.stored.as_ref().is_some_and(|file| !file.is_released() && file.size() == entry.size) {
                 entry.data = Vec::new();
-                entry.spilled = true;
                 count += 1;
             }
         }
@@ -404,7 +407,7 @@ impl FragmentQueue {
         if !may_start {
             return Next::Hold;
         }
-        if self.entries[index].data.is_empty() && self.entries[index].spilled {
+        if self.entries[index].on_disk() {
             match self.entries[index].stored.as_ref().map(FragmentFile::map) {
                 Some(Ok(data)) => self.entries[index].data = data,
                 Some(Err(error)) => {
@@ -705,7 +708,7 @@ mod tests {
         }
         // Both wait (no connection): their memory goes, their size still counts.
         assert_eq!(queue.spill(), 2);
-        assert!(queue.entries.iter().all(|e| e.data.is_empty() && e.spilled));
+        assert!(queue.entries.iter().all(|e| e.on_disk()));
         assert_eq!((queue.bytes(), queue.backlog()), (8, (2, 8)));
         // The second's file disappears: it is dropped, named, when its turn comes; the first is read back.
         std::fs::remove_file(files[1].path()).unwrap();

@@ -16,8 +16,8 @@
 //! The payloads of the DATA records, one after the other, are exactly the bytes PutMedia sends for the fragment.
 //! A file is deleted when its fragment is PERSISTED (RECEIVED on a stream without retention), or dropped.
 //!
-//! **Durability.** Each frame is written (`write(2)`, one call) before it is queued for the connection, so a
-//! process killed at any moment (SIGKILL, a crash, an OOM kill) loses nothing the store accepted: the kernel
+//! **Durability.** Each frame is written (one `writev(2)` of the record head and the frame's own memory, no
+//! copy) before it is queued for the connection, so a process killed at any moment (SIGKILL, a crash, an OOM kill) loses nothing the store accepted: the kernel
 //! has it. At the end of each fragment the file (and, for a new file, the directory) is `fdatasync`ed on the
 //! runtime's blocking pool, off the streaming thread; a power loss can cost what was written since the last
 //! completed sync (at most about one fragment). A torn last record (power loss, a write cut short) fails its
@@ -307,30 +307,49 @@ fn parse(file: &[u8]) -> Parsed {
     parsed
 }
 
-/// One record, head and payload, in one buffer (one `write` call).
-fn record(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+/// The head of a record whose payload is `parts`, one after the other: length, kind, CRC-32.
+fn record_head(kind: u8, parts: &[&[u8]]) -> [u8; RECORD_HEAD] {
     let length: usize = parts.iter().map(|p| p.len()).sum();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&[kind]);
     for part in parts {
         hasher.update(part);
     }
-    let mut out = Vec::with_capacity(RECORD_HEAD + length);
-    out.extend_from_slice(&(length as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    for part in parts {
-        out.extend_from_slice(part);
-    }
+    let mut head = [0; RECORD_HEAD];
+    head[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    head[4] = kind;
+    head[5..].copy_from_slice(&hasher.finalize().to_le_bytes());
+    head
+}
+
+/// A small record (metadata, header, end), head and payload in one buffer.
+fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = record_head(kind, &[payload]).to_vec();
+    out.extend_from_slice(payload);
     out
 }
 
-fn data_record(data: &Rope, duration: Duration) -> Vec<u8> {
+/// Writes `before`, then a DATA record for a frame, in one `writev` and without copying the frame's bytes;
+/// returns how many bytes went to the file.
+fn write_data(file: &mut File, before: &[u8], data: &Rope, duration: Duration) -> io::Result<usize> {
     let duration = (duration.as_nanos() as u64).to_le_bytes();
     let pieces: Vec<Bytes> = data.clone().into_pieces().collect();
-    let mut parts: Vec<&[u8]> = vec![&duration];
-    parts.extend(pieces.iter().map(|p| p.as_ref()));
-    record(DATA, &parts)
+    let mut payload: Vec<&[u8]> = vec![&duration];
+    payload.extend(pieces.iter().map(|p| p.as_ref()));
+    let head = record_head(DATA, &payload);
+    let mut slices: Vec<io::IoSlice> =
+        [before, &head[..]].into_iter().chain(payload).map(io::IoSlice::new).collect();
+    let total = slices.iter().map(|s| s.len()).sum();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => io::IoSlice::advance_slices(&mut rest, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(total)
 }
 
 struct Writer {
@@ -447,19 +466,20 @@ impl Store {
             media_type: header.media_type.clone(),
         })
         .unwrap_or_default();
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend(record(META, &[&meta]));
-        bytes.extend(record(HEADER, &[&header.bytes]));
-        let first = (bytes.len() + RECORD_HEAD + 8, data.len());
-        bytes.extend(data_record(data, Duration::ZERO));
+        let mut head = MAGIC.to_vec();
+        head.extend(record(META, &meta));
+        head.extend(record(HEADER, &header.bytes));
+        let first = (head.len() + RECORD_HEAD + 8, data.len());
         let mut file =
             OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_error(&path, "create"))?;
         let handle = FragmentFile::new(path.clone(), vec![first]);
-        if let Err(error) = file.write_all(&bytes) {
-            handle.release();
-            return Err(io_error(&path, "write")(error));
-        }
-        let length = bytes.len();
+        let length = match write_data(&mut file, &head, data, Duration::ZERO) {
+            Ok(length) => length,
+            Err(error) => {
+                handle.release();
+                return Err(io_error(&path, "write")(error));
+            }
+        };
         self.writing = Some(Writer { file, handle: handle.clone(), timecode, frames: 1, length });
         Ok(handle)
     }
@@ -474,17 +494,19 @@ impl Store {
             self.writing = None;
             return Ok(());
         }
-        let record = data_record(data, duration);
-        if let Err(error) = writer.file.write_all(&record) {
-            let writer = self.writing.take();
-            let path = writer.as_ref().map(|w| w.handle.path().to_owned()).unwrap_or_default();
-            if let Some(writer) = writer {
-                writer.handle.release();
+        let written = match write_data(&mut writer.file, &[], data, duration) {
+            Ok(written) => written,
+            Err(error) => {
+                let writer = self.writing.take();
+                let path = writer.as_ref().map(|w| w.handle.path().to_owned()).unwrap_or_default();
+                if let Some(writer) = writer {
+                    writer.handle.release();
+                }
+                return Err(io_error(&path, "write")(error));
             }
-            return Err(io_error(&path, "write")(error));
-        }
+        };
         writer.handle.add_piece(writer.length + RECORD_HEAD + 8, data.len());
-        writer.length += record.len();
+        writer.length += written;
         writer.frames += 1;
         Ok(())
     }

@@ -247,9 +247,17 @@ impl LiveRead {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let bus = pipeline.bus().unwrap();
         let (m, e, s) = (messages.clone(), errors.clone(), stop.clone());
+        // The bus keeps what is posted until the watcher has read it, also across the stop: going to NULL would
+        // otherwise flush messages posted just before it (a fragment message behind its last frame).
+        pipeline.set_auto_flush_bus(false);
         let watcher = std::thread::spawn(move || {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) else { continue };
+            loop {
+                let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) else {
+                    if s.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                };
                 match message.view() {
                     gst::MessageView::Element(el) => {
                         if let Some(st) = el.structure() {

@@ -57,7 +57,7 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
     let mut handle = |outputs: Vec<Output>, store: &mut Store| {
         for output in outputs {
             match output {
-                Output::Header(_) => {}
+                Output::Header(_) | Output::TimeJump(_) => {}
                 Output::FragmentStart(start) => {
                     written += start.data.len() as u64;
                     store.start_fragment(&start.header, start.timecode, &start.data).unwrap();

@@ -17,7 +17,14 @@
 //!   with the buffer that carried it, mapped from the buffer's running time), or with a start time given by
 //!   the user for recorded files; the frames after it keep their Matroska offsets. Without a capture time the
 //!   stream goes on from its previous anchor (the first one is the wall clock when the first frame arrives).
-//!   Time never goes back: a fragment is always later than the last frame of the one before.
+//!   Time never goes back inside a header generation (one PutMedia session): a fragment is always later than
+//!   the last frame of the one before. A small step back (under [`TIME_JUMP`]) moves the fragment to just after
+//!   that frame. A larger one is reported ([`Output::TimeJump`]): with host-clock times the stream goes on
+//!   from where it was (the step is a timestamping glitch, the media is live); with the source's own times
+//!   (a camera's clock, [`Stamp::Source`]) the fragment goes where the source says, in a new generation, so a
+//!   new PutMedia session, as a rebooted camera's media would.
+//! - [`Stamp::Source`] times are exact per frame: the frame a push completes is stamped with that time (its
+//!   block timecode rewritten, the payload untouched), not at its muxer offset.
 //! - A new EBML header (a caps or header change upstream) starts a new header generation: the uploader then
 //!   opens a new connection for the fragments that follow.
 //!
@@ -122,6 +129,41 @@ impl From<kvs_mkv::Error> for InputError {
     }
 }
 
+/// A step back in time larger than this is reported (and with source times, starts a new session).
+pub const TIME_JUMP: Duration = Duration::from_secs(1);
+
+/// The time that comes with a pushed buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// None known: the stream goes on from its previous anchor.
+    None,
+    /// The host's wall-clock time at which the buffer's content was captured (its running time mapped).
+    Host(SystemTime),
+    /// The source's own capture time for the frame the buffer completes (a reference timestamp: a camera's
+    /// RTCP or ONVIF time), exact for that frame.
+    Source(SystemTime),
+}
+
+impl Stamp {
+    fn time(self) -> Option<SystemTime> {
+        match self {
+            Stamp::None => None,
+            Stamp::Host(time) | Stamp::Source(time) => Some(time),
+        }
+    }
+}
+
+/// Time went back by more than [`TIME_JUMP`] at a fragment's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeJump {
+    /// The latest frame before, and where the fragment's first frame would have gone, in TimecodeScale units.
+    pub previous: u64,
+    pub wanted: u64,
+    /// Where it went: `wanted` in a new session, or right after `previous` in the same one.
+    pub placed: u64,
+    pub new_session: bool,
+}
+
 /// What [`Fragmenter::push`] found, in stream order.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -134,6 +176,8 @@ pub enum Output {
     Frame { data: Rope, duration: Duration },
     /// The current fragment is complete.
     FragmentEnd,
+    /// The fragment that starts next went back in time (before its header, if it got a new one).
+    TimeJump(TimeJump),
 }
 
 /// Where absolute time comes from.
@@ -155,6 +199,8 @@ struct ClusterInProgress {
     timecode: Option<u64>,
     size: usize,
     max_block_offset: i64,
+    /// Set when the cluster's first frame came with a source time: how far it was moved from it.
+    source_shift: Option<i128>,
 }
 
 /// See the module documentation.
@@ -178,8 +224,11 @@ pub struct Fragmenter {
     media_type_tracks: Vec<&'static str>,
     pending_tags: Vec<SimpleTag>,
     persistent_tags: Vec<SimpleTag>,
-    /// Capture time of the input being read (see [`push`](Self::push)).
-    capture_time: Option<SystemTime>,
+    /// Capture time of the input being read (see [`push`](Self::push)); taken by the first frame it completes
+    /// when it is exact.
+    capture_time: Stamp,
+    /// Added to host capture times after a step back that the stream went on from (units).
+    host_adjust: i128,
     /// Names and codec IDs given to the tracks (see [`set_track_names`](Self::set_track_names)).
     track_names: Option<TrackNames>,
     /// No frame goes at or before this time (see [`set_not_before`](Self::set_not_before)).
@@ -215,7 +264,8 @@ impl Fragmenter {
             media_type_tracks: Vec::new(),
             pending_tags: Vec::new(),
             persistent_tags: Vec::new(),
-            capture_time: None,
+            capture_time: Stamp::None,
+            host_adjust: 0,
             track_names: None,
             not_before: None,
         }
@@ -262,8 +312,13 @@ impl Fragmenter {
     /// Feeds bytes (kept, not copied) and the wall-clock time at which what they carry was captured, if known;
     /// returns what they complete, in order.
     pub fn push(&mut self, data: Bytes, capture_time: Option<SystemTime>) -> Result<Vec<Output>, InputError> {
+        self.push_stamped(data, capture_time.map_or(Stamp::None, Stamp::Host))
+    }
+
+    /// [`push`](Self::push) with the kind of time known: see [`Stamp`].
+    pub fn push_stamped(&mut self, data: Bytes, stamp: Stamp) -> Result<Vec<Output>, InputError> {
         self.reader.push_bytes(data);
-        self.capture_time = capture_time;
+        self.capture_time = stamp;
         let mut out = Vec::new();
         while let Some(event) = self.reader.next_event()? {
             self.handle(event, &mut out)?;
@@ -372,19 +427,41 @@ impl Fragmenter {
         data: Rope,
         out: &mut Vec<Output>,
     ) -> Result<(), InputError> {
-        let Some(header) = self.header.clone() else { return Err(InputError::ClusterBeforeHeader) };
+        if self.header.is_none() {
+            return Err(InputError::ClusterBeforeHeader);
+        }
+        // A source time belongs to the first frame its buffer completes.
+        let source_time = match self.capture_time {
+            Stamp::Source(time) => {
+                self.capture_time = Stamp::None;
+                Some(units(time, self.timecode_scale))
+            }
+            _ => None,
+        };
         let start = match self.cluster.as_ref() {
             Some(cluster) if cluster.timecode.is_none() => {
-                Some(self.start_fragment(cluster.relative_timecode.unwrap_or(0), info)?)
+                let relative = cluster.relative_timecode.unwrap_or(0);
+                Some(self.start_fragment(relative, info, source_time, out)?)
             }
             Some(_) => None,
             None => return Ok(()),
         };
+        let Some(header) = self.header.clone() else { return Err(InputError::ClusterBeforeHeader) };
         let scale = self.timecode_scale;
         let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
         if let Some((timecode, _)) = &start {
             cluster.timecode = Some(*timecode);
+            // How far the first frame went from its source time (forward, after a small step back): the
+            // cluster's later frames go as far.
+            cluster.source_shift =
+                source_time.map(|time| i128::from(*timecode) + i128::from(info.relative_timecode) - time);
         }
+        let (info, data) = match (start.is_none(), source_time, cluster.source_shift, cluster.timecode) {
+            (true, Some(time), Some(shift), Some(timecode)) => {
+                restamp(info, data, time + shift - i128::from(timecode))
+            }
+            _ => (info, data),
+        };
         cluster.max_block_offset = cluster.max_block_offset.max(i64::from(info.relative_timecode));
         cluster.size += data.len();
         if cluster.size > MAX_FRAGMENT_BYTES {
@@ -409,11 +486,13 @@ impl Fragmenter {
     }
 
     /// The absolute Timecode and the head (Tags, Cluster, Timecode) of the cluster with relative Timecode
-    /// `relative` whose first frame is `first`.
+    /// `relative` whose first frame is `first` (at `source_time` when the source gave it, in units).
     fn start_fragment(
         &mut self,
         relative: u64,
         first: kvs_mkv::block::BlockInfo,
+        source_time: Option<i128>,
+        out: &mut Vec<Output>,
     ) -> Result<(u64, Bytes), InputError> {
         let first_frame = i128::from(relative) + i128::from(first.relative_timecode);
         let scale = self.timecode_scale;
@@ -424,12 +503,15 @@ impl Fragmenter {
             return Err(InputError::TimecodeBackwards { previous: last_absolute, next });
         }
         // Where this fragment's first frame goes on the absolute timeline.
-        let anchored = match (self.anchor, self.capture_time, self.segment_base) {
-            (TimeAnchor::Fixed(start), _, None) if self.last_frame.is_none() => Some(units(start, scale)),
-            (TimeAnchor::Fixed(_), _, _) => None,
-            (TimeAnchor::CaptureTime, Some(captured), _) => Some(units(captured, scale)),
-            (TimeAnchor::CaptureTime, None, None) => Some(units(SystemTime::now(), scale)),
-            (TimeAnchor::CaptureTime, None, Some(_)) => None,
+        let anchored = match (self.anchor, source_time, self.capture_time.time(), self.segment_base) {
+            (TimeAnchor::Fixed(start), _, _, None) if self.last_frame.is_none() => Some(units(start, scale)),
+            (TimeAnchor::Fixed(_), _, _, _) => None,
+            (TimeAnchor::CaptureTime, Some(source), _, _) => Some(source),
+            (TimeAnchor::CaptureTime, None, Some(captured), _) => {
+                Some(units(captured, scale) + self.host_adjust)
+            }
+            (TimeAnchor::CaptureTime, None, None, None) => Some(units(SystemTime::now(), scale)),
+            (TimeAnchor::CaptureTime, None, None, Some(_)) => None,
         };
         let mut base = match (anchored, self.segment_base) {
             (Some(first_time), _) => first_time - first_frame,
@@ -446,7 +528,35 @@ impl Fragmenter {
         if let Some(last) = last
             && base + first_frame <= last
         {
-            base = last + 1 - first_frame;
+            let wanted = base + first_frame;
+            let jump = Duration::from_nanos(((last - wanted) as u64).saturating_mul(scale));
+            if jump <= TIME_JUMP || self.header.is_none() {
+                base = last + 1 - first_frame;
+            } else if source_time.is_some() && wanted >= 0 {
+                // The source's clock went back: a new session at the time it says.
+                let header = self.header.as_ref().expect("checked above");
+                self.generation += 1;
+                let header =
+                    Arc::new(StreamHeader { generation: self.generation, ..StreamHeader::clone(header) });
+                self.header = Some(header.clone());
+                out.push(Output::TimeJump(TimeJump {
+                    previous: last as u64,
+                    wanted: wanted as u64,
+                    placed: wanted as u64,
+                    new_session: true,
+                }));
+                out.push(Output::Header(header));
+                self.last_frame = None;
+            } else {
+                self.host_adjust += last + 1 - wanted;
+                base = last + 1 - first_frame;
+                out.push(Output::TimeJump(TimeJump {
+                    previous: last as u64,
+                    wanted: wanted.max(0) as u64,
+                    placed: (last + 1) as u64,
+                    new_session: false,
+                }));
+            }
         }
         self.segment_base = Some(base);
         let timecode = u64::try_from(base + i128::from(relative))
@@ -473,6 +583,37 @@ impl Fragmenter {
             out.push(Output::FragmentEnd);
         }
     }
+}
+
+/// The frame `data` (a SimpleBlock element, as received) with its block timecode set to `offset` from its
+/// cluster's; the payload stays the same memory. Kept as it is when the offset does not fit the block's 16 bits
+/// or the frame is a BlockGroup.
+fn restamp(info: kvs_mkv::block::BlockInfo, data: Rope, offset: i128) -> (kvs_mkv::block::BlockInfo, Rope) {
+    let Ok(offset) = i16::try_from(offset) else { return (info, data) };
+    let mut head = [0u8; 32];
+    let copied = data.copy_prefix(&mut head);
+    let Some((element_id, size_len)) = ebml_head(&head[..copied]) else { return (info, data) };
+    // Element ID and size, then the block's track number, timecode (2 bytes, big-endian) and flags.
+    let block_start = element_id + size_len;
+    let track_len = match head.get(block_start) {
+        Some(first) if *first != 0 => first.leading_zeros() as usize + 1,
+        _ => return (info, data),
+    };
+    let at = block_start + track_len;
+    if element_id != 1 || head[0] != 0xA3 || at + 2 > copied {
+        return (info, data);
+    }
+    head[at..at + 2].copy_from_slice(&offset.to_be_bytes());
+    let mut rope = Rope::from(Bytes::copy_from_slice(&head[..at + 2]));
+    rope.append(data.slice_from(at + 2));
+    (kvs_mkv::block::BlockInfo { relative_timecode: offset, ..info }, rope)
+}
+
+/// The lengths of the element ID and size at the start of `head`.
+fn ebml_head(head: &[u8]) -> Option<(usize, usize)> {
+    let id_len = head.first().filter(|b| **b != 0)?.leading_zeros() as usize + 1;
+    let size_len = head.get(id_len).filter(|b| **b != 0)?.leading_zeros() as usize + 1;
+    (id_len + size_len <= head.len()).then_some((id_len, size_len))
 }
 
 /// The end-of-fragment marker: a Tags element with `AWS_KINESISVIDEO_END_OF_FRAGMENT`, which closes the last
@@ -543,9 +684,121 @@ mod tests {
                     last.duration = *duration;
                 }
                 Output::FragmentEnd => fragments.last_mut().expect("an end after a start").complete = true,
+                Output::TimeJump(_) => {}
             }
         }
         fragments
+    }
+
+    /// Pushes a stream cluster by cluster and frame by frame (as matroskamux does), each frame with its stamp;
+    /// clusters of 3 frames whose muxer offsets are 0, 33 and 66 ms.
+    fn push_frames(fragmenter: &mut Fragmenter, stamps: &[[Stamp; 3]]) -> Vec<Output> {
+        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        for (c, cluster) in stamps.iter().enumerate() {
+            let mut head = Vec::new();
+            writer::write_cluster_start(&mut head, c as u64 * 99);
+            out.extend(fragmenter.push_stamped(Bytes::from(head), Stamp::None).unwrap());
+            for (f, stamp) in cluster.iter().enumerate() {
+                let mut block = Vec::new();
+                writer::write_simple_block(&mut block, 1, (f * 33) as i16, f == 0, &[c as u8, f as u8]);
+                out.extend(fragmenter.push_stamped(Bytes::from(block), *stamp).unwrap());
+            }
+        }
+        out.extend(fragmenter.finish().unwrap());
+        out
+    }
+
+    /// (generation, absolute time in ms, payload) of every frame of assembled fragments.
+    fn frame_times(fragments: &[Assembled]) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for fragment in fragments {
+            let mut document = writer::h264_stream_header();
+            document.extend_from_slice(&fragment.data);
+            for event in kvs_mkv::read_all(&document).unwrap() {
+                if let Event::ClusterChild(element) = event
+                    && element.id == id::SIMPLE_BLOCK
+                {
+                    let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
+                    let time = fragment.timecode.saturating_add_signed(i64::from(info.relative_timecode));
+                    out.push((fragment.generation, time, element.data()[info.header_len..].to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn source_times_stamp_every_frame_exactly_and_a_clock_going_back_starts_a_new_session() {
+        let t = 1_800_000_000_000u64;
+        let at = |ms: u64| Stamp::Source(UNIX_EPOCH + Duration::from_millis(ms));
+        // The camera's frames are 40 ms apart where the muxer says 33; the third cluster is an hour back (the
+        // camera rebooted with its clock reset), the fourth follows it.
+        let back = t - 3_600_000;
+        let stamps = [
+            [at(t), at(t + 40), at(t + 80)],
+            [at(t + 120), at(t + 160), at(t + 200)],
+            [at(back), at(back + 40), at(back + 80)],
+            [at(back + 120), at(back + 160), at(back + 200)],
+        ];
+        let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
+        let jumps: Vec<&TimeJump> =
+            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
+        assert_eq!(jumps, [&TimeJump { previous: t + 200, wanted: back, placed: back, new_session: true }]);
+        let times: Vec<(u64, u64)> =
+            frame_times(&fragments(&out)).into_iter().map(|(g, t, _)| (g, t)).collect();
+        let expected: Vec<(u64, u64)> = stamps
+            .iter()
+            .enumerate()
+            .flat_map(|(c, cluster)| {
+                cluster.iter().map(move |s| match s {
+                    Stamp::Source(time) => {
+                        (1 + (c as u64 / 2), time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64)
+                    }
+                    _ => unreachable!(),
+                })
+            })
+            .collect();
+        assert_eq!(times, expected);
+        // The new session's header is the same bytes.
+        let headers: Vec<&Arc<StreamHeader>> =
+            out.iter().filter_map(|o| if let Output::Header(h) = o { Some(h) } else { None }).collect();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[0].bytes, headers[1].bytes);
+    }
+
+    #[test]
+    fn a_small_step_back_in_source_time_moves_the_whole_fragment_after_the_previous_one() {
+        let t = 1_800_000_000_000u64;
+        let at = |ms: u64| Stamp::Source(UNIX_EPOCH + Duration::from_millis(ms));
+        let stamps = [[at(t), at(t + 33), at(t + 66)], [at(t + 50), at(t + 83), at(t + 116)]];
+        let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
+        assert!(!out.iter().any(|o| matches!(o, Output::TimeJump(_))));
+        let times: Vec<u64> = frame_times(&fragments(&out)).into_iter().map(|(_, t, _)| t).collect();
+        assert_eq!(times, [t, t + 33, t + 66, t + 67, t + 100, t + 133]);
+    }
+
+    #[test]
+    fn a_host_clock_step_back_is_reported_once_and_the_stream_goes_on_from_where_it_was() {
+        let t = 1_800_000_000_000u64;
+        let at = |ms: u64| Stamp::Host(UNIX_EPOCH + Duration::from_millis(ms));
+        let stamps = [
+            [at(t), at(t + 33), at(t + 66)],
+            [at(t - 5_000), at(t - 4_967), at(t - 4_934)],
+            [at(t - 4_901), at(t - 4_868), at(t - 4_835)],
+        ];
+        let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
+        let jumps: Vec<&TimeJump> =
+            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
+        assert_eq!(
+            jumps,
+            [&TimeJump { previous: t + 66, wanted: t - 5_000, placed: t + 67, new_session: false }]
+        );
+        let frames = frame_times(&fragments(&out));
+        assert!(frames.iter().all(|(generation, _, _)| *generation == 1));
+        let times: Vec<u64> = frames.iter().map(|(_, t, _)| *t).collect();
+        // The second cluster right after the first; the third where the second's clock puts it, 99 ms later.
+        let offsets = [0, 33, 66, 67, 100, 133, 166, 199, 232];
+        assert_eq!(times, offsets.map(|o| t + o));
     }
 
     fn joined(fragment: &Assembled) -> Vec<u8> {

@@ -20,7 +20,8 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::fragmenter::{Fragmenter, Output, TimeAnchor, TrackNames};
+use super::capture::{CaptureTime, CaptureTimes, Notice};
+use super::fragmenter::{Fragmenter, Output, TimeAnchor, TimeJump, TrackNames};
 use super::store::{Recovered, Store};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
 use crate::kvs::ack::AckKind;
@@ -66,6 +67,8 @@ struct Settings {
     buffer_dir: Option<String>,
     buffer_max_mb: u32,
     buffer_max_age_s: u32,
+    /// Where capture times come from (`capture-time`).
+    capture_time: CaptureTime,
     /// Track names and codec IDs when the bin muxes elementary streams itself.
     track_names: Option<TrackNames>,
     /// The C++ kvssink's properties ([`super::compat`]).
@@ -92,6 +95,7 @@ impl Default for Settings {
             buffer_dir: None,
             buffer_max_mb: DEFAULT_BUFFER_MAX_MB,
             buffer_max_age_s: 0,
+            capture_time: CaptureTime::Auto,
             track_names: None,
             cpp: Default::default(),
         }
@@ -106,6 +110,7 @@ struct Started {
     live: Option<bool>,
     /// False: fragments are stamped with the time their first frame reaches kvssink (`frame-timecodes`).
     frame_timecodes: bool,
+    capture: CaptureTimes,
     stop_timeout: Duration,
 }
 
@@ -450,6 +455,7 @@ impl KvsMkvSink {
             // Offline: never live, so a full queue waits instead of dropping.
             live: offline.then_some(false),
             frame_timecodes: settings.cpp.frame_timecodes(),
+            capture: CaptureTimes::new(settings.capture_time),
             stop_timeout: Duration::from_secs(u64::from(settings.stop_timeout_s)),
         })
     }
@@ -534,7 +540,7 @@ impl KvsMkvSink {
             let size = match &output {
                 Output::FragmentStart(start) => start.data.len(),
                 Output::Frame { data, .. } => data.len(),
-                Output::Header(_) | Output::FragmentEnd => 0,
+                Output::Header(_) | Output::FragmentEnd | Output::TimeJump(_) => 0,
             };
             if size > 0 && !live {
                 match self.canceller.wait(uploader.wait_for_room(size), None) {
@@ -569,6 +575,10 @@ impl KvsMkvSink {
                         self.stored(appended, 0, store.position());
                     }
                     uploader.push_frame(data, duration)
+                }
+                Output::TimeJump(jump) => {
+                    self.post_time_jump(&jump);
+                    Ok(())
                 }
                 Output::FragmentEnd => {
                     if let Some(store) = store.as_mut() {
@@ -633,11 +643,9 @@ impl KvsMkvSink {
     /// pipeline clock (base time + running time), which is mapped to the real-time clock by reading both
     /// clocks now. `None` without a timestamp, a TIME segment or a clock (then the fragmenter goes on from its
     /// last anchor).
-    fn capture_time(&self, buffer: &gst::BufferRef) -> Option<SystemTime> {
+    fn capture_time(&self, running: Option<gst::ClockTime>) -> Option<SystemTime> {
         let element = self.obj();
-        let pts = buffer.pts()?;
-        let segment = element.segment();
-        let running = segment.downcast_ref::<gst::ClockTime>()?.to_running_time(pts)?;
+        let running = running?;
         let clock = element.clock()?;
         let captured = element.base_time()?.checked_add(running)?;
         let now_clock = clock.time();
@@ -646,6 +654,64 @@ impl KvsMkvSink {
             now.checked_sub(Duration::from_nanos((now_clock - captured).nseconds()))
         } else {
             now.checked_add(Duration::from_nanos((captured - now_clock).nseconds()))
+        }
+    }
+
+    /// The running time of `buffer`'s timestamp (`None` without one or outside a TIME segment).
+    fn running_time(&self, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
+        let segment = self.obj().segment();
+        segment.downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?)
+    }
+
+    /// Says on the bus that capture time went back at a fragment's start, and what kvssink did.
+    fn post_time_jump(&self, jump: &TimeJump) {
+        let back_s = (jump.previous - jump.wanted) as f64 / 1000.0;
+        let what = if jump.new_session {
+            "the fragment keeps the source's time and starts a new PutMedia session"
+        } else {
+            "the stream goes on right after the previous frame (the media is live)"
+        };
+        gst::element_imp_warning!(
+            self,
+            gst::StreamError::Format,
+            ("capture time went back {:.3} s", back_s),
+            [
+                "a fragment's first frame is at {} ms, before the previous frame at {} ms: {} (placed at {} ms)",
+                jump.wanted,
+                jump.previous,
+                what,
+                jump.placed
+            ]
+        );
+    }
+
+    /// Says on the bus what the capture times now come from.
+    fn post_notices(&self, notices: Vec<Notice>) {
+        for notice in notices {
+            match notice {
+                Notice::SourceClock { caps, ahead_s } => gst::element_imp_info!(
+                    self,
+                    gst::StreamError::Format,
+                    ("frames carry the source's capture time ({})", caps),
+                    [
+                        "from this frame on, frames are stamped with the source's reference timestamps; its clock is {:.3} s {} the host's",
+                        ahead_s.abs(),
+                        if ahead_s < 0.0 { "behind" } else { "ahead of" }
+                    ]
+                ),
+                Notice::NoReference { held } => gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Format,
+                    (
+                        "no reference timestamp within {} s: frames are stamped with the host clock",
+                        super::capture::HOLD_LIMIT.as_secs()
+                    ),
+                    [
+                        "capture-time=meta, but none of the first {} buffers carried a GstReferenceTimestampMeta (timestamp/x-ntp or timestamp/x-unix); they go out on the host clock, and later buffers take the source's time when one does",
+                        held
+                    ]
+                ),
+            }
         }
     }
 
@@ -663,7 +729,17 @@ impl KvsMkvSink {
         let (uploader, store, outputs, live, stop_timeout) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return };
-            let outputs = match started.fragmenter.finish() {
+            // What capture-time=meta still holds goes out on the clock it has (nothing is left behind).
+            let held: Result<Vec<Output>, _> =
+                started.capture.release().into_iter().try_fold(Vec::new(), |mut out, (data, stamp)| {
+                    out.extend(started.fragmenter.push_stamped(data, stamp)?);
+                    Ok(out)
+                });
+            let finished = held.and_then(|mut out| {
+                out.extend(started.fragmenter.finish()?);
+                Ok(out)
+            });
+            let outputs = match finished {
                 Ok(outputs) => outputs,
                 Err(error) => {
                     drop(state);
@@ -764,6 +840,10 @@ pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
         string("buffer-dir", "Directory of the fragment store: every frame is written there before it is sent and kept until the service persists it, so a crash, a restart or an outage loses nothing; a sink started on it uploads what it holds first (default: none, fragments in RAM only)"),
         uint("buffer-max-size", "Fragment store size limit, in MiB: a live source then drops the oldest fragments, other sources wait (default: 1024)", 16_777_216, DEFAULT_BUFFER_MAX_MB),
         uint("buffer-max-age", "Fragment store age limit: the stored media spans at most this long, in seconds; 0: no limit (default: 0)", u32::MAX, 0),
+        glib::ParamSpecEnum::builder_with_default("capture-time", CaptureTime::Auto)
+            .blurb("Where frames' capture times come from: auto (the source's reference timestamps, timestamp/x-ntp or timestamp/x-unix, when buffers carry them, such as rtspsrc add-reference-timestamp-meta=true; else the host clock), clock (the host clock), meta (the reference timestamps for every frame: what comes before the first waits for it, at most 10 s) (default: auto)")
+            .mutable_ready()
+            .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes; read-only, default: all 0)")
             .read_only()
@@ -830,6 +910,7 @@ impl ObjectImpl for KvsMkvSink {
             "buffer-dir" => settings.buffer_dir = string_value(value),
             "buffer-max-size" => settings.buffer_max_mb = get_u32(),
             "buffer-max-age" => settings.buffer_max_age_s = get_u32(),
+            "capture-time" => settings.capture_time = value.get().unwrap_or_default(),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
@@ -858,6 +939,7 @@ impl ObjectImpl for KvsMkvSink {
             "buffer-dir" => settings.buffer_dir.to_value(),
             "buffer-max-size" => settings.buffer_max_mb.to_value(),
             "buffer-max-age" => settings.buffer_max_age_s.to_value(),
+            "capture-time" => settings.capture_time.to_value(),
             "stats" => {
                 drop(settings);
                 let stats = lock(&self.state).as_ref().map(|s| s.uploader.stats()).unwrap_or_default();
@@ -962,6 +1044,7 @@ impl BaseSinkImpl for KvsMkvSink {
             gst::FlowError::Error
         })?;
         let data = bytes::Bytes::from_owner(data);
+        let mut notices = Vec::new();
         let (uploader, store, outputs, live) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
@@ -969,18 +1052,26 @@ impl BaseSinkImpl for KvsMkvSink {
                 gst::debug!(CAT, imp = self, "uploader failed: {reason}");
                 return Err(gst::FlowError::Error);
             }
-            let capture_time =
-                if started.frame_timecodes { self.capture_time(buffer) } else { Some(SystemTime::now()) };
-            match started.fragmenter.push(data, capture_time) {
-                Ok(outputs) => {
-                    (started.uploader.clone(), started.store.clone(), outputs, started.live.unwrap_or(false))
-                }
-                Err(error) => {
-                    drop(state);
-                    return Err(self.input_error(&error));
+            let running = self.running_time(buffer);
+            let host =
+                if started.frame_timecodes { self.capture_time(running) } else { Some(SystemTime::now()) };
+            let reference =
+                if started.frame_timecodes { super::capture::reference_time(buffer) } else { None };
+            let stamped = started.capture.stamp(data, running, host, reference, &mut notices);
+            let mut outputs = Vec::new();
+            for (data, stamp) in stamped {
+                match started.fragmenter.push_stamped(data, stamp) {
+                    Ok(more) => outputs.extend(more),
+                    Err(error) => {
+                        drop(state);
+                        self.post_notices(notices);
+                        return Err(self.input_error(&error));
+                    }
                 }
             }
+            (started.uploader.clone(), started.store.clone(), outputs, started.live.unwrap_or(false))
         };
+        self.post_notices(notices);
         self.queue_outputs(&uploader, store.as_ref(), live, outputs)?;
         Ok(gst::FlowSuccess::Ok)
     }

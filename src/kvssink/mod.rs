@@ -11,6 +11,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod bin;
+mod capture;
 mod compat;
 pub mod fragmenter;
 mod imp;
@@ -30,5 +31,6 @@ glib::wrapper! {
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     compat::StreamingType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    capture::CaptureTime::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "kvssink", gst::Rank::SECONDARY, KvsSink::static_type())
 }

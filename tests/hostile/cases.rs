@@ -451,6 +451,7 @@ fn fragment(pieces: &[Bytes]) -> Result<Vec<String>, String> {
                     format!("frame {duration:?} {:?}", data.to_vec())
                 }
                 fragmenter::Output::FragmentEnd => "end".to_owned(),
+                fragmenter::Output::TimeJump(jump) => format!("jump {jump:?}"),
             });
         }
     };

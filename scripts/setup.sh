@@ -14,13 +14,15 @@ as_root() {
 
 # Debian packages: build (GStreamer 1.22 dev files, pkg-config, a C toolchain for -sys crates), the elements the
 # demo and the tests use (x264enc, matroskamux/demux, h264parse, avdec/avenc), meson for the install path, and
-# the tools the tests check output with (ffprobe, mkvinfo).
+# the tools the tests check output with (ffprobe, mkvinfo), and gst-rtsp-server, which the IP-camera tests run
+# in-process as the camera.
 DEB_PACKAGES=(
     build-essential pkg-config git ca-certificates curl python3 python3-venv
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-plugins-base-apps
     python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+    libgstrtspserver-1.0-dev
     meson ninja-build ffmpeg mkvtoolnix openssl
 )
 

@@ -12,6 +12,11 @@
 //!   fragment duration) in front of the inner sink; `sink` then has no target, and linking it is an error.
 //! - At most one video and one audio pad, as with the C++ element. The tracks get the C++ element's names
 //!   (`track-name` for video, `audio`) and, when set, its `codec-id`.
+//! - Caps that change on a request pad once media flowed (a camera's new SPS/PPS, resolution or codec):
+//!   matroskamux refuses that ("Caps changes are not supported by Matroska"), so the muxer is replaced. The
+//!   old one is drained (EOS on its pads, its EOS kept from the inner sink: every frame it held goes out), a
+//!   new one takes the pads, and its stream header (Tracks with the new codec private data) makes the inner
+//!   sink end the fragment and start a new PutMedia session. A warning names what changed.
 //! - A key frame without a DTS (what `matroskademux ! h264parse` gives) is muxed by its PTS (matroskamux does
 //!   that; a test keeps it so); the C++ element drops such frames silently.
 
@@ -56,6 +61,9 @@ struct Muxing {
     mux: Option<gst::Element>,
     video: Option<gst::GhostPad>,
     audio: Option<gst::GhostPad>,
+    /// The request pads a buffer went through since their caps were set (their caps cannot change in the
+    /// muxer any more).
+    flowing: Vec<gst::GhostPad>,
 }
 
 impl Muxing {
@@ -241,21 +249,160 @@ impl KvsSink {
             .name(name)
             .build();
         let core = self.core.downgrade();
-        ghost.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if let Some(gst::PadProbeData::Event(event)) = &info.data
-                && let gst::EventView::CustomDownstream(custom) = event.view()
-                && let Some(s) = custom.structure()
-                && s.name() == METADATA_EVENT
-            {
-                if let Some(core) = core.upgrade() {
-                    core.imp().add_metadata(s);
+        let bin = self.obj().downgrade();
+        ghost.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
+            let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
+            match event.view() {
+                gst::EventView::CustomDownstream(custom) => {
+                    if let Some(s) = custom.structure()
+                        && s.name() == METADATA_EVENT
+                    {
+                        if let Some(core) = core.upgrade() {
+                            core.imp().add_metadata(s);
+                        }
+                        return gst::PadProbeReturn::Drop;
+                    }
                 }
-                return gst::PadProbeReturn::Drop;
+                gst::EventView::Caps(caps) => {
+                    if let (Some(bin), Some(ghost), Some(old)) =
+                        (bin.upgrade(), pad.downcast_ref::<gst::GhostPad>(), pad.current_caps())
+                        && old.as_ref() != caps.caps()
+                    {
+                        bin.imp().caps_changed(ghost, &old, caps.caps());
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        });
+        let bin = self.obj().downgrade();
+        ghost.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, _| {
+            if let (Some(bin), Some(ghost)) = (bin.upgrade(), pad.downcast_ref::<gst::GhostPad>()) {
+                let mut muxing = bin.imp().muxing();
+                if !muxing.flowing.contains(ghost) {
+                    muxing.flowing.push(ghost.clone());
+                }
             }
             gst::PadProbeReturn::Ok
         });
         Ok(ghost)
     }
+
+    /// New caps on a request pad (called from its streaming thread, before the muxer sees them): once media
+    /// went through it, the muxer is replaced (see the module documentation).
+    fn caps_changed(&self, ghost: &gst::GhostPad, old: &gst::Caps, new: &gst::CapsRef) {
+        let mut muxing = self.muxing();
+        if !muxing.flowing.contains(ghost) {
+            return;
+        }
+        muxing.flowing.clear();
+        let Some(old_mux) = muxing.mux.clone() else { return };
+        let what = caps_difference(old, new);
+        gst::info!(CAT, imp = self, "{}: caps change ({what}): a new muxer", ghost.name());
+        let pads: Vec<gst::GhostPad> =
+            [muxing.video.clone(), muxing.audio.clone()].into_iter().flatten().collect();
+        drop(muxing);
+        // The old muxer's EOS stays inside: the upload goes on with the next muxer.
+        if let Some(src) = old_mux.static_pad("src") {
+            src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| match &info.data {
+                Some(gst::PadProbeData::Event(event)) if event.type_() == gst::EventType::Eos => {
+                    gst::PadProbeReturn::Drop
+                }
+                _ => gst::PadProbeReturn::Ok,
+            });
+        }
+        // Drained pad by pad: this pad first (its thread is ours), then the others with their streaming lock
+        // held, so that none of their buffers reaches the old muxer after its EOS (the first EOS lets a buffer
+        // the muxer holds from them go out, so taking the lock cannot wait on us).
+        let _ = ghost.target().map(|target| target.send_event(gst::event::Eos::new()));
+        let others: Vec<_> = pads.iter().filter(|p| *p != ghost).collect();
+        let _locks: Vec<_> = others
+            .iter()
+            .map(|other| {
+                let lock = other.stream_lock();
+                let _ = other.target().map(|target| target.send_event(gst::event::Eos::new()));
+                lock
+            })
+            .collect();
+        if let Err(why) = self.replace_mux(&old_mux, &pads) {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Mux,
+                ("cannot change the muxer for new caps on {}: {}", ghost.name(), why),
+                ["caps change on {}: {}", ghost.name(), what]
+            );
+            return;
+        }
+        gst::element_imp_warning!(
+            self,
+            gst::StreamError::Format,
+            ("{} changed mid-stream: {}", ghost.name(), what),
+            [
+                "a new stream header with the new codec private data starts at the next frame, in a new fragment and a new PutMedia session; no frame is dropped"
+            ]
+        );
+    }
+
+    /// Puts a new muxer in the place of `old` (drained) for the request pads `pads`.
+    fn replace_mux(&self, old: &gst::Element, pads: &[gst::GhostPad]) -> Result<(), String> {
+        let obj = self.obj();
+        old.unlink(&self.core);
+        let _ = old.set_state(gst::State::Null);
+        let targets: Vec<Option<gst::Pad>> = pads.iter().map(|p| p.target()).collect();
+        for (pad, target) in pads.iter().zip(&targets) {
+            let _ = pad.set_target(None::<&gst::Pad>);
+            if let Some(target) = target {
+                old.release_request_pad(target);
+            }
+        }
+        let _ = obj.remove(old);
+        let mux = self.add_mux()?;
+        for pad in pads {
+            let template = pad.pad_template().ok_or("a request pad without a template")?;
+            let target = mux
+                .request_pad_simple(template.name_template())
+                .ok_or_else(|| format!("matroskamux gave no pad for {}", pad.name()))?;
+            pad.set_target(Some(&target)).map_err(|e| e.to_string())?;
+        }
+        self.muxing().mux = Some(mux);
+        self.configure_muxing();
+        Ok(())
+    }
+}
+
+/// What differs between two caps, for a message: the media type, or each field that changed.
+fn caps_difference(old: &gst::Caps, new: &gst::CapsRef) -> String {
+    let (Some(old), Some(new)) = (old.structure(0), new.structure(0)) else {
+        return format!("{old} → {new}");
+    };
+    if old.name() != new.name() {
+        return format!("{} → {}", old.name(), new.name());
+    }
+    let mut names: Vec<&str> = old.fields().chain(new.fields()).map(|f| f.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let show = |s: &gst::StructureRef, name: &str| match s.value(name) {
+        Ok(value) => value.serialize().map(|v| v.to_string()).unwrap_or_else(|_| "?".into()),
+        Err(_) => "none".into(),
+    };
+    let changes: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            let (a, b) = (old.value(*name).ok(), new.value(*name).ok());
+            match (a, b) {
+                (Some(a), Some(b)) => a.compare(b) != Some(std::cmp::Ordering::Equal),
+                (a, b) => a.is_some() != b.is_some(),
+            }
+        })
+        .map(|name| {
+            if name == "codec_data" || name == "streamheader" {
+                format!("new {name}")
+            } else {
+                format!("{name} {} → {}", show(old, name), show(new, name))
+            }
+        })
+        .collect();
+    if changes.is_empty() { "caps".into() } else { changes.join(", ") }
 }
 
 #[glib::object_subclass]
@@ -481,6 +628,7 @@ impl ElementImpl for KvsSink {
         }
         drop(muxing);
         let _ = obj.remove_pad(ghost);
+        self.muxing().flowing.retain(|p| p != ghost);
         self.configure_muxing();
     }
 

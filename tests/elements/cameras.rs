@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! IP cameras: gst-rtsp-server, in this process, stands in for a camera; the pipelines are the ones users
+//! write (`rtspsrc ! rtph264depay ! h264parse ! kvssink`, with or without `matroskamux`), over TCP and UDP.
+//! Every frame the depayloader chain gave kvssink (a probe on the element before it) is compared byte for
+//! byte with what the emulator stored, and each stored frame's producer time with the frame's capture time:
+//! the camera's (RTCP sender reports, `add-reference-timestamp-meta=true`) within 1 ms, or the host's within
+//! 5 ms.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+/// Seconds from 1900 (NTP) to 1970.
+const NTP_TO_UNIX_S: u64 = 2_208_988_800;
+
+/// 30 fps H.264, a key frame a second, SPS/PPS with every key frame (as cameras send them).
+fn h264_camera(frames: u32) -> String {
+    format!(
+        "( videotestsrc is-live=true num-buffers={frames} pattern=ball ! capsfilter name=size \
+         caps=video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse \
+         ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    )
+}
+
+/// A camera: an RTSP server with one mount, `/cam`, on its own GLib main loop.
+struct Camera {
+    server: gst_rtsp_server::RTSPServer,
+    main_loop: glib::MainLoop,
+    context: glib::MainContext,
+    source: Option<glib::SourceId>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+}
+
+impl Camera {
+    /// Serves `launch` (a gst-rtsp-server launch line) on `port` (0: any); `configure` sees the factory.
+    fn start(launch: &str, port: u16, configure: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory)) -> Camera {
+        init();
+        let context = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&context), false);
+        let server = gst_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(launch);
+        factory.set_shared(true);
+        configure(&factory);
+        server.mount_points().unwrap().add_factory("/cam", factory);
+        let source = server.attach(Some(&context)).expect("the RTSP server listens");
+        let port = server.bound_port() as u16;
+        let (thread_loop, thread_context) = (main_loop.clone(), context.clone());
+        let thread = std::thread::spawn(move || {
+            let _guard = thread_context.acquire().unwrap();
+            thread_loop.run();
+        });
+        Camera { server, main_loop, context, source: Some(source), thread: Some(thread), port }
+    }
+
+    fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/cam", self.port)
+    }
+
+    /// The camera goes away: no more connections, every session closed.
+    fn stop(&mut self) {
+        if let Some(source) = self.source.take().and_then(|id| self.context.find_source_by_id(&id)) {
+            source.destroy();
+        }
+        self.server.client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
+        self.main_loop.quit();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Makes the camera's RTCP sender reports carry its own clock, `offset` from the host's: the media's pipeline
+/// clock is the system clock moved by `offset` (and to the NTP era), and rtpbin takes its NTP time from it.
+fn camera_clock(factory: &gst_rtsp_server::RTSPMediaFactory, offset_s: i64) {
+    let clock =
+        glib::Object::builder::<gst::SystemClock>().property("clock-type", gst::ClockType::Realtime).build();
+    let internal = clock.internal_time();
+    let external =
+        internal.nseconds() as i128 + (NTP_TO_UNIX_S as i128 + i128::from(offset_s)) * 1_000_000_000;
+    clock.set_calibration(internal, gst::ClockTime::from_nseconds(external as u64), 1, 1);
+    factory.set_clock(Some(&clock));
+    factory.connect_media_configure(|_, media| {
+        media.connect_prepared(|media| {
+            let Some(pipeline) = media.element().parent().and_downcast::<gst::Bin>() else { return };
+            for element in pipeline.iterate_recurse().into_iter().flatten() {
+                if element.factory().is_some_and(|f| f.name() == "rtpbin") {
+                    element.set_property_from_str("ntp-time-source", "clock-time");
+                }
+            }
+        });
+    });
+}
+
+/// A frame as kvssink received it: payload, the camera's time (reference timestamp meta), the host capture
+/// time (running time mapped to the wall clock, as kvssink maps it), the running time.
+#[derive(Debug, Clone)]
+struct Sent {
+    payload: Vec<u8>,
+    camera: Option<SystemTime>,
+    host: SystemTime,
+    running: gst::ClockTime,
+}
+
+/// Records every buffer leaving the element named `name`.
+fn probe_sent(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<Sent>>> {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let element = pipeline.by_name(name).unwrap();
+    let recorded = sent.clone();
+    element.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let camera = buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|meta| {
+            let name = meta.reference().structure(0)?.name().to_string();
+            (name == "timestamp/x-ntp").then(|| {
+                UNIX_EPOCH + Duration::from_nanos(meta.timestamp().nseconds() - NTP_TO_UNIX_S * 1_000_000_000)
+            })
+        });
+        let element = pad.parent_element().unwrap();
+        let segment = pad.sticky_event::<gst::event::Segment>(0).unwrap();
+        let segment = segment.segment().downcast_ref::<gst::ClockTime>().unwrap().clone();
+        let running = segment.to_running_time(buffer.pts().unwrap()).unwrap();
+        let clock = element.clock().unwrap();
+        let (now_clock, now) = (clock.time(), SystemTime::now());
+        let captured = element.base_time().unwrap() + running;
+        let host = if captured <= now_clock {
+            now - Duration::from_nanos((now_clock - captured).nseconds())
+        } else {
+            now + Duration::from_nanos((captured - now_clock).nseconds())
+        };
+        let payload = buffer.map_readable().unwrap().to_vec();
+        recorded.lock().unwrap().push(Sent { payload, camera, host, running });
+        gst::PadProbeReturn::Ok
+    });
+    sent
+}
+
+/// A stored frame: its track, producer time (ms since the epoch) and payload.
+#[derive(Debug, Clone, PartialEq)]
+struct Stored {
+    track: u64,
+    time_ms: i64,
+    payload: Vec<u8>,
+}
+
+/// Every stored frame of `stream`, in producer-time order of fragments, re-sent fragments left out.
+fn stored_frames(emu: &Emu, stream: &str) -> Vec<Stored> {
+    use kvs_mkv::ebml::id;
+    let data = emu.read_back(stream);
+    let mut seen = std::collections::HashSet::new();
+    let (mut cluster_time, mut keep) = (0u64, false);
+    let mut out = Vec::new();
+    for event in kvs_mkv::read_all(&data).expect("valid Matroska") {
+        if let kvs_mkv::Event::ClusterChild(element) = event {
+            match element.id {
+                id::TIMECODE => {
+                    cluster_time = kvs_mkv::ebml::read_uint(&element.data()).unwrap();
+                    keep = seen.insert(cluster_time);
+                }
+                id::SIMPLE_BLOCK if keep => {
+                    let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
+                    out.push(Stored {
+                        track: info.track,
+                        time_ms: cluster_time as i64 + i64::from(info.relative_timecode),
+                        payload: element.data()[info.header_len..].to_vec(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn ms(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH).unwrap().as_nanos() as f64 / 1e6
+}
+
+/// Runs `description` (its kvssink named `sink`, the element before it `last`) until EOS; returns the run and
+/// what went into kvssink.
+fn upload(description: &str) -> (Run, Vec<Sent>) {
+    let mut sent = None;
+    let run = run_pipeline_with(description, Duration::from_secs(90), |pipeline| {
+        sent = Some(probe_sent(pipeline, "last"));
+    });
+    let sent = sent.unwrap().lock().unwrap().clone();
+    (run, sent)
+}
+
+/// The frames went in and came out the same, each stored within `tolerance_ms` of `expected` (its time).
+fn assert_stored(stored: &[Stored], sent: &[Sent], expected: impl Fn(&Sent) -> f64, tolerance_ms: f64) {
+    assert_eq!(stored.len(), sent.len(), "frames stored / sent");
+    for (i, (stored, sent)) in stored.iter().zip(sent).enumerate() {
+        assert!(stored.payload == sent.payload, "frame {i}: the stored bytes differ from the sent ones");
+        let want = expected(sent);
+        let error = stored.time_ms as f64 - want;
+        // Stored times are whole milliseconds: a frame at 12.7 ms is stored at 12.
+        assert!(
+            (-tolerance_ms..tolerance_ms + 1.0).contains(&error),
+            "frame {i}: stored at {} ms, its capture time is {want:.3} ms ({error:+.3} ms)",
+            stored.time_ms
+        );
+    }
+}
+
+#[test]
+fn an_h264_camera_over_tcp_and_udp_is_stored_frame_for_frame_at_the_host_capture_time() {
+    let emu = Emu::start();
+    let camera = Camera::start(&h264_camera(150), 0, |_| {});
+    for (protocol, mux) in [("tcp", ""), ("udp", ""), ("tcp", "matroskamux ! ")] {
+        let stream = format!("cam-{protocol}-{}", mux.len());
+        emu.create_stream(&stream, 1);
+        let (run, sent) = upload(&format!(
+            "rtspsrc location={} protocols={protocol} ! rtph264depay ! h264parse name=last ! {mux}{} sync=false",
+            camera.url(),
+            sink_props(&emu, &stream)
+        ));
+        assert_eq!(run.error, None, "{protocol} {mux}: warnings: {:?}", run.warnings);
+        // A shared camera: a second client joins a running stream, so fewer than 150 frames.
+        assert!(sent.len() > 60, "{protocol} {mux}: {} frames", sent.len());
+        assert_stored(&stored_frames(&emu, &stream), &sent, |s| ms(s.host), 5.0);
+    }
+}
+
+#[test]
+fn with_rtcp_sender_reports_each_frame_is_stored_at_the_camera_time_an_hour_behind() {
+    let emu = Emu::start();
+    let camera = Camera::start(&h264_camera(240), 0, |factory| camera_clock(factory, -3600));
+    emu.create_stream("camera-clock", 1);
+    let (run, sent) = upload(&format!(
+        "rtspsrc location={} protocols=tcp add-reference-timestamp-meta=true ! rtph264depay ! h264parse name=last \
+         ! {} capture-time=meta sync=false",
+        camera.url(),
+        sink_props(&emu, "camera-clock")
+    ));
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let first = sent.iter().position(|s| s.camera.is_some()).expect("a frame with the camera's time");
+    assert!(first > 0, "the first sender report comes after the first frames");
+    assert!(
+        sent[first..].iter().all(|s| s.camera.is_some()),
+        "every frame after the first report has its time"
+    );
+    // Before the first report, the camera time follows from it by running time.
+    let anchor = &sent[first];
+    let camera_time = |s: &Sent| match s.camera {
+        Some(time) => ms(time),
+        None => ms(anchor.camera.unwrap()) - (anchor.running - s.running).nseconds() as f64 / 1e6,
+    };
+    let behind = ms(anchor.host) - ms(anchor.camera.unwrap());
+    assert!((3_599_000.0..3_601_000.0).contains(&behind), "the camera is {behind} ms behind");
+    assert_stored(&stored_frames(&emu, "camera-clock"), &sent, camera_time, 1.0);
+    assert!(run.warnings.is_empty(), "{:?}", run.warnings);
+}
+
+#[test]
+fn in_auto_mode_the_camera_time_takes_over_at_its_first_report_in_a_new_session() {
+    let emu = Emu::start();
+    let camera = Camera::start(&h264_camera(240), 0, |factory| camera_clock(factory, -3600));
+    emu.create_stream("auto-clock", 1);
+    let (run, sent) = upload(&format!(
+        "rtspsrc location={} protocols=tcp add-reference-timestamp-meta=true ! rtph264depay ! h264parse name=last \
+         ! matroskamux ! {} sync=false",
+        camera.url(),
+        sink_props(&emu, "auto-clock")
+    ));
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let jumps: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("capture time went back 3")).collect();
+    assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
+    assert!(jumps[0].contains("starts a new PutMedia session"), "{}", jumps[0]);
+    // Read back in producer-time order: the camera's hour-old frames first, then the host-stamped ones.
+    let stored = stored_frames(&emu, "auto-clock");
+    let now_ms = ms(SystemTime::now()) as i64;
+    let (camera_frames, host_frames): (Vec<&Stored>, Vec<&Stored>) =
+        stored.iter().partition(|s| now_ms - s.time_ms > 1_800_000);
+    assert!(!camera_frames.is_empty() && !host_frames.is_empty());
+    assert!(camera_frames.iter().all(|s| (now_ms - s.time_ms - 3_600_000).abs() < 60_000));
+    assert!(host_frames.iter().all(|s| (now_ms - s.time_ms).abs() < 60_000));
+    // Every frame once: the host-stamped ones first as sent, the camera-stamped ones after them.
+    let payloads = |frames: &[&Stored]| frames.iter().map(|s| s.payload.clone()).collect::<Vec<_>>();
+    let sent: Vec<Vec<u8>> = sent.into_iter().map(|s| s.payload).collect();
+    assert_eq!(camera_frames.len() + host_frames.len(), sent.len());
+    assert!(payloads(&host_frames) == sent[..host_frames.len()], "the host-stamped frames");
+    assert!(payloads(&camera_frames) == sent[host_frames.len()..], "the camera-stamped frames");
+}
+
+#[test]
+fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
+    let emu = Emu::start();
+    // The camera's resolution changes 4 s in, from its web page: new SPS/PPS in a new codec_data.
+    let camera = Camera::start(&h264_camera(240), 0, |factory| {
+        factory.connect_media_configure(|_, media| {
+            let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(4));
+                let caps = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", 640)
+                    .field("height", 480)
+                    .field("framerate", gst::Fraction::new(30, 1))
+                    .build();
+                size.set_property("caps", caps);
+            });
+        });
+    });
+    emu.create_stream("resize", 1);
+    let (run, sent) = upload(&format!(
+        "rtspsrc location={} protocols=tcp ! rtph264depay ! h264parse name=last ! {} sync=false",
+        camera.url(),
+        sink_props(&emu, "resize")
+    ));
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let changes: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    assert_eq!(changes.len(), 1, "{:?}", run.warnings);
+    assert!(
+        changes[0].contains("height 240 → 480") && changes[0].contains("width 320 → 640"),
+        "{}",
+        changes[0]
+    );
+    assert!(changes[0].contains("new codec_data"), "{}", changes[0]);
+    assert_stored(&stored_frames(&emu, "resize"), &sent, |s| ms(s.host), 5.0);
+    // Two stream headers, the second with the new size, each on its own PutMedia session.
+    let fragments = emu.admin_fragments("resize");
+    let sizes: std::collections::BTreeSet<String> = kvs_mkv::read_all(&emu.read_back("resize"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event {
+            kvs_mkv::Event::Element(element) if element.id == kvs_mkv::ebml::id::TRACKS => {
+                let tracks = kvs_mkv::header::tracks(&element.data()).unwrap();
+                Some(format!("{:?}", tracks[0].codec_private))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes.len(), 2, "two codec private data among {} fragments", fragments.len());
+}
+
+#[test]
+fn matroskamux_refuses_a_resolution_change_which_is_why_request_pads_handle_it() {
+    let emu = Emu::start();
+    let camera = Camera::start(&h264_camera(240), 0, |factory| {
+        factory.connect_media_configure(|_, media| {
+            let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(3));
+                let caps = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", 640)
+                    .field("height", 480)
+                    .field("framerate", gst::Fraction::new(30, 1))
+                    .build();
+                size.set_property("caps", caps);
+            });
+        });
+    });
+    emu.create_stream("resize-mux", 1);
+    let (run, _) = upload(&format!(
+        "rtspsrc location={} protocols=tcp ! rtph264depay ! h264parse name=last ! matroskamux ! {} sync=false",
+        camera.url(),
+        sink_props(&emu, "resize-mux")
+    ));
+    let error = run.error.unwrap();
+    assert!(error.starts_with("Could not multiplex stream. | "), "{error}");
+    assert!(error.contains("Caps changes are not supported by Matroska"), "{error}");
+}
+
+#[test]
+fn a_camera_that_goes_away_for_20_s_continues_the_stream_with_a_gap_and_every_frame() {
+    let emu = Emu::start();
+    emu.create_stream("reboot", 1);
+    let mut camera = Camera::start(&h264_camera(100_000), 0, |_| {});
+    let port = camera.port;
+    let dir = std::env::temp_dir().join(format!("kvs-camera-reboot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let description = format!(
+        "rtspsrc location={} protocols=tcp ! rtph264depay ! h264parse name=last ! {} buffer-dir={} sync=false",
+        camera.url(),
+        sink_props(&emu, "reboot"),
+        dir.display()
+    );
+    // The usual application: the pipeline ends with an error when the camera goes, and is started again; the
+    // fragment store keeps what the first one had not had persisted.
+    let first_pipeline = std::thread::spawn({
+        let description = description.clone();
+        move || upload(&description)
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    camera.stop();
+    let (first, sent_before) = first_pipeline.join().unwrap();
+    // rtspsrc ends with EOS when the server closes the session (an error when the connection just drops).
+    assert!(!first.error.as_deref().unwrap_or("").starts_with("timed out"), "{:?}", first.error);
+    assert!(sent_before.len() > 60, "{} frames before", sent_before.len());
+    std::thread::sleep(Duration::from_secs(20));
+    let camera = Camera::start(&h264_camera(120), port, |_| {});
+    let (second, sent_after) = upload(&description);
+    drop(camera);
+    assert_eq!(second.error, None, "warnings: {:?}", second.warnings);
+    let sent: Vec<Sent> = sent_before.iter().chain(&sent_after).cloned().collect();
+    let stored = stored_frames(&emu, "reboot");
+    assert_stored(&stored, &sent, |s| ms(s.host), 5.0);
+    let gap = stored[sent_before.len()].time_ms - stored[sent_before.len() - 1].time_ms;
+    assert!((20_000..30_000).contains(&gap), "a gap of {gap} ms");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

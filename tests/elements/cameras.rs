@@ -417,3 +417,91 @@ fn a_camera_that_goes_away_for_20_s_continues_the_stream_with_a_gap_and_every_fr
     assert!((20_000..30_000).contains(&gap), "a gap of {gap} ms");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The video and audio track numbers of a stored stream (from its first Tracks).
+fn track_numbers(emu: &Emu, stream: &str) -> (u64, u64) {
+    let data = emu.read_back(stream);
+    let tracks = kvs_mkv::read_all(&data)
+        .unwrap()
+        .into_iter()
+        .find_map(|event| match event {
+            kvs_mkv::Event::Element(element) if element.id == kvs_mkv::ebml::id::TRACKS => {
+                Some(kvs_mkv::header::tracks(&element.data()).unwrap())
+            }
+            _ => None,
+        })
+        .expect("a Tracks element");
+    let number = |kind| tracks.iter().find(|t| t.track_type == kind).map(|t| t.number).expect("the track");
+    (number(kvs_mkv::header::TRACK_TYPE_VIDEO), number(kvs_mkv::header::TRACK_TYPE_AUDIO))
+}
+
+#[test]
+fn an_h265_camera_with_aac_is_stored_frame_for_frame_on_both_tracks_at_the_camera_time() {
+    let emu = Emu::start();
+    let camera = Camera::start(
+        "( videotestsrc is-live=true num-buffers=150 pattern=ball \
+           ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+           ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h265parse \
+           ! rtph265pay name=pay0 pt=96 config-interval=-1 \
+           audiotestsrc is-live=true num-buffers=235 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+           ! avenc_aac ! aacparse ! rtpmp4gpay name=pay1 pt=97 )",
+        0,
+        |factory| camera_clock(factory, 0),
+    );
+    emu.create_stream("h265-aac", 1);
+    let mut audio = None;
+    let description = format!(
+        "rtspsrc name=src location={} protocols=tcp add-reference-timestamp-meta=true \
+         src. ! rtph265depay ! h265parse name=last ! {} capture-time=meta sync=false \
+         src. ! rtpmp4gdepay ! aacparse name=alast ! sink.",
+        camera.url(),
+        sink_props(&emu, "h265-aac")
+    );
+    let mut video = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(90), |pipeline| {
+        video = Some(probe_sent(pipeline, "last"));
+        audio = Some(probe_sent(pipeline, "alast"));
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let (video, audio) = (video.unwrap().lock().unwrap().clone(), audio.unwrap().lock().unwrap().clone());
+    assert!(video.len() > 100 && audio.len() > 150, "{} video and {} audio frames", video.len(), audio.len());
+    let (video_track, audio_track) = track_numbers(&emu, "h265-aac");
+    let stored = stored_frames(&emu, "h265-aac");
+    let on = |track| stored.iter().filter(|s| s.track == track).cloned().collect::<Vec<_>>();
+    // Each track on the camera's clock (both from its sender reports), extrapolated before the first one.
+    for (name, track, sent) in [("video", video_track, &video), ("audio", audio_track, &audio)] {
+        let first =
+            sent.iter().position(|s| s.camera.is_some()).unwrap_or_else(|| panic!("{name}: no report"));
+        let anchor = sent[first].clone();
+        let camera_time = move |s: &Sent| match s.camera {
+            Some(time) => ms(time),
+            None => {
+                ms(anchor.camera.unwrap())
+                    - (anchor.running.nseconds() as f64 - s.running.nseconds() as f64) / 1e6
+            }
+        };
+        let stored = on(track);
+        assert_eq!(stored.len(), sent.len(), "{name}: frames stored / sent");
+        assert_stored(&stored, sent, camera_time, 1.0);
+    }
+}
+
+#[test]
+fn b_frames_upload_and_read_back_frame_for_frame_without_a_step_back() {
+    // x264 with B-frames, straight into the request pad: presentation times out of decode order.
+    let emu = Emu::start();
+    emu.create_stream("b-frames", 1);
+    let (run, sent) = upload(&format!(
+        "videotestsrc is-live=true num-buffers=150 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc speed-preset=ultrafast key-int-max=30 bframes=2 ! h264parse name=last ! {} sync=false",
+        sink_props(&emu, "b-frames")
+    ));
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert!(run.warnings.is_empty(), "{:?}", run.warnings);
+    assert_eq!(sent.len(), 150);
+    assert!(sent.windows(2).any(|w| w[1].running < w[0].running), "no B-frames");
+    // Stored in decode order (as sent), each at its presentation time.
+    assert_stored(&stored_frames(&emu, "b-frames"), &sent, |s| ms(s.host), 5.0);
+    assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
+    assert_eq!(run.acks("PERSISTED"), 5, "{:?}", run.messages);
+}

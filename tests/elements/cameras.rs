@@ -207,12 +207,16 @@ fn assert_stored(stored: &[Stored], sent: &[Sent], expected: impl Fn(&Sent) -> f
     for (i, (stored, sent)) in stored.iter().zip(sent).enumerate() {
         assert!(stored.payload == sent.payload, "frame {i}: the stored bytes differ from the sent ones");
         let want = expected(sent);
+        // A frame without its own reference timestamp is stamped from another's (the latest offset between the
+        // source's clock and the running time, which differs a little between the RTP streams): 5 ms.
+        let tolerance_ms = if tolerance_ms < 5.0 && sent.camera.is_none() { 5.0 } else { tolerance_ms };
         let error = stored.time_ms as f64 - want;
         // Stored times are whole milliseconds: a frame at 12.7 ms is stored at 12.
         assert!(
             (-tolerance_ms..tolerance_ms + 1.0).contains(&error),
-            "frame {i}: stored at {} ms, its capture time is {want:.3} ms ({error:+.3} ms)",
-            stored.time_ms
+            "frame {i}: stored at {} ms, its capture time is {want:.3} ms ({error:+.3} ms; own reference: {})",
+            stored.time_ms,
+            sent.camera.is_some()
         );
     }
 }

@@ -114,7 +114,8 @@ struct Sent {
     payload: Vec<u8>,
     camera: Option<SystemTime>,
     host: SystemTime,
-    running: gst::ClockTime,
+    /// Running time in ns (negative before the segment's start: rtspsrc's first buffers can be).
+    running: i128,
 }
 
 /// Records every buffer leaving the element named `name`.
@@ -133,15 +134,24 @@ fn probe_sent(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<Sent>>> {
         let element = pad.parent_element().unwrap();
         let segment = pad.sticky_event::<gst::event::Segment>(0).unwrap();
         let segment = segment.segment().downcast_ref::<gst::ClockTime>().unwrap().clone();
-        let running = segment.to_running_time(buffer.pts().unwrap()).unwrap();
-        let clock = element.clock().unwrap();
-        let (now_clock, now) = (clock.time(), SystemTime::now());
-        let captured = element.base_time().unwrap() + running;
-        let host = if captured <= now_clock {
-            now - Duration::from_nanos((now_clock - captured).nseconds())
-        } else {
-            now + Duration::from_nanos((captured - now_clock).nseconds())
+        // No unwrap here: a panic in a probe aborts the test binary.
+        let running = match buffer.pts().and_then(|pts| segment.to_running_time_full(pts)) {
+            Some(gst::Signed::Positive(t)) => i128::from(t.nseconds()),
+            Some(gst::Signed::Negative(t)) => -i128::from(t.nseconds()),
+            None => i128::MIN,
         };
+        let (Some(clock), Some(base)) = (element.clock(), element.base_time()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (now_clock, now) = (clock.time(), SystemTime::now());
+        let captured = i128::from(base.nseconds()) + running;
+        let behind = i128::from(now_clock.nseconds()) - captured;
+        let host = if behind >= 0 {
+            now.checked_sub(Duration::from_nanos(behind.min(i128::from(u64::MAX)) as u64))
+        } else {
+            now.checked_add(Duration::from_nanos((-behind).min(i128::from(u64::MAX)) as u64))
+        }
+        .unwrap_or(UNIX_EPOCH);
         let payload = buffer.map_readable().unwrap().to_vec();
         recorded.lock().unwrap().push(Sent { payload, camera, host, running });
         gst::PadProbeReturn::Ok
@@ -262,7 +272,7 @@ fn with_rtcp_sender_reports_each_frame_is_stored_at_the_camera_time_an_hour_behi
     let anchor = &sent[first];
     let camera_time = |s: &Sent| match s.camera {
         Some(time) => ms(time),
-        None => ms(anchor.camera.unwrap()) - (anchor.running - s.running).nseconds() as f64 / 1e6,
+        None => ms(anchor.camera.unwrap()) - (anchor.running - s.running) as f64 / 1e6,
     };
     let behind = ms(anchor.host) - ms(anchor.camera.unwrap());
     assert!((3_599_000.0..3_601_000.0).contains(&behind), "the camera is {behind} ms behind");
@@ -479,10 +489,7 @@ fn an_h265_camera_with_aac_is_stored_frame_for_frame_on_both_tracks_at_the_camer
         let anchor = sent[first].clone();
         let camera_time = move |s: &Sent| match s.camera {
             Some(time) => ms(time),
-            None => {
-                ms(anchor.camera.unwrap())
-                    - (anchor.running.nseconds() as f64 - s.running.nseconds() as f64) / 1e6
-            }
+            None => ms(anchor.camera.unwrap()) - (anchor.running - s.running) as f64 / 1e6,
         };
         let stored = on(track);
         assert_eq!(stored.len(), sent.len(), "{name}: frames stored / sent");

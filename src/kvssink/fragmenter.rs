@@ -499,8 +499,16 @@ impl Fragmenter {
         if let Some((last_relative, last_absolute)) = self.last_cluster
             && relative < last_relative
         {
-            let next = self.segment_base.map_or(0, |base| (base + i128::from(relative)).max(0) as u64);
-            return Err(InputError::TimecodeBackwards { previous: last_absolute, next });
+            let timestamped = source_time.is_some() || self.capture_time != Stamp::None;
+            if self.anchor != TimeAnchor::CaptureTime || !timestamped {
+                let next = self.segment_base.map_or(0, |base| (base + i128::from(relative)).max(0) as u64);
+                return Err(InputError::TimecodeBackwards { previous: last_absolute, next });
+            }
+            // Timestamped media whose timestamps went back (a depayloader jump): placed by its capture time,
+            // as a new segment would be, and the step back is handled (and reported) below. Untimestamped
+            // input (a file) has nothing to place it by: an error, as for a recording.
+            self.segment_base = None;
+            self.last_cluster = None;
         }
         // Where this fragment's first frame goes on the absolute timeline.
         let anchored = match (self.anchor, source_time, self.capture_time.time(), self.segment_base) {

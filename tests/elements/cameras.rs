@@ -516,3 +516,103 @@ fn b_frames_upload_and_read_back_frame_for_frame_without_a_step_back() {
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
     assert_eq!(run.acks("PERSISTED"), 5, "{:?}", run.messages);
 }
+
+/// Runs 240 frames of live H.264 into kvssink's request pad; at frame 120 `at_jump` is called on a probe
+/// before `last` (h264parse) to move time back, and `stamp` may put a reference timestamp on each buffer.
+fn upload_with_jump(
+    emu: &Emu,
+    stream: &str,
+    props: &str,
+    stamp: fn(u64, &mut gst::BufferRef),
+) -> (Run, Vec<Sent>) {
+    emu.create_stream(stream, 1);
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=240 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse name=parse \
+         ! identity name=last ! {} {props} sync=false",
+        sink_props(emu, stream)
+    );
+    let mut sent = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let index = std::sync::atomic::AtomicU64::new(0);
+        pipeline.by_name("parse").unwrap().static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                let n = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(buffer) = info.buffer_mut() {
+                    stamp(n, buffer.make_mut());
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        sent = Some(probe_sent(pipeline, "last"));
+    });
+    let sent = sent.unwrap().lock().unwrap().clone();
+    (run, sent)
+}
+
+/// 1 800 000 000 s since the epoch plus 1/30 s per frame; at frame 120 (a key frame) the clock goes back an
+/// hour (a camera rebooted with its clock reset).
+fn camera_time(n: u64) -> SystemTime {
+    let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_nanos(n * 1_000_000_000 / 30);
+    if n >= 120 { t - Duration::from_secs(3_600) } else { t }
+}
+
+#[test]
+fn a_camera_clock_going_back_an_hour_starts_a_new_session_at_its_time_and_loses_no_frame() {
+    let emu = Emu::start();
+    let (run, sent) = upload_with_jump(&emu, "clock-back", "capture-time=meta", |n, buffer| {
+        let ntp = camera_time(n).duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(NTP_TO_UNIX_S);
+        let caps = gst::Caps::new_empty_simple("timestamp/x-ntp");
+        gst::ReferenceTimestampMeta::add(
+            buffer,
+            &caps,
+            gst::ClockTime::from_nseconds(ntp.as_nanos() as u64),
+            None,
+        );
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert_eq!(sent.len(), 240);
+    let jumps: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("capture time went back")).collect();
+    assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
+    // From the last frame before (frame 119) to frame 120, an hour earlier minus one frame.
+    assert!(jumps[0].starts_with("capture time went back 3599.966 s"), "{}", jumps[0]);
+    assert!(jumps[0].contains("starts a new PutMedia session"), "{}", jumps[0]);
+    assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
+    // Read back in producer-time order: the hour-earlier frames first; each at the camera's time.
+    let stored = stored_frames(&emu, "clock-back");
+    let order: Vec<Sent> = sent[120..].iter().chain(&sent[..120]).cloned().collect();
+    assert_stored(&stored, &order, |s| ms(s.camera.unwrap()), 1.0);
+    let connections = run.messages_named("kvssink-connection");
+    assert!(connections.iter().filter(|m| m.get::<String>("state").unwrap() == "connected").count() >= 2);
+}
+
+#[test]
+fn timestamps_jumping_back_in_a_live_pipeline_are_reported_once_and_the_stream_goes_on() {
+    // A depayloader jump: the PTS go back 2 s at frame 120; the host-clock stream goes on from where it was.
+    let emu = Emu::start();
+    let (run, sent) = upload_with_jump(&emu, "pts-back", "", |n, buffer| {
+        if n >= 120
+            && let Some(pts) = buffer.pts()
+        {
+            buffer.set_pts(pts.saturating_sub(gst::ClockTime::from_seconds(2)));
+        }
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert_eq!(sent.len(), 240);
+    let jumps: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("capture time went back")).collect();
+    assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
+    assert!(jumps[0].contains("goes on right after the previous frame"), "{}", jumps[0]);
+    assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
+    let stored = stored_frames(&emu, "pts-back");
+    // Every frame, in order, times always increasing, one connection.
+    assert_eq!(stored.len(), 240);
+    assert!(stored.iter().zip(&sent).all(|(s, t)| s.payload == t.payload), "every frame in order");
+    assert!(stored.windows(2).all(|w| w[0].time_ms < w[1].time_ms), "time never goes back");
+    // The frames before the jump at their capture time; the first after it right after the last before.
+    assert_stored(&stored[..120], &sent[..120], |s| ms(s.host), 5.0);
+    let step = stored[120].time_ms - stored[119].time_ms;
+    assert!((1..=40).contains(&step), "{step} ms between the frames around the jump");
+}

@@ -152,6 +152,15 @@ struct Reading {
 
 use crate::element::lock;
 
+/// The reference timestamps each output frame carries (`GstReferenceTimestampMeta`, ns since the Unix epoch):
+/// its producer timestamp, and its fragment's server timestamp.
+pub const PRODUCER_TIMESTAMP_CAPS: &str = "timestamp/x-kvs-producer";
+pub const SERVER_TIMESTAMP_CAPS: &str = "timestamp/x-kvs-server";
+static PRODUCER_CAPS: LazyLock<gst::Caps> =
+    LazyLock::new(|| gst::Caps::new_empty_simple(PRODUCER_TIMESTAMP_CAPS));
+static SERVER_CAPS: LazyLock<gst::Caps> =
+    LazyLock::new(|| gst::Caps::new_empty_simple(SERVER_TIMESTAMP_CAPS));
+
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
     crate::props::kvs_error_message("kvssrc", error, gst::ResourceError::OpenRead)
 }
@@ -251,10 +260,25 @@ impl KvsSrc {
         let _ = element.post_message(message.build());
     }
 
+    /// Sends a fragment's own tags downstream, before its frames: a tag event with one `extended-comment`
+    /// (`NAME=value`) per tag.
+    fn push_tags(&self, info: &super::merger::FragmentInfo) {
+        let mut tags = gst::TagList::new();
+        {
+            let tags = tags.get_mut().expect("new tag list");
+            for tag in &info.user_tags {
+                let comment = format!("{}={}", tag.name, tag.value);
+                tags.add::<gst::tags::ExtendedComment>(&comment.as_str(), gst::TagMergeMode::Append);
+            }
+        }
+        // BaseSrc puts it in the data flow before the next buffer (after the stream's first events).
+        self.obj().send_event(gst::event::Tag::new(tags));
+    }
+
     /// Posts what an item says; returns the buffer it carries, if any.
     fn handle(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
         match item {
-            Item::Data { data, header } => {
+            Item::Data { data, header, frame } => {
                 // The response's own memory, one GstMemory per piece: not copied.
                 let mut buffer = gst::Buffer::new();
                 {
@@ -264,6 +288,20 @@ impl KvsSrc {
                     }
                     if header {
                         buffer.set_flags(gst::BufferFlags::HEADER);
+                    }
+                    // A frame carries its producer and server timestamps.
+                    let times = frame.unwrap_or_default();
+                    for (caps, time) in
+                        [(&*PRODUCER_CAPS, times.producer_ns), (&*SERVER_CAPS, times.server_ns)]
+                    {
+                        if let Some(ns) = time {
+                            gst::ReferenceTimestampMeta::add(
+                                buffer,
+                                caps,
+                                gst::ClockTime::from_nseconds(ns),
+                                None,
+                            );
+                        }
                     }
                 }
                 return Ok(Some(buffer));
@@ -294,6 +332,9 @@ impl KvsSrc {
                 }
                 let behind = lock(&self.progress).millis_behind_now;
                 self.post(crate::messages::fragment(&info, behind));
+                if info.skipped.is_none() && !info.user_tags.is_empty() {
+                    self.push_tags(&info);
+                }
             }
             Item::Session { millis_behind_now, continuation_token } => {
                 {

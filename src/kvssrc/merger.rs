@@ -57,10 +57,28 @@ pub struct FragmentInfo {
     pub skipped: Option<String>,
 }
 
+/// A frame's times: its producer timestamp (the fragment's, plus the frame's offset in it) and the fragment's
+/// server timestamp, in ns since the Unix epoch, when the fragment's tags gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameTimes {
+    pub producer_ns: Option<u64>,
+    pub server_ns: Option<u64>,
+}
+
+impl FrameTimes {
+    fn of(info: &FragmentInfo) -> Self {
+        FrameTimes {
+            producer_ns: info.producer_timestamp.as_deref().and_then(seconds_to_ns),
+            server_ns: info.server_timestamp.as_deref().and_then(seconds_to_ns),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Bytes for the output, in order. `header` marks an EBML header + Segment start + Info + Tracks.
-    Data { data: Rope, header: bool },
+    /// Bytes for the output, in order. `header` marks an EBML header + Segment start + Info + Tracks; `frame`
+    /// is set when the bytes are one frame (merged mode).
+    Data { data: Rope, header: bool, frame: Option<FrameTimes> },
     /// A fragment's cluster started (after its tags were read).
     Fragment(FragmentInfo),
     /// After a fragment: how far behind now the session is, and where to continue.
@@ -113,6 +131,8 @@ struct OpenCluster {
     fingerprinted: bool,
     /// The rest of a copy of the cluster written before it (not a fragment of its own).
     copy: bool,
+    /// The fragment's producer and server timestamps.
+    times: FrameTimes,
 }
 
 /// A fragment with the producer timestamp of one already written: a copy if its first frame is the same too.
@@ -296,7 +316,7 @@ impl Merger {
     pub fn push(&mut self, data: Bytes) -> Result<Vec<Output>, Error> {
         let mut out = Vec::new();
         if self.mode == Mode::Raw {
-            out.push(Output::Data { data: Rope::from(data.clone()), header: false });
+            out.push(Output::Data { data: Rope::from(data.clone()), header: false, frame: None });
         }
         self.reader.push_bytes(data);
         while let Some(event) = self.reader.next_event()? {
@@ -363,6 +383,7 @@ impl Merger {
                             // below as for any cluster.
                             Some((_, written, output_units)) => {
                                 let mut info = undecided.info;
+                                let times = FrameTimes::of(&info);
                                 info.skipped = Some(reason);
                                 out.push(Output::Fragment(info));
                                 self.fragments_skipped += 1;
@@ -376,6 +397,7 @@ impl Merger {
                                     producer: None,
                                     fingerprinted: true,
                                     copy: true,
+                                    times,
                                 });
                             }
                             None => {
@@ -399,8 +421,11 @@ impl Merger {
                                 self.written.set_fingerprint(&producer, &number, fingerprint(&element));
                             }
                         }
-                        let output_units = self.cluster.as_ref().map_or(0, |c| c.output_units);
-                        self.pass_child(output_units, element, out);
+                        let (output_units, times) = self
+                            .cluster
+                            .as_ref()
+                            .map_or((0, FrameTimes::default()), |c| (c.output_units, c.times));
+                        self.pass_child(output_units, times, element, out);
                     }
                 } else if element.id == id::TIMECODE {
                     let timecode = kvs_mkv::ebml::read_uint(&element.data())?;
@@ -433,9 +458,22 @@ impl Merger {
         Ok(())
     }
 
-    /// Writes a child of the current cluster (merged mode), noting where its frame is on the timeline.
-    fn pass_child(&mut self, output_units: u64, element: kvs_mkv::Element, out: &mut Vec<Output>) {
+    /// Writes a child of the current cluster (merged mode), noting where its frame is on the timeline; a frame
+    /// goes with its times (`times`: its fragment's).
+    fn pass_child(
+        &mut self,
+        output_units: u64,
+        times: FrameTimes,
+        element: kvs_mkv::Element,
+        out: &mut Vec<Output>,
+    ) {
+        let mut frame = None;
         if let Ok(block) = element.block() {
+            let offset_ns = i64::from(block.relative_timecode).saturating_mul(self.doc.timecode_scale as i64);
+            frame = Some(FrameTimes {
+                producer_ns: times.producer_ns.map(|p| p.saturating_add_signed(offset_ns)),
+                server_ns: times.server_ns,
+            });
             let units = output_units.saturating_add_signed(i64::from(block.relative_timecode));
             let ns = units.saturating_mul(self.doc.timecode_scale);
             if let Some(last) = self.last_frame_ns
@@ -447,7 +485,7 @@ impl Merger {
             self.last_frame_ns = Some(self.last_frame_ns.map_or(ns, |last| last.max(ns)));
         }
         if self.merged() {
-            out.push(Output::Data { data: element.bytes, header: false });
+            out.push(Output::Data { data: element.bytes, header: false, frame });
         }
     }
 
@@ -544,7 +582,7 @@ impl Merger {
                 if cluster.seen > cluster.skip {
                     cluster.written += 1;
                     if self.merged() {
-                        out.push(Output::Data { data: child, header: false });
+                        out.push(Output::Data { data: child, header: false, frame: None });
                     }
                 }
             }
@@ -594,6 +632,7 @@ impl Merger {
             producer: None,
             fingerprinted: true,
             copy: false,
+            times: FrameTimes::default(),
         });
     }
 
@@ -618,6 +657,7 @@ impl Merger {
         self.last_cluster = None;
         self.written.add(&info);
         let (number, producer) = (info.number.clone(), info.producer_timestamp.clone());
+        let times = FrameTimes::of(&info);
         out.push(Output::Fragment(info));
         // The children before the first frame and the Timecode count as written (in raw mode too).
         let before = children.len() + 1;
@@ -631,6 +671,7 @@ impl Merger {
             producer,
             fingerprinted: false,
             copy: false,
+            times,
         });
         if self.merged() {
             self.write_header_if_changed(out)?;
@@ -638,9 +679,9 @@ impl Merger {
             write_id(&mut head, id::CLUSTER);
             head.extend_from_slice(&UNKNOWN_SIZE_8);
             write_uint_fixed(&mut head, id::TIMECODE, output_units, 8);
-            out.push(Output::Data { data: Rope::from(head), header: false });
+            out.push(Output::Data { data: Rope::from(head), header: false, frame: None });
             for child in children {
-                out.push(Output::Data { data: child, header: false });
+                out.push(Output::Data { data: child, header: false, frame: None });
             }
         }
         Ok(())
@@ -665,7 +706,7 @@ impl Merger {
             None => kvs_mkv::writer::write_info(&mut header, scale),
         }
         header.extend_from_slice(&tracks);
-        out.push(Output::Data { data: Rope::from(header), header: true });
+        out.push(Output::Data { data: Rope::from(header), header: true, frame: None });
         self.out_header = Some((tracks, scale));
         Ok(())
     }

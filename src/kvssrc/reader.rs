@@ -17,7 +17,7 @@ use kvs_mkv::Rope;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::merger::{FragmentInfo, Merger, Mode, Output};
+use super::merger::{FragmentInfo, FrameTimes, Merger, Mode, Output};
 use crate::kvs::config::AwsContext;
 use crate::kvs::control::data_endpoint;
 use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
@@ -83,6 +83,7 @@ pub enum Item {
     Data {
         data: Rope,
         header: bool,
+        frame: Option<FrameTimes>,
     },
     Fragment(FragmentInfo),
     Session {
@@ -115,18 +116,19 @@ async fn give(tx: &Tx, item: Item) -> bool {
 const MAX_PIECES_PER_ITEM: usize = 16;
 
 /// Sends the merger's outputs; an error tag in the stream ends reading. Consecutive data goes as one item (one
-/// buffer downstream) of at most [`MAX_PIECES_PER_ITEM`] pieces.
+/// buffer downstream) of at most [`MAX_PIECES_PER_ITEM`] pieces, except frames: each is an item of its own (a
+/// buffer with its times).
 async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, KvsError> {
     let mut pending: Option<Rope> = None;
     for output in outputs {
-        if let Output::Data { data, header: false } = output {
+        if let Output::Data { data, header: false, frame: None } = output {
             match pending.as_mut() {
                 Some(rope) if rope.piece_count() + data.piece_count() <= MAX_PIECES_PER_ITEM => {
                     rope.append(data)
                 }
                 _ => {
                     if let Some(rope) = pending.replace(data)
-                        && !give(tx, Item::Data { data: rope, header: false }).await
+                        && !give(tx, Item::Data { data: rope, header: false, frame: None }).await
                     {
                         return Ok(false);
                     }
@@ -135,12 +137,12 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
             continue;
         }
         if let Some(rope) = pending.take()
-            && !give(tx, Item::Data { data: rope, header: false }).await
+            && !give(tx, Item::Data { data: rope, header: false, frame: None }).await
         {
             return Ok(false);
         }
         let item = match output {
-            Output::Data { data, header } => Item::Data { data, header },
+            Output::Data { data, header, frame } => Item::Data { data, header, frame },
             Output::Fragment(info) => Item::Fragment(info),
             Output::Session { millis_behind_now, continuation_token } => {
                 if let Some(t) = &continuation_token {
@@ -157,7 +159,7 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
         }
     }
     if let Some(rope) = pending {
-        return Ok(give(tx, Item::Data { data: rope, header: false }).await);
+        return Ok(give(tx, Item::Data { data: rope, header: false, frame: None }).await);
     }
     Ok(true)
 }

@@ -970,3 +970,136 @@ fn a_fragment_stored_cut_short_then_resent_whole_reads_back_every_frame_once() {
         assert_eq!(skipped, 1);
     }
 }
+
+/// Each frame kvssrc gives is a buffer of its own with its producer timestamp and its fragment's server
+/// timestamp as reference timestamps; a fragment's own tags reach downstream as a tag event.
+#[test]
+fn each_frame_carries_its_producer_and_server_time_and_fragment_tags_go_downstream() {
+    let emu = Emu::start();
+    emu.create_stream("frame-times", 24);
+    let description = format!(
+        "{} ! matroskamux ! {} sync=false",
+        crate::common::video_source(90),
+        crate::common::sink_props(&emu, "frame-times")
+    );
+    let upload = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let pad = pipeline.by_name("sink").unwrap().static_pad("sink").unwrap();
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+            if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let s = gst::Structure::builder("kvs-add-metadata")
+                    .field("name", "site")
+                    .field("value", "berlin")
+                    .field("persist", true)
+                    .build();
+                assert!(pad.send_event(gst::event::CustomDownstream::new(s)));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    assert_eq!(upload.error, None);
+    // What was stored: each frame's producer time (cluster timecode + block offset, ms) and payload, and each
+    // fragment's server timestamp.
+    let mut stored = Vec::new();
+    let mut cluster_ms = 0i64;
+    for event in kvs_mkv::read_all(&emu.read_back("frame-times")).unwrap() {
+        if let kvs_mkv::Event::ClusterChild(element) = event {
+            if element.id == kvs_mkv::ebml::id::TIMECODE {
+                cluster_ms = kvs_mkv::ebml::read_uint(&element.data()).unwrap() as i64;
+            } else if element.id == kvs_mkv::ebml::id::SIMPLE_BLOCK {
+                let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
+                stored.push((
+                    cluster_ms + i64::from(info.relative_timecode),
+                    element.data()[info.header_len..].to_vec(),
+                ));
+            }
+        }
+    }
+    assert_eq!(stored.len(), 90);
+    let (status, listed) = emu.json("/listFragments", serde_json::json!({"StreamName": "frame-times"}));
+    assert_eq!(status, 200);
+    let servers: std::collections::BTreeSet<i64> = listed["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["ServerTimestamp"].as_f64().unwrap() * 1000.0).round() as i64)
+        .collect();
+
+    type Frame = (Vec<u8>, Option<u64>, Option<u64>);
+    let frames: Arc<Mutex<Vec<Frame>>> = Arc::default();
+    let tags: Arc<Mutex<Vec<String>>> = Arc::default();
+    let description = format!(
+        "{} start-selector=earliest end-timestamp={:.3} ! appsink name=frames sync=false",
+        src_props(&emu, "frame-times"),
+        now_s() + 5.0
+    );
+    let read = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let appsink = pipeline.by_name("frames").unwrap();
+        let tags = tags.clone();
+        appsink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(event)) = &info.data
+                && let gst::EventView::Tag(tag) = event.view()
+            {
+                for comment in tag.tag().iter_tag::<gst::tags::ExtendedComment>() {
+                    tags.lock().unwrap().push(comment.get().to_owned());
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        let frames = frames.clone();
+        appsink.downcast::<gst_app::AppSink>().unwrap().set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let buffer = sample.buffer().unwrap();
+                    let time = |name: &str| {
+                        buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|m| {
+                            (m.reference().structure(0)?.name() == name).then(|| m.timestamp().nseconds())
+                        })
+                    };
+                    let frame = (
+                        buffer.map_readable().unwrap().to_vec(),
+                        time("timestamp/x-kvs-producer"),
+                        time("timestamp/x-kvs-server"),
+                    );
+                    frames.lock().unwrap().push(frame);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    });
+    assert_eq!(read.error, None);
+    let frames = frames.lock().unwrap().clone();
+    let with_times: Vec<&Frame> = frames.iter().filter(|f| f.1.is_some()).collect();
+    assert_eq!(with_times.len(), 90, "one buffer with times per frame");
+    for (i, ((bytes, producer, server), (time_ms, payload))) in
+        with_times.into_iter().zip(&stored).enumerate()
+    {
+        // The buffer is the frame's SimpleBlock, nothing else.
+        let element =
+            kvs_mkv::read_all(&[kvs_mkv::writer::h264_stream_header(), cluster_around(bytes)].concat())
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| match e {
+                    kvs_mkv::Event::ClusterChild(el) if el.id == kvs_mkv::ebml::id::SIMPLE_BLOCK => Some(el),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+        assert_eq!(element.len(), 1, "frame {i}: one SimpleBlock per buffer");
+        let info = kvs_mkv::block::parse_simple_block(&element[0].data()).unwrap();
+        assert!(element[0].data()[info.header_len..] == payload[..], "frame {i}: its bytes");
+        assert_eq!(producer.unwrap(), *time_ms as u64 * 1_000_000, "frame {i}: its producer time");
+        let server_ms = (server.unwrap() / 1_000_000) as i64;
+        assert!(servers.contains(&server_ms), "frame {i}: server time {server_ms} not among {servers:?}");
+    }
+    let berlin = tags.lock().unwrap().iter().filter(|t| *t == "site=berlin").count();
+    assert!(berlin >= 1, "tags: {:?}", tags.lock().unwrap());
+}
+
+/// `bytes` (cluster children) inside a cluster of unknown size, for reading them alone.
+fn cluster_around(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    kvs_mkv::writer::write_cluster_start(&mut out, 0);
+    out.extend_from_slice(bytes);
+    out
+}

@@ -110,6 +110,28 @@ def test_python_examples_exit_with_the_element_error(stream_name, env, emulator,
     )
 
 
+def test_python_frame_times_prints_every_frame_with_its_capture_time_and_the_tags(stream_name, env, clip):
+    started = time.time()
+    upload = run(
+        [SYSTEM_PYTHON, str(EXAMPLES / "python" / "kvs_upload.py"), stream_name, "--source", source_of(clip)], env
+    )
+    assert upload.returncode == 0, upload.stderr
+    listed = run(
+        [SYSTEM_PYTHON, str(EXAMPLES / "python" / "frame_times.py"), stream_name, str(int(started) - 60),
+         str(int(time.time()) + 5)],
+        env,
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = re.findall(
+        r"^frame (\d+): captured (\S+Z), received by the service (\S+Z), (\d+) bytes$", listed.stdout, re.M
+    )
+    assert len(lines) == mkvframes(clip)[0], listed.stdout
+    assert [int(n) for n, *_ in lines] == list(range(len(lines)))
+    captured = [c for _, c, _, _ in lines]
+    assert captured == sorted(captured), "capture times in order"
+    assert listed.stderr.strip() == f"{len(lines)} frames"
+
+
 def test_c_uploader_compiled_with_pkg_config(stream_name, env, clip, tmp_path):
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "gstreamer-1.0"], capture_output=True, text=True,
                            check=True).stdout.split()

@@ -616,3 +616,50 @@ fn timestamps_jumping_back_in_a_live_pipeline_are_reported_once_and_the_stream_g
     let step = stored[120].time_ms - stored[119].time_ms;
     assert!((1..=40).contains(&step), "{step} ms between the frames around the jump");
 }
+
+#[test]
+fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
+    // Both request pads in use: the muxer swap drains the audio pad too (its stream lock held while it does).
+    let emu = Emu::start();
+    emu.create_stream("resize-av", 1);
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=180 pattern=ball ! capsfilter name=size \
+         caps=video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse name=last \
+         ! {} sync=false \
+         audiotestsrc is-live=true num-buffers=280 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+         ! avenc_aac ! aacparse name=alast ! sink.",
+        sink_props(&emu, "resize-av")
+    );
+    let (mut video, mut audio) = (None, None);
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        video = Some(probe_sent(pipeline, "last"));
+        audio = Some(probe_sent(pipeline, "alast"));
+        let size = pipeline.by_name("size").unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2_500));
+            let caps = gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", 640)
+                .field("height", 480)
+                .field("framerate", gst::Fraction::new(30, 1))
+                .build();
+            size.set_property("caps", caps);
+        });
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let changes: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    assert_eq!(changes.len(), 1, "{:?}", run.warnings);
+    let (video, audio) = (video.unwrap().lock().unwrap().clone(), audio.unwrap().lock().unwrap().clone());
+    assert_eq!(video.len(), 180);
+    assert!(audio.len() >= 280, "{} AAC frames", audio.len());
+    let (video_track, audio_track) = track_numbers(&emu, "resize-av");
+    let stored = stored_frames(&emu, "resize-av");
+    let payloads =
+        |track| stored.iter().filter(|s| s.track == track).map(|s| s.payload.clone()).collect::<Vec<_>>();
+    let sent = |frames: &[Sent]| frames.iter().map(|s| s.payload.clone()).collect::<Vec<_>>();
+    assert!(payloads(video_track) == sent(&video), "every video frame, in order");
+    assert!(payloads(audio_track) == sent(&audio), "every audio frame, in order");
+    assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
+}

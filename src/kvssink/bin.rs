@@ -33,6 +33,9 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
 });
 
+/// With key-frame fragmentation, no cluster shorter than this (see `configure_muxing`).
+const KEY_FRAME_CLUSTER_MIN_NS: i64 = 200_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Video,
@@ -172,10 +175,16 @@ impl KvsSink {
             mux.set_property("timecodescale", i64::from(scale_ms.max(1)) * 1_000_000);
             // A cluster (a KVS fragment) at each video key frame, as the C++ element's default
             // key-frame-fragmentation does; otherwise (and for audio only) at least fragment-duration long.
+            // With key frames, at least KEY_FRAME_CLUSTER_MIN: audio that arrives just before the first key
+            // frame (at the start, after a muxer change) then shares its fragment instead of making an
+            // audio-only one, which the service refuses when the stream has video (4011).
             let by_key_frame: bool = self.cpp("key-frame-fragmentation");
             let duration_ms: u32 = self.cpp("fragment-duration");
-            let min =
-                if by_key_frame && muxing.video.is_some() { 0 } else { i64::from(duration_ms) * 1_000_000 };
+            let min = if by_key_frame && muxing.video.is_some() {
+                KEY_FRAME_CLUSTER_MIN_NS
+            } else {
+                i64::from(duration_ms) * 1_000_000
+            };
             mux.set_property("min-cluster-duration", min);
         }
         self.core.imp().set_track_names(self.track_names(&muxing));

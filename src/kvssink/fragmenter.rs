@@ -201,6 +201,8 @@ struct ClusterInProgress {
     max_block_offset: i64,
     /// Set when the cluster's first frame came with a source time: how far it was moved from it.
     source_shift: Option<i128>,
+    /// Added to the block timecodes (a cluster split where time went back: its Timecode is its first frame's).
+    block_shift: i64,
 }
 
 /// See the module documentation.
@@ -220,6 +222,8 @@ pub struct Fragmenter {
     last_cluster: Option<(u64, u64)>,
     /// Absolute start (in units) of the latest frame sent.
     last_frame: Option<u64>,
+    /// The latest fragment's Timecode: each fragment's is higher (ACKs name fragments by it).
+    last_timecode: Option<u64>,
     cluster: Option<ClusterInProgress>,
     media_type_tracks: Vec<&'static str>,
     pending_tags: Vec<SimpleTag>,
@@ -260,6 +264,7 @@ impl Fragmenter {
             segment_base: None,
             last_cluster: None,
             last_frame: None,
+            last_timecode: None,
             cluster: None,
             media_type_tracks: Vec::new(),
             pending_tags: Vec::new(),
@@ -438,10 +443,36 @@ impl Fragmenter {
             }
             _ => None,
         };
+        // A frame more than TIME_JUMP before the latest one, inside a cluster (timestamps that went back
+        // between two of the muxer's cluster starts): its fragment ends, and it starts the next one, placed like
+        // any fragment start (and reported), its cluster's Timecode at it.
+        let timestamped = source_time.is_some() || self.capture_time != Stamp::None;
+        let mut split = false;
+        if self.anchor == TimeAnchor::CaptureTime
+            && timestamped
+            && let (Some(cluster), Some(last)) = (self.cluster.as_ref(), self.last_frame)
+            && let Some(timecode) = cluster.timecode
+        {
+            let time = match (source_time, cluster.source_shift) {
+                (Some(time), Some(shift)) => time + shift,
+                _ => {
+                    i128::from(timecode)
+                        + i128::from(cluster.block_shift)
+                        + i128::from(info.relative_timecode)
+                }
+            };
+            let jump = TIME_JUMP.as_nanos() as i128 / i128::from(self.timecode_scale.max(1));
+            if i128::from(last) - time > jump {
+                out.push(Output::FragmentEnd);
+                let relative_timecode = cluster.relative_timecode;
+                self.cluster = Some(ClusterInProgress { relative_timecode, ..Default::default() });
+                split = true;
+            }
+        }
         let start = match self.cluster.as_ref() {
             Some(cluster) if cluster.timecode.is_none() => {
                 let relative = cluster.relative_timecode.unwrap_or(0);
-                Some(self.start_fragment(relative, info, source_time, out)?)
+                Some(self.start_fragment(relative, info, source_time, split, out)?)
             }
             Some(_) => None,
             None => return Ok(()),
@@ -451,14 +482,20 @@ impl Fragmenter {
         let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
         if let Some((timecode, _)) = &start {
             cluster.timecode = Some(*timecode);
+            // A split cluster's Timecode is its first frame's: its blocks move by as much.
+            cluster.block_shift = if split { -i64::from(info.relative_timecode) } else { 0 };
+            let first = i128::from(info.relative_timecode) + i128::from(cluster.block_shift);
             // How far the first frame went from its source time (forward, after a small step back): the
             // cluster's later frames go as far.
-            cluster.source_shift =
-                source_time.map(|time| i128::from(*timecode) + i128::from(info.relative_timecode) - time);
+            cluster.source_shift = source_time.map(|time| i128::from(*timecode) + first - time);
         }
         let (info, data) = match (start.is_none(), source_time, cluster.source_shift, cluster.timecode) {
             (true, Some(time), Some(shift), Some(timecode)) => {
                 restamp(info, data, time + shift - i128::from(timecode))
+            }
+            _ if cluster.block_shift != 0 => {
+                let offset = i128::from(info.relative_timecode) + i128::from(cluster.block_shift);
+                restamp(info, data, offset)
             }
             _ => (info, data),
         };
@@ -492,6 +529,7 @@ impl Fragmenter {
         relative: u64,
         first: kvs_mkv::block::BlockInfo,
         source_time: Option<i128>,
+        at_first_frame: bool,
         out: &mut Vec<Output>,
     ) -> Result<(u64, Bytes), InputError> {
         let first_frame = i128::from(relative) + i128::from(first.relative_timecode);
@@ -555,6 +593,7 @@ impl Fragmenter {
                 }));
                 out.push(Output::Header(header));
                 self.last_frame = None;
+                self.last_timecode = None;
             } else {
                 self.host_adjust += last + 1 - wanted;
                 base = last + 1 - first_frame;
@@ -566,10 +605,20 @@ impl Fragmenter {
                 }));
             }
         }
+        // A fragment whose first frame is not the cluster's earliest could still start at or before the
+        // previous fragment's Timecode (within a session).
+        // The cluster's Timecode: at the input cluster's, or at its first frame for a split cluster.
+        let written = if at_first_frame { first_frame } else { i128::from(relative) };
+        if let Some(previous) = self.last_timecode
+            && base + written <= i128::from(previous)
+        {
+            base = i128::from(previous) + 1 - written;
+        }
         self.segment_base = Some(base);
-        let timecode = u64::try_from(base + i128::from(relative))
+        let timecode = u64::try_from(base + written)
             .map_err(|_| InputError::TimecodeBackwards { previous: self.last_frame.unwrap_or(0), next: 0 })?;
         self.last_cluster = Some((relative, timecode));
+        self.last_timecode = Some(timecode);
 
         let mut head = Vec::with_capacity(64);
         let mut tags: Vec<SimpleTag> = std::mem::take(&mut self.pending_tags);
@@ -772,6 +821,38 @@ mod tests {
             out.iter().filter_map(|o| if let Output::Header(h) = o { Some(h) } else { None }).collect();
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[0].bytes, headers[1].bytes);
+    }
+
+    #[test]
+    fn time_going_back_inside_a_cluster_splits_it_and_the_stream_goes_on() {
+        // matroskamux keeps a key frame whose timestamp went back 2 s in the cluster it is writing (its
+        // min-cluster-duration is not reached): offsets 0, 33, 66, then -1934 and -1901.
+        let t = 1_800_000_000_000u64;
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        let mut head = Vec::new();
+        writer::write_cluster_start(&mut head, 5_000);
+        out.extend(fragmenter.push(Bytes::from(head), None).unwrap());
+        for (f, offset) in [0i16, 33, 66, -1_934, -1_901].into_iter().enumerate() {
+            let mut block = Vec::new();
+            writer::write_simple_block(&mut block, 1, offset, f == 0 || f == 3, &[f as u8]);
+            let captured = UNIX_EPOCH + Duration::from_millis((t as i64 + i64::from(offset)) as u64);
+            out.extend(fragmenter.push_stamped(Bytes::from(block), Stamp::Host(captured)).unwrap());
+        }
+        out.extend(fragmenter.finish().unwrap());
+        let jumps: Vec<&TimeJump> =
+            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
+        assert_eq!(
+            jumps,
+            [&TimeJump { previous: t + 66, wanted: t - 1_934, placed: t + 67, new_session: false }]
+        );
+        let fragments = fragments(&out);
+        assert_eq!(fragments.iter().map(|f| f.timecode).collect::<Vec<_>>(), [t, t + 67]);
+        let times: Vec<(u64, Vec<u8>)> =
+            frame_times(&fragments).into_iter().map(|(_, t, p)| (t, p)).collect();
+        let expected: Vec<(u64, Vec<u8>)> =
+            [0, 33, 66, 67, 100].into_iter().enumerate().map(|(f, o)| (t + o, vec![f as u8])).collect();
+        assert_eq!(times, expected);
     }
 
     #[test]

@@ -728,3 +728,55 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
     }
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
 }
+
+#[test]
+fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_every_frame() {
+    // A camera switched from H.264 to H.265 (input-selector stands in for it): new caps of another media type
+    // on video_0.
+    let emu = Emu::start();
+    emu.create_stream("codec-change", 1);
+    let description = format!(
+        "videotestsrc is-live=true num-buffers=150 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! tee name=t t. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 \
+         ! h264parse ! sel.sink_0 \
+         t. ! queue ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h265parse ! sel.sink_1 \
+         input-selector name=sel sync-streams=false ! identity name=last ! sink.video_0 {} sync=false",
+        sink_props(&emu, "codec-change")
+    );
+    let mut sent = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        sent = Some(probe_sent(pipeline, "last"));
+        let selector = pipeline.by_name("sel").unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2_500));
+            let h265 = selector.static_pad("sink_1").unwrap();
+            selector.set_property("active-pad", &h265);
+        });
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let changes: Vec<&String> =
+        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    assert_eq!(changes.len(), 1, "{:?}", run.warnings);
+    assert!(
+        changes[0].starts_with("video_0 changed mid-stream: video/x-h264 → video/x-h265"),
+        "{}",
+        changes[0]
+    );
+    let sent = sent.unwrap().lock().unwrap().clone();
+    assert!(sent.len() > 100, "{} frames", sent.len());
+    assert_stored(&stored_frames(&emu, "codec-change"), &sent, |s| ms(s.host), 5.0);
+    let codecs: Vec<String> = kvs_mkv::read_all(&emu.read_back("codec-change"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event {
+            kvs_mkv::Event::Element(element) if element.id == kvs_mkv::ebml::id::TRACKS => {
+                Some(kvs_mkv::header::tracks(&element.data()).unwrap()[0].codec_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        codecs.contains(&"V_MPEG4/ISO/AVC".to_owned()) && codecs.contains(&"V_MPEGH/ISO/HEVC".to_owned()),
+        "{codecs:?}"
+    );
+}

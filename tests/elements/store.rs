@@ -228,13 +228,19 @@ fn a_producer_killed_ten_times_loses_no_frame_it_stored() {
 
 #[test]
 fn a_sink_started_with_the_service_unreachable_records_and_uploads_when_it_comes_back() {
-    // A port nothing listens on yet: the emulator process starts on it three seconds in.
+    // A port nothing listens on yet: the emulator process starts on it once the sink has stored fragments (so
+    // it surely started without the service, however loaded the machine), and a second later.
     let closed = closed_address();
     let listen = closed.trim_start_matches("http://").to_owned();
     let data_dir = temp_dir("offline-emulator");
     let dir = temp_dir("offline");
+    let watched = dir.clone();
     let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while fragment_files(&watched).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
         crate::chaos::campaign::spawn_emulator(&plugin_dir().join("kvs-emulator"), &data_dir, &listen)
     });
     let emu = Emu::external(&closed);

@@ -312,15 +312,16 @@ fn in_auto_mode_the_camera_time_takes_over_at_its_first_report_in_a_new_session(
     assert!(payloads(&camera_frames) == sent[host_frames.len()..], "the camera-stamped frames");
 }
 
-#[test]
-fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
-    let emu = Emu::start();
-    // The camera's resolution changes 4 s in, from its web page: new SPS/PPS in a new codec_data.
-    let camera = Camera::start(&h264_camera(240), 0, |factory| {
-        factory.connect_media_configure(|_, media| {
-            let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+/// The camera's resolution goes to 640x480 after it sent `frames` frames (counted, not timed: a loaded machine
+/// connects later).
+fn resize_after(media: &gst_rtsp_server::RTSPMedia, frames: u32) {
+    let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+    let count = std::sync::atomic::AtomicU32::new(0);
+    let target = size.clone();
+    size.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == frames {
+            let size = target.clone();
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(4));
                 let caps = gst::Caps::builder("video/x-raw")
                     .field("format", "I420")
                     .field("width", 640)
@@ -329,7 +330,17 @@ fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
                     .build();
                 size.set_property("caps", caps);
             });
-        });
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+#[test]
+fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
+    let emu = Emu::start();
+    // The camera's resolution changes 4 s in, from its web page: new SPS/PPS in a new codec_data.
+    let camera = Camera::start(&h264_camera(240), 0, |factory| {
+        factory.connect_media_configure(|_, media| resize_after(media, 120));
     });
     emu.create_stream("resize", 1);
     let (run, sent) = upload(&format!(
@@ -368,19 +379,7 @@ fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
 fn matroskamux_refuses_a_resolution_change_which_is_why_request_pads_handle_it() {
     let emu = Emu::start();
     let camera = Camera::start(&h264_camera(240), 0, |factory| {
-        factory.connect_media_configure(|_, media| {
-            let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(3));
-                let caps = gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", 640)
-                    .field("height", 480)
-                    .field("framerate", gst::Fraction::new(30, 1))
-                    .build();
-                size.set_property("caps", caps);
-            });
-        });
+        factory.connect_media_configure(|_, media| resize_after(media, 90));
     });
     emu.create_stream("resize-mux", 1);
     let (run, _) = upload(&format!(
@@ -666,17 +665,27 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
     let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
         video = Some(probe_sent(pipeline, "last"));
         audio = Some(probe_sent(pipeline, "alast"));
+        // The change once 75 frames went out (not at a fixed time: a loaded machine starts later).
         let size = pipeline.by_name("size").unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2_500));
-            let caps = gst::Caps::builder("video/x-raw")
-                .field("format", "I420")
-                .field("width", 640)
-                .field("height", 480)
-                .field("framerate", gst::Fraction::new(30, 1))
-                .build();
-            size.set_property("caps", caps);
-        });
+        let count = std::sync::atomic::AtomicU32::new(0);
+        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, _| {
+                if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 75 {
+                    let size = size.clone();
+                    std::thread::spawn(move || {
+                        let caps = gst::Caps::builder("video/x-raw")
+                            .field("format", "I420")
+                            .field("width", 640)
+                            .field("height", 480)
+                            .field("framerate", gst::Fraction::new(30, 1))
+                            .build();
+                        size.set_property("caps", caps);
+                    });
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let changes: Vec<&String> =
@@ -746,12 +755,22 @@ fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_e
     let mut sent = None;
     let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
         sent = Some(probe_sent(pipeline, "last"));
+        // The switch once 60 frames went out (not at a fixed time: a loaded machine starts later).
         let selector = pipeline.by_name("sel").unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2_500));
-            let h265 = selector.static_pad("sink_1").unwrap();
-            selector.set_property("active-pad", &h265);
-        });
+        let count = std::sync::atomic::AtomicU32::new(0);
+        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, _| {
+                if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 60 {
+                    let selector = selector.clone();
+                    std::thread::spawn(move || {
+                        let h265 = selector.static_pad("sink_1").unwrap();
+                        selector.set_property("active-pad", &h265);
+                    });
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let changes: Vec<&String> =

@@ -6,6 +6,7 @@
 mod cameras;
 mod chaos;
 mod common;
+mod durable_store;
 mod elementary;
 mod harness;
 mod kvssink;
@@ -13,5 +14,4 @@ mod kvssrc;
 mod plugin;
 mod reliability;
 mod secrets;
-mod store;
 mod uri;

@@ -649,28 +649,19 @@ fn restamp(info: kvs_mkv::block::BlockInfo, data: Rope, offset: i128) -> (kvs_mk
     let Ok(offset) = i16::try_from(offset) else { return (info, data) };
     let mut head = [0u8; 32];
     let copied = data.copy_prefix(&mut head);
-    let Some((element_id, size_len)) = ebml_head(&head[..copied]) else { return (info, data) };
     // Element ID and size, then the block's track number, timecode (2 bytes, big-endian) and flags.
-    let block_start = element_id + size_len;
-    let track_len = match head.get(block_start) {
-        Some(first) if *first != 0 => first.leading_zeros() as usize + 1,
-        _ => return (info, data),
-    };
+    let Ok(Some((id::SIMPLE_BLOCK, id_len))) = ebml::read_id(&head[..copied]) else { return (info, data) };
+    let Ok(Some((_, size_len))) = ebml::read_size(&head[id_len..copied]) else { return (info, data) };
+    let block_start = id_len + size_len;
+    let Ok(Some((_, track_len))) = ebml::read_vint(&head[block_start..copied]) else { return (info, data) };
     let at = block_start + track_len;
-    if element_id != 1 || head[0] != 0xA3 || at + 2 > copied {
+    if at + 2 > copied {
         return (info, data);
     }
     head[at..at + 2].copy_from_slice(&offset.to_be_bytes());
     let mut rope = Rope::from(Bytes::copy_from_slice(&head[..at + 2]));
     rope.append(data.slice_from(at + 2));
     (kvs_mkv::block::BlockInfo { relative_timecode: offset, ..info }, rope)
-}
-
-/// The lengths of the element ID and size at the start of `head`.
-fn ebml_head(head: &[u8]) -> Option<(usize, usize)> {
-    let id_len = head.first().filter(|b| **b != 0)?.leading_zeros() as usize + 1;
-    let size_len = head.get(id_len).filter(|b| **b != 0)?.leading_zeros() as usize + 1;
-    (id_len + size_len <= head.len()).then_some((id_len, size_len))
 }
 
 /// The end-of-fragment marker: a Tags element with `AWS_KINESISVIDEO_END_OF_FRAGMENT`, which closes the last

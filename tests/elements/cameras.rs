@@ -316,11 +316,16 @@ fn in_auto_mode_the_camera_time_takes_over_at_its_first_report_in_a_new_session(
 /// connects later).
 fn resize_after(media: &gst_rtsp_server::RTSPMedia, frames: u32) {
     let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+    resize_after_buffers(&size.static_pad("src").unwrap(), size, frames);
+}
+
+/// Sets the capsfilter `size` to 640x480 once `frames` buffers went through `pad`.
+fn resize_after_buffers(pad: &gst::Pad, size: gst::Element, frames: u32) {
     let count = std::sync::atomic::AtomicU32::new(0);
-    let target = size.clone();
-    size.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == frames {
-            let size = target.clone();
+            let size = size.clone();
+            // Not from the streaming thread: the caps change renegotiates upstream of it.
             std::thread::spawn(move || {
                 let caps = gst::Caps::builder("video/x-raw")
                     .field("format", "I420")
@@ -666,26 +671,8 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
         video = Some(probe_sent(pipeline, "last"));
         audio = Some(probe_sent(pipeline, "alast"));
         // The change once 75 frames went out (not at a fixed time: a loaded machine starts later).
-        let size = pipeline.by_name("size").unwrap();
-        let count = std::sync::atomic::AtomicU32::new(0);
-        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
-            gst::PadProbeType::BUFFER,
-            move |_, _| {
-                if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 75 {
-                    let size = size.clone();
-                    std::thread::spawn(move || {
-                        let caps = gst::Caps::builder("video/x-raw")
-                            .field("format", "I420")
-                            .field("width", 640)
-                            .field("height", 480)
-                            .field("framerate", gst::Fraction::new(30, 1))
-                            .build();
-                        size.set_property("caps", caps);
-                    });
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+        let last = pipeline.by_name("last").unwrap().static_pad("src").unwrap();
+        resize_after_buffers(&last, pipeline.by_name("size").unwrap(), 75);
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let changes: Vec<&String> =

@@ -263,12 +263,10 @@ impl Ingest {
                 id::TAGS => {
                     let parsed = tags::parse_tags(&element.data()).map_err(|e| invalid(e.to_string()))?;
                     let end_of_fragment = parsed.iter().any(|t| t.name == tags::END_OF_FRAGMENT);
-                    if !self.header_done {
-                        self.header.elements.push(element.to_bytes());
-                        if !end_of_fragment {
-                            self.header_tags.push((element.to_bytes(), parsed.len()));
-                        }
-                    } else if !end_of_fragment {
+                    if !end_of_fragment {
+                        // The documented metadata limits hold for every fragment's tags, the first fragment's
+                        // (right after the header) included; the event tags (AWS_KINESISVIDEO_NOTIFICATION,
+                        // _IMAGE_GENERATION, _IMAGE_PREFIX) count like the others.
                         for tag in &parsed {
                             if tag.name.len() > 128 || tag.value.len() > 256 {
                                 return Err((
@@ -277,14 +275,22 @@ impl Ingest {
                                 ));
                             }
                         }
-                        self.pending_tags.push((element.to_bytes(), parsed.len()));
-                        let count: usize = self.pending_tags.iter().map(|(_, count)| count).sum();
+                        let waiting = if self.header_done { &self.pending_tags } else { &self.header_tags };
+                        let count = parsed.len() + waiting.iter().map(|(_, count)| count).sum::<usize>();
                         if count > self.limits.max_tags_per_fragment {
                             return Err((
                                 AckError::FRAGMENT_METADATA_LIMIT_REACHED,
                                 format!("{count} metadata tags for one fragment (at most 10)"),
                             ));
                         }
+                    }
+                    if !self.header_done {
+                        self.header.elements.push(element.to_bytes());
+                        if !end_of_fragment {
+                            self.header_tags.push((element.to_bytes(), parsed.len()));
+                        }
+                    } else if !end_of_fragment {
+                        self.pending_tags.push((element.to_bytes(), parsed.len()));
                     }
                 }
                 id::INFO | id::TRACKS if self.header_done => {
@@ -705,6 +711,43 @@ mod tests {
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let body = Body::new(1).cluster(T0, &[(1, 0)]).tags(&many).cluster(T0 + 40, &[(1, 0)]).0;
         assert_eq!(failure(&body).0, 4009);
+    }
+
+    #[test]
+    fn event_tags_are_kept_with_their_fragment_and_count_towards_the_limit() {
+        let event = [
+            ("AWS_KINESISVIDEO_NOTIFICATION", ""),
+            ("AWS_KINESISVIDEO_IMAGE_GENERATION", ""),
+            ("AWS_KINESISVIDEO_IMAGE_PREFIX", "cam1/"),
+        ];
+        let body =
+            Body::new(1).cluster(T0, &[(1, 0)]).tags(&event).cluster(T0 + 40, &[(1, 0)]).end_of_fragment().0;
+        let started: Vec<Vec<String>> = run(&body, 64)
+            .into_iter()
+            .filter_map(|e| match e {
+                IngestEvent::Started { tags, .. } => Some(
+                    tags.iter()
+                        .flat_map(|t| tags::parse_tags(&t[tag_data_offset(t)..]).unwrap())
+                        .map(|t| t.name)
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, [vec![], event.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>()]);
+        // Three event tags and eight of the application's: eleven, one too many (4009), right after the
+        // header as much as between clusters.
+        let user: Vec<(String, String)> = (0..8).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let user: Vec<(&str, &str)> = user.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let between =
+            Body::new(1).cluster(T0, &[(1, 0)]).tags(&event).tags(&user).cluster(T0 + 40, &[(1, 0)]).0;
+        assert_eq!(failure(&between), (4009, "11 metadata tags for one fragment (at most 10)".to_owned()));
+        let first = Body::new(1).tags(&event).tags(&user).cluster(T0, &[(1, 0)]).0;
+        assert_eq!(failure(&first).0, 4009);
+        // An image prefix longer than 256 bytes.
+        let prefix = "p".repeat(257);
+        let long = Body::new(1).tags(&[("AWS_KINESISVIDEO_IMAGE_PREFIX", &prefix)]).cluster(T0, &[(1, 0)]).0;
+        assert_eq!(failure(&long).0, 4009);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::fragmenter::{TrackNames, TrackRename};
-use super::imp::{METADATA_EVENT, SIGNALS, matroska_caps, property_specs, signal_specs};
+use super::imp::{SIGNALS, matroska_caps, property_specs, signal_specs};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
@@ -263,12 +263,9 @@ impl KvsSink {
             let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
             match event.view() {
                 gst::EventView::CustomDownstream(custom) => {
-                    if let Some(s) = custom.structure()
-                        && s.name() == METADATA_EVENT
+                    if let (Some(s), Some(core)) = (custom.structure(), core.upgrade())
+                        && core.imp().custom_event(s)
                     {
-                        if let Some(core) = core.upgrade() {
-                            core.imp().add_metadata(s);
-                        }
                         return gst::PadProbeReturn::Drop;
                     }
                 }
@@ -431,7 +428,11 @@ impl ObjectSubclass for KvsSink {
 
 impl ObjectImpl for KvsSink {
     fn signals() -> &'static [glib::subclass::Signal] {
-        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(signal_specs);
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            let mut signals = signal_specs();
+            signals.extend(action_signals());
+            signals
+        });
         SIGNALS.as_ref()
     }
 
@@ -501,7 +502,59 @@ impl GstObjectImpl for KvsSink {}
 
 crate::uri::uri_handler!(KvsSink, gst::URIType::Sink);
 
+/// A time argument of the action signals: `GST_CLOCK_TIME_NONE` is "not given".
+fn time_arg(args: &[glib::Value], index: usize) -> Option<u64> {
+    args.get(index).and_then(|v| v.get::<u64>().ok()).filter(|&t| t != u64::MAX)
+}
+
+/// The action signals: `trigger(running-time, duration)` opens an upload window at `running-time`
+/// (`GST_CLOCK_TIME_NONE`: now) for `duration` ns (`GST_CLOCK_TIME_NONE`: until `trigger-stop`);
+/// `trigger-stop(running-time)` ends the open-ended ones (the post-roll follows).
+fn action_signals() -> Vec<glib::subclass::Signal> {
+    use super::triggers::{TriggerRequest, TriggerTime};
+    let core =
+        |args: &[glib::Value]| args[0].get::<super::KvsSink>().ok().map(|sink| sink.imp().core.clone());
+    vec![
+        glib::subclass::Signal::builder("trigger")
+            .param_types([u64::static_type(), u64::static_type()])
+            .action()
+            .class_handler(move |args| {
+                if let Some(core) = core(args) {
+                    let at = time_arg(args, 1).map(TriggerTime::Running);
+                    let duration = time_arg(args, 2).map(std::time::Duration::from_nanos);
+                    let request = TriggerRequest::Start { at, duration };
+                    core.imp().trigger(super::window::Source::Signal, request, false);
+                }
+                None
+            })
+            .build(),
+        glib::subclass::Signal::builder("trigger-stop")
+            .param_types([u64::static_type()])
+            .action()
+            .class_handler(move |args| {
+                if let Some(core) = core(args) {
+                    let at = time_arg(args, 1).map(TriggerTime::Running);
+                    core.imp().trigger(super::window::Source::Signal, TriggerRequest::Stop { at }, false);
+                }
+                None
+            })
+            .build(),
+    ]
+}
+
 impl ElementImpl for KvsSink {
+    /// `kvs-trigger` and `kvs-add-metadata` sent to the element itself (`gst_element_send_event`) act at once;
+    /// other events go the usual way.
+    fn send_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::CustomDownstream(custom) = event.view()
+            && let Some(s) = custom.structure()
+            && self.core.imp().custom_event(s)
+        {
+            return true;
+        }
+        self.parent_send_event(event)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(

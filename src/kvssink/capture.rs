@@ -104,10 +104,10 @@ impl CaptureTimes {
         host: Option<SystemTime>,
         reference: Option<(SystemTime, &'static str)>,
         notices: &mut Vec<Notice>,
-    ) -> Vec<(Bytes, Stamp)> {
+    ) -> Vec<(Bytes, Stamp, Option<gst::ClockTime>)> {
         let host_stamp = host.map_or(Stamp::None, Stamp::Host);
         if self.mode == CaptureTime::Clock {
-            return vec![(data, host_stamp)];
+            return vec![(data, host_stamp, running)];
         }
         if let Some((time, caps)) = reference {
             if let Some(running) = running {
@@ -119,12 +119,12 @@ impl CaptureTimes {
                 }
             }
             let mut out = self.release();
-            out.push((data, Stamp::Source(time)));
+            out.push((data, Stamp::Source(time), running));
             return out;
         }
         if let Some(offset) = self.offset {
             let mut out = self.release();
-            out.push((data, running.map_or(host_stamp, |r| source_stamp(offset, r))));
+            out.push((data, running.map_or(host_stamp, |r| source_stamp(offset, r)), running));
             return out;
         }
         if self.mode == CaptureTime::Meta && !self.gave_up {
@@ -142,11 +142,11 @@ impl CaptureTimes {
             notices.push(Notice::NoReference { held: self.held.len() });
             return self.release();
         }
-        vec![(data, host_stamp)]
+        vec![(data, host_stamp, running)]
     }
 
     /// What is held, with its stamps: from the source's clock once its offset is known, else the host's.
-    pub fn release(&mut self) -> Vec<(Bytes, Stamp)> {
+    pub fn release(&mut self) -> Vec<(Bytes, Stamp, Option<gst::ClockTime>)> {
         self.held_since = None;
         let offset = self.offset;
         std::mem::take(&mut self.held)
@@ -156,7 +156,7 @@ impl CaptureTimes {
                     (Some(offset), Some(running)) => source_stamp(offset, running),
                     _ => held.host.map_or(Stamp::None, Stamp::Host),
                 };
-                (held.data, stamp)
+                (held.data, stamp, held.running)
             })
             .collect()
     }
@@ -223,16 +223,19 @@ mod tests {
         let mut notices = Vec::new();
         let host = at(10_000);
         let out = times.stamp(Bytes::from_static(b"a"), running(0), Some(host), None, &mut notices);
-        assert_eq!(out, [(Bytes::from_static(b"a"), Stamp::Host(host))]);
+        assert_eq!(out, [(Bytes::from_static(b"a"), Stamp::Host(host), running(0))]);
         // The camera's clock is an hour behind.
         let camera = at(10_000 - 3_600) + Duration::from_millis(40);
         let out =
             times.stamp(Bytes::from_static(b"b"), running(40), Some(host), Some((camera, "x")), &mut notices);
-        assert_eq!(out, [(Bytes::from_static(b"b"), Stamp::Source(camera))]);
+        assert_eq!(out, [(Bytes::from_static(b"b"), Stamp::Source(camera), running(40))]);
         assert_eq!(notices, [Notice::SourceClock { caps: "x", ahead_s: -3_599.96 }]);
         // No reference on the next buffer: the same offset.
         let out = times.stamp(Bytes::from_static(b"c"), running(73), Some(host), None, &mut notices);
-        assert_eq!(out, [(Bytes::from_static(b"c"), Stamp::Source(camera + Duration::from_millis(33)))]);
+        assert_eq!(
+            out,
+            [(Bytes::from_static(b"c"), Stamp::Source(camera + Duration::from_millis(33)), running(73))]
+        );
         assert_eq!(notices.len(), 1);
     }
 
@@ -246,7 +249,7 @@ mod tests {
         }
         let camera = at(500);
         let out = times.stamp(Bytes::new(), running(100), Some(at(9)), Some((camera, "x")), &mut notices);
-        let stamps: Vec<Stamp> = out.into_iter().map(|(_, s)| s).collect();
+        let stamps: Vec<Stamp> = out.into_iter().map(|(_, s, _)| s).collect();
         let before = |ms| Stamp::Source(camera - Duration::from_millis(ms));
         assert_eq!(stamps, [before(100), before(67), before(34), Stamp::Source(camera)]);
     }
@@ -260,7 +263,7 @@ mod tests {
             released.extend(times.stamp(Bytes::new(), running(ms), Some(at(ms / 1_000)), None, &mut notices));
         }
         assert_eq!(notices, [Notice::NoReference { held: 11 }]);
-        let stamps: Vec<Stamp> = released.into_iter().map(|(_, s)| s).collect();
+        let stamps: Vec<Stamp> = released.into_iter().map(|(_, s, _)| s).collect();
         assert_eq!(stamps, (0..=10).map(|s| Stamp::Host(at(s))).collect::<Vec<_>>());
         let out = times.stamp(Bytes::new(), running(11_000), Some(at(11)), None, &mut notices);
         assert_eq!(out[0].1, Stamp::Host(at(11)));

@@ -45,6 +45,12 @@ pub const MAX_FRAGMENT_BYTES: usize = 50 * 1024 * 1024;
 pub const MAX_FRAGMENT_DURATION: Duration = Duration::from_secs(10);
 /// KVS accepts at most this many metadata tags per fragment.
 pub const MAX_TAGS_PER_FRAGMENT: usize = 10;
+/// KVS's limits on a metadata tag's name and value, in bytes.
+pub const MAX_TAG_NAME_BYTES: usize = 128;
+pub const MAX_TAG_VALUE_BYTES: usize = 256;
+/// The reserved names an application may set: the service's event tags (see [`super::triggers`]).
+pub const EVENT_TAG_NAMES: [&str; 3] =
+    ["AWS_KINESISVIDEO_NOTIFICATION", "AWS_KINESISVIDEO_IMAGE_GENERATION", "AWS_KINESISVIDEO_IMAGE_PREFIX"];
 
 /// A stream header: what every PutMedia connection starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +85,7 @@ pub enum InputError {
     TimecodeBackwards { previous: u64, next: u64 },
     TooManyTags,
     ReservedTagName(String),
+    TagTooLong { name: String },
 }
 
 impl std::fmt::Display for InputError {
@@ -111,10 +118,17 @@ impl std::fmt::Display for InputError {
             InputError::TooManyTags => {
                 write!(f, "more than {MAX_TAGS_PER_FRAGMENT} metadata tags for one fragment (the KVS limit)")
             }
+            InputError::TagTooLong { name } => write!(
+                f,
+                "metadata {name:?}: a name takes 1 to {MAX_TAG_NAME_BYTES} bytes and a value at most \
+                 {MAX_TAG_VALUE_BYTES} (the KVS limits)"
+            ),
             InputError::ReservedTagName(name) => {
                 write!(
                     f,
-                    "metadata name {name:?} is reserved: names starting with \"AWS\" belong to the service"
+                    "metadata name {name:?} is reserved: names starting with \"AWS\" belong to the service, \
+                     except the event tags {}",
+                    EVENT_TAG_NAMES.join(", ")
                 )
             }
         }
@@ -296,8 +310,11 @@ impl Fragmenter {
     /// Adds a metadata tag to the next fragment, or to every following fragment when `persist` (a persistent
     /// tag with an empty value removes the persistent tag of that name).
     pub fn add_metadata(&mut self, name: &str, value: &str, persist: bool) -> Result<(), InputError> {
-        if name.starts_with("AWS") {
+        if name.starts_with("AWS") && !EVENT_TAG_NAMES.contains(&name) {
             return Err(InputError::ReservedTagName(name.to_owned()));
+        }
+        if name.is_empty() || name.len() > MAX_TAG_NAME_BYTES || value.len() > MAX_TAG_VALUE_BYTES {
+            return Err(InputError::TagTooLong { name: name.to_owned() });
         }
         if persist {
             self.persistent_tags.retain(|t| t.name != name);

@@ -23,7 +23,9 @@ use gst_base::subclass::prelude::*;
 use super::capture::{CaptureTime, CaptureTimes, Notice};
 use super::fragmenter::{Fragmenter, Output, TimeAnchor, TimeJump, TrackNames};
 use super::store::{Recovered, Store};
+use super::triggers::{EventTags, TriggerRequest, TriggerTime, UploadMode};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
+use super::window::{Gate, Notice as WindowNotice, Source};
 use crate::kvs::ack::AckKind;
 use crate::kvs::config::ConnectionSettings;
 use crate::kvs::control::CreateParams;
@@ -69,6 +71,14 @@ struct Settings {
     buffer_max_age_s: u32,
     /// Where capture times come from (`capture-time`).
     capture_time: CaptureTime,
+    /// Upload windows ([`super::triggers`]): the mode, the pre-roll and post-roll in seconds, the `trigger`
+    /// property, and the event tags for a window's first fragment.
+    upload_mode: UploadMode,
+    pre_roll_s: u32,
+    post_roll_s: u32,
+    trigger: bool,
+    event_tags: EventTags,
+    image_prefix: Option<String>,
     /// Track names and codec IDs when the bin muxes elementary streams itself.
     track_names: Option<TrackNames>,
     /// The C++ kvssink's properties ([`super::compat`]).
@@ -96,6 +106,12 @@ impl Default for Settings {
             buffer_max_mb: DEFAULT_BUFFER_MAX_MB,
             buffer_max_age_s: 0,
             capture_time: CaptureTime::Auto,
+            upload_mode: UploadMode::Continuous,
+            pre_roll_s: 0,
+            post_roll_s: 0,
+            trigger: false,
+            event_tags: EventTags::empty(),
+            image_prefix: None,
             track_names: None,
             cpp: Default::default(),
         }
@@ -112,6 +128,26 @@ struct Started {
     frame_timecodes: bool,
     capture: CaptureTimes,
     stop_timeout: Duration,
+    /// What is uploaded and what is held for the pre-roll.
+    gate: Gate,
+    /// The tags a window's first fragment gets (`event-tags`, `image-prefix`).
+    window_tags: Vec<kvs_mkv::tags::SimpleTag>,
+    /// What a new uploader needs when `stream-name` changes while PLAYING, and that new name until the next
+    /// fragment.
+    ctx: crate::kvs::config::AwsContext,
+    config: UploaderConfig,
+    create: Option<CreateParams>,
+    next_stream: Option<String>,
+}
+
+/// Where the fragmenter's output goes: the uploader it is for, in order (a `stream-name` change starts a new
+/// one at a fragment), and what to say on the bus once the state is unlocked.
+#[derive(Default)]
+struct Routed {
+    segments: Vec<(Arc<Uploader>, Vec<Output>)>,
+    windows: Vec<WindowNotice>,
+    warnings: Vec<String>,
+    switched: Option<(String, u64)>,
 }
 
 #[derive(Default)]
@@ -433,8 +469,9 @@ impl KvsMkvSink {
             max_backoff: Duration::from_secs(10),
             user_agent: settings.cpp.user_agent(),
             restart_on_error: settings.cpp.restart_on_error(),
+            active: settings.upload_mode == UploadMode::Continuous,
         };
-        let uploader = Uploader::start(ctx, config, self.listener());
+        let uploader = Uploader::start(ctx.clone(), config.clone(), self.listener());
         let offline = settings.cpp.offline();
         let anchor = if settings.file_start_time > 0 {
             TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(settings.file_start_time))
@@ -448,9 +485,24 @@ impl KvsMkvSink {
         if let Some(store) = &store {
             self.queue_recovered(store, recovered, &uploader, &mut fragmenter);
         }
+        let mut gate = Gate::new(
+            settings.upload_mode == UploadMode::Continuous,
+            Duration::from_secs(u64::from(settings.pre_roll_s)),
+            Duration::from_secs(u64::from(settings.post_roll_s)),
+            settings.storage_mb as usize * 1024 * 1024,
+        );
+        if settings.upload_mode == UploadMode::Triggered && settings.trigger {
+            gate.trigger(Source::Property, 0, None);
+        }
         Ok(Started {
             fragmenter,
             uploader,
+            gate,
+            window_tags: super::triggers::event_tags(settings.event_tags, settings.image_prefix.as_deref()),
+            ctx,
+            config,
+            create: settings.allow_create.then(create_params),
+            next_stream: None,
             store: store.map(|s| Arc::new(Mutex::new(s))),
             // Offline: never live, so a full queue waits instead of dropping.
             live: offline.then_some(false),
@@ -596,6 +648,281 @@ impl KvsMkvSink {
         Ok(())
     }
 
+    /// Decides, under the state lock, which uploader each output goes to and what the bus should hear: a
+    /// window's first fragment gets the event tags; a `stream-name` changed while PLAYING takes effect at the
+    /// next fragment (a new uploader for the new stream, the old one finishes what it has); the uploader keeps
+    /// its connection only while a window is open.
+    fn route(&self, started: &mut Started, mut outputs: Vec<Output>, windows: Vec<WindowNotice>) -> Routed {
+        let mut routed = Routed { windows, ..Default::default() };
+        for notice in &routed.windows {
+            let WindowNotice::Started(window) = notice else { continue };
+            let first = outputs.iter_mut().find_map(|o| match o {
+                Output::FragmentStart(start) if start.timecode == window.timecode => Some(start),
+                _ => None,
+            });
+            if let Some(start) = first
+                && let Err(why) = super::triggers::tag_fragment(start, &started.window_tags)
+            {
+                routed.warnings.push(format!("event tags left off fragment {}: {why}", window.timecode));
+            }
+        }
+        if started.next_stream.is_some()
+            && let Some(at) = outputs.iter().position(|o| matches!(o, Output::FragmentStart(_)))
+        {
+            let rest = outputs.split_off(at);
+            routed.segments.push((started.uploader.clone(), outputs));
+            let timecode = match &rest[0] {
+                Output::FragmentStart(start) => start.timecode,
+                _ => 0,
+            };
+            let name = started.next_stream.take().unwrap_or_default();
+            self.switch_stream(started, &name);
+            routed.switched = Some((name, timecode));
+            outputs = rest;
+        }
+        started.uploader.set_active(started.gate.is_open());
+        routed.segments.push((started.uploader.clone(), outputs));
+        routed
+    }
+
+    /// Uploads to `name` from now on: a new uploader (that checks the stream, and creates it when allowed,
+    /// before its first connection); the old one sends what it holds and ends.
+    fn switch_stream(&self, started: &mut Started, name: &str) {
+        let mut config = started.config.clone();
+        config.stream_name = name.to_owned();
+        config.check_stream = true;
+        config.create = started.create.clone();
+        config.active = true;
+        let new = Uploader::start(started.ctx.clone(), config.clone(), self.listener());
+        started.config = config;
+        let old = std::mem::replace(&mut started.uploader, new);
+        old.finish();
+        let timeout = started.stop_timeout;
+        crate::runtime::RUNTIME.spawn(async move {
+            let _ = tokio::time::timeout(timeout, old.wait_done()).await;
+            old.stop();
+        });
+    }
+
+    /// Posts what [`route`](Self::route) found and queues its outputs.
+    fn deliver(
+        &self,
+        routed: Routed,
+        store: Option<&Arc<Mutex<Store>>>,
+        live: bool,
+    ) -> Result<(), gst::FlowError> {
+        for warning in &routed.warnings {
+            gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", warning), ["event-tags"]);
+        }
+        if let Some((name, timecode)) = &routed.switched {
+            gst::element_imp_info!(
+                self,
+                gst::ResourceError::OpenWrite,
+                ("uploading to stream {} from fragment {}", name, timecode),
+                [
+                    "stream-name changed while PLAYING: the fragments before this one go to the previous stream"
+                ]
+            );
+        }
+        for notice in &routed.windows {
+            let structure = super::triggers::window_message(notice);
+            gst::info!(CAT, imp = self, "{structure}");
+            let _ =
+                self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
+        }
+        for (uploader, outputs) in routed.segments {
+            self.queue_outputs(&uploader, store, live, outputs)?;
+        }
+        Ok(())
+    }
+
+    /// The pipeline's running time now (the clock's), else that of the latest media.
+    fn now_running(&self, latest: u64) -> u64 {
+        let element = self.obj();
+        match (element.clock(), element.base_time()) {
+            (Some(clock), Some(base)) => clock.time().saturating_sub(base).nseconds(),
+            _ => latest,
+        }
+    }
+
+    /// `at` as a running time: `now` when not given; a Unix time through the wall clock.
+    fn resolve(&self, at: Option<TriggerTime>, now: u64) -> u64 {
+        match at {
+            None => now,
+            Some(TriggerTime::Running(running)) => running,
+            Some(TriggerTime::Unix(unix)) => {
+                let wall =
+                    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
+                let running = i128::from(now) - (wall - i128::from(unix));
+                running.clamp(0, i128::from(u64::MAX)) as u64
+            }
+        }
+    }
+
+    /// A trigger (`trigger` signal, `kvs-trigger` event, `trigger` property): a window in triggered mode,
+    /// nothing in the others (said in the log). `serialized`: its default time is that of the latest media
+    /// (an event in the stream), not the clock's.
+    pub(super) fn trigger(&self, source: Source, request: TriggerRequest, serialized: bool) {
+        let mode = self.settings().upload_mode;
+        let mut state = lock(&self.state);
+        let Some(started) = state.as_mut() else {
+            gst::info!(CAT, imp = self, "{request:?} before the upload started: ignored");
+            return;
+        };
+        if mode != UploadMode::Triggered {
+            gst::info!(CAT, imp = self, "{request:?} ignored: upload-mode is {mode:?}, not triggered");
+            return;
+        }
+        let latest = started.gate.latest();
+        let now = if serialized { latest } else { self.now_running(latest) };
+        gst::debug!(CAT, imp = self, "{} {request:?} at {now}", source.name());
+        match request {
+            TriggerRequest::Start { at, duration } => {
+                started.gate.trigger(source, self.resolve(at, now), duration)
+            }
+            TriggerRequest::Stop { at } => started.gate.stop(self.resolve(at, now)),
+        }
+    }
+
+    /// kvssink's custom events (`kvs-add-metadata`, `kvs-trigger`); false for any other.
+    pub(super) fn custom_event(&self, structure: &gst::StructureRef) -> bool {
+        match structure.name().as_str() {
+            METADATA_EVENT => self.add_metadata(structure),
+            super::triggers::TRIGGER_EVENT => self.trigger_event(structure),
+            _ => return false,
+        }
+        true
+    }
+
+    /// A `kvs-trigger` event (from upstream or sent to kvssink).
+    fn trigger_event(&self, structure: &gst::StructureRef) {
+        match super::triggers::trigger_request(structure) {
+            Ok(request) => self.trigger(Source::Event, request, true),
+            Err(why) => gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                ("{}", why),
+                ["the event was {}; it is ignored", structure]
+            ),
+        }
+    }
+
+    /// `upload-mode` changed while the upload runs: pausing ends the open window now, resuming opens one now
+    /// (with the pre-roll before it).
+    fn mode_changed(&self, old: UploadMode, new: UploadMode, trigger: bool) {
+        let mut state = lock(&self.state);
+        let Some(started) = state.as_mut() else { return };
+        let now = self.now_running(started.gate.latest());
+        gst::info!(CAT, imp = self, "upload-mode {old:?} -> {new:?} at {now}");
+        match (old, new) {
+            (old, new) if old == new => {}
+            (_, UploadMode::Continuous) => started.gate.resume(now),
+            (UploadMode::Paused, UploadMode::Triggered) if trigger => {
+                started.gate.trigger(Source::Property, now, None)
+            }
+            (UploadMode::Paused, UploadMode::Triggered) => {}
+            _ => started.gate.pause(now),
+        }
+    }
+
+    /// The properties that may change while PLAYING and act on the running upload. True when `name` is one.
+    fn set_window_property(&self, name: &str, value: &glib::Value) -> bool {
+        let mut settings = self.settings();
+        match name {
+            "stream-name" => {
+                let new = string_value(value);
+                let old = std::mem::replace(&mut settings.stream_name, new.clone());
+                let store = settings.buffer_dir.is_some();
+                drop(settings);
+                let mut state = lock(&self.state);
+                let Some(started) = state.as_mut() else { return true };
+                match new {
+                    Some(new) if Some(&new) != old.as_ref() && !store => {
+                        gst::info!(CAT, imp = self, "stream-name {new}: from the next fragment");
+                        started.next_stream = Some(new);
+                    }
+                    Some(new) if Some(&new) != old.as_ref() => {
+                        drop(state);
+                        self.settings().stream_name = old.clone();
+                        gst::element_imp_warning!(
+                            self,
+                            gst::LibraryError::Settings,
+                            (
+                                "stream-name cannot change while buffer-dir is set: still uploading to {}",
+                                old.unwrap_or_default()
+                            ),
+                            ["buffer-dir holds the fragments of one stream; asked for {}", new]
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            "upload-mode" => {
+                let new: UploadMode = value.get().unwrap_or_default();
+                let old = std::mem::replace(&mut settings.upload_mode, new);
+                let trigger = settings.trigger;
+                drop(settings);
+                self.mode_changed(old, new, trigger);
+            }
+            "pre-roll" | "post-roll" => {
+                let seconds: u32 = value.get().unwrap_or(0);
+                if name == "pre-roll" {
+                    settings.pre_roll_s = seconds;
+                } else {
+                    settings.post_roll_s = seconds;
+                }
+                let rolls = (settings.pre_roll_s, settings.post_roll_s);
+                drop(settings);
+                if let Some(started) = lock(&self.state).as_mut() {
+                    let secs = |s: u32| Duration::from_secs(u64::from(s));
+                    started.gate.set_rolls(secs(rolls.0), secs(rolls.1));
+                }
+            }
+            "trigger" => {
+                let on: bool = value.get().unwrap_or(false);
+                let was = std::mem::replace(&mut settings.trigger, on);
+                drop(settings);
+                if on != was {
+                    let request = if on {
+                        TriggerRequest::Start { at: None, duration: None }
+                    } else {
+                        TriggerRequest::Stop { at: None }
+                    };
+                    self.trigger(Source::Property, request, false);
+                }
+            }
+            "event-tags" | "image-prefix" => {
+                let prefix = string_value(value);
+                let too_long =
+                    prefix.as_ref().is_some_and(|p| p.len() > super::fragmenter::MAX_TAG_VALUE_BYTES);
+                if name == "event-tags" {
+                    settings.event_tags = value.get().unwrap_or(EventTags::empty());
+                } else if too_long {
+                    drop(settings);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "image-prefix is longer than the service's {} bytes: not changed",
+                            super::fragmenter::MAX_TAG_VALUE_BYTES
+                        ),
+                        ["AWS_KINESISVIDEO_IMAGE_PREFIX takes at most 256 bytes"]
+                    );
+                    return true;
+                } else {
+                    settings.image_prefix = prefix;
+                }
+                let tags = super::triggers::event_tags(settings.event_tags, settings.image_prefix.as_deref());
+                drop(settings);
+                if let Some(started) = lock(&self.state).as_mut() {
+                    started.window_tags = tags;
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// What a store write gave: logged (each stored frame at debug level, which the crash tests read), and a
     /// warning when the store starts failing (the fragment then lives in memory only) or works again.
     fn stored<T>(
@@ -726,12 +1053,12 @@ impl KvsMkvSink {
     }
 
     fn on_eos(&self) {
-        let (uploader, store, outputs, live, stop_timeout) = {
+        let (uploader, store, routed, live, stop_timeout) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return };
             // What capture-time=meta still holds goes out on the clock it has (nothing is left behind).
             let held: Result<Vec<Output>, _> =
-                started.capture.release().into_iter().try_fold(Vec::new(), |mut out, (data, stamp)| {
+                started.capture.release().into_iter().try_fold(Vec::new(), |mut out, (data, stamp, _)| {
                     out.extend(started.fragmenter.push_stamped(data, stamp)?);
                     Ok(out)
                 });
@@ -747,15 +1074,22 @@ impl KvsMkvSink {
                     return;
                 }
             };
+            let (mut gated, mut windows) = (Vec::new(), Vec::new());
+            let latest = started.gate.latest();
+            for output in outputs {
+                started.gate.push(output, Some(latest), &mut gated, &mut windows);
+            }
+            started.gate.finish(&mut windows);
+            let routed = self.route(started, gated, windows);
             (
                 started.uploader.clone(),
                 started.store.clone(),
-                outputs,
+                routed,
                 started.live.unwrap_or(false),
                 started.stop_timeout,
             )
         };
-        if self.queue_outputs(&uploader, store.as_ref(), live, outputs).is_err() {
+        if self.deliver(routed, store.as_ref(), live).is_err() {
             return;
         }
         uploader.finish();
@@ -809,7 +1143,10 @@ impl ObjectSubclass for KvsMkvSink {
 /// kvssink's own properties (the bin has the same, and BaseSink's).
 pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
     let mut properties = vec![
-        string("stream-name", "Name of the Kinesis video stream to write to (required; default: none)"),
+        glib::ParamSpecString::builder("stream-name")
+            .blurb("Name of the Kinesis video stream to write to (required; default: none). Changed while PLAYING, it takes effect at the next fragment (key frame)")
+            .mutable_playing()
+            .build(),
         glib::ParamSpecBoolean::builder("allow-create-stream")
             .blurb("Create the stream when it does not exist (default: true)")
             .default_value(true)
@@ -844,8 +1181,34 @@ pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
             .blurb("Where frames' capture times come from: auto (the source's reference timestamps, timestamp/x-ntp or timestamp/x-unix, when buffers carry them, such as rtspsrc add-reference-timestamp-meta=true; else the host clock), clock (the host clock), meta (the reference timestamps for every frame: what comes before the first waits for it, at most 10 s) (default: auto)")
             .mutable_ready()
             .build(),
+        glib::ParamSpecEnum::builder_with_default("upload-mode", UploadMode::Continuous)
+            .blurb("What is uploaded: continuous (everything), triggered (the windows around triggers: the trigger signal, the kvs-trigger event, the trigger property, each with pre-roll and post-roll), paused (nothing; back to continuous resumes with the pre-roll). The pre-roll is held in RAM within storage-size (default: continuous)")
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("pre-roll")
+            .blurb("Media before a trigger (or a resume) that is uploaded with it, in seconds: from the last key frame at or before trigger - pre-roll (default: 0)")
+            .maximum(3600)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("post-roll")
+            .blurb("Media after a trigger's end that is uploaded with it, in seconds (default: 0)")
+            .maximum(3600)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecBoolean::builder("trigger")
+            .blurb("upload-mode=triggered: true opens an upload window now, false closes it (the post-roll follows) (default: false)")
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFlags::builder::<EventTags>("event-tags")
+            .blurb("KVS event tags on the first fragment of each upload window: notification (AWS_KINESISVIDEO_NOTIFICATION, an SNS notification) and image-generation (AWS_KINESISVIDEO_IMAGE_GENERATION, images in S3) (default: none)")
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecString::builder("image-prefix")
+            .blurb("S3 key prefix of the images of event-tags=image-generation (AWS_KINESISVIDEO_IMAGE_PREFIX, at most 256 bytes; default: none)")
+            .mutable_playing()
+            .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes; read-only, default: all 0)")
+            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes, pre-roll-fragments, pre-roll-bytes; read-only, default: all 0)")
             .read_only()
             .build(),
     ];
@@ -886,6 +1249,9 @@ impl ObjectImpl for KvsMkvSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.set_window_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings();
         let get_u32 = || value.get::<u32>().unwrap_or_default();
         if set_connection_property(&mut settings.connection, pspec.name(), value)
@@ -894,7 +1260,6 @@ impl ObjectImpl for KvsMkvSink {
             return;
         }
         match pspec.name() {
-            "stream-name" => settings.stream_name = string_value(value),
             "allow-create-stream" => settings.allow_create = value.get().unwrap_or(true),
             "retention-period" => settings.retention_hours = get_u32(),
             "kms-key-id" => settings.kms_key_id = string_value(value),
@@ -940,10 +1305,22 @@ impl ObjectImpl for KvsMkvSink {
             "buffer-max-size" => settings.buffer_max_mb.to_value(),
             "buffer-max-age" => settings.buffer_max_age_s.to_value(),
             "capture-time" => settings.capture_time.to_value(),
+            "upload-mode" => settings.upload_mode.to_value(),
+            "pre-roll" => settings.pre_roll_s.to_value(),
+            "post-roll" => settings.post_roll_s.to_value(),
+            "trigger" => settings.trigger.to_value(),
+            "event-tags" => settings.event_tags.to_value(),
+            "image-prefix" => settings.image_prefix.to_value(),
             "stats" => {
                 drop(settings);
-                let stats = lock(&self.state).as_ref().map(|s| s.uploader.stats()).unwrap_or_default();
-                crate::messages::stats(&stats).to_value()
+                let (stats, held) = lock(&self.state)
+                    .as_ref()
+                    .map(|s| (s.uploader.stats(), s.gate.held()))
+                    .unwrap_or_default();
+                let mut structure = crate::messages::stats(&stats);
+                structure.set("pre-roll-fragments", held.1 as u64);
+                structure.set("pre-roll-bytes", held.0 as u64);
+                structure.to_value()
             }
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
@@ -1045,7 +1422,7 @@ impl BaseSinkImpl for KvsMkvSink {
         })?;
         let data = bytes::Bytes::from_owner(data);
         let mut notices = Vec::new();
-        let (uploader, store, outputs, live) = {
+        let (routed, store, live) = {
             let mut state = lock(&self.state);
             let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
             if let Some(reason) = started.uploader.failure() {
@@ -1059,9 +1436,19 @@ impl BaseSinkImpl for KvsMkvSink {
                 if started.frame_timecodes { super::capture::reference_time(buffer) } else { None };
             let stamped = started.capture.stamp(data, running, host, reference, &mut notices);
             let mut outputs = Vec::new();
-            for (data, stamp) in stamped {
+            let mut windows = Vec::new();
+            for (data, stamp, running) in stamped {
                 match started.fragmenter.push_stamped(data, stamp) {
-                    Ok(more) => outputs.extend(more),
+                    Ok(more) => {
+                        for output in more {
+                            started.gate.push(
+                                output,
+                                running.map(|r| r.nseconds()),
+                                &mut outputs,
+                                &mut windows,
+                            );
+                        }
+                    }
                     Err(error) => {
                         drop(state);
                         self.post_notices(notices);
@@ -1069,10 +1456,11 @@ impl BaseSinkImpl for KvsMkvSink {
                     }
                 }
             }
-            (started.uploader.clone(), started.store.clone(), outputs, started.live.unwrap_or(false))
+            let routed = self.route(started, outputs, windows);
+            (routed, started.store.clone(), started.live.unwrap_or(false))
         };
         self.post_notices(notices);
-        self.queue_outputs(&uploader, store.as_ref(), live, outputs)?;
+        self.deliver(routed, store.as_ref(), live)?;
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -1080,10 +1468,8 @@ impl BaseSinkImpl for KvsMkvSink {
         match event.view() {
             gst::EventView::Eos(_) => self.on_eos(),
             gst::EventView::CustomDownstream(custom) => {
-                if let Some(s) = custom.structure()
-                    && s.name() == METADATA_EVENT
-                {
-                    self.add_metadata(s);
+                if let Some(s) = custom.structure() {
+                    self.custom_event(s);
                 }
             }
             _ => {}

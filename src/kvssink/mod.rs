@@ -17,7 +17,9 @@ pub mod fragmenter;
 mod imp;
 pub mod queue;
 pub mod store;
+mod triggers;
 pub mod uploader;
+mod window;
 
 glib::wrapper! {
     /// The `kvssink` element.
@@ -32,5 +34,7 @@ glib::wrapper! {
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     compat::StreamingType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     capture::CaptureTime::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    triggers::UploadMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    triggers::EventTags::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "kvssink", gst::Rank::SECONDARY, KvsSink::static_type())
 }

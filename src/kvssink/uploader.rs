@@ -123,6 +123,8 @@ pub struct UploaderConfig {
     pub user_agent: Option<String>,
     /// Reconnect after a failure (false: the first failure is final, the C++ `restart-on-error=false`).
     pub restart_on_error: bool,
+    /// Keep a connection open while there is nothing to send (see [`set_active`](Uploader::set_active)).
+    pub active: bool,
 }
 
 /// What the element is told.
@@ -235,6 +237,8 @@ struct Shared {
     backlog_open: bool,
     /// [`fail`](Uploader::fail) is reporting the failure.
     giving_up: bool,
+    /// False: once everything sent is done, the connection closes until there is something to send.
+    active: bool,
 }
 
 /// Receives the upload's events.
@@ -315,6 +319,7 @@ impl Uploader {
                 reporting: 0,
                 backlog_open: false,
                 giving_up: false,
+                active: config.active,
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
@@ -436,6 +441,20 @@ impl Uploader {
             shared.queue.spill();
         }
         self.notify();
+    }
+
+    /// Active (the default): the connection stays open between fragments. Inactive (kvssink does not upload
+    /// for now: a triggered upload between windows, a paused one): once what was sent is done, the last
+    /// fragment is closed with the end-of-fragment tag and the connection ends; the next fragment opens a new
+    /// one.
+    pub fn set_active(&self, active: bool) {
+        let changed = {
+            let mut shared = self.lock();
+            std::mem::replace(&mut shared.active, active) != active
+        };
+        if changed {
+            self.notify();
+        }
     }
 
     /// No more fragments will come: after the last one, the end-of-fragment tag is sent.
@@ -562,8 +581,15 @@ impl Uploader {
         let mut connection = 0u64;
         let mut create = self.config.create.clone();
         let mut check = self.config.check_stream || create.is_some();
-        // The first connection opens at once when the stream exists; later ones when there is work.
-        let mut eager = !check;
+        // The first connection opens at once when the stream exists and the upload is active; later ones when
+        // there is work. An inactive upload looks its endpoint up ahead, so that its first fragment does not
+        // wait for GetDataEndpoint.
+        let mut eager = !check && self.lock().active;
+        if !check && !eager {
+            let api = aws_sdk_kinesisvideo::types::ApiName::PutMedia;
+            endpoint =
+                crate::kvs::control::data_endpoint(&self.ctx, &self.config.stream_name, api).await.ok();
+        }
         loop {
             if !std::mem::take(&mut eager) && !self.wait_for_work().await {
                 return;
@@ -701,7 +727,7 @@ impl Uploader {
                 if let Some(first) = shared.queue.first_queued() {
                     break (first.header.clone(), shared.requeue_epoch);
                 }
-                shared.failed.is_some() || (shared.end && shared.queue.is_empty())
+                shared.failed.is_some() || ((shared.end || !shared.active) && shared.queue.is_empty())
             };
             if over {
                 close(body, acks, write_timeout).await;
@@ -754,6 +780,7 @@ impl Uploader {
                     Next::Send(pieces) => {
                         let starting = cursor.map(|c: Cursor| c.entry()) != before;
                         started |= starting;
+                        end_of_fragment_sent &= !starting;
                         let chunk = BodyChunk::from(pieces);
                         let size = chunk.len() as u64;
                         let wait = {
@@ -792,15 +819,19 @@ impl Uploader {
                     Next::Wait => break,
                 }
             }
-            let (end, empty, unsent) = {
+            let (end, empty, unsent, active) = {
                 let shared = self.lock();
-                (shared.end, shared.queue.is_empty(), shared.queue.has_work())
+                (shared.end, shared.queue.is_empty(), shared.queue.has_work(), shared.active)
             };
             if end && empty {
                 close(body, acks, write_timeout).await;
                 return Ok(End::Done);
             }
-            if end && !unsent && cursor.is_none() && !end_of_fragment_sent {
+            if !active && empty {
+                close(body, acks, write_timeout).await;
+                return Ok(End::Idle);
+            }
+            if (end || !active) && !unsent && cursor.is_none() && !end_of_fragment_sent {
                 let tag = end_of_fragment_tag();
                 let size = tag.len() as u64;
                 send(&body, BodyChunk::from(vec![tag]), write_timeout).await?;

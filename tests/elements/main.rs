@@ -14,4 +14,5 @@ mod kvssrc;
 mod plugin;
 mod reliability;
 mod secrets;
+mod triggered;
 mod uri;

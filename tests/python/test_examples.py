@@ -132,6 +132,38 @@ def test_python_frame_times_prints_every_frame_with_its_capture_time_and_the_tag
     assert listed.stderr.strip() == f"{len(lines)} frames"
 
 
+def test_python_triggered_upload_stores_exactly_the_window_it_reports(stream_name, env, tmp_path):
+    started = time.time()
+    source = (
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 "
+        "! x264enc tune=zerolatency key-int-max=30 bframes=0 speed-preset=ultrafast ! h264parse"
+    )
+    upload = run(
+        [SYSTEM_PYTHON, str(EXAMPLES / "python" / "triggered_upload.py"), stream_name, "--source", source,
+         "--pre-roll", "2", "--post-roll", "1", "--trigger", "4:1", "--seconds", "9"],
+        env,
+    )
+    assert upload.returncode == 0, upload.stderr
+    started_lines = re.findall(
+        r"^window started: trigger signal at ([\d.]+) s, from the key frame at ([\d.]+) s \(pre-roll ([\d.]+) s\)$",
+        upload.stdout, re.M,
+    )
+    ended = re.findall(r"^window ended: (\d+) frames in (\d+) fragments, \d+ bytes, ([\d.]+) s of media$",
+                       upload.stdout, re.M)
+    assert len(started_lines) == 1 and len(ended) == 1, upload.stdout
+    trigger, first, pre_roll = (float(v) for v in started_lines[0])
+    # From the key frame (one a second) at or before trigger - 2 s, to trigger + 1 s + 1 s.
+    assert trigger - 3 < first <= trigger - 2, upload.stdout
+    assert abs(pre_roll - (trigger - first)) < 0.002
+    frames = int(ended[0][0])
+    assert abs(frames - round((trigger + 2 - first) * 30)) <= 1, upload.stdout
+    # What the service stored is what the sink says it uploaded.
+    saved = tmp_path / "saved.mkv"
+    fetched = download(stream_name, env, saved, started)
+    assert fetched.returncode == 0, fetched.stderr
+    assert mkvframes(saved)[0] == frames
+
+
 def test_c_uploader_compiled_with_pkg_config(stream_name, env, clip, tmp_path):
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "gstreamer-1.0"], capture_output=True, text=True,
                            check=True).stdout.split()

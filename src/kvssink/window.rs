@@ -1,0 +1,709 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Upload windows: which of the fragmenter's output goes to the uploader when kvssink does not upload
+//! everything (`upload-mode=triggered`, or `paused`).
+//!
+//! The [`Gate`] sits between the [`Fragmenter`](super::fragmenter::Fragmenter) and the uploader. Each output
+//! comes with the running time of the buffer that completed it. Outside a window, fragments are held (in RAM)
+//! for the pre-roll: the latest fragment that starts at or before `now - pre-roll` and every one after it,
+//! bounded by a byte limit (what does not fit is dropped from the oldest end, counted, and reported with the
+//! next window). A window opens at `trigger - pre-roll`: what is held from the last fragment start (a key frame:
+//! matroskamux starts clusters at key frames) at or before that time goes out at once, in order, and the media
+//! after it follows as it comes, until the window's end (`trigger end + post-roll`). The end is exact to the
+//! frame: the frames of the last fragment from the end on are not sent, and that fragment ends when its cluster
+//! does (a trigger that comes before then continues it, so that nothing is sent twice and the upload stays
+//! continuous). Triggers that overlap or touch the open window extend it.
+//!
+//! `continuous` is a window that never ends; `paused` ends it at the time asked (no post-roll), and resuming
+//! opens a new one with the pre-roll before it. Times are running times in nanoseconds (the element converts
+//! wall-clock times); nothing here depends on GStreamer.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use kvs_mkv::Rope;
+
+use super::fragmenter::{FragmentStart, Output};
+
+/// What asked for a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The `trigger` action signal.
+    Signal,
+    /// A `kvs-trigger` event from upstream (or sent to the element).
+    Event,
+    /// The `trigger` property.
+    Property,
+    /// `upload-mode` back to `continuous`.
+    Resume,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Signal => "signal",
+            Source::Event => "event",
+            Source::Property => "property",
+            Source::Resume => "resume",
+        }
+    }
+}
+
+/// A window asked for: from `start - pre-roll` until `end` (None: until stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    source: Source,
+    /// The trigger's running time.
+    start: u64,
+    /// Where the pre-roll starts (`start - pre-roll`).
+    from: u64,
+    /// Running time of the first frame that is not sent (`end + post-roll`); None: open.
+    end: Option<u64>,
+}
+
+/// Media the pre-roll should have had but did not keep (the byte limit), or did not have (the trigger reached
+/// back further than the media held).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    pub fragments: u64,
+    pub frames: u64,
+    pub bytes: u64,
+    /// How much of the asked-for pre-roll is missing at its start.
+    pub missing: Duration,
+}
+
+/// A window began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowStart {
+    pub source: Source,
+    /// The trigger's running time.
+    pub trigger: u64,
+    /// Running time of the first frame sent (a key frame), and its fragment's timecode.
+    pub first: u64,
+    pub timecode: u64,
+    /// How much media before the trigger goes with it.
+    pub pre_roll: Duration,
+    pub left_out: LeftOut,
+    /// When the window ends (None: open until stopped).
+    pub end: Option<u64>,
+}
+
+/// A window ended: what it sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowEnd {
+    pub fragments: u64,
+    pub frames: u64,
+    pub bytes: u64,
+    /// Running times of its first and last frames.
+    pub first: u64,
+    pub last: u64,
+    /// Triggers that extended it after it opened.
+    pub extended: u64,
+}
+
+/// What the element hears about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Started(WindowStart),
+    Ended(WindowEnd),
+}
+
+/// A fragment held for the pre-roll.
+#[derive(Debug)]
+struct Held {
+    start: FragmentStart,
+    running: u64,
+    frames: Vec<(Rope, Duration, u64)>,
+    complete: bool,
+    bytes: usize,
+}
+
+impl Held {
+    fn frame_count(&self) -> u64 {
+        1 + self.frames.len() as u64
+    }
+}
+
+/// Where the fragment being read goes.
+#[derive(Debug, Default)]
+enum Current {
+    /// No fragment open.
+    #[default]
+    None,
+    /// Sent, frame by frame.
+    Sent,
+    /// Held (the last of `held`).
+    Held,
+    /// Sent up to the window's end; the frames after it wait here in case a trigger continues the window
+    /// before the fragment ends.
+    Cut(Vec<(Rope, Duration, u64)>),
+    /// Dropped (it did not fit in the pre-roll's byte limit).
+    Dropped,
+}
+
+/// The open window.
+#[derive(Debug)]
+struct Window {
+    end: Option<u64>,
+    stats: WindowEnd,
+    announce: bool,
+    /// Nothing was held when it opened: it is announced with its first fragment.
+    starting: Option<(Request, LeftOut)>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Gate {
+    pre_roll: u64,
+    post_roll: u64,
+    max_bytes: usize,
+    held: VecDeque<Held>,
+    held_bytes: usize,
+    current: Current,
+    window: Option<Window>,
+    requests: Vec<Request>,
+    /// Running time of the latest output.
+    latest: u64,
+    /// Fragments dropped by the byte limit since the last window opened: (running time, frames, bytes).
+    dropped: VecDeque<(u64, u64, usize)>,
+}
+
+fn ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Gate {
+    /// `open`: everything goes until [`pause`](Self::pause) (continuous mode); else nothing until a trigger.
+    pub fn new(open: bool, pre_roll: Duration, post_roll: Duration, max_bytes: usize) -> Self {
+        Gate {
+            pre_roll: ns(pre_roll),
+            post_roll: ns(post_roll),
+            max_bytes,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            current: Current::None,
+            window: open.then(|| Window {
+                end: None,
+                stats: WindowEnd::default(),
+                announce: false,
+                starting: None,
+            }),
+            requests: Vec::new(),
+            latest: 0,
+            dropped: VecDeque::new(),
+        }
+    }
+
+    pub fn set_rolls(&mut self, pre_roll: Duration, post_roll: Duration) {
+        self.pre_roll = ns(pre_roll);
+        self.post_roll = ns(post_roll);
+    }
+
+    /// True while a window is open (the uploader should keep its connection).
+    pub fn is_open(&self) -> bool {
+        self.window.is_some()
+    }
+
+    /// Bytes and fragments held for the pre-roll.
+    pub fn held(&self) -> (usize, usize) {
+        (self.held_bytes, self.held.len())
+    }
+
+    /// Running time of the latest output.
+    pub fn latest(&self) -> u64 {
+        self.latest
+    }
+
+    /// A trigger at `start` (running time), for `duration` (None: until [`stop`](Self::stop)); the window
+    /// also takes the pre-roll before it and the post-roll after it.
+    pub fn trigger(&mut self, source: Source, start: u64, duration: Option<Duration>) {
+        let end = duration.map(|d| start.saturating_add(ns(d)).saturating_add(self.post_roll));
+        let from = start.saturating_sub(self.pre_roll);
+        self.request(Request { source, start, from, end });
+    }
+
+    /// Ends the open-ended triggers at `at` (the post-roll follows).
+    pub fn stop(&mut self, at: u64) {
+        self.end_open(at.saturating_add(self.post_roll));
+    }
+
+    /// Uploading stops at `at` (no post-roll): what comes after is held for the pre-roll.
+    pub fn pause(&mut self, at: u64) {
+        self.end_open(at);
+    }
+
+    /// Uploading goes on from `at` (and its pre-roll) until paused.
+    pub fn resume(&mut self, at: u64) {
+        let from = at.saturating_sub(self.pre_roll);
+        self.request(Request { source: Source::Resume, start: at, from, end: None });
+    }
+
+    fn end_open(&mut self, end: u64) {
+        if let Some(window) = &mut self.window
+            && window.end.is_none()
+        {
+            window.end = Some(end);
+        }
+        for request in &mut self.requests {
+            if request.end.is_none() {
+                request.end = Some(end.max(request.from));
+            }
+        }
+    }
+
+    fn request(&mut self, request: Request) {
+        // A window still open (or cut, its last fragment not ended yet) that this one touches or whose start has
+        // been reached: extended (its last fragment continues).
+        let latest = self.latest;
+        if let Some(window) = &mut self.window
+            && window.end.is_none_or(|end| request.from <= end.max(latest))
+        {
+            window.end = match (window.end, request.end) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            window.stats.extended += 1;
+            return;
+        }
+        self.requests.push(request);
+        self.requests.sort_by_key(|r| r.from);
+        // Requests that overlap become one.
+        let mut merged: Vec<Request> = Vec::with_capacity(self.requests.len());
+        for request in self.requests.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.end.is_none_or(|end| request.from <= end) => {
+                    last.end = match (last.end, request.end) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                _ => merged.push(request),
+            }
+        }
+        self.requests = merged;
+    }
+
+    /// One output of the fragmenter, completed by a buffer at `running` (None: not known, the latest is used);
+    /// what goes to the uploader is added to `out`, and what the application should hear to `notices`.
+    pub fn push(
+        &mut self,
+        output: Output,
+        running: Option<u64>,
+        out: &mut Vec<Output>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let running = running.unwrap_or(self.latest).max(self.latest);
+        self.latest = running;
+        // The fast path: an open window with no end (continuous mode).
+        if matches!(&self.window, Some(Window { end: None, announce: false, .. }))
+            && matches!(self.current, Current::None | Current::Sent)
+        {
+            if let Output::FragmentStart(_) = &output {
+                self.current = Current::Sent;
+            }
+            if let Output::FragmentEnd = &output {
+                self.current = Current::None;
+            }
+            out.push(output);
+            return;
+        }
+        match output {
+            Output::FragmentStart(start) => {
+                if self.window.as_ref().is_some_and(|w| w.end.is_some_and(|end| running >= end)) {
+                    self.close(notices);
+                }
+                if let Some(window) = &mut self.window {
+                    if let Some((request, left_out)) = window.starting.take() {
+                        notices.push(started(request, left_out, running, start.timecode));
+                    }
+                    count(&mut window.stats, running, start.data.len(), true);
+                    self.current = Current::Sent;
+                    out.push(Output::FragmentStart(start));
+                } else {
+                    self.held_bytes += start.data.len();
+                    let bytes = start.data.len();
+                    self.held.push_back(Held { start, running, frames: Vec::new(), complete: false, bytes });
+                    self.current = Current::Held;
+                }
+            }
+            Output::Frame { data, duration } => match &mut self.current {
+                Current::Sent => {
+                    let window = self.window.as_mut().expect("a sent fragment belongs to a window");
+                    if window.end.is_some_and(|end| running >= end) {
+                        self.current = Current::Cut(vec![(data, duration, running)]);
+                    } else {
+                        count(&mut window.stats, running, data.len(), false);
+                        out.push(Output::Frame { data, duration });
+                    }
+                }
+                Current::Held => {
+                    let held = self.held.back_mut().expect("a held fragment");
+                    held.bytes += data.len();
+                    self.held_bytes += data.len();
+                    held.frames.push((data, duration, running));
+                }
+                Current::Cut(tail) => {
+                    tail.push((data, duration, running));
+                    // A trigger continued the window: the frames after the cut go after all.
+                    let window = self.window.as_mut().expect("a cut fragment belongs to a window");
+                    if window.end.is_none_or(|end| running < end) {
+                        let Current::Cut(tail) = std::mem::take(&mut self.current) else { unreachable!() };
+                        for (data, duration, at) in tail {
+                            count(&mut window.stats, at, data.len(), false);
+                            out.push(Output::Frame { data, duration });
+                        }
+                        self.current = Current::Sent;
+                    }
+                }
+                Current::None | Current::Dropped => {}
+            },
+            Output::FragmentEnd => match std::mem::take(&mut self.current) {
+                Current::Sent => out.push(Output::FragmentEnd),
+                Current::Held => {
+                    if let Some(held) = self.held.back_mut() {
+                        held.complete = true;
+                    }
+                }
+                Current::Cut(_) => {
+                    out.push(Output::FragmentEnd);
+                    self.close(notices);
+                }
+                Current::None | Current::Dropped => {}
+            },
+            // A header and a time jump describe what follows: they go on at once (a log line, a warning).
+            other => out.push(other),
+        }
+        self.open_due(running, out, notices);
+        self.trim();
+    }
+
+    /// The input ended: the open window ends with it.
+    pub fn finish(&mut self, notices: &mut Vec<Notice>) {
+        if self.window.is_some() {
+            self.close(notices);
+        }
+    }
+
+    fn close(&mut self, notices: &mut Vec<Notice>) {
+        if let Some(window) = self.window.take()
+            && window.announce
+        {
+            notices.push(Notice::Ended(window.stats));
+        }
+        self.dropped.clear();
+    }
+
+    /// Opens the first requested window once the media reached its start, sending what is held from its
+    /// pre-roll on.
+    fn open_due(&mut self, running: u64, out: &mut Vec<Output>, notices: &mut Vec<Notice>) {
+        if self.window.is_some() {
+            return;
+        }
+        let Some(request) = self.requests.first().copied() else { return };
+        if running < request.from {
+            return;
+        }
+        self.requests.remove(0);
+        // Where the window starts: the latest held fragment start at or before `from`, else the oldest.
+        let index = self.held.iter().rposition(|h| h.running <= request.from).unwrap_or(0);
+        for _ in 0..index {
+            self.pop_held();
+        }
+        let mut left_out = LeftOut::default();
+        for &(at, frames, bytes) in &self.dropped {
+            if at >= request.from {
+                left_out.fragments += 1;
+                left_out.frames += frames;
+                left_out.bytes += bytes as u64;
+            }
+        }
+        self.dropped.clear();
+        let mut window =
+            Window { end: request.end, stats: WindowEnd::default(), announce: true, starting: None };
+        let Some(front) = self.held.front() else {
+            // Nothing held: the window starts with the next fragment, and is announced then.
+            window.starting = Some((request, left_out));
+            self.window = Some(window);
+            return;
+        };
+        notices.push(started(request, left_out, front.running, front.start.timecode));
+        let releasing = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        let last = releasing.len() - 1;
+        for (i, held) in releasing.into_iter().enumerate() {
+            count(&mut window.stats, held.running, held.start.data.len(), true);
+            out.push(Output::FragmentStart(held.start));
+            for (data, duration, at) in held.frames {
+                count(&mut window.stats, at, data.len(), false);
+                out.push(Output::Frame { data, duration });
+            }
+            if held.complete {
+                out.push(Output::FragmentEnd);
+            } else if i == last {
+                self.current = Current::Sent;
+            }
+        }
+        self.window = Some(window);
+    }
+
+    fn pop_held(&mut self) -> Option<Held> {
+        let held = self.held.pop_front()?;
+        self.held_bytes -= held.bytes;
+        if self.held.is_empty() && matches!(self.current, Current::Held) {
+            self.current = Current::Dropped;
+        }
+        Some(held)
+    }
+
+    /// Keeps what the pre-roll (and the earliest requested window) needs, within the byte limit.
+    fn trim(&mut self) {
+        let mut horizon = self.latest.saturating_sub(self.pre_roll);
+        if let Some(request) = self.requests.first() {
+            horizon = horizon.min(request.from);
+        }
+        while self.held.len() >= 2 && self.held[1].running <= horizon {
+            self.pop_held();
+        }
+        while self.held_bytes > self.max_bytes {
+            let Some(held) = self.pop_held() else { break };
+            self.dropped.push_back((held.running, held.frame_count(), held.bytes));
+        }
+        while self.dropped.front().is_some_and(|&(at, _, _)| at < horizon) {
+            self.dropped.pop_front();
+        }
+    }
+}
+
+fn started(request: Request, mut left_out: LeftOut, first: u64, timecode: u64) -> Notice {
+    left_out.missing = Duration::from_nanos(first.saturating_sub(request.from));
+    Notice::Started(WindowStart {
+        source: request.source,
+        trigger: request.start,
+        first,
+        timecode,
+        pre_roll: Duration::from_nanos(request.start.saturating_sub(first)),
+        left_out,
+        end: request.end,
+    })
+}
+
+fn count(stats: &mut WindowEnd, running: u64, bytes: usize, fragment: bool) {
+    if stats.frames == 0 {
+        stats.first = running;
+    }
+    stats.last = stats.last.max(running);
+    stats.frames += 1;
+    stats.bytes += bytes as u64;
+    stats.fragments += u64::from(fragment);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvssink::fragmenter::StreamHeader;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    const SECOND: u64 = 1_000_000_000;
+    /// 30 frames a second, a fragment (key frame) each second.
+    const FPS: u64 = 30;
+
+    fn frame_at(index: u64) -> u64 {
+        index * SECOND / FPS
+    }
+
+    /// Pushes frames `from..to` of the stream (frame `i` carries `i` as its bytes) and returns the frame indices
+    /// sent, with a marker for fragment starts and ends.
+    struct Run {
+        gate: Gate,
+        header: Arc<StreamHeader>,
+        sent: Vec<u64>,
+        starts: Vec<u64>,
+        ends: usize,
+        notices: Vec<Notice>,
+    }
+
+    impl Run {
+        fn new(gate: Gate) -> Self {
+            let header = Arc::new(StreamHeader {
+                generation: 1,
+                bytes: Bytes::from_static(b"header"),
+                timecode_scale: 1_000_000,
+                media_type: None,
+            });
+            Run { gate, header, sent: Vec::new(), starts: Vec::new(), ends: 0, notices: Vec::new() }
+        }
+
+        fn frames(&mut self, range: std::ops::Range<u64>) {
+            for i in range {
+                self.frame(i);
+            }
+        }
+
+        fn frame(&mut self, i: u64) {
+            let mut outputs = Vec::new();
+            let data = Rope::from(Bytes::from(i.to_be_bytes().to_vec()));
+            if i.is_multiple_of(FPS) {
+                if i > 0 {
+                    outputs.push(Output::FragmentEnd);
+                }
+                let start =
+                    FragmentStart { header: self.header.clone(), timecode: frame_at(i) / 1_000_000, data };
+                outputs.push(Output::FragmentStart(start));
+            } else {
+                outputs.push(Output::Frame { data, duration: Duration::from_nanos(frame_at(i % FPS)) });
+            }
+            let mut out = Vec::new();
+            for output in outputs {
+                self.gate.push(output, Some(frame_at(i)), &mut out, &mut self.notices);
+            }
+            for output in out {
+                match output {
+                    Output::FragmentStart(start) => {
+                        let i = index(&start.data);
+                        self.starts.push(i);
+                        self.sent.push(i);
+                    }
+                    Output::Frame { data, .. } => self.sent.push(index(&data)),
+                    Output::FragmentEnd => self.ends += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn index(rope: &Rope) -> u64 {
+        let mut bytes = [0u8; 8];
+        rope.copy_prefix(&mut bytes);
+        u64::from_be_bytes(bytes)
+    }
+
+    fn range(from: u64, to: u64) -> Vec<u64> {
+        (from..to).collect()
+    }
+
+    #[test]
+    fn a_trigger_sends_from_the_key_frame_before_its_pre_roll_to_its_end_plus_post_roll() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX));
+        run.frames(0..20 * FPS);
+        assert!(run.sent.is_empty());
+        // Pre-roll held: the fragment at or before 15 s minus 5 and the ones after it, nothing older.
+        let (_, fragments) = run.gate.held();
+        assert!(fragments <= 7, "{fragments} fragments held");
+        run.gate.trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
+        run.frames(20 * FPS..40 * FPS);
+        // From the key frame at 15 s to the last frame before 27 s, each once.
+        assert_eq!(run.sent, range(15 * FPS, 27 * FPS));
+        assert_eq!(run.starts, (15..27).map(|s| s * FPS).collect::<Vec<_>>());
+        // The last fragment ended when its cluster did (at 28 s), and the window was reported.
+        assert_eq!(run.ends, 12);
+        let [Notice::Started(start), Notice::Ended(end)] = &run.notices[..] else {
+            panic!("{:?}", run.notices)
+        };
+        assert_eq!((start.source, start.trigger, start.first), (Source::Signal, 20 * SECOND, 15 * SECOND));
+        assert_eq!(start.pre_roll, Duration::from_secs(5));
+        assert_eq!(start.left_out, LeftOut::default());
+        assert_eq!(
+            (end.frames, end.fragments, end.first, end.last),
+            (12 * FPS, 12, 15 * SECOND, frame_at(27 * FPS - 1))
+        );
+    }
+
+    #[test]
+    fn an_open_trigger_runs_until_stopped_and_overlapping_triggers_extend_it_without_sending_twice() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(2), Duration::from_secs(1), usize::MAX));
+        run.frames(0..10 * FPS);
+        run.gate.trigger(Source::Event, 10 * SECOND, None);
+        run.frames(10 * FPS..15 * FPS);
+        // A second trigger inside the window, reaching back into it: the window goes on, nothing again.
+        run.gate.trigger(Source::Signal, 14 * SECOND, Some(Duration::from_secs(1)));
+        run.frames(15 * FPS..20 * FPS);
+        run.gate.stop(20 * SECOND);
+        run.frames(20 * FPS..30 * FPS);
+        assert_eq!(run.sent, range(8 * FPS, 21 * FPS));
+        let ended: Vec<_> = run.notices.iter().filter(|n| matches!(n, Notice::Ended(_))).collect();
+        assert_eq!(ended.len(), 1);
+        let Notice::Ended(end) = ended[0] else { unreachable!() };
+        assert_eq!(end.extended, 1);
+    }
+
+    #[test]
+    fn a_trigger_before_the_last_fragment_of_a_window_ended_continues_it() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(1), Duration::ZERO, usize::MAX));
+        run.frames(0..5 * FPS);
+        run.gate.trigger(Source::Signal, 5 * SECOND, Some(Duration::from_millis(1500)));
+        // The window ends at 6.5 s, inside the fragment of 6 s; a trigger at 6.8 s comes before it ends.
+        run.frames(5 * FPS..6 * FPS + 24);
+        run.gate.trigger(Source::Signal, 6 * SECOND + 800_000_000, Some(Duration::from_secs(1)));
+        run.frames(6 * FPS + 24..12 * FPS);
+        assert_eq!(run.sent, range(4 * FPS, frame_index(7_800_000_000)));
+        let ended = run.notices.iter().filter(|n| matches!(n, Notice::Ended(_))).count();
+        assert_eq!(ended, 1);
+    }
+
+    fn frame_index(running: u64) -> u64 {
+        (running * FPS).div_ceil(SECOND)
+    }
+
+    #[test]
+    fn two_windows_apart_are_sent_apart_and_the_second_starts_at_its_own_pre_roll() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX));
+        run.frames(0..20 * FPS);
+        run.gate.trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
+        run.frames(20 * FPS..40 * FPS);
+        run.gate.trigger(Source::Property, 40 * SECOND, None);
+        run.frames(40 * FPS..60 * FPS);
+        let mut expected = range(15 * FPS, 27 * FPS);
+        expected.extend(range(35 * FPS, 60 * FPS));
+        assert_eq!(run.sent, expected);
+        let starts: Vec<_> = run
+            .notices
+            .iter()
+            .filter_map(|n| if let Notice::Started(s) = n { Some(s.first) } else { None })
+            .collect();
+        assert_eq!(starts, [15 * SECOND, 35 * SECOND]);
+    }
+
+    #[test]
+    fn the_pre_roll_keeps_within_its_byte_limit_and_says_what_it_left_out() {
+        // Each frame is 8 bytes: 240 bytes a fragment; a limit of 3 fragments.
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(10), Duration::ZERO, 3 * 240));
+        run.frames(0..30 * FPS);
+        let (bytes, _) = run.gate.held();
+        assert!(bytes <= 3 * 240, "{bytes} bytes held");
+        run.gate.trigger(Source::Signal, 30 * SECOND, Some(Duration::from_secs(1)));
+        run.frames(30 * FPS..35 * FPS);
+        // The fragment in progress at 29 s was dropped (it did not fit); what was held goes, from 27 s.
+        let [Notice::Started(start), ..] = &run.notices[..] else { panic!("{:?}", run.notices) };
+        assert_eq!(start.first, 27 * SECOND);
+        assert_eq!(start.left_out.missing, Duration::from_secs(7));
+        assert!(start.left_out.fragments >= 7, "{:?}", start.left_out);
+        assert_eq!(run.sent.first(), Some(&(27 * FPS)));
+    }
+
+    #[test]
+    fn continuous_mode_sends_everything_and_pause_and_resume_cut_exactly() {
+        let mut run = Run::new(Gate::new(true, Duration::ZERO, Duration::ZERO, usize::MAX));
+        run.frames(0..10 * FPS);
+        assert!(run.notices.is_empty());
+        run.gate.pause(10 * SECOND + 500_000_000);
+        run.frames(10 * FPS..20 * FPS);
+        // Resumed at 20.5 s with no pre-roll: from the key frame at or before it (20 s).
+        run.gate.resume(20 * SECOND + 500_000_000);
+        run.frames(20 * FPS..25 * FPS);
+        let mut expected = range(0, 10 * FPS + 15);
+        expected.extend(range(20 * FPS, 25 * FPS));
+        assert_eq!(run.sent, expected);
+        assert!(!run.gate.is_open() || run.gate.held().1 == 0);
+    }
+
+    #[test]
+    fn a_window_asked_for_before_any_media_starts_with_the_first_fragment() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::ZERO, usize::MAX));
+        run.gate.trigger(Source::Property, 0, None);
+        run.frames(0..3 * FPS);
+        assert_eq!(run.sent, range(0, 3 * FPS));
+        let [Notice::Started(start)] = &run.notices[..] else { panic!("{:?}", run.notices) };
+        assert_eq!((start.first, start.left_out.missing), (0, Duration::ZERO));
+    }
+}

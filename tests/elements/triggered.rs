@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Upload windows (`upload-mode=triggered`, `paused`): live H.264 through matroskamux into kvssink and the
+//! emulator; each test compares, frame for frame, what the emulator stored with the frames matroskamux made,
+//! cut where the windows say. Triggers come from the `trigger` action signal, a `kvs-trigger` event sent
+//! from upstream through matroskamux, the `trigger` property (also from `gst-launch-1.0`), and `upload-mode`
+//! and `stream-name` changed while PLAYING.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gst::prelude::*;
+
+use crate::common::*;
+
+/// `frames` of live H.264 at 30 fps (a key frame each second), muxed, into kvssink with `props`.
+fn live_upload(emu: &Emu, stream: &str, frames: u32, props: &str) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse name=parse \
+         ! matroskamux ! tee name=t ! queue ! {} {props} {CAPTURE}",
+        sink_props(emu, stream)
+    )
+}
+
+/// Calls `at(index, running time, pad)` for each frame leaving h264parse (before matroskamux).
+fn on_frames(pipeline: &gst::Pipeline, at: impl Fn(u64, u64, &gst::Pad) + Send + Sync + 'static) {
+    let count = AtomicU64::new(0);
+    let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let index = count.fetch_add(1, Ordering::SeqCst);
+        let segment = pad.sticky_event::<gst::event::Segment>(0);
+        let running = segment
+            .and_then(|s| s.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?))
+            .map_or(0, |t| t.nseconds());
+        at(index, running, pad);
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The payloads of the video frames the emulator stored for `stream`, in order, each once.
+fn stored(emu: &Emu, stream: &str) -> Vec<Vec<u8>> {
+    unique_frames(&emu.read_back(stream)).into_iter().map(|(_, payload)| payload).collect()
+}
+
+fn input(run: &Run) -> Vec<Vec<u8>> {
+    input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect()
+}
+
+/// Frames `ranges` of the input, in order.
+fn cut(input: &[Vec<u8>], ranges: &[std::ops::Range<usize>]) -> Vec<Vec<u8>> {
+    ranges.iter().flat_map(|r| input[r.clone()].iter().cloned()).collect()
+}
+
+/// Asserts that `stored` is exactly `expected` (by frame index in the input, for a readable failure).
+fn assert_frames(input: &[Vec<u8>], stored: &[Vec<u8>], expected: &[std::ops::Range<usize>]) {
+    let index = |frame: &Vec<u8>| input.iter().position(|f| f == frame);
+    let want = cut(input, expected);
+    if stored != want.as_slice() {
+        let got: Vec<Option<usize>> = stored.iter().map(index).collect();
+        let first = got.first().copied().flatten();
+        let last = got.last().copied().flatten();
+        panic!(
+            "stored {} frames (input frames {first:?}..={last:?}), expected {} ({expected:?}): {got:?}",
+            stored.len(),
+            want.len()
+        );
+    }
+}
+
+/// (frame, pre-roll-fragments, pre-roll-bytes, queued-fragments) at one time.
+type Sample = (u64, u64, u64, u64);
+
+/// Reads the `kvssink-stats` of the sink every 250 ms while `frames` counts frames; stops when told.
+fn sample_stats(
+    pipeline: &gst::Pipeline,
+    frames: Arc<AtomicU64>,
+) -> (Arc<Mutex<Vec<Sample>>>, Arc<std::sync::atomic::AtomicBool>) {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = pipeline.by_name("sink").unwrap();
+    let (out, done) = (samples.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !done.load(Ordering::SeqCst) {
+            if let Some(stats) = sink.property::<Option<gst::Structure>>("stats") {
+                let get = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+                out.lock().unwrap().push((
+                    frames.load(Ordering::SeqCst),
+                    get("pre-roll-fragments"),
+                    get("pre-roll-bytes"),
+                    get("queued-fragments"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    (samples, stop)
+}
+
+/// The tag names each stored fragment of `stream` carries (its own, not the service's), in order.
+fn fragment_tags(emu: &Emu, stream: &str) -> Vec<Vec<String>> {
+    let mut per_fragment: Vec<Vec<String>> = Vec::new();
+    for event in kvs_mkv::read_all(&emu.read_back(stream)).unwrap() {
+        match event {
+            kvs_mkv::Event::EbmlHeader(_) => per_fragment.push(Vec::new()),
+            kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
+                for tag in kvs_mkv::tags::parse_tags(&e.data()).unwrap() {
+                    let service = tag.name.starts_with("AWS_KINESISVIDEO_")
+                        && !tag.name.starts_with("AWS_KINESISVIDEO_NOTIFICATION")
+                        && !tag.name.starts_with("AWS_KINESISVIDEO_IMAGE");
+                    if !service && let Some(last) = per_fragment.last_mut() {
+                        last.push(tag.name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    per_fragment
+}
+
+#[test]
+fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_the_pre_roll_between() {
+    let emu = Emu::start();
+    emu.create_stream("trig", 1);
+    let props = "upload-mode=triggered pre-roll=5 post-roll=3 event-tags=notification+image-generation image-prefix=cam1/";
+    let frames = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(Mutex::new(None));
+    let run =
+        run_pipeline_with(&live_upload(&emu, "trig", 1800, props), Duration::from_secs(120), |pipeline| {
+            let sink = pipeline.by_name("sink").unwrap();
+            let counter = frames.clone();
+            on_frames(pipeline, move |index, running, pad| {
+                counter.store(index, Ordering::SeqCst);
+                if index == 600 {
+                    // The application: a trigger at this frame's time, for 4 s.
+                    sink.emit_by_name::<()>("trigger", &[&running, &4_000_000_000u64]);
+                }
+                if index == 1200 {
+                    // An upstream element: a kvs-trigger event at this frame's time, open-ended, through matroskamux.
+                    let s = gst::Structure::builder("kvs-trigger").field("running-time", running).build();
+                    pad.push_event(gst::event::CustomDownstream::new(s));
+                }
+            });
+            *samples.lock().unwrap() = Some(sample_stats(pipeline, frames.clone()));
+        });
+    let (samples, stop) = samples.lock().unwrap().take().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(run.error, None);
+    let input = input(&run);
+    assert_eq!(input.len(), 1800);
+    // Window 1: trigger at frame 600 (20 s), pre-roll 5 s: from the key frame at frame 450 (15 s) to 4 s + 3 s
+    // after the trigger (frame 810, 27 s, not included). Window 2: from the key frame 5 s before frame 1200 to
+    // the end.
+    assert_frames(&input, &stored(&emu, "trig"), &[450..810, 1050..1800]);
+    let started = run.messages_named("kvssink-window-started");
+    let ended = run.messages_named("kvssink-window-ended");
+    assert_eq!(started.len(), 2, "{:?}", run.messages);
+    assert_eq!(ended.len(), 2, "{:?}", run.messages);
+    let field = |s: &gst::Structure, f: &str| s.get::<u64>(f).unwrap();
+    assert_eq!(started[0].get::<String>("trigger").unwrap(), "signal");
+    assert_eq!(started[1].get::<String>("trigger").unwrap(), "event");
+    for s in &started {
+        assert_eq!(s.get::<gst::ClockTime>("pre-roll").unwrap(), gst::ClockTime::from_seconds(5));
+        assert_eq!(field(s, "left-out-fragments"), 0);
+    }
+    assert_eq!((field(ended[0], "frames"), field(ended[1], "frames")), (360, 750));
+    assert_eq!(ended[0].get::<gst::ClockTime>("duration").unwrap().mseconds(), 11_966);
+    // A connection per window: the first was closed once its fragments were persisted.
+    let connected = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter(|s| s.get::<String>("state").unwrap() == "connected")
+        .count();
+    assert_eq!(connected, 2);
+    // Idle, the sink held at most the pre-roll (5 s and the fragment before it) and queued nothing.
+    let samples = samples.lock().unwrap().clone();
+    let idle: Vec<_> =
+        samples.iter().filter(|s| (300..440).contains(&s.0) || (960..1040).contains(&s.0)).collect();
+    assert!(idle.len() >= 10, "{samples:?}");
+    // The most any 7 s of the input (the pre-roll and the fragment it starts in) takes, with the Matroska
+    // framing.
+    let max_bytes =
+        input.windows(210).map(|w| w.iter().map(|f| f.len() as u64 + 64).sum::<u64>()).max().unwrap();
+    for &&(frame, fragments, bytes, queued) in &idle {
+        assert!(fragments <= 7, "frame {frame}: {fragments} fragments held");
+        assert!(bytes <= max_bytes, "frame {frame}: {bytes} bytes held (bound {max_bytes})");
+        assert_eq!(queued, 0, "frame {frame}: queued fragments while idle");
+    }
+    // The event tags are on each window's first fragment. The service keeps the tags sent right after a
+    // connection's header with that connection's later fragments too (its recorded GetMedia output; the
+    // emulator does the same), and a window is a connection: every stored fragment shows them, none other.
+    let tags = fragment_tags(&emu, "trig");
+    let event = [
+        "AWS_KINESISVIDEO_NOTIFICATION",
+        "AWS_KINESISVIDEO_IMAGE_GENERATION",
+        "AWS_KINESISVIDEO_IMAGE_PREFIX",
+    ];
+    assert_eq!(tags.len(), 12 + 25, "{tags:?}");
+    for (i, names) in tags.iter().enumerate() {
+        assert!(names.iter().all(|n| event.contains(&n.as_str())), "fragment {i}: {names:?}");
+        assert!(event.iter().all(|e| names.iter().any(|n| n == e)), "fragment {i}: {names:?}");
+    }
+}
+
+#[test]
+fn pause_resume_and_a_stream_name_change_while_playing_give_each_stream_exactly_its_frames() {
+    let emu = Emu::start();
+    emu.create_stream("first", 1);
+    // The second stream does not exist yet: kvssink creates it.
+    let run = run_pipeline_with(&live_upload(&emu, "first", 300, ""), Duration::from_secs(60), |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        on_frames(pipeline, move |index, _, _| match index {
+            90 => sink.set_property_from_str("upload-mode", "paused"),
+            150 => sink.set_property_from_str("upload-mode", "continuous"),
+            210 => sink.set_property("stream-name", "second"),
+            _ => {}
+        });
+    });
+    assert_eq!(run.error, None);
+    let input = input(&run);
+    assert_eq!(input.len(), 300);
+    // Paused at frame 90's time (the clock's time when the frame left h264parse: a frame or two later at the
+    // sink), resumed at frame 150's, from the key frame at or before it; the new name from the next key frame.
+    let first = stored(&emu, "first");
+    let paused_at = first.iter().position(|f| *f == input[150]).expect("frame 150 stored");
+    assert!((90..=93).contains(&paused_at), "paused at frame {paused_at}");
+    assert_frames(&input, &first, &[0..paused_at, 150..210]);
+    assert_frames(&input, &stored(&emu, "second"), std::slice::from_ref(&(210..300)));
+    assert!(
+        run.warnings.is_empty() || run.warnings.iter().all(|w| !w.contains("kvssink")),
+        "{:?}",
+        run.warnings
+    );
+    let resumed = run.messages_named("kvssink-window-started");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].get::<String>("trigger").unwrap(), "resume");
+}
+
+#[test]
+fn the_trigger_property_from_gst_launch_uploads_while_it_is_true() {
+    let emu = Emu::start();
+    for (stream, trigger) in [("prop-on", true), ("prop-off", false)] {
+        emu.create_stream(stream, 1);
+        let description = format!(
+            "videotestsrc is-live=true num-buffers=60 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+             ! {} upload-mode=triggered trigger={trigger}",
+            sink_props(&emu, stream)
+        );
+        let output = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(description.split_whitespace())
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("gst-launch-1.0");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let frames = stored(&emu, stream).len();
+        assert_eq!(frames, if trigger { 60 } else { 0 }, "trigger={trigger}");
+    }
+}

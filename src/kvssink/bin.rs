@@ -263,10 +263,11 @@ impl KvsSink {
             let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
             match event.view() {
                 gst::EventView::CustomDownstream(custom) => {
+                    // Handled, not Drop: GStreamer before 1.24.8 unrefs a dropped event twice (a CRITICAL).
                     if let (Some(s), Some(core)) = (custom.structure(), core.upgrade())
                         && core.imp().custom_event(s)
                     {
-                        return gst::PadProbeReturn::Drop;
+                        return gst::PadProbeReturn::Handled;
                     }
                 }
                 gst::EventView::Caps(caps) => {
@@ -312,7 +313,7 @@ impl KvsSink {
         if let Some(src) = old_mux.static_pad("src") {
             src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| match &info.data {
                 Some(gst::PadProbeData::Event(event)) if event.type_() == gst::EventType::Eos => {
-                    gst::PadProbeReturn::Drop
+                    gst::PadProbeReturn::Handled
                 }
                 _ => gst::PadProbeReturn::Ok,
             });

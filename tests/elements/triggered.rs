@@ -264,3 +264,93 @@ fn the_trigger_property_from_gst_launch_uploads_while_it_is_true() {
         assert_eq!(frames, if trigger { 60 } else { 0 }, "trigger={trigger}");
     }
 }
+
+#[test]
+fn request_pads_take_a_kvs_trigger_event_and_metadata_with_a_kvs_event_tag() {
+    let emu = Emu::start();
+    emu.create_stream("trig-pad", 1);
+    // H.264 straight to kvssink's video_0 pad, as with the C++ kvssink; what h264parse hands over is recorded.
+    let description = format!(
+        "videotestsrc num-buffers=300 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse name=parse \
+         ! {} sync=false upload-mode=triggered pre-roll=2",
+        sink_props(&emu, "trig-pad")
+    );
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let recorded = sent.clone();
+    let pad_sent = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let frames = pad_sent.clone();
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        on_frames(pipeline, move |index, running, pad| {
+            if index == 100 {
+                let s = gst::Structure::builder("kvs-add-metadata")
+                    .field("name", "AWS_KINESISVIDEO_IMAGE_GENERATION")
+                    .field("value", "")
+                    .field("persist", false)
+                    .build();
+                recorded.lock().unwrap().push(pad.push_event(gst::event::CustomDownstream::new(s)));
+            }
+            if index == 150 {
+                let s = gst::Structure::builder("kvs-trigger")
+                    .field("running-time", running)
+                    .field("duration", 1_000_000_000u64)
+                    .build();
+                recorded.lock().unwrap().push(pad.push_event(gst::event::CustomDownstream::new(s)));
+            }
+        });
+        let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                frames.lock().unwrap().push(buffer.map_readable().unwrap().to_vec());
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    assert_eq!(run.error, None);
+    assert_eq!(*sent.lock().unwrap(), [true, true], "both events taken");
+    let input = pad_sent.lock().unwrap().clone();
+    assert_eq!(input.len(), 300);
+    // Trigger at 5 s for 1 s, pre-roll 2 s: from the key frame at 3 s to the last frame before 6 s.
+    assert_frames(&input, &stored(&emu, "trig-pad"), std::slice::from_ref(&(90..180)));
+    // The tag went with the next fragment (4 s), and only that one.
+    let tags = fragment_tags(&emu, "trig-pad");
+    assert_eq!(tags, [vec![], vec!["AWS_KINESISVIDEO_IMAGE_GENERATION".to_owned()], vec![]]);
+}
+
+#[test]
+fn a_pre_roll_larger_than_storage_size_says_what_it_left_out() {
+    let emu = Emu::start();
+    emu.create_stream("trig-small", 1);
+    // About 750 kB a second against a 1-MiB limit: the 10-s pre-roll cannot be held.
+    let description = format!(
+        "videotestsrc num-buffers=450 pattern=snow ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
+         ! x264enc bitrate=6000 key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse name=parse \
+         ! matroskamux ! tee name=t ! queue ! {} sync=false upload-mode=triggered pre-roll=10 storage-size=1 {CAPTURE}",
+        sink_props(&emu, "trig-small")
+    );
+    let run = run_pipeline_with(&description, Duration::from_secs(90), |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        on_frames(pipeline, move |index, running, _| {
+            if index == 420 {
+                sink.emit_by_name::<()>("trigger", &[&running, &500_000_000u64]);
+            }
+        });
+    });
+    assert_eq!(run.error, None);
+    let input = input(&run);
+    let stored = stored(&emu, "trig-small");
+    // What was held went, up to 14.5 s: the frames from the oldest fragment kept to frame 435 (not included).
+    let first = input.iter().position(|f| *f == stored[0]).expect("a stored frame from the input");
+    assert_eq!(first % 30, 0, "the window starts at a key frame");
+    assert!(first >= 300, "the 1-MiB limit held at most a few seconds, not {first} frames back");
+    assert_frames(&input, &stored, std::slice::from_ref(&(first..435)));
+    let started = run.messages_named("kvssink-window-started");
+    assert_eq!(started.len(), 1);
+    let get = |f: &str| started[0].get::<u64>(f).unwrap();
+    let fragments_left_out = (first as u64 - 120) / 30;
+    assert_eq!(get("left-out-fragments"), fragments_left_out, "{:?}", started[0]);
+    assert_eq!(get("left-out-frames"), fragments_left_out * 30);
+    assert!(get("left-out-bytes") > 1_000_000, "{:?}", started[0]);
+    let missing = started[0].get::<gst::ClockTime>("missing-pre-roll").unwrap();
+    assert_eq!(missing.mseconds(), (first as u64 - 120) * 1000 / 30);
+}

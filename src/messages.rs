@@ -14,6 +14,7 @@
 //! | `kvssink-backlog` | `fragments`, `bytes`, `bytes-per-second`, `eta-ms` (-1: unknown), `waiting` |
 //! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems` |
 //! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
+//! | `kvssrc-fragment-tags` | `fragment-number`, `tags` (those GetMedia sent after the fragment's frames) |
 //! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |
 //! | `kvssrc-progress` | `fragments-done`, `fragments-total`, `bytes`, `percent` |
 //! | `kvssrc-connection` | `state` (`reconnecting`), `reason`, `retry-in-ms` |
@@ -32,6 +33,7 @@ pub const KVSSINK_STATS: &str = "kvssink-stats";
 pub const KVSSINK_STORE_RECOVERED: &str = "kvssink-store-recovered";
 pub const KVSSINK_BACKLOG: &str = "kvssink-backlog";
 pub const KVSSRC_FRAGMENT: &str = "kvssrc-fragment";
+pub const KVSSRC_FRAGMENT_TAGS: &str = "kvssrc-fragment-tags";
 pub const KVSSRC_SESSION: &str = "kvssrc-session";
 pub const KVSSRC_PROGRESS: &str = "kvssrc-progress";
 pub const KVSSRC_CONNECTION: &str = "kvssrc-connection";
@@ -156,6 +158,15 @@ pub fn fragment(info: &FragmentInfo, millis_behind_now: Option<u64>) -> gst::Str
         .field("skip-reason", info.skipped.clone().unwrap_or_default())
         .field("tags", gst::Array::new(tags))
         .field_if_some("millis-behind-now", millis_behind_now)
+        .build()
+}
+
+/// A fragment's own tags that GetMedia sent after its frames (`kvssrc-fragment` has those sent before).
+pub fn fragment_tags(number: &str, tags: &[kvs_mkv::tags::SimpleTag]) -> gst::Structure {
+    let tags: Vec<String> = tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+    gst::Structure::builder(KVSSRC_FRAGMENT_TAGS)
+        .field("fragment-number", number)
+        .field("tags", gst::Array::new(tags))
         .build()
 }
 

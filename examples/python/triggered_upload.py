@@ -48,6 +48,8 @@ def main():
     parser.add_argument("--post-roll", type=int, default=3, help="seconds uploaded after each trigger ends")
     parser.add_argument("--trigger", type=trigger_spec, action="append", default=[], metavar="SECONDS:DURATION")
     parser.add_argument("--seconds", type=float, default=0, help="end the stream after this long (0: Ctrl-C)")
+    parser.add_argument("--event-tags", default="", help="KVS event tags on each window's first fragment: "
+                        "notification, image-generation or notification+image-generation")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -60,6 +62,8 @@ def main():
     Gst.util_set_object_arg(sink, "upload-mode", "triggered")
     sink.set_property("pre-roll", args.pre_roll)
     sink.set_property("post-roll", args.post_roll)
+    if args.event_tags:
+        Gst.util_set_object_arg(sink, "event-tags", args.event_tags)
 
     loop = GLib.MainLoop()
     status = 0

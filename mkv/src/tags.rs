@@ -13,6 +13,13 @@ pub const MILLIS_BEHIND_NOW: &str = "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW";
 pub const CONTINUATION_TOKEN: &str = "AWS_KINESISVIDEO_CONTINUATION_TOKEN";
 pub const ERROR_CODE: &str = "AWS_KINESISVIDEO_ERROR_CODE";
 pub const ERROR_ID: &str = "AWS_KINESISVIDEO_ERROR_ID";
+/// The producer's event tags: the service sends an SNS notification for a fragment with `NOTIFICATION`, and
+/// generates images of one with `IMAGE_GENERATION` (named with `IMAGE_PREFIX`). Unlike the names above, a
+/// producer writes them.
+pub const NOTIFICATION: &str = "AWS_KINESISVIDEO_NOTIFICATION";
+pub const IMAGE_GENERATION: &str = "AWS_KINESISVIDEO_IMAGE_GENERATION";
+pub const IMAGE_PREFIX: &str = "AWS_KINESISVIDEO_IMAGE_PREFIX";
+pub const EVENT_TAGS: [&str; 3] = [NOTIFICATION, IMAGE_GENERATION, IMAGE_PREFIX];
 
 /// One SimpleTag: a name and a string value (binary values are kept as lossy UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]

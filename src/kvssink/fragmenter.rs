@@ -49,8 +49,7 @@ pub const MAX_TAGS_PER_FRAGMENT: usize = 10;
 pub const MAX_TAG_NAME_BYTES: usize = 128;
 pub const MAX_TAG_VALUE_BYTES: usize = 256;
 /// The reserved names an application may set: the service's event tags (see [`super::triggers`]).
-pub const EVENT_TAG_NAMES: [&str; 3] =
-    ["AWS_KINESISVIDEO_NOTIFICATION", "AWS_KINESISVIDEO_IMAGE_GENERATION", "AWS_KINESISVIDEO_IMAGE_PREFIX"];
+pub use kvs_mkv::tags::EVENT_TAGS as EVENT_TAG_NAMES;
 
 /// A stream header: what every PutMedia connection starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]

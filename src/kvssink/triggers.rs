@@ -25,9 +25,7 @@ use super::window::Notice;
 /// The custom event (downstream, or sent to the element) that triggers or stops an upload window.
 pub const TRIGGER_EVENT: &str = "kvs-trigger";
 
-pub const NOTIFICATION_TAG: &str = "AWS_KINESISVIDEO_NOTIFICATION";
-pub const IMAGE_GENERATION_TAG: &str = "AWS_KINESISVIDEO_IMAGE_GENERATION";
-pub const IMAGE_PREFIX_TAG: &str = "AWS_KINESISVIDEO_IMAGE_PREFIX";
+use kvs_mkv::tags::{IMAGE_GENERATION, IMAGE_PREFIX, NOTIFICATION};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
 #[enum_type(name = "GstKvsUploadMode")]
@@ -58,12 +56,12 @@ pub enum EventTags {
 pub fn event_tags(flags: EventTags, image_prefix: Option<&str>) -> Vec<SimpleTag> {
     let mut tags = Vec::new();
     if flags.contains(EventTags::NOTIFICATION) {
-        tags.push(SimpleTag::new(NOTIFICATION_TAG, ""));
+        tags.push(SimpleTag::new(NOTIFICATION, ""));
     }
     if flags.contains(EventTags::IMAGE_GENERATION) {
-        tags.push(SimpleTag::new(IMAGE_GENERATION_TAG, ""));
+        tags.push(SimpleTag::new(IMAGE_GENERATION, ""));
         if let Some(prefix) = image_prefix {
-            tags.push(SimpleTag::new(IMAGE_PREFIX_TAG, prefix));
+            tags.push(SimpleTag::new(IMAGE_PREFIX, prefix));
         }
     }
     tags
@@ -226,10 +224,10 @@ mod tests {
     fn event_tags_follow_the_flags_and_the_prefix_goes_with_image_generation() {
         let names = |tags: Vec<SimpleTag>| tags.into_iter().map(|t| t.name).collect::<Vec<_>>();
         assert!(event_tags(EventTags::empty(), Some("x")).is_empty());
-        assert_eq!(names(event_tags(EventTags::NOTIFICATION, Some("x"))), [NOTIFICATION_TAG]);
+        assert_eq!(names(event_tags(EventTags::NOTIFICATION, Some("x"))), [NOTIFICATION]);
         assert_eq!(
             names(event_tags(EventTags::all(), Some("cam1/"))),
-            [NOTIFICATION_TAG, IMAGE_GENERATION_TAG, IMAGE_PREFIX_TAG]
+            [NOTIFICATION, IMAGE_GENERATION, IMAGE_PREFIX]
         );
     }
 }

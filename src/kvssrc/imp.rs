@@ -260,19 +260,25 @@ impl KvsSrc {
         let _ = element.post_message(message.build());
     }
 
-    /// Sends a fragment's own tags downstream, before its frames: a tag event with one `extended-comment`
-    /// (`NAME=value`) per tag.
-    fn push_tags(&self, info: &super::merger::FragmentInfo) {
+    /// Sends a fragment's own tags downstream where they come (before its frames, or after them: `after`): a
+    /// tag event with one `extended-comment` (`NAME=value`) per tag.
+    fn push_tags(&self, user_tags: &[kvs_mkv::tags::SimpleTag], after: bool) {
         let mut tags = gst::TagList::new();
         {
             let tags = tags.get_mut().expect("new tag list");
-            for tag in &info.user_tags {
+            for tag in user_tags {
                 let comment = format!("{}={}", tag.name, tag.value);
                 tags.add::<gst::tags::ExtendedComment>(&comment.as_str(), gst::TagMergeMode::Append);
             }
         }
-        // BaseSrc puts it in the data flow before the next buffer (after the stream's first events).
-        self.obj().send_event(gst::event::Tag::new(tags));
+        if after {
+            // From the streaming thread, after the fragment's frames: the stream's first events went before
+            // them, and no later buffer needs to come for it to go.
+            self.obj().src_pad().push_event(gst::event::Tag::new(tags));
+        } else {
+            // BaseSrc puts it in the data flow before the next buffer (after the stream's first events).
+            self.obj().send_event(gst::event::Tag::new(tags));
+        }
     }
 
     /// Posts what an item says; returns the buffer it carries, if any.
@@ -333,8 +339,12 @@ impl KvsSrc {
                 let behind = lock(&self.progress).millis_behind_now;
                 self.post(crate::messages::fragment(&info, behind));
                 if info.skipped.is_none() && !info.user_tags.is_empty() {
-                    self.push_tags(&info);
+                    self.push_tags(&info.user_tags, false);
                 }
+            }
+            Item::FragmentTags { number, tags } => {
+                self.post(crate::messages::fragment_tags(&number, &tags));
+                self.push_tags(&tags, true);
             }
             Item::Session { millis_behind_now, continuation_token } => {
                 {

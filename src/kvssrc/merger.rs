@@ -51,7 +51,7 @@ pub struct FragmentInfo {
     pub output_time_ns: u64,
     /// The first fragment of a producer session: the first one read, or its cluster time went back.
     pub session_start: bool,
-    /// Tags that are not the service's.
+    /// The producer's tags: not the service's, but with the event tags (`AWS_KINESISVIDEO_NOTIFICATION`...).
     pub user_tags: Vec<SimpleTag>,
     /// Left out of the merged output, and why.
     pub skipped: Option<String>,
@@ -85,6 +85,8 @@ pub enum Output {
     Session { millis_behind_now: Option<u64>, continuation_token: Option<String> },
     /// An error chunk in the stream.
     Error { code: String, id: String },
+    /// A fragment's own tags that came after its cluster (where GetMedia puts a producer's tags).
+    FragmentTags { number: String, tags: Vec<SimpleTag> },
 }
 
 /// The tag names the GetMediaForFragmentList reference gives (GetMedia's are in [`kvs_mkv::tags`]).
@@ -110,6 +112,8 @@ struct Document {
     timecode_scale: u64,
     fragment: Option<FragmentInfo>,
     user_tags: Vec<SimpleTag>,
+    /// The fragment of this document that went out: its number, and whether it was left out.
+    announced: Option<(String, bool)>,
 }
 
 /// The cluster being passed through.
@@ -385,7 +389,7 @@ impl Merger {
                                 let mut info = undecided.info;
                                 let times = FrameTimes::of(&info);
                                 info.skipped = Some(reason);
-                                out.push(Output::Fragment(info));
+                                self.announce(info, out);
                                 self.fragments_skipped += 1;
                                 self.cluster = Some(OpenCluster {
                                     number: first.clone(),
@@ -515,9 +519,29 @@ impl Merger {
         if behind.is_some() || token.is_some() {
             out.push(Output::Session { millis_behind_now: behind, continuation_token: token });
         }
-        self.doc
-            .user_tags
-            .extend(simple.iter().filter(|t| !t.name.starts_with("AWS_KINESISVIDEO_")).cloned());
+        let own = simple
+            .iter()
+            .filter(|t| {
+                !t.name.starts_with("AWS_KINESISVIDEO_") || tags::EVENT_TAGS.contains(&t.name.as_str())
+            })
+            .cloned();
+        match &self.doc.announced {
+            None => self.doc.user_tags.extend(own),
+            Some((number, false)) => {
+                let tags: Vec<SimpleTag> = own.collect();
+                if !tags.is_empty() {
+                    out.push(Output::FragmentTags { number: number.clone(), tags });
+                }
+            }
+            // A fragment left out: so are its tags.
+            Some((_, true)) => {}
+        }
+    }
+
+    /// A fragment's cluster goes out (or is left out): its info first.
+    fn announce(&mut self, info: FragmentInfo, out: &mut Vec<Output>) {
+        self.doc.announced = Some((info.number.clone(), info.skipped.is_some()));
+        out.push(Output::Fragment(info));
     }
 
     /// Where a cluster stored at `cluster_ns` goes in the output (ns), whether a producer session starts with
@@ -619,7 +643,7 @@ impl Merger {
     ) {
         let number = info.number.clone();
         info.skipped = Some(reason);
-        out.push(Output::Fragment(info));
+        self.announce(info, out);
         self.fragments_skipped += 1;
         let output_units = placement.output_ns / self.doc.timecode_scale.max(1);
         self.cluster = Some(OpenCluster {
@@ -658,7 +682,7 @@ impl Merger {
         self.written.add(&info);
         let (number, producer) = (info.number.clone(), info.producer_timestamp.clone());
         let times = FrameTimes::of(&info);
-        out.push(Output::Fragment(info));
+        self.announce(info, out);
         // The children before the first frame and the Timecode count as written (in raw mode too).
         let before = children.len() + 1;
         self.cluster = Some(OpenCluster {

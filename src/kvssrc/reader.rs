@@ -86,6 +86,11 @@ pub enum Item {
         frame: Option<FrameTimes>,
     },
     Fragment(FragmentInfo),
+    /// A fragment's own tags that came after its frames.
+    FragmentTags {
+        number: String,
+        tags: Vec<kvs_mkv::tags::SimpleTag>,
+    },
     Session {
         millis_behind_now: Option<u64>,
         continuation_token: Option<String>,
@@ -144,6 +149,7 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
         let item = match output {
             Output::Data { data, header, frame } => Item::Data { data, header, frame },
             Output::Fragment(info) => Item::Fragment(info),
+            Output::FragmentTags { number, tags } => Item::FragmentTags { number, tags },
             Output::Session { millis_behind_now, continuation_token } => {
                 if let Some(t) = &continuation_token {
                     *token = Some(t.clone());

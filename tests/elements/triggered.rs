@@ -315,6 +315,28 @@ fn request_pads_take_a_kvs_trigger_event_and_metadata_with_a_kvs_event_tag() {
     // The tag went with the next fragment (4 s), and only that one.
     let tags = fragment_tags(&emu, "trig-pad");
     assert_eq!(tags, [vec![], vec!["AWS_KINESISVIDEO_IMAGE_GENERATION".to_owned()], vec![]]);
+    // kvssrc hands each fragment's own tags to the application (those GetMedia sends after the frames in
+    // kvssrc-fragment-tags).
+    let read = crate::kvssrc::read_range(&emu, "trig-pad", "");
+    assert_eq!(read.error, None);
+    let strings = |m: &gst::Structure| -> Vec<String> {
+        m.get::<gst::Array>("tags").unwrap().iter().map(|v| v.get::<String>().unwrap()).collect()
+    };
+    let mut per_fragment: Vec<(String, Vec<String>)> = Vec::new();
+    for message in &read.messages {
+        let number = message.get::<String>("fragment-number").unwrap_or_default();
+        match message.name().as_str() {
+            "kvssrc-fragment" => per_fragment.push((number, strings(message))),
+            "kvssrc-fragment-tags" => {
+                let last = per_fragment.last_mut().unwrap();
+                assert_eq!(last.0, number, "tags of the fragment just read");
+                last.1.extend(strings(message));
+            }
+            _ => {}
+        }
+    }
+    let tags: Vec<Vec<String>> = per_fragment.into_iter().map(|(_, tags)| tags).collect();
+    assert_eq!(tags, [vec![], vec!["AWS_KINESISVIDEO_IMAGE_GENERATION=".to_owned()], vec![]]);
 }
 
 #[test]

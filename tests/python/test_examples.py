@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BIN_DIR, REPO
+from conftest import BIN_DIR, REPO, make_client
 from test_emulator_media import FRAMES, clip, mkvframes  # noqa: F401 (clip is a fixture)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -132,7 +132,7 @@ def test_python_frame_times_prints_every_frame_with_its_capture_time_and_the_tag
     assert listed.stderr.strip() == f"{len(lines)} frames"
 
 
-def test_python_triggered_upload_stores_exactly_the_window_it_reports(stream_name, env, tmp_path):
+def test_python_triggered_upload_stores_exactly_the_window_it_reports(stream_name, env, emulator, kvs, tmp_path):
     started = time.time()
     source = (
         "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 "
@@ -140,7 +140,8 @@ def test_python_triggered_upload_stores_exactly_the_window_it_reports(stream_nam
     )
     upload = run(
         [SYSTEM_PYTHON, str(EXAMPLES / "python" / "triggered_upload.py"), stream_name, "--source", source,
-         "--pre-roll", "2", "--post-roll", "1", "--trigger", "4:1", "--seconds", "9"],
+         "--pre-roll", "2", "--post-roll", "1", "--trigger", "4:1", "--seconds", "9", "--event-tags",
+         "notification"],
         env,
     )
     assert upload.returncode == 0, upload.stderr
@@ -162,6 +163,15 @@ def test_python_triggered_upload_stores_exactly_the_window_it_reports(stream_nam
     fetched = download(stream_name, env, saved, started)
     assert fetched.returncode == 0, fetched.stderr
     assert mkvframes(saved)[0] == frames
+    # boto3 GetMedia: the window's fragments carry the notification tag (the first as sent; the service repeats
+    # the tags that follow a connection's header on its later fragments, and the emulator does the same).
+    endpoint = kvs.get_data_endpoint(StreamName=stream_name, APIName="GET_MEDIA")["DataEndpoint"]
+    media = make_client(emulator, service="kinesis-video-media", endpoint_url=endpoint)
+    payload = media.get_media(StreamName=stream_name, StartSelector={"StartSelectorType": "EARLIEST"})["Payload"]
+    documents = payload.read().split(bytes.fromhex("1a45dfa3"))[1:]
+    assert len(documents) == int(ended[0][1])
+    assert all(b"AWS_KINESISVIDEO_NOTIFICATION" in d for d in documents)
+    assert not any(b"AWS_KINESISVIDEO_IMAGE_GENERATION" in d for d in documents)
 
 
 def test_c_uploader_compiled_with_pkg_config(stream_name, env, clip, tmp_path):

@@ -786,3 +786,60 @@ fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_e
         "{codecs:?}"
     );
 }
+
+/// A camera on its own clock uploaded only around a trigger (the `trigger` property, on then off): the window is
+/// a contiguous run of the camera's frames, from a key frame `pre-roll` before the trigger to `post-roll`
+/// after it ended, each at the camera's time.
+#[test]
+fn a_triggered_camera_uploads_one_contiguous_window_at_the_camera_time() {
+    let emu = Emu::start();
+    let camera = Camera::start(&h264_camera(300), 0, |factory| camera_clock(factory, -3600));
+    emu.create_stream("camera-window", 1);
+    let description = format!(
+        "rtspsrc location={} protocols=tcp latency=200 add-reference-timestamp-meta=true ! rtph264depay \
+         ! h264parse name=last ! {} capture-time=meta upload-mode=triggered pre-roll=2 post-roll=1",
+        camera.url(),
+        sink_props(&emu, "camera-window")
+    );
+    let mut sent = None;
+    let run = run_pipeline_with(&description, Duration::from_secs(90), |pipeline| {
+        sent = Some(probe_sent(pipeline, "last"));
+        let sink = pipeline.by_name("sink").unwrap();
+        let count = std::sync::atomic::AtomicU64::new(0);
+        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, _| {
+                match count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    150 => sink.set_property("trigger", true),
+                    210 => sink.set_property("trigger", false),
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    let sent = sent.unwrap().lock().unwrap().clone();
+    let started = run.messages_named("kvssink-window-started");
+    let ended = run.messages_named("kvssink-window-ended");
+    assert_eq!((started.len(), ended.len()), (1, 1), "{:?}", run.messages);
+    let time = |s: &gst::Structure, f: &str| i128::from(s.get::<gst::ClockTime>(f).unwrap().nseconds());
+    let (trigger, first, last) = (
+        time(started[0], "trigger-running-time"),
+        time(started[0], "first-running-time"),
+        time(ended[0], "last-running-time"),
+    );
+    // The window's first frame is a key frame at most a GOP (1 s) before trigger - pre-roll.
+    assert!((trigger - 3_000_000_000..=trigger - 2_000_000_000).contains(&first), "{:?}", started[0]);
+    let from = sent.iter().position(|s| s.running == first).expect("the first frame was sent");
+    let to = sent.iter().position(|s| s.running == last).expect("the last frame was sent");
+    assert_eq!(ended[0].get::<u64>("frames").unwrap(), (to - from + 1) as u64);
+    // Exactly those frames, each at the camera's time (an hour behind the host; before the first sender report,
+    // from it by running time).
+    let anchor = sent.iter().find(|s| s.camera.is_some()).expect("a frame with the camera's time").clone();
+    let camera_time = |s: &Sent| match s.camera {
+        Some(time) => ms(time),
+        None => ms(anchor.camera.unwrap()) - (anchor.running - s.running) as f64 / 1e6,
+    };
+    assert_stored(&stored_frames(&emu, "camera-window"), &sent[from..=to], camera_time, 1.0);
+}

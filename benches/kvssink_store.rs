@@ -60,7 +60,7 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
                 Output::Header(_) | Output::TimeJump(_) => {}
                 Output::FragmentStart(start) => {
                     written += start.data.len() as u64;
-                    store.start_fragment(&start.header, start.timecode, &start.data).unwrap();
+                    store.start_fragment(&start.header, start.timecode, &start.data, false).unwrap();
                 }
                 Output::Frame { data, duration } => {
                     written += data.len() as u64;

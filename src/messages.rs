@@ -12,7 +12,7 @@
 //! | `kvssink-stream-error` | `reason`, `error-id`, `fatal` (the `stream-error` signal's argument) |
 //! | `kvssink-stats` | the `stats` property: counters of the upload |
 //! | `kvssink-backlog` | `fragments`, `bytes`, `bytes-per-second`, `eta-ms` (-1: unknown), `waiting` |
-//! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems` |
+//! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems`, `pre-roll-discarded` (set by the element) |
 //! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
 //! | `kvssrc-fragment-tags` | `fragment-number`, `tags` (those GetMedia sent after the fragment's frames) |
 //! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |

@@ -25,7 +25,7 @@ use super::fragmenter::{Fragmenter, Output, TimeAnchor, TimeJump, TrackNames};
 use super::store::{Recovered, Store};
 use super::triggers::{EventTags, TriggerRequest, TriggerTime, UploadMode};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
-use super::window::{Gate, Notice as WindowNotice, Source};
+use super::window::{Gate, Gated, Notice as WindowNotice, Source};
 use crate::kvs::ack::AckKind;
 use crate::kvs::config::ConnectionSettings;
 use crate::kvs::control::CreateParams;
@@ -144,7 +144,9 @@ struct Started {
 /// one at a fragment), and what to say on the bus once the state is unlocked.
 #[derive(Default)]
 struct Routed {
-    segments: Vec<(Arc<Uploader>, Vec<Output>)>,
+    segments: Vec<(Arc<Uploader>, Vec<Gated>)>,
+    /// Held fragments (on disk) released as a window's first fragment: the event tags they get.
+    release_tags: HashMap<u64, Vec<kvs_mkv::tags::SimpleTag>>,
     windows: Vec<WindowNotice>,
     warnings: Vec<String>,
     switched: Option<(String, u64)>,
@@ -160,6 +162,8 @@ pub struct KvsMkvSink {
     store_failing: Mutex<bool>,
     /// A backlog progress was started and not completed.
     backlog_open: Mutex<bool>,
+    /// The files of the pre-roll's fragments held in the store, by the gate's id.
+    held_files: Mutex<HashMap<u64, super::store::FragmentFile>>,
 }
 
 use crate::element::lock;
@@ -489,7 +493,8 @@ impl KvsMkvSink {
             settings.upload_mode == UploadMode::Continuous,
             Duration::from_secs(u64::from(settings.pre_roll_s)),
             Duration::from_secs(u64::from(settings.post_roll_s)),
-            settings.storage_mb as usize * 1024 * 1024,
+            max_queue_bytes,
+            durable,
         );
         if settings.upload_mode == UploadMode::Triggered && settings.trigger {
             gate.trigger(Source::Property, 0, None);
@@ -559,7 +564,7 @@ impl KvsMkvSink {
         }
         fragmenter.set_generation_base(headers.len() as u64);
         fragmenter.set_not_before(last_end);
-        let structure = crate::messages::store_recovered(
+        let mut structure = crate::messages::store_recovered(
             &store.dir().display().to_string(),
             count as u64,
             frames,
@@ -568,6 +573,7 @@ impl KvsMkvSink {
             first,
             recovered.problems.len() as u64,
         );
+        structure.set("pre-roll-discarded", recovered.discarded as u64);
         gst::info!(CAT, imp = self, "fragment store: {structure}");
         let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
     }
@@ -578,29 +584,62 @@ impl KvsMkvSink {
         self.obj().sink_pad().peer_query(&mut query) && query.result().0
     }
 
-    /// Hands the fragmenter's output to the store (when there is one) and the uploader, frame by frame. Waits
-    /// for room only when not live. A frame is written to the store before it is queued for the connection.
+    /// Hands the gate's output to the store (when there is one) and the uploader, frame by frame, in order.
+    /// Waits for room only when not live. A frame is written to the store before it is queued for the
+    /// connection; the pre-roll's held fragments are written as held files, deleted or released from there.
     fn queue_outputs(
         &self,
         uploader: &Arc<Uploader>,
         store: Option<&Arc<Mutex<Store>>>,
         live: bool,
-        outputs: Vec<Output>,
+        outputs: Vec<Gated>,
+        release_tags: &HashMap<u64, Vec<kvs_mkv::tags::SimpleTag>>,
     ) -> Result<(), gst::FlowError> {
         let mut store = store.map(|s| lock(s));
-        for output in outputs {
+        for gated in outputs {
+            let output = match gated {
+                Gated::Send(output) => output,
+                Gated::HoldStart { id, start } => {
+                    if let Some(store) = store.as_mut() {
+                        let stored = store.start_fragment(&start.header, start.timecode, &start.data, true);
+                        if let Some(file) = self.stored(stored, start.timecode, store.position()) {
+                            lock(&self.held_files).insert(id, file);
+                        }
+                    }
+                    continue;
+                }
+                Gated::HoldFrame { data, duration } => {
+                    if let Some(store) = store.as_mut() {
+                        let appended = store.append(&data, duration);
+                        self.stored(appended, 0, store.position());
+                    }
+                    continue;
+                }
+                Gated::HoldEnd => {
+                    if let Some(store) = store.as_mut() {
+                        let ended = store.end_fragment();
+                        self.stored(ended, 0, None);
+                    }
+                    continue;
+                }
+                Gated::Discard { id } => {
+                    if let Some(file) = lock(&self.held_files).remove(&id) {
+                        file.release();
+                    }
+                    continue;
+                }
+                Gated::Release { id, header, timecode, complete } => {
+                    let tags = release_tags.get(&id).map(Vec::as_slice).unwrap_or_default();
+                    self.release_held(uploader, live, id, header, timecode, complete, tags)?;
+                    continue;
+                }
+            };
             let size = match &output {
                 Output::FragmentStart(start) => start.data.len(),
                 Output::Frame { data, .. } => data.len(),
                 Output::Header(_) | Output::FragmentEnd | Output::TimeJump(_) => 0,
             };
-            if size > 0 && !live {
-                match self.canceller.wait(uploader.wait_for_room(size), None) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_failed)) => return Err(gst::FlowError::Error),
-                    Err(_) => return Err(gst::FlowError::Flushing),
-                }
-            }
+            self.wait_for_room(uploader, live, size)?;
             let queued = match output {
                 Output::Header(header) => {
                     gst::info!(
@@ -616,7 +655,7 @@ impl KvsMkvSink {
                 Output::FragmentStart(start) => {
                     gst::debug!(CAT, imp = self, "fragment {} starts ({} bytes)", start.timecode, size);
                     let stored = store.as_mut().and_then(|store| {
-                        let stored = store.start_fragment(&start.header, start.timecode, &start.data);
+                        let stored = store.start_fragment(&start.header, start.timecode, &start.data, false);
                         self.stored(stored, start.timecode, store.position())
                     });
                     uploader.start_fragment(start, stored)
@@ -648,31 +687,119 @@ impl KvsMkvSink {
         Ok(())
     }
 
+    /// Waits until the upload queue has room for `size` bytes (not when live: a full queue drops instead).
+    fn wait_for_room(&self, uploader: &Arc<Uploader>, live: bool, size: usize) -> Result<(), gst::FlowError> {
+        if size == 0 || live {
+            return Ok(());
+        }
+        match self.canceller.wait(uploader.wait_for_room(size), None) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_failed)) => Err(gst::FlowError::Error),
+            Err(_) => Err(gst::FlowError::Flushing),
+        }
+    }
+
+    /// A held fragment of the pre-roll goes to the uploader from its file (renamed to be uploaded if the
+    /// process stops first). `tags`: the event tags of a window's first fragment, put before it (they are sent
+    /// from memory, so that a re-send has them too). A fragment whose file could not be written or read is
+    /// left out, with a warning.
+    #[allow(clippy::too_many_arguments)]
+    fn release_held(
+        &self,
+        uploader: &Arc<Uploader>,
+        live: bool,
+        id: u64,
+        header: Arc<super::fragmenter::StreamHeader>,
+        timecode: u64,
+        complete: bool,
+        tags: &[kvs_mkv::tags::SimpleTag],
+    ) -> Result<(), gst::FlowError> {
+        let file = lock(&self.held_files).remove(&id);
+        let read = file.ok_or_else(|| "it was not stored (buffer-dir failed)".to_owned()).and_then(|file| {
+            file.commit().map_err(|e| e.to_string())?;
+            let pieces = file.map().map_err(|e| format!("{}: {e}", file.path().display()))?;
+            Ok((file, pieces))
+        });
+        let (file, pieces) = match read {
+            Ok(read) => read,
+            Err(why) => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("pre-roll fragment {} left out: {}", timecode, why),
+                    ["a held fragment of the pre-roll in buffer-dir could not be read back"]
+                );
+                return Ok(());
+            }
+        };
+        let mut data = kvs_mkv::Rope::default();
+        for piece in pieces {
+            data.append(kvs_mkv::Rope::from(piece));
+        }
+        let mut start = super::fragmenter::FragmentStart { header, timecode, data };
+        if let Err(why) = super::triggers::tag_fragment(&mut start, tags) {
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                ("event tags left off fragment {}: {}", timecode, why),
+                ["event-tags"]
+            );
+        }
+        self.wait_for_room(uploader, live, start.data.len())?;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "pre-roll fragment {} from buffer-dir ({} bytes)",
+            timecode,
+            start.data.len()
+        );
+        if uploader.start_fragment(start, Some(file)).is_err() {
+            return Err(gst::FlowError::Error);
+        }
+        if complete {
+            uploader.end_fragment();
+        }
+        Ok(())
+    }
+
     /// Decides, under the state lock, which uploader each output goes to and what the bus should hear: a
     /// window's first fragment gets the event tags; a `stream-name` changed while PLAYING takes effect at the
     /// next fragment (a new uploader for the new stream, the old one finishes what it has); the uploader keeps
     /// its connection only while a window is open.
-    fn route(&self, started: &mut Started, mut outputs: Vec<Output>, windows: Vec<WindowNotice>) -> Routed {
+    fn route(&self, started: &mut Started, mut outputs: Vec<Gated>, windows: Vec<WindowNotice>) -> Routed {
         let mut routed = Routed { windows, ..Default::default() };
         for notice in &routed.windows {
             let WindowNotice::Started(window) = notice else { continue };
-            let first = outputs.iter_mut().find_map(|o| match o {
-                Output::FragmentStart(start) if start.timecode == window.timecode => Some(start),
-                _ => None,
-            });
-            if let Some(start) = first
-                && let Err(why) = super::triggers::tag_fragment(start, &started.window_tags)
-            {
-                routed.warnings.push(format!("event tags left off fragment {}: {why}", window.timecode));
+            if started.window_tags.is_empty() {
+                continue;
+            }
+            for gated in outputs.iter_mut() {
+                match gated {
+                    Gated::Send(Output::FragmentStart(start)) if start.timecode == window.timecode => {
+                        if let Err(why) = super::triggers::tag_fragment(start, &started.window_tags) {
+                            routed
+                                .warnings
+                                .push(format!("event tags left off fragment {}: {why}", window.timecode));
+                        }
+                        break;
+                    }
+                    Gated::Release { id, timecode, .. } if *timecode == window.timecode => {
+                        routed.release_tags.insert(*id, started.window_tags.clone());
+                        break;
+                    }
+                    _ => {}
+                }
             }
         }
+        let starts = |g: &Gated| matches!(g, Gated::Send(Output::FragmentStart(_)) | Gated::Release { .. });
         if started.next_stream.is_some()
-            && let Some(at) = outputs.iter().position(|o| matches!(o, Output::FragmentStart(_)))
+            && let Some(at) = outputs.iter().position(starts)
         {
             let rest = outputs.split_off(at);
             routed.segments.push((started.uploader.clone(), outputs));
             let timecode = match &rest[0] {
-                Output::FragmentStart(start) => start.timecode,
+                Gated::Send(Output::FragmentStart(start)) => start.timecode,
+                Gated::Release { timecode, .. } => *timecode,
                 _ => 0,
             };
             let name = started.next_stream.take().unwrap_or_default();
@@ -731,7 +858,7 @@ impl KvsMkvSink {
                 self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
         }
         for (uploader, outputs) in routed.segments {
-            self.queue_outputs(&uploader, store, live, outputs)?;
+            self.queue_outputs(&uploader, store, live, outputs, &routed.release_tags)?;
         }
         Ok(())
     }
@@ -1079,7 +1206,7 @@ impl KvsMkvSink {
             for output in outputs {
                 started.gate.push(output, Some(latest), &mut gated, &mut windows);
             }
-            started.gate.finish(&mut windows);
+            started.gate.finish(&mut gated, &mut windows);
             let routed = self.route(started, gated, windows);
             (
                 started.uploader.clone(),
@@ -1367,6 +1494,7 @@ impl BaseSinkImpl for KvsMkvSink {
         // What an earlier run reported is not this run's.
         *lock(&self.store_failing) = false;
         *lock(&self.backlog_open) = false;
+        lock(&self.held_files).clear();
         let started = self.start_inner()?;
         *lock(&self.state) = Some(started);
         gst::debug!(CAT, imp = self, "started");

@@ -698,7 +698,7 @@ mod tests {
         for (timecode, first, second) in [(1000, b"A1", b"A2"), (2000, b"B1", b"B2")] {
             let start =
                 FragmentStart { header: header(), timecode, data: Rope::from(Bytes::from_static(first)) };
-            let file = store.start_fragment(&start.header, timecode, &start.data).unwrap();
+            let file = store.start_fragment(&start.header, timecode, &start.data, false).unwrap();
             queue.start_fragment(start, Some(file.clone()));
             store.append(&Rope::from(Bytes::from_static(second)), Duration::from_millis(33)).unwrap();
             queue.push_frame(Rope::from(Bytes::from_static(second)), Duration::from_millis(33));

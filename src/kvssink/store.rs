@@ -16,6 +16,11 @@
 //! The payloads of the DATA records, one after the other, are exactly the bytes PutMedia sends for the fragment.
 //! A file is deleted when its fragment is PERSISTED (RECEIVED on a stream without retention), or dropped.
 //!
+//! **Held fragments.** A triggered upload's pre-roll ([`super::window`]) is written as `NNNN.kvshold`: media
+//! kept in case a trigger asks for it, not to be uploaded otherwise. A trigger renames the files it takes to
+//! `.kvsfrag` ([`FragmentFile::commit`]); the others are deleted as the pre-roll moves on. At start, `.kvshold`
+//! files an earlier process left are deleted, not uploaded (no trigger asked for them), and counted.
+//!
 //! **Durability.** Each frame is written (one `writev(2)` of the record head and the frame's own memory, no
 //! copy) before it is queued for the connection, so a process killed at any moment (SIGKILL, a crash, an OOM kill) loses nothing the store accepted: the kernel
 //! has it. At the end of each fragment the file (and, for a new file, the directory) is `fdatasync`ed on the
@@ -46,6 +51,7 @@ use kvs_mkv::Rope;
 
 const MAGIC: &[u8; 8] = b"KVSFRAG1";
 const EXTENSION: &str = "kvsfrag";
+const HELD_EXTENSION: &str = "kvshold";
 const LOCK_FILE: &str = "kvssink.lock";
 const RECORD_HEAD: usize = 9;
 /// No record is larger (a fragment is at most 50 MB; a frame cannot be larger).
@@ -129,7 +135,8 @@ impl std::fmt::Display for Problem {
 
 #[derive(Debug)]
 struct FileState {
-    path: PathBuf,
+    /// Changes once, when a held fragment is committed.
+    path: Mutex<PathBuf>,
     /// Deleted (stored by the service, dropped, or given up after a failed write).
     released: AtomicBool,
     /// Where each frame's bytes are in the file (offset, length), as written or as found at start: a map of
@@ -144,7 +151,7 @@ pub struct FragmentFile(Arc<FileState>);
 impl FragmentFile {
     fn new(path: PathBuf, pieces: Vec<(usize, usize)>) -> Self {
         FragmentFile(Arc::new(FileState {
-            path,
+            path: Mutex::new(path),
             released: AtomicBool::new(false),
             pieces: Mutex::new(pieces),
         }))
@@ -154,15 +161,27 @@ impl FragmentFile {
         self.0.pieces.lock().unwrap_or_else(|e| e.into_inner()).push((offset, length));
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0.path
+    pub fn path(&self) -> PathBuf {
+        self.0.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The fragment is done with (persisted or dropped): its file goes.
     pub fn release(&self) {
         if !self.0.released.swap(true, Ordering::AcqRel) {
-            let _ = fs::remove_file(&self.0.path);
+            let _ = fs::remove_file(self.path());
         }
+    }
+
+    /// A held fragment (`.kvshold`) is to be uploaded: renamed to `.kvsfrag`, so that a later start uploads it
+    /// if the service has not got it by then.
+    pub fn commit(&self) -> Result<(), StoreError> {
+        let mut path = self.0.path.lock().unwrap_or_else(|e| e.into_inner());
+        if path.extension().is_some_and(|e| e == HELD_EXTENSION) && !self.is_released() {
+            let committed = path.with_extension(EXTENSION);
+            fs::rename(&*path, &committed).map_err(io_error(&path, "rename"))?;
+            *path = committed;
+        }
+        Ok(())
     }
 
     /// The fragment's size: its frames' bytes written so far.
@@ -237,6 +256,8 @@ pub struct RecoveredFragment {
 pub struct Recovered {
     pub fragments: Vec<RecoveredFragment>,
     pub problems: Vec<Problem>,
+    /// Held fragments (an untriggered pre-roll) deleted.
+    pub discarded: usize,
 }
 
 /// The records of a file, as far as they are whole: where the header and each frame's bytes are.
@@ -383,7 +404,7 @@ impl std::fmt::Debug for Store {
 }
 
 fn sequence_of(path: &Path) -> Option<u64> {
-    if path.extension()? != EXTENSION {
+    if path.extension()? != EXTENSION && path.extension()? != HELD_EXTENSION {
         return None;
     }
     path.file_stem()?.to_str()?.parse().ok()
@@ -429,6 +450,11 @@ impl Store {
         let next_sequence = files.last().map_or(0, |(sequence, _)| sequence + 1);
         let mut recovered = Recovered::default();
         for (_, path) in files {
+            if path.extension().is_some_and(|e| e == HELD_EXTENSION) {
+                fs::remove_file(&path).map_err(io_error(&path, "delete"))?;
+                recovered.discarded += 1;
+                continue;
+            }
             if let Some(fragment) = recover(&path, stream, &mut recovered.problems)? {
                 recovered.fragments.push(fragment);
             }
@@ -449,15 +475,18 @@ impl Store {
     }
 
     /// A new fragment with its first frame (`data`: Tags, Cluster head, frame). The one being written, if any,
-    /// is ended. Returns its file, for the queue to release when the fragment is done.
+    /// is ended. Returns its file, for the queue to release when the fragment is done. `held`: a pre-roll
+    /// fragment, uploaded only once [committed](FragmentFile::commit).
     pub fn start_fragment(
         &mut self,
         header: &super::fragmenter::StreamHeader,
         timecode: u64,
         data: &Rope,
+        held: bool,
     ) -> Result<FragmentFile, StoreError> {
         self.end_fragment()?;
-        let path = self.dir.join(format!("{:020}.{EXTENSION}", self.next_sequence));
+        let extension = if held { HELD_EXTENSION } else { EXTENSION };
+        let path = self.dir.join(format!("{:020}.{extension}", self.next_sequence));
         self.next_sequence += 1;
         let meta = serde_json::to_vec(&Meta {
             stream: self.stream.clone(),
@@ -639,18 +668,47 @@ mod tests {
     }
 
     #[test]
+    fn held_fragments_are_uploaded_only_once_committed_and_deleted_at_the_next_start() {
+        let dir = dir("held");
+        {
+            let (mut store, _) = Store::open(&dir, "cam1").unwrap();
+            let kept = store.start_fragment(&header(), 1000, &rope(b"A1"), true).unwrap();
+            store.append(&rope(b"A2"), Duration::from_millis(33)).unwrap();
+            let committed = store.start_fragment(&header(), 2000, &rope(b"B1"), true).unwrap();
+            let discarded = store.start_fragment(&header(), 3000, &rope(b"C1"), true).unwrap();
+            store.end_fragment().unwrap();
+            assert_eq!(kept.path().extension().unwrap(), HELD_EXTENSION);
+            committed.commit().unwrap();
+            assert_eq!(committed.path().extension().unwrap(), EXTENSION);
+            assert!(!committed.path().with_extension(HELD_EXTENSION).exists());
+            // A committed file is read from its new name.
+            assert_eq!(committed.map().unwrap().concat(), b"B1");
+            discarded.release();
+            store.sync();
+        }
+        // The process stops: what was held and not committed goes, what was committed is uploaded.
+        let (_, recovered) = Store::open(&dir, "cam1").unwrap();
+        let timecodes: Vec<u64> = recovered.fragments.iter().map(|f| f.timecode).collect();
+        assert_eq!((timecodes, recovered.discarded), (vec![2000], 1));
+        let left: Vec<_> =
+            fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "the lock and the committed fragment: {left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn fragments_come_back_in_order_with_their_bytes_and_released_ones_do_not() {
         let dir = dir("order");
         {
             let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
             assert!(recovered.fragments.is_empty() && recovered.problems.is_empty());
-            let first = store.start_fragment(&header(), 1000, &rope(b"A1")).unwrap();
+            let first = store.start_fragment(&header(), 1000, &rope(b"A1"), false).unwrap();
             store.append(&rope(b"A2"), Duration::from_millis(33)).unwrap();
             store.end_fragment().unwrap();
-            store.start_fragment(&header(), 2000, &rope(b"B1")).unwrap();
+            store.start_fragment(&header(), 2000, &rope(b"B1"), false).unwrap();
             store.append(&rope(b"B2"), Duration::from_millis(33)).unwrap();
             store.end_fragment().unwrap();
-            store.start_fragment(&header(), 3000, &rope(b"C1")).unwrap();
+            store.start_fragment(&header(), 3000, &rope(b"C1"), false).unwrap();
             store.append(&rope(b"C2"), Duration::from_millis(33)).unwrap();
             store.sync();
             assert_eq!(first.map().unwrap().concat(), b"A1A2");
@@ -674,7 +732,7 @@ mod tests {
         let dir = dir("torn");
         let full = {
             let (mut store, _) = Store::open(&dir, "cam1").unwrap();
-            let file = store.start_fragment(&header(), 1000, &rope(b"first")).unwrap();
+            let file = store.start_fragment(&header(), 1000, &rope(b"first"), false).unwrap();
             store.append(&rope(b"second"), Duration::from_millis(33)).unwrap();
             store.append(&rope(b"third"), Duration::from_millis(66)).unwrap();
             fs::read(file.path()).unwrap()
@@ -747,7 +805,7 @@ mod tests {
         drop(store);
         // Another stream's fragments: an error, nothing uploaded.
         let (mut store, _) = Store::open(&dir, "cam1").unwrap();
-        let file = store.start_fragment(&header(), 1000, &rope(b"x")).unwrap();
+        let file = store.start_fragment(&header(), 1000, &rope(b"x"), false).unwrap();
         drop(store);
         let error = Store::open(&dir, "cam2").unwrap_err();
         assert_eq!(
@@ -761,8 +819,8 @@ mod tests {
         // Sequence numbers go on after what is there.
         let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
         assert_eq!(recovered.fragments.len(), 1);
-        let next = store.start_fragment(&header(), 2000, &rope(b"y")).unwrap();
-        assert_eq!(sequence_of(next.path()), Some(1));
+        let next = store.start_fragment(&header(), 2000, &rope(b"y"), false).unwrap();
+        assert_eq!(sequence_of(&next.path()), Some(1));
         drop(store);
         // A file that cannot be read (here a directory with a fragment's name: the tests run as root, which
         // reads anything): named, left in place, the rest recovered.

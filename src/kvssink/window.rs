@@ -17,13 +17,49 @@
 //! `continuous` is a window that never ends; `paused` ends it at the time asked (no post-roll), and resuming
 //! opens a new one with the pre-roll before it. Times are running times in nanoseconds (the element converts
 //! wall-clock times); nothing here depends on GStreamer.
+//!
+//! With a fragment store (`on_disk`), the pre-roll is not held in memory: the gate gives the held fragments'
+//! bytes out as [`Gated::HoldStart`] / [`Gated::HoldFrame`] / [`Gated::HoldEnd`], in stream order with what it
+//! sends, for the element to write as held files; it keeps only their times and sizes, and later says which to
+//! [discard](Gated::Discard) and which to [release](Gated::Release) to the uploader from their files.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use kvs_mkv::Rope;
 
-use super::fragmenter::{FragmentStart, Output};
+use super::fragmenter::{FragmentStart, Output, StreamHeader};
+
+/// What the gate gives, in order.
+#[derive(Debug)]
+pub enum Gated {
+    /// For the uploader (and the store, when there is one).
+    Send(Output),
+    /// On disk: a held fragment `id` starts (write it to the store as held), its next frame, its end.
+    HoldStart {
+        id: u64,
+        start: FragmentStart,
+    },
+    HoldFrame {
+        data: Rope,
+        duration: Duration,
+    },
+    HoldEnd,
+    /// On disk: held fragment `id` is not needed any more (its file goes).
+    Discard {
+        id: u64,
+    },
+    /// On disk: held fragment `id` goes to the uploader from its file; `complete`: it has ended (else its next
+    /// frames follow as [`Gated::Send`], to be written to the same file).
+    Release {
+        id: u64,
+        header: Arc<StreamHeader>,
+        timecode: u64,
+        complete: bool,
+    },
+}
 
 /// What asked for a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,17 +147,18 @@ pub enum Notice {
 /// A fragment held for the pre-roll.
 #[derive(Debug)]
 struct Held {
-    start: FragmentStart,
-    running: u64,
+    id: u64,
+    header: Arc<StreamHeader>,
+    timecode: u64,
+    /// In memory: its start and frames (none on disk).
+    start: Option<FragmentStart>,
     frames: Vec<(Rope, Duration, u64)>,
+    /// Running times of its first and latest frames.
+    running: u64,
+    last: u64,
+    frame_count: u64,
     complete: bool,
     bytes: usize,
-}
-
-impl Held {
-    fn frame_count(&self) -> u64 {
-        1 + self.frames.len() as u64
-    }
 }
 
 /// Where the fragment being read goes.
@@ -157,6 +194,8 @@ pub struct Gate {
     pre_roll: u64,
     post_roll: u64,
     max_bytes: usize,
+    on_disk: bool,
+    next_id: u64,
     held: VecDeque<Held>,
     held_bytes: usize,
     current: Current,
@@ -174,11 +213,14 @@ fn ns(duration: Duration) -> u64 {
 
 impl Gate {
     /// `open`: everything goes until [`pause`](Self::pause) (continuous mode); else nothing until a trigger.
-    pub fn new(open: bool, pre_roll: Duration, post_roll: Duration, max_bytes: usize) -> Self {
+    /// `on_disk`: the pre-roll goes to the fragment store (see the module documentation).
+    pub fn new(open: bool, pre_roll: Duration, post_roll: Duration, max_bytes: usize, on_disk: bool) -> Self {
         Gate {
             pre_roll: ns(pre_roll),
             post_roll: ns(post_roll),
             max_bytes,
+            on_disk,
+            next_id: 0,
             held: VecDeque::new(),
             held_bytes: 0,
             current: Current::None,
@@ -289,7 +331,7 @@ impl Gate {
         &mut self,
         output: Output,
         running: Option<u64>,
-        out: &mut Vec<Output>,
+        out: &mut Vec<Gated>,
         notices: &mut Vec<Notice>,
     ) {
         let running = running.unwrap_or(self.latest).max(self.latest);
@@ -304,7 +346,7 @@ impl Gate {
             if let Output::FragmentEnd = &output {
                 self.current = Current::None;
             }
-            out.push(output);
+            out.push(Gated::Send(output));
             return;
         }
         match output {
@@ -318,11 +360,29 @@ impl Gate {
                     }
                     count(&mut window.stats, running, start.data.len(), true);
                     self.current = Current::Sent;
-                    out.push(Output::FragmentStart(start));
+                    out.push(Gated::Send(Output::FragmentStart(start)));
                 } else {
-                    self.held_bytes += start.data.len();
-                    let bytes = start.data.len();
-                    self.held.push_back(Held { start, running, frames: Vec::new(), complete: false, bytes });
+                    let (id, bytes) = (self.next_id, start.data.len());
+                    self.next_id += 1;
+                    self.held_bytes += bytes;
+                    let mut held = Held {
+                        id,
+                        header: start.header.clone(),
+                        timecode: start.timecode,
+                        start: None,
+                        frames: Vec::new(),
+                        running,
+                        last: running,
+                        frame_count: 1,
+                        complete: false,
+                        bytes,
+                    };
+                    if self.on_disk {
+                        out.push(Gated::HoldStart { id, start });
+                    } else {
+                        held.start = Some(start);
+                    }
+                    self.held.push_back(held);
                     self.current = Current::Held;
                 }
             }
@@ -333,14 +393,20 @@ impl Gate {
                         self.current = Current::Cut(vec![(data, duration, running)]);
                     } else {
                         count(&mut window.stats, running, data.len(), false);
-                        out.push(Output::Frame { data, duration });
+                        out.push(Gated::Send(Output::Frame { data, duration }));
                     }
                 }
                 Current::Held => {
                     let held = self.held.back_mut().expect("a held fragment");
                     held.bytes += data.len();
+                    held.frame_count += 1;
+                    held.last = running;
                     self.held_bytes += data.len();
-                    held.frames.push((data, duration, running));
+                    if self.on_disk {
+                        out.push(Gated::HoldFrame { data, duration });
+                    } else {
+                        held.frames.push((data, duration, running));
+                    }
                 }
                 Current::Cut(tail) => {
                     tail.push((data, duration, running));
@@ -350,7 +416,7 @@ impl Gate {
                         let Current::Cut(tail) = std::mem::take(&mut self.current) else { unreachable!() };
                         for (data, duration, at) in tail {
                             count(&mut window.stats, at, data.len(), false);
-                            out.push(Output::Frame { data, duration });
+                            out.push(Gated::Send(Output::Frame { data, duration }));
                         }
                         self.current = Current::Sent;
                     }
@@ -358,30 +424,34 @@ impl Gate {
                 Current::None | Current::Dropped => {}
             },
             Output::FragmentEnd => match std::mem::take(&mut self.current) {
-                Current::Sent => out.push(Output::FragmentEnd),
+                Current::Sent => out.push(Gated::Send(Output::FragmentEnd)),
                 Current::Held => {
                     if let Some(held) = self.held.back_mut() {
                         held.complete = true;
                     }
+                    if self.on_disk {
+                        out.push(Gated::HoldEnd);
+                    }
                 }
                 Current::Cut(_) => {
-                    out.push(Output::FragmentEnd);
+                    out.push(Gated::Send(Output::FragmentEnd));
                     self.close(notices);
                 }
                 Current::None | Current::Dropped => {}
             },
             // A header and a time jump describe what follows: they go on at once (a log line, a warning).
-            other => out.push(other),
+            other => out.push(Gated::Send(other)),
         }
         self.open_due(running, out, notices);
-        self.trim();
+        self.trim(out);
     }
 
-    /// The input ended: the open window ends with it.
-    pub fn finish(&mut self, notices: &mut Vec<Notice>) {
+    /// The input ended: the open window ends with it, and the pre-roll is not needed any more.
+    pub fn finish(&mut self, out: &mut Vec<Gated>, notices: &mut Vec<Notice>) {
         if self.window.is_some() {
             self.close(notices);
         }
+        while self.pop_held(out).is_some() {}
     }
 
     fn close(&mut self, notices: &mut Vec<Notice>) {
@@ -395,7 +465,7 @@ impl Gate {
 
     /// Opens the first requested window once the media reached its start, sending what is held from its
     /// pre-roll on.
-    fn open_due(&mut self, running: u64, out: &mut Vec<Output>, notices: &mut Vec<Notice>) {
+    fn open_due(&mut self, running: u64, out: &mut Vec<Gated>, notices: &mut Vec<Notice>) {
         if self.window.is_some() {
             return;
         }
@@ -407,7 +477,7 @@ impl Gate {
         // Where the window starts: the latest held fragment start at or before `from`, else the oldest.
         let index = self.held.iter().rposition(|h| h.running <= request.from).unwrap_or(0);
         for _ in 0..index {
-            self.pop_held();
+            self.pop_held(out);
         }
         let mut left_out = LeftOut::default();
         for &(at, frames, bytes) in &self.dropped {
@@ -426,47 +496,61 @@ impl Gate {
             self.window = Some(window);
             return;
         };
-        notices.push(started(request, left_out, front.running, front.start.timecode));
+        notices.push(started(request, left_out, front.running, front.timecode));
         let releasing = std::mem::take(&mut self.held);
         self.held_bytes = 0;
-        let last = releasing.len() - 1;
-        for (i, held) in releasing.into_iter().enumerate() {
-            count(&mut window.stats, held.running, held.start.data.len(), true);
-            out.push(Output::FragmentStart(held.start));
+        for held in releasing {
+            if !held.complete {
+                // The fragment being read: its next frames are sent as they come.
+                self.current = Current::Sent;
+            }
+            let Some(start) = held.start else {
+                // On disk: counted whole, sent from its file.
+                count(&mut window.stats, held.running, 0, true);
+                window.stats.frames += held.frame_count - 1;
+                window.stats.bytes += held.bytes as u64;
+                window.stats.last = window.stats.last.max(held.last);
+                let (id, header, timecode, complete) = (held.id, held.header, held.timecode, held.complete);
+                out.push(Gated::Release { id, header, timecode, complete });
+                continue;
+            };
+            count(&mut window.stats, held.running, start.data.len(), true);
+            out.push(Gated::Send(Output::FragmentStart(start)));
             for (data, duration, at) in held.frames {
                 count(&mut window.stats, at, data.len(), false);
-                out.push(Output::Frame { data, duration });
+                out.push(Gated::Send(Output::Frame { data, duration }));
             }
             if held.complete {
-                out.push(Output::FragmentEnd);
-            } else if i == last {
-                self.current = Current::Sent;
+                out.push(Gated::Send(Output::FragmentEnd));
             }
         }
         self.window = Some(window);
     }
 
-    fn pop_held(&mut self) -> Option<Held> {
+    fn pop_held(&mut self, out: &mut Vec<Gated>) -> Option<Held> {
         let held = self.held.pop_front()?;
         self.held_bytes -= held.bytes;
         if self.held.is_empty() && matches!(self.current, Current::Held) {
             self.current = Current::Dropped;
         }
+        if self.on_disk {
+            out.push(Gated::Discard { id: held.id });
+        }
         Some(held)
     }
 
     /// Keeps what the pre-roll (and the earliest requested window) needs, within the byte limit.
-    fn trim(&mut self) {
+    fn trim(&mut self, out: &mut Vec<Gated>) {
         let mut horizon = self.latest.saturating_sub(self.pre_roll);
         if let Some(request) = self.requests.first() {
             horizon = horizon.min(request.from);
         }
         while self.held.len() >= 2 && self.held[1].running <= horizon {
-            self.pop_held();
+            self.pop_held(out);
         }
         while self.held_bytes > self.max_bytes {
-            let Some(held) = self.pop_held() else { break };
-            self.dropped.push_back((held.running, held.frame_count(), held.bytes));
+            let Some(held) = self.pop_held(out) else { break };
+            self.dropped.push_back((held.running, held.frame_count, held.bytes));
         }
         while self.dropped.front().is_some_and(|&(at, _, _)| at < horizon) {
             self.dropped.pop_front();
@@ -521,6 +605,8 @@ mod tests {
         starts: Vec<u64>,
         ends: usize,
         notices: Vec<Notice>,
+        /// What an on-disk gate asked to store, discard and release.
+        ops: Vec<Gated>,
     }
 
     impl Run {
@@ -531,7 +617,15 @@ mod tests {
                 timecode_scale: 1_000_000,
                 media_type: None,
             });
-            Run { gate, header, sent: Vec::new(), starts: Vec::new(), ends: 0, notices: Vec::new() }
+            Run {
+                gate,
+                header,
+                sent: Vec::new(),
+                starts: Vec::new(),
+                ends: 0,
+                notices: Vec::new(),
+                ops: Vec::new(),
+            }
         }
 
         fn frames(&mut self, range: std::ops::Range<u64>) {
@@ -557,7 +651,11 @@ mod tests {
             for output in outputs {
                 self.gate.push(output, Some(frame_at(i)), &mut out, &mut self.notices);
             }
-            for output in out {
+            for gated in out {
+                let Gated::Send(output) = gated else {
+                    self.ops.push(gated);
+                    continue;
+                };
                 match output {
                     Output::FragmentStart(start) => {
                         let i = index(&start.data);
@@ -584,7 +682,8 @@ mod tests {
 
     #[test]
     fn a_trigger_sends_from_the_key_frame_before_its_pre_roll_to_its_end_plus_post_roll() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX));
+        let mut run =
+            Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX, false));
         run.frames(0..20 * FPS);
         assert!(run.sent.is_empty());
         // Pre-roll held: the fragment at or before 15 s minus 5 and the ones after it, nothing older.
@@ -611,7 +710,8 @@ mod tests {
 
     #[test]
     fn an_open_trigger_runs_until_stopped_and_overlapping_triggers_extend_it_without_sending_twice() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(2), Duration::from_secs(1), usize::MAX));
+        let mut run =
+            Run::new(Gate::new(false, Duration::from_secs(2), Duration::from_secs(1), usize::MAX, false));
         run.frames(0..10 * FPS);
         run.gate.trigger(Source::Event, 10 * SECOND, None);
         run.frames(10 * FPS..15 * FPS);
@@ -629,7 +729,7 @@ mod tests {
 
     #[test]
     fn a_trigger_before_the_last_fragment_of_a_window_ended_continues_it() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(1), Duration::ZERO, usize::MAX));
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(1), Duration::ZERO, usize::MAX, false));
         run.frames(0..5 * FPS);
         run.gate.trigger(Source::Signal, 5 * SECOND, Some(Duration::from_millis(1500)));
         // The window ends at 6.5 s, inside the fragment of 6 s; a trigger at 6.8 s comes before it ends.
@@ -647,7 +747,8 @@ mod tests {
 
     #[test]
     fn two_windows_apart_are_sent_apart_and_the_second_starts_at_its_own_pre_roll() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX));
+        let mut run =
+            Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX, false));
         run.frames(0..20 * FPS);
         run.gate.trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
         run.frames(20 * FPS..40 * FPS);
@@ -667,7 +768,7 @@ mod tests {
     #[test]
     fn the_pre_roll_keeps_within_its_byte_limit_and_says_what_it_left_out() {
         // Each frame is 8 bytes: 240 bytes a fragment; a limit of 3 fragments.
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(10), Duration::ZERO, 3 * 240));
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(10), Duration::ZERO, 3 * 240, false));
         run.frames(0..30 * FPS);
         let (bytes, _) = run.gate.held();
         assert!(bytes <= 3 * 240, "{bytes} bytes held");
@@ -683,7 +784,7 @@ mod tests {
 
     #[test]
     fn continuous_mode_sends_everything_and_pause_and_resume_cut_exactly() {
-        let mut run = Run::new(Gate::new(true, Duration::ZERO, Duration::ZERO, usize::MAX));
+        let mut run = Run::new(Gate::new(true, Duration::ZERO, Duration::ZERO, usize::MAX, false));
         run.frames(0..10 * FPS);
         assert!(run.notices.is_empty());
         run.gate.pause(10 * SECOND + 500_000_000);
@@ -699,11 +800,54 @@ mod tests {
 
     #[test]
     fn a_window_asked_for_before_any_media_starts_with_the_first_fragment() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::ZERO, usize::MAX));
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::ZERO, usize::MAX, false));
         run.gate.trigger(Source::Property, 0, None);
         run.frames(0..3 * FPS);
         assert_eq!(run.sent, range(0, 3 * FPS));
         let [Notice::Started(start)] = &run.notices[..] else { panic!("{:?}", run.notices) };
         assert_eq!((start.first, start.left_out.missing), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn on_disk_the_pre_roll_is_written_held_discarded_as_it_moves_on_and_released_from_its_files() {
+        let mut run = Run::new(Gate::new(false, Duration::from_secs(2), Duration::ZERO, usize::MAX, true));
+        run.frames(0..10 * FPS);
+        // Nothing held in memory: every held fragment went out to be written, the old ones to be discarded.
+        assert!(run.sent.is_empty());
+        let starts = run.ops.iter().filter(|o| matches!(o, Gated::HoldStart { .. })).count();
+        let frames = run.ops.iter().filter(|o| matches!(o, Gated::HoldFrame { .. })).count();
+        let ends = run.ops.iter().filter(|o| matches!(o, Gated::HoldEnd)).count();
+        let discarded: Vec<u64> = run
+            .ops
+            .iter()
+            .filter_map(|o| if let Gated::Discard { id } = o { Some(*id) } else { None })
+            .collect();
+        assert_eq!((starts, frames, ends), (10, 10 * (FPS as usize - 1), 9));
+        // At 9.97 s with a 2-s pre-roll, the fragments from 7 s on are kept.
+        assert_eq!(discarded, (0..7).collect::<Vec<_>>());
+        run.ops.clear();
+        run.gate.trigger(Source::Signal, 10 * SECOND, Some(Duration::from_secs(1)));
+        run.frames(10 * FPS..13 * FPS);
+        // The fragments of 8 s and 9 s come from their files (complete), the next ones as they come.
+        let released: Vec<(u64, u64, bool)> = run
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Gated::Release { id, timecode, complete, .. } => Some((*id, *timecode, *complete)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released, [(8, 8000, true), (9, 9000, true)]);
+        assert_eq!(run.sent, range(10 * FPS, 11 * FPS));
+        let [Notice::Started(start), Notice::Ended(end)] = &run.notices[..] else {
+            panic!("{:?}", run.notices)
+        };
+        assert_eq!(start.first, 8 * SECOND);
+        assert_eq!((end.frames, end.fragments, end.last), (3 * FPS, 3, frame_at(11 * FPS - 1)));
+        // At the end, what is still held goes.
+        run.ops.clear();
+        let mut out = Vec::new();
+        run.gate.finish(&mut out, &mut run.notices);
+        assert!(out.iter().all(|o| matches!(o, Gated::Discard { .. })) && !out.is_empty(), "{out:?}");
     }
 }

@@ -398,3 +398,88 @@ fn a_pre_roll_larger_than_storage_size_says_what_it_left_out() {
     let missing = started[0].get::<gst::ClockTime>("missing-pre-roll").unwrap();
     assert_eq!(missing.mseconds(), (first as u64 - 120) * 1000 / 30);
 }
+
+/// The files in a fragment store with `extension`.
+fn files(dir: &std::path::Path, extension: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == extension))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_uploaded_after_a_kill() {
+    let emu = Emu::start();
+    emu.create_stream("trig-disk", 1);
+    let dir = std::env::temp_dir().join(format!("kvssink-trig-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let props = format!("upload-mode=triggered pre-roll=3 buffer-dir={}", dir.display());
+    let idle = Arc::new(Mutex::new(None));
+    let seen = idle.clone();
+    let store = dir.clone();
+    let run = run_pipeline_with(
+        &live_upload(&emu, "trig-disk", 300, &props),
+        Duration::from_secs(60),
+        |pipeline| {
+            let sink = pipeline.by_name("sink").unwrap();
+            on_frames(pipeline, move |index, running, _| {
+                if index == 150 {
+                    *seen.lock().unwrap() = Some((files(&store, "kvshold"), files(&store, "kvsfrag")));
+                }
+                if index == 180 {
+                    sink.emit_by_name::<()>("trigger", &[&running, &1_000_000_000u64]);
+                }
+            });
+        },
+    );
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    let input = input(&run);
+    // Trigger at 6 s for 1 s, pre-roll 3 s: from the key frame at 3 s to the last frame before 7 s.
+    assert_frames(&input, &stored(&emu, "trig-disk"), std::slice::from_ref(&(90..210)));
+    // While idle the pre-roll was on disk, held (3 s, the fragment before and the one being written), nothing
+    // to upload; at the end nothing is left.
+    let (held, to_upload) = idle.lock().unwrap().unwrap();
+    assert!((4..=5).contains(&held), "{held} held fragment files at 5 s");
+    assert_eq!(to_upload, 0);
+    assert_eq!((files(&dir, "kvshold"), files(&dir, "kvsfrag")), (0, 0));
+
+    // A producer killed while it holds a pre-roll: the next one does not upload it, and says so.
+    let description = format!(
+        "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
+         ! {} {props}",
+        sink_props(&emu, "trig-disk")
+    );
+    let mut child = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(description.split_whitespace())
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while files(&dir, "kvshold") < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = files(&dir, "kvshold");
+    assert!(held >= 3, "the producer held {held} fragments");
+    let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let run = run_pipeline(
+        &live_upload(&emu, "trig-disk", 30, &format!("buffer-dir={}", dir.display())),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.error, None, "{:?}", run.warnings);
+    let recovered = run.messages_named("kvssink-store-recovered");
+    assert_eq!(recovered.len(), 1);
+    assert!(recovered[0].get::<u64>("pre-roll-discarded").unwrap() >= 3, "{:?}", recovered[0]);
+    assert_eq!(recovered[0].get::<u64>("fragments").unwrap(), 0, "{:?}", recovered[0]);
+    // The stream holds the first window and the 30 frames of the last run, nothing of the killed one.
+    assert_eq!(stored(&emu, "trig-disk").len(), 120 + 30);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

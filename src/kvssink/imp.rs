@@ -140,6 +140,15 @@ struct Started {
     next_stream: Option<String>,
 }
 
+/// A held fragment released from its file ([`Gated::Release`]).
+struct Release {
+    id: u64,
+    header: Arc<super::fragmenter::StreamHeader>,
+    timecode: u64,
+    frames: usize,
+    complete: bool,
+}
+
 /// Where the fragmenter's output goes: the uploader it is for, in order (a `stream-name` change starts a new
 /// one at a fragment), and what to say on the bus once the state is unlocked.
 #[derive(Default)]
@@ -628,9 +637,10 @@ impl KvsMkvSink {
                     }
                     continue;
                 }
-                Gated::Release { id, header, timecode, complete } => {
+                Gated::Release { id, header, timecode, frames, complete } => {
                     let tags = release_tags.get(&id).map(Vec::as_slice).unwrap_or_default();
-                    self.release_held(uploader, live, id, header, timecode, complete, tags)?;
+                    let release = Release { id, header, timecode, frames, complete };
+                    self.release_held(uploader, live, release, tags)?;
                     continue;
                 }
             };
@@ -703,17 +713,14 @@ impl KvsMkvSink {
     /// process stops first). `tags`: the event tags of a window's first fragment, put before it (they are sent
     /// from memory, so that a re-send has them too). A fragment whose file could not be written or read is
     /// left out, with a warning.
-    #[allow(clippy::too_many_arguments)]
     fn release_held(
         &self,
         uploader: &Arc<Uploader>,
         live: bool,
-        id: u64,
-        header: Arc<super::fragmenter::StreamHeader>,
-        timecode: u64,
-        complete: bool,
+        release: Release,
         tags: &[kvs_mkv::tags::SimpleTag],
     ) -> Result<(), gst::FlowError> {
+        let Release { id, header, timecode, frames, complete } = release;
         let file = lock(&self.held_files).remove(&id);
         let read = file.ok_or_else(|| "it was not stored (buffer-dir failed)".to_owned()).and_then(|file| {
             file.commit().map_err(|e| e.to_string())?;
@@ -733,7 +740,7 @@ impl KvsMkvSink {
             }
         };
         let mut data = kvs_mkv::Rope::default();
-        for piece in pieces {
+        for piece in pieces.into_iter().take(frames) {
             data.append(kvs_mkv::Rope::from(piece));
         }
         let mut start = super::fragmenter::FragmentStart { header, timecode, data };
@@ -872,15 +879,16 @@ impl KvsMkvSink {
         }
     }
 
-    /// `at` as a running time: `now` when not given; a Unix time through the wall clock.
-    fn resolve(&self, at: Option<TriggerTime>, now: u64) -> u64 {
+    /// `at` as a running time: `default` when not given; a Unix time through the wall clock and the
+    /// pipeline clock read together (`clock`: the clock's running time now).
+    fn resolve(&self, at: Option<TriggerTime>, default: u64, clock: u64) -> u64 {
         match at {
-            None => now,
+            None => default,
             Some(TriggerTime::Running(running)) => running,
             Some(TriggerTime::Unix(unix)) => {
                 let wall =
                     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-                let running = i128::from(now) - (wall - i128::from(unix));
+                let running = i128::from(clock) - (wall - i128::from(unix));
                 running.clamp(0, i128::from(u64::MAX)) as u64
             }
         }
@@ -901,13 +909,14 @@ impl KvsMkvSink {
             return;
         }
         let latest = started.gate.latest();
-        let now = if serialized { latest } else { self.now_running(latest) };
+        let clock = self.now_running(latest);
+        let now = if serialized { latest } else { clock };
         gst::debug!(CAT, imp = self, "{} {request:?} at {now}", source.name());
         match request {
             TriggerRequest::Start { at, duration } => {
-                started.gate.trigger(source, self.resolve(at, now), duration)
+                started.gate.trigger(source, self.resolve(at, now, clock), duration)
             }
-            TriggerRequest::Stop { at } => started.gate.stop(self.resolve(at, now)),
+            TriggerRequest::Stop { at } => started.gate.stop(self.resolve(at, now, clock)),
         }
     }
 

@@ -51,12 +51,14 @@ pub enum Gated {
     Discard {
         id: u64,
     },
-    /// On disk: held fragment `id` goes to the uploader from its file; `complete`: it has ended (else its next
-    /// frames follow as [`Gated::Send`], to be written to the same file).
+    /// On disk: held fragment `id` goes to the uploader from its file, its first `frames` frames (a window that
+    /// ends inside it); `complete`: it ends there (else its next frames follow as [`Gated::Send`], to be
+    /// written to the same file).
     Release {
         id: u64,
         header: Arc<StreamHeader>,
         timecode: u64,
+        frames: usize,
         complete: bool,
     },
 }
@@ -150,13 +152,12 @@ struct Held {
     id: u64,
     header: Arc<StreamHeader>,
     timecode: u64,
-    /// In memory: its start and frames (none on disk).
+    /// In memory: its start and later frames (none on disk).
     start: Option<FragmentStart>,
-    frames: Vec<(Rope, Duration, u64)>,
-    /// Running times of its first and latest frames.
+    frames: Vec<(Rope, Duration)>,
+    /// Running time of its first frame, and of each frame with its size (the first included).
     running: u64,
-    last: u64,
-    frame_count: u64,
+    times: Vec<(u64, usize)>,
     complete: bool,
     bytes: usize,
 }
@@ -372,8 +373,7 @@ impl Gate {
                         start: None,
                         frames: Vec::new(),
                         running,
-                        last: running,
-                        frame_count: 1,
+                        times: vec![(running, bytes)],
                         complete: false,
                         bytes,
                     };
@@ -399,13 +399,12 @@ impl Gate {
                 Current::Held => {
                     let held = self.held.back_mut().expect("a held fragment");
                     held.bytes += data.len();
-                    held.frame_count += 1;
-                    held.last = running;
+                    held.times.push((running, data.len()));
                     self.held_bytes += data.len();
                     if self.on_disk {
                         out.push(Gated::HoldFrame { data, duration });
                     } else {
-                        held.frames.push((data, duration, running));
+                        held.frames.push((data, duration));
                     }
                 }
                 Current::Cut(tail) => {
@@ -497,34 +496,73 @@ impl Gate {
             return;
         };
         notices.push(started(request, left_out, front.running, front.timecode));
-        let releasing = std::mem::take(&mut self.held);
+        // What is held goes, up to the window's end (a window in the past ends inside what is held): a
+        // fragment cut there ends at once, and what starts after the end stays held.
+        let end = request.end;
+        let mut releasing = std::mem::take(&mut self.held);
         self.held_bytes = 0;
-        for held in releasing {
-            if !held.complete {
+        let mut ended = false;
+        while let Some(held) = releasing.pop_front() {
+            if end.is_some_and(|end| held.running >= end) {
+                releasing.push_front(held);
+                break;
+            }
+            let sent =
+                end.map_or(held.times.len(), |end| held.times.iter().take_while(|t| t.0 < end).count());
+            let whole = sent == held.times.len();
+            for &(at, size) in &held.times[..sent] {
+                count(&mut window.stats, at, size, false);
+            }
+            window.stats.fragments += 1;
+            let Some(start) = held.start else {
+                // On disk: sent from its file, as far as the window goes.
+                let complete = held.complete || !whole;
+                let (id, header, timecode) = (held.id, held.header, held.timecode);
+                out.push(Gated::Release { id, header, timecode, frames: sent, complete });
+                if !whole {
+                    // Its frames from the end on are not sent, nor the ones still to come.
+                    self.current = if held.complete { Current::None } else { Current::Dropped };
+                    ended = true;
+                    break;
+                }
+                if !held.complete {
+                    self.current = Current::Sent;
+                }
+                continue;
+            };
+            out.push(Gated::Send(Output::FragmentStart(start)));
+            let mut frames = held.frames.into_iter();
+            for (data, duration) in frames.by_ref().take(sent - 1) {
+                out.push(Gated::Send(Output::Frame { data, duration }));
+            }
+            if !whole && !held.complete {
+                // The fragment being read, cut: the rest waits in case a trigger continues the window.
+                let tail =
+                    frames.zip(&held.times[sent..]).map(|((d, duration), t)| (d, duration, t.0)).collect();
+                self.current = Current::Cut(tail);
+                break;
+            }
+            if held.complete || !whole {
+                out.push(Gated::Send(Output::FragmentEnd));
+            } else {
                 // The fragment being read: its next frames are sent as they come.
                 self.current = Current::Sent;
             }
-            let Some(start) = held.start else {
-                // On disk: counted whole, sent from its file.
-                count(&mut window.stats, held.running, 0, true);
-                window.stats.frames += held.frame_count - 1;
-                window.stats.bytes += held.bytes as u64;
-                window.stats.last = window.stats.last.max(held.last);
-                let (id, header, timecode, complete) = (held.id, held.header, held.timecode, held.complete);
-                out.push(Gated::Release { id, header, timecode, complete });
-                continue;
-            };
-            count(&mut window.stats, held.running, start.data.len(), true);
-            out.push(Gated::Send(Output::FragmentStart(start)));
-            for (data, duration, at) in held.frames {
-                count(&mut window.stats, at, data.len(), false);
-                out.push(Gated::Send(Output::Frame { data, duration }));
-            }
-            if held.complete {
-                out.push(Gated::Send(Output::FragmentEnd));
+            if !whole {
+                ended = true;
+                break;
             }
         }
+        // What starts after the window's end stays held.
+        self.held_bytes = releasing.iter().map(|h| h.bytes).sum();
+        self.held = releasing;
         self.window = Some(window);
+        // A window that ended inside what was held (or before what is being read) is over.
+        let past = end.is_some_and(|end| end <= self.latest)
+            && !matches!(self.current, Current::Sent | Current::Cut(_));
+        if ended || past {
+            self.close(notices);
+        }
     }
 
     fn pop_held(&mut self, out: &mut Vec<Gated>) -> Option<Held> {
@@ -550,7 +588,7 @@ impl Gate {
         }
         while self.held_bytes > self.max_bytes {
             let Some(held) = self.pop_held(out) else { break };
-            self.dropped.push_back((held.running, held.frame_count, held.bytes));
+            self.dropped.push_back((held.running, held.times.len() as u64, held.bytes));
         }
         while self.dropped.front().is_some_and(|&(at, _, _)| at < horizon) {
             self.dropped.pop_front();
@@ -849,5 +887,45 @@ mod tests {
         let mut out = Vec::new();
         run.gate.finish(&mut out, &mut run.notices);
         assert!(out.iter().all(|o| matches!(o, Gated::Discard { .. })) && !out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_window_in_the_past_ends_inside_what_is_held_and_what_comes_after_it_stays_held() {
+        for on_disk in [false, true] {
+            let mut run =
+                Run::new(Gate::new(false, Duration::from_secs(2), Duration::ZERO, usize::MAX, on_disk));
+            run.frames(0..10 * FPS);
+            // Asked at 9.97 s for 8.2 s to 8.7 s: from the oldest fragment held (7 s; the pre-roll reaches 6.2 s)
+            // to the last frame before 8.7 s; the window is over at once.
+            run.gate.trigger(Source::Signal, 8_200_000_000, Some(Duration::from_millis(500)));
+            run.ops.clear();
+            run.frame(10 * FPS);
+            let [Notice::Started(start), Notice::Ended(end)] = &run.notices[..] else {
+                panic!("{:?}", run.notices)
+            };
+            assert_eq!((start.first, start.left_out.missing), (7 * SECOND, Duration::from_millis(800)));
+            assert_eq!((end.frames, end.fragments, end.last), (51, 2, frame_at(8 * FPS + 20)));
+            if on_disk {
+                let released: Vec<(u64, usize, bool)> = run
+                    .ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        Gated::Release { timecode, frames, complete, .. } => {
+                            Some((*timecode, *frames, *complete))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(released, [(7000, 30, true), (8000, 21, true)]);
+            } else {
+                assert_eq!(run.sent, range(7 * FPS, 8 * FPS + 21));
+                assert_eq!(run.ends, 2);
+            }
+            // The fragment of 9 s is still held, not sent; nothing more goes without a trigger.
+            run.frames(10 * FPS + 1..12 * FPS);
+            // (9 s, the one at or before 11.97 s - 2 s, and those after it.)
+            assert_eq!(run.gate.held().1, 3);
+            assert!(!run.gate.is_open());
+        }
     }
 }

@@ -260,6 +260,58 @@ fn pause_resume_and_a_stream_name_change_while_playing_give_each_stream_exactly_
     let resumed = run.messages_named("kvssink-window-started");
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].get::<String>("trigger").unwrap(), "resume");
+    // A connection before the pause, one after it (the first closed while paused), one to the second stream.
+    let connected = run
+        .messages_named("kvssink-connection")
+        .iter()
+        .filter(|s| s.get::<String>("state").unwrap() == "connected")
+        .count();
+    assert_eq!(connected, 3);
+}
+
+#[test]
+fn a_kvs_trigger_event_sent_to_kvssink_with_a_wall_clock_time_opens_the_window_then() {
+    let emu = Emu::start();
+    emu.create_stream("trig-unix", 1);
+    // At frame 90 (3 s), the application sends kvssink a trigger for what happened 1 s before, for 0.5 s, as
+    // a Unix time; the clock's running time and the wall clock are read together, as kvssink reads them.
+    let noted = Arc::new(Mutex::new((Vec::new(), 0u64)));
+    let times = noted.clone();
+    let run = run_pipeline_with(
+        &live_upload(&emu, "trig-unix", 180, "upload-mode=triggered"),
+        Duration::from_secs(60),
+        |pipeline| {
+            let sink = pipeline.by_name("sink").unwrap();
+            on_frames(pipeline, move |index, running, _| {
+                let mut times = times.lock().unwrap();
+                times.0.push(running);
+                if index == 90 {
+                    let (clock, base) = (sink.clock().unwrap(), sink.base_time().unwrap());
+                    let now_running = (clock.time() - base).nseconds();
+                    let now_unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos() as u64;
+                    times.1 = now_running - 1_000_000_000;
+                    let s = gst::Structure::builder("kvs-trigger")
+                        .field("unix-time", now_unix - 1_000_000_000)
+                        .field("duration", 500_000_000u64)
+                        .build();
+                    assert!(sink.send_event(gst::event::CustomDownstream::new(s)));
+                }
+            });
+        },
+    );
+    assert_eq!(run.error, None);
+    let input = input(&run);
+    let (running, trigger) = noted.lock().unwrap().clone();
+    let first = running.iter().rposition(|&r| r <= trigger).unwrap() / 30 * 30;
+    let end = running.iter().position(|&r| r >= trigger + 500_000_000).unwrap();
+    assert_frames(&input, &stored(&emu, "trig-unix"), std::slice::from_ref(&(first..end)));
+    let started = run.messages_named("kvssink-window-started");
+    assert_eq!(started[0].get::<String>("trigger").unwrap(), "event");
+    let at = started[0].get::<gst::ClockTime>("trigger-running-time").unwrap().nseconds();
+    assert!(at.abs_diff(trigger) < 5_000_000, "the trigger at {at} ns, asked for {trigger}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! The elements' integration tests, in one test binary (one link of the plugin and the AWS SDK, not one per
 //! file): real pipelines against a kvs-emulator running in the test process.
 
+mod alarms;
 mod cameras;
 mod chaos;
 mod common;
@@ -14,5 +15,4 @@ mod kvssrc;
 mod plugin;
 mod reliability;
 mod secrets;
-mod triggered;
 mod uri;

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! Upload windows (`upload-mode=triggered`, `paused`): live H.264 through matroskamux into kvssink and the
-//! emulator; each test compares, frame for frame, what the emulator stored with the frames matroskamux made,
-//! cut where the windows say. Triggers come from the `trigger` action signal, a `kvs-trigger` event sent
-//! from upstream through matroskamux, the `trigger` property (also from `gst-launch-1.0`), and `upload-mode`
-//! and `stream-name` changed while PLAYING.
+//! Upload windows (`upload-mode=triggered`, `paused`: an alarm's pre-roll and post-roll). The module sorts
+//! first so that its 60-s live test starts early, beside the others.
+//!
+//! Live H.264 through matroskamux into kvssink and the emulator; each test compares, frame for frame, what the
+//! emulator stored with the frames matroskamux made, cut where the windows say. Triggers come from the
+//! `trigger` action signal, a `kvs-trigger` event sent from upstream through matroskamux or to kvssink, the
+//! `trigger` property (also from `gst-launch-1.0`), and `upload-mode` and `stream-name` changed while PLAYING.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -296,6 +296,11 @@ impl CppSettings {
         self.text("streaming-type") == Some("offline")
     }
 
+    /// `streaming-type=near-realtime` (uploaded as realtime).
+    pub fn near_realtime(&self) -> bool {
+        self.text("streaming-type") == Some("near-realtime")
+    }
+
     /// `iot-certificate`, when set: its fields, the thing name defaulting to the stream name.
     pub fn iot(&self, stream_name: &str) -> Result<Option<IotSettings>, String> {
         let Some(text) = self.text("iot-certificate").filter(|t| !t.is_empty() && *t != "\"\"") else {

@@ -173,6 +173,8 @@ pub struct KvsMkvSink {
     backlog_open: Mutex<bool>,
     /// The files of the pre-roll's fragments held in the store, by the gate's id.
     held_files: Mutex<HashMap<u64, super::store::FragmentFile>>,
+    /// `kvs-add-metadata` received before the upload started: added at start.
+    early_metadata: Mutex<Vec<(String, String, bool)>>,
 }
 
 use crate::element::lock;
@@ -208,8 +210,13 @@ impl KvsMkvSink {
         let value = metadata.get::<String>("value").unwrap_or_default();
         let persist = metadata.get::<bool>("persist").unwrap_or(false);
         let result = match lock(&self.state).as_mut() {
-            Some(started) if !name.is_empty() => started.fragmenter.add_metadata(&name, &value, persist),
-            _ => Ok(()),
+            Some(started) => started.fragmenter.add_metadata(&name, &value, persist),
+            // Before the upload starts: kept for its first fragment (checked then).
+            None => {
+                lock(&self.early_metadata).push((name.clone(), value.clone(), persist));
+                gst::debug!(CAT, imp = self, "metadata {name}={value} kept until the upload starts");
+                return;
+            }
         };
         match result {
             Ok(()) => gst::debug!(CAT, imp = self, "metadata {name}={value} (persist {persist})"),
@@ -351,6 +358,14 @@ impl KvsMkvSink {
                 gst::LibraryError::Settings,
                 ("kvssink: these C++ kvssink properties have no effect here: {}", list.join(", ")),
                 ["they are accepted so that pipelines written for the C++ kvssink run unchanged"]
+            );
+        }
+        if settings.cpp.near_realtime() {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ("streaming-type=near-realtime is uploaded as realtime: each frame goes out as it comes"),
+                ["kvssink has one live mode; near-realtime only changed how the C++ SDK buffered fragments"]
             );
         }
         let mut connection = effective_connection(&settings.connection);
@@ -1506,6 +1521,15 @@ impl BaseSinkImpl for KvsMkvSink {
         lock(&self.held_files).clear();
         let started = self.start_inner()?;
         *lock(&self.state) = Some(started);
+        let early: Vec<(String, String, bool)> = std::mem::take(&mut *lock(&self.early_metadata));
+        for (name, value, persist) in early {
+            let metadata = gst::Structure::builder(METADATA_EVENT)
+                .field("name", name)
+                .field("value", value)
+                .field("persist", persist)
+                .build();
+            self.add_metadata(&metadata);
+        }
         gst::debug!(CAT, imp = self, "started");
         Ok(())
     }

@@ -1120,3 +1120,50 @@ fn the_cpp_signals_fragment_ack_and_stream_error_carry_structures() {
     assert!(!errors[0].get::<bool>("fatal").unwrap());
     assert_eq!(errors[0].get::<String>("reason").unwrap(), "ERROR ACK 5000 INTERNAL_ERROR");
 }
+
+/// Metadata sent to kvssink before the upload starts goes with its first fragment; metadata without a name is
+/// a warning, as is `streaming-type=near-realtime` (uploaded as realtime).
+#[test]
+fn early_metadata_is_kept_and_a_nameless_one_and_near_realtime_are_warnings() {
+    let emu = Emu::start();
+    emu.create_stream("early-meta", 1);
+    let description = format!(
+        "{} ! matroskamux ! {} sync=false streaming-type=near-realtime",
+        video_source(60),
+        sink_props(&emu, "early-meta")
+    );
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
+        let sink = pipeline.by_name("sink").unwrap();
+        for name in ["door", ""] {
+            let s = gst::Structure::builder("kvs-add-metadata")
+                .field("name", name)
+                .field("value", "open")
+                .field("persist", false)
+                .build();
+            assert!(sink.send_event(gst::event::CustomDownstream::new(s)));
+        }
+    });
+    assert_eq!(run.error, None);
+    let nameless = "metadata \"\": a name takes 1 to 128 bytes and a value at most 256 (the KVS limits)";
+    assert!(run.warnings.iter().any(|w| w.contains(nameless)), "{:?}", run.warnings);
+    assert!(
+        run.warnings.iter().any(|w| w.starts_with(
+            "streaming-type=near-realtime is uploaded as realtime: each frame goes out as it comes"
+        )),
+        "{:?}",
+        run.warnings
+    );
+    let mut first_tags = Vec::new();
+    for event in kvs_mkv::read_all(&emu.read_back("early-meta")).unwrap() {
+        match event {
+            kvs_mkv::Event::ClusterStart { .. } => break,
+            kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
+                for tag in kvs_mkv::tags::parse_tags(&e.data()).unwrap() {
+                    first_tags.push(format!("{}={}", tag.name, tag.value));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(first_tags.contains(&"door=open".to_owned()), "{first_tags:?}");
+}

@@ -4,8 +4,8 @@
 //! everything (`upload-mode=triggered`, or `paused`).
 //!
 //! The [`Gate`] sits between the [`Fragmenter`](super::fragmenter::Fragmenter) and the uploader. Each output
-//! comes with the running time of the buffer that completed it. Outside a window, fragments are held (in RAM)
-//! for the pre-roll: the latest fragment that starts at or before `now - pre-roll` and every one after it,
+//! comes with the running time of the buffer that completed it. Outside a window, fragments are held (in RAM,
+//! or on disk: below) for the pre-roll: the latest fragment that starts at or before `now - pre-roll` and every one after it,
 //! bounded by a byte limit (what does not fit is dropped from the oldest end, counted, and reported with the
 //! next window). A window opens at `trigger - pre-roll`: what is held from the last fragment start (a key frame:
 //! matroskamux starts clusters at key frames) at or before that time goes out at once, in order, and the media
@@ -24,9 +24,8 @@
 //! [discard](Gated::Discard) and which to [release](Gated::Release) to the uploader from their files.
 
 use std::collections::VecDeque;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvs_mkv::Rope;
 

@@ -9,7 +9,8 @@
 //! The clip: SECONDS of 640x480 H.264 at 30 fps, 2 Mbit/s, a key frame each second, played at its own pace in
 //! a child process (this binary again): `filesrc ! matroskademux ! h264parse ! clocksync ! matroskamux
 //! streamable=true ! SINK`. SINK is `fakesink` (the baseline), `kvssink upload-mode=triggered pre-roll=10`
-//! never triggered (idle: what holding the pre-roll costs), or the same sink triggered twice, at 15 s and at
+//! never triggered (idle: what holding the pre-roll costs), the same with `buffer-dir` (the pre-roll held as
+//! files in the system's temporary directory), or the same sink triggered twice, at 15 s and at
 //! 30 s of the clip, for 2 s each (post-roll 0), by the `trigger` action signal from the streaming thread.
 //! kvssink sends into an in-process kvs-emulator started with `--record-arrivals` over plain HTTP on loopback:
 //! TLS, a real network's round trips and the service's own latency are left out. For each trigger:
@@ -47,11 +48,12 @@ fn init() {
 /// since the epoch) to `out`. Counts the frames played.
 fn play(mode: &str, clip: &str, url: &str, out: &str) -> u64 {
     init();
+    let store = if mode == "idle-disk" { format!(" buffer-dir={out}.store") } else { String::new() };
     let sink = match mode {
         "fakesink" => "fakesink sync=false".to_owned(),
         _ => format!(
             "kvssink name=sink stream-name={STREAM} endpoint-uri={url} access-key=AKIDBENCH \
-             secret-access-key=bench-secret region=us-east-1 upload-mode=triggered pre-roll={PRE_ROLL_S}"
+             secret-access-key=bench-secret region=us-east-1 upload-mode=triggered pre-roll={PRE_ROLL_S}{store}"
         ),
     };
     let description = format!(
@@ -113,7 +115,8 @@ fn main() {
     let out = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let base = run_child("fakesink", &[&clip, &url, &out("fakesink.txt")]);
     let idle = run_child("idle", &[&clip, &url, &out("idle.txt")]);
-    assert_eq!((base.count, idle.count), (frames, frames));
+    let idle_disk = run_child("idle-disk", &[&clip, &url, &out("idle-disk.txt")]);
+    assert_eq!((base.count, idle.count, idle_disk.count), (frames, frames, frames));
     let nothing = http("GET", &format!("/_emulator/streams/{STREAM}/arrivals"), "");
     let sent = nothing["frames"].as_array().map_or(0, Vec::len);
     assert_eq!(sent, 0, "the idle sink sent frames");
@@ -125,6 +128,15 @@ fn main() {
         idle.rss_mb,
         idle.cpu - base.cpu,
         idle.rss_mb - base.rss_mb
+    );
+    println!(
+        "the same with buffer-dir:     {:.2} CPU s, peak RSS {:.1} MiB ({:+.2} CPU s, {:+.1} MiB; the pre-roll as held \
+         files in {})",
+        idle_disk.cpu,
+        idle_disk.rss_mb,
+        idle_disk.cpu - base.cpu,
+        idle_disk.rss_mb - base.rss_mb,
+        std::env::temp_dir().display()
     );
 
     let triggered = run_child("triggered", &[&clip, &url, &out("triggered.txt")]);

@@ -50,6 +50,8 @@ gst::plugin_define!(
     "MPL",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // The origin URL: the project has no public home yet, and a made-up one would send users nowhere.
+    // GStreamer refuses an empty origin; this is what its own builds say when none is configured.
+    "Unknown package origin",
     env!("BUILD_REL_DATE")
 );

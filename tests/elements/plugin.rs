@@ -24,6 +24,8 @@ fn plugin_registers_both_elements() {
     assert_eq!(plugin.license(), "MPL");
     assert_eq!(plugin.source(), "gst-plugin-kvs");
     assert!(plugin.version().starts_with(env!("CARGO_PKG_VERSION")), "{}", plugin.version());
+    // No made-up home page: GStreamer's own words for an origin that is not configured.
+    assert_eq!(plugin.origin(), "Unknown package origin");
     for name in ["kvssink", "kvssrc"] {
         let element = gst::ElementFactory::make(name).build().unwrap_or_else(|e| panic!("make {name}: {e}"));
         assert_eq!(element.factory().unwrap().plugin_name().as_deref(), Some("kvs"));
@@ -39,7 +41,15 @@ fn plugin_registers_both_elements() {
     let src = gst::ElementFactory::make("kvssrc").build().unwrap();
     assert!(src.is::<gst_base::PushSrc>());
     // The property enums are marked as plugin API, so documentation tools describe them with the elements.
-    for name in ["GstKvsSrcStartSelector", "GstKvsSrcMode", "GstKvsSrcTimeline", "GstKvsRsStreamingType"] {
+    for name in [
+        "GstKvsSrcStartSelector",
+        "GstKvsSrcMode",
+        "GstKvsSrcTimeline",
+        "GstKvsRsStreamingType",
+        "GstKvsCaptureTime",
+        "GstKvsUploadMode",
+        "GstKvsEventTags",
+    ] {
         let enum_type = gst::glib::Type::from_name(name).unwrap_or_else(|| panic!("{name} registered"));
         assert!(enum_type.plugin_api_flags().is_some(), "{name} is not marked as plugin API");
     }

@@ -308,6 +308,7 @@ mod tests {
     /// keeps them true).
     #[test]
     fn the_readme_tables_name_every_field() {
+        use crate::kvssink::window::{LeftOut, Notice, Source, WindowEnd, WindowStart};
         init();
         let readme = include_str!("../README.md");
         let info = FragmentInfo {
@@ -347,6 +348,17 @@ mod tests {
             }))
             .unwrap(),
             fragment(&info, Some(1)),
+            fragment_tags("1", &[]),
+            crate::kvssink::triggers::window_message(&Notice::Started(WindowStart {
+                source: Source::Signal,
+                trigger: 0,
+                first: 0,
+                timecode: 0,
+                pre_roll: Duration::ZERO,
+                left_out: LeftOut::default(),
+                end: Some(1),
+            })),
+            crate::kvssink::triggers::window_message(&Notice::Ended(WindowEnd::default())),
             session(None, None),
             progress(1, 1, 1),
             reconnecting("", Duration::ZERO),

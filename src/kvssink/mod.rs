@@ -17,9 +17,9 @@ pub mod fragmenter;
 mod imp;
 pub mod queue;
 pub mod store;
-mod triggers;
+pub(crate) mod triggers;
 pub mod uploader;
-mod window;
+pub(crate) mod window;
 
 glib::wrapper! {
     /// The `kvssink` element.

@@ -144,14 +144,20 @@ fn probe_sent(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<Sent>>> {
             return gst::PadProbeReturn::Ok;
         };
         let (now_clock, now) = (clock.time(), SystemTime::now());
-        let captured = i128::from(base.nseconds()) + running;
-        let behind = i128::from(now_clock.nseconds()) - captured;
-        let host = if behind >= 0 {
-            now.checked_sub(Duration::from_nanos(behind.min(i128::from(u64::MAX)) as u64))
-        } else {
-            now.checked_add(Duration::from_nanos((-behind).min(i128::from(u64::MAX)) as u64))
-        }
-        .unwrap_or(UNIX_EPOCH);
+        // A buffer without a running time (no PTS: rare, a parser's first output after a restart) counts as
+        // captured when it passed here; the arithmetic below would overflow (and a panic aborts the binary).
+        let host = match running {
+            i128::MIN => now,
+            running => {
+                let behind = i128::from(now_clock.nseconds()) - (i128::from(base.nseconds()) + running);
+                if behind >= 0 {
+                    now.checked_sub(Duration::from_nanos(behind.min(i128::from(u64::MAX)) as u64))
+                } else {
+                    now.checked_add(Duration::from_nanos((-behind).min(i128::from(u64::MAX)) as u64))
+                }
+                .unwrap_or(UNIX_EPOCH)
+            }
+        };
         let payload = buffer.map_readable().unwrap().to_vec();
         recorded.lock().unwrap().push(Sent { payload, camera, host, running });
         gst::PadProbeReturn::Ok

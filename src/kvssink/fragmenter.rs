@@ -216,6 +216,8 @@ struct ClusterInProgress {
     source_shift: Option<i128>,
     /// Added to the block timecodes (a cluster split where time went back: its Timecode is its first frame's).
     block_shift: i64,
+    /// The latest frame of the fragments before it in the same session: each of its frames goes after it.
+    floor: Option<u64>,
 }
 
 /// See the module documentation.
@@ -498,6 +500,7 @@ impl Fragmenter {
         let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
         if let Some((timecode, _)) = &start {
             cluster.timecode = Some(*timecode);
+            cluster.floor = self.last_frame;
             // A split cluster's Timecode is its first frame's: its blocks move by as much.
             cluster.block_shift = if split { -i64::from(info.relative_timecode) } else { 0 };
             let first = i128::from(info.relative_timecode) + i128::from(cluster.block_shift);
@@ -512,6 +515,18 @@ impl Fragmenter {
             _ if cluster.block_shift != 0 => {
                 let offset = i128::from(info.relative_timecode) + i128::from(cluster.block_shift);
                 restamp(info, data, offset)
+            }
+            _ => (info, data),
+        };
+        // A frame inside the cluster less than TIME_JUMP before frames already sent (timestamps that stepped back
+        // a little mid-cluster: a jitter buffer resetting its skew) goes right after them: the service refuses a
+        // fragment with a frame before the previous fragment's last one (4004), and would drop the whole
+        // fragment.
+        let (info, data) = match (cluster.floor, cluster.timecode) {
+            (Some(floor), Some(timecode))
+                if i128::from(timecode) + i128::from(info.relative_timecode) <= i128::from(floor) =>
+            {
+                restamp(info, data, i128::from(floor) + 1 - i128::from(timecode))
             }
             _ => (info, data),
         };
@@ -860,6 +875,31 @@ mod tests {
         let expected: Vec<(u64, Vec<u8>)> =
             [0, 33, 66, 67, 100].into_iter().enumerate().map(|(f, o)| (t + o, vec![f as u8])).collect();
         assert_eq!(times, expected);
+    }
+
+    #[test]
+    fn a_small_step_back_inside_a_cluster_puts_the_frame_right_after_the_previous_fragment() {
+        // The second cluster's third frame went back 700 ms (a jitter buffer resetting its skew): before the first
+        // cluster's last frame. It goes 1 ms after that frame, the others keep their times.
+        let t = 1_800_000_000_000u64;
+        let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        for (cluster, offsets) in [(0u64, [0i16, 33, 66]), (100, [0, 33, -600])] {
+            let mut head = Vec::new();
+            writer::write_cluster_start(&mut head, cluster);
+            out.extend(fragmenter.push(Bytes::from(head), None).unwrap());
+            for (f, offset) in offsets.into_iter().enumerate() {
+                let mut block = Vec::new();
+                let payload = [cluster as u8 + f as u8];
+                writer::write_simple_block(&mut block, 1, offset, f == 0, &payload);
+                let at = (t + cluster) as i64 + i64::from(offset);
+                let captured = UNIX_EPOCH + Duration::from_millis(at as u64);
+                out.extend(fragmenter.push_stamped(Bytes::from(block), Stamp::Host(captured)).unwrap());
+            }
+        }
+        out.extend(fragmenter.finish().unwrap());
+        let times: Vec<u64> = frame_times(&fragments(&out)).into_iter().map(|(_, time, _)| time).collect();
+        assert_eq!(times, [t, t + 33, t + 66, t + 100, t + 133, t + 67]);
     }
 
     #[test]

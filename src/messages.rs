@@ -12,6 +12,8 @@
 //! | `kvssink-stream-error` | `reason`, `error-id`, `fatal` (the `stream-error` signal's argument) |
 //! | `kvssink-stats` | the `stats` property: counters of the upload |
 //! | `kvssink-backlog` | `fragments`, `bytes`, `bytes-per-second`, `eta-ms` (-1: unknown), `waiting` |
+//! | `kvssink-window-started` | `trigger`, `trigger-running-time`, `first-running-time`, `fragment-timecode`, `pre-roll`, `end-running-time`, `left-out-fragments`, `left-out-frames`, `left-out-bytes`, `missing-pre-roll` |
+//! | `kvssink-window-ended` | `fragments`, `frames`, `bytes`, `first-running-time`, `last-running-time`, `duration`, `extended` |
 //! | `kvssink-store-recovered` | `dir`, `fragments`, `frames`, `bytes`, `incomplete`, `first-timecode`, `problems`, `pre-roll-discarded` (set by the element) |
 //! | `kvssrc-fragment` | `fragment-number`, `producer-timestamp`, `server-timestamp`, `cluster-time-ns`, `output-time-ns`, `session-start`, `skipped`, `skip-reason`, `tags`, `millis-behind-now` (live) |
 //! | `kvssrc-fragment-tags` | `fragment-number`, `tags` (those GetMedia sent after the fragment's frames) |
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use crate::kvs::ack::AckKind;
 use crate::kvssink::uploader::{Stats, UploadEvent};
+use crate::kvssink::window::Notice;
 use crate::kvssrc::merger::FragmentInfo;
 
 pub const KVSSINK_CONNECTION: &str = "kvssink-connection";
@@ -32,6 +35,8 @@ pub const KVSSINK_STREAM_ERROR: &str = "kvssink-stream-error";
 pub const KVSSINK_STATS: &str = "kvssink-stats";
 pub const KVSSINK_STORE_RECOVERED: &str = "kvssink-store-recovered";
 pub const KVSSINK_BACKLOG: &str = "kvssink-backlog";
+pub const KVSSINK_WINDOW_STARTED: &str = "kvssink-window-started";
+pub const KVSSINK_WINDOW_ENDED: &str = "kvssink-window-ended";
 pub const KVSSRC_FRAGMENT: &str = "kvssrc-fragment";
 pub const KVSSRC_FRAGMENT_TAGS: &str = "kvssrc-fragment-tags";
 pub const KVSSRC_SESSION: &str = "kvssrc-session";
@@ -168,6 +173,41 @@ pub fn fragment_tags(number: &str, tags: &[kvs_mkv::tags::SimpleTag]) -> gst::St
         .field("fragment-number", number)
         .field("tags", gst::Array::new(tags))
         .build()
+}
+
+fn clock_time(ns: u64) -> gst::ClockTime {
+    gst::ClockTime::from_nseconds(ns)
+}
+
+fn clock_duration(duration: Duration) -> gst::ClockTime {
+    gst::ClockTime::from_nseconds(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The bus message for a window that started or ended.
+pub fn window(notice: &Notice) -> gst::Structure {
+    match notice {
+        Notice::Started(start) => gst::Structure::builder(KVSSINK_WINDOW_STARTED)
+            .field("trigger", start.source.name())
+            .field("trigger-running-time", clock_time(start.trigger))
+            .field("first-running-time", clock_time(start.first))
+            .field("fragment-timecode", start.timecode)
+            .field("pre-roll", clock_duration(start.pre_roll))
+            .field("end-running-time", start.end.map(clock_time))
+            .field("left-out-fragments", start.left_out.fragments)
+            .field("left-out-frames", start.left_out.frames)
+            .field("left-out-bytes", start.left_out.bytes)
+            .field("missing-pre-roll", clock_duration(start.left_out.missing))
+            .build(),
+        Notice::Ended(end) => gst::Structure::builder(KVSSINK_WINDOW_ENDED)
+            .field("fragments", end.fragments)
+            .field("frames", end.frames)
+            .field("bytes", end.bytes)
+            .field("first-running-time", clock_time(end.first))
+            .field("last-running-time", clock_time(end.last))
+            .field("duration", clock_time(end.last.saturating_sub(end.first)))
+            .field("extended", end.extended)
+            .build(),
+    }
 }
 
 /// The end of a GetMedia chunk: how far behind now, and where to continue.
@@ -308,7 +348,7 @@ mod tests {
     /// keeps them true).
     #[test]
     fn the_readme_tables_name_every_field() {
-        use crate::kvssink::window::{LeftOut, Notice, Source, WindowEnd, WindowStart};
+        use crate::kvssink::window::{LeftOut, Source, WindowEnd, WindowStart};
         init();
         let readme = include_str!("../README.md");
         let info = FragmentInfo {
@@ -349,7 +389,7 @@ mod tests {
             .unwrap(),
             fragment(&info, Some(1)),
             fragment_tags("1", &[]),
-            crate::kvssink::triggers::window_message(&Notice::Started(WindowStart {
+            window(&Notice::Started(WindowStart {
                 source: Source::Signal,
                 trigger: 0,
                 first: 0,
@@ -358,7 +398,7 @@ mod tests {
                 left_out: LeftOut::default(),
                 end: Some(1),
             })),
-            crate::kvssink::triggers::window_message(&Notice::Ended(WindowEnd::default())),
+            window(&Notice::Ended(WindowEnd::default())),
             session(None, None),
             progress(1, 1, 1),
             reconnecting("", Duration::ZERO),

@@ -209,6 +209,11 @@ impl KvsMkvSink {
         let name = metadata.get::<String>("name").unwrap_or_default();
         let value = metadata.get::<String>("value").unwrap_or_default();
         let persist = metadata.get::<bool>("persist").unwrap_or(false);
+        self.add_tag(name, value, persist);
+    }
+
+    /// A fragment tag (see [`add_metadata`](Self::add_metadata)); before the upload starts, kept for it.
+    fn add_tag(&self, name: String, value: String, persist: bool) {
         let result = match lock(&self.state).as_mut() {
             Some(started) => started.fragmenter.add_metadata(&name, &value, persist),
             // Before the upload starts: kept for its first fragment (checked then).
@@ -874,7 +879,7 @@ impl KvsMkvSink {
             );
         }
         for notice in &routed.windows {
-            let structure = super::triggers::window_message(notice);
+            let structure = crate::messages::window(notice);
             gst::info!(CAT, imp = self, "{structure}");
             let _ =
                 self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
@@ -1523,12 +1528,7 @@ impl BaseSinkImpl for KvsMkvSink {
         *lock(&self.state) = Some(started);
         let early: Vec<(String, String, bool)> = std::mem::take(&mut *lock(&self.early_metadata));
         for (name, value, persist) in early {
-            let metadata = gst::Structure::builder(METADATA_EVENT)
-                .field("name", name)
-                .field("value", value)
-                .field("persist", persist)
-                .build();
-            self.add_metadata(&metadata);
+            self.add_tag(name, value, persist);
         }
         gst::debug!(CAT, imp = self, "started");
         Ok(())

@@ -3,7 +3,7 @@
 //! kvssink's upload windows as GStreamer sees them: the `upload-mode`, `pre-roll`, `post-roll`, `trigger`,
 //! `event-tags` and `image-prefix` properties, the `kvs-trigger` custom event, the KVS event tags put on a
 //! window's first fragment, and the `kvssink-window-started` / `kvssink-window-ended` messages. The windows
-//! themselves are [`super::window`].
+//! themselves are [`super::window`]; their bus messages are built in [`crate::messages`].
 //!
 //! The KVS event tags, as the service documents them (Kinesis Video Streams Developer Guide, "Set up
 //! notifications" and "Automated real-time image generation"): a fragment whose Tags carry a SimpleTag named
@@ -20,7 +20,6 @@ use gst::glib;
 use kvs_mkv::tags::{SimpleTag, write_tags};
 
 use super::fragmenter::{FragmentStart, MAX_TAGS_PER_FRAGMENT};
-use super::window::Notice;
 
 /// The custom event (downstream, or sent to the element) that triggers or stops an upload window.
 pub const TRIGGER_EVENT: &str = "kvs-trigger";
@@ -150,44 +149,6 @@ pub fn trigger_request(s: &gst::StructureRef) -> Result<TriggerRequest, String> 
         return Ok(TriggerRequest::Stop { at });
     }
     Ok(TriggerRequest::Start { at, duration })
-}
-
-pub const KVSSINK_WINDOW_STARTED: &str = "kvssink-window-started";
-pub const KVSSINK_WINDOW_ENDED: &str = "kvssink-window-ended";
-
-fn clock_time(ns: u64) -> gst::ClockTime {
-    gst::ClockTime::from_nseconds(ns)
-}
-
-fn clock_duration(duration: Duration) -> gst::ClockTime {
-    gst::ClockTime::from_nseconds(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// The bus message for a window that started or ended.
-pub fn window_message(notice: &Notice) -> gst::Structure {
-    match notice {
-        Notice::Started(start) => gst::Structure::builder(KVSSINK_WINDOW_STARTED)
-            .field("trigger", start.source.name())
-            .field("trigger-running-time", clock_time(start.trigger))
-            .field("first-running-time", clock_time(start.first))
-            .field("fragment-timecode", start.timecode)
-            .field("pre-roll", clock_duration(start.pre_roll))
-            .field("end-running-time", start.end.map(clock_time))
-            .field("left-out-fragments", start.left_out.fragments)
-            .field("left-out-frames", start.left_out.frames)
-            .field("left-out-bytes", start.left_out.bytes)
-            .field("missing-pre-roll", clock_duration(start.left_out.missing))
-            .build(),
-        Notice::Ended(end) => gst::Structure::builder(KVSSINK_WINDOW_ENDED)
-            .field("fragments", end.fragments)
-            .field("frames", end.frames)
-            .field("bytes", end.bytes)
-            .field("first-running-time", clock_time(end.first))
-            .field("last-running-time", clock_time(end.last))
-            .field("duration", clock_time(end.last.saturating_sub(end.first)))
-            .field("extended", end.extended)
-            .build(),
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! | `kvssrc-fragment-tags` | `fragment-number`, `tags` (those GetMedia sent after the fragment's frames) |
 //! | `kvssrc-session` | `millis-behind-now`, `continuation-token` |
 //! | `kvssrc-progress` | `fragments-done`, `fragments-total`, `bytes`, `percent` |
-//! | `kvssrc-connection` | `state` (`reconnecting`), `reason`, `retry-in-ms` |
+//! | `kvssrc-connection` | `state`: `reconnecting` (`reason`, `attempt`, `retry-in-ms`) or `resumed` (`outage-ms`, `attempts`, `millis-behind-now`) |
 
 use std::time::Duration;
 
@@ -233,12 +233,25 @@ pub fn progress_percent(done: usize, total: usize) -> u32 {
     (done * 100).checked_div(total).unwrap_or(100) as u32
 }
 
-/// A live read lost its session and reads again after `retry_in`.
-pub fn reconnecting(reason: &str, retry_in: Duration) -> gst::Structure {
+/// A live read lost its session, or an attempt failed (`attempt`: the outage's attempts so far, 0 when none
+/// failed), and reads again after `retry_in`.
+pub fn reconnecting(reason: &str, retry_in: Duration, attempt: u32) -> gst::Structure {
     gst::Structure::builder(KVSSRC_CONNECTION)
         .field("state", "reconnecting")
         .field("reason", reason)
+        .field("attempt", attempt)
         .field("retry-in-ms", retry_in.as_millis() as u64)
+        .build()
+}
+
+/// A live read reads again after an outage of `down` (from its first failed attempt to the service's answer);
+/// `millis_behind_now` is how far behind the live edge the first fragment read was (when one came with it).
+pub fn resumed(down: Duration, attempts: u32, millis_behind_now: Option<u64>) -> gst::Structure {
+    gst::Structure::builder(KVSSRC_CONNECTION)
+        .field("state", "resumed")
+        .field("outage-ms", down.as_millis() as u64)
+        .field("attempts", attempts)
+        .field_if_some("millis-behind-now", millis_behind_now)
         .build()
 }
 
@@ -341,7 +354,15 @@ mod tests {
         let half = progress(5, 10, 1000);
         assert_eq!(half.get::<u32>("percent").unwrap(), 50);
         assert_eq!(progress_percent(0, 0), 100);
-        assert_eq!(reconnecting("stalled", Duration::from_secs(1)).get::<u64>("retry-in-ms").unwrap(), 1000);
+        let retry = reconnecting("stalled", Duration::from_secs(1), 2);
+        assert_eq!(
+            retry.to_string(),
+            "kvssrc-connection, state=(string)reconnecting, reason=(string)stalled, attempt=(uint)2, retry-in-ms=(guint64)1000;"
+        );
+        assert_eq!(
+            resumed(Duration::from_millis(61_500), 9, Some(62_000)).to_string(),
+            "kvssrc-connection, state=(string)resumed, outage-ms=(guint64)61500, attempts=(uint)9, millis-behind-now=(guint64)62000;"
+        );
     }
 
     /// The README's message tables name every field these functions write (the tables are for people; this
@@ -401,7 +422,8 @@ mod tests {
             window(&Notice::Ended(WindowEnd::default())),
             session(None, None),
             progress(1, 1, 1),
-            reconnecting("", Duration::ZERO),
+            reconnecting("", Duration::ZERO, 0),
+            resumed(Duration::ZERO, 1, Some(0)),
         ];
         for structure in structures {
             let row = readme

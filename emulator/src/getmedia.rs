@@ -218,11 +218,19 @@ pub struct Output {
     sent: u64,
     fragments: u64,
     pacer: Pacer,
+    /// The service's bandwidth limit for the connection, bytes a second.
+    limit: Option<u64>,
 }
 
 impl Output {
     pub fn new(tx: mpsc::Sender<Bytes>, faults: ConnectionFaults, kill: Option<ConnectionKill>) -> Output {
-        Output { tx, faults, kill, sent: 0, fragments: 0, pacer: Pacer::default() }
+        Output { tx, faults, kill, sent: 0, fragments: 0, pacer: Pacer::default(), limit: None }
+    }
+
+    /// Sends at most `bytes_per_second` (a throttle fault may slow it further).
+    pub fn limited(mut self, bytes_per_second: Option<u64>) -> Output {
+        self.limit = bytes_per_second;
+        self
     }
 
     /// Drops the connection, and waits until it is gone so that the response cannot end cleanly first.
@@ -274,7 +282,11 @@ impl Output {
         if !data.is_empty() && self.tx.send(data).await.is_err() {
             return false;
         }
-        self.pacer.pace(self.faults.bytes_per_second, paced).await;
+        let rate = match (self.faults.bytes_per_second, self.limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.pacer.pace(rate, paced).await;
         let Some(at) = cut else { return true };
         if let Some((_, how)) = self.faults.drop_after_bytes.filter(|(a, _)| *a == at) {
             // Let the connection write what was sent, then drop it.

@@ -20,6 +20,7 @@ pub mod faults;
 pub mod getmedia;
 pub mod ingest;
 pub mod iot;
+pub mod limits;
 pub mod media;
 pub mod persist;
 pub mod putmedia;
@@ -27,10 +28,9 @@ pub mod sigv4;
 pub mod store;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -120,8 +120,8 @@ pub struct State {
     pub verifier: Option<Arc<Verifier>>,
     /// Every stream's fragments.
     pub media: Arc<MediaStore>,
-    /// Open GetMedia sessions per stream ARN (the service allows 3).
-    pub readers: Mutex<HashMap<String, usize>>,
+    /// The service's limits on reads ([`limits`]): calls a second and open connections per stream.
+    pub read_limits: Arc<limits::ReadLimits>,
     /// Armed faults (admin API).
     pub faults: Arc<Faults>,
     /// `--data-dir`, when given.
@@ -144,7 +144,7 @@ impl State {
             store,
             verifier,
             media: Arc::new(MediaStore::default()),
-            readers: Mutex::new(HashMap::new()),
+            read_limits: Arc::default(),
             faults: Arc::new(Faults::default()),
             data_dir: None,
             arrivals,
@@ -429,23 +429,20 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     }
 }
 
-/// Ends a GetMedia session's count when the session ends.
-struct ReaderSlot {
-    state: Arc<State>,
-    arn: String,
-}
-
-impl Drop for ReaderSlot {
-    fn drop(&mut self) {
-        let mut readers = self.state.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = readers.get_mut(&self.arn) {
-            *count = count.saturating_sub(1);
-        }
+/// Counts a call of a read API and opens its connection, within the service's limits ([`limits`]); `None` when
+/// the limits are lifted.
+fn read_slot(
+    state: &State,
+    api: &'static str,
+    arn: &str,
+    most: usize,
+) -> Result<Option<limits::Slot>, ApiError> {
+    if !state.config.put_media.service_limits {
+        return Ok(None);
     }
+    state.read_limits.call(api, arn)?;
+    state.read_limits.open(api, arn, most).map(Some)
 }
-
-/// GetMedia sessions per stream allowed at once.
-pub const MAX_READERS_PER_STREAM: usize = 3;
 
 /// `POST /getMedia`: validates, then streams the session from a task.
 async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
@@ -485,28 +482,17 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
             Err(err) => return boxed(err.into_response()),
         }
     };
-    {
-        let mut readers = state.readers.lock().unwrap_or_else(|e| e.into_inner());
-        let count = readers.entry(arn.clone()).or_default();
-        if *count >= MAX_READERS_PER_STREAM {
-            return boxed(
-                ApiError::new(
-                    "ConnectionLimitExceededException",
-                    hyper::StatusCode::BAD_REQUEST,
-                    format!("At most {MAX_READERS_PER_STREAM} GetMedia connections per stream are allowed."),
-                )
-                .into_response(),
-            );
-        }
-        *count += 1;
-    }
-    let slot = ReaderSlot { state: state.clone(), arn: arn.clone() };
+    let slot = match read_slot(state, "GetMedia", &arn, limits::GET_MEDIA_SESSIONS) {
+        Ok(slot) => slot,
+        Err(err) => return boxed(err.into_response()),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let store = state.store.clone();
     let media = state.media.clone();
+    let rate = state.config.put_media.service_limits.then_some(limits::BYTES_PER_SECOND);
     tokio::spawn(async move {
         let _slot = slot;
-        let out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill);
+        let out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
         getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, out).await;
     });
     let mut response = Response::new(putmedia::stream_body(tokio_stream::wrappers::ReceiverStream::new(rx)));
@@ -535,6 +521,9 @@ async fn list_fragments(state: &Arc<State>, request: Request<Incoming>) -> Resul
     injected_error(state, "listFragments", &body)?;
     let request: archived::ListFragmentsRequest = parse_json(&body)?;
     let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
+    if state.config.put_media.service_limits {
+        state.read_limits.call("ListFragments", &arn)?;
+    }
     let output = {
         let streams = state.media.lock();
         let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
@@ -557,6 +546,7 @@ async fn get_media_for_fragment_list(
     }
     let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
     let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
+    let slot = read_slot(state, "GetMediaForFragmentList", &arn, limits::FRAGMENT_LIST_CONNECTIONS)?;
     let numbers = request.fragments.unwrap_or_default();
     let chunks: Vec<Bytes> = {
         let streams = state.media.lock();
@@ -567,8 +557,10 @@ async fn get_media_for_fragment_list(
             .collect()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill);
+    let rate = state.config.put_media.service_limits.then_some(limits::BYTES_PER_SECOND);
+    let mut out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
     tokio::spawn(async move {
+        let _slot = slot;
         for chunk in chunks {
             if !out.send(chunk).await {
                 break;

@@ -44,6 +44,8 @@ pub enum GaveUp {
     NoRestart,
     /// This many failed attempts in a row.
     RetryLimit(u32),
+    /// Nothing could be read for this long (kvssrc's `max-outage`), after this many attempts.
+    Outage(std::time::Duration, u32),
     /// The task was stopped.
     Stopped,
 }
@@ -56,6 +58,12 @@ impl std::fmt::Display for FinalError {
             GaveUp::RetryLimit(attempts) => {
                 write!(f, "gave up after {attempts} failed attempts in a row; the last: {}", self.error)
             }
+            GaveUp::Outage(down, attempts) => write!(
+                f,
+                "gave up after {:.0} s without reading (max-outage) and {attempts} attempts; the last: {}",
+                down.as_secs_f64(),
+                self.error
+            ),
         }
     }
 }
@@ -163,6 +171,12 @@ impl KvsError {
             KvsError::FragmentRefused { id: 4507, .. } => ErrorKind::NotFound,
             _ => ErrorKind::Failed,
         }
+    }
+
+    /// The service refused the call for its request rate or its connection count: back off and try again.
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, KvsError::Service { code, .. }
+            if matches!(code.as_str(), "ClientLimitExceededException" | "ConnectionLimitExceededException" | "ThrottlingException"))
     }
 
     /// The table: what to do about this error.

@@ -88,6 +88,8 @@ struct Settings {
     mode: OutputMode,
     timeline: OutputTimeline,
     parallel: u32,
+    /// Seconds a live read may go without reading before it fails; 0: never.
+    max_outage: u32,
 }
 
 impl Default for Settings {
@@ -103,6 +105,7 @@ impl Default for Settings {
             mode: OutputMode::Merged,
             timeline: OutputTimeline::ProducerTime,
             parallel: DEFAULT_PARALLEL,
+            max_outage: 0,
         }
     }
 }
@@ -214,6 +217,8 @@ impl KvsSrc {
             },
             close_gaps: settings.timeline == OutputTimeline::Continuous,
             parallel: settings.parallel.max(1) as usize,
+            max_outage: (settings.max_outage > 0)
+                .then(|| std::time::Duration::from_secs(settings.max_outage.into())),
         })
     }
 
@@ -360,9 +365,30 @@ impl KvsSrc {
                 self.post(crate::messages::progress(done, total, bytes));
                 self.post_progress(done, total, crate::messages::progress_percent(done, total));
             }
-            Item::Reconnecting { reason, retry_in } => {
+            Item::Reconnecting { reason, retry_in, attempt } => {
                 gst::info!(CAT, imp = self, "{reason}; reading again in {retry_in:?}");
-                self.post(crate::messages::reconnecting(&reason, retry_in));
+                self.post(crate::messages::reconnecting(&reason, retry_in, attempt));
+            }
+            Item::OutageStarted { reason } => {
+                let limit = match self.settings().max_outage {
+                    0 => "for as long as it takes (max-outage=0), then goes on from where it stopped"
+                        .to_owned(),
+                    s => format!("for up to {s} s (max-outage), then ends with an error"),
+                };
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("Cannot read the stream: {}", reason),
+                    ["the live read retries {}", limit]
+                );
+            }
+            Item::Resumed { down, attempts, millis_behind_now } => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "reading again after {down:?} and {attempts} failed attempts, {millis_behind_now:?} ms behind now"
+                );
+                self.post(crate::messages::resumed(down, attempts, millis_behind_now));
             }
             Item::Error(failure) => {
                 let message = failure.to_string();
@@ -429,6 +455,7 @@ impl ObjectImpl for KvsSrc {
                     .blurb("Output timestamps (merged mode): producer-time (each fragment at its producer timestamp, gaps kept) or continuous (gaps of more than a second closed) (default: producer-time)")
                     .mutable_ready()
                     .build(),
+                uint("max-outage", "Seconds a live read keeps retrying while the stream cannot be read (refused, unreachable, throttled), with backoff capped at 10 s, before it ends with an error; 0: for as long as it takes, reading then goes on from where it stopped (default: 0)", u32::MAX, 0),
                 uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range; the service allows 5 connections per stream (default: 4)", 64, DEFAULT_PARALLEL),
             ];
             properties.splice(1..1, connection_properties());
@@ -456,6 +483,7 @@ impl ObjectImpl for KvsSrc {
             "mode" => settings.mode = value.get().unwrap_or_default(),
             "timeline" => settings.timeline = value.get().unwrap_or_default(),
             "parallel-downloads" => settings.parallel = value.get().unwrap_or(DEFAULT_PARALLEL),
+            "max-outage" => settings.max_outage = value.get().unwrap_or(0),
             name => gst::warning!(CAT, imp = self, "unknown property {name}"),
         }
     }
@@ -480,6 +508,7 @@ impl ObjectImpl for KvsSrc {
             "mode" => settings.mode.to_value(),
             "timeline" => settings.timeline.to_value(),
             "parallel-downloads" => settings.parallel.to_value(),
+            "max-outage" => settings.max_outage.to_value(),
             _ => None::<String>.to_value(),
         }
     }

@@ -8,7 +8,8 @@
 //! - Range (an end time): ListFragments over the range, then GetMediaForFragmentList in batches, up to
 //!   `parallel` requests at once, the results written in order; EOS after the last.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -68,6 +69,8 @@ pub struct ReaderConfig {
     pub close_gaps: bool,
     /// GetMediaForFragmentList requests at once (range reads).
     pub parallel: usize,
+    /// How long a live read may go without reading before it fails; `None`: never.
+    pub max_outage: Option<Duration>,
 }
 
 impl ReaderConfig {
@@ -101,10 +104,22 @@ pub enum Item {
         total: usize,
         bytes: u64,
     },
-    /// A live session ended or broke; reading continues from `start`.
+    /// A live session ended or broke, or an attempt failed (`attempt` > 0: the outage's attempts so far);
+    /// reading continues after `retry_in`.
     Reconnecting {
         reason: String,
         retry_in: Duration,
+        attempt: u32,
+    },
+    /// A live read cannot read: the first failed attempt of an outage.
+    OutageStarted {
+        reason: String,
+    },
+    /// A live read reads again after an outage of `down`.
+    Resumed {
+        down: Duration,
+        attempts: u32,
+        millis_behind_now: Option<u64>,
     },
     /// Reading cannot go on.
     Error(FinalError),
@@ -170,15 +185,26 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
     Ok(true)
 }
 
-/// Sessions in a row that may bring bytes that are not Matroska before kvssrc gives up with an error.
+/// Sessions in a row that may bring bytes that are not Matroska: the last of them ends reading with an error.
 const MAX_BAD_SESSIONS: u32 = 3;
 
 /// How far before the first NOW session a live reader that saw no fragment yet asks for more.
 const NOW_MARGIN_S: f64 = 2.0;
 
+/// The longest wait between two attempts (a live read in an outage, a throttled range read).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait before attempt `attempt` (1-based) after a failure: 250 ms doubling up to [`MAX_BACKOFF`], the
+/// upper half random, so that readers that lost the service together do not all come back in the same instant.
 fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
+    let cap = MAX_BACKOFF.as_millis() as u64;
+    let base = 250u64.saturating_mul(1 << attempt.saturating_sub(1).min(10)).min(cap);
     Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
+}
+
+/// The pause before the next GetMedia after a session that ended cleanly with nothing in it (an idle stream).
+fn idle_pause() -> Duration {
+    Duration::from_millis(rand::random_range(100..=200))
 }
 
 /// Reads until the range ends, an error that cannot be retried, or the element drops the channel.
@@ -192,11 +218,34 @@ pub async fn run(ctx: AwsContext, config: ReaderConfig, tx: Tx) {
     }
 }
 
+/// A live read that cannot read: since when, and how many attempts failed.
+struct Outage {
+    since: Instant,
+    attempts: u32,
+}
+
+/// Ends an outage when the service answers again: the resume message says how long reading stopped (from the
+/// first failure to the answer) and how far behind now the first fragment read is.
+async fn end_outage(
+    outage: &mut Option<Outage>,
+    answered: Instant,
+    millis_behind_now: Option<u64>,
+    tx: &Tx,
+) -> bool {
+    match outage.take() {
+        Some(o) => {
+            let down = answered.saturating_duration_since(o.since);
+            give(tx, Item::Resumed { down, attempts: o.attempts, millis_behind_now }).await
+        }
+        None => true,
+    }
+}
+
 async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), FinalError> {
     let mut merger = config.merger();
     let mut start = config.start.clone();
     let mut endpoint: Option<String> = None;
-    let mut failures = 0u32;
+    let mut outage: Option<Outage> = None;
     // Sessions in a row whose bytes were not Matroska.
     let mut bad_sessions = 0u32;
     // The server timestamp (seconds) of the last fragment read, to resume from if a token is refused.
@@ -210,7 +259,7 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                     url
                 }
                 Err(error) => {
-                    retry_or_fail(error, &mut failures, &mut endpoint, tx).await?;
+                    wait_after(error, &mut outage, config.max_outage, &mut endpoint, tx).await?;
                     continue;
                 }
             },
@@ -238,28 +287,30 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                 let reason = format!(
                     "the continuation token was refused ({message}); reading from server time {from:.3}"
                 );
-                if !give(tx, Item::Reconnecting { reason, retry_in: Duration::ZERO }).await {
+                if !give(tx, Item::Reconnecting { reason, retry_in: Duration::ZERO, attempt: 0 }).await {
                     return Ok(());
                 }
                 continue;
             }
             Err(error) => {
-                retry_or_fail(error, &mut failures, &mut endpoint, tx).await?;
+                wait_after(error, &mut outage, config.max_outage, &mut endpoint, tx).await?;
                 continue;
             }
         };
+        let answered = Instant::now();
         let mut token = None;
         let mut received = false;
-        let reason = loop {
+        let (reason, clean) = loop {
             // A connection that stays open with nothing on it (a stalled proxy, a half-dead peer) is given up
             // after the request timeout and read again from the last continuation token.
             let frame = match tokio::time::timeout(ctx.request_timeout, body.frame()).await {
                 Ok(frame) => frame,
                 Err(_) => {
-                    break format!(
+                    let reason = format!(
                         "nothing arrived on the GetMedia connection for {:.1} s (request-timeout)",
                         ctx.request_timeout.as_secs_f64()
                     );
+                    break (reason, false);
                 }
             };
             match frame {
@@ -271,7 +322,7 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                         // Bytes mangled on the way: this session is unusable, the next one starts clean.
                         Err(e) => {
                             bad_sessions += 1;
-                            if bad_sessions > MAX_BAD_SESSIONS {
+                            if bad_sessions >= MAX_BAD_SESSIONS {
                                 return Err(KvsError::BadResponse {
                                     api: "GetMedia",
                                     message: format!(
@@ -280,16 +331,29 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                                 }
                                 .into());
                             }
-                            break format!("GetMedia returned bad Matroska: {e}");
+                            break (format!("GetMedia returned bad Matroska: {e}"), false);
                         }
                     };
+                    // GetMedia puts MILLIS_BEHIND_NOW after each fragment's frames: an outage ends there (or
+                    // with the session, below).
+                    let mut behind = None;
                     for output in &outputs {
-                        if let Output::Fragment(info) = output
-                            && let Some(server) =
-                                info.server_timestamp.as_deref().and_then(|t| t.parse().ok())
-                        {
-                            last_server_s = Some(server);
+                        match output {
+                            Output::Fragment(info) => {
+                                if let Some(server) =
+                                    info.server_timestamp.as_deref().and_then(|t| t.parse().ok())
+                                {
+                                    last_server_s = Some(server);
+                                }
+                            }
+                            Output::Session { millis_behind_now: Some(ms), .. } => {
+                                behind = behind.or(Some(*ms))
+                            }
+                            _ => {}
                         }
+                    }
+                    if behind.is_some() && !end_outage(&mut outage, answered, behind, tx).await {
+                        return Ok(());
                     }
                     if !give_outputs(tx, outputs, &mut token).await? {
                         return Ok(());
@@ -299,45 +363,90 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                         bad_sessions = 0;
                     }
                 }
-                Some(Err(error)) => break format!("the GetMedia connection broke: {error}"),
-                None => break "the GetMedia session ended".to_owned(),
+                Some(Err(error)) => break (format!("the GetMedia connection broke: {error}"), false),
+                None => break ("the GetMedia session ended".to_owned(), true),
             }
         };
         merger.interrupted();
-        if received {
-            failures = 0;
+        if received || clean {
+            // Reading went on (or the service ended a session on an idle stream): not an outage, or its end.
+            if !end_outage(&mut outage, answered, None, tx).await {
+                return Ok(());
+            }
+            let retry_in = if received { Duration::ZERO } else { idle_pause() };
+            if !give(tx, Item::Reconnecting { reason, retry_in, attempt: 0 }).await {
+                return Ok(());
+            }
+            tokio::time::sleep(retry_in).await;
+        } else {
+            // Answered, then nothing: as good as refused.
+            let error = KvsError::Connection { api: "GetMedia", message: reason };
+            wait_after(error, &mut outage, config.max_outage, &mut endpoint, tx).await?;
         }
-        let retry_in = if received { Duration::ZERO } else { backoff(failures.min(3)) };
-        if !give(tx, Item::Reconnecting { reason, retry_in }).await {
-            return Ok(());
-        }
-        tokio::time::sleep(retry_in).await;
     }
 }
 
-/// Decides about a failed request: retries after a backoff (true), or fails with the error's message.
-async fn retry_or_fail(
+/// After a failed attempt of a live read: fails at once when the error cannot be retried, or when the outage
+/// has lasted `max_outage`; otherwise waits (capped exponential backoff with jitter). The outage's first
+/// failure posts a warning.
+async fn wait_after(
     error: KvsError,
-    failures: &mut u32,
+    outage: &mut Option<Outage>,
+    max_outage: Option<Duration>,
     endpoint: &mut Option<String>,
     tx: &Tx,
 ) -> Result<(), FinalError> {
     match error.action() {
-        Action::Fail => Err(error.into()),
-        action => {
-            if action == Action::RefreshEndpoint {
-                *endpoint = None;
-            }
-            *failures += 1;
-            if *failures > 8 {
-                return Err(FinalError { error, why: GaveUp::RetryLimit(*failures) });
-            }
-            let retry_in = backoff(*failures);
-            if give(tx, Item::Reconnecting { reason: error.to_string(), retry_in }).await {
-                tokio::time::sleep(retry_in).await;
-            }
-            Ok(())
+        Action::Fail => return Err(error.into()),
+        Action::RefreshEndpoint => *endpoint = None,
+        Action::Retry => {}
+    }
+    let first = outage.is_none();
+    let o = outage.get_or_insert_with(|| Outage { since: Instant::now(), attempts: 0 });
+    o.attempts += 1;
+    let down = o.since.elapsed();
+    let mut retry_in = backoff(o.attempts);
+    if let Some(max) = max_outage {
+        if down >= max {
+            return Err(FinalError { error, why: GaveUp::Outage(down, o.attempts) });
         }
+        // One last attempt when the time is up.
+        retry_in = retry_in.min(max - down);
+    }
+    let reason = error.to_string();
+    if first && !give(tx, Item::OutageStarted { reason: reason.clone() }).await {
+        return Ok(());
+    }
+    if give(tx, Item::Reconnecting { reason, retry_in, attempt: o.attempts }).await {
+        tokio::time::sleep(retry_in).await;
+    }
+    Ok(())
+}
+
+/// Keeps calls of one API on one stream within the service's rate (5 a second for ListFragments and
+/// GetMediaForFragmentList), with a margin for requests that bunch up on the way.
+#[derive(Debug, Default)]
+struct Pacer(tokio::sync::Mutex<std::collections::VecDeque<Instant>>);
+
+impl Pacer {
+    const CALLS: usize = 5;
+    const WINDOW: Duration = Duration::from_millis(1100);
+
+    async fn wait(&self) {
+        let mut calls = self.0.lock().await;
+        loop {
+            let now = Instant::now();
+            while calls.front().is_some_and(|t| now.duration_since(*t) >= Self::WINDOW) {
+                calls.pop_front();
+            }
+            match calls.front() {
+                Some(oldest) if calls.len() >= Self::CALLS => {
+                    tokio::time::sleep_until((*oldest + Self::WINDOW).into()).await
+                }
+                _ => break,
+            }
+        }
+        calls.push_back(Instant::now());
     }
 }
 
@@ -348,13 +457,46 @@ struct Listed {
     time: f64,
 }
 
-async fn list(ctx: &AwsContext, config: &ReaderConfig, end: f64) -> Result<Vec<Listed>, KvsError> {
-    let (kind, start) = match &config.start {
-        Start::ProducerTimestamp(t) => ("PRODUCER_TIMESTAMP", *t),
-        Start::ServerTimestamp(t) => ("SERVER_TIMESTAMP", *t),
-        _ => ("SERVER_TIMESTAMP", 0.0),
+/// Calls `call` again after throttling (ClientLimitExceeded, ConnectionLimitExceeded) with backoff, and after
+/// other retryable errors up to 4 times.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, KvsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KvsError>>,
+{
+    let (mut failures, mut throttled) = (0u32, 0u32);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_throttle() && throttled < MAX_THROTTLED => {
+                throttled += 1;
+                tokio::time::sleep(backoff(throttled)).await;
+            }
+            Err(error) if error.action() != Action::Fail && !error.is_throttle() && failures < 4 => {
+                failures += 1;
+                tokio::time::sleep(backoff(failures)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Throttled answers in a row a range read's call takes before it fails (about 4 minutes of backoff).
+const MAX_THROTTLED: u32 = 30;
+
+/// The fragments whose start lies in `from..=end` (seconds) on the selector's timeline, in time order.
+async fn list(
+    ctx: &AwsContext,
+    config: &ReaderConfig,
+    url: &str,
+    pacer: &Pacer,
+    from: f64,
+    end: f64,
+) -> Result<Vec<Listed>, KvsError> {
+    let kind = match &config.start {
+        Start::ProducerTimestamp(_) => "PRODUCER_TIMESTAMP",
+        _ => "SERVER_TIMESTAMP",
     };
-    let url = data_endpoint(ctx, &config.stream_name, ApiName::ListFragments).await?;
     let mut out = Vec::new();
     let mut next: Option<String> = None;
     loop {
@@ -362,15 +504,19 @@ async fn list(ctx: &AwsContext, config: &ReaderConfig, end: f64) -> Result<Vec<L
             "StreamName": config.stream_name,
             "FragmentSelector": {
                 "FragmentSelectorType": kind,
-                "TimestampRange": {"StartTimestamp": start, "EndTimestamp": end},
+                "TimestampRange": {"StartTimestamp": from, "EndTimestamp": end},
             },
         });
         if let Some(token) = &next {
             request["NextToken"] = json!(token);
         }
-        let body = post_json(ctx, &url, "/listFragments", "ListFragments", &request).await?;
-        let bytes = read_all(body, ctx.request_timeout, "ListFragments").await?;
-        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| KvsError::BadResponse {
+        let answer = patiently(|| async {
+            pacer.wait().await;
+            let body = post_json(ctx, url, "/listFragments", "ListFragments", &request).await?;
+            read_all(body, ctx.request_timeout, "ListFragments").await
+        })
+        .await?;
+        let answer: Value = serde_json::from_slice(&answer).map_err(|e| KvsError::BadResponse {
             api: "ListFragments",
             message: format!("ListFragments answered with something that is not JSON: {e}"),
         })?;
@@ -399,26 +545,18 @@ const BATCH_FRAGMENTS: usize = 100;
 async fn fetch(
     ctx: &AwsContext,
     url: &str,
+    pacer: &Pacer,
     stream: &str,
     numbers: &[String],
 ) -> Result<Vec<Bytes>, KvsError> {
     let request = json!({"StreamName": stream, "Fragments": numbers});
-    let mut failures = 0;
-    loop {
-        let attempt = async {
-            let body =
-                post_json(ctx, url, "/getMediaForFragmentList", "GetMediaForFragmentList", &request).await?;
-            read_body(body, ctx.request_timeout).await
-        };
-        match attempt.await {
-            Ok(bytes) => return Ok(bytes),
-            Err(error) if error.action() != Action::Fail && failures < 4 => {
-                failures += 1;
-                tokio::time::sleep(backoff(failures)).await;
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    patiently(|| async {
+        pacer.wait().await;
+        let body =
+            post_json(ctx, url, "/getMediaForFragmentList", "GetMediaForFragmentList", &request).await?;
+        read_body(body, ctx.request_timeout).await
+    })
+    .await
 }
 
 /// A whole response body, in the pieces it came in (not copied); fails when no byte comes for `idle` (a
@@ -451,18 +589,93 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// How often a range whose end is still ahead lists the fragments again.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after its end a range that follows the stream waits for a fragment that starts after the end (which
+/// tells that the producer's earlier fragments are all stored) before it ends anyway: longer than a fragment.
+pub const FOLLOW_GRACE_S: f64 = 12.0;
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// What a range read has written so far.
+struct RangeOutput {
+    merger: Merger,
+    token: Option<String>,
+    done: usize,
+    total: usize,
+    bytes: u64,
+}
+
 async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), FinalError> {
-    if !matches!(config.start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_)) {
-        return Err(KvsError::Config(
-            "end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp".into(),
-        )
-        .into());
+    let from = match config.start {
+        Start::Earliest => 0.0,
+        Start::ServerTimestamp(t) | Start::ProducerTimestamp(t) => t,
+        _ => {
+            return Err(KvsError::Config(
+                "end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp".into(),
+            )
+            .into());
+        }
+    };
+    let list_url = data_endpoint(ctx, &config.stream_name, ApiName::ListFragments).await?;
+    let get_url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList).await?;
+    let (list_pacer, get_pacer) = (Pacer::default(), std::sync::Arc::new(Pacer::default()));
+    // A range that ends in the future follows the stream: it lists again as time passes, reads what is new,
+    // and ends once the end is past and a fragment after it is stored (or FOLLOW_GRACE_S after the end).
+    let follow = end > now_s();
+    let mut out = RangeOutput { merger: config.merger(), token: None, done: 0, total: 0, bytes: 0 };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut last_round = !follow;
+    let mut first = true;
+    loop {
+        // New since the last listing (a number listed twice in one listing is the service's repeat: the merger
+        // leaves it out with a warning).
+        let fragments: Vec<Listed> = list(ctx, config, &list_url, &list_pacer, from, end)
+            .await?
+            .into_iter()
+            .filter(|f| !seen.contains(&f.number))
+            .collect();
+        seen.extend(fragments.iter().map(|f| f.number.clone()));
+        out.total += fragments.len();
+        if (std::mem::take(&mut first) || !fragments.is_empty())
+            && !give(tx, Item::Progress { done: out.done, total: out.total, bytes: out.bytes }).await
+        {
+            return Ok(());
+        }
+        if !download(ctx, config, &get_url, &get_pacer, fragments, &mut out, tx).await? {
+            return Ok(());
+        }
+        if last_round {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        let now = now_s();
+        if now > end {
+            let later = list(ctx, config, &list_url, &list_pacer, end + 0.001, now + 60.0).await?;
+            if !later.is_empty() || now > end + FOLLOW_GRACE_S {
+                // One more listing, after the service's listing caught up (it lags storage by up to a second).
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                last_round = true;
+            }
+        }
     }
-    let fragments = list(ctx, config, end).await?;
-    let total = fragments.len();
-    let url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList).await?;
+}
+
+/// Downloads `fragments` (in time order) and writes them; false when the element is gone.
+async fn download(
+    ctx: &AwsContext,
+    config: &ReaderConfig,
+    url: &str,
+    pacer: &std::sync::Arc<Pacer>,
+    fragments: Vec<Listed>,
+    out: &mut RangeOutput,
+    tx: &Tx,
+) -> Result<bool, FinalError> {
     // Enough batches to keep `parallel` requests busy, none larger than BATCH_BYTES (unless one fragment is).
-    let per_batch = total.div_ceil(config.parallel.max(1) * 2).clamp(1, BATCH_FRAGMENTS);
+    let per_batch = fragments.len().div_ceil(config.parallel.max(1) * 2).clamp(1, BATCH_FRAGMENTS);
     let mut batches: Vec<Vec<Listed>> = Vec::new();
     for fragment in fragments {
         match batches.last_mut() {
@@ -478,10 +691,12 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
     // Each download is its own task, so downloads go on while earlier results are handed downstream; at most
     // `parallel` are in flight, and results come out in order.
     let mut downloads = futures::stream::iter(batches.into_iter().map(|batch| {
-        let (ctx, url, stream) = (ctx.clone(), url.clone(), config.stream_name.clone());
+        let (ctx, url, stream, pacer) =
+            (ctx.clone(), url.to_owned(), config.stream_name.clone(), pacer.clone());
         let numbers: Vec<String> = batch.iter().map(|f| f.number.clone()).collect();
         let count = numbers.len();
-        let mut task = AbortOnDrop(tokio::spawn(async move { fetch(&ctx, &url, &stream, &numbers).await }));
+        let mut task =
+            AbortOnDrop(tokio::spawn(async move { fetch(&ctx, &url, &pacer, &stream, &numbers).await }));
         async move {
             match (&mut task.0).await {
                 Ok(result) => result.map(|bytes| (count, bytes)),
@@ -490,12 +705,6 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         }
     }))
     .buffered(config.parallel.max(1));
-    let mut merger = config.merger();
-    let mut token = None;
-    let (mut done, mut bytes_read) = (0usize, 0u64);
-    if !give(tx, Item::Progress { done, total, bytes: 0 }).await {
-        return Ok(());
-    }
     while let Some(result) = downloads.next().await {
         let (count, pieces) = result?;
         let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
@@ -505,18 +714,18 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         let size: usize = pieces.iter().map(Bytes::len).sum();
         let mut outputs = Vec::new();
         for piece in pieces {
-            outputs.extend(merger.push(piece).map_err(bad)?);
+            outputs.extend(out.merger.push(piece).map_err(bad)?);
         }
-        outputs.extend(merger.finish().map_err(bad)?);
-        merger.interrupted();
-        if !give_outputs(tx, outputs, &mut token).await? {
-            return Ok(());
+        outputs.extend(out.merger.finish().map_err(bad)?);
+        out.merger.interrupted();
+        if !give_outputs(tx, outputs, &mut out.token).await? {
+            return Ok(false);
         }
-        done += count;
-        bytes_read += size as u64;
-        if !give(tx, Item::Progress { done, total, bytes: bytes_read }).await {
-            return Ok(());
+        out.done += count;
+        out.bytes += size as u64;
+        if !give(tx, Item::Progress { done: out.done, total: out.total, bytes: out.bytes }).await {
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }

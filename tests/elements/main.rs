@@ -7,6 +7,7 @@ mod alarms;
 mod cameras;
 mod chaos;
 mod common;
+mod consumers;
 mod durable_store;
 mod elementary;
 mod harness;

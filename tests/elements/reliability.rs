@@ -516,7 +516,7 @@ fn live_read_under(fault: Value, times: u32) -> Vec<String> {
     let reasons: Vec<String> = reader
         .messages_named("kvssrc-connection")
         .iter()
-        .map(|s| s.get::<String>("reason").unwrap())
+        .filter_map(|s| s.get::<String>("reason").ok())
         .collect();
     assert_eq!(read.len(), 240, "{fault}: every frame exactly once; reconnections: {reasons:?}");
     assert!(read == input_frames(&input), "{fault}: in order, byte for byte");
@@ -631,7 +631,7 @@ fn kvssrc_gives_up_on_a_stream_that_is_never_matroska() {
     let errors = reader.errors.lock().unwrap().clone();
     assert!(
         errors[0].starts_with(
-            "kvssrc: GetMedia returned bad Matroska 4 times in a row: corrupt Matroska at byte 0: invalid EBML \
+            "kvssrc: GetMedia returned bad Matroska 3 times in a row: corrupt Matroska at byte 0: invalid EBML \
              element ID (first byte 0x00)"
         ),
         "{errors:?}"

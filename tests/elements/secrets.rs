@@ -167,8 +167,8 @@ fn child() {
 
     // A range read through a dropped download, and one through a server error.
     emu.fault(json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 5000, "close": "reset"}));
-    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 5;
-    let read = format!("{} start-selector=earliest end-timestamp={end} ! fakesink", src("secret"));
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let read = format!("{} start-selector=earliest end-timestamp={end:.3} ! fakesink", src("secret"));
     assert_eq!(run_with_secrets(&read), None);
     emu.fault(json!({"api": "listFragments", "kind": "http_error", "status": 500, "error": "ClientLimitExceededException"}));
     let failed = run_with_secrets(&read);

@@ -166,7 +166,7 @@ fn playbin_plays_a_range_from_a_kvs_uri_frame_for_frame_and_posts_progress() {
 
     let uri = format!(
         "kvs://play-range?start-selector=earliest&end-timestamp={:.3}&endpoint-uri={}&region=us-east-1",
-        now_s() + 5.0,
+        now_s(),
         emu.url
     );
     let decoded = Arc::new(Mutex::new(Vec::new()));
@@ -234,7 +234,7 @@ fn gst_play_and_gst_launch_playbin_play_a_kvs_uri_with_the_endpoint_from_the_env
     let emu = Emu::start();
     emu.create_stream("play-cli", 1);
     produce(&emu, "play-cli", 90, "");
-    let uri = format!("kvs://play-cli?start-selector=earliest&end-timestamp={:.0}", now_s() + 5.0);
+    let uri = format!("kvs://play-cli?start-selector=earliest&end-timestamp={:.3}", now_s());
     let plugin_dir = plugin_dir();
     let run = |program: &str, args: &[&str]| {
         let output = std::process::Command::new(program)

@@ -634,3 +634,52 @@ async fn a_second_putmedia_on_a_stream_replaces_the_first_which_is_reset() {
     drop(tx);
     assert_eq!(stored(&emulator, "two").await, ["complete", "aborted", "complete"]);
 }
+
+#[tokio::test]
+async fn reads_are_held_to_the_service_rates_unless_the_limits_are_lifted() {
+    for on in [true, false] {
+        let emulator = with_limits(on).await;
+        create(&emulator, "reads").await;
+        put(&emulator, "reads", big_body()).await.unwrap();
+        // ListFragments: the 6th call within a second is refused.
+        let mut statuses = Vec::new();
+        let mut refusal = Value::Null;
+        for _ in 0..6 {
+            let (status, body) = json_call(&emulator, "/listFragments", json!({"StreamName": "reads"})).await;
+            statuses.push(status);
+            if status != 200 {
+                refusal = body;
+            }
+        }
+        let numbers: Vec<String> = {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let (_, listed) = json_call(&emulator, "/listFragments", json!({"StreamName": "reads"})).await;
+            listed["Fragments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["FragmentNumber"].as_str().unwrap().into())
+                .collect()
+        };
+        // GetMediaForFragmentList: one connection sends its 26 MB at 25 MB/s at most.
+        let request = json!({"StreamName": "reads", "Fragments": numbers}).to_string().into_bytes();
+        let started = Instant::now();
+        let (status, media) =
+            call(&emulator, "POST", "/getMediaForFragmentList", &[], request).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(status, 200);
+        let floor = Duration::from_secs_f64(media.len() as f64 / 25_000_000.0 * 0.95);
+        if on {
+            assert_eq!(statuses, [200, 200, 200, 200, 200, 400]);
+            assert_eq!(refusal["__type"], "ClientLimitExceededException");
+            assert_eq!(
+                refusal["Message"],
+                "ListFragments is limited to 5 calls a second on this stream; try again later."
+            );
+            assert!(elapsed >= floor, "{} bytes in {elapsed:?}", media.len());
+        } else {
+            assert_eq!(statuses, [200; 6]);
+            assert!(elapsed < floor / 2, "{} bytes in {elapsed:?} without limits", media.len());
+        }
+    }
+}

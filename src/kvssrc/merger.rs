@@ -300,6 +300,12 @@ impl Merger {
         self
     }
 
+    /// Whether a fragment's cluster is being written (not yet ended): a response that breaks off now leaves it
+    /// to be continued.
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// The response broke off: what follows comes from a new response.
     pub fn interrupted(&mut self) {
         self.reader = MkvReader::new();

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::BodyExt;
 use kvs_mkv::Rope;
 use serde_json::{Value, json};
@@ -538,43 +537,146 @@ async fn list(
     Ok(out)
 }
 
-/// Bytes a GetMediaForFragmentList request asks for at most (unless one fragment is larger).
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes a GetMediaForFragmentList request asks for at most (unless one fragment is larger): a second at the
+/// service's 25 MB/s per connection, so that `parallel` connections are kept busy by fewer than the 5 calls a
+/// second the service allows (smaller batches would make the call rate, not the connections, the limit). A
+/// range read holds up to `parallel` of them in memory.
+const BATCH_BYTES: u64 = 25_000_000;
 const BATCH_FRAGMENTS: usize = 100;
 
-async fn fetch(
-    ctx: &AwsContext,
-    url: &str,
-    pacer: &Pacer,
-    stream: &str,
-    numbers: &[String],
-) -> Result<Vec<Bytes>, KvsError> {
-    let request = json!({"StreamName": stream, "Fragments": numbers});
-    patiently(|| async {
-        pacer.wait().await;
-        let body =
-            post_json(ctx, url, "/getMediaForFragmentList", "GetMediaForFragmentList", &request).await?;
-        read_body(body, ctx.request_timeout).await
-    })
-    .await
+/// Reusable 1-MiB blocks that range downloads copy response bytes into. Holding the network's own buffers (zero
+/// copy) until downstream releases them makes hyper allocate fresh ones for every read, and the fresh pages
+/// (page faults, zeroing, unmapping) cost several times the copy: a block comes back here when the last buffer
+/// that points into it is released, and the next response fills it again.
+#[derive(Debug, Default)]
+struct BlockPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BlockPool {
+    const BLOCK: usize = 1 << 20;
+    /// Free blocks kept; more are given back to the allocator.
+    const KEEP: usize = 32;
+
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(Self::BLOCK))
+    }
 }
 
-/// A whole response body, in the pieces it came in (not copied); fails when no byte comes for `idle` (a
-/// stalled connection), however long it takes.
-async fn read_body(mut body: hyper::body::Incoming, idle: Duration) -> Result<Vec<Bytes>, KvsError> {
-    let api = "GetMediaForFragmentList";
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(KvsError::Timeout { api, after: idle }),
-            Ok(None) => return Ok(out),
-            Ok(Some(Err(e))) => {
-                return Err(KvsError::Network { api, message: format!("the response broke: {e}") });
+/// A filled block, shared by the `Bytes` that point into it; it returns to its pool when the last goes.
+struct Block {
+    data: Vec<u8>,
+    pool: std::sync::Arc<BlockPool>,
+}
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let mut data = std::mem::take(&mut self.data);
+        data.clear();
+        let mut free = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < BlockPool::KEEP {
+            free.push(data);
+        }
+    }
+}
+
+/// Copies response pieces into pooled blocks; a full block becomes one `Bytes`.
+struct Blocks {
+    pool: std::sync::Arc<BlockPool>,
+    current: Vec<u8>,
+}
+
+impl Blocks {
+    fn new(pool: std::sync::Arc<BlockPool>) -> Blocks {
+        let current = pool.take();
+        Blocks { pool, current }
+    }
+
+    /// Copies `data` in; returns the blocks it filled.
+    fn push(&mut self, mut data: &[u8], full: &mut Vec<Bytes>) {
+        while !data.is_empty() {
+            let room = BlockPool::BLOCK - self.current.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.current.extend_from_slice(now);
+            data = rest;
+            if self.current.len() == BlockPool::BLOCK {
+                full.push(self.finish());
             }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    out.push(data);
+        }
+    }
+
+    /// What is in the current block, as `Bytes` (a fresh block is taken for what follows).
+    fn finish(&mut self) -> Bytes {
+        let data = std::mem::replace(&mut self.current, self.pool.take());
+        Bytes::from_owner(Block { data, pool: self.pool.clone() })
+    }
+}
+
+/// Sends the pieces of one GetMediaForFragmentList response into `tx` as they arrive (in groups), then closes it; a
+/// failure is the last thing sent. The request is retried (throttling with patience) until it is answered;
+/// once bytes came, the reader decides (it knows what it has written).
+async fn stream_batch(
+    ctx: AwsContext,
+    url: String,
+    pacer: std::sync::Arc<Pacer>,
+    pool: std::sync::Arc<BlockPool>,
+    stream: String,
+    numbers: Vec<String>,
+    tx: mpsc::UnboundedSender<Result<Vec<Bytes>, KvsError>>,
+) {
+    let api = "GetMediaForFragmentList";
+    let request = json!({"StreamName": stream, "Fragments": numbers});
+    let answered = patiently(|| async {
+        pacer.wait().await;
+        post_json(&ctx, &url, "/getMediaForFragmentList", api, &request).await
+    })
+    .await;
+    let mut body = match answered {
+        Ok(body) => body,
+        Err(error) => {
+            let _ = tx.send(Err(error));
+            return;
+        }
+    };
+    let idle = ctx.request_timeout;
+    // The bytes go to the reader a block at a time: one wake-up (and one burst of buffers downstream) per block,
+    // not per TCP read, and hyper's read buffer is free again at once.
+    let mut blocks = Blocks::new(pool);
+    let mut full = Vec::new();
+    loop {
+        let piece = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => Err(KvsError::Timeout { api, after: idle }),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(KvsError::Network { api, message: format!("the response broke: {e}") }),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Ok(Some(data)),
+                Err(_) => continue,
+            },
+        };
+        match piece {
+            Ok(Some(data)) => {
+                blocks.push(&data, &mut full);
+                if !full.is_empty() && tx.send(Ok(std::mem::take(&mut full))).is_err() {
+                    return;
                 }
+            }
+            Ok(None) | Err(_) => {
+                let rest = blocks.finish();
+                if !rest.is_empty() {
+                    let _ = tx.send(Ok(vec![rest]));
+                }
+                if let Err(error) = piece {
+                    let _ = tx.send(Err(error));
+                }
+                return;
             }
         }
     }
@@ -603,6 +705,7 @@ fn now_s() -> f64 {
 /// What a range read has written so far.
 struct RangeOutput {
     merger: Merger,
+    pool: std::sync::Arc<BlockPool>,
     token: Option<String>,
     done: usize,
     total: usize,
@@ -626,7 +729,14 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
     // A range that ends in the future follows the stream: it lists again as time passes, reads what is new,
     // and ends once the end is past and a fragment after it is stored (or FOLLOW_GRACE_S after the end).
     let follow = end > now_s();
-    let mut out = RangeOutput { merger: config.merger(), token: None, done: 0, total: 0, bytes: 0 };
+    let mut out = RangeOutput {
+        merger: config.merger(),
+        pool: std::sync::Arc::default(),
+        token: None,
+        done: 0,
+        total: 0,
+        bytes: 0,
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut last_round = !follow;
     let mut first = true;
@@ -664,7 +774,44 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
     }
 }
 
+/// One batch's download: its fragments, the pieces as they come, the task.
+struct Download {
+    batch: Vec<Listed>,
+    pieces: mpsc::UnboundedReceiver<Result<Vec<Bytes>, KvsError>>,
+    _task: AbortOnDrop<()>,
+}
+
+/// What every download of a range read shares.
+struct Fetcher<'a> {
+    ctx: &'a AwsContext,
+    url: &'a str,
+    stream: &'a str,
+    pacer: std::sync::Arc<Pacer>,
+    pool: std::sync::Arc<BlockPool>,
+}
+
+fn start_download(f: &Fetcher<'_>, batch: Vec<Listed>) -> Download {
+    let (tx, pieces) = mpsc::unbounded_channel();
+    let numbers = batch.iter().map(|f| f.number.clone()).collect();
+    let task = tokio::spawn(stream_batch(
+        f.ctx.clone(),
+        f.url.to_owned(),
+        f.pacer.clone(),
+        f.pool.clone(),
+        f.stream.to_owned(),
+        numbers,
+        tx,
+    ));
+    Download { batch, pieces, _task: AbortOnDrop(task) }
+}
+
 /// Downloads `fragments` (in time order) and writes them; false when the element is gone.
+///
+/// Up to `parallel` batches download at once, each into its own channel; the oldest is written as its bytes
+/// arrive (merged mode), so that memory is reused piece by piece instead of whole batches being held (fresh
+/// pages for every batch were most of kvssrc's CPU beyond a bare client's). A batch that breaks off is asked
+/// for again from the fragment it was in, which the merger continues. Raw mode writes a batch once it is whole
+/// (its bytes go out unchanged, so a cut document must not).
 async fn download(
     ctx: &AwsContext,
     config: &ReaderConfig,
@@ -688,32 +835,74 @@ async fn download(
             _ => batches.push(vec![fragment]),
         }
     }
-    // Each download is its own task, so downloads go on while earlier results are handed downstream; at most
-    // `parallel` are in flight, and results come out in order.
-    let mut downloads = futures::stream::iter(batches.into_iter().map(|batch| {
-        let (ctx, url, stream, pacer) =
-            (ctx.clone(), url.to_owned(), config.stream_name.clone(), pacer.clone());
-        let numbers: Vec<String> = batch.iter().map(|f| f.number.clone()).collect();
-        let count = numbers.len();
-        let mut task =
-            AbortOnDrop(tokio::spawn(async move { fetch(&ctx, &url, &pacer, &stream, &numbers).await }));
-        async move {
-            match (&mut task.0).await {
-                Ok(result) => result.map(|bytes| (count, bytes)),
-                Err(e) => Err(KvsError::Network { api: "GetMediaForFragmentList", message: e.to_string() }),
+    let fetcher =
+        Fetcher { ctx, url, stream: &config.stream_name, pacer: pacer.clone(), pool: out.pool.clone() };
+    let streaming = config.mode == Mode::Merged;
+    let mut waiting = batches.into_iter();
+    let mut active: std::collections::VecDeque<Download> =
+        waiting.by_ref().take(config.parallel.max(1)).map(|b| start_download(&fetcher, b)).collect();
+    let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
+        api: "GetMediaForFragmentList",
+        message: format!("GetMediaForFragmentList returned bad Matroska: {e}"),
+    };
+    while let Some(mut head) = active.pop_front() {
+        let (mut size, mut failures) = (0u64, 0u32);
+        // Where in the batch the fragment being written is (to ask again from there), and raw mode's pieces.
+        let mut current = 0usize;
+        let mut announced = false;
+        let mut held: Vec<Bytes> = Vec::new();
+        loop {
+            match head.pieces.recv().await {
+                Some(Ok(pieces)) if streaming => {
+                    let mut outputs = Vec::new();
+                    for piece in pieces {
+                        size += piece.len() as u64;
+                        outputs.extend(out.merger.push(piece).map_err(bad)?);
+                    }
+                    for output in &outputs {
+                        if let Output::Fragment(info) = output
+                            && let Some(i) = head.batch.iter().position(|f| f.number == info.number)
+                        {
+                            current = i;
+                            announced = true;
+                        }
+                    }
+                    if !give_outputs(tx, outputs, &mut out.token).await? {
+                        return Ok(false);
+                    }
+                }
+                Some(Ok(pieces)) => held.extend(pieces),
+                None => break,
+                Some(Err(error)) => {
+                    if error.action() == Action::Fail || failures >= 4 {
+                        return Err(error.into());
+                    }
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                    let rest = if streaming {
+                        // From the fragment cut off, or the one after the last written whole.
+                        let from = if !announced || out.merger.in_cluster() { current } else { current + 1 };
+                        out.merger.interrupted();
+                        head.batch[from.min(head.batch.len())..].to_vec()
+                    } else {
+                        held.clear();
+                        head.batch.clone()
+                    };
+                    if rest.is_empty() {
+                        break; // it broke after the last fragment's frames: nothing is missing
+                    }
+                    let again = start_download(&fetcher, rest);
+                    head.pieces = again.pieces;
+                    head._task = again._task;
+                }
             }
         }
-    }))
-    .buffered(config.parallel.max(1));
-    while let Some(result) = downloads.next().await {
-        let (count, pieces) = result?;
-        let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
-            api: "GetMediaForFragmentList",
-            message: format!("GetMediaForFragmentList returned bad Matroska: {e}"),
-        };
-        let size: usize = pieces.iter().map(Bytes::len).sum();
+        if let Some(next) = waiting.next() {
+            active.push_back(start_download(&fetcher, next));
+        }
         let mut outputs = Vec::new();
-        for piece in pieces {
+        for piece in held {
+            size += piece.len() as u64;
             outputs.extend(out.merger.push(piece).map_err(bad)?);
         }
         outputs.extend(out.merger.finish().map_err(bad)?);
@@ -721,8 +910,8 @@ async fn download(
         if !give_outputs(tx, outputs, &mut out.token).await? {
             return Ok(false);
         }
-        out.done += count;
-        out.bytes += size as u64;
+        out.done += head.batch.len();
+        out.bytes += size;
         if !give(tx, Item::Progress { done: out.done, total: out.total, bytes: out.bytes }).await {
             return Ok(false);
         }

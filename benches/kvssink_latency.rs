@@ -21,6 +21,8 @@
 //! through kvssink with a fragment store (`buffer-dir` in the system's temporary directory), against kvssink
 //! without one: latency, CPU and RSS side by side.
 //!
+//! Last, the kvssink run again over HTTPS (the emulator's TLS mode, a test CA as `ca-file`), beside the HTTP one.
+//!
 //! End to end: while kvssink streams, a third child reads the stream live (`kvssrc start-selector=now !
 //! matroskademux ! appsink`). kvssrc's buffers carry the producer times (epoch) as timestamps, so wall clock at
 //! the appsink − PTS is the time from capture to the frame coming out of kvssrc in another process.
@@ -61,13 +63,14 @@ fn read_numbers(path: &std::path::Path) -> Vec<i64> {
 
 /// Child: plays the clip into `sink` (`fakesink` or `kvssink`); writes its start time then every frame's
 /// release time (µs since the epoch) to `out`.
-fn play(sink: &str, clip: &str, url: &str, out: &str) -> u64 {
+fn play(sink: &str, clip: &str, url: &str, out: &str, ca: Option<&str>) -> u64 {
     let start = now_us();
     init();
+    let ca = ca.map(|ca| format!("ca-file={ca}")).unwrap_or_default();
     let kvssink = |stream: &str| {
         format!(
-            "kvssink stream-name={stream} endpoint-uri={url} access-key=AKIDBENCH secret-access-key=bench-secret \
-             region=us-east-1"
+            "kvssink stream-name={stream} endpoint-uri={url} {ca} access-key=AKIDBENCH \
+             secret-access-key=bench-secret region=us-east-1"
         )
     };
     let tail = match sink {
@@ -159,7 +162,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let count = match args[1].as_str() {
-            "play" => play(&args[2], &args[3], &args[4], &args[5]),
+            "play" => play(&args[2], &args[3], &args[4], &args[5], args.get(6).map(String::as_str)),
             "read" => read(&args[2], args[3].parse().unwrap(), &args[4]),
             other => panic!("unknown mode {other}"),
         };
@@ -321,6 +324,60 @@ fn main() {
     );
     let _guard = runtime.enter();
     emulator.shutdown();
+    drop(_guard);
+
+    // The same kvssink run over HTTPS (the emulator's TLS mode, a test CA given to kvssink as `ca-file`).
+    let tls = common::Tls::new();
+    let (tls_runtime, tls_emulator) = common::recording_emulator_with(Some(&tls));
+    let tls_url = tls_emulator.base_url();
+    let ca = tls.ca.to_str().unwrap().to_owned();
+    // The admin and control calls go over TLS too: the bench's own small client.
+    let tls_http = |path: &str, body: &str| -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use http_body_util::BodyExt;
+            let io = common::connect(&tls_url, Some(&tls.ca)).await;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
+            tokio::spawn(conn);
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let request = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", tls_url.trim_start_matches("https://"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+                .unwrap();
+            let answer = sender.send_request(request).await.unwrap().into_body().collect().await.unwrap();
+            serde_json::from_slice(&answer.to_bytes()).unwrap_or(serde_json::Value::Null)
+        })
+    };
+    tls_http("/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+    let tls_out = dir.join("kvssink-https.txt");
+    let over_tls = run_child("play", &["kvssink", &clip, &tls_url, tls_out.to_str().unwrap(), &ca]);
+    assert_eq!(over_tls.count as usize, frames);
+    let released = read_numbers(&tls_out);
+    let arrivals = tls_http(&format!("/_emulator/streams/{STREAM}/arrivals"), "");
+    let stored = arrivals["frames"].as_array().unwrap();
+    assert_eq!(stored.len(), frames, "every frame arrived once");
+    let mut tls_latency: Vec<f64> = stored
+        .iter()
+        .zip(&released[1..])
+        .map(|(s, r)| (s["arrived_us"].as_i64().unwrap() - r) as f64 / 1000.0)
+        .collect();
+    let mut plain = latency_without_store.clone();
+    println!(
+        "kvssink over HTTPS: {:.2} CPU s ({:+.2} s above fakesink, against {:+.2} s over HTTP), peak RSS {:.1} MiB \
+         ({:+.1} against HTTP); frame capture -> its last byte at the server: {} (HTTP: {})",
+        over_tls.cpu,
+        over_tls.cpu - base.cpu,
+        sink.cpu - base.cpu,
+        over_tls.rss_mb,
+        over_tls.rss_mb - sink.rss_mb,
+        summary(&mut tls_latency),
+        summary(&mut plain)
+    );
+    let _guard = tls_runtime.enter();
+    tls_emulator.shutdown();
     drop(_guard);
     std::fs::remove_dir_all(&dir).unwrap();
 }

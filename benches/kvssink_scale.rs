@@ -9,7 +9,9 @@
 //! The clip: 20 s of 160x120 H.264 at 10 fps, 256 kbit/s, a key frame (so a fragment) every second, encoded once.
 //! Each run is a child process (this binary again) holding N pipelines
 //! `filesrc ! matroskademux ! h264parse ! clocksync ! matroskamux streamable=true ! SINK`, all playing at once;
-//! the emulator runs in this parent process, so the child's CPU time and peak RSS are the pipelines' own.
+//! the emulator runs in this parent process, so the child's CPU time and peak RSS are the pipelines' own. Each N
+//! runs over plain HTTP and over HTTPS (the emulator's TLS mode with a test CA, `ca-file` on each kvssink), against
+//! one fakesink run.
 
 mod common;
 
@@ -22,14 +24,15 @@ const SECONDS: u32 = 20;
 
 /// Child: N pipelines into `sink` (`fakesink` or `kvssink`), to EOS; counts the fragments kvssink says were
 /// persisted.
-fn run(count: usize, sink: &str, clip: &str, url: &str) -> u64 {
+fn run(count: usize, sink: &str, clip: &str, url: &str, ca: Option<&str>) -> u64 {
+    let ca = ca.map(|ca| format!("ca-file={ca}")).unwrap_or_default();
     gst::init().unwrap();
     gstkvs::plugin_register_static().unwrap();
     let pipelines: Vec<gst::Pipeline> = (0..count)
         .map(|i| {
             let sink = match sink {
                 "kvssink" => format!(
-                    "kvssink name=sink stream-name=scale-{i} endpoint-uri={url} access-key=AKIDBENCH \
+                    "kvssink name=sink stream-name=scale-{i} endpoint-uri={url} {ca} access-key=AKIDBENCH \
                      secret-access-key=bench-secret region=us-east-1"
                 ),
                 other => format!("{other} name=sink"),
@@ -73,7 +76,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
-        let count = run(args[2].parse().unwrap(), &args[3], &args[4], &args[5]);
+        let count =
+            run(args[2].parse().unwrap(), &args[3], &args[4], &args[5], args.get(6).map(String::as_str));
         println!("count {count}");
         println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
         return;
@@ -93,32 +97,40 @@ fn main() {
         std::fs::metadata(&clip).unwrap().len() as f64 / 1e3
     );
     println!("note: {}", common::NO_SERVICE_LIMITS);
+    let tls = common::Tls::new();
     for count in counts {
-        let emu = Emu::start("scale-0");
-        for i in 1..count {
-            let status = emu.post(
-                "/createStream",
-                format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
+        let mut base = None;
+        for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
+            let emu = Emu::start_with("scale-0", false, tls);
+            for i in 1..count {
+                let status = emu.post(
+                    "/createStream",
+                    format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
+                );
+                assert_eq!(status, 200);
+            }
+            let base = base
+                .get_or_insert_with(|| run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url]));
+            let mut args = vec![count.to_string(), "kvssink".into(), clip.clone(), emu.url.clone()];
+            args.extend(emu.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned()));
+            let sink = run_child("run", &args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(
+                sink.count,
+                fragments_per_stream * count as u64,
+                "every fragment of every stream PERSISTED"
             );
-            assert_eq!(status, 200);
+            let per_stream_mib = (sink.rss_mb - base.rss_mb) / count as f64;
+            // CPU above the fakesink run, as a share of one core over the clip's duration, per stream.
+            let per_stream_core = (sink.cpu - base.cpu) / f64::from(SECONDS) / count as f64 * 100.0;
+            println!(
+                "N={count:>5} {transport:<5}: fakesink {:.1} s wall, {:.2} CPU s, {:.0} MiB; kvssink {:.1} s wall, \
+                 {:.2} CPU s, {:.0} MiB, {} fragments persisted; per stream {per_stream_mib:.3} MiB and \
+                 {per_stream_core:.4} % of a core above fakesink",
+                base.seconds, base.cpu, base.rss_mb, sink.seconds, sink.cpu, sink.rss_mb, sink.count
+            );
+            drop(emu);
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let base = run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url]);
-        let sink = run_child("run", &[&count.to_string(), "kvssink", &clip, &emu.url]);
-        assert_eq!(
-            sink.count,
-            fragments_per_stream * count as u64,
-            "every fragment of every stream PERSISTED"
-        );
-        let per_stream_mib = (sink.rss_mb - base.rss_mb) / count as f64;
-        // CPU above the fakesink run, as a share of one core over the clip's duration, per stream.
-        let per_stream_core = (sink.cpu - base.cpu) / f64::from(SECONDS) / count as f64 * 100.0;
-        println!(
-            "N={count:>5}: fakesink {:.1} s wall, {:.2} CPU s, {:.0} MiB; kvssink {:.1} s wall, {:.2} CPU s, {:.0} MiB, \
-             {} fragments persisted; per stream {per_stream_mib:.3} MiB and {per_stream_core:.4} % of a core above fakesink",
-            base.seconds, base.cpu, base.rss_mb, sink.seconds, sink.cpu, sink.rss_mb, sink.count
-        );
-        drop(emu);
-        std::thread::sleep(Duration::from_millis(200));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,6 +12,8 @@
 //!   PutMedia request, then reads the ACKs to the end of the response. No signing, no fragment tracking.
 //! - `kvssink`: `filesrc blocksize=262144 ! video/x-matroska ! kvssink sync=false`, EOS after the last
 //!   PERSISTED ACK.
+//!
+//! Both run over plain HTTP and over HTTPS (the emulator's TLS mode with a test CA; rustls on both sides).
 
 mod common;
 
@@ -20,16 +22,17 @@ use std::time::Instant;
 use common::{CHUNK_BYTES, Emu, FRAME_BYTES, FRAMES_PER_CLUSTER, report_child, run_child};
 use gst::prelude::*;
 
-fn baseline(url: &str, path: &str) -> u64 {
-    common::upload_file(url, "baseline", path)
+fn baseline(url: &str, path: &str, ca: Option<&str>) -> u64 {
+    common::upload_file_over(url, ca.map(std::path::Path::new), "baseline", path)
 }
 
-fn kvssink(url: &str, path: &str) -> u64 {
+fn kvssink(url: &str, path: &str, ca: Option<&str>) -> u64 {
     gst::init().unwrap();
     gstkvs::plugin_register_static().unwrap();
+    let ca = ca.map(|ca| format!("ca-file={ca}")).unwrap_or_default();
     let description = format!(
         "filesrc location={path} blocksize={CHUNK_BYTES} ! video/x-matroska ! kvssink name=sink stream-name=kvssink \
-         endpoint-uri={url} access-key=AKIDBENCH secret-access-key=bench-secret region=us-east-1 sync=false"
+         endpoint-uri={url} {ca} access-key=AKIDBENCH secret-access-key=bench-secret region=us-east-1 sync=false"
     );
     let pipeline = gst::parse::launch(&description).unwrap();
     let bus = pipeline.bus().unwrap();
@@ -57,8 +60,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let count = match args[1].as_str() {
-            "baseline" => baseline(&args[2], &args[3]),
-            "kvssink" => kvssink(&args[2], &args[3]),
+            "baseline" => baseline(&args[2], &args[3], args.get(4).map(String::as_str)),
+            "kvssink" => kvssink(&args[2], &args[3], args.get(4).map(String::as_str)),
             other => panic!("unknown mode {other}"),
         };
         report_child(started, count);
@@ -78,23 +81,29 @@ fn main() {
     );
     println!("note: {}", common::NO_SERVICE_LIMITS);
     let gb = bytes as f64 / 1e9;
-    let mut best = [0f64; 2];
-    for round in 1..=2 {
-        for (i, mode) in ["baseline", "kvssink"].into_iter().enumerate() {
-            // A fresh emulator for every upload, so one upload's stored media does not slow the next.
-            let emulator = Emu::start(mode);
-            let m = run_child(mode, &[&emulator.url, path.to_str().unwrap()]);
-            assert_eq!(m.count, clusters, "{mode}: every fragment persisted");
-            let rate = bytes as f64 / 1e6 / m.seconds;
-            best[i] = best[i].max(rate);
-            println!(
-                "round {round} {mode:>9}: {:.2} s, {rate:.0} MB/s, {:.2} CPU s/GB (process), peak RSS {:.0} MB",
-                m.seconds,
-                m.cpu / gb,
-                m.rss_mb
-            );
+    let tls = common::Tls::new();
+    for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
+        let mut best = [0f64; 2];
+        for round in 1..=2 {
+            for (i, mode) in ["baseline", "kvssink"].into_iter().enumerate() {
+                // A fresh emulator for every upload, so one upload's stored media does not slow the next.
+                let emulator = Emu::start_with(mode, false, tls);
+                let mut args = vec![emulator.url.clone(), path.to_str().unwrap().to_owned()];
+                args.extend(emulator.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned()));
+                let m = run_child(mode, &args.iter().map(String::as_str).collect::<Vec<_>>());
+                assert_eq!(m.count, clusters, "{mode}: every fragment persisted");
+                let rate = bytes as f64 / 1e6 / m.seconds;
+                best[i] = best[i].max(rate);
+                println!(
+                    "{transport:<5} round {round} {mode:>9}: {:.2} s, {rate:.0} MB/s, {:.2} CPU s/GB (process), \
+                     peak RSS {:.0} MB",
+                    m.seconds,
+                    m.cpu / gb,
+                    m.rss_mb
+                );
+            }
         }
+        println!("{transport:<5} kvssink / baseline throughput (best of 2 each): {:.2}", best[1] / best[0]);
     }
-    println!("kvssink / baseline throughput (best of 2 each): {:.2}", best[1] / best[0]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

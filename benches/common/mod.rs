@@ -43,13 +43,26 @@ pub struct Measured {
 }
 
 /// Runs one upload in a child process; it prints `count N` then `measured WALL CPU RSS`.
+///
+/// With `KVS_BENCH_PERF=DIR`, each child runs under `perf record -g` into `DIR/MODE-ARGS.data` (its CPU figures
+/// then include perf's overhead), to see where a reader's or an uploader's CPU goes.
 pub fn run_child(mode: &str, args: &[&str]) -> Measured {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--child", mode])
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut command = match std::env::var_os("KVS_BENCH_PERF") {
+        Some(dir) => {
+            let name: String = std::iter::once(mode)
+                .chain(args.iter().copied().filter(|a| !a.contains('/')))
+                .collect::<Vec<_>>()
+                .join("-");
+            let data = std::path::Path::new(&dir).join(format!("{name}.data"));
+            let mut command = std::process::Command::new("perf");
+            command.args(["record", "-q", "-F", "1999", "-g", "-o"]).arg(data).arg("--").arg(exe);
+            command
+        }
+        None => std::process::Command::new(exe),
+    };
+    let output =
+        command.args(["--child", mode]).args(args).stderr(std::process::Stdio::inherit()).output().unwrap();
     assert!(output.status.success(), "{mode} failed");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let value = |key: &str| -> Vec<f64> {
@@ -95,15 +108,135 @@ pub fn write_input(path: &std::path::Path, size_mb: usize) -> (u64, u64) {
     (clusters, std::fs::metadata(path).unwrap().len())
 }
 
+/// What a bare client talks over: TCP, or TLS on TCP.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection to `url` (`http://` or `https://` and an IP address), TCP_NODELAY set; over TLS the server's
+/// certificate must be signed by the CA in `ca_file` (PEM), as kvssink's `ca-file` does.
+pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Box<dyn Io> {
+    use tokio_rustls::rustls;
+    let https = url.starts_with("https://");
+    let addr =
+        url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    if !https {
+        return Box::new(tcp);
+    }
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file.expect("a CA for https")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host).to_owned();
+    let name = rustls_pki_types::ServerName::try_from(host).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    Box::new(connector.connect(name, tcp).await.unwrap())
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, made with the `openssl` command in a temporary
+/// directory (removed when dropped): the emulator serves HTTPS with `cert`/`key`, clients trust `ca`.
+pub struct Tls {
+    dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl Tls {
+    pub fn new() -> Tls {
+        let dir = std::env::temp_dir().join(format!("kvs-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key"), dir }
+    }
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Streams a file as one PutMedia request with a bare hyper client (no signing, RELATIVE timecodes), reads the
 /// ACKs to the end; returns how many fragments were persisted.
 pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
+    upload_file_over(url, None, stream, path)
+}
+
+/// [`upload_file`] to an `https://` emulator too, trusting `ca_file`.
+pub fn upload_file_over(url: &str, ca_file: Option<&std::path::Path>, stream: &str, path: &str) -> u64 {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        let addr =
+            url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let io = connect(url, ca_file).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
         tokio::spawn(conn);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(8);
         let path = path.to_owned();
@@ -143,7 +276,7 @@ pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
 }
 
 /// What the benchmarks on [`Emu`] print beside their figures.
-pub const NO_SERVICE_LIMITS: &str = "the emulator's service limits are lifted (5 fragments/s, 12.5 MB/s per stream): client alone, plain HTTP on loopback";
+pub const NO_SERVICE_LIMITS: &str = "the emulator's service limits are lifted (5 fragments/s, 12.5 MB/s per stream): client alone, on loopback";
 
 /// Reports a child's measures on stdout, for [`run_child`].
 pub fn report_child(started: std::time::Instant, count: u64) {
@@ -155,18 +288,31 @@ pub fn report_child(started: std::time::Instant, count: u64) {
 /// (5 fragments/s, 12.5 MB/s): the benchmarks that use it measure the client alone, and say so.
 pub struct Emu {
     pub url: String,
+    /// The CA its certificate is signed by, when it serves HTTPS.
+    pub ca: Option<std::path::PathBuf>,
     emulator: Option<Emulator>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Emu {
     pub fn start(stream: &str) -> Emu {
+        Emu::start_with(stream, false, None)
+    }
+
+    /// An emulator with the service's limits on or lifted, serving HTTPS with `tls`'s certificate if given.
+    pub fn start_with(stream: &str, limits: bool, tls: Option<&Tls>) -> Emu {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut config = Config::default();
-        config.put_media.service_limits = false;
+        config.put_media.service_limits = limits;
+        config.tls = tls.map(|tls| (tls.cert.clone(), tls.key.clone()));
         let emulator = runtime.block_on(Emulator::start(config)).unwrap();
-        let emu = Emu { url: emulator.base_url(), emulator: Some(emulator), runtime };
+        let emu = Emu {
+            url: emulator.base_url(),
+            ca: tls.map(|tls| tls.ca.clone()),
+            emulator: Some(emulator),
+            runtime,
+        };
         let status =
             emu.post("/createStream", format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"));
         assert_eq!(status, 200);
@@ -177,8 +323,8 @@ impl Emu {
     pub fn post(&self, path: &str, json: String) -> u16 {
         let addr = self.emulator.as_ref().unwrap().local_addr();
         self.runtime.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            let io = connect(&self.url, self.ca.as_deref()).await;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
             tokio::spawn(conn);
             let request = hyper::Request::post(path)
                 .header("host", addr.to_string())
@@ -251,8 +397,17 @@ pub fn emulator_call(addr: std::net::SocketAddr, method: &str, path: &str, body:
 
 /// An in-process kvs-emulator on a runtime of its own, with the service's limits and `--record-arrivals`.
 pub fn recording_emulator() -> (tokio::runtime::Runtime, Emulator) {
+    recording_emulator_with(None)
+}
+
+/// [`recording_emulator`] serving HTTPS with `tls`'s certificate, if given.
+pub fn recording_emulator_with(tls: Option<&Tls>) -> (tokio::runtime::Runtime, Emulator) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let emulator =
-        runtime.block_on(Emulator::start(Config { record_arrivals: true, ..Config::default() })).unwrap();
+    let config = Config {
+        record_arrivals: true,
+        tls: tls.map(|tls| (tls.cert.clone(), tls.key.clone())),
+        ..Config::default()
+    };
+    let emulator = runtime.block_on(Emulator::start(config)).unwrap();
     (runtime, emulator)
 }

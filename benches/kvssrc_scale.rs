@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Many live kvssrc readers in one process: N pipelines `kvssrc start-selector=now ! fakesink`, each reading its
+//! own stream live while this parent process uploads to every stream at 256 kbit/s (one fragment a second of 10
+//! frames of 3.2 kB, for SECONDS), over plain HTTP and over HTTPS (the emulator's TLS mode with a test CA,
+//! `ca-file` on each kvssrc). Prints the readers' CPU and memory per reader; asserts that every reader read every
+//! frame exactly once.
+//!
+//! `cargo bench --bench kvssrc_scale [-- N...]` (default 50 200).
+//!
+//! The readers run in a child process (this binary again), so its CPU time and peak RSS are theirs alone; the
+//! emulator (the service's limits on) and the uploads run here. Memory per reader is the child's peak RSS above
+//! a child that starts GStreamer and the plugin and reads nothing. Left out: a real network, the service's own
+//! latency, SigV4 checks (signed, not checked).
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Emu, cpu_seconds};
+use gst::prelude::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
+
+const SECONDS: u64 = 20;
+const FRAMES_PER_FRAGMENT: u64 = 10;
+const FRAME_BYTES: usize = 3200;
+
+/// Child: N live readers; prints `ready` once all are playing, then waits until each has read every frame
+/// (or a minute more than the upload lasts); counts the frames read.
+fn read(count: usize, url: &str, ca: Option<&str>) -> u64 {
+    gst::init().unwrap();
+    gstkvs::plugin_register_static().unwrap();
+    let ca = ca.map(|ca| format!("ca-file={ca}")).unwrap_or_default();
+    let frames: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();
+    let pipelines: Vec<gst::Pipeline> = (0..count)
+        .map(|i| {
+            let description = format!(
+                "kvssrc name=src stream-name=scale-{i} start-selector=now endpoint-uri={url} {ca} \
+                 access-key=AKIDBENCH secret-access-key=bench-secret region=us-east-1 ! fakesink"
+            );
+            let pipeline = gst::parse::launch(&description).unwrap().downcast::<gst::Pipeline>().unwrap();
+            // A frame is a buffer with its producer time (merged mode); headers and cluster starts have none.
+            let counter = frames[i].clone();
+            pipeline.by_name("src").unwrap().static_pad("src").unwrap().add_probe(
+                gst::PadProbeType::BUFFER,
+                move |_, info| {
+                    if let Some(buffer) = info.buffer()
+                        && buffer.meta::<gst::ReferenceTimestampMeta>().is_some()
+                    {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+            pipeline
+        })
+        .collect();
+    for pipeline in &pipelines {
+        pipeline.set_state(gst::State::Playing).unwrap();
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let cpu_before = cpu_seconds();
+    let expected = SECONDS * FRAMES_PER_FRAGMENT;
+    let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
+    while Instant::now() < deadline && frames.iter().any(|f| f.load(Ordering::Relaxed) < expected) {
+        for pipeline in &pipelines {
+            let bus = pipeline.bus().unwrap();
+            while let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
+                if let gst::MessageView::Error(e) = message.view() {
+                    panic!("{} {:?}", e.error(), e.debug());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Anything read twice would come right after: a moment more.
+    std::thread::sleep(Duration::from_millis(500));
+    println!("work-cpu {}", cpu_seconds() - cpu_before);
+    for pipeline in &pipelines {
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+    let counts: Vec<u64> = frames.iter().map(|f| f.load(Ordering::Relaxed)).collect();
+    assert!(counts.iter().all(|c| *c == expected), "every frame once: {counts:?}");
+    counts.iter().sum()
+}
+
+/// One stream's upload: SECONDS one-second fragments, one a second, as one PutMedia request (RELATIVE
+/// timecodes); returns how many were PERSISTED.
+async fn upload(url: String, ca: Option<std::path::PathBuf>, stream: String) -> u64 {
+    let addr = url.trim_start_matches("https://").trim_start_matches("http://").to_owned();
+    let io = common::connect(&url, ca.as_deref()).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        let mut out = h264_stream_header();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for second in 0..SECONDS {
+            tick.tick().await;
+            write_cluster_start(&mut out, second * 1000);
+            for i in 0..FRAMES_PER_FRAGMENT {
+                let frame = vec![(second + i) as u8; FRAME_BYTES];
+                write_simple_block(&mut out, 1, (i * 100) as i16, i == 0, &frame);
+            }
+            if tx.send(Ok(Frame::data(Bytes::from(std::mem::take(&mut out))))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let request = hyper::Request::post("/putMedia")
+        .header("host", addr)
+        .header("x-amzn-stream-name", stream)
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let acks = response.into_body().collect().await.unwrap().to_bytes();
+    acks.windows(9).filter(|w| *w == b"PERSISTED").count() as u64
+}
+
+/// Starts the reader child; returns it once its readers play.
+fn start_readers(count: usize, url: &str, ca: Option<&str>) -> std::process::Child {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--child", "read", &count.to_string(), url])
+        .args(ca)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+/// The child's figures once it ended: (count, wall, CPU, RSS, work CPU).
+fn finish(child: std::process::Child) -> (u64, f64, f64, f64, f64) {
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the readers failed");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let value = |key: &str| -> Vec<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let measured = value("measured ");
+    (value("count ")[0] as u64, measured[0], measured[1], measured[2], value("work-cpu ")[0])
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let started = Instant::now();
+        let count = read(args[2].parse().unwrap(), &args[3], args.get(4).map(String::as_str));
+        common::report_child(started, count);
+        return;
+    }
+    let counts: Vec<usize> = {
+        let given: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if given.is_empty() { vec![50, 200] } else { given }
+    };
+    println!(
+        "each stream: {SECONDS} fragments of {FRAMES_PER_FRAGMENT} x {:.1} kB frames, one a second (256 kbit/s), \
+         uploaded by this process; the emulator with the service's limits on, loopback",
+        FRAME_BYTES as f64 / 1e3
+    );
+    let tls = common::Tls::new();
+    let uploads = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for count in counts {
+        for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
+            let emu = Emu::start_with("scale-0", true, tls);
+            for i in 1..count {
+                let status = emu.post(
+                    "/createStream",
+                    format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
+                );
+                assert_eq!(status, 200);
+            }
+            let ca = emu.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned());
+            let idle = finish(start_readers(0, &emu.url, ca.as_deref()));
+            let readers = start_readers(count, &emu.url, ca.as_deref());
+            let persisted: u64 = uploads.block_on(async {
+                let tasks: Vec<_> = (0..count)
+                    .map(|i| tokio::spawn(upload(emu.url.clone(), emu.ca.clone(), format!("scale-{i}"))))
+                    .collect();
+                let mut total = 0;
+                for task in tasks {
+                    total += task.await.unwrap();
+                }
+                total
+            });
+            assert_eq!(persisted, SECONDS * count as u64, "every fragment persisted");
+            let (frames, wall, cpu, rss, work) = finish(readers);
+            assert_eq!(frames, SECONDS * FRAMES_PER_FRAGMENT * count as u64);
+            println!(
+                "N={count:>4} {transport:<5}: {frames} frames read once each; readers {wall:.1} s wall, {cpu:.2} CPU s \
+                 ({work:.2} while reading: {:.4} % of a core per reader), peak RSS {rss:.0} MiB ({:.3} MiB per reader \
+                 above an idle process of {:.0} MiB)",
+                work / SECONDS as f64 / count as f64 * 100.0,
+                (rss - idle.3) / count as f64,
+                idle.3
+            );
+            drop(emu);
+        }
+    }
+}

@@ -303,11 +303,15 @@ impl LiveRead {
 
     pub fn wait_for_frames(&self, count: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while self.frame_count() < count
-            && Instant::now() < deadline
-            && self.errors.lock().unwrap().is_empty()
-        {
-            std::thread::sleep(Duration::from_millis(100));
+        loop {
+            // Counting parses everything read so far: on a long read, look less often (at most a fifth of the
+            // time spent counting), so that the count does not take the CPU the pipelines need.
+            let started = Instant::now();
+            let done = self.frame_count() >= count;
+            if done || Instant::now() >= deadline || !self.errors.lock().unwrap().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100).max(started.elapsed() * 4));
         }
     }
 

@@ -102,13 +102,7 @@ fn main() {
         let mut base = None;
         for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
             let emu = Emu::start_with("scale-0", false, tls);
-            for i in 1..count {
-                let status = emu.post(
-                    "/createStream",
-                    format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
-                );
-                assert_eq!(status, 200);
-            }
+            emu.create_streams("scale", 1..count);
             let base = base
                 .get_or_insert_with(|| run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url]));
             let mut args = vec![count.to_string(), "kvssink".into(), clip.clone(), emu.url.clone()];

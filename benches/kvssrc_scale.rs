@@ -146,23 +146,6 @@ fn start_readers(count: usize, url: &str, ca: Option<&str>) -> std::process::Chi
     child
 }
 
-/// The child's figures once it ended: (count, wall, CPU, RSS, work CPU).
-fn finish(child: std::process::Child) -> (u64, f64, f64, f64, f64) {
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the readers failed");
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let value = |key: &str| -> Vec<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
-            .split_whitespace()
-            .map(|v| v.parse().unwrap())
-            .collect()
-    };
-    let measured = value("measured ");
-    (value("count ")[0] as u64, measured[0], measured[1], measured[2], value("work-cpu ")[0])
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -185,15 +168,12 @@ fn main() {
     for count in counts {
         for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
             let emu = Emu::start_with("scale-0", true, tls);
-            for i in 1..count {
-                let status = emu.post(
-                    "/createStream",
-                    format!("{{\"StreamName\":\"scale-{i}\",\"DataRetentionInHours\":1}}"),
-                );
-                assert_eq!(status, 200);
-            }
+            emu.create_streams("scale", 1..count);
             let ca = emu.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned());
-            let idle = finish(start_readers(0, &emu.url, ca.as_deref()));
+            let idle = common::child_measures(
+                "read",
+                start_readers(0, &emu.url, ca.as_deref()).wait_with_output().unwrap(),
+            );
             let readers = start_readers(count, &emu.url, ca.as_deref());
             let persisted: u64 = uploads.block_on(async {
                 let tasks: Vec<_> = (0..count)
@@ -206,15 +186,17 @@ fn main() {
                 total
             });
             assert_eq!(persisted, SECONDS * count as u64, "every fragment persisted");
-            let (frames, wall, cpu, rss, work) = finish(readers);
+            let m = common::child_measures("read", readers.wait_with_output().unwrap());
+            let (frames, wall, cpu, rss) = (m.count, m.seconds, m.cpu, m.rss_mb);
+            let work = m.work_cpu.unwrap_or(cpu);
             assert_eq!(frames, SECONDS * FRAMES_PER_FRAGMENT * count as u64);
             println!(
                 "N={count:>4} {transport:<5}: {frames} frames read once each; readers {wall:.1} s wall, {cpu:.2} CPU s \
                  ({work:.2} while reading: {:.4} % of a core per reader), peak RSS {rss:.0} MiB ({:.3} MiB per reader \
                  above an idle process of {:.0} MiB)",
                 work / SECONDS as f64 / count as f64 * 100.0,
-                (rss - idle.3) / count as f64,
-                idle.3
+                (rss - idle.rss_mb) / count as f64,
+                idle.rss_mb
             );
             drop(emu);
         }

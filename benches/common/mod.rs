@@ -63,6 +63,11 @@ pub fn run_child(mode: &str, args: &[&str]) -> Measured {
     };
     let output =
         command.args(["--child", mode]).args(args).stderr(std::process::Stdio::inherit()).output().unwrap();
+    child_measures(mode, output)
+}
+
+/// What a child that ended reported: its `count N`, `measured WALL CPU RSS` and optional `work-cpu S` lines.
+pub fn child_measures(mode: &str, output: std::process::Output) -> Measured {
     assert!(output.status.success(), "{mode} failed");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let value = |key: &str| -> Vec<f64> {
@@ -317,6 +322,17 @@ impl Emu {
             emu.post("/createStream", format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"));
         assert_eq!(status, 200);
         emu
+    }
+
+    /// Creates the streams `PREFIX-I` for each I in `numbers` (retention 1 h).
+    pub fn create_streams(&self, prefix: &str, numbers: std::ops::Range<usize>) {
+        for i in numbers {
+            let status = self.post(
+                "/createStream",
+                format!("{{\"StreamName\":\"{prefix}-{i}\",\"DataRetentionInHours\":1}}"),
+            );
+            assert_eq!(status, 200);
+        }
     }
 
     /// One POST with a JSON body; returns the status.

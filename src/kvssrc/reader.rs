@@ -191,7 +191,7 @@ const MAX_BAD_SESSIONS: u32 = 3;
 const NOW_MARGIN_S: f64 = 2.0;
 
 /// The longest wait between two attempts (a live read in an outage, a throttled range read).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The wait before attempt `attempt` (1-based) after a failure: 250 ms doubling up to [`MAX_BACKOFF`], the
 /// upper half random, so that readers that lost the service together do not all come back in the same instant.
@@ -696,7 +696,7 @@ const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long after its end a range that follows the stream waits for a fragment that starts after the end (which
 /// tells that the producer's earlier fragments are all stored) before it ends anyway: longer than a fragment.
-pub const FOLLOW_GRACE_S: f64 = 12.0;
+const FOLLOW_GRACE_S: f64 = 12.0;
 
 fn now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
@@ -705,7 +705,6 @@ fn now_s() -> f64 {
 /// What a range read has written so far.
 struct RangeOutput {
     merger: Merger,
-    pool: std::sync::Arc<BlockPool>,
     token: Option<String>,
     done: usize,
     total: usize,
@@ -725,18 +724,18 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
     };
     let list_url = data_endpoint(ctx, &config.stream_name, ApiName::ListFragments).await?;
     let get_url = data_endpoint(ctx, &config.stream_name, ApiName::GetMediaForFragmentList).await?;
-    let (list_pacer, get_pacer) = (Pacer::default(), std::sync::Arc::new(Pacer::default()));
+    let list_pacer = Pacer::default();
+    let fetcher = Fetcher {
+        ctx,
+        url: &get_url,
+        stream: &config.stream_name,
+        pacer: std::sync::Arc::default(),
+        pool: std::sync::Arc::default(),
+    };
     // A range that ends in the future follows the stream: it lists again as time passes, reads what is new,
     // and ends once the end is past and a fragment after it is stored (or FOLLOW_GRACE_S after the end).
     let follow = end > now_s();
-    let mut out = RangeOutput {
-        merger: config.merger(),
-        pool: std::sync::Arc::default(),
-        token: None,
-        done: 0,
-        total: 0,
-        bytes: 0,
-    };
+    let mut out = RangeOutput { merger: config.merger(), token: None, done: 0, total: 0, bytes: 0 };
     let mut seen: HashSet<String> = HashSet::new();
     let mut last_round = !follow;
     let mut first = true;
@@ -755,7 +754,7 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         {
             return Ok(());
         }
-        if !download(ctx, config, &get_url, &get_pacer, fragments, &mut out, tx).await? {
+        if !download(&fetcher, config, fragments, &mut out, tx).await? {
             return Ok(());
         }
         if last_round {
@@ -781,7 +780,7 @@ struct Download {
     _task: AbortOnDrop<()>,
 }
 
-/// What every download of a range read shares.
+/// What every download of a range read shares: where to, the call pacing, the blocks.
 struct Fetcher<'a> {
     ctx: &'a AwsContext,
     url: &'a str,
@@ -813,10 +812,8 @@ fn start_download(f: &Fetcher<'_>, batch: Vec<Listed>) -> Download {
 /// for again from the fragment it was in, which the merger continues. Raw mode writes a batch once it is whole
 /// (its bytes go out unchanged, so a cut document must not).
 async fn download(
-    ctx: &AwsContext,
+    fetcher: &Fetcher<'_>,
     config: &ReaderConfig,
-    url: &str,
-    pacer: &std::sync::Arc<Pacer>,
     fragments: Vec<Listed>,
     out: &mut RangeOutput,
     tx: &Tx,
@@ -835,12 +832,10 @@ async fn download(
             _ => batches.push(vec![fragment]),
         }
     }
-    let fetcher =
-        Fetcher { ctx, url, stream: &config.stream_name, pacer: pacer.clone(), pool: out.pool.clone() };
     let streaming = config.mode == Mode::Merged;
     let mut waiting = batches.into_iter();
     let mut active: std::collections::VecDeque<Download> =
-        waiting.by_ref().take(config.parallel.max(1)).map(|b| start_download(&fetcher, b)).collect();
+        waiting.by_ref().take(config.parallel.max(1)).map(|b| start_download(fetcher, b)).collect();
     let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
         api: "GetMediaForFragmentList",
         message: format!("GetMediaForFragmentList returned bad Matroska: {e}"),
@@ -891,14 +886,14 @@ async fn download(
                     if rest.is_empty() {
                         break; // it broke after the last fragment's frames: nothing is missing
                     }
-                    let again = start_download(&fetcher, rest);
+                    let again = start_download(fetcher, rest);
                     head.pieces = again.pieces;
                     head._task = again._task;
                 }
             }
         }
         if let Some(next) = waiting.next() {
-            active.push_back(start_download(&fetcher, next));
+            active.push_back(start_download(fetcher, next));
         }
         let mut outputs = Vec::new();
         for piece in held {

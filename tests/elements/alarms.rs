@@ -17,16 +17,6 @@ use gst::prelude::*;
 
 use crate::common::*;
 
-/// `frames` of live H.264 at 30 fps (a key frame each second), muxed, into kvssink with `props`.
-fn live_upload(emu: &Emu, stream: &str, frames: u32, props: &str) -> String {
-    format!(
-        "videotestsrc is-live=true num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
-         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse name=parse \
-         ! matroskamux ! tee name=t ! queue ! {} {props} {CAPTURE}",
-        sink_props(emu, stream)
-    )
-}
-
 /// Calls `at(index, running time, pad)` for each frame leaving h264parse (before matroskamux).
 fn on_frames(pipeline: &gst::Pipeline, at: impl Fn(u64, u64, &gst::Pad) + Send + Sync + 'static) {
     let count = AtomicU64::new(0);

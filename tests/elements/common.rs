@@ -120,6 +120,14 @@ impl Emu {
         body
     }
 
+    /// The faults still armed (`GET /_emulator/faults`): empty once each fired as many times as it was armed.
+    pub fn armed_faults(&self) -> Value {
+        let (status, bytes) = self.call("GET", "/_emulator/faults", "");
+        assert_eq!(status, 200);
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        value["faults"].clone()
+    }
+
     /// The admin listing of a stream's fragments.
     pub fn admin_fragments(&self, stream: &str) -> Vec<Value> {
         let (status, bytes) = self.call("GET", &format!("/_emulator/streams/{stream}/fragments"), "");
@@ -358,6 +366,16 @@ pub fn video_source(frames: u32) -> String {
     format!(
         "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
          ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse"
+    )
+}
+
+/// `frames` of live H.264 at 30 fps (a key frame each second), muxed, into kvssink with `props`.
+pub fn live_upload(emu: &Emu, stream: &str, frames: u32, props: &str) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse name=parse \
+         ! matroskamux ! tee name=t ! queue ! {} {props} {CAPTURE}",
+        sink_props(emu, stream)
     )
 }
 

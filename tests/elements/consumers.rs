@@ -151,13 +151,7 @@ fn a_range_that_ends_in_the_future_follows_the_stream_until_its_end() {
     let range = std::thread::spawn(move || run_pipeline(&description, Duration::from_secs(120)));
     // kvssink uploads 30 s of live video, from a second after the read began: the range sees the stream grow.
     std::thread::sleep(Duration::from_secs(1));
-    let live = format!(
-        "videotestsrc is-live=true num-buffers=900 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
-         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
-         ! tee name=t ! queue ! {} {CAPTURE}",
-        sink_props(&emu, "ahead")
-    );
-    let upload = run_pipeline(&live, Duration::from_secs(120));
+    let upload = run_pipeline(&live_upload(&emu, "ahead", 900, ""), Duration::from_secs(120));
     assert_eq!(upload.error, None);
     let read = range.join().unwrap();
     assert_eq!(read.error, None, "{:?}", read.warnings);
@@ -206,9 +200,7 @@ fn throttling_answers_make_kvssrc_back_off_and_finish() {
     );
     let run = read_range(&emu, "busy", "parallel-downloads=8");
     assert_eq!(run.error, None);
-    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
-    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
-    assert_eq!(faults["faults"], json!([]), "every throttling answer was given");
+    assert_eq!(emu.armed_faults(), json!([]), "every throttling answer was given");
     assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
 
     // A live read throttled 4 times before its first session.

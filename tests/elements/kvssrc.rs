@@ -452,9 +452,7 @@ fn a_range_read_retries_a_dropped_download() {
     );
     let run = read_range(&emu, "retry", "parallel-downloads=2");
     assert_eq!(run.error, None);
-    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
-    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
-    assert_eq!(faults["faults"], json!([]), "both drops happened");
+    assert_eq!(emu.armed_faults(), json!([]), "both drops happened");
     assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
     assert_eq!(ebml_headers(&run.input), 1);
 }
@@ -477,9 +475,7 @@ fn invalid_endpoint_makes_the_live_reader_resolve_the_endpoint_again() {
     let mut input = input_frames(&first);
     input.extend(input_frames(&second));
     assert!(input_frames(&reader.captured.lock().unwrap()) == input);
-    let (_, faults) = emu.call("GET", "/_emulator/faults", "");
-    let faults: serde_json::Value = serde_json::from_slice(&faults).unwrap();
-    assert_eq!(faults["faults"], json!([]), "GetDataEndpoint was called again");
+    assert_eq!(emu.armed_faults(), json!([]), "GetDataEndpoint was called again");
     let reasons: Vec<String> = reader
         .messages_named("kvssrc-connection")
         .iter()

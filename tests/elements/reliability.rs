@@ -546,12 +546,7 @@ fn kvssrc_started_live_misses_nothing_stored_while_its_first_requests_fail() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // A live upload of 8 s; the service answers GetMedia again 3 s into it, mid-fragment.
-    let upload = format!(
-        "videotestsrc is-live=true num-buffers=240 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
-         ! x264enc key-int-max=30 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
-         ! tee name=t ! queue ! {} {CAPTURE}",
-        sink_props(&emu, "retried")
-    );
+    let upload = live_upload(&emu, "retried", 240, "");
     let input = std::thread::scope(|scope| {
         let uploading = scope.spawn(|| run_pipeline(&upload, Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(3100));

@@ -48,11 +48,19 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(bool, String, u16), KvsError> {
     Ok((tls, host, port))
 }
 
-async fn connect(
+/// A connection to a data endpoint: plain TCP, or TLS over it.
+pub(crate) enum Connected {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Connects (and shakes hands, for `https://`) within the connect timeout; returns the connection and the
+/// `host` header's value.
+pub(crate) async fn connect_to(
     ctx: &AwsContext,
     endpoint: &str,
     api: &'static str,
-) -> Result<(Box<dyn Io>, String), KvsError> {
+) -> Result<(Connected, String), KvsError> {
     let (tls, host, port) = parse_endpoint(endpoint)?;
     let timeout = ctx.connect_timeout;
     let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
@@ -65,7 +73,7 @@ async fn connect(
     let authority =
         if host.contains(':') && authority != host { format!("[{host}]:{port}") } else { authority };
     if !tls {
-        return Ok((Box::new(tcp), authority));
+        return Ok((Connected::Plain(tcp), authority));
     }
     let server_name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
         KvsError::Config(format!("the data endpoint host {host:?} is not a valid TLS name: {e}"))
@@ -75,7 +83,20 @@ async fn connect(
         .await
         .map_err(|_| KvsError::Timeout { api, after: timeout })?
         .map_err(|e| KvsError::Network { api, message: format!("TLS with {host}:{port} failed: {e}") })?;
-    Ok((Box::new(stream), authority))
+    Ok((Connected::Tls(Box::new(stream)), authority))
+}
+
+async fn connect(
+    ctx: &AwsContext,
+    endpoint: &str,
+    api: &'static str,
+) -> Result<(Box<dyn Io>, String), KvsError> {
+    let (connected, authority) = connect_to(ctx, endpoint, api).await?;
+    let io: Box<dyn Io> = match connected {
+        Connected::Plain(tcp) => Box::new(tcp),
+        Connected::Tls(stream) => Box::new(*stream),
+    };
+    Ok((io, authority))
 }
 
 /// The error in a non-200 answer: the `x-amzn-ErrorType` header (up to its `:`) or the body's `__type`, and
@@ -86,20 +107,31 @@ pub async fn error_from_response(
     api: &'static str,
 ) -> KvsError {
     let status = response.status().as_u16();
-    let request_id =
-        response.headers().get("x-amzn-requestid").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let header_code = response
-        .headers()
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+    let headers = response.headers().clone();
     let body = tokio::time::timeout(timeout, response.into_body().collect())
         .await
         .ok()
         .and_then(|r| r.ok())
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    service_error(
+        status,
+        |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        &body,
+        api,
+    )
+}
+
+/// The error in a non-200 answer, from its status, a header lookup (lower-case names) and its body.
+pub fn service_error(
+    status: u16,
+    header: impl Fn(&str) -> Option<String>,
+    body: &[u8],
+    api: &'static str,
+) -> KvsError {
+    let request_id = header("x-amzn-requestid");
+    let header_code = header("x-amzn-errortype").map(|v| v.split(':').next().unwrap_or(&v).to_owned());
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let reason = response_reason(status);
     let code = header_code
         .or_else(|| {
@@ -116,7 +148,7 @@ pub async fn error_from_response(
             .to_owned(),
         // Not the service's JSON: a proxy's page or a load balancer's text, quoted so the user sees who
         // answered.
-        None if !body.is_empty() => format!("not a service answer: \"{}\"", quote_page(&body)),
+        None if !body.is_empty() => format!("not a service answer: \"{}\"", quote_page(body)),
         None => String::new(),
     };
     KvsError::Service { api, status, code, message, request_id }

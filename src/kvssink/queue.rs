@@ -362,6 +362,22 @@ impl FragmentQueue {
         count
     }
 
+    /// The pieces added to the fragment `connection` is writing since `cursor`, if there are any; nothing else
+    /// changes (the fragment's end and the next fragment are for [`next_to_send`](Self::next_to_send)).
+    pub fn next_pieces(&mut self, connection: u64, cursor: &mut Cursor) -> Option<Vec<Bytes>> {
+        let entry = self
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.id == cursor.entry && e.state.connection() == Some(connection))?;
+        if entry.data.len() <= cursor.pieces {
+            return None;
+        }
+        let pieces = entry.data[cursor.pieces..].to_vec();
+        cursor.pieces = entry.data.len();
+        Some(pieces)
+    }
+
     /// What `connection` sends next: the new pieces of the fragment it is writing, or the start of the next
     /// queued fragment, unless `may_start` says not yet (the service's fragment rate), that one has another
     /// header or `rotate` says the connection is old enough.
@@ -438,26 +454,34 @@ impl FragmentQueue {
     /// ACKs): a fragment with no ACK at all `staleness` after it was sent, or a complete one with a BUFFERING or
     /// RECEIVED but no PERSISTED `staleness` after its last frame.
     pub fn stale_for(&self, connection: u64, now: Instant) -> Option<Duration> {
-        if !self.limits.acks {
-            return None;
-        }
-        let staleness = self.limits.staleness;
-        self.entries
-            .iter()
-            .filter_map(|e| {
-                let waited = now.duration_since(e.state.sent_at()?);
-                let bound = match e.state {
-                    State::Sent { connection: c, .. } if c == connection => staleness,
-                    State::Buffering { connection: c, .. } | State::Received { connection: c, .. }
-                        if c == connection && e.complete =>
-                    {
-                        staleness + e.duration
-                    }
-                    _ => return None,
-                };
-                (waited >= bound).then_some(waited)
-            })
+        self.stale_bounds(connection)
+            .filter(|&(sent, bound)| now.duration_since(sent) >= bound)
+            .map(|(sent, _)| now.duration_since(sent))
             .max()
+    }
+
+    /// When [`stale_for`](Self::stale_for) would next find a fragment of `connection` stale, as things are.
+    pub fn stale_at(&self, connection: u64) -> Option<Instant> {
+        self.stale_bounds(connection).map(|(sent, bound)| sent + bound).min()
+    }
+
+    /// (sent at, how long it may wait) of each fragment of `connection` that waits for an ACK (none without
+    /// ACKs).
+    fn stale_bounds(&self, connection: u64) -> impl Iterator<Item = (Instant, Duration)> + '_ {
+        let staleness = self.limits.staleness;
+        self.entries.iter().filter(|_| self.limits.acks).filter_map(move |e| {
+            let sent = e.state.sent_at()?;
+            let bound = match e.state {
+                State::Sent { connection: c, .. } if c == connection => staleness,
+                State::Buffering { connection: c, .. } | State::Received { connection: c, .. }
+                    if c == connection && e.complete =>
+                {
+                    staleness + e.duration
+                }
+                _ => return None,
+            };
+            Some((sent, bound))
+        })
     }
 
     /// Applies an ACK `connection` received. `persisting`: the stream keeps data (otherwise RECEIVED is the

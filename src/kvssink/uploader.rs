@@ -22,8 +22,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -35,7 +34,7 @@ use super::store::{FragmentFile, RecoveredFragment};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
 use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
-use crate::kvs::putmedia::{self, BodyChunk, BodySender, PutMediaRequest};
+use crate::kvs::putmedia::{self, AckStream, BodyWriter, PutMediaRequest};
 
 /// How long the service keeps a PutMedia connection that carries no data (the service: 30 s; a little less, to
 /// tell its idle close from a response that ends at once).
@@ -77,6 +76,12 @@ impl Pacer {
         while self.starts.len() > SERVICE_FRAGMENTS_PER_SECOND {
             self.starts.pop_front();
         }
+    }
+
+    /// Whether `bytes` may go now without waiting.
+    fn bytes_ready(&self, bytes: usize, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
+        (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND) >= bytes as f64
     }
 
     /// Counts `bytes` about to go; returns how long to wait first.
@@ -239,6 +244,26 @@ struct Shared {
     giving_up: bool,
     /// False: once everything sent is done, the connection closes until there is something to send.
     active: bool,
+    /// The connection waits with a fragment in progress and nothing else to send: a new frame of that fragment
+    /// is written at once by the thread that adds it ([`Uploader::push_frame`]), without waking the connection.
+    live: Option<Live>,
+}
+
+/// See [`Shared::live`].
+struct Live {
+    connection: u64,
+    /// Where the connection is in the fragment; the connection takes it back when it wakes.
+    cursor: Cursor,
+    body: BodyWriter,
+}
+
+/// Takes [`Shared::live`] back when a connection ends, however it ends.
+struct LiveGuard<'a>(&'a Uploader);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().live = None;
+    }
 }
 
 /// Receives the upload's events.
@@ -320,6 +345,7 @@ impl Uploader {
                 backlog_open: false,
                 giving_up: false,
                 active: config.active,
+                live: None,
             }),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
@@ -379,14 +405,22 @@ impl Uploader {
     /// source cannot wait; callers that can wait call [`wait_for_room`](Self::wait_for_room) first), then
     /// reports what was dropped and wakes the connection.
     fn queue_with(&self, size: usize, add: impl FnOnce(&mut FragmentQueue)) -> Result<(), UploadFailure> {
-        let dropped = {
+        self.queue_then(size, |shared| {
+            add(&mut shared.queue);
+            false
+        })
+    }
+
+    /// [`queue_with`](Self::queue_with) where `add` returns true when the connection needs no wake-up.
+    fn queue_then(&self, size: usize, add: impl FnOnce(&mut Shared) -> bool) -> Result<(), UploadFailure> {
+        let (dropped, sent) = {
             let mut shared = self.lock();
             if let Some(reason) = &shared.failed {
                 return Err(reason.clone());
             }
             let dropped = shared.queue.make_room(size);
-            add(&mut shared.queue);
-            dropped
+            let sent = add(&mut shared);
+            (dropped, sent)
         };
         for entry in dropped {
             let (limit, what) = if self.config.durable {
@@ -404,7 +438,9 @@ impl Uploader {
                 ),
             });
         }
-        self.notify();
+        if !sent {
+            self.notify();
+        }
         Ok(())
     }
 
@@ -429,8 +465,35 @@ impl Uploader {
 
     /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
     /// with it.
+    /// When the connection waits for it ([`Shared::live`]), the frame is written from this thread: no
+    /// wake-up of the runtime for the frames of a live stream.
     pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), UploadFailure> {
-        self.queue_with(data.len(), |queue| queue.push_frame(data, duration))
+        self.queue_then(data.len(), |shared| {
+            shared.queue.push_frame(data, duration);
+            self.write_live(shared)
+        })
+    }
+
+    /// Writes the new pieces of the fragment in progress on the waiting connection, if there is one and the
+    /// service's byte rate allows it now. True: written whole, nothing for the connection to do.
+    fn write_live(&self, shared: &mut Shared) -> bool {
+        let Some(live) = shared.live.as_mut() else { return false };
+        let mut cursor = live.cursor;
+        let Some(pieces) = shared.queue.next_pieces(live.connection, &mut cursor) else { return false };
+        let size: usize = pieces.iter().map(bytes::Bytes::len).sum();
+        {
+            let mut pacer = lock_pacer(&self.pacer);
+            let now = Instant::now();
+            if !pacer.bytes_ready(size, now) {
+                return false;
+            }
+            pacer.bytes_wait(size, now);
+        }
+        live.cursor = cursor;
+        let written = live.body.write_now(&pieces);
+        shared.queue.stats.bytes_sent += size as u64;
+        // Not all of it taken (the connection flushes the rest) or failed (the connection finds out): wake it.
+        matches!(written, Ok(true))
     }
 
     /// The fragment being written is complete.
@@ -713,13 +776,13 @@ impl Uploader {
             user_agent: self.config.user_agent.clone(),
         };
         let connection = putmedia::open(&self.ctx, &request).await?;
+        let _live = LiveGuard(self);
         let opened = Instant::now();
         let body = connection.body;
         let mut acks = connection.acks;
         let mut parser = AckParser::new();
         let mut changes = self.changed.subscribe();
         let write_timeout = self.config.staleness;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         // Opened ahead of the data: the header goes when the first fragment does.
         let (header, epoch) = loop {
             let over = {
@@ -753,7 +816,16 @@ impl Uploader {
             shared.queue.resending()
         };
         self.emit(UploadEvent::Connected { connection: id, endpoint: endpoint.to_owned(), resending });
-        send(&body, BodyChunk::from(vec![header.bytes.clone()]), write_timeout).await?;
+        // A write that fails: the service may have said why (an ERROR ACK) before it closed the connection,
+        // and its word goes before the socket's.
+        macro_rules! written {
+            ($write:expr) => {
+                if let Err(failure) = $write.await {
+                    return Err(self.why_closed(id, &mut acks, &mut parser, failure).await);
+                }
+            };
+        }
+        written!(send(&body, std::slice::from_ref(&header.bytes), write_timeout));
         self.lock().queue.stats.bytes_sent += header.bytes.len() as u64;
         let mut cursor: Option<Cursor> = None;
         let mut end_of_fragment_sent = false;
@@ -781,19 +853,19 @@ impl Uploader {
                         let starting = cursor.map(|c: Cursor| c.entry()) != before;
                         started |= starting;
                         end_of_fragment_sent &= !starting;
-                        let chunk = BodyChunk::from(pieces);
-                        let size = chunk.len() as u64;
+                        let size: usize = pieces.iter().map(bytes::Bytes::len).sum();
                         let wait = {
                             let mut pacer = lock_pacer(&self.pacer);
                             if starting {
                                 pacer.fragment_started(Instant::now());
                             }
-                            pacer.bytes_wait(chunk.len(), Instant::now())
+                            pacer.bytes_wait(size, Instant::now())
                         };
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
                         }
-                        send(&body, chunk, write_timeout).await?;
+                        written!(send(&body, &pieces, write_timeout));
+                        let size = size as u64;
                         self.lock().queue.stats.bytes_sent += size;
                     }
                     Next::Hold if started => {
@@ -834,47 +906,91 @@ impl Uploader {
             if (end || !active) && !unsent && cursor.is_none() && !end_of_fragment_sent {
                 let tag = end_of_fragment_tag();
                 let size = tag.len() as u64;
-                send(&body, BodyChunk::from(vec![tag]), write_timeout).await?;
+                written!(send(&body, &[tag], write_timeout));
                 self.lock().queue.stats.bytes_sent += size;
                 end_of_fragment_sent = true;
             }
-            if let Some(stale) = self.stale_for(id) {
-                return Err(Failure::retry(format!(
-                    "no acknowledgement for {:.1} s after a fragment was sent (connection-staleness)",
-                    stale.as_secs_f64()
-                )));
+            let stale_at = match self.stale_check(id) {
+                Ok(at) => at,
+                Err(stale) => {
+                    return Err(Failure::retry(format!(
+                        "no acknowledgement for {:.1} s after a fragment was sent (connection-staleness)",
+                        stale.as_secs_f64()
+                    )));
+                }
+            };
+            // Waiting in the middle of a fragment with nothing else to send: its next frames are written by the
+            // thread that adds them.
+            if let (Some(at), false, None) = (cursor.take(), more_now, pace_until) {
+                self.lock().live = Some(Live { connection: id, cursor: at, body: body.clone() });
             }
-            tokio::select! {
-                frame = acks.frame() => match frame {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            for ack in parser.push(&data) {
-                                self.handle_ack(id, ack)?;
-                            }
+            let woke = tokio::select! {
+                frame = acks.frame() => Some(frame),
+                _ = changes.changed() => None,
+                _ = tokio::time::sleep_until(stale_at.unwrap_or_else(Instant::now).into()), if stale_at.is_some() => None,
+                _ = tokio::time::sleep_until(pace_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if pace_until.is_some() => None,
+                _ = std::future::ready(()), if more_now => None,
+            };
+            if let Some(live) = self.lock().live.take() {
+                cursor = Some(live.cursor);
+            }
+            // What a thread wrote and the socket did not take at once (or how writing failed).
+            written!(flush(&body, write_timeout));
+            match woke {
+                None => {}
+                Some(frame) => match frame {
+                    Some(Ok(data)) => {
+                        for ack in parser.push(&data) {
+                            self.handle_ack(id, ack)?;
                         }
                     }
                     Some(Err(error)) => return Err(Failure::retry(format!("the connection broke: {error}"))),
                     None => {
                         let outstanding = self.lock().queue.holds(id);
                         if outstanding {
-                            return Err(Failure::retry("the service closed the connection with fragments not yet acknowledged"));
+                            return Err(Failure::retry(
+                                "the service closed the connection with fragments not yet acknowledged",
+                            ));
                         }
                         return Ok(End::Idle);
                     }
                 },
-                _ = changes.changed() => {}
-                _ = tick.tick() => {}
-                _ = tokio::time::sleep_until(pace_until.unwrap_or_else(tokio::time::Instant::now)),
-                    if pace_until.is_some() => {}
-                _ = std::future::ready(()), if more_now => {}
             }
         }
     }
 
-    /// How long the oldest fragment of this connection waits for its first ACK, if longer than the staleness
-    /// limit.
-    fn stale_for(&self, connection: u64) -> Option<Duration> {
-        self.lock().queue.stale_for(connection, Instant::now())
+    /// `failure` (a write that failed), unless the ACKs the service sent before it closed the connection say
+    /// why: an ERROR ACK's failure then.
+    async fn why_closed(
+        &self,
+        connection: u64,
+        acks: &mut AckStream,
+        parser: &mut AckParser,
+        failure: Failure,
+    ) -> Failure {
+        let read = async {
+            while let Some(Ok(data)) = acks.frame().await {
+                for ack in parser.push(&data) {
+                    if let Err(failure) = self.handle_ack(connection, ack) {
+                        return Some(failure);
+                    }
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(1), read).await.ok().flatten().unwrap_or(failure)
+    }
+
+    /// Err(how long): the oldest fragment of this connection waits for its ACK longer than the staleness
+    /// limit. Ok(when that would be next), if ever.
+    fn stale_check(&self, connection: u64) -> Result<Option<Instant>, Duration> {
+        let shared = self.lock();
+        let now = Instant::now();
+        match shared.queue.stale_for(connection, now) {
+            Some(stale) => Err(stale),
+            None => Ok(shared.queue.stale_at(connection)),
+        }
     }
 
     /// Applies one ACK. An ERROR ACK ends the connection (the service closes it after one).
@@ -930,23 +1046,21 @@ impl Uploader {
     async fn drain_task(
         self: Arc<Self>,
         connection: u64,
-        body: BodySender,
-        mut acks: Incoming,
+        body: BodyWriter,
+        mut acks: AckStream,
         mut parser: AckParser,
     ) {
         let timeout = self.config.staleness;
         let ok = async {
-            send(&body, BodyChunk::from(vec![end_of_fragment_tag()]), timeout).await.ok()?;
+            send(&body, &[end_of_fragment_tag()], timeout).await.ok()?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if !self.lock().queue.holds(connection) {
                     return Some(());
                 }
-                let frame = tokio::time::timeout_at(deadline, acks.frame()).await.ok()??.ok()?;
-                if let Ok(data) = frame.into_data() {
-                    for ack in parser.push(&data) {
-                        self.handle_ack(connection, ack).ok()?;
-                    }
+                let data = tokio::time::timeout_at(deadline, acks.frame()).await.ok()??.ok()?;
+                for ack in parser.push(&data) {
+                    self.handle_ack(connection, ack).ok()?;
                 }
             }
         }
@@ -955,7 +1069,7 @@ impl Uploader {
             close(body, acks, timeout).await;
             return;
         }
-        drop(body);
+        body.abort();
         let mut shared = self.lock();
         if shared.queue.requeue(connection) > 0 {
             shared.requeue_epoch += 1;
@@ -966,17 +1080,30 @@ impl Uploader {
     }
 }
 
-/// Ends the request body (hyper writes the last chunk) and reads the response to its end, so the service sees
-/// a complete request rather than a reset connection. Bounded: a response that stays open is abandoned.
-async fn close(body: BodySender, mut acks: Incoming, timeout: Duration) {
-    body.finish();
-    let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = acks.frame().await {} }).await;
+/// Ends the request body with its last chunk and reads the response to its end, so the service sees a
+/// complete request rather than a reset connection. Bounded: a response that stays open is abandoned.
+async fn close(body: BodyWriter, mut acks: AckStream, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        body.finish().await.ok()?;
+        while let Some(Ok(_)) = acks.frame().await {}
+        Some(())
+    })
+    .await;
 }
 
-async fn send(body: &BodySender, chunk: BodyChunk, timeout: Duration) -> Result<(), Failure> {
-    match tokio::time::timeout(timeout, body.send(chunk)).await {
+/// Writes one chunk of the body and waits until the socket took it.
+async fn send(body: &BodyWriter, pieces: &[Bytes], timeout: Duration) -> Result<(), Failure> {
+    if let Err(error) = body.write_now(pieces) {
+        return Err(Failure::retry(format!("the connection closed while sending: {error}")));
+    }
+    flush(body, timeout).await
+}
+
+/// Waits until the socket took everything written to the body (by any thread).
+async fn flush(body: &BodyWriter, timeout: Duration) -> Result<(), Failure> {
+    match tokio::time::timeout(timeout, body.flush()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Failure::retry("the connection closed while sending")),
+        Ok(Err(error)) => Err(Failure::retry(format!("the connection closed while sending: {error}"))),
         Err(_) => Err(Failure::retry(format!(
             "the service took no data for {:.1} s (connection-staleness)",
             timeout.as_secs_f64()

@@ -9,12 +9,33 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::kvs::config::{ConnectionSettings, Secret};
-use crate::kvs::error::KvsError;
 
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = crate::kvs::config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
 
+/// A property's nick, made from its name: "connection-staleness" gives "Connection staleness", with the
+/// abbreviations written as such ("aws-region" gives "AWS region").
+pub fn nick(name: &str) -> String {
+    let words: Vec<String> = name
+        .split('-')
+        .enumerate()
+        .map(|(i, word)| match word {
+            "aws" => "AWS".to_owned(),
+            "iot" => "IoT".to_owned(),
+            "kms" => "KMS".to_owned(),
+            "id" => "ID".to_owned(),
+            "uri" => "URI".to_owned(),
+            "ca" => "CA".to_owned(),
+            "arn" => "ARN".to_owned(),
+            "s3" => "S3".to_owned(),
+            _ if i == 0 => word[..1].to_uppercase() + &word[1..],
+            _ => word.to_owned(),
+        })
+        .collect();
+    words.join(" ")
+}
 pub fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec {
     glib::ParamSpecUInt::builder(name)
+        .nick(&nick(name))
         .blurb(blurb)
         .maximum(max)
         .default_value(default)
@@ -23,11 +44,11 @@ pub fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec 
 }
 
 pub fn string(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).blurb(blurb).mutable_ready().build()
+    glib::ParamSpecString::builder(name).nick(&nick(name)).blurb(blurb).mutable_ready().build()
 }
 
 fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).blurb(blurb).write_only().mutable_ready().build()
+    glib::ParamSpecString::builder(name).nick(&nick(name)).blurb(blurb).write_only().mutable_ready().build()
 }
 
 /// A string property's value; an empty string counts as unset.
@@ -38,30 +59,30 @@ pub fn string_value(value: &glib::Value) -> Option<String> {
 /// The connection properties, in gst-inspect order.
 pub fn connection_properties() -> Vec<glib::ParamSpec> {
     vec![
-        string("access-key", "AWS access key ID (default: the AWS default credential chain)"),
+        string("access-key", "AWS access key ID; unset: the AWS default credential chain"),
         secret(
             "secret-access-key",
-            "AWS secret access key (write-only; default: the default credential chain)",
+            "AWS secret access key (write-only; unset: the default credential chain)",
         ),
-        secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only; default: none)"),
-        secret("session-token", "AWS session token for temporary credentials (write-only; default: none)"),
-        string("region", "AWS region (default: the default chain, else us-west-2)"),
+        secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only)"),
+        secret("session-token", "AWS session token for temporary credentials (write-only)"),
+        string("region", "AWS region (unset: the default chain, else us-west-2)"),
         string(
             "aws-region",
-            "Same as region, the C++ kvssink's name (default: the default chain, else us-west-2)",
+            "Same as region, the C++ kvssink's name (unset: the default chain, else us-west-2)",
         ),
-        string("role-arn", "ARN of an IAM role to assume with STS (default: none)"),
+        string("role-arn", "ARN of an IAM role to assume with STS"),
         string(
             "endpoint-uri",
-            "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (default: CONTROL_PLANE_URI, else the regional AWS endpoint)",
+            "Control-plane endpoint URL, e.g. http://127.0.0.1:4567 for kvs-emulator (unset: CONTROL_PLANE_URI, else the regional AWS endpoint)",
         ),
         string(
             "ca-file",
-            "PEM file of extra CA certificates to trust (default: KVSSINK_CA_CERT_PATH; system roots are always trusted)",
+            "PEM file of extra CA certificates to trust (unset: KVSSINK_CA_CERT_PATH; system roots are always trusted)",
         ),
         uint(
             "request-timeout",
-            "Timeout of each request and connection attempt, in milliseconds (default: 10000)",
+            "Timeout of each request and connection attempt, in milliseconds",
             u32::MAX,
             DEFAULT_REQUEST_TIMEOUT_MS,
         ),
@@ -111,39 +132,4 @@ pub fn effective_connection(settings: &ConnectionSettings) -> ConnectionSettings
         connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH").ok().filter(|s| !s.is_empty());
     }
     connection
-}
-
-/// An AWS-side error as a GStreamer error message naming the element and the cause, in the message itself (what
-/// applications show), not only in the debug string: the domain's stock text ("Not authorized to access
-/// resource.") does not say which service call failed or why. The domain says what kind of failure it is
-/// ([`KvsError::kind`]); the debug string adds the service's error code and request id when it answered.
-pub fn kvs_error_message(element: &str, error: &KvsError, other: gst::ResourceError) -> gst::ErrorMessage {
-    error_message(element, error, &error.to_string(), other)
-}
-
-/// [`kvs_error_message`] with the text to show (the error with what came with it).
-pub fn error_message(
-    element: &str,
-    error: &KvsError,
-    shown: &str,
-    other: gst::ResourceError,
-) -> gst::ErrorMessage {
-    use crate::kvs::error::ErrorKind;
-    let text = format!("{element}: {shown}");
-    let mut debug = text.clone();
-    if let Some(code) = error.code() {
-        debug.push_str(&format!(" (error code {code}"));
-        if let Some(id) = error.request_id() {
-            debug.push_str(&format!(", request id {id}"));
-        }
-        debug.push(')');
-    }
-    match error.kind() {
-        ErrorKind::Settings => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", debug]),
-        ErrorKind::NotAuthorized => {
-            gst::error_msg!(gst::ResourceError::NotAuthorized, ("{}", text), ["{}", debug])
-        }
-        ErrorKind::NotFound => gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", debug]),
-        ErrorKind::Failed => gst::error_msg!(other, ("{}", text), ["{}", debug]),
-    }
 }

@@ -222,7 +222,7 @@ impl KvsSink {
         gst::element_imp_warning!(
             self,
             gst::CoreError::Pad,
-            ("kvssink: {}", why),
+            ("{}", why),
             [
                 "pipelines link either matroskamux ! kvssink or the elementary streams to its video_%u and audio_%u pads"
             ]
@@ -482,7 +482,7 @@ impl ObjectImpl for KvsSink {
                 gst::element_error!(
                     obj,
                     gst::CoreError::Pad,
-                    ("kvssink: its sink pad was linked while its video/audio request pads are in use"),
+                    ("its sink pad was linked while its video/audio request pads are in use"),
                     ["link either matroskamux ! kvssink or the elementary streams to video_%u and audio_%u"]
                 );
             }

@@ -93,15 +93,30 @@ pub fn effects() -> &'static [(&'static str, Support)] {
 }
 
 fn uint(name: &str, blurb: &str, default: u32) -> glib::ParamSpec {
-    glib::ParamSpecUInt::builder(name).blurb(blurb).default_value(default).mutable_ready().build()
+    glib::ParamSpecUInt::builder(name)
+        .nick(&crate::props::nick(name))
+        .blurb(blurb)
+        .default_value(default)
+        .mutable_ready()
+        .build()
 }
 
 fn boolean(name: &str, blurb: &str, default: bool) -> glib::ParamSpec {
-    glib::ParamSpecBoolean::builder(name).blurb(blurb).default_value(default).mutable_ready().build()
+    glib::ParamSpecBoolean::builder(name)
+        .nick(&crate::props::nick(name))
+        .blurb(blurb)
+        .default_value(default)
+        .mutable_ready()
+        .build()
 }
 
 fn string(name: &str, blurb: &str, default: Option<&str>) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).blurb(blurb).default_value(default).mutable_ready().build()
+    glib::ParamSpecString::builder(name)
+        .nick(&crate::props::nick(name))
+        .blurb(blurb)
+        .default_value(default)
+        .mutable_ready()
+        .build()
 }
 
 /// The property specs, with the C++ types and defaults.
@@ -110,93 +125,95 @@ pub fn properties() -> Vec<glib::ParamSpec> {
     vec![
         string(
             "user-agent",
-            "Prefixed to kvssink's own user agent in every request (C++ kvssink name; default: none)",
+            "Prefixed to kvssink's own user agent in every request (C++ kvssink name)",
             None,
         ),
-        uint("connection-timeout", "Seconds to connect to the service (C++ kvssink name; default: 5)", 5),
+        uint("connection-timeout", "Seconds to connect to the service (C++ kvssink name)", 5),
         uint(
             "completion-timeout",
-            "Seconds for each request to complete; the same as request-timeout in seconds (C++ kvssink name; default: 10)",
+            "Seconds for each request to complete; the same as request-timeout in seconds (C++ kvssink name)",
             10,
         ),
         boolean(
             "restart-on-error",
-            "false: the first failed connection is an element error instead of a reconnection (C++ kvssink name; default: true)",
+            "false: the first failed connection is an element error instead of a reconnection (C++ kvssink name)",
             true,
         ),
         string(
             "codec-id",
-            "CodecID of the video track muxed from the video request pad, when not the H.264 one; with Matroska input, no effect (default: V_MPEG4/ISO/AVC)",
+            "CodecID of the video track muxed from the video request pad, when not the H.264 one; with Matroska input, no effect",
             Some("V_MPEG4/ISO/AVC"),
         ),
         string(
             "track-name",
-            "Name of the video track muxed from the video request pad (the audio track is \"audio\"); with Matroska input, no effect (default: kinesis_video)",
+            "Name of the video track muxed from the video request pad (the audio track is \"audio\"); with Matroska input, no effect",
             Some("kinesis_video"),
         ),
         uint(
             "timecode-scale",
-            "Matroska timecode unit of the streams muxed from the request pads, in milliseconds; with Matroska input, no effect (default: 1)",
+            "Matroska timecode unit of the streams muxed from the request pads, in milliseconds; with Matroska input, no effect",
             1,
         ),
         uint(
             "fragment-duration",
-            "Shortest fragment muxed from the request pads when not cut at every key frame (key-frame-fragmentation=false, or audio only), in milliseconds (default: 2000)",
+            "Shortest fragment muxed from the request pads when not cut at every key frame (key-frame-fragmentation=false, or audio only), in milliseconds",
             2000,
         ),
         boolean(
             "key-frame-fragmentation",
-            "Start a fragment at every video key frame of the request pads; false: at the first key frame after fragment-duration (default: true)",
+            "Start a fragment at every video key frame of the request pads; false: at the first key frame after fragment-duration",
             true,
         ),
         boolean(
             "frame-timecodes",
-            "Stamp fragments with the capture time from the buffers' timestamps; false: with the time they reach kvssink (default: true)",
+            "Stamp fragments with the capture time from the buffers' timestamps; false: with the time they reach kvssink",
             true,
         ),
         boolean(
             "absolute-fragment-times",
-            &format!("{} (default: true)", none("kvssink always sends absolute producer times")),
+            &none("kvssink always sends absolute producer times"),
             true,
         ),
         string(
             "content-type",
-            "Media type of a stream kvssink creates, such as video/h264,audio/aac; when not set, the tracks' codecs give it (default: video/h264)",
+            "Media type of a stream kvssink creates, such as video/h264,audio/aac; when not set, the tracks' codecs give it",
             Some("video/h264"),
         ),
-        boolean("use-original-pts", &format!("{} (default: false)", none(MUXER)), false),
-        boolean("disable-buffer-clipping", &format!("{} (default: false)", none(MUXER)), false),
-        uint("avg-bandwidth-bps", &format!("{} (default: 4194304)", none(SDK)), 4 * 1024 * 1024),
-        uint("framerate", &format!("{} (default: 25)", none(SDK)), 25),
-        uint("max-latency", &format!("{} (seconds; default: 60)", none(SDK)), 60),
+        boolean("use-original-pts", &none(MUXER), false),
+        boolean("disable-buffer-clipping", &none(MUXER), false),
+        uint("avg-bandwidth-bps", &none(SDK), 4 * 1024 * 1024),
+        uint("framerate", &none(SDK), 25),
+        uint("max-latency", &format!("{} (seconds)", none(SDK)), 60),
         string(
             "log-config",
-            &format!("{} (default: ../kvs_log_configuration)", none("kvssink logs through GST_DEBUG")),
+            &format!("{} (unset: ../kvs_log_configuration)", none("kvssink logs through GST_DEBUG")),
             Some("../kvs_log_configuration"),
         ),
-        boolean("recalculate-metrics", &format!("{} (default: true)", none(SDK)), true),
-        boolean("get-kvs-metrics", &format!("{} (default: false)", none("the stats property has the figures")), false),
+        boolean("recalculate-metrics", &none(SDK), true),
+        boolean("get-kvs-metrics", &none("the stats property has the figures"), false),
         uint(
             "replay-duration",
-            &format!("{} (seconds; default: 40)", none("kvssink re-sends every fragment not yet persisted")),
+            &format!("{} (seconds)", none("kvssink re-sends every fragment not yet persisted")),
             40,
         ),
         uint(
             "rotation-period",
-            "The longest credentials from credential-path are used before the file is read again, in seconds (default: 3600)",
+            "The longest credentials from credential-path are used before the file is read again, in seconds",
             3600,
         ),
         glib::ParamSpecEnum::builder_with_default("streaming-type", StreamingType::Realtime)
-            .blurb("realtime and near-realtime: a live source drops the oldest fragments when the queue is full; offline: the queue always waits, and the stream starts at file-start-time (default: realtime)")
+            .nick("Streaming type")
+            .blurb("realtime and near-realtime: a live source drops the oldest fragments when the queue is full; offline: the queue always waits, and the stream starts at file-start-time")
             .mutable_ready()
             .build(),
         string(
             "credential-path",
-            "The C++ SDK's rotating credential file (CREDENTIALS <key id> [<expiration>] <secret> [<token>]), read again when it changes; used when neither the properties nor the environment give keys (default: .kvs/credential, when it exists)",
+            "The C++ SDK's rotating credential file (CREDENTIALS <key id> [<expiration>] <secret> [<token>]), read again when it changes; used when neither the properties nor the environment give keys (unset: .kvs/credential, when it exists)",
             Some(DEFAULT_CREDENTIAL_PATH),
         ),
         glib::ParamSpecBoxed::builder::<gst::Structure>("iot-certificate")
-            .blurb("Credentials from the AWS IoT credentials endpoint with a device certificate, as \"iot-certificate,endpoint=HOST,cert-path=…,key-path=…,ca-path=…,role-aliases=ALIAS[,iot-thing-name=…][,connection-timeout=3][,completion-timeout=5]\"; the thing name defaults to stream-name (default: none)")
+            .nick("IoT certificate")
+            .blurb("Credentials from the AWS IoT credentials endpoint with a device certificate, as \"iot-certificate,endpoint=HOST,cert-path=…,key-path=…,ca-path=…,role-aliases=ALIAS[,iot-thing-name=…][,connection-timeout=3][,completion-timeout=5]\"; the thing name defaults to stream-name")
             .mutable_ready()
             .build(),
     ]

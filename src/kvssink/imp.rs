@@ -180,7 +180,7 @@ pub struct KvsMkvSink {
 use crate::element::lock;
 
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
-    crate::props::kvs_error_message("kvssink", error, gst::ResourceError::OpenWrite)
+    crate::element::kvs_error_message(error, gst::ResourceError::OpenWrite)
 }
 
 /// Emitted for each ACK (the C++ kvssink's signal), with the `kvssink-ack` structure the bus message carries.
@@ -228,8 +228,8 @@ impl KvsMkvSink {
             Err(error) => gst::element_imp_warning!(
                 self,
                 gst::StreamError::Failed,
-                ("kvssink: metadata {:?} not added: {}", name, error),
-                ["{}", error]
+                ("metadata {:?} not added: {}", name, error),
+                ["the stream goes on without it"]
             ),
         }
     }
@@ -267,14 +267,14 @@ impl KvsMkvSink {
                 UploadEvent::Dropped { timecode, reason, .. } => gst::element_warning!(
                     element,
                     gst::ResourceError::Write,
-                    ("kvssink: fragment {} dropped", timecode),
+                    ("fragment {} dropped", timecode),
                     ["{}", reason]
                 ),
                 UploadEvent::UnreadableAck { connection, reason } => {
                     gst::element_warning!(
                         element,
                         gst::StreamError::Decode,
-                        ("kvssink: skipped {} on connection {}", reason, connection),
+                        ("skipped {} on connection {}", reason, connection),
                         ["the connection goes on; a later PERSISTED acknowledges the fragments before it"]
                     );
                 }
@@ -290,12 +290,8 @@ impl KvsMkvSink {
                     };
                     element
                         .emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&stream_error(&reason, error_id, true)]);
-                    let message = crate::props::error_message(
-                        "kvssink",
-                        &failure.error,
-                        &reason,
-                        gst::ResourceError::Write,
-                    );
+                    let message =
+                        crate::element::error_message(&failure.error, &reason, gst::ResourceError::Write);
                     element.post_error_message(message);
                 }
             }
@@ -346,11 +342,11 @@ impl KvsMkvSink {
 
     fn start_inner(&self) -> Result<Started, gst::ErrorMessage> {
         let settings = self.settings().clone();
-        let stream_name = crate::element::stream_name("kvssink", settings.stream_name.as_ref())?;
+        let stream_name = crate::element::stream_name(settings.stream_name.as_ref())?;
         let iot = settings.cpp.iot(&stream_name).map_err(|why| {
             gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("kvssink: {}", why),
+                ("{}", why),
                 ["iot-certificate is a GstStructure with the fields endpoint, cert-path, key-path, ca-path, role-aliases and optionally iot-thing-name, connection-timeout and completion-timeout"]
             )
         })?;
@@ -361,7 +357,7 @@ impl KvsMkvSink {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                ("kvssink: these C++ kvssink properties have no effect here: {}", list.join(", ")),
+                ("these C++ kvssink properties have no effect here: {}", list.join(", ")),
                 ["they are accepted so that pipelines written for the C++ kvssink run unchanged"]
             );
         }
@@ -387,7 +383,7 @@ impl KvsMkvSink {
                     Store::open(std::path::Path::new(dir), &stream_name).map_err(|error| {
                         gst::error_msg!(
                             gst::ResourceError::OpenWrite,
-                            ("kvssink: {}", error),
+                            ("{}", error),
                             ["buffer-dir {} cannot hold the fragments of stream {}", dir, stream_name]
                         )
                     })?;
@@ -399,7 +395,7 @@ impl KvsMkvSink {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                ("kvssink: fragment-acks=false: a fragment is forgotten once written, so nothing lost on a dropped connection can be sent again"),
+                ("fragment-acks=false: a fragment is forgotten once written, so nothing lost on a dropped connection can be sent again"),
                 [
                     "without acknowledgements kvssink cannot know what the service stored; set fragment-acks=true to keep every fragment until it is persisted"
                 ]
@@ -460,7 +456,7 @@ impl KvsMkvSink {
                     self,
                     gst::ResourceError::OpenWrite,
                     (
-                        "kvssink: the service cannot be reached ({}): recording into buffer-dir, uploading when it can",
+                        "the service cannot be reached ({}): recording into buffer-dir, uploading when it can",
                         error
                     ),
                     [
@@ -560,7 +556,7 @@ impl KvsMkvSink {
             gst::element_imp_warning!(
                 self,
                 gst::ResourceError::Read,
-                ("kvssink: {}", problem),
+                ("{}", problem),
                 ["found in buffer-dir {} at start", store.dir().display()]
             );
         }
@@ -1096,7 +1092,7 @@ impl KvsMkvSink {
                     gst::element_imp_info!(
                         self,
                         gst::ResourceError::Write,
-                        ("kvssink: buffer-dir takes fragments again"),
+                        ("buffer-dir takes fragments again"),
                         ["fragments are stored on disk again from fragment {}", timecode]
                     );
                 }
@@ -1110,7 +1106,7 @@ impl KvsMkvSink {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::Write,
-                        ("kvssink: {}", error),
+                        ("{}", error),
                         [
                             "buffer-dir failed: fragments live in memory only (lost if the process stops) until it works again"
                         ]
@@ -1202,7 +1198,7 @@ impl KvsMkvSink {
         gst::element_imp_error!(
             self,
             gst::StreamError::Format,
-            ("kvssink: invalid input: {}", error),
+            ("invalid input: {}", error),
             ["kvssink takes the output of matroskamux (video/x-matroska): {}", error]
         );
         gst::FlowError::Error
@@ -1261,7 +1257,7 @@ impl KvsMkvSink {
                     self,
                     gst::ResourceError::Write,
                     (
-                        "kvssink: {} fragments were not acknowledged as persisted within {} s",
+                        "{} fragments were not acknowledged as persisted within {} s",
                         stats.queue_fragments,
                         after.as_secs()
                     ),
@@ -1300,71 +1296,84 @@ impl ObjectSubclass for KvsMkvSink {
 pub(super) fn property_specs() -> Vec<glib::ParamSpec> {
     let mut properties = vec![
         glib::ParamSpecString::builder("stream-name")
-            .blurb("Name of the Kinesis video stream to write to (required; default: none). Changed while PLAYING, it takes effect at the next fragment (key frame)")
+            .nick("Stream name")
+            .blurb("Name of the Kinesis video stream to write to (required). Changed while PLAYING, it takes effect at the next fragment (key frame)")
             .mutable_playing()
             .build(),
         glib::ParamSpecBoolean::builder("allow-create-stream")
-            .blurb("Create the stream when it does not exist (default: true)")
+            .nick("Allow create stream")
+            .blurb("Create the stream when it does not exist")
             .default_value(true)
             .mutable_ready()
             .build(),
-        uint("retention-period", "Retention of a stream created by kvssink, in hours; 0: no persistence (default: 2)", 87_600, DEFAULT_RETENTION_HOURS),
-        string("kms-key-id", "KMS key for a stream created by kvssink (default: the AWS managed key)"),
+        uint("retention-period", "Retention of a stream created by kvssink, in hours; 0: no persistence", 87_600, DEFAULT_RETENTION_HOURS),
+        string("kms-key-id", "KMS key for a stream created by kvssink (unset: the AWS managed key)"),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stream-tags")
-            .blurb("Tags of a stream created by kvssink, as a GstStructure such as \"tags, team=video, env=prod\" (default: none)")
+            .nick("Stream tags")
+            .blurb("Tags of a stream created by kvssink, as a GstStructure such as \"tags, team=video, env=prod\"")
             .mutable_ready()
             .build(),
         glib::ParamSpecBoolean::builder("fragment-acks")
-            .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted (default: true)")
+            .nick("Fragment acks")
+            .blurb("Ask for fragment acknowledgements and keep every fragment until it is persisted")
             .default_value(true)
             .mutable_ready()
             .build(),
-        uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds (default: 60)", 86_400, DEFAULT_STALENESS_S),
-        uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds (default: 120)", 86_400, DEFAULT_STOP_TIMEOUT_S),
-        uint("storage-size", "Fragment queue size limit, in MiB: a live source then drops the oldest unsent fragments, other sources wait (default: 128)", 1_048_576, DEFAULT_STORAGE_MB),
-        uint("buffer-duration", "Fragment queue duration limit, in seconds (default: 120)", 86_400, DEFAULT_BUFFER_DURATION_S),
+        uint("connection-staleness", "Reconnect when a sent fragment gets no acknowledgement for this long, in seconds", 86_400, DEFAULT_STALENESS_S),
+        uint("stop-stream-timeout", "At EOS, wait at most this long for the last fragments to be persisted, in seconds", 86_400, DEFAULT_STOP_TIMEOUT_S),
+        uint("storage-size", "Fragment queue size limit, in MiB: a live source then drops the oldest unsent fragments, other sources wait", 1_048_576, DEFAULT_STORAGE_MB),
+        uint("buffer-duration", "Fragment queue duration limit, in seconds", 86_400, DEFAULT_BUFFER_DURATION_S),
         glib::ParamSpecUInt64::builder("file-start-time")
-            .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings ; 0: the wall clock at the first buffer (default: 0)")
+            .nick("File start time")
+            .blurb("Producer time of the first frame, in seconds since the Unix epoch, for uploading recordings ; 0: the wall clock at the first buffer")
             .default_value(0)
             .mutable_ready()
             .build(),
-        uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min (default: 2400)", 2700, DEFAULT_ROTATION_S),
-        uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up (default: 10)", u32::MAX, DEFAULT_RETRY_LIMIT),
-        string("buffer-dir", "Directory of the fragment store: every frame is written there before it is sent and kept until the service persists it, so a crash, a restart or an outage loses nothing; a sink started on it uploads what it holds first (default: none, fragments in RAM only)"),
-        uint("buffer-max-size", "Fragment store size limit, in MiB: a live source then drops the oldest fragments, other sources wait (default: 1024)", 16_777_216, DEFAULT_BUFFER_MAX_MB),
-        uint("buffer-max-age", "Fragment store age limit: the stored media spans at most this long, in seconds; 0: no limit (default: 0)", u32::MAX, 0),
+        uint("connection-rotation", "Open a new PutMedia connection after this long, in seconds; the service ends them at 45 min", 2700, DEFAULT_ROTATION_S),
+        uint("retry-limit", "Failed connection attempts in a row before giving up; 0: never give up", u32::MAX, DEFAULT_RETRY_LIMIT),
+        string("buffer-dir", "Directory of the fragment store: every frame is written there before it is sent and kept until the service persists it, so a crash, a restart or an outage loses nothing; a sink started on it uploads what it holds first; unset: fragments in RAM only"),
+        uint("buffer-max-size", "Fragment store size limit, in MiB: a live source then drops the oldest fragments, other sources wait", 16_777_216, DEFAULT_BUFFER_MAX_MB),
+        uint("buffer-max-age", "Fragment store age limit: the stored media spans at most this long, in seconds; 0: no limit", u32::MAX, 0),
         glib::ParamSpecEnum::builder_with_default("capture-time", CaptureTime::Auto)
-            .blurb("Where frames' capture times come from: auto (the source's reference timestamps, timestamp/x-ntp or timestamp/x-unix, when buffers carry them, such as rtspsrc add-reference-timestamp-meta=true; else the host clock), clock (the host clock), meta (the reference timestamps for every frame: what comes before the first waits for it, at most 10 s) (default: auto)")
+            .nick("Capture time")
+            .blurb("Where frames' capture times come from: auto (the source's reference timestamps, timestamp/x-ntp or timestamp/x-unix, when buffers carry them, such as rtspsrc add-reference-timestamp-meta=true; else the host clock), clock (the host clock), meta (the reference timestamps for every frame: what comes before the first waits for it, at most 10 s)")
             .mutable_ready()
             .build(),
         glib::ParamSpecEnum::builder_with_default("upload-mode", UploadMode::Continuous)
-            .blurb("What is uploaded: continuous (everything), triggered (the windows around triggers: the trigger signal, the kvs-trigger event, the trigger property, each with pre-roll and post-roll), paused (nothing; back to continuous resumes with the pre-roll). The pre-roll is held in RAM within storage-size (default: continuous)")
+            .nick("Upload mode")
+            .blurb("What is uploaded: continuous (everything), triggered (the windows around triggers: the trigger signal, the kvs-trigger event, the trigger property, each with pre-roll and post-roll), paused (nothing; back to continuous resumes with the pre-roll). The pre-roll is held in RAM within storage-size")
             .mutable_playing()
             .build(),
         glib::ParamSpecUInt::builder("pre-roll")
-            .blurb("Media before a trigger (or a resume) that is uploaded with it, in seconds: from the last key frame at or before trigger - pre-roll (default: 0)")
+            .nick("Pre roll")
+            .blurb("Media before a trigger (or a resume) that is uploaded with it, in seconds: from the last key frame at or before trigger - pre-roll")
             .maximum(3600)
             .mutable_playing()
             .build(),
         glib::ParamSpecUInt::builder("post-roll")
-            .blurb("Media after a trigger's end that is uploaded with it, in seconds (default: 0)")
+            .nick("Post roll")
+            .blurb("Media after a trigger's end that is uploaded with it, in seconds")
             .maximum(3600)
             .mutable_playing()
             .build(),
         glib::ParamSpecBoolean::builder("trigger")
-            .blurb("upload-mode=triggered: true opens an upload window now, false closes it (the post-roll follows) (default: false)")
+            .nick("Trigger")
+            .blurb("upload-mode=triggered: true opens an upload window now, false closes it (the post-roll follows)")
             .mutable_playing()
             .build(),
         glib::ParamSpecFlags::builder::<EventTags>("event-tags")
-            .blurb("KVS event tags on the first fragment of each upload window: notification (AWS_KINESISVIDEO_NOTIFICATION, an SNS notification) and image-generation (AWS_KINESISVIDEO_IMAGE_GENERATION, images in S3) (default: none)")
+            .nick("Event tags")
+            .blurb("KVS event tags on the first fragment of each upload window: notification (AWS_KINESISVIDEO_NOTIFICATION, an SNS notification) and image-generation (AWS_KINESISVIDEO_IMAGE_GENERATION, images in S3)")
             .mutable_playing()
             .build(),
         glib::ParamSpecString::builder("image-prefix")
-            .blurb("S3 key prefix of the images of event-tags=image-generation (AWS_KINESISVIDEO_IMAGE_PREFIX, at most 256 bytes; default: none)")
+            .nick("Image prefix")
+            .blurb("S3 key prefix of the images of event-tags=image-generation (AWS_KINESISVIDEO_IMAGE_PREFIX, at most 256 bytes)")
             .mutable_playing()
             .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes, pre-roll-fragments, pre-roll-bytes; read-only, default: all 0)")
+            .nick("Stats")
+            .blurb("Upload statistics (kvssink-stats: bytes-sent, fragments-sent/received/persisted/dropped/resent, connections, reconnections, last-ack-latency-ms, queued-fragments, queued-bytes, backlog-fragments, backlog-bytes, pre-roll-fragments, pre-roll-bytes; read-only)")
             .read_only()
             .build(),
     ];
@@ -1578,7 +1587,7 @@ impl BaseSinkImpl for KvsMkvSink {
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         // The buffer's memory, kept (not copied) until its fragment is acknowledged.
         let data = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
-            gst::element_imp_error!(self, gst::ResourceError::Read, ["kvssink: cannot map the buffer"]);
+            gst::element_imp_error!(self, gst::ResourceError::Read, ["cannot map the buffer"]);
             gst::FlowError::Error
         })?;
         let data = bytes::Bytes::from_owner(data);

@@ -165,7 +165,7 @@ static SERVER_CAPS: LazyLock<gst::Caps> =
     LazyLock::new(|| gst::Caps::new_empty_simple(SERVER_TIMESTAMP_CAPS));
 
 fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
-    crate::props::kvs_error_message("kvssrc", error, gst::ResourceError::OpenRead)
+    crate::element::kvs_error_message(error, gst::ResourceError::OpenRead)
 }
 
 fn selector_nick(selector: StartSelector) -> String {
@@ -181,7 +181,7 @@ impl KvsSrc {
         let missing = |what: &str| {
             gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("kvssrc: start-selector {} needs {}", selector_nick(settings.start_selector), what),
+                ("start-selector {} needs {}", selector_nick(settings.start_selector), what),
                 ["set {} or choose another start-selector", what]
             )
         };
@@ -203,7 +203,7 @@ impl KvsSrc {
         {
             return Err(gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("kvssrc: end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp"),
+                ("end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp"),
                 ["a range is listed by time; start-selector is {}", selector_nick(settings.start_selector)]
             ));
         }
@@ -332,7 +332,7 @@ impl KvsSrc {
                     Some(reason) => gst::element_imp_warning!(
                         self,
                         gst::StreamError::Failed,
-                        ("kvssrc: fragment {} left out: {}", info.number, reason),
+                        ("fragment {} left out: {}", info.number, reason),
                         [
                             "fragment {} (producer timestamp {}): {}",
                             info.number,
@@ -399,8 +399,7 @@ impl KvsSrc {
                         None,
                     );
                 }
-                self.obj().post_error_message(crate::props::error_message(
-                    "kvssrc",
+                self.obj().post_error_message(crate::element::error_message(
                     &failure.error,
                     &message,
                     gst::ResourceError::Read,
@@ -424,39 +423,45 @@ impl ObjectImpl for KvsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             let mut properties = vec![
-                string("stream-name", "Name of the Kinesis video stream to read (required; default: none)"),
+                string("stream-name", "Name of the Kinesis video stream to read (required)"),
                 glib::ParamSpecEnum::builder_with_default("start-selector", StartSelector::Now)
-                    .blurb("Where reading starts (default: now)")
+                    .nick("Start selector")
+                    .blurb("Where reading starts: new fragments (now), the oldest kept, after a fragment, at a server or producer time, or after a continuation token")
                     .mutable_ready()
                     .build(),
-                string("start-fragment-number", "The fragment to start after, for start-selector=fragment-number (default: none)"),
+                string("start-fragment-number", "The fragment to start after, for start-selector=fragment-number"),
                 glib::ParamSpecDouble::builder("start-timestamp")
-                    .blurb("Start time in seconds since the Unix epoch, for start-selector server-timestamp or producer-timestamp (default: 0)")
+                    .nick("Start timestamp")
+                    .blurb("Start time in seconds since the Unix epoch, for start-selector server-timestamp or producer-timestamp")
                     .minimum(0.0)
                     .default_value(0.0)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecDouble::builder("end-timestamp")
-                    .blurb("End of a range to read, in seconds since the Unix epoch; reading then ends with EOS. 0: read live, no end (default: 0)")
+                    .nick("End timestamp")
+                    .blurb("End of a range to read, in seconds since the Unix epoch; reading then ends with EOS. 0: read live, no end")
                     .minimum(0.0)
                     .default_value(0.0)
                     .mutable_ready()
                     .build(),
-                string("continuation-token", "Write: the token to resume after, for start-selector=continuation-token. Read: the last token the service gave, to persist and resume from later (default: none)"),
+                string("continuation-token", "Write: the token to resume after, for start-selector=continuation-token. Read: the last token the service gave, to persist and resume from later"),
                 glib::ParamSpecString::builder("last-fragment-number")
-                    .blurb("Number of the last fragment written to the output (read-only; default: none)")
+                    .nick("Last fragment number")
+                    .blurb("Number of the last fragment written to the output (read-only)")
                     .read_only()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("mode", OutputMode::Merged)
-                    .blurb("Output: merged (one Matroska stream) or raw (the service's bytes) (default: merged)")
+                    .nick("Mode")
+                    .blurb("Output: merged (one Matroska stream) or raw (the service's bytes)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("timeline", OutputTimeline::ProducerTime)
-                    .blurb("Output timestamps (merged mode): producer-time (each fragment at its producer timestamp, gaps kept) or continuous (gaps of more than a second closed) (default: producer-time)")
+                    .nick("Timeline")
+                    .blurb("Output timestamps (merged mode): producer-time (each fragment at its producer timestamp, gaps kept) or continuous (gaps of more than a second closed)")
                     .mutable_ready()
                     .build(),
-                uint("max-outage", "Seconds a live read keeps retrying while the stream cannot be read (refused, unreachable, throttled), with backoff capped at 10 s, before it ends with an error; 0: for as long as it takes, reading then goes on from where it stopped (default: 0)", u32::MAX, 0),
-                uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range; the service allows 5 connections per stream (default: 4)", 64, DEFAULT_PARALLEL),
+                uint("max-outage", "Seconds a live read keeps retrying while the stream cannot be read (refused, unreachable, throttled), with backoff capped at 10 s, before it ends with an error; 0: for as long as it takes, reading then goes on from where it stopped", u32::MAX, 0),
+                uint("parallel-downloads", "GetMediaForFragmentList requests at once when reading a range; the service allows 5 connections per stream", 64, DEFAULT_PARALLEL),
             ];
             properties.splice(1..1, connection_properties());
             properties
@@ -553,7 +558,7 @@ impl ElementImpl for KvsSrc {
 impl BaseSrcImpl for KvsSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings().clone();
-        let stream_name = crate::element::stream_name("kvssrc", settings.stream_name.as_ref())?;
+        let stream_name = crate::element::stream_name(settings.stream_name.as_ref())?;
         let config = Self::reader_config(&settings)?;
         self.canceller.reset();
         *lock(&self.progress) = Progress::default();

@@ -256,7 +256,7 @@ fn a_sink_started_with_the_service_unreachable_records_and_uploads_when_it_comes
     assert_eq!(url, closed);
     assert_eq!(run.error, None, "warnings {:?}", run.warnings);
     assert!(
-        run.warnings.iter().any(|w| w.starts_with("kvssink: the service cannot be reached (")),
+        run.warnings.iter().any(|w| w.starts_with("the service cannot be reached (")),
         "{:?}",
         run.warnings
     );
@@ -311,7 +311,7 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let error = run.error.expect("a second sink on the directory fails");
     assert!(
         error.starts_with(&format!(
-            "kvssink: buffer-dir {} is in use by another kvssink (process {}): each sink needs a directory of its own",
+            "buffer-dir {} is in use by another kvssink (process {}): each sink needs a directory of its own",
             dir.display(),
             std::process::id()
         )),
@@ -326,7 +326,7 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let error = run.error.expect("another stream's directory is refused");
     assert!(
         error.starts_with(&format!(
-            "kvssink: {} holds a fragment of stream \"dirs\", not \"other\": buffer-dir belongs to another stream",
+            "{} holds a fragment of stream \"dirs\", not \"other\": buffer-dir belongs to another stream",
             files[0].display()
         )),
         "{error}"
@@ -339,10 +339,7 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let run = upload("dirs", 30, &dir);
     assert_eq!(run.error, None);
     let warning = run.warnings.iter().find(|w| w.contains("is not a readable fragment")).expect("a warning");
-    assert!(
-        warning.starts_with(&format!("kvssink: {} is not a readable fragment (", damaged.display())),
-        "{warning}"
-    );
+    assert!(warning.starts_with(&format!("{} is not a readable fragment (", damaged.display())), "{warning}");
     assert!(damaged.with_extension("kvsfrag.corrupt").exists());
     assert!(fragment_files(&dir).is_empty());
 
@@ -350,10 +347,7 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let not_a_dir = damaged.with_extension("kvsfrag.corrupt").join("store");
     let run = upload("dirs", 30, &not_a_dir);
     let error = run.error.expect("an error");
-    assert!(
-        error.starts_with(&format!("kvssink: cannot create the directory {}: ", not_a_dir.display())),
-        "{error}"
-    );
+    assert!(error.starts_with(&format!("cannot create the directory {}: ", not_a_dir.display())), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -469,8 +463,8 @@ fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
         assert_eq!(recovered, 0, "no other warning: {:?}", run.warnings);
         for warning in &full {
             assert!(
-                warning.starts_with(&format!("kvssink: cannot write {}/store/", dir.display()))
-                    || warning.starts_with(&format!("kvssink: cannot create {}/store/", dir.display())),
+                warning.starts_with(&format!("cannot write {}/store/", dir.display()))
+                    || warning.starts_with(&format!("cannot create {}/store/", dir.display())),
                 "{warning}"
             );
         }

@@ -321,7 +321,7 @@ fn a_second_video_pad_and_mixing_sink_with_request_pads_are_refused_by_name() {
     let gst::MessageView::Warning(w) = warning.view() else { unreachable!() };
     assert_eq!(
         w.error().message(),
-        "kvssink: it takes one video stream on its request pads, as the C++ kvssink does; mux more tracks with \
+        "it takes one video stream on its request pads, as the C++ kvssink does; mux more tracks with \
          matroskamux ! kvssink"
     );
     assert_eq!(warning.src(), Some(sink.upcast_ref::<gst::Object>()));
@@ -344,7 +344,7 @@ fn a_second_video_pad_and_mixing_sink_with_request_pads_are_refused_by_name() {
     let gst::MessageView::Warning(w) = warning.view() else { unreachable!() };
     assert_eq!(
         w.error().message(),
-        "kvssink: cannot take audio on a request pad: its sink pad is linked (Matroska input)"
+        "cannot take audio on a request pad: its sink pad is linked (Matroska input)"
     );
 }
 

@@ -316,7 +316,7 @@ fn bad_input_gives_an_error_naming_the_problem() {
     emu.create_stream("bad", 1);
 
     let error = error_for_input(&emu, "bad", b"this is certainly not a Matroska stream, just text");
-    assert!(error.contains("kvssink: invalid input: not Matroska"), "{error}");
+    assert!(error.contains("invalid input: not Matroska"), "{error}");
 
     let mut stream = writer::h264_stream_header();
     writer::write_cluster_start(&mut stream, 0);
@@ -346,7 +346,7 @@ fn bad_input_gives_an_error_naming_the_problem() {
     let error = error_for_input(&emu, "bad", &mp4);
     assert!(
         error.starts_with(
-            "kvssink: invalid input: unsupported EBML DocType \"mp4\" (expected \"matroska\" or \"webm\")"
+            "invalid input: unsupported EBML DocType \"mp4\" (expected \"matroska\" or \"webm\")"
         ),
         "{error}"
     );
@@ -359,7 +359,7 @@ fn bad_input_gives_an_error_naming_the_problem() {
     writer::write_simple_block(&mut no_tracks, 1, 0, true, &[1; 100]);
     let error = error_for_input(&emu, "bad", &no_tracks);
     assert!(
-        error.starts_with("kvssink: invalid input: the Matroska stream has clusters but no Tracks element"),
+        error.starts_with("invalid input: the Matroska stream has clusters but no Tracks element"),
         "{error}"
     );
 
@@ -371,14 +371,14 @@ fn bad_input_gives_an_error_naming_the_problem() {
     huge_frame.extend_from_slice(&gigabyte);
     huge_frame.extend_from_slice(&[0x81, 0, 0, 0x80, 1, 2, 3]);
     let error = error_for_input(&emu, "bad", &huge_frame);
-    assert!(error.starts_with("kvssink: invalid input: Matroska element 0xA3 at byte "), "{error}");
+    assert!(error.starts_with("invalid input: Matroska element 0xA3 at byte "), "{error}");
     assert!(error.contains("is too large (1073741824 bytes)"), "{error}");
     let mut huge_tags = writer::h264_stream_header();
     huge_tags.extend_from_slice(&[0x12, 0x54, 0xC3, 0x67]);
     huge_tags.extend_from_slice(&gigabyte);
     huge_tags.extend_from_slice(&[0; 64]);
     let error = error_for_input(&emu, "bad", &huge_tags);
-    assert!(error.starts_with("kvssink: invalid input: Matroska element 0x1254C367 at byte "), "{error}");
+    assert!(error.starts_with("invalid input: Matroska element 0x1254C367 at byte "), "{error}");
 }
 
 #[test]
@@ -460,12 +460,12 @@ fn a_wrong_secret_is_refused_with_the_service_error() {
         Duration::from_secs(60),
     );
     let error = run.error.expect("an element error");
-    assert!(error.contains("kvssink: DescribeStream failed: HTTP 403"), "{error}");
+    assert!(error.contains("DescribeStream failed: HTTP 403"), "{error}");
     assert!(!error.contains("test-secret"), "the secret never shows: {error}");
     assert!(run.gerror.unwrap().matches(gst::ResourceError::NotAuthorized), "{error}");
     // The debug string carries the service's error code and request id.
     let debug = error.split(" | ").nth(1).unwrap();
-    assert!(debug.contains("(error code InvalidSignatureException, request id "), "{debug}");
+    assert!(debug.contains("error code InvalidSignatureException, request id "), "{debug}");
 }
 
 #[test]
@@ -493,7 +493,7 @@ fn an_unreachable_endpoint_fails_within_the_request_timeout() {
          region=us-east-1 request-timeout=2000",
         video_source(10)
     ));
-    assert!(error.contains("kvssink: DescribeStream failed: cannot reach the service"), "{error}");
+    assert!(error.contains("DescribeStream failed: cannot reach the service"), "{error}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
@@ -519,8 +519,7 @@ fn no_credentials_anywhere_is_an_error_naming_the_cause() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
     assert!(
-        stdout.contains("kvssink: no usable AWS credentials")
-            || stderr.contains("kvssink: no usable AWS credentials"),
+        stdout.contains("no usable AWS credentials") || stderr.contains("no usable AWS credentials"),
         "{stdout}\n{stderr}"
     );
 }
@@ -677,7 +676,7 @@ fn without_fragment_acks_fragments_are_released_once_written() {
     assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
     assert!(
         run.warnings[0].starts_with(
-            "kvssink: fragment-acks=false: a fragment is forgotten once written, so nothing lost on a dropped \
+            "fragment-acks=false: a fragment is forgotten once written, so nothing lost on a dropped \
              connection can be sent again | "
         ),
         "{:?}",
@@ -815,7 +814,7 @@ fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_th
     assert!(!text.contains("no property"), "{text}");
     assert!(
         text.contains(
-            "kvssink: these C++ kvssink properties have no effect here: codec-id (it applies to streams on the \
+            "these C++ kvssink properties have no effect here: codec-id (it applies to streams on the \
              video/audio request pads; with Matroska input the upstream muxer decided)"
         ),
         "{text}"
@@ -960,7 +959,7 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
     let error = refused(sink(&rogue_cert, &rogue_key.display().to_string(), "KvsCameraIoTRoleAlias"));
     assert!(
         error.starts_with(&format!(
-            "kvssink: no usable AWS credentials: iot-certificate: the IoT credentials endpoint {iot_addr} ended \
+            "no usable AWS credentials: iot-certificate: the IoT credentials endpoint {iot_addr} ended \
              the connection"
         )) && error.contains("is cert-path a certificate registered with AWS IoT?"),
         "{error}"
@@ -979,7 +978,9 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
         emu.url
     ));
     assert!(
-        error.starts_with("kvssink: iot-certificate lacks cert-path (it needs endpoint, cert-path, key-path and role-aliases)"),
+        error.starts_with(
+            "iot-certificate lacks cert-path (it needs endpoint, cert-path, key-path and role-aliases)"
+        ),
         "{error}"
     );
 }
@@ -1080,8 +1081,7 @@ fn restart_on_error_false_makes_the_first_failure_final() {
     let error = run.error.expect("an element error");
     // The reset is seen on the read side ("the connection broke") or, under load, on the write side first.
     assert!(
-        error.starts_with("kvssink: the connection broke")
-            || error.starts_with("kvssink: the connection closed while sending"),
+        error.starts_with("the connection broke") || error.starts_with("the connection closed while sending"),
         "{error}"
     );
     assert!(error.contains("(restart-on-error is false)"), "{error}");

@@ -397,14 +397,14 @@ fn errors_name_their_cause() {
     let missing =
         run_pipeline(&format!("{} ! fakesink", src_props(&emu, "nothere")), Duration::from_secs(60));
     let error = missing.error.expect("an element error");
-    assert!(error.contains("kvssrc: DescribeStream failed: HTTP 404 ResourceNotFoundException"), "{error}");
+    assert!(error.contains("DescribeStream failed: HTTP 404 ResourceNotFoundException"), "{error}");
     assert!(missing.gerror.unwrap().matches(gst::ResourceError::NotFound), "{error}");
 
     emu.create_stream("tagged", 1);
     produce(&emu, "tagged", 90, "");
     emu.fault(json!({"api": "getMedia", "kind": "error_tag", "fragment": 2, "error_id": 4000}));
     let (error, _) = read_error(&format!("{} start-selector=earliest ! fakesink", src_props(&emu, "tagged")));
-    assert!(error.contains("kvssrc: the stream holds an error chunk"), "{error}");
+    assert!(error.contains("the stream holds an error chunk"), "{error}");
     assert!(error.contains("(4000)"), "{error}");
 
     let (error, _) =
@@ -415,7 +415,7 @@ fn errors_name_their_cause() {
         "kvssrc stream-name=x endpoint-uri=http://127.0.0.1:9 access-key=A secret-access-key=B region=us-east-1 \
          request-timeout=2000 ! fakesink",
     );
-    assert!(error.contains("kvssrc: DescribeStream"), "{error}");
+    assert!(error.contains("DescribeStream"), "{error}");
     assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
 }
 
@@ -426,7 +426,7 @@ fn a_wrong_secret_is_refused() {
         ..Default::default()
     });
     let (error, _) = read_error(&format!("{} ! fakesink", src_props(&emu, "any")));
-    assert!(error.contains("kvssrc: DescribeStream failed: HTTP 403"), "{error}");
+    assert!(error.contains("DescribeStream failed: HTTP 403"), "{error}");
     assert!(!error.contains("test-secret"), "{error}");
 }
 
@@ -825,7 +825,7 @@ fn a_fragment_the_service_sends_twice_is_left_out_with_a_warning() {
         ["", "", &format!("fragment {} was already written (the service sent it again)", number(1)), ""]
     );
     assert!(
-        run.warnings.iter().any(|w| w.contains(&format!("kvssrc: fragment {} left out", number(1)))),
+        run.warnings.iter().any(|w| w.contains(&format!("fragment {} left out", number(1)))),
         "{:?}",
         run.warnings
     );
@@ -868,7 +868,7 @@ fn both_elements_work_over_https_with_a_custom_ca_and_refuse_an_unknown_certific
         Duration::from_secs(30),
     );
     let error = refused.error.unwrap_or_default();
-    assert!(error.contains("kvssink:") && error.to_lowercase().contains("certificate"), "{error}");
+    assert!(error.contains("GstKvsSink") && error.to_lowercase().contains("certificate"), "{error}");
 }
 
 #[test]

@@ -352,7 +352,7 @@ fn a_garbled_ack_is_skipped_with_a_warning_and_an_unknown_one_ignored() {
     assert_eq!(outcome.run.warnings.len(), 1, "{:?}", outcome.run.warnings);
     assert!(
         outcome.run.warnings[0].starts_with(
-            "kvssink: skipped an unreadable acknowledgement: a cut acknowledgement (a line break inside a string) on connection 1"
+            "skipped an unreadable acknowledgement: a cut acknowledgement (a line break inside a string) on connection 1"
         ),
         "{:?}",
         outcome.run.warnings
@@ -447,7 +447,7 @@ fn a_proxy_page_with_a_4xx_is_an_error_that_quotes_it() {
     let error = run.error.expect("an error");
     assert!(
         error.starts_with(
-            "kvssink: PutMedia failed: HTTP 403 Forbidden: not a service answer: \"403 Forbidden Request blocked by \
+            "PutMedia failed: HTTP 403 Forbidden: not a service answer: \"403 Forbidden Request blocked by \
              the proxy\""
         ),
         "{error}"
@@ -626,7 +626,7 @@ fn kvssrc_gives_up_on_a_stream_that_is_never_matroska() {
     let errors = reader.errors.lock().unwrap().clone();
     assert!(
         errors[0].starts_with(
-            "kvssrc: GetMedia returned bad Matroska 3 times in a row: corrupt Matroska at byte 0: invalid EBML \
+            "GetMedia returned bad Matroska 3 times in a row: corrupt Matroska at byte 0: invalid EBML \
              element ID (first byte 0x00)"
         ),
         "{errors:?}"

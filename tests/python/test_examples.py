@@ -96,7 +96,7 @@ def test_python_examples_exit_with_the_element_error(stream_name, env, emulator,
     assert upload.returncode == 1
     first = upload.stderr.splitlines()[0]
     assert first == (
-        "error: kvssink: DescribeStream failed: HTTP 403 InvalidSignatureException: The request signature we "
+        "error: DescribeStream failed: HTTP 403 InvalidSignatureException: The request signature we "
         "calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. "
         "Consult the service documentation for details."
     ), upload.stderr

@@ -23,9 +23,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Emu, cpu_seconds};
 use gst::prelude::*;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
 use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
 
 const SECONDS: u64 = 20;
@@ -95,11 +92,7 @@ fn read(count: usize, url: &str, ca: Option<&str>) -> u64 {
 /// One stream's upload: SECONDS one-second fragments, one a second, as one PutMedia request (RELATIVE
 /// timecodes); returns how many were PERSISTED.
 async fn upload(url: String, ca: Option<std::path::PathBuf>, stream: String) -> u64 {
-    let addr = url.trim_start_matches("https://").trim_start_matches("http://").to_owned();
-    let io = common::connect(&url, ca.as_deref()).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-    tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
         let mut out = h264_stream_header();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -110,26 +103,12 @@ async fn upload(url: String, ca: Option<std::path::PathBuf>, stream: String) -> 
                 let frame = vec![(second + i) as u8; FRAME_BYTES];
                 write_simple_block(&mut out, 1, (i * 100) as i16, i == 0, &frame);
             }
-            if tx.send(Ok(Frame::data(Bytes::from(std::mem::take(&mut out))))).await.is_err() {
+            if tx.send(Bytes::from(std::mem::take(&mut out))).await.is_err() {
                 return;
             }
         }
     });
-    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let request = hyper::Request::post("/putMedia")
-        .header("host", addr)
-        .header("x-amzn-stream-name", stream)
-        .header("x-amzn-fragment-timecode-type", "RELATIVE")
-        .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
-        .body(body)
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let acks = response.into_body().collect().await.unwrap().to_bytes();
-    acks.windows(9).filter(|w| *w == b"PERSISTED").count() as u64
+    common::put_media(&url, ca.as_deref(), &stream, rx).await
 }
 
 /// Starts the reader child; returns it once its readers play.

@@ -44,7 +44,26 @@ pub fn uint(name: &str, blurb: &str, max: u32, default: u32) -> glib::ParamSpec 
 }
 
 pub fn string(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).nick(&nick(name)).blurb(blurb).mutable_ready().build()
+    string_or(name, blurb, None)
+}
+
+/// A string property whose default is `default`.
+pub fn string_or(name: &str, blurb: &str, default: Option<&str>) -> glib::ParamSpec {
+    glib::ParamSpecString::builder(name)
+        .nick(&nick(name))
+        .blurb(blurb)
+        .default_value(default)
+        .mutable_ready()
+        .build()
+}
+
+pub fn boolean(name: &str, blurb: &str, default: bool) -> glib::ParamSpec {
+    glib::ParamSpecBoolean::builder(name)
+        .nick(&nick(name))
+        .blurb(blurb)
+        .default_value(default)
+        .mutable_ready()
+        .build()
 }
 
 fn secret(name: &str, blurb: &str) -> glib::ParamSpec {

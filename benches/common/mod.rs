@@ -238,12 +238,7 @@ pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
 pub fn upload_file_over(url: &str, ca_file: Option<&std::path::Path>, stream: &str, path: &str) -> u64 {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let addr =
-            url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let io = connect(url, ca_file).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-        tokio::spawn(conn);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let path = path.to_owned();
         // File reads on a blocking thread, as filesrc reads on its streaming thread.
         let reader = tokio::task::spawn_blocking(move || {
@@ -255,29 +250,45 @@ pub fn upload_file_over(url: &str, ca_file: Option<&std::path::Path>, stream: &s
                     break;
                 }
                 chunk.truncate(n);
-                if tx.blocking_send(Ok(Frame::data(Bytes::from(chunk)))).is_err() {
+                if tx.blocking_send(Bytes::from(chunk)).is_err() {
                     break;
                 }
             }
         });
-        let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        let request = hyper::Request::post("/putMedia")
-            .header("host", addr.as_str())
-            .header("x-amzn-stream-name", stream)
-            .header("x-amzn-fragment-timecode-type", "RELATIVE")
-            .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
-            .body(body)
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let acks = response.into_body().collect().await.unwrap().to_bytes();
+        let persisted = put_media(url, ca_file, stream, rx).await;
         reader.await.unwrap();
-        let persisted = acks.windows(9).filter(|w| *w == b"PERSISTED").count();
-        persisted as u64
+        persisted
     })
+}
+
+/// One PutMedia request with a bare hyper client (no signing, RELATIVE timecodes) whose body is what `body`
+/// gives until it closes; reads the ACKs to the end and returns how many fragments were persisted.
+pub async fn put_media(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    stream: &str,
+    body: tokio::sync::mpsc::Receiver<Bytes>,
+) -> u64 {
+    let addr =
+        url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let io = connect(url, ca_file).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    let body = StreamBody::new(futures::stream::unfold(body, |mut rx| async move {
+        rx.recv().await.map(|bytes| (Ok::<_, std::convert::Infallible>(Frame::data(bytes)), rx))
+    }));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let request = hyper::Request::post("/putMedia")
+        .header("host", addr.as_str())
+        .header("x-amzn-stream-name", stream)
+        .header("x-amzn-fragment-timecode-type", "RELATIVE")
+        .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let acks = response.into_body().collect().await.unwrap().to_bytes();
+    acks.windows(9).filter(|w| *w == b"PERSISTED").count() as u64
 }
 
 /// What the benchmarks on [`Emu`] print beside their figures.

@@ -31,6 +31,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::kvs::credentials::IotSettings;
+use crate::props::{boolean, string_or as string};
 
 /// What a C++ property does in kvssink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,30 +94,7 @@ pub fn effects() -> &'static [(&'static str, Support)] {
 }
 
 fn uint(name: &str, blurb: &str, default: u32) -> glib::ParamSpec {
-    glib::ParamSpecUInt::builder(name)
-        .nick(&crate::props::nick(name))
-        .blurb(blurb)
-        .default_value(default)
-        .mutable_ready()
-        .build()
-}
-
-fn boolean(name: &str, blurb: &str, default: bool) -> glib::ParamSpec {
-    glib::ParamSpecBoolean::builder(name)
-        .nick(&crate::props::nick(name))
-        .blurb(blurb)
-        .default_value(default)
-        .mutable_ready()
-        .build()
-}
-
-fn string(name: &str, blurb: &str, default: Option<&str>) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name)
-        .nick(&crate::props::nick(name))
-        .blurb(blurb)
-        .default_value(default)
-        .mutable_ready()
-        .build()
+    crate::props::uint(name, blurb, u32::MAX, default)
 }
 
 /// The property specs, with the C++ types and defaults.

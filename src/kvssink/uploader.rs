@@ -78,17 +78,21 @@ impl Pacer {
         }
     }
 
+    /// The bytes that may go at `now` without waiting (at most a second's worth).
+    fn allowance_at(&self, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
+        (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND)
+    }
+
     /// Whether `bytes` may go now without waiting.
     fn bytes_ready(&self, bytes: usize, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
-        (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND) >= bytes as f64
+        self.allowance_at(now) >= bytes as f64
     }
 
     /// Counts `bytes` about to go; returns how long to wait first.
     fn bytes_wait(&mut self, bytes: usize, now: Instant) -> Duration {
-        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
+        self.allowance = self.allowance_at(now) - bytes as f64;
         self.counted = now;
-        self.allowance = (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND) - bytes as f64;
         if self.allowance >= 0.0 {
             Duration::ZERO
         } else {
@@ -465,6 +469,7 @@ impl Uploader {
 
     /// Adds a frame to the fragment being written; it goes out at once. `duration`: the fragment's length
     /// with it.
+    ///
     /// When the connection waits for it ([`Shared::live`]), the frame is written from this thread: no
     /// wake-up of the runtime for the frames of a live stream.
     pub fn push_frame(&self, data: Rope, duration: Duration) -> Result<(), UploadFailure> {
@@ -865,8 +870,7 @@ impl Uploader {
                             tokio::time::sleep(wait).await;
                         }
                         written!(send(&body, &pieces, write_timeout));
-                        let size = size as u64;
-                        self.lock().queue.stats.bytes_sent += size;
+                        self.lock().queue.stats.bytes_sent += size as u64;
                     }
                     Next::Hold if started => {
                         more_now = true;
@@ -1093,17 +1097,19 @@ async fn close(body: BodyWriter, mut acks: AckStream, timeout: Duration) {
 
 /// Writes one chunk of the body and waits until the socket took it.
 async fn send(body: &BodyWriter, pieces: &[Bytes], timeout: Duration) -> Result<(), Failure> {
-    if let Err(error) = body.write_now(pieces) {
-        return Err(Failure::retry(format!("the connection closed while sending: {error}")));
-    }
+    body.write_now(pieces).map_err(closed_while_sending)?;
     flush(body, timeout).await
+}
+
+fn closed_while_sending(error: std::io::Error) -> Failure {
+    Failure::retry(format!("the connection closed while sending: {error}"))
 }
 
 /// Waits until the socket took everything written to the body (by any thread).
 async fn flush(body: &BodyWriter, timeout: Duration) -> Result<(), Failure> {
     match tokio::time::timeout(timeout, body.flush()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Failure::retry(format!("the connection closed while sending: {error}"))),
+        Ok(Err(error)) => Err(closed_while_sending(error)),
         Err(_) => Err(Failure::retry(format!(
             "the service took no data for {:.1} s (connection-staleness)",
             timeout.as_secs_f64()

@@ -17,10 +17,18 @@ fn main() {
     let seed = options::seed();
     // target/<profile>/deps/chaos-<hash> -> target/<profile>: the plugin and the emulator of this profile.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf();
     // The reader child loads libgstkvs.so and the campaign runs the emulator binary from this directory: build
     // both for this profile first (cargo bench builds neither).
-    let profile = if dir.ends_with("release") { "release" } else { "dev" };
+    let profile = if dir.ends_with("release") {
+        "release"
+    } else {
+        "dev"
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args([

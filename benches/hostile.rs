@@ -21,8 +21,14 @@ fn main() {
     let mut total = cases::Tally::default();
     for (index, (name, case)) in cases::FAMILIES.iter().enumerate() {
         // Every family gets its own seed range; the every-split family gives hundreds of cases per seed.
-        let first = seed.wrapping_mul(31).wrapping_add(index as u64 * 1_000_000_007);
-        let count = if name.contains("every split") { per_family / 20 } else { per_family };
+        let first = seed
+            .wrapping_mul(31)
+            .wrapping_add(index as u64 * 1_000_000_007);
+        let count = if name.contains("every split") {
+            per_family / 20
+        } else {
+            per_family
+        };
         let family_started = std::time::Instant::now();
         let tally = cases::run_family(name, *case, first, count);
         let seconds = family_started.elapsed().as_secs_f64();
@@ -44,5 +50,8 @@ fn main() {
         total.bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
-    assert!(total.cases >= 1_000_000 || per_family < 20_000, "fewer than a million cases");
+    assert!(
+        total.cases >= 1_000_000 || per_family < 20_000,
+        "fewer than a million cases"
+    );
 }

@@ -42,7 +42,10 @@ const STREAM_ELEMENTARY: &str = "latency-elementary";
 const STREAM_STORE: &str = "latency-store";
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn init() {
@@ -58,7 +61,11 @@ fn write_lines(path: &str, lines: impl IntoIterator<Item = String>) {
 }
 
 fn read_numbers(path: &std::path::Path) -> Vec<i64> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
 }
 
 /// Child: plays the clip into `sink` (`fakesink` or `kvssink`); writes its start time then every frame's
@@ -79,16 +86,25 @@ fn play(sink: &str, clip: &str, url: &str, out: &str, ca: Option<&str>) -> u64 {
         "kvssink-elementary" => kvssink(STREAM_ELEMENTARY),
         // Every frame written to the fragment store before it is sent.
         "kvssink-store" => {
-            format!("matroskamux streamable=true ! {} buffer-dir={out}.store", kvssink(STREAM_STORE))
+            format!(
+                "matroskamux streamable=true ! {} buffer-dir={out}.store",
+                kvssink(STREAM_STORE)
+            )
         }
         other => format!("matroskamux streamable=true ! {other}"),
     };
-    let description =
-        format!("filesrc location={clip} ! matroskademux ! h264parse ! clocksync name=pace ! {tail}");
+    let description = format!(
+        "filesrc location={clip} ! matroskademux ! h264parse ! clocksync name=pace ! {tail}"
+    );
     let pipeline = gst::parse::launch(&description).unwrap();
     let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
-    let pad =
-        pipeline.downcast_ref::<gst::Bin>().unwrap().by_name("pace").unwrap().static_pad("src").unwrap();
+    let pad = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("pace")
+        .unwrap()
+        .static_pad("src")
+        .unwrap();
     let log = released.clone();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         log.lock().unwrap().push(now_us());
@@ -97,7 +113,10 @@ fn play(sink: &str, clip: &str, url: &str, out: &str, ca: Option<&str>) -> u64 {
     run_to_eos(&pipeline, Duration::from_secs(600));
     let released = released.lock().unwrap().clone();
     let count = released.len() as u64;
-    write_lines(out, std::iter::once(start.to_string()).chain(released.iter().map(u64::to_string)));
+    write_lines(
+        out,
+        std::iter::once(start.to_string()).chain(released.iter().map(u64::to_string)),
+    );
     count
 }
 
@@ -123,7 +142,9 @@ fn read(url: &str, frames: usize, out: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut delays = Vec::new();
     while delays.len() < frames && Instant::now() < deadline {
-        let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(500)) else { continue };
+        let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(500)) else {
+            continue;
+        };
         let now = now_us() as i64;
         if let Some(pts) = sample.buffer().and_then(|b| b.pts()) {
             delays.push(now - (pts.nseconds() / 1000) as i64);
@@ -158,16 +179,30 @@ fn summary(values: &mut [f64]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let count = match args[1].as_str() {
-            "play" => play(&args[2], &args[3], &args[4], &args[5], args.get(6).map(String::as_str)),
+            "play" => play(
+                &args[2],
+                &args[3],
+                &args[4],
+                &args[5],
+                args.get(6).map(String::as_str),
+            ),
             "read" => read(&args[2], args[3].parse().unwrap(), &args[4]),
             other => panic!("unknown mode {other}"),
         };
         println!("count {count}");
-        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        println!(
+            "measured {} {} {}",
+            started.elapsed().as_secs_f64(),
+            cpu_seconds(),
+            peak_rss_mb()
+        );
         return;
     }
     let seconds: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(30);
@@ -187,17 +222,30 @@ fn main() {
     let http = |method: &str, path: &str, body: &str| {
         common::emulator_call(emulator.local_addr(), method, path, body)
     };
-    http("POST", "/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+    http(
+        "POST",
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"),
+    );
 
     let clip = clip.to_str().unwrap().to_owned();
     let base_out = dir.join("fakesink.txt");
-    let base = run_child("play", &["fakesink", &clip, &url, base_out.to_str().unwrap()]);
+    let base = run_child(
+        "play",
+        &["fakesink", &clip, &url, base_out.to_str().unwrap()],
+    );
     assert_eq!(base.count as usize, frames);
 
     // The live reader first (it waits for the first fragment), then the upload.
     let reader_out = dir.join("reader.txt");
     let mut reader = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--child", "read", &url, &frames.to_string(), reader_out.to_str().unwrap()])
+        .args([
+            "--child",
+            "read",
+            &url,
+            &frames.to_string(),
+            reader_out.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -207,7 +255,10 @@ fn main() {
     assert_eq!(line.trim(), "ready");
     std::thread::sleep(Duration::from_millis(500));
     let sink_out = dir.join("kvssink.txt");
-    let sink = run_child("play", &["kvssink", &clip, &url, sink_out.to_str().unwrap()]);
+    let sink = run_child(
+        "play",
+        &["kvssink", &clip, &url, sink_out.to_str().unwrap()],
+    );
     assert_eq!(sink.count as usize, frames);
     let reader_status = reader.wait().unwrap();
     assert!(reader_status.success(), "the live reader failed");
@@ -217,7 +268,9 @@ fn main() {
     let arrivals = http("GET", &format!("/_emulator/streams/{STREAM}/arrivals"), "");
     let stored = arrivals["frames"].as_array().unwrap();
     assert_eq!(stored.len(), frames, "every frame arrived once");
-    let first_byte_us = arrivals["uploads"][0]["first_body_byte_us"].as_i64().unwrap();
+    let first_byte_us = arrivals["uploads"][0]["first_body_byte_us"]
+        .as_i64()
+        .unwrap();
     let mut latency: Vec<f64> = stored
         .iter()
         .zip(released)
@@ -229,7 +282,10 @@ fn main() {
         .zip(released)
         .map(|(s, r)| s["producer_ms"].as_i64().unwrap() as f64 - *r as f64 / 1000.0)
         .collect();
-    let worst_error = errors.iter().copied().fold(0f64, |a, e| if e.abs() > a.abs() { e } else { a });
+    let worst_error = errors
+        .iter()
+        .copied()
+        .fold(0f64, |a, e| if e.abs() > a.abs() { e } else { a });
 
     println!(
         "fakesink baseline: {:.2} s wall, {:.2} CPU s, peak RSS {:.1} MiB",
@@ -245,7 +301,10 @@ fn main() {
         sink.cpu / base.cpu.max(0.001),
         sink.rss_mb - base.rss_mb
     );
-    println!("frame capture -> its last byte at the server: {}", summary(&mut latency));
+    println!(
+        "frame capture -> its last byte at the server: {}",
+        summary(&mut latency)
+    );
     println!(
         "process start -> first PutMedia body byte: {:.1} ms",
         (first_byte_us - start_us) as f64 / 1000.0
@@ -333,27 +392,47 @@ fn main() {
     let ca = tls.ca.to_str().unwrap().to_owned();
     // The admin and control calls go over TLS too: the bench's own small client.
     let tls_http = |path: &str, body: &str| -> serde_json::Value {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             use http_body_util::BodyExt;
             let io = common::connect(&tls_url, Some(&tls.ca)).await;
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             let method = if body.is_empty() { "GET" } else { "POST" };
             let request = hyper::Request::builder()
                 .method(method)
                 .uri(path)
                 .header("host", tls_url.trim_start_matches("https://"))
-                .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_owned(),
+                )))
                 .unwrap();
-            let answer = sender.send_request(request).await.unwrap().into_body().collect().await.unwrap();
+            let answer = sender
+                .send_request(request)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap();
             serde_json::from_slice(&answer.to_bytes()).unwrap_or(serde_json::Value::Null)
         })
     };
-    tls_http("/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+    tls_http(
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"),
+    );
     let tls_out = dir.join("kvssink-https.txt");
-    let over_tls = run_child("play", &["kvssink", &clip, &tls_url, tls_out.to_str().unwrap(), &ca]);
+    let over_tls = run_child(
+        "play",
+        &["kvssink", &clip, &tls_url, tls_out.to_str().unwrap(), &ca],
+    );
     assert_eq!(over_tls.count as usize, frames);
     let released = read_numbers(&tls_out);
     let arrivals = tls_http(&format!("/_emulator/streams/{STREAM}/arrivals"), "");

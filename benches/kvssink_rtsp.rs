@@ -34,7 +34,10 @@ const STREAM: &str = "rtsp-latency";
 const NTP_TO_UNIX_S: u64 = 2_208_988_800;
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 fn init() {
@@ -57,10 +60,17 @@ fn client(sink: &str, camera: &str, url: &str, seconds: u64, out: &str) -> u64 {
         "rtspsrc location={camera} protocols=tcp add-reference-timestamp-meta=true ! rtph264depay \
          ! h264parse name=parse ! {tail}"
     );
-    let pipeline = gst::parse::launch(&description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(&description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+    let pad = pipeline
+        .by_name("parse")
+        .unwrap()
+        .static_pad("src")
+        .unwrap();
     let (log, count) = (delays.clone(), frames.clone());
     // fakesink: the delays; kvssink: how many frames came before the first reference timestamp (they wait for
     // it, capture-time=meta), written as the file's only line.
@@ -73,8 +83,8 @@ fn client(sink: &str, camera: &str, url: &str, seconds: u64, out: &str) -> u64 {
             let now = now_us();
             match buffer.meta::<gst::ReferenceTimestampMeta>() {
                 Some(meta) if measure => {
-                    let unix_us =
-                        (meta.timestamp().nseconds() / 1000) as i64 - (NTP_TO_UNIX_S * 1_000_000) as i64;
+                    let unix_us = (meta.timestamp().nseconds() / 1000) as i64
+                        - (NTP_TO_UNIX_S * 1_000_000) as i64;
                     log.lock().unwrap().push(now - unix_us);
                 }
                 None if waiting.load(std::sync::atomic::Ordering::Relaxed) == n => {
@@ -94,7 +104,9 @@ fn client(sink: &str, camera: &str, url: &str, seconds: u64, out: &str) -> u64 {
             pipeline.send_event(gst::event::Eos::new());
             eos_sent = true;
         }
-        let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else { continue };
+        let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
+            continue;
+        };
         match message.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
@@ -108,7 +120,12 @@ fn client(sink: &str, camera: &str, url: &str, seconds: u64, out: &str) -> u64 {
             writeln!(file, "{delay}").unwrap();
         }
     } else {
-        writeln!(file, "{}", before_first.load(std::sync::atomic::Ordering::Relaxed)).unwrap();
+        writeln!(
+            file,
+            "{}",
+            before_first.load(std::sync::atomic::Ordering::Relaxed)
+        )
+        .unwrap();
     }
     frames.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -116,7 +133,10 @@ fn client(sink: &str, camera: &str, url: &str, seconds: u64, out: &str) -> u64 {
 fn summary(values: &mut [f64]) -> String {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |p: f64| {
-        values.get(((values.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(f64::NAN)
+        values
+            .get(((values.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
     };
     format!(
         "p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms ({} frames)",
@@ -129,12 +149,26 @@ fn summary(values: &mut [f64]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
-        let count = client(&args[1], &args[2], &args[3], args[4].parse().unwrap(), &args[5]);
+        let count = client(
+            &args[1],
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap(),
+            &args[5],
+        );
         println!("count {count}");
-        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        println!(
+            "measured {} {} {}",
+            started.elapsed().as_secs_f64(),
+            cpu_seconds(),
+            peak_rss_mb()
+        );
         return;
     }
     let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(30);
@@ -170,17 +204,31 @@ fn main() {
     let http = |method: &str, path: &str, body: &str| {
         common::emulator_call(emulator.local_addr(), method, path, body)
     };
-    http("POST", "/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+    http(
+        "POST",
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"),
+    );
     println!(
         "camera: 640x480 H.264 at 30 fps, 2 Mbit/s, 2-s GOP, over RTSP/TCP on this machine; {seconds} s per client"
     );
 
     let secs = seconds.to_string();
     let base_out = dir.join("fakesink.txt");
-    let base = run_child("fakesink", &[&camera, &url, &secs, base_out.to_str().unwrap()]);
+    let base = run_child(
+        "fakesink",
+        &[&camera, &url, &secs, base_out.to_str().unwrap()],
+    );
     let sink_out = dir.join("kvssink.txt");
-    let sink = run_child("kvssink", &[&camera, &url, &secs, sink_out.to_str().unwrap()]);
-    let held: usize = std::fs::read_to_string(&sink_out).unwrap().trim().parse().unwrap();
+    let sink = run_child(
+        "kvssink",
+        &[&camera, &url, &secs, sink_out.to_str().unwrap()],
+    );
+    let held: usize = std::fs::read_to_string(&sink_out)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(base.count > 0 && sink.count > 0, "frames went through");
 
     let mut baseline: Vec<f64> = std::fs::read_to_string(&base_out)
@@ -194,10 +242,14 @@ fn main() {
         .iter()
         .skip(held)
         .map(|s| {
-            (s["arrived_us"].as_i64().unwrap() - s["producer_ms"].as_i64().unwrap() * 1000) as f64 / 1000.0
+            (s["arrived_us"].as_i64().unwrap() - s["producer_ms"].as_i64().unwrap() * 1000) as f64
+                / 1000.0
         })
         .collect();
-    println!("fakesink: {} frames, {:.2} CPU s, peak RSS {:.1} MiB", base.count, base.cpu, base.rss_mb);
+    println!(
+        "fakesink: {} frames, {:.2} CPU s, peak RSS {:.1} MiB",
+        base.count, base.cpu, base.rss_mb
+    );
     println!(
         "kvssink:  {} frames ({} at the server), {:.2} CPU s ({:.2}x), peak RSS {:.1} MiB ({:+.1})",
         sink.count,
@@ -212,7 +264,10 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    println!("capture (camera time) -> frame at fakesink: {}", summary(&mut baseline));
+    println!(
+        "capture (camera time) -> frame at fakesink: {}",
+        summary(&mut baseline)
+    );
     println!(
         "capture (camera time) -> its last byte at the server (kvssink), frames after the first report: {}",
         summary(&mut latency)

@@ -47,7 +47,10 @@ fn run(count: usize, sink: &str, clip: &str, url: &str, ca: Option<&str>) -> u64
     for pipeline in &pipelines {
         pipeline.set_state(gst::State::Playing).unwrap();
     }
-    eprintln!("{count} x {sink}: all playing after {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{count} x {sink}: all playing after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut persisted = 0;
     for pipeline in &pipelines {
         let bus = pipeline.bus().unwrap();
@@ -73,18 +76,35 @@ fn run(count: usize, sink: &str, clip: &str, url: &str, ca: Option<&str>) -> u64
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
-        let count =
-            run(args[2].parse().unwrap(), &args[3], &args[4], &args[5], args.get(6).map(String::as_str));
+        let count = run(
+            args[2].parse().unwrap(),
+            &args[3],
+            &args[4],
+            &args[5],
+            args.get(6).map(String::as_str),
+        );
         println!("count {count}");
-        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        println!(
+            "measured {} {} {}",
+            started.elapsed().as_secs_f64(),
+            cpu_seconds(),
+            peak_rss_mb()
+        );
         return;
     }
     let counts: Vec<usize> = {
         let given: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-        if given.is_empty() { vec![100, 500, 1000] } else { given }
+        if given.is_empty() {
+            vec![100, 500, 1000]
+        } else {
+            given
+        }
     };
     let dir = std::env::temp_dir().join(format!("kvssink-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -103,9 +123,15 @@ fn main() {
         for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
             let emu = Emu::start_with("scale-0", false, tls);
             emu.create_streams("scale", 1..count);
-            let base = base
-                .get_or_insert_with(|| run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url]));
-            let mut args = vec![count.to_string(), "kvssink".into(), clip.clone(), emu.url.clone()];
+            let base = base.get_or_insert_with(|| {
+                run_child("run", &[&count.to_string(), "fakesink", &clip, &emu.url])
+            });
+            let mut args = vec![
+                count.to_string(),
+                "kvssink".into(),
+                clip.clone(),
+                emu.url.clone(),
+            ];
             args.extend(emu.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned()));
             let sink = run_child("run", &args.iter().map(String::as_str).collect::<Vec<_>>());
             assert_eq!(
@@ -120,7 +146,13 @@ fn main() {
                 "N={count:>5} {transport:<5}: fakesink {:.1} s wall, {:.2} CPU s, {:.0} MiB; kvssink {:.1} s wall, \
                  {:.2} CPU s, {:.0} MiB, {} fragments persisted; per stream {per_stream_mib:.3} MiB and \
                  {per_stream_core:.4} % of a core above fakesink",
-                base.seconds, base.cpu, base.rss_mb, sink.seconds, sink.cpu, sink.rss_mb, sink.count
+                base.seconds,
+                base.cpu,
+                base.rss_mb,
+                sink.seconds,
+                sink.cpu,
+                sink.rss_mb,
+                sink.count
             );
             drop(emu);
             std::thread::sleep(Duration::from_millis(200));

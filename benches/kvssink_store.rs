@@ -25,7 +25,10 @@ use gstkvs::cores::fragmenter::{Fragmenter, Output, TimeAnchor};
 use gstkvs::cores::store::Store;
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Child: one second of live video into kvssink with `dir` as its store; EOS returns once everything the
@@ -60,7 +63,9 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
                 Output::Header(_) | Output::TimeJump(_) => {}
                 Output::FragmentStart(start) => {
                     written += start.data.len() as u64;
-                    store.start_fragment(&start.header, start.timecode, &start.data, false).unwrap();
+                    store
+                        .start_fragment(&start.header, start.timecode, &start.data, false)
+                        .unwrap();
                 }
                 Output::Frame { data, duration } => {
                     written += data.len() as u64;
@@ -70,7 +75,9 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
             }
         }
     };
-    let outputs = fragmenter.push(kvs_mkv::writer::h264_stream_header().into(), None).unwrap();
+    let outputs = fragmenter
+        .push(kvs_mkv::writer::h264_stream_header().into(), None)
+        .unwrap();
     handle(outputs, &mut store);
     for index in 0..fragments {
         let mut cluster = Vec::with_capacity(60 * 8400);
@@ -78,7 +85,13 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
         for frame in 0..60u64 {
             let mut payload = vec![(index % 251) as u8; 8333];
             payload[..16].copy_from_slice(&[index.to_be_bytes(), frame.to_be_bytes()].concat());
-            kvs_mkv::writer::write_simple_block(&mut cluster, 1, (frame * 33) as i16, frame == 0, &payload);
+            kvs_mkv::writer::write_simple_block(
+                &mut cluster,
+                1,
+                (frame * 33) as i16,
+                frame == 0,
+                &payload,
+            );
         }
         let outputs = fragmenter.push(cluster.into(), None).unwrap();
         handle(outputs, &mut store);
@@ -90,12 +103,20 @@ fn fill(dir: &std::path::Path, stream: &str, minutes: u64) -> u64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let count = upload(&args[2], &args[3], &args[4], &args[5]);
         println!("count {count}");
-        println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+        println!(
+            "measured {} {} {}",
+            started.elapsed().as_secs_f64(),
+            cpu_seconds(),
+            peak_rss_mb()
+        );
         return;
     }
     let minutes: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(67);
@@ -114,12 +135,25 @@ fn main() {
 
     // Process start -> first body byte, for a child on `store` uploading to `stream`.
     let start_to_first_byte = |stream: &str, store: &std::path::Path| {
-        http("POST", "/createStream", &format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"));
+        http(
+            "POST",
+            "/createStream",
+            &format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"),
+        );
         let out = dir.join(format!("{stream}.start"));
-        let measured = run_child("upload", &[&url, stream, store.to_str().unwrap(), out.to_str().unwrap()]);
-        let start: u64 = std::fs::read_to_string(&out).unwrap().trim().parse().unwrap();
+        let measured = run_child(
+            "upload",
+            &[&url, stream, store.to_str().unwrap(), out.to_str().unwrap()],
+        );
+        let start: u64 = std::fs::read_to_string(&out)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let arrivals = http("GET", &format!("/_emulator/streams/{stream}/arrivals"), "");
-        let first = arrivals["uploads"][0]["first_body_byte_us"].as_u64().unwrap();
+        let first = arrivals["uploads"][0]["first_body_byte_us"]
+            .as_u64()
+            .unwrap();
         (measured, (first - start) as f64 / 1000.0)
     };
 
@@ -147,14 +181,23 @@ fn main() {
 
     let listed = http("GET", "/_emulator/streams/full/fragments", "");
     let fragments = listed["fragments"].as_array().unwrap();
-    let mut arrivals: Vec<u64> =
-        fragments.iter().map(|f| f["server_timestamp_ms"].as_u64().unwrap()).collect();
+    let mut arrivals: Vec<u64> = fragments
+        .iter()
+        .map(|f| f["server_timestamp_ms"].as_u64().unwrap())
+        .collect();
     arrivals.sort();
-    let stored_bytes: u64 = fragments.iter().map(|f| f["size_bytes"].as_u64().unwrap()).sum();
+    let stored_bytes: u64 = fragments
+        .iter()
+        .map(|f| f["size_bytes"].as_u64().unwrap())
+        .sum();
     let span_s = (arrivals[arrivals.len() - 1] - arrivals[0]) as f64 / 1000.0;
     let rate = (arrivals.len() - 1) as f64 / span_s;
     let mb_rate = stored_bytes as f64 / 1e6 / span_s;
-    let busiest = arrivals.windows(6).map(|w| w[5] - w[0]).min().unwrap_or(u64::MAX);
+    let busiest = arrivals
+        .windows(6)
+        .map(|w| w[5] - w[0])
+        .min()
+        .unwrap_or(u64::MAX);
     println!(
         "catch-up: {} fragments ({:.2} GB) in {span_s:.1} s: {rate:.2} fragments/s ({:.0} % of the 5/s limit), \
          {mb_rate:.2} MB/s ({:.0} % of 12.5 MB/s); the closest six fragments span {busiest} ms",
@@ -173,7 +216,11 @@ fn main() {
         full.rss_mb,
         baseline.rss_mb
     );
-    assert_eq!(arrivals.len() as u64, minutes * 30 + 1, "every stored fragment and the live one uploaded");
+    assert_eq!(
+        arrivals.len() as u64,
+        minutes * 30 + 1,
+        "every stored fragment and the live one uploaded"
+    );
     let _guard = runtime.enter();
     emulator.shutdown();
     drop(_guard);

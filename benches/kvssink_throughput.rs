@@ -56,7 +56,10 @@ fn kvssink(url: &str, path: &str, ca: Option<&str>) -> u64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let count = match args[1].as_str() {
@@ -89,7 +92,12 @@ fn main() {
                 // A fresh emulator for every upload, so one upload's stored media does not slow the next.
                 let emulator = Emu::start_with(mode, false, tls);
                 let mut args = vec![emulator.url.clone(), path.to_str().unwrap().to_owned()];
-                args.extend(emulator.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned()));
+                args.extend(
+                    emulator
+                        .ca
+                        .as_ref()
+                        .map(|ca| ca.to_str().unwrap().to_owned()),
+                );
                 let m = run_child(mode, &args.iter().map(String::as_str).collect::<Vec<_>>());
                 assert_eq!(m.count, clusters, "{mode}: every fragment persisted");
                 let rate = bytes as f64 / 1e6 / m.seconds;
@@ -103,7 +111,10 @@ fn main() {
                 );
             }
         }
-        println!("{transport:<5} kvssink / baseline throughput (best of 2 each): {:.2}", best[1] / best[0]);
+        println!(
+            "{transport:<5} kvssink / baseline throughput (best of 2 each): {:.2}",
+            best[1] / best[0]
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

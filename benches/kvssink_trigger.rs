@@ -36,7 +36,10 @@ const TRIGGERS_S: [u64; 2] = [15, 30];
 const DURATION_S: u64 = 2;
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn init() {
@@ -48,7 +51,11 @@ fn init() {
 /// since the epoch) to `out`. Counts the frames played.
 fn play(mode: &str, clip: &str, url: &str, out: &str) -> u64 {
     init();
-    let store = if mode == "idle-disk" { format!(" buffer-dir={out}.store") } else { String::new() };
+    let store = if mode == "idle-disk" {
+        format!(" buffer-dir={out}.store")
+    } else {
+        String::new()
+    };
     let sink = match mode {
         "fakesink" => "fakesink sync=false".to_owned(),
         _ => format!(
@@ -65,9 +72,11 @@ fn play(mode: &str, clip: &str, url: &str, out: &str) -> u64 {
     let triggers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (counter, fired, kvssink) = (frames.clone(), triggers.clone(), bin.by_name("sink"));
     let triggered = mode == "triggered";
-    bin.by_name("pace").unwrap().static_pad("src").unwrap().add_probe(
-        gst::PadProbeType::BUFFER,
-        move |_, _| {
+    bin.by_name("pace")
+        .unwrap()
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             let index = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if triggered && TRIGGERS_S.iter().any(|s| s * 30 == index) {
                 let sink = kvssink.as_ref().unwrap();
@@ -75,8 +84,7 @@ fn play(mode: &str, clip: &str, url: &str, out: &str) -> u64 {
                 sink.emit_by_name::<()>("trigger", &[&u64::MAX, &(DURATION_S * 1_000_000_000)]);
             }
             gst::PadProbeReturn::Ok
-        },
-    );
+        });
     run_to_eos(&pipeline, Duration::from_secs(600));
     let mut file = std::fs::File::create(out).unwrap();
     for at in triggers.lock().unwrap().iter() {
@@ -86,14 +94,21 @@ fn play(mode: &str, clip: &str, url: &str, out: &str) -> u64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let count = play(&args[1], &args[2], &args[3], &args[4]);
         println!("count {count}");
         println!("measured 0 {} {}", cpu_seconds(), peak_rss_mb());
         return;
     }
-    let seconds: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(40).max(35);
+    let seconds: u32 = args
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(40)
+        .max(35);
     init();
     let dir = std::env::temp_dir().join(format!("kvssink-trigger-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -108,7 +123,11 @@ fn main() {
     let http = |method: &str, path: &str, body: &str| {
         common::emulator_call(emulator.local_addr(), method, path, body)
     };
-    http("POST", "/createStream", &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"));
+    http(
+        "POST",
+        "/createStream",
+        &format!("{{\"StreamName\":\"{STREAM}\",\"DataRetentionInHours\":1}}"),
+    );
     let clip = clip.to_str().unwrap().to_owned();
     let frames = u64::from(seconds) * 30;
 
@@ -116,11 +135,17 @@ fn main() {
     let base = run_child("fakesink", &[&clip, &url, &out("fakesink.txt")]);
     let idle = run_child("idle", &[&clip, &url, &out("idle.txt")]);
     let idle_disk = run_child("idle-disk", &[&clip, &url, &out("idle-disk.txt")]);
-    assert_eq!((base.count, idle.count, idle_disk.count), (frames, frames, frames));
+    assert_eq!(
+        (base.count, idle.count, idle_disk.count),
+        (frames, frames, frames)
+    );
     let nothing = http("GET", &format!("/_emulator/streams/{STREAM}/arrivals"), "");
     let sent = nothing["frames"].as_array().map_or(0, Vec::len);
     assert_eq!(sent, 0, "the idle sink sent frames");
-    println!("fakesink baseline:            {:.2} CPU s, peak RSS {:.1} MiB", base.cpu, base.rss_mb);
+    println!(
+        "fakesink baseline:            {:.2} CPU s, peak RSS {:.1} MiB",
+        base.cpu, base.rss_mb
+    );
     println!(
         "kvssink triggered, idle:      {:.2} CPU s, peak RSS {:.1} MiB ({:+.2} CPU s, {:+.1} MiB; no connection, \
          nothing sent)",
@@ -141,8 +166,11 @@ fn main() {
 
     let triggered = run_child("triggered", &[&clip, &url, &out("triggered.txt")]);
     assert_eq!(triggered.count, frames);
-    let fired: Vec<u64> =
-        std::fs::read_to_string(out("triggered.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let fired: Vec<u64> = std::fs::read_to_string(out("triggered.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     let arrivals = http("GET", &format!("/_emulator/streams/{STREAM}/arrivals"), "");
     let uploads = arrivals["uploads"].as_array().unwrap();
     let stored = arrivals["frames"].as_array().unwrap();
@@ -155,11 +183,15 @@ fn main() {
     );
     for (i, (&at, upload)) in fired.iter().zip(uploads).enumerate() {
         let ms = |us: u64| (us as f64 - at as f64) / 1000.0;
-        let window: Vec<&serde_json::Value> =
-            stored.iter().filter(|f| f["arrived_us"].as_u64().unwrap() >= at).collect();
+        let window: Vec<&serde_json::Value> = stored
+            .iter()
+            .filter(|f| f["arrived_us"].as_u64().unwrap() >= at)
+            .collect();
         // The pre-roll: the frames captured before the trigger (producer times before it).
-        let pre_roll: Vec<&&serde_json::Value> =
-            window.iter().filter(|f| f["producer_ms"].as_u64().unwrap() * 1000 < at).collect();
+        let pre_roll: Vec<&&serde_json::Value> = window
+            .iter()
+            .filter(|f| f["producer_ms"].as_u64().unwrap() * 1000 < at)
+            .collect();
         let first = window.first().expect("the window's frames arrived");
         let last = pre_roll.last().expect("a pre-roll");
         println!(

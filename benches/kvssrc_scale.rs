@@ -42,20 +42,25 @@ fn read(count: usize, url: &str, ca: Option<&str>) -> u64 {
                 "kvssrc name=src stream-name=scale-{i} start-selector=now endpoint-uri={url} {ca} \
                  access-key=AKIDBENCH secret-access-key=bench-secret region=us-east-1 ! fakesink"
             );
-            let pipeline = gst::parse::launch(&description).unwrap().downcast::<gst::Pipeline>().unwrap();
+            let pipeline = gst::parse::launch(&description)
+                .unwrap()
+                .downcast::<gst::Pipeline>()
+                .unwrap();
             // A frame is a buffer with its producer time (merged mode); headers and cluster starts have none.
             let counter = frames[i].clone();
-            pipeline.by_name("src").unwrap().static_pad("src").unwrap().add_probe(
-                gst::PadProbeType::BUFFER,
-                move |_, info| {
+            pipeline
+                .by_name("src")
+                .unwrap()
+                .static_pad("src")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                     if let Some(buffer) = info.buffer()
                         && buffer.meta::<gst::ReferenceTimestampMeta>().is_some()
                     {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                     gst::PadProbeReturn::Ok
-                },
-            );
+                });
             pipeline
         })
         .collect();
@@ -85,7 +90,10 @@ fn read(count: usize, url: &str, ca: Option<&str>) -> u64 {
         pipeline.set_state(gst::State::Null).unwrap();
     }
     let counts: Vec<u64> = frames.iter().map(|f| f.load(Ordering::Relaxed)).collect();
-    assert!(counts.iter().all(|c| *c == expected), "every frame once: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c == expected),
+        "every frame once: {counts:?}"
+    );
     counts.iter().sum()
 }
 
@@ -103,7 +111,11 @@ async fn upload(url: String, ca: Option<std::path::PathBuf>, stream: String) -> 
                 let frame = vec![(second + i) as u8; FRAME_BYTES];
                 write_simple_block(&mut out, 1, (i * 100) as i16, i == 0, &frame);
             }
-            if tx.send(Bytes::from(std::mem::take(&mut out))).await.is_err() {
+            if tx
+                .send(Bytes::from(std::mem::take(&mut out)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -120,22 +132,35 @@ fn start_readers(count: usize, url: &str, ca: Option<&str>) -> std::process::Chi
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "ready");
     child
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
-        let count = read(args[2].parse().unwrap(), &args[3], args.get(4).map(String::as_str));
+        let count = read(
+            args[2].parse().unwrap(),
+            &args[3],
+            args.get(4).map(String::as_str),
+        );
         common::report_child(started, count);
         return;
     }
     let counts: Vec<usize> = {
         let given: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-        if given.is_empty() { vec![50, 200] } else { given }
+        if given.is_empty() {
+            vec![50, 200]
+        } else {
+            given
+        }
     };
     println!(
         "each stream: {SECONDS} fragments of {FRAMES_PER_FRAGMENT} x {:.1} kB frames, one a second (256 kbit/s), \
@@ -143,7 +168,11 @@ fn main() {
         FRAME_BYTES as f64 / 1e3
     );
     let tls = common::Tls::new();
-    let uploads = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let uploads = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for count in counts {
         for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
             let emu = Emu::start_with("scale-0", true, tls);
@@ -151,12 +180,20 @@ fn main() {
             let ca = emu.ca.as_ref().map(|ca| ca.to_str().unwrap().to_owned());
             let idle = common::child_measures(
                 "read",
-                start_readers(0, &emu.url, ca.as_deref()).wait_with_output().unwrap(),
+                start_readers(0, &emu.url, ca.as_deref())
+                    .wait_with_output()
+                    .unwrap(),
             );
             let readers = start_readers(count, &emu.url, ca.as_deref());
             let persisted: u64 = uploads.block_on(async {
                 let tasks: Vec<_> = (0..count)
-                    .map(|i| tokio::spawn(upload(emu.url.clone(), emu.ca.clone(), format!("scale-{i}"))))
+                    .map(|i| {
+                        tokio::spawn(upload(
+                            emu.url.clone(),
+                            emu.ca.clone(),
+                            format!("scale-{i}"),
+                        ))
+                    })
                     .collect();
                 let mut total = 0;
                 for task in tasks {
@@ -164,7 +201,11 @@ fn main() {
                 }
                 total
             });
-            assert_eq!(persisted, SECONDS * count as u64, "every fragment persisted");
+            assert_eq!(
+                persisted,
+                SECONDS * count as u64,
+                "every fragment persisted"
+            );
             let m = common::child_measures("read", readers.wait_with_output().unwrap());
             let (frames, wall, cpu, rss) = (m.count, m.seconds, m.cpu, m.rss_mb);
             let work = m.work_cpu.unwrap_or(cpu);

@@ -31,7 +31,10 @@ use hyper_util::rt::TokioIo;
 fn kvssrc(url: &str, parallel: &str, ca: Option<&str>) -> u64 {
     gst::init().unwrap();
     gstkvs::plugin_register_static().unwrap();
-    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let ca = ca.map(|ca| format!("ca-file={ca}")).unwrap_or_default();
     let description = format!(
         "kvssrc stream-name=bench start-selector=earliest end-timestamp={end:.3} parallel-downloads={parallel} \
@@ -63,12 +66,21 @@ fn kvssrc(url: &str, parallel: &str, ca: Option<&str>) -> u64 {
 
 fn getmedia(url: &str, total: &str, ca: Option<&str>) -> u64 {
     let total: u64 = total.parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let cpu_before = common::cpu_seconds();
     let read = runtime.block_on(async {
-        let addr = url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+        let addr = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
         let io = common::connect(url, ca.map(Path::new)).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let request = hyper::Request::post("/getMedia")
             .header("host", addr)
@@ -100,7 +112,10 @@ struct Row {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         let started = Instant::now();
         let ca = args.get(4).map(String::as_str);
@@ -112,7 +127,10 @@ fn main() {
         report_child(started, count);
         return;
     }
-    let size_mb = args.iter().find_map(|a| a.parse::<usize>().ok()).unwrap_or(256);
+    let size_mb = args
+        .iter()
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(256);
     let dir = std::env::temp_dir().join(format!("kvssrc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("input.mkv");
@@ -123,10 +141,15 @@ fn main() {
     for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {
         let emu = Emu::start_with("bench", true, tls);
         let ca = emu.ca.as_ref().map(|p| p.to_str().unwrap().to_owned());
-        let uploaded = common::upload_file_over(&emu.url, emu.ca.as_deref(), "bench", path.to_str().unwrap());
+        let uploaded =
+            common::upload_file_over(&emu.url, emu.ca.as_deref(), "bench", path.to_str().unwrap());
         assert_eq!(uploaded, clusters);
-        let with_ca =
-            |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).chain(ca.clone()).collect() };
+        let with_ca = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .map(|a| a.to_string())
+                .chain(ca.clone())
+                .collect()
+        };
         let child = |mode: &str, args: &[&str]| {
             let args = with_ca(args);
             run_child(mode, &args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -135,12 +158,20 @@ fn main() {
         stored = child("kvssrc", &[&emu.url, "4"]).count;
         let single = child("getmedia", &[&emu.url, &stored.to_string()]);
         assert!(single.count >= stored, "every byte read");
-        rows.push(Row { transport, what: "bare GetMedia client, one session".into(), m: single });
+        rows.push(Row {
+            transport,
+            what: "bare GetMedia client, one session".into(),
+            m: single,
+        });
         for parallel in ["1", "4", "5"] {
             let m = child("kvssrc", &[&emu.url, parallel]);
             assert_eq!(m.count, stored, "every byte read");
             let default = if parallel == "4" { " (default)" } else { "" };
-            rows.push(Row { transport, what: format!("kvssrc parallel-downloads={parallel}{default}"), m });
+            rows.push(Row {
+                transport,
+                what: format!("kvssrc parallel-downloads={parallel}{default}"),
+                m,
+            });
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -39,12 +39,20 @@ fn run(stream: &str, source: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot build the pipeline: {e}"))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline".to_owned())?;
-    let sink = pipeline.by_name("sink").expect("the pipeline names its kvssink");
+    let sink = pipeline
+        .by_name("sink")
+        .expect("the pipeline names its kvssink");
     sink.set_property("stream-name", stream);
 
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
     let mut result = Ok(());
-    for message in pipeline.bus().expect("a pipeline has a bus").iter_timed(gst::ClockTime::NONE) {
+    for message in pipeline
+        .bus()
+        .expect("a pipeline has a bus")
+        .iter_timed(gst::ClockTime::NONE)
+    {
         match message.view() {
             gst::MessageView::Element(m) => {
                 if let Some(ack) = m.structure().filter(|s| s.name() == "kvssink-ack") {
@@ -72,6 +80,8 @@ fn run(stream: &str, source: &str) -> Result<(), String> {
             stats.get::<u64>("bytes-sent").unwrap_or(0)
         );
     }
-    pipeline.set_state(gst::State::Null).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Null)
+        .map_err(|e| e.to_string())?;
     result
 }

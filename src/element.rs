@@ -45,14 +45,20 @@ pub fn prepare(
         Ok(Err(error)) => return Err(kvs_error_message(&error, other)),
         Err(WaitError::Cancelled) => return Err(interrupted()),
         Err(WaitError::TimedOut(after)) => {
-            let error = KvsError::Timeout { api: "the AWS configuration", after };
+            let error = KvsError::Timeout {
+                api: "the AWS configuration",
+                after,
+            };
             return Err(kvs_error_message(&error, other));
         }
     };
     let description = match canceller.wait(control::ensure_stream(&ctx, stream, None), bound) {
         Ok(description) => description,
         Err(WaitError::Cancelled) => return Err(interrupted()),
-        Err(WaitError::TimedOut(after)) => Err(KvsError::Timeout { api: "DescribeStream", after }),
+        Err(WaitError::TimedOut(after)) => Err(KvsError::Timeout {
+            api: "DescribeStream",
+            after,
+        }),
     };
     Ok((ctx, description))
 }
@@ -66,7 +72,11 @@ pub fn kvs_error_message(error: &KvsError, other: gst::ResourceError) -> gst::Er
 }
 
 /// [`kvs_error_message`] with the text to show (the error with what came with it).
-pub fn error_message(error: &KvsError, shown: &str, other: gst::ResourceError) -> gst::ErrorMessage {
+pub fn error_message(
+    error: &KvsError,
+    shown: &str,
+    other: gst::ResourceError,
+) -> gst::ErrorMessage {
     use crate::kvs::error::ErrorKind;
     let debug = error.code().map(|code| match error.request_id() {
         Some(id) => format!("error code {code}, request id {id}"),
@@ -81,7 +91,11 @@ pub fn error_message(error: &KvsError, shown: &str, other: gst::ResourceError) -
     }
 }
 
-fn build<T: gst::MessageErrorDomain>(domain: T, shown: &str, debug: Option<&str>) -> gst::ErrorMessage {
+fn build<T: gst::MessageErrorDomain>(
+    domain: T,
+    shown: &str,
+    debug: Option<&str>,
+) -> gst::ErrorMessage {
     match debug {
         Some(debug) => gst::error_msg!(domain, ("{}", shown), ["{}", debug]),
         None => gst::error_msg!(domain, ("{}", shown)),

@@ -46,41 +46,57 @@ pub const KVSSRC_CONNECTION: &str = "kvssrc-connection";
 /// The bus message for an upload event; `None` for the events that are errors or warnings instead.
 pub fn upload_event(event: &UploadEvent) -> Option<gst::Structure> {
     Some(match event {
-        UploadEvent::Connected { connection, endpoint, resending } => {
-            gst::Structure::builder(KVSSINK_CONNECTION)
-                .field("state", "connected")
-                .field("connection", connection)
-                .field("endpoint", endpoint)
-                .field("resending", *resending as u64)
-                .build()
-        }
-        UploadEvent::Disconnected { connection, reason, retry_in, attempt } => {
-            gst::Structure::builder(KVSSINK_CONNECTION)
-                .field("state", "reconnecting")
-                .field("connection", connection)
-                .field("reason", reason)
-                .field("attempt", attempt)
-                .field("retry-in-ms", retry_in.as_millis() as u64)
-                .build()
-        }
+        UploadEvent::Connected {
+            connection,
+            endpoint,
+            resending,
+        } => gst::Structure::builder(KVSSINK_CONNECTION)
+            .field("state", "connected")
+            .field("connection", connection)
+            .field("endpoint", endpoint)
+            .field("resending", *resending as u64)
+            .build(),
+        UploadEvent::Disconnected {
+            connection,
+            reason,
+            retry_in,
+            attempt,
+        } => gst::Structure::builder(KVSSINK_CONNECTION)
+            .field("state", "reconnecting")
+            .field("connection", connection)
+            .field("reason", reason)
+            .field("attempt", attempt)
+            .field("retry-in-ms", retry_in.as_millis() as u64)
+            .build(),
         UploadEvent::Rotating { connection, reason } => gst::Structure::builder(KVSSINK_CONNECTION)
             .field("state", "rotating")
             .field("connection", connection)
             .field("reason", *reason)
             .build(),
-        UploadEvent::Ack { connection, ack, latency } => {
+        UploadEvent::Ack {
+            connection,
+            ack,
+            latency,
+        } => {
             let mut builder = gst::Structure::builder(KVSSINK_ACK)
                 .field("event-type", ack.kind.name())
                 .field("connection", connection)
                 .field("fragment-timecode", ack.timecode.unwrap_or(0))
-                .field("fragment-number", ack.fragment_number.clone().unwrap_or_default())
+                .field(
+                    "fragment-number",
+                    ack.fragment_number.clone().unwrap_or_default(),
+                )
                 .field_if_some("latency-ms", latency.map(|l| l.as_millis() as u64));
             if let AckKind::Error { id, code } = &ack.kind {
                 builder = builder.field("error-id", id).field("error-code", code);
             }
             builder.build()
         }
-        UploadEvent::Dropped { timecode, bytes, reason } => gst::Structure::builder(KVSSINK_FRAGMENT_DROPPED)
+        UploadEvent::Dropped {
+            timecode,
+            bytes,
+            reason,
+        } => gst::Structure::builder(KVSSINK_FRAGMENT_DROPPED)
             .field("fragment-timecode", timecode)
             .field("bytes", *bytes as u64)
             .field("reason", reason)
@@ -89,7 +105,10 @@ pub fn upload_event(event: &UploadEvent) -> Option<gst::Structure> {
             .field("fragments", backlog.fragments as u64)
             .field("bytes", backlog.bytes as u64)
             .field("bytes-per-second", backlog.rate.round() as u64)
-            .field("eta-ms", backlog.eta.map_or(-1, |eta| eta.as_millis() as i64))
+            .field(
+                "eta-ms",
+                backlog.eta.map_or(-1, |eta| eta.as_millis() as i64),
+            )
             .field("waiting", backlog.waiting)
             .build(),
         UploadEvent::UnreadableAck { .. } | UploadEvent::Failed(_) => return None,
@@ -118,7 +137,10 @@ pub fn stats(stats: &Stats) -> gst::Structure {
         .field("error-acks", stats.errors_acked)
         .field("connections", stats.connections)
         .field("reconnections", stats.reconnections)
-        .field("last-ack-latency-ms", stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64))
+        .field(
+            "last-ack-latency-ms",
+            stats.last_ack_latency.map_or(0, |d| d.as_millis() as u64),
+        )
         .field("queued-fragments", stats.queue_fragments as u64)
         .field("queued-bytes", stats.queue_bytes as u64)
         .field("backlog-fragments", stats.backlog_fragments as u64)
@@ -151,11 +173,21 @@ pub fn store_recovered(
 
 /// A fragment kvssrc read (or left out); `millis_behind_now` for live reads.
 pub fn fragment(info: &FragmentInfo, millis_behind_now: Option<u64>) -> gst::Structure {
-    let tags: Vec<String> = info.user_tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+    let tags: Vec<String> = info
+        .user_tags
+        .iter()
+        .map(|t| format!("{}={}", t.name, t.value))
+        .collect();
     gst::Structure::builder(KVSSRC_FRAGMENT)
         .field("fragment-number", &info.number)
-        .field("producer-timestamp", info.producer_timestamp.clone().unwrap_or_default())
-        .field("server-timestamp", info.server_timestamp.clone().unwrap_or_default())
+        .field(
+            "producer-timestamp",
+            info.producer_timestamp.clone().unwrap_or_default(),
+        )
+        .field(
+            "server-timestamp",
+            info.server_timestamp.clone().unwrap_or_default(),
+        )
         .field("cluster-time-ns", info.cluster_time_ns)
         .field("output-time-ns", info.output_time_ns)
         .field("session-start", info.session_start)
@@ -168,7 +200,10 @@ pub fn fragment(info: &FragmentInfo, millis_behind_now: Option<u64>) -> gst::Str
 
 /// A fragment's own tags that GetMedia sent after its frames (`kvssrc-fragment` has those sent before).
 pub fn fragment_tags(number: &str, tags: &[kvs_mkv::tags::SimpleTag]) -> gst::Structure {
-    let tags: Vec<String> = tags.iter().map(|t| format!("{}={}", t.name, t.value)).collect();
+    let tags: Vec<String> = tags
+        .iter()
+        .map(|t| format!("{}={}", t.name, t.value))
+        .collect();
     gst::Structure::builder(KVSSRC_FRAGMENT_TAGS)
         .field("fragment-number", number)
         .field("tags", gst::Array::new(tags))
@@ -290,35 +325,62 @@ mod tests {
 
         let ack = |kind: AckKind, latency: Option<Duration>| UploadEvent::Ack {
             connection: 1,
-            ack: AckEvent { kind, timecode: Some(1_700_000_000_000), fragment_number: Some("9100".into()) },
+            ack: AckEvent {
+                kind,
+                timecode: Some(1_700_000_000_000),
+                fragment_number: Some("9100".into()),
+            },
             latency,
         };
-        let persisted = upload_event(&ack(AckKind::Persisted, Some(Duration::from_millis(40)))).unwrap();
+        let persisted =
+            upload_event(&ack(AckKind::Persisted, Some(Duration::from_millis(40)))).unwrap();
         assert_eq!(persisted.name(), KVSSINK_ACK);
         assert_eq!(persisted.get::<String>("event-type").unwrap(), "PERSISTED");
-        assert_eq!(persisted.get::<u64>("fragment-timecode").unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            persisted.get::<u64>("fragment-timecode").unwrap(),
+            1_700_000_000_000
+        );
         assert_eq!(persisted.get::<u64>("latency-ms").unwrap(), 40);
         assert!(!persisted.has_field("error-id"));
-        let error =
-            upload_event(&ack(AckKind::Error { id: 4507, code: "STREAM_DELETED".into() }, None)).unwrap();
+        let error = upload_event(&ack(
+            AckKind::Error {
+                id: 4507,
+                code: "STREAM_DELETED".into(),
+            },
+            None,
+        ))
+        .unwrap();
         assert_eq!(error.get::<u32>("error-id").unwrap(), 4507);
         assert_eq!(error.get::<String>("error-code").unwrap(), "STREAM_DELETED");
         assert!(!error.has_field("latency-ms"));
 
-        let dropped =
-            upload_event(&UploadEvent::Dropped { timecode: 5, bytes: 100, reason: "full".into() }).unwrap();
+        let dropped = upload_event(&UploadEvent::Dropped {
+            timecode: 5,
+            bytes: 100,
+            reason: "full".into(),
+        })
+        .unwrap();
         assert_eq!(
             dropped.to_string(),
             "kvssink-fragment-dropped, fragment-timecode=(guint64)5, bytes=(guint64)100, reason=(string)full;"
         );
-        assert!(upload_event(&UploadEvent::UnreadableAck { connection: 1, reason: "x".into() }).is_none());
+        assert!(
+            upload_event(&UploadEvent::UnreadableAck {
+                connection: 1,
+                reason: "x".into()
+            })
+            .is_none()
+        );
 
         let signal = stream_error("ERROR ACK 4000 X", 4000, false);
         assert_eq!(
             signal.to_string(),
             "kvssink-stream-error, reason=(string)\"ERROR\\ ACK\\ 4000\\ X\", error-id=(uint)4000, fatal=(boolean)false;"
         );
-        let counters = stats(&Stats { connections: 3, ..Default::default() });
+        let counters = stats(&Stats {
+            connections: 3,
+            ..Default::default()
+        });
         assert_eq!(counters.get::<u64>("connections").unwrap(), 3);
         assert_eq!(counters.n_fields(), 15);
     }
@@ -337,11 +399,16 @@ mod tests {
             skipped: None,
         };
         let live = fragment(&info, Some(120));
-        assert_eq!(live.get::<String>("producer-timestamp").unwrap(), "1700000000.000");
+        assert_eq!(
+            live.get::<String>("producer-timestamp").unwrap(),
+            "1700000000.000"
+        );
         assert_eq!(live.get::<String>("server-timestamp").unwrap(), "");
         assert!(!live.get::<bool>("skipped").unwrap());
         assert_eq!(
-            live.get::<gst::Array>("tags").unwrap().as_slice()[0].get::<String>().unwrap(),
+            live.get::<gst::Array>("tags").unwrap().as_slice()[0]
+                .get::<String>()
+                .unwrap(),
             "camera=front"
         );
         assert_eq!(live.get::<u64>("millis-behind-now").unwrap(), 120);
@@ -383,13 +450,20 @@ mod tests {
             skipped: None,
         };
         let ack = crate::kvs::ack::AckEvent {
-            kind: AckKind::Error { id: 1, code: "X".into() },
+            kind: AckKind::Error {
+                id: 1,
+                code: "X".into(),
+            },
             timecode: Some(1),
             fragment_number: None,
         };
         let structures = [
-            upload_event(&UploadEvent::Connected { connection: 1, endpoint: String::new(), resending: 0 })
-                .unwrap(),
+            upload_event(&UploadEvent::Connected {
+                connection: 1,
+                endpoint: String::new(),
+                resending: 0,
+            })
+            .unwrap(),
             upload_event(&UploadEvent::Disconnected {
                 connection: 1,
                 reason: String::new(),
@@ -397,8 +471,18 @@ mod tests {
                 attempt: 1,
             })
             .unwrap(),
-            upload_event(&UploadEvent::Ack { connection: 1, ack, latency: Some(Duration::ZERO) }).unwrap(),
-            upload_event(&UploadEvent::Dropped { timecode: 1, bytes: 1, reason: String::new() }).unwrap(),
+            upload_event(&UploadEvent::Ack {
+                connection: 1,
+                ack,
+                latency: Some(Duration::ZERO),
+            })
+            .unwrap(),
+            upload_event(&UploadEvent::Dropped {
+                timecode: 1,
+                bytes: 1,
+                reason: String::new(),
+            })
+            .unwrap(),
             store_recovered("", 0, 0, 0, 0, None, 0),
             upload_event(&UploadEvent::Backlog(crate::kvssink::uploader::Backlog {
                 fragments: 1,
@@ -438,10 +522,15 @@ mod tests {
                 );
             }
         }
-        let stats_row = readme.lines().find(|l| l.contains("`kvssink-stats` structure")).unwrap();
+        let stats_row = readme
+            .lines()
+            .find(|l| l.contains("`kvssink-stats` structure"))
+            .unwrap();
         for field in stats(&Stats::default()).fields() {
             let named = stats_row.contains(&format!("`{field}`"))
-                || field.strip_prefix("fragments-").is_some_and(|rest| stats_row.contains(rest));
+                || field
+                    .strip_prefix("fragments-")
+                    .is_some_and(|rest| stats_row.contains(rest));
             assert!(named, "the README's stats row lacks {field}");
         }
     }

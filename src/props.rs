@@ -10,7 +10,8 @@ use gst::prelude::*;
 
 use crate::kvs::config::{ConnectionSettings, Secret};
 
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = crate::kvs::config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 =
+    crate::kvs::config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
 
 /// A property's nick, made from its name: "connection-staleness" gives "Connection staleness", with the
 /// abbreviations written as such ("aws-region" gives "AWS region").
@@ -67,25 +68,46 @@ pub fn boolean(name: &str, blurb: &str, default: bool) -> glib::ParamSpec {
 }
 
 fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
-    glib::ParamSpecString::builder(name).nick(&nick(name)).blurb(blurb).write_only().mutable_ready().build()
+    glib::ParamSpecString::builder(name)
+        .nick(&nick(name))
+        .blurb(blurb)
+        .write_only()
+        .mutable_ready()
+        .build()
 }
 
 /// A string property's value; an empty string counts as unset.
 pub fn string_value(value: &glib::Value) -> Option<String> {
-    value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+    value
+        .get::<Option<String>>()
+        .ok()
+        .flatten()
+        .filter(|s| !s.is_empty())
 }
 
 /// The connection properties, in gst-inspect order.
 pub fn connection_properties() -> Vec<glib::ParamSpec> {
     vec![
-        string("access-key", "AWS access key ID; unset: the AWS default credential chain"),
+        string(
+            "access-key",
+            "AWS access key ID; unset: the AWS default credential chain",
+        ),
         secret(
             "secret-access-key",
             "AWS secret access key (write-only; unset: the default credential chain)",
         ),
-        secret("secret-key", "Same as secret-access-key, the C++ kvssink's name (write-only)"),
-        secret("session-token", "AWS session token for temporary credentials (write-only)"),
-        string("region", "AWS region (unset: the default chain, else us-west-2)"),
+        secret(
+            "secret-key",
+            "Same as secret-access-key, the C++ kvssink's name (write-only)",
+        ),
+        secret(
+            "session-token",
+            "AWS session token for temporary credentials (write-only)",
+        ),
+        string(
+            "region",
+            "AWS region (unset: the default chain, else us-west-2)",
+        ),
         string(
             "aws-region",
             "Same as region, the C++ kvssink's name (unset: the default chain, else us-west-2)",
@@ -109,7 +131,11 @@ pub fn connection_properties() -> Vec<glib::ParamSpec> {
 }
 
 /// Sets a connection property; false when `name` is not one.
-pub fn set_connection_property(settings: &mut ConnectionSettings, name: &str, value: &glib::Value) -> bool {
+pub fn set_connection_property(
+    settings: &mut ConnectionSettings,
+    name: &str,
+    value: &glib::Value,
+) -> bool {
     match name {
         "access-key" => settings.access_key = string_value(value),
         "secret-access-key" | "secret-key" => {
@@ -121,7 +147,10 @@ pub fn set_connection_property(settings: &mut ConnectionSettings, name: &str, va
         "endpoint-uri" => settings.endpoint_uri = string_value(value),
         "ca-file" => settings.ca_file = string_value(value),
         "request-timeout" => {
-            let ms = value.get::<u32>().unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS).max(1);
+            let ms = value
+                .get::<u32>()
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
+                .max(1);
             settings.request_timeout = Duration::from_millis(u64::from(ms));
         }
         _ => return false,
@@ -148,7 +177,9 @@ pub fn connection_property(settings: &ConnectionSettings, name: &str) -> Option<
 pub fn effective_connection(settings: &ConnectionSettings) -> ConnectionSettings {
     let mut connection = settings.clone();
     if connection.ca_file.is_none() {
-        connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH").ok().filter(|s| !s.is_empty());
+        connection.ca_file = std::env::var("KVSSINK_CA_CERT_PATH")
+            .ok()
+            .filter(|s| !s.is_empty());
     }
     connection
 }

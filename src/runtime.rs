@@ -90,7 +90,11 @@ impl Canceller {
     /// unless it is cancelled or `timeout` passes first.
     ///
     /// Must not be called from inside the runtime (an async task); GStreamer threads are fine.
-    pub fn wait<F: Future>(&self, future: F, timeout: Option<Duration>) -> Result<F::Output, WaitError> {
+    pub fn wait<F: Future>(
+        &self,
+        future: F,
+        timeout: Option<Duration>,
+    ) -> Result<F::Output, WaitError> {
         let (handle, registration) = AbortHandle::new_pair();
         let id = {
             let mut state = self.lock();
@@ -143,7 +147,10 @@ mod tests {
         let (result, returned_at) = waiter.join().unwrap();
         assert_eq!(result, Err(WaitError::Cancelled));
         let latency = returned_at.duration_since(cancelled_at);
-        assert!(latency < Duration::from_millis(100), "wait returned {latency:?} after cancel");
+        assert!(
+            latency < Duration::from_millis(100),
+            "wait returned {latency:?} after cancel"
+        );
     }
 
     #[test]

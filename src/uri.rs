@@ -24,7 +24,12 @@ use gst::prelude::*;
 pub const SCHEME: &str = "kvs";
 
 /// Properties a URI never sets: the stream (the URI's host) and the credentials.
-const CREDENTIALS: &[&str] = &["access-key", "secret-access-key", "secret-key", "session-token"];
+const CREDENTIALS: &[&str] = &[
+    "access-key",
+    "secret-access-key",
+    "secret-key",
+    "session-token",
+];
 
 /// The element's own writable properties that a URI may carry, in declaration order.
 fn uri_properties(element: &gst::Element) -> Vec<glib::ParamSpec> {
@@ -34,7 +39,8 @@ fn uri_properties(element: &gst::Element) -> Vec<glib::ParamSpec> {
         .iter()
         .filter(|p| {
             p.owner_type() == own_type
-                && p.flags().contains(glib::ParamFlags::WRITABLE | glib::ParamFlags::READABLE)
+                && p.flags()
+                    .contains(glib::ParamFlags::WRITABLE | glib::ParamFlags::READABLE)
                 && p.name() != "stream-name"
                 && !CREDENTIALS.contains(&p.name())
         })
@@ -49,7 +55,9 @@ fn bad_uri(message: String) -> glib::Error {
 /// Whether `name` is a valid Kinesis video stream name (1 to 256 of `[a-zA-Z0-9_.-]`).
 fn valid_stream_name(name: &str) -> bool {
     (1..=256).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// A time for `start-timestamp`/`end-timestamp`: seconds since the Unix epoch, or an RFC 3339 time.
@@ -59,7 +67,9 @@ fn epoch_seconds(value: &str) -> Result<String, String> {
     }
     aws_smithy_types::DateTime::from_str(value, aws_smithy_types::date_time::Format::DateTime)
         .map(|t| t.as_secs_f64().to_string())
-        .map_err(|_| format!("'{value}' is neither seconds since the Unix epoch nor an RFC 3339 time"))
+        .map_err(|_| {
+            format!("'{value}' is neither seconds since the Unix epoch nor an RFC 3339 time")
+        })
 }
 
 /// What a property takes, for error messages: its type, and its range or nicks.
@@ -113,7 +123,11 @@ pub fn parse(
     let allowed = uri_properties(element);
     let mut settings = Vec::new();
     for (key, value) in url.query_pairs() {
-        let name = if key == "endpoint" { "endpoint-uri" } else { &*key };
+        let name = if key == "endpoint" {
+            "endpoint-uri"
+        } else {
+            &*key
+        };
         if CREDENTIALS.contains(&name) {
             return Err(bad_uri(format!(
                 "credentials never go in a kvs:// URI ('{name}'): use the AWS environment variables, a profile \
@@ -124,7 +138,9 @@ pub fn parse(
             let names: Vec<&str> = allowed.iter().map(|p| p.name()).collect();
             return Err(bad_uri(format!(
                 "'{name}' cannot be set in a kvs:// URI of {}; these can: {}",
-                element.factory().map_or_else(|| "this element".into(), |f| f.name().to_string()),
+                element
+                    .factory()
+                    .map_or_else(|| "this element".into(), |f| f.name().to_string()),
                 names.join(", ")
             )));
         };
@@ -136,7 +152,12 @@ pub fn parse(
         let parsed = glib::Value::deserialize_with_pspec(&text, pspec)
             .ok()
             .filter(|v| pspec.value_is_valid(v))
-            .ok_or_else(|| bad_uri(format!("{name}: '{text}' is not a valid value ({})", describe(pspec))))?;
+            .ok_or_else(|| {
+                bad_uri(format!(
+                    "{name}: '{text}' is not a valid value ({})",
+                    describe(pspec)
+                ))
+            })?;
         settings.push((pspec.clone(), parsed));
     }
     Ok((stream, settings))
@@ -168,20 +189,33 @@ pub fn current(element: &gst::Element) -> Option<String> {
     let stream = stream?;
     // An unset string or structure is left out (GStreamer cannot serialize a NULL structure).
     let unset = |v: &glib::Value| {
-        matches!(v.get::<Option<String>>(), Ok(None)) || matches!(v.get::<Option<gst::Structure>>(), Ok(None))
+        matches!(v.get::<Option<String>>(), Ok(None))
+            || matches!(v.get::<Option<gst::Structure>>(), Ok(None))
     };
-    let serialize = |v: &glib::Value| (!unset(v)).then(|| v.serialize().ok().map(String::from)).flatten();
+    let serialize = |v: &glib::Value| {
+        (!unset(v))
+            .then(|| v.serialize().ok().map(String::from))
+            .flatten()
+    };
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     let mut any = false;
     // aws-region is region under its C++ name: written once.
-    for pspec in uri_properties(element).iter().filter(|p| p.name() != "aws-region") {
+    for pspec in uri_properties(element)
+        .iter()
+        .filter(|p| p.name() != "aws-region")
+    {
         let now = serialize(&element.property_value(pspec.name()));
-        if let Some(now) = now.filter(|now| Some(now) != serialize(pspec.default_value()).as_ref()) {
+        if let Some(now) = now.filter(|now| Some(now) != serialize(pspec.default_value()).as_ref())
+        {
             query.append_pair(pspec.name(), &now);
             any = true;
         }
     }
-    Some(if any { format!("{SCHEME}://{stream}?{}", query.finish()) } else { format!("{SCHEME}://{stream}") })
+    Some(if any {
+        format!("{SCHEME}://{stream}?{}", query.finish())
+    } else {
+        format!("{SCHEME}://{stream}")
+    })
 }
 
 /// `kvs://STREAM?property=value…` for an element implementation: its `GstURIHandler`, the same for both elements

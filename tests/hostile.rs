@@ -15,11 +15,17 @@ const CASES: u64 = 100;
 
 #[test]
 fn hostile_input_never_panics_hangs_or_trusts_a_declared_size_and_splits_change_nothing() {
-    let count = std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
+    let count = std::env::var("HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CASES);
     let mut total = cases::Tally::default();
     for (name, case) in cases::FAMILIES {
         let tally = cases::run_family(name, *case, 1, count);
-        println!("{name}: {} cases, {} refused, {} bytes", tally.cases, tally.refused, tally.bytes);
+        println!(
+            "{name}: {} cases, {} refused, {} bytes",
+            tally.cases, tally.refused, tally.bytes
+        );
         assert!(tally.cases >= count, "{name}");
         total += tally;
     }

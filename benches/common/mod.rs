@@ -16,9 +16,20 @@ use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_bloc
 /// CPU seconds (user + system) of this process so far, from /proc (Linux).
 pub fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -56,13 +67,21 @@ pub fn run_child(mode: &str, args: &[&str]) -> Measured {
                 .join("-");
             let data = std::path::Path::new(&dir).join(format!("{name}.data"));
             let mut command = std::process::Command::new("perf");
-            command.args(["record", "-q", "-F", "1999", "-g", "-o"]).arg(data).arg("--").arg(exe);
+            command
+                .args(["record", "-q", "-F", "1999", "-g", "-o"])
+                .arg(data)
+                .arg("--")
+                .arg(exe);
             command
         }
         None => std::process::Command::new(exe),
     };
-    let output =
-        command.args(["--child", mode]).args(args).stderr(std::process::Stdio::inherit()).output().unwrap();
+    let output = command
+        .args(["--child", mode])
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
     child_measures(mode, output)
 }
 
@@ -79,7 +98,10 @@ pub fn child_measures(mode: &str, output: std::process::Output) -> Measured {
             .collect()
     };
     let measured = value("measured ");
-    let work_cpu = text.lines().find_map(|l| l.strip_prefix("work-cpu ")).and_then(|v| v.trim().parse().ok());
+    let work_cpu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("work-cpu "))
+        .and_then(|v| v.trim().parse().ok());
     Measured {
         seconds: measured[0],
         cpu: measured[1],
@@ -122,8 +144,11 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Box<dyn Io> {
     use tokio_rustls::rustls;
     let https = url.starts_with("https://");
-    let addr =
-        url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let addr = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     if !https {
@@ -131,7 +156,9 @@ pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Box<dyn Io
     }
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file.expect("a CA for https")).unwrap() {
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(ca_file.expect("a CA for https")).unwrap()
+    {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -140,7 +167,10 @@ pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Box<dyn Io
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host).to_owned();
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(host, _)| host)
+        .to_owned();
     let name = rustls_pki_types::ServerName::try_from(host).unwrap();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     Box::new(connector.connect(name, tcp).await.unwrap())
@@ -218,7 +248,12 @@ impl Tls {
             "-out",
             "server.pem",
         ]);
-        Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key"), dir }
+        Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        }
     }
 }
 
@@ -235,8 +270,17 @@ pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
 }
 
 /// [`upload_file`] to an `https://` emulator too, trusting `ca_file`.
-pub fn upload_file_over(url: &str, ca_file: Option<&std::path::Path>, stream: &str, path: &str) -> u64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+pub fn upload_file_over(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    stream: &str,
+    path: &str,
+) -> u64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let path = path.to_owned();
@@ -269,20 +313,32 @@ pub async fn put_media(
     stream: &str,
     body: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> u64 {
-    let addr =
-        url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let addr = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let io = connect(url, ca_file).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let body = StreamBody::new(futures::stream::unfold(body, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, std::convert::Infallible>(Frame::data(bytes)), rx))
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, std::convert::Infallible>(Frame::data(bytes)), rx))
     }));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let request = hyper::Request::post("/putMedia")
         .header("host", addr.as_str())
         .header("x-amzn-stream-name", stream)
         .header("x-amzn-fragment-timecode-type", "RELATIVE")
-        .header("x-amzn-producer-start-timestamp", format!("{:.3}", now.as_secs_f64()))
+        .header(
+            "x-amzn-producer-start-timestamp",
+            format!("{:.3}", now.as_secs_f64()),
+        )
         .body(body)
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
@@ -297,7 +353,12 @@ pub const NO_SERVICE_LIMITS: &str = "the emulator's service limits are lifted (5
 /// Reports a child's measures on stdout, for [`run_child`].
 pub fn report_child(started: std::time::Instant, count: u64) {
     println!("count {count}");
-    println!("measured {} {} {}", started.elapsed().as_secs_f64(), cpu_seconds(), peak_rss_mb());
+    println!(
+        "measured {} {} {}",
+        started.elapsed().as_secs_f64(),
+        cpu_seconds(),
+        peak_rss_mb()
+    );
 }
 
 /// A kvs-emulator on its own runtime with one stream, with the service's per-stream PutMedia limits lifted
@@ -317,8 +378,11 @@ impl Emu {
 
     /// An emulator with the service's limits on or lifted, serving HTTPS with `tls`'s certificate if given.
     pub fn start_with(stream: &str, limits: bool, tls: Option<&Tls>) -> Emu {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let mut config = Config::default();
         config.put_media.service_limits = limits;
         config.tls = tls.map(|tls| (tls.cert.clone(), tls.key.clone()));
@@ -329,8 +393,10 @@ impl Emu {
             emulator: Some(emulator),
             runtime,
         };
-        let status =
-            emu.post("/createStream", format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"));
+        let status = emu.post(
+            "/createStream",
+            format!("{{\"StreamName\":\"{stream}\",\"DataRetentionInHours\":1}}"),
+        );
         assert_eq!(status, 200);
         emu
     }
@@ -351,13 +417,20 @@ impl Emu {
         let addr = self.emulator.as_ref().unwrap().local_addr();
         self.runtime.block_on(async {
             let io = connect(&self.url, self.ca.as_deref()).await;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             let request = hyper::Request::post(path)
                 .header("host", addr.to_string())
                 .body(Full::new(Bytes::from(json)))
                 .unwrap();
-            sender.send_request(request).await.unwrap().status().as_u16()
+            sender
+                .send_request(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         })
     }
 }
@@ -403,11 +476,19 @@ pub fn encode_clip(
         seconds * fps,
         path.display()
     );
-    run_to_eos(&gst::parse::launch(&description).unwrap(), std::time::Duration::from_secs(600));
+    run_to_eos(
+        &gst::parse::launch(&description).unwrap(),
+        std::time::Duration::from_secs(600),
+    );
 }
 
 /// One request to an emulator on a new connection; the JSON answer (Null when it is not JSON).
-pub fn emulator_call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> serde_json::Value {
+pub fn emulator_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> serde_json::Value {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -429,7 +510,11 @@ pub fn recording_emulator() -> (tokio::runtime::Runtime, Emulator) {
 
 /// [`recording_emulator`] serving HTTPS with `tls`'s certificate, if given.
 pub fn recording_emulator_with(tls: Option<&Tls>) -> (tokio::runtime::Runtime, Emulator) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let config = Config {
         record_arrivals: true,
         tls: tls.map(|tls| (tls.cert.clone(), tls.key.clone())),

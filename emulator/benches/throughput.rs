@@ -42,13 +42,18 @@ async fn post(
 ) -> hyper::body::Incoming {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut request = hyper::Request::post(path).header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+    let response = sender
+        .send_request(request.body(body).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     response.into_body()
 }
@@ -56,19 +61,37 @@ async fn post(
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, from /proc (Linux).
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
 #[tokio::main]
 async fn main() {
-    let size_mb: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(512);
+    let size_mb: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(512);
     let emulator = Emulator::start(Config::default()).await.unwrap();
     let addr = emulator.local_addr();
     let create = "{\"StreamName\":\"bench\",\"DataRetentionInHours\":1}";
-    post(addr, "/createStream", &[], Full::new(Bytes::from(create))).await.collect().await.unwrap();
+    post(addr, "/createStream", &[], Full::new(Bytes::from(create)))
+        .await
+        .collect()
+        .await
+        .unwrap();
 
     let clusters = (size_mb * 1_000_000 / (FRAME_BYTES * FRAMES_PER_CLUSTER)).max(1) as u64;
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -77,11 +100,17 @@ async fn main() {
         body.extend_from_slice(&cluster(i));
         if body.len() > 8 * 1024 * 1024 {
             chunks.extend(
-                Bytes::from(std::mem::take(&mut body)).chunks(CHUNK_BYTES).map(Bytes::copy_from_slice),
+                Bytes::from(std::mem::take(&mut body))
+                    .chunks(CHUNK_BYTES)
+                    .map(Bytes::copy_from_slice),
             );
         }
     }
-    chunks.extend(Bytes::from(body).chunks(CHUNK_BYTES).map(Bytes::copy_from_slice));
+    chunks.extend(
+        Bytes::from(body)
+            .chunks(CHUNK_BYTES)
+            .map(Bytes::copy_from_slice),
+    );
     let total: usize = chunks.iter().map(Bytes::len).sum();
 
     // PutMedia ingest.
@@ -95,14 +124,26 @@ async fn main() {
             }
         }
     });
-    let headers = [("x-amzn-stream-name", "bench"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
-    let acks = post(addr, "/putMedia", &headers, StreamBody::new(ReceiverStream::new(rx))).await;
+    let headers = [
+        ("x-amzn-stream-name", "bench"),
+        ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+    ];
+    let acks = post(
+        addr,
+        "/putMedia",
+        &headers,
+        StreamBody::new(ReceiverStream::new(rx)),
+    )
+    .await;
     let acks = acks.collect().await.unwrap().to_bytes();
     writer.await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let persisted = acks.windows(9).filter(|w| *w == b"PERSISTED").count();
-    assert_eq!(persisted as u64, clusters, "every fragment must be persisted");
+    assert_eq!(
+        persisted as u64, clusters,
+        "every fragment must be persisted"
+    );
     println!(
         "PutMedia ingest: {:.1} MB in {:.2} s = {:.0} MB/s ({} fragments, {:.2} CPU s for client+emulator, {:.2} CPU s/GB)",
         total as f64 / 1e6,
@@ -116,7 +157,8 @@ async fn main() {
     // GetMedia read of everything.
     let started = Instant::now();
     let cpu_before = cpu_seconds();
-    let request = "{\"StreamName\":\"bench\",\"StartSelector\":{\"StartSelectorType\":\"EARLIEST\"}}";
+    let request =
+        "{\"StreamName\":\"bench\",\"StartSelector\":{\"StartSelectorType\":\"EARLIEST\"}}";
     let mut body = post(addr, "/getMedia", &[], Full::new(Bytes::from(request))).await;
     let mut read = 0usize;
     let mut first_byte = None;

@@ -22,7 +22,12 @@ use kvs_mkv::{Event, header, tags};
 pub const MAX_IMPORT_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Runs one admin call: `(method, path after /_emulator/, body)` → JSON.
-pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Result<Value, ApiError> {
+pub fn handle(
+    state: &Arc<State>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         ("GET", ["streams", name, "fragments"]) => fragments(state, name),
@@ -49,8 +54,9 @@ pub fn handle(state: &Arc<State>, method: &str, path: &str, body: &[u8]) -> Resu
             state.arrivals.clear();
             state.store.reset();
             if let Some(dir) = &state.data_dir {
-                dir.clear()
-                    .map_err(|e| ApiError::internal(format!("cannot clear the data directory: {e}")))?;
+                dir.clear().map_err(|e| {
+                    ApiError::internal(format!("cannot clear the data directory: {e}"))
+                })?;
             }
             Ok(json!({}))
         }
@@ -103,7 +109,12 @@ fn verifier(state: &State) -> Result<&crate::sigv4::Verifier, ApiError> {
 }
 
 fn stream_arn(state: &State, name: &str) -> Result<String, ApiError> {
-    Ok(state.store.lock().find(Some(name), None)?.stream_arn.clone())
+    Ok(state
+        .store
+        .lock()
+        .find(Some(name), None)?
+        .stream_arn
+        .clone())
 }
 
 fn fragments(state: &State, name: &str) -> Result<Value, ApiError> {
@@ -115,8 +126,11 @@ fn fragments(state: &State, name: &str) -> Result<Value, ApiError> {
         .unwrap_or_default()
         .iter()
         .map(|f| {
-            let frames: BTreeMap<String, u64> =
-                f.frames.iter().map(|(track, n)| (track.to_string(), *n)).collect();
+            let frames: BTreeMap<String, u64> = f
+                .frames
+                .iter()
+                .map(|(track, n)| (track.to_string(), *n))
+                .collect();
             json!({
                 "number": f.number,
                 "producer_timestamp_ms": f.producer_ms,
@@ -139,13 +153,16 @@ fn fragments(state: &State, name: &str) -> Result<Value, ApiError> {
 /// and timestamps. The stream is created (retention 24 h) if it does not exist.
 fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
     if state.store.lock().find(Some(name), None).is_err() {
-        let new =
-            NewStream { stream_name: name.to_owned(), data_retention_in_hours: 24, ..NewStream::default() };
+        let new = NewStream {
+            stream_name: name.to_owned(),
+            data_retention_in_hours: 24,
+            ..NewStream::default()
+        };
         state.store.create(new)?;
     }
     let arn = stream_arn(state, name)?;
-    let (parsed, cut) =
-        parse_capture(body).map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
+    let (parsed, cut) = parse_capture(body)
+        .map_err(|e| ApiError::invalid_argument(format!("Cannot import: {e}")))?;
     let count = parsed.len();
     for fragment in parsed {
         let sequence = state.media.push_complete(&arn, fragment);
@@ -162,7 +179,8 @@ fn import(state: &State, name: &str, body: &[u8]) -> Result<Value, ApiError> {
         }
     }
     if let Some(dir) = &state.data_dir {
-        dir.save_streams(&state.store).map_err(|e| ApiError::internal(format!("cannot save: {e}")))?;
+        dir.save_streams(&state.store)
+            .map_err(|e| ApiError::internal(format!("cannot save: {e}")))?;
     }
     let mut answer = json!({ "imported": count });
     if let Some(cut) = cut {
@@ -198,21 +216,30 @@ struct Document {
 }
 
 fn seconds_to_ms(text: &str) -> Result<i64, String> {
-    text.parse::<f64>().map(|s| (s * 1000.0).round() as i64).map_err(|_| format!("bad timestamp {text:?}"))
+    text.parse::<f64>()
+        .map(|s| (s * 1000.0).round() as i64)
+        .map_err(|_| format!("bad timestamp {text:?}"))
 }
 
 impl Document {
     fn finish(self) -> Result<Option<Fragment>, String> {
-        let Some(aws) = self.fragment_tags else { return Ok(None) };
+        let Some(aws) = self.fragment_tags else {
+            return Ok(None);
+        };
         if self.cluster.is_empty() {
             return Ok(None);
         }
         let value = |name: &str| aws.iter().find(|t| t.name == name).map(|t| t.value.clone());
-        let number =
-            value(tags::FRAGMENT_NUMBER).ok_or("a fragment without AWS_KINESISVIDEO_FRAGMENT_NUMBER")?;
-        let server_ms = value(tags::SERVER_TIMESTAMP).map(|v| seconds_to_ms(&v)).transpose()?.unwrap_or(0);
-        let producer_ms =
-            value(tags::PRODUCER_TIMESTAMP).map(|v| seconds_to_ms(&v)).transpose()?.unwrap_or(0);
+        let number = value(tags::FRAGMENT_NUMBER)
+            .ok_or("a fragment without AWS_KINESISVIDEO_FRAGMENT_NUMBER")?;
+        let server_ms = value(tags::SERVER_TIMESTAMP)
+            .map(|v| seconds_to_ms(&v))
+            .transpose()?
+            .unwrap_or(0);
+        let producer_ms = value(tags::PRODUCER_TIMESTAMP)
+            .map(|v| seconds_to_ms(&v))
+            .transpose()?
+            .unwrap_or(0);
         let size = self.cluster.iter().map(|b| b.len() as u64).sum();
         Ok(Some(Fragment {
             number,
@@ -313,10 +340,11 @@ pub fn parse_capture(body: &[u8]) -> Result<(Vec<Fragment>, Option<Cut>), String
         }
     }
     let cut = cut.map(|bytes_left_out| Cut {
-        fragment: doc
-            .fragment_tags
-            .as_ref()
-            .and_then(|aws| aws.iter().find(|t| t.name == tags::FRAGMENT_NUMBER).map(|t| t.value.clone())),
+        fragment: doc.fragment_tags.as_ref().and_then(|aws| {
+            aws.iter()
+                .find(|t| t.name == tags::FRAGMENT_NUMBER)
+                .map(|t| t.value.clone())
+        }),
         frames_kept: doc.frames.values().sum(),
         bytes_left_out,
     });

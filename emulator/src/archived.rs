@@ -59,25 +59,35 @@ enum Range {
 }
 
 fn parse_range(selector: Option<&FragmentSelector>) -> Result<Range, ApiError> {
-    let Some(selector) = selector else { return Ok(Range::All) };
+    let Some(selector) = selector else {
+        return Ok(Range::All);
+    };
     let kind = selector.fragment_selector_type.as_deref().ok_or_else(|| {
         ApiError::invalid_argument("FragmentSelector.FragmentSelectorType must be specified.")
     })?;
-    let range = selector
-        .timestamp_range
-        .as_ref()
-        .ok_or_else(|| ApiError::invalid_argument("FragmentSelector.TimestampRange must be specified."))?;
+    let range = selector.timestamp_range.as_ref().ok_or_else(|| {
+        ApiError::invalid_argument("FragmentSelector.TimestampRange must be specified.")
+    })?;
     let (Some(start), Some(end)) = (range.start_timestamp, range.end_timestamp) else {
-        return Err(ApiError::invalid_argument("TimestampRange needs StartTimestamp and EndTimestamp."));
+        return Err(ApiError::invalid_argument(
+            "TimestampRange needs StartTimestamp and EndTimestamp.",
+        ));
     };
-    let (start, end) = ((start * 1000.0).round() as i64, (end * 1000.0).round() as i64);
+    let (start, end) = (
+        (start * 1000.0).round() as i64,
+        (end * 1000.0).round() as i64,
+    );
     if start > end {
-        return Err(ApiError::invalid_argument("StartTimestamp must not be later than EndTimestamp."));
+        return Err(ApiError::invalid_argument(
+            "StartTimestamp must not be later than EndTimestamp.",
+        ));
     }
     match kind {
         "PRODUCER_TIMESTAMP" => Ok(Range::Producer(start, end)),
         "SERVER_TIMESTAMP" => Ok(Range::Server(start, end)),
-        other => Err(ApiError::invalid_argument(format!("Invalid FragmentSelectorType {other:?}."))),
+        other => Err(ApiError::invalid_argument(format!(
+            "Invalid FragmentSelectorType {other:?}."
+        ))),
     }
 }
 
@@ -87,12 +97,19 @@ fn seconds(ms: i64) -> Value {
 
 /// ListFragments over `fragments` (one stream's, in ingestion order): complete fragments whose start time is
 /// in the range (inclusive at both ends), paged.
-pub fn list_fragments(fragments: &[Fragment], request: &ListFragmentsRequest) -> Result<Value, ApiError> {
+pub fn list_fragments(
+    fragments: &[Fragment],
+    request: &ListFragmentsRequest,
+) -> Result<Value, ApiError> {
     let range = parse_range(request.fragment_selector.as_ref())?;
     let page = match request.max_results {
         None => MAX_LIST_FRAGMENTS,
         Some(n) if (1..=MAX_LIST_FRAGMENTS as i64).contains(&n) => n as usize,
-        Some(n) => return Err(ApiError::invalid_argument(format!("MaxResults {n} is not in 1..1000."))),
+        Some(n) => {
+            return Err(ApiError::invalid_argument(format!(
+                "MaxResults {n} is not in 1..1000."
+            )));
+        }
     };
     let skip = match &request.next_token {
         None => 0,
@@ -100,7 +117,10 @@ pub fn list_fragments(fragments: &[Fragment], request: &ListFragmentsRequest) ->
             .decode(token)
             .ok()
             .and_then(|raw| String::from_utf8(raw).ok())
-            .and_then(|text| text.strip_prefix("fragments:").and_then(|n| n.parse::<usize>().ok()))
+            .and_then(|text| {
+                text.strip_prefix("fragments:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
             .ok_or_else(|| ApiError::invalid_argument("Invalid NextToken."))?,
     };
     let matching: Vec<&Fragment> = fragments
@@ -140,14 +160,21 @@ pub fn select_fragments<'a>(
     numbers: &[String],
 ) -> Result<Vec<&'a Fragment>, ApiError> {
     if numbers.is_empty() || numbers.len() > 1000 {
-        return Err(ApiError::invalid_argument("Fragments must hold 1 to 1000 fragment numbers."));
+        return Err(ApiError::invalid_argument(
+            "Fragments must hold 1 to 1000 fragment numbers.",
+        ));
     }
     numbers
         .iter()
         .map(|number| {
-            fragments.iter().find(|f| &f.number == number && f.state == FragmentState::Complete).ok_or_else(
-                || ApiError::resource_not_found(format!("The requested fragment {number} was not found.")),
-            )
+            fragments
+                .iter()
+                .find(|f| &f.number == number && f.state == FragmentState::Complete)
+                .ok_or_else(|| {
+                    ApiError::resource_not_found(format!(
+                        "The requested fragment {number} was not found."
+                    ))
+                })
         })
         .collect()
 }
@@ -155,7 +182,11 @@ pub fn select_fragments<'a>(
 /// One fragment as GetMediaForFragmentList returns it: the GetMedia layout, with the fragment tags but no
 /// MILLIS_BEHIND_NOW / CONTINUATION_TOKEN (see the README's choices).
 pub fn fragment_document(fragment: &Fragment) -> Vec<Bytes> {
-    let mut out = vec![fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP)];
+    let mut out = vec![fragment_prefix(
+        fragment,
+        tags::SERVER_TIMESTAMP,
+        tags::PRODUCER_TIMESTAMP,
+    )];
     out.extend(fragment.cluster.iter().cloned());
     out.push(fragment_suffix(fragment, false));
     out

@@ -46,12 +46,17 @@ pub struct Arrivals {
 }
 
 pub fn epoch_us(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 impl Arrivals {
     pub fn new(enabled: bool) -> Arrivals {
-        Arrivals { enabled, streams: Mutex::default() }
+        Arrivals {
+            enabled,
+            streams: Mutex::default(),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -60,7 +65,12 @@ impl Arrivals {
 
     fn with(&self, stream: &str, f: impl FnOnce(&mut StreamArrivals)) {
         if self.enabled {
-            f(self.streams.lock().unwrap_or_else(|e| e.into_inner()).entry(stream.to_owned()).or_default());
+            f(self
+                .streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(stream.to_owned())
+                .or_default());
         }
     }
 
@@ -69,7 +79,10 @@ impl Arrivals {
         let mut index = 0;
         self.with(stream, |s| {
             index = s.uploads.len();
-            s.uploads.push(Upload { request_us: epoch_us(at), first_body_byte_us: None });
+            s.uploads.push(Upload {
+                request_us: epoch_us(at),
+                first_body_byte_us: None,
+            });
         });
         index
     }
@@ -87,7 +100,11 @@ impl Arrivals {
             if s.frames.len() == MAX_FRAMES {
                 s.frames.pop_front();
             }
-            s.frames.push_back(FrameArrival { track, producer_ms, arrived_us: epoch_us(at) });
+            s.frames.push_back(FrameArrival {
+                track,
+                producer_ms,
+                arrived_us: epoch_us(at),
+            });
         });
     }
 
@@ -95,12 +112,18 @@ impl Arrivals {
     pub fn list(&self, stream: &str) -> Value {
         let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let (uploads, frames) = streams.get(stream).map_or((Vec::new(), Vec::new()), |s| {
-            (s.uploads.clone(), s.frames.iter().copied().collect::<Vec<_>>())
+            (
+                s.uploads.clone(),
+                s.frames.iter().copied().collect::<Vec<_>>(),
+            )
         });
         json!({ "enabled": self.enabled, "uploads": uploads, "frames": frames })
     }
 
     pub fn clear(&self) {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

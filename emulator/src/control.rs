@@ -114,7 +114,12 @@ impl Operation {
     }
 }
 
-pub fn handle(op: Operation, body: &[u8], store: &Store, data_endpoint: &str) -> Response<Full<Bytes>> {
+pub fn handle(
+    op: Operation,
+    body: &[u8],
+    store: &Store,
+    data_endpoint: &str,
+) -> Response<Full<Bytes>> {
     match execute(op, body, store, data_endpoint) {
         Ok(output) => json_response(StatusCode::OK, output.to_string().into_bytes()),
         Err(err) => err.into_response(),
@@ -122,7 +127,12 @@ pub fn handle(op: Operation, body: &[u8], store: &Store, data_endpoint: &str) ->
 }
 
 /// Runs one operation: the JSON output, or the error to answer.
-pub fn execute(op: Operation, body: &[u8], store: &Store, data_endpoint: &str) -> Result<Value, ApiError> {
+pub fn execute(
+    op: Operation,
+    body: &[u8],
+    store: &Store,
+    data_endpoint: &str,
+) -> Result<Value, ApiError> {
     match op {
         Operation::CreateStream => create_stream(parse(body)?, store),
         Operation::DescribeStream => describe_stream(parse(body)?, store),
@@ -142,11 +152,17 @@ pub fn execute(op: Operation, body: &[u8], store: &Store, data_endpoint: &str) -
 
 /// Decodes a request body; an empty body counts as `{}`.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| ApiError::serialization(format!("Request body is not valid JSON: {err}")))?;
     if !value.is_object() {
-        return Err(ApiError::serialization("Request body must be a JSON object"));
+        return Err(ApiError::serialization(
+            "Request body must be a JSON object",
+        ));
     }
     serde_json::from_value(value).map_err(|err| ApiError::serialization(err.to_string()))
 }
@@ -183,8 +199,16 @@ pattern!(
     r"arn:[a-z\d-]+:kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+",
     r"^arn:[a-z\d-]+:kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+$"
 );
-pattern!(TAG_KEY, r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$", r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$");
-pattern!(TAG_VALUE, r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*", r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$");
+pattern!(
+    TAG_KEY,
+    r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$",
+    r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$"
+);
+pattern!(
+    TAG_VALUE,
+    r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*",
+    r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$"
+);
 
 const API_NAMES: &[&str] = &[
     "PUT_MEDIA",
@@ -249,7 +273,10 @@ impl Checks {
             self.violation(
                 Some(value),
                 member,
-                format!("Member must satisfy regular expression pattern: {}", pattern.model),
+                format!(
+                    "Member must satisfy regular expression pattern: {}",
+                    pattern.model
+                ),
             );
         }
     }
@@ -283,7 +310,10 @@ impl Checks {
             self.violation(
                 Some(value),
                 member,
-                format!("Member must satisfy enum value set: [{}]", allowed.join(", ")),
+                format!(
+                    "Member must satisfy enum value set: [{}]",
+                    allowed.join(", ")
+                ),
             );
         }
     }
@@ -347,7 +377,10 @@ impl Checks {
     fn finish(self) -> Result<(), ApiError> {
         match self.errors.len() {
             0 => Ok(()),
-            1 => Err(ApiError::invalid_argument(format!("1 validation error detected: {}", self.errors[0]))),
+            1 => Err(ApiError::invalid_argument(format!(
+                "1 validation error detected: {}",
+                self.errors[0]
+            ))),
             n => Err(ApiError::invalid_argument(format!(
                 "{n} validation errors detected: {}",
                 self.errors.join("; ")
@@ -391,7 +424,9 @@ fn too_many_tags() -> ApiError {
 fn check_arn_format(arn: Option<&str>) -> Result<(), ApiError> {
     match arn {
         Some(arn) if arn.is_empty() || arn.len() > 1024 || !RESOURCE_ARN.regex.is_match(arn) => {
-            Err(ApiError::invalid_resource_format(format!("The StreamARN {arn} is not a valid ARN.")))
+            Err(ApiError::invalid_resource_format(format!(
+                "The StreamARN {arn} is not a valid ARN."
+            )))
         }
         _ => Ok(()),
     }
@@ -417,7 +452,9 @@ fn make_token(kind: &str, last: &str) -> String {
 
 /// The item after which a page starts, from a token of this kind; `None` for no (or an empty) token.
 fn read_token(kind: &str, token: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(token) = token.filter(|token| !token.is_empty()) else { return Ok(None) };
+    let Some(token) = token.filter(|token| !token.is_empty()) else {
+        return Ok(None);
+    };
     let invalid = || ApiError::invalid_argument(format!("The NextToken {token} is not valid."));
     let decoded = BASE64.decode(token).map_err(|_| invalid())?;
     let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
@@ -449,8 +486,14 @@ fn page<T>(
 /// never set are left out.
 pub fn stream_info(stream: &Stream) -> Value {
     let mut info = Map::new();
-    info.insert("CreationTime".into(), json!(stream.creation_time_epoch_seconds()));
-    info.insert("DataRetentionInHours".into(), json!(stream.data_retention_in_hours));
+    info.insert(
+        "CreationTime".into(),
+        json!(stream.creation_time_epoch_seconds()),
+    );
+    info.insert(
+        "DataRetentionInHours".into(),
+        json!(stream.data_retention_in_hours),
+    );
     if let Some(device_name) = &stream.device_name {
         info.insert("DeviceName".into(), json!(device_name));
     }
@@ -466,9 +509,14 @@ pub fn stream_info(stream: &Stream) -> Value {
 }
 
 fn tags_output(tags: &BTreeMap<String, String>, after: Option<String>, kind: &str) -> Value {
-    let remaining = tags.iter().filter(|(key, _)| after.as_deref().is_none_or(|after| key.as_str() > after));
+    let remaining = tags
+        .iter()
+        .filter(|(key, _)| after.as_deref().is_none_or(|after| key.as_str() > after));
     let (taken, token) = page(remaining, TAGS_PAGE_SIZE, kind, |(key, _)| key.as_str());
-    let tags: Map<String, Value> = taken.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let tags: Map<String, Value> = taken
+        .into_iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let mut output = Map::new();
     if let Some(token) = token {
         output.insert("NextToken".into(), json!(token));
@@ -504,7 +552,13 @@ fn create_stream(input: CreateStreamInput, store: &Store) -> Result<Value, ApiEr
     checks.stream_name(input.stream_name.as_deref(), "StreamName");
     checks.device_name(input.device_name.as_deref());
     checks.media_type(input.media_type.as_deref());
-    checks.string(input.kms_key_id.as_deref(), "KmsKeyId", 1, 2048, Some(&KMS_KEY_ID));
+    checks.string(
+        input.kms_key_id.as_deref(),
+        "KmsKeyId",
+        1,
+        2048,
+        Some(&KMS_KEY_ID),
+    );
     checks.integer(
         input.data_retention_in_hours,
         "DataRetentionInHours",
@@ -512,10 +566,16 @@ fn create_stream(input: CreateStreamInput, store: &Store) -> Result<Value, ApiEr
         Some(MAX_DATA_RETENTION_HOURS),
     );
     if let Some(tags) = &input.tags {
-        check_tags(&mut checks, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        check_tags(
+            &mut checks,
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
     }
     if let Some(storage) = &input.stream_storage_configuration {
-        checks.required(&storage.default_storage_tier, "StreamStorageConfiguration.DefaultStorageTier");
+        checks.required(
+            &storage.default_storage_tier,
+            "StreamStorageConfiguration.DefaultStorageTier",
+        );
         checks.one_of(
             storage.default_storage_tier.as_deref(),
             "StreamStorageConfiguration.DefaultStorageTier",
@@ -523,13 +583,16 @@ fn create_stream(input: CreateStreamInput, store: &Store) -> Result<Value, ApiEr
         );
     }
     checks.finish()?;
-    let Some(stream_name) = input.stream_name else { return Err(ApiError::internal("unchecked StreamName")) };
+    let Some(stream_name) = input.stream_name else {
+        return Err(ApiError::internal("unchecked StreamName"));
+    };
     let stream_arn = store.create(NewStream {
         stream_name,
         device_name: input.device_name,
         media_type: input.media_type,
         kms_key_id: input.kms_key_id,
-        data_retention_in_hours: u32::try_from(input.data_retention_in_hours.unwrap_or(0)).unwrap_or(0),
+        data_retention_in_hours: u32::try_from(input.data_retention_in_hours.unwrap_or(0))
+            .unwrap_or(0),
         tags: input.tags.unwrap_or_default(),
     })?;
     Ok(json!({ "StreamARN": stream_arn }))
@@ -579,26 +642,41 @@ fn list_streams(input: ListStreamsInput, store: &Store) -> Result<Value, ApiErro
             "StreamNameCondition.ComparisonOperator",
             &["BEGINS_WITH"],
         );
-        checks.stream_name(condition.comparison_value.as_deref(), "StreamNameCondition.ComparisonValue");
+        checks.stream_name(
+            condition.comparison_value.as_deref(),
+            "StreamNameCondition.ComparisonValue",
+        );
         prefix = condition.comparison_value.clone();
     }
     checks.finish()?;
     let after = read_token("ListStreams", input.next_token.as_deref())?;
-    let limit = input.max_results.map_or(DEFAULT_LIST_STREAMS_PAGE_SIZE, |n| n.clamp(1, 10_000) as usize);
+    let limit = input
+        .max_results
+        .map_or(DEFAULT_LIST_STREAMS_PAGE_SIZE, |n| {
+            n.clamp(1, 10_000) as usize
+        });
 
     let streams = store.lock();
     let candidates: Box<dyn Iterator<Item = &Stream>> = match &after {
         Some(after) => Box::new(streams.after(after)),
         None => Box::new(streams.iter()),
     };
-    let matching = candidates
-        .filter(|stream| prefix.as_deref().is_none_or(|prefix| stream.stream_name.starts_with(prefix)));
-    let (taken, token) = page(matching, limit, "ListStreams", |stream| stream.stream_name.as_str());
+    let matching = candidates.filter(|stream| {
+        prefix
+            .as_deref()
+            .is_none_or(|prefix| stream.stream_name.starts_with(prefix))
+    });
+    let (taken, token) = page(matching, limit, "ListStreams", |stream| {
+        stream.stream_name.as_str()
+    });
     let mut output = Map::new();
     if let Some(token) = token {
         output.insert("NextToken".into(), json!(token));
     }
-    output.insert("StreamInfoList".into(), Value::Array(taken.into_iter().map(stream_info).collect()));
+    output.insert(
+        "StreamInfoList".into(),
+        Value::Array(taken.into_iter().map(stream_info).collect()),
+    );
     Ok(Value::Object(output))
 }
 
@@ -669,7 +747,10 @@ struct UpdateDataRetentionInput {
     data_retention_change_in_hours: Option<i64>,
 }
 
-fn update_data_retention(input: UpdateDataRetentionInput, store: &Store) -> Result<Value, ApiError> {
+fn update_data_retention(
+    input: UpdateDataRetentionInput,
+    store: &Store,
+) -> Result<Value, ApiError> {
     let mut checks = Checks::default();
     checks.stream_name(input.stream_name.as_deref(), "StreamName");
     checks.resource_arn(input.stream_arn.as_deref(), "StreamARN");
@@ -681,8 +762,16 @@ fn update_data_retention(input: UpdateDataRetentionInput, store: &Store) -> Resu
         "Operation",
         &["INCREASE_DATA_RETENTION", "DECREASE_DATA_RETENTION"],
     );
-    checks.required(&input.data_retention_change_in_hours, "DataRetentionChangeInHours");
-    checks.integer(input.data_retention_change_in_hours, "DataRetentionChangeInHours", Some(1), None);
+    checks.required(
+        &input.data_retention_change_in_hours,
+        "DataRetentionChangeInHours",
+    );
+    checks.integer(
+        input.data_retention_change_in_hours,
+        "DataRetentionChangeInHours",
+        Some(1),
+        None,
+    );
     checks.finish()?;
     let change = input.data_retention_change_in_hours.unwrap_or_default();
     let mut streams = store.lock();
@@ -733,7 +822,9 @@ fn get_data_endpoint(
     checks.required(&input.api_name, "APIName");
     checks.one_of(input.api_name.as_deref(), "APIName", API_NAMES);
     checks.finish()?;
-    store.lock().find(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
+    store
+        .lock()
+        .find(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
     Ok(json!({ "DataEndpoint": data_endpoint }))
 }
 
@@ -752,10 +843,18 @@ fn tag_stream(input: TagStreamInput, store: &Store) -> Result<Value, ApiError> {
     checks.stream_name(input.stream_name.as_deref(), "StreamName");
     checks.required(&input.tags, "Tags");
     if let Some(tags) = &input.tags {
-        check_tags(&mut checks, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        check_tags(
+            &mut checks,
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
     }
     checks.finish()?;
-    add_tags(store, input.stream_name.as_deref(), input.stream_arn.as_deref(), input.tags.unwrap_or_default())
+    add_tags(
+        store,
+        input.stream_name.as_deref(),
+        input.stream_arn.as_deref(),
+        input.tags.unwrap_or_default(),
+    )
 }
 
 fn add_tags(
@@ -766,7 +865,10 @@ fn add_tags(
 ) -> Result<Value, ApiError> {
     let mut streams = store.lock();
     let stream = streams.find_mut(name, arn)?;
-    let added = tags.keys().filter(|key| !stream.tags.contains_key(*key)).count();
+    let added = tags
+        .keys()
+        .filter(|key| !stream.tags.contains_key(*key))
+        .count();
     if stream.tags.len() + added > MAX_TAGS_PER_STREAM {
         return Err(too_many_tags());
     }
@@ -792,7 +894,12 @@ fn untag_stream(input: UntagStreamInput, store: &Store) -> Result<Value, ApiErro
         checks.tag_keys(keys);
     }
     checks.finish()?;
-    remove_tags(store, input.stream_name.as_deref(), input.stream_arn.as_deref(), input.tag_key_list)
+    remove_tags(
+        store,
+        input.stream_name.as_deref(),
+        input.stream_arn.as_deref(),
+        input.tag_key_list,
+    )
 }
 
 fn remove_tags(
@@ -887,7 +994,12 @@ fn untag_resource(input: UntagResourceInput, store: &Store) -> Result<Value, Api
         checks.tag_keys(keys);
     }
     checks.finish()?;
-    remove_tags(store, None, input.resource_arn.as_deref(), input.tag_key_list)
+    remove_tags(
+        store,
+        None,
+        input.resource_arn.as_deref(),
+        input.tag_key_list,
+    )
 }
 
 #[derive(Deserialize)]
@@ -898,7 +1010,10 @@ struct ListTagsForResourceInput {
     resource_arn: Option<String>,
 }
 
-fn list_tags_for_resource(input: ListTagsForResourceInput, store: &Store) -> Result<Value, ApiError> {
+fn list_tags_for_resource(
+    input: ListTagsForResourceInput,
+    store: &Store,
+) -> Result<Value, ApiError> {
     let mut checks = Checks::default();
     checks.next_token(input.next_token.as_deref());
     checks.required(&input.resource_arn, "ResourceARN");
@@ -949,8 +1064,12 @@ mod tests {
             "1 validation error detected: Value null at 'streamName' failed to satisfy constraint: Member must \
              not be null"
         );
-        let err = run(&store, Operation::CreateStream, json!({"StreamName": "a b", "MediaType": "h264"}))
-            .unwrap_err();
+        let err = run(
+            &store,
+            Operation::CreateStream,
+            json!({"StreamName": "a b", "MediaType": "h264"}),
+        )
+        .unwrap_err();
         assert_eq!(
             err.message,
             "2 validation errors detected: Value 'a b' at 'streamName' failed to satisfy constraint: Member must \
@@ -963,21 +1082,44 @@ mod tests {
     #[test]
     fn media_types_and_tags_follow_the_model_patterns() {
         let store = Store::new("us-east-1");
-        for media_type in ["video/h264", "video/h264,audio/aac", "video/x-matroska", "application/vnd.a+b"] {
-            let body = json!({"StreamName": format!("s{}", media_type.len()), "MediaType": media_type});
+        for media_type in [
+            "video/h264",
+            "video/h264,audio/aac",
+            "video/x-matroska",
+            "application/vnd.a+b",
+        ] {
+            let body =
+                json!({"StreamName": format!("s{}", media_type.len()), "MediaType": media_type});
             run(&store, Operation::CreateStream, body).unwrap();
         }
         for media_type in ["video", "video/h264,", "vidéo/h264", "video/h 264"] {
-            let err =
-                run(&store, Operation::CreateStream, json!({"StreamName": "x", "MediaType": media_type}))
-                    .unwrap_err();
+            let err = run(
+                &store,
+                Operation::CreateStream,
+                json!({"StreamName": "x", "MediaType": media_type}),
+            )
+            .unwrap_err();
             assert_eq!(err.name, "InvalidArgumentException", "{media_type}");
         }
         let tags = json!({"Équipe": "caméra 1", "a:b/c=d+e-f@g_h.i": "", "数字": "１２３"});
-        run(&store, Operation::CreateStream, json!({"StreamName": "tagged", "Tags": tags})).unwrap();
-        for tags in [json!({"": "v"}), json!({"k": "v!"}), json!({"k#": "v"}), json!({})] {
-            let err =
-                run(&store, Operation::CreateStream, json!({"StreamName": "bad", "Tags": tags})).unwrap_err();
+        run(
+            &store,
+            Operation::CreateStream,
+            json!({"StreamName": "tagged", "Tags": tags}),
+        )
+        .unwrap();
+        for tags in [
+            json!({"": "v"}),
+            json!({"k": "v!"}),
+            json!({"k#": "v"}),
+            json!({}),
+        ] {
+            let err = run(
+                &store,
+                Operation::CreateStream,
+                json!({"StreamName": "bad", "Tags": tags}),
+            )
+            .unwrap_err();
             assert_eq!(err.name, "InvalidArgumentException");
         }
     }
@@ -989,11 +1131,19 @@ mod tests {
             run(&store, Operation::CreateStream, json!({"StreamName": name})).unwrap();
         }
         let condition = json!({"ComparisonOperator": "BEGINS_WITH", "ComparisonValue": "cam"});
-        let first =
-            run(&store, Operation::ListStreams, json!({"MaxResults": 2, "StreamNameCondition": condition}))
-                .unwrap();
+        let first = run(
+            &store,
+            Operation::ListStreams,
+            json!({"MaxResults": 2, "StreamNameCondition": condition}),
+        )
+        .unwrap();
         let names = |output: &Value| -> Vec<String> {
-            output["StreamInfoList"].as_array().unwrap().iter().map(|s| s["StreamName"].to_string()).collect()
+            output["StreamInfoList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["StreamName"].to_string())
+                .collect()
         };
         assert_eq!(names(&first), ["\"cam-1\"", "\"cam-2\""]);
         let token = first["NextToken"].as_str().unwrap();
@@ -1007,7 +1157,12 @@ mod tests {
         assert_eq!(names(&second), ["\"cam-3\""]);
         assert!(second.get("NextToken").is_none());
 
-        let err = run(&store, Operation::ListStreams, json!({"NextToken": "bm9wZQ=="})).unwrap_err();
+        let err = run(
+            &store,
+            Operation::ListStreams,
+            json!({"NextToken": "bm9wZQ=="}),
+        )
+        .unwrap_err();
         assert_eq!(err.name, "InvalidArgumentException");
         let err = run(&store, Operation::ListStreams, json!({"MaxResults": 10001})).unwrap_err();
         assert_eq!(err.name, "InvalidArgumentException");
@@ -1015,7 +1170,8 @@ mod tests {
 
     #[test]
     fn tag_pages() {
-        let tags: BTreeMap<String, String> = (0..7).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+        let tags: BTreeMap<String, String> =
+            (0..7).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
         let first = tags_output(&tags, None, "ListTags");
         assert_eq!(first["Tags"].as_object().unwrap().len(), 7);
         assert!(first.get("NextToken").is_none());
@@ -1039,7 +1195,12 @@ mod tests {
             json!({"StreamName": "s", "DeviceName": "d", "MediaType": "video/h264"}),
         )
         .unwrap();
-        let output = run(&store, Operation::DescribeStream, json!({"StreamName": "s"})).unwrap();
+        let output = run(
+            &store,
+            Operation::DescribeStream,
+            json!({"StreamName": "s"}),
+        )
+        .unwrap();
         let text = output["StreamInfo"].to_string();
         let keys = [
             "CreationTime",
@@ -1052,7 +1213,10 @@ mod tests {
             "StreamName",
             "Version",
         ];
-        let positions: Vec<usize> = keys.iter().map(|k| text.find(&format!("\"{k}\"")).unwrap()).collect();
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+            .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 }

@@ -36,7 +36,11 @@ impl ApiError {
         status: StatusCode,
         message: impl Into<String>,
     ) -> ApiError {
-        ApiError { name: name.into(), status, message: message.into() }
+        ApiError {
+            name: name.into(),
+            status,
+            message: message.into(),
+        }
     }
 
     /// 404, a stream (or other resource) that does not exist.
@@ -66,17 +70,29 @@ impl ApiError {
 
     /// 400, a malformed resource ARN (on the operations whose model lists this error).
     pub fn invalid_resource_format(message: impl Into<String>) -> ApiError {
-        ApiError::new("InvalidResourceFormatException", StatusCode::BAD_REQUEST, message)
+        ApiError::new(
+            "InvalidResourceFormatException",
+            StatusCode::BAD_REQUEST,
+            message,
+        )
     }
 
     /// 400, more than 50 tags on a resource.
     pub fn tags_per_resource_exceeded_limit(message: impl Into<String>) -> ApiError {
-        ApiError::new("TagsPerResourceExceededLimitException", StatusCode::BAD_REQUEST, message)
+        ApiError::new(
+            "TagsPerResourceExceededLimitException",
+            StatusCode::BAD_REQUEST,
+            message,
+        )
     }
 
     /// 400, throttling.
     pub fn client_limit_exceeded(message: impl Into<String>) -> ApiError {
-        ApiError::new("ClientLimitExceededException", StatusCode::BAD_REQUEST, message)
+        ApiError::new(
+            "ClientLimitExceededException",
+            StatusCode::BAD_REQUEST,
+            message,
+        )
     }
 
     /// 401, the model's "not authorised" error.
@@ -92,7 +108,11 @@ impl ApiError {
 
     /// 404, a path that is no operation.
     pub fn unknown_operation(path: &str) -> ApiError {
-        ApiError::new("UnknownOperationException", StatusCode::NOT_FOUND, format!("Unknown operation {path}"))
+        ApiError::new(
+            "UnknownOperationException",
+            StatusCode::NOT_FOUND,
+            format!("Unknown operation {path}"),
+        )
     }
 
     /// 413, a request body above the emulator's limit.
@@ -115,7 +135,11 @@ impl ApiError {
 
     /// 500, a bug in the emulator.
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR, message)
+        ApiError::new(
+            "InternalFailure",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+        )
     }
 
     // Signature errors, worded as AWS words them.
@@ -162,7 +186,11 @@ impl ApiError {
 
     /// 400, an `Authorization` header or presigned query that lacks a part.
     pub fn incomplete_signature(message: impl Into<String>) -> ApiError {
-        ApiError::new("IncompleteSignatureException", StatusCode::BAD_REQUEST, message)
+        ApiError::new(
+            "IncompleteSignatureException",
+            StatusCode::BAD_REQUEST,
+            message,
+        )
     }
 
     /// The HTTP answer, with a fresh request id.
@@ -179,7 +207,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.name, self.status.as_u16(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.name,
+            self.status.as_u16(),
+            self.message
+        )
     }
 }
 

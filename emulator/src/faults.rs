@@ -80,7 +80,11 @@ pub enum Action {
     GarbleMedia { fragment: u64 },
     /// PutMedia and GetMedia: answers with this status, content type and body, not chunked, instead of running
     /// the call (an HTML page from a proxy, a 4xx/5xx that is not JSON, a 200 with a plain body).
-    RawResponse { status: u16, content_type: String, body: String },
+    RawResponse {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
     /// Delays ACKs (all, or those of one EventType) by `ms`; later ACKs wait behind them.
     DelayAcks {
         ms: u64,
@@ -237,35 +241,57 @@ impl ConnectionFaults {
         let mut out = ConnectionFaults::default();
         for action in actions {
             match action {
-                Action::DropAfterBytes { bytes, close } => out.drop_after_bytes = Some((*bytes, *close)),
-                Action::DropAtFragment { fragment, close, delay_ms } => {
-                    out.drop_at_fragment = Some((*fragment, *close, Duration::from_millis(*delay_ms)))
+                Action::DropAfterBytes { bytes, close } => {
+                    out.drop_after_bytes = Some((*bytes, *close))
                 }
-                Action::DropAfterAck { fragment, event, close } => {
-                    out.drop_after_ack = Some((*fragment, event.clone(), *close))
+                Action::DropAtFragment {
+                    fragment,
+                    close,
+                    delay_ms,
+                } => {
+                    out.drop_at_fragment =
+                        Some((*fragment, *close, Duration::from_millis(*delay_ms)))
                 }
+                Action::DropAfterAck {
+                    fragment,
+                    event,
+                    close,
+                } => out.drop_after_ack = Some((*fragment, event.clone(), *close)),
                 Action::EndResponse { fragment } => out.end_response = Some(*fragment),
-                Action::EndResponseAfterBytes { bytes } => out.end_response_after_bytes = Some(*bytes),
+                Action::EndResponseAfterBytes { bytes } => {
+                    out.end_response_after_bytes = Some(*bytes)
+                }
                 Action::NoContinue => out.no_continue = true,
                 Action::StopReading { fragment } => out.stop_reading = Some(*fragment),
                 Action::Stall { bytes } => out.stall = Some(*bytes),
                 Action::SplitAcks { bytes } => out.split_acks = Some((*bytes).max(1) as usize),
-                Action::CoalesceAcks { count } => out.coalesce_acks = Some((*count).max(1) as usize),
-                Action::GarbleAck { fragment, event } => out.garble_ack = Some((*fragment, event.clone())),
+                Action::CoalesceAcks { count } => {
+                    out.coalesce_acks = Some((*count).max(1) as usize)
+                }
+                Action::GarbleAck { fragment, event } => {
+                    out.garble_ack = Some((*fragment, event.clone()))
+                }
                 Action::UnknownAck { fragment } => out.unknown_ack = Some(*fragment),
                 Action::EndlessLine { fragment } => out.endless_line = Some(*fragment),
                 Action::GarbleMedia { fragment } => out.garble_media = Some(*fragment),
-                Action::DelayAcks { ms, event } => {
-                    out.delay_acks.push((Duration::from_millis(*ms), event.clone()))
+                Action::DelayAcks { ms, event } => out
+                    .delay_acks
+                    .push((Duration::from_millis(*ms), event.clone())),
+                Action::WithholdAcks {
+                    event,
+                    from_fragment,
+                } => out
+                    .withhold_acks
+                    .push((event.clone(), from_fragment.unwrap_or(0))),
+                Action::ErrorAck { fragment, error_id } => {
+                    out.error_ack = Some((*fragment, *error_id))
                 }
-                Action::WithholdAcks { event, from_fragment } => {
-                    out.withhold_acks.push((event.clone(), from_fragment.unwrap_or(0)))
-                }
-                Action::ErrorAck { fragment, error_id } => out.error_ack = Some((*fragment, *error_id)),
                 Action::Throttle { bytes_per_second } => {
                     out.bytes_per_second = Some((*bytes_per_second).max(1))
                 }
-                Action::ErrorTag { fragment, error_id } => out.error_tag = Some((*fragment, *error_id)),
+                Action::ErrorTag { fragment, error_id } => {
+                    out.error_tag = Some((*fragment, *error_id))
+                }
                 Action::HttpError { .. } | Action::RawResponse { .. } => {}
             }
         }
@@ -278,7 +304,9 @@ impl ConnectionFaults {
 
     /// Whether an ACK of this EventType about the `index`-th fragment (0: none) is withheld.
     pub fn withholds(&self, event: &str, index: u64) -> bool {
-        self.withhold_acks.iter().any(|(filter, from)| index >= *from && Self::matches(filter, event))
+        self.withhold_acks
+            .iter()
+            .any(|(filter, from)| index >= *from && Self::matches(filter, event))
     }
 
     /// How long an ACK of this EventType is delayed.
@@ -306,7 +334,10 @@ impl Pacer {
         let Some(rate) = bytes_per_second else { return };
         let started = *self.started.get_or_insert_with(tokio::time::Instant::now);
         self.bytes += bytes as u64;
-        tokio::time::sleep_until(started + Duration::from_secs_f64(self.bytes as f64 / rate as f64)).await;
+        tokio::time::sleep_until(
+            started + Duration::from_secs_f64(self.bytes as f64 / rate as f64),
+        )
+        .await;
     }
 }
 
@@ -365,12 +396,17 @@ impl ConnectionKill {
 /// The raw response fault among `actions`, if any: status, content type and body.
 pub fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> {
     actions.iter().find_map(|action| match action {
-        Action::RawResponse { status, content_type, body } => {
+        Action::RawResponse {
+            status,
+            content_type,
+            body,
+        } => {
             use http_body_util::BodyExt;
-            let mut response =
-                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.clone())).boxed());
-            *response.status_mut() =
-                hyper::StatusCode::from_u16(*status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = hyper::Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(body.clone())).boxed(),
+            );
+            *response.status_mut() = hyper::StatusCode::from_u16(*status)
+                .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
             if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
                 response.headers_mut().insert("content-type", value);
             }
@@ -383,13 +419,19 @@ pub fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> 
 /// The first HTTP error fault among `actions`, if any.
 pub fn http_error(actions: &[Action]) -> Option<crate::error::ApiError> {
     actions.iter().find_map(|action| match action {
-        Action::HttpError { status, error, message } => {
-            let status =
-                hyper::StatusCode::from_u16(*status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        Action::HttpError {
+            status,
+            error,
+            message,
+        } => {
+            let status = hyper::StatusCode::from_u16(*status)
+                .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
             Some(crate::error::ApiError::new(
                 error.clone(),
                 status,
-                message.clone().unwrap_or_else(|| format!("Injected fault: {error}")),
+                message
+                    .clone()
+                    .unwrap_or_else(|| format!("Injected fault: {error}")),
             ))
         }
         _ => None,
@@ -407,7 +449,13 @@ mod tests {
             r#"{"api":"putMedia","stream":"cam1","kind":"drop_after_bytes","bytes":1000,"times":2}"#,
         )
         .unwrap();
-        assert_eq!(fault.action, Action::DropAfterBytes { bytes: 1000, close: Close::Drop });
+        assert_eq!(
+            fault.action,
+            Action::DropAfterBytes {
+                bytes: 1000,
+                close: Close::Drop
+            }
+        );
         faults.add(fault);
         assert!(faults.take("putMedia", Some("cam2")).is_empty());
         assert!(faults.take("getMedia", Some("cam1")).is_empty());
@@ -421,8 +469,14 @@ mod tests {
     #[test]
     fn connection_faults_filter_acks_by_event() {
         let faults = ConnectionFaults::new(&[
-            Action::WithholdAcks { event: Some("PERSISTED".into()), from_fragment: None },
-            Action::DelayAcks { ms: 1500, event: None },
+            Action::WithholdAcks {
+                event: Some("PERSISTED".into()),
+                from_fragment: None,
+            },
+            Action::DelayAcks {
+                ms: 1500,
+                event: None,
+            },
         ]);
         assert!(faults.withholds("PERSISTED", 1));
         assert!(!faults.withholds("RECEIVED", 1));

@@ -63,11 +63,11 @@ pub enum Start {
 
 /// Validates a GetMedia request's StartSelector.
 pub fn parse_start(selector: Option<&StartSelector>) -> Result<Start, ApiError> {
-    let selector = selector.ok_or_else(|| ApiError::invalid_argument("StartSelector must be specified."))?;
-    let kind = selector
-        .start_selector_type
-        .as_deref()
-        .ok_or_else(|| ApiError::invalid_argument("StartSelector.StartSelectorType must be specified."))?;
+    let selector =
+        selector.ok_or_else(|| ApiError::invalid_argument("StartSelector must be specified."))?;
+    let kind = selector.start_selector_type.as_deref().ok_or_else(|| {
+        ApiError::invalid_argument("StartSelector.StartSelectorType must be specified.")
+    })?;
     let timestamp_ms = || -> Result<i64, ApiError> {
         let seconds = selector.start_timestamp.ok_or_else(|| {
             ApiError::invalid_argument(format!(
@@ -78,54 +78,76 @@ pub fn parse_start(selector: Option<&StartSelector>) -> Result<Start, ApiError> 
     };
     let digits = |value: Option<&String>, field: &str| -> Result<String, ApiError> {
         let value = value.ok_or_else(|| {
-            ApiError::invalid_argument(format!("{field} must be specified for StartSelectorType {kind}."))
+            ApiError::invalid_argument(format!(
+                "{field} must be specified for StartSelectorType {kind}."
+            ))
         })?;
         let valid_number =
             !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_digit());
         if !valid_number {
-            return Err(ApiError::invalid_argument(format!("Invalid {field} {value:?}.")));
+            return Err(ApiError::invalid_argument(format!(
+                "Invalid {field} {value:?}."
+            )));
         }
         Ok(value.clone())
     };
     Ok(match kind {
         "NOW" => Start::Now,
         "EARLIEST" => Start::Earliest,
-        "FRAGMENT_NUMBER" => {
-            Start::FragmentNumber(digits(selector.after_fragment_number.as_ref(), "AfterFragmentNumber")?)
-        }
+        "FRAGMENT_NUMBER" => Start::FragmentNumber(digits(
+            selector.after_fragment_number.as_ref(),
+            "AfterFragmentNumber",
+        )?),
         "SERVER_TIMESTAMP" => Start::ServerTimestamp(timestamp_ms()?),
         "PRODUCER_TIMESTAMP" => Start::ProducerTimestamp(timestamp_ms()?),
-        "CONTINUATION_TOKEN" => {
-            Start::ContinuationToken(digits(selector.continuation_token.as_ref(), "ContinuationToken")?)
+        "CONTINUATION_TOKEN" => Start::ContinuationToken(digits(
+            selector.continuation_token.as_ref(),
+            "ContinuationToken",
+        )?),
+        other => {
+            return Err(ApiError::invalid_argument(format!(
+                "Invalid StartSelectorType {other:?}."
+            )));
         }
-        other => return Err(ApiError::invalid_argument(format!("Invalid StartSelectorType {other:?}."))),
     })
 }
 
 /// The sequence number of the first fragment to send, or an error when the start point does not exist.
 /// `None` means "the next fragment to arrive".
 pub fn start_sequence(fragments: &[Fragment], start: &Start) -> Result<Option<u64>, ApiError> {
-    let usable = || fragments.iter().filter(|f| f.state != FragmentState::Aborted);
-    let not_found = |what: &str| ApiError::resource_not_found(format!("The requested {what} was not found."));
+    let usable = || {
+        fragments
+            .iter()
+            .filter(|f| f.state != FragmentState::Aborted)
+    };
+    let not_found =
+        |what: &str| ApiError::resource_not_found(format!("The requested {what} was not found."));
     Ok(match start {
         Start::Earliest => usable().next().map(|f| f.sequence),
-        Start::Now => usable().find(|f| f.state == FragmentState::Ingesting).map(|f| f.sequence),
-        Start::FragmentNumber(number) => {
-            Some(usable().find(|f| &f.number == number).ok_or_else(|| not_found("fragment"))?.sequence)
-        }
+        Start::Now => usable()
+            .find(|f| f.state == FragmentState::Ingesting)
+            .map(|f| f.sequence),
+        Start::FragmentNumber(number) => Some(
+            usable()
+                .find(|f| &f.number == number)
+                .ok_or_else(|| not_found("fragment"))?
+                .sequence,
+        ),
         Start::ContinuationToken(token) => {
             let after = fragments
                 .iter()
                 .find(|f| &f.number == token)
                 .ok_or_else(|| not_found("continuation token"))?;
-            usable().find(|f| f.sequence > after.sequence).map(|f| f.sequence)
+            usable()
+                .find(|f| f.sequence > after.sequence)
+                .map(|f| f.sequence)
         }
-        Start::ServerTimestamp(ms) => {
-            usable().find(|f| f.server_ms + f.duration_ms >= *ms).map(|f| f.sequence)
-        }
-        Start::ProducerTimestamp(ms) => {
-            usable().find(|f| f.producer_ms + f.duration_ms.max(0) >= *ms).map(|f| f.sequence)
-        }
+        Start::ServerTimestamp(ms) => usable()
+            .find(|f| f.server_ms + f.duration_ms >= *ms)
+            .map(|f| f.sequence),
+        Start::ProducerTimestamp(ms) => usable()
+            .find(|f| f.producer_ms + f.duration_ms.max(0) >= *ms)
+            .map(|f| f.sequence),
     })
 }
 
@@ -223,8 +245,20 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(tx: mpsc::Sender<Bytes>, faults: ConnectionFaults, kill: Option<ConnectionKill>) -> Output {
-        Output { tx, faults, kill, sent: 0, fragments: 0, pacer: Pacer::default(), limit: None }
+    pub fn new(
+        tx: mpsc::Sender<Bytes>,
+        faults: ConnectionFaults,
+        kill: Option<ConnectionKill>,
+    ) -> Output {
+        Output {
+            tx,
+            faults,
+            kill,
+            sent: 0,
+            fragments: 0,
+            pacer: Pacer::default(),
+            limit: None,
+        }
     }
 
     /// Sends at most `bytes_per_second` (a throttle fault may slow it further).
@@ -244,7 +278,11 @@ impl Output {
     /// Counts a fragment about to be sent; false when a fault drops the connection or ends the session here.
     async fn begin_fragment(&mut self, fragment: &Fragment) -> bool {
         self.fragments += 1;
-        if let Some((_, how, _)) = self.faults.drop_at_fragment.filter(|(k, _, _)| *k == self.fragments) {
+        if let Some((_, how, _)) = self
+            .faults
+            .drop_at_fragment
+            .filter(|(k, _, _)| *k == self.fragments)
+        {
             self.drop_connection(how).await;
             return false;
         }
@@ -370,15 +408,23 @@ async fn send_fragment(
     loop {
         let (start, chunks, state, suffix) = {
             let streams = media.lock();
-            let Some(fragment) =
-                streams.get(arn).and_then(|m| m.fragments.iter().find(|f| f.sequence == sequence))
+            let Some(fragment) = streams
+                .get(arn)
+                .and_then(|m| m.fragments.iter().find(|f| f.sequence == sequence))
             else {
                 return false;
             };
             // The prefix, and what an error chunk would need (the fragment without its media).
             let start = (!started).then(|| {
-                let head = Fragment { cluster: Vec::new(), tags: Vec::new(), ..fragment.clone() };
-                (fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP), head)
+                let head = Fragment {
+                    cluster: Vec::new(),
+                    tags: Vec::new(),
+                    ..fragment.clone()
+                };
+                (
+                    fragment_prefix(fragment, tags::SERVER_TIMESTAMP, tags::PRODUCER_TIMESTAMP),
+                    head,
+                )
             });
             let chunks: Vec<Bytes> = fragment.cluster[sent_chunks..].to_vec();
             let done = fragment.state != FragmentState::Ingesting;
@@ -433,16 +479,26 @@ mod tests {
             continuation_token: None,
         };
         assert_eq!(parse_start(Some(&selector("NOW"))).unwrap(), Start::Now);
-        assert_eq!(parse_start(Some(&selector("EARLIEST"))).unwrap(), Start::Earliest);
-        for kind in
-            ["FRAGMENT_NUMBER", "SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP", "CONTINUATION_TOKEN", "LATEST"]
-        {
+        assert_eq!(
+            parse_start(Some(&selector("EARLIEST"))).unwrap(),
+            Start::Earliest
+        );
+        for kind in [
+            "FRAGMENT_NUMBER",
+            "SERVER_TIMESTAMP",
+            "PRODUCER_TIMESTAMP",
+            "CONTINUATION_TOKEN",
+            "LATEST",
+        ] {
             let err = parse_start(Some(&selector(kind))).unwrap_err();
             assert_eq!(err.name, "InvalidArgumentException", "{kind}");
         }
         let mut with_ts = selector("PRODUCER_TIMESTAMP");
         with_ts.start_timestamp = Some(1511852108.513);
-        assert_eq!(parse_start(Some(&with_ts)).unwrap(), Start::ProducerTimestamp(1_511_852_108_513));
+        assert_eq!(
+            parse_start(Some(&with_ts)).unwrap(),
+            Start::ProducerTimestamp(1_511_852_108_513)
+        );
         assert!(parse_start(None).is_err());
     }
 }

@@ -22,28 +22,70 @@ pub struct AckError {
 }
 
 impl AckError {
-    pub const STREAM_READ_ERROR: AckError = AckError { id: 4000, code: "STREAM_READ_ERROR" };
-    pub const MAX_FRAGMENT_SIZE_REACHED: AckError = AckError { id: 4001, code: "MAX_FRAGMENT_SIZE_REACHED" };
-    pub const MAX_FRAGMENT_DURATION_REACHED: AckError =
-        AckError { id: 4002, code: "MAX_FRAGMENT_DURATION_REACHED" };
-    pub const MAX_CONNECTION_DURATION_REACHED: AckError =
-        AckError { id: 4003, code: "MAX_CONNECTION_DURATION_REACHED" };
-    pub const FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS: AckError =
-        AckError { id: 4004, code: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS" };
-    pub const MORE_THAN_ONE_TRACK_FOUND: AckError = AckError { id: 4005, code: "MORE_THAN_ONE_TRACK_FOUND" };
-    pub const INVALID_MKV_DATA: AckError = AckError { id: 4006, code: "INVALID_MKV_DATA" };
-    pub const INVALID_PRODUCER_TIMESTAMP: AckError =
-        AckError { id: 4007, code: "INVALID_PRODUCER_TIMESTAMP" };
-    pub const STREAM_NOT_ACTIVE: AckError = AckError { id: 4008, code: "STREAM_NOT_ACTIVE" };
-    pub const FRAGMENT_METADATA_LIMIT_REACHED: AckError =
-        AckError { id: 4009, code: "FRAGMENT_METADATA_LIMIT_REACHED" };
-    pub const TRACK_NUMBER_MISMATCH: AckError = AckError { id: 4010, code: "TRACK_NUMBER_MISMATCH" };
-    pub const FRAMES_MISSING_FOR_TRACK: AckError = AckError { id: 4011, code: "FRAMES_MISSING_FOR_TRACK" };
-    pub const MORE_THAN_ALLOWED_TRACKS_FOUND: AckError =
-        AckError { id: 4012, code: "MORE_THAN_ALLOWED_TRACKS_FOUND" };
-    pub const STREAM_DELETED: AckError = AckError { id: 4507, code: "STREAM_DELETED" };
-    pub const INTERNAL_ERROR: AckError = AckError { id: 5000, code: "INTERNAL_ERROR" };
-    pub const ARCHIVAL_ERROR: AckError = AckError { id: 5001, code: "ARCHIVAL_ERROR" };
+    pub const STREAM_READ_ERROR: AckError = AckError {
+        id: 4000,
+        code: "STREAM_READ_ERROR",
+    };
+    pub const MAX_FRAGMENT_SIZE_REACHED: AckError = AckError {
+        id: 4001,
+        code: "MAX_FRAGMENT_SIZE_REACHED",
+    };
+    pub const MAX_FRAGMENT_DURATION_REACHED: AckError = AckError {
+        id: 4002,
+        code: "MAX_FRAGMENT_DURATION_REACHED",
+    };
+    pub const MAX_CONNECTION_DURATION_REACHED: AckError = AckError {
+        id: 4003,
+        code: "MAX_CONNECTION_DURATION_REACHED",
+    };
+    pub const FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS: AckError = AckError {
+        id: 4004,
+        code: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
+    };
+    pub const MORE_THAN_ONE_TRACK_FOUND: AckError = AckError {
+        id: 4005,
+        code: "MORE_THAN_ONE_TRACK_FOUND",
+    };
+    pub const INVALID_MKV_DATA: AckError = AckError {
+        id: 4006,
+        code: "INVALID_MKV_DATA",
+    };
+    pub const INVALID_PRODUCER_TIMESTAMP: AckError = AckError {
+        id: 4007,
+        code: "INVALID_PRODUCER_TIMESTAMP",
+    };
+    pub const STREAM_NOT_ACTIVE: AckError = AckError {
+        id: 4008,
+        code: "STREAM_NOT_ACTIVE",
+    };
+    pub const FRAGMENT_METADATA_LIMIT_REACHED: AckError = AckError {
+        id: 4009,
+        code: "FRAGMENT_METADATA_LIMIT_REACHED",
+    };
+    pub const TRACK_NUMBER_MISMATCH: AckError = AckError {
+        id: 4010,
+        code: "TRACK_NUMBER_MISMATCH",
+    };
+    pub const FRAMES_MISSING_FOR_TRACK: AckError = AckError {
+        id: 4011,
+        code: "FRAMES_MISSING_FOR_TRACK",
+    };
+    pub const MORE_THAN_ALLOWED_TRACKS_FOUND: AckError = AckError {
+        id: 4012,
+        code: "MORE_THAN_ALLOWED_TRACKS_FOUND",
+    };
+    pub const STREAM_DELETED: AckError = AckError {
+        id: 4507,
+        code: "STREAM_DELETED",
+    };
+    pub const INTERNAL_ERROR: AckError = AckError {
+        id: 5000,
+        code: "INTERNAL_ERROR",
+    };
+    pub const ARCHIVAL_ERROR: AckError = AckError {
+        id: 5001,
+        code: "ARCHIVAL_ERROR",
+    };
 
     /// Every id the service documents, for fault injection by id.
     pub const ALL: [AckError; 18] = [
@@ -63,8 +105,14 @@ impl AckError {
         Self::STREAM_DELETED,
         Self::INTERNAL_ERROR,
         Self::ARCHIVAL_ERROR,
-        AckError { id: 4500, code: "KMS_KEY_ACCESS_DENIED" },
-        AckError { id: 4501, code: "KMS_KEY_DISABLED" },
+        AckError {
+            id: 4500,
+            code: "KMS_KEY_ACCESS_DENIED",
+        },
+        AckError {
+            id: 4501,
+            code: "KMS_KEY_DISABLED",
+        },
     ];
 
     pub fn from_id(id: u32) -> Option<AckError> {
@@ -129,9 +177,17 @@ pub enum IngestEvent {
     /// The child that follows (as `Data`) is a frame: its track and producer time in ms since the epoch.
     Frame { track: u64, producer_ms: i64 },
     /// The open fragment is complete.
-    Completed { duration_ms: i64, frames: BTreeMap<u64, u64>, size: u64 },
+    Completed {
+        duration_ms: i64,
+        frames: BTreeMap<u64, u64>,
+        size: u64,
+    },
     /// The upload broke a rule; the connection must end with an ERROR ACK for `timecode`.
-    Failed { error: AckError, timecode: u64, reason: String },
+    Failed {
+        error: AckError,
+        timecode: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -171,7 +227,10 @@ impl Ingest {
             limits,
             timecode_type,
             producer_start_ms,
-            header: StreamHeader { timecode_scale: 1_000_000, ..StreamHeader::default() },
+            header: StreamHeader {
+                timecode_scale: 1_000_000,
+                ..StreamHeader::default()
+            },
             header_done: false,
             header_tags: Vec::new(),
             pending_tags: Vec::new(),
@@ -194,7 +253,10 @@ impl Ingest {
 
     /// The timecode of the open fragment, or of the last one.
     pub fn current_timecode(&self) -> u64 {
-        self.current.as_ref().and_then(|f| f.timecode).unwrap_or(self.last_timecode)
+        self.current
+            .as_ref()
+            .and_then(|f| f.timecode)
+            .unwrap_or(self.last_timecode)
     }
 
     /// Feeds body bytes; returns what they completed. After a `Failed` event, nothing more is reported.
@@ -244,15 +306,25 @@ impl Ingest {
 
     fn fail(&mut self, error: AckError, reason: String, out: &mut Vec<IngestEvent>) {
         self.failed = true;
-        out.push(IngestEvent::Failed { error, timecode: self.current_timecode(), reason });
+        out.push(IngestEvent::Failed {
+            error,
+            timecode: self.current_timecode(),
+            reason,
+        });
     }
 
-    fn on_event(&mut self, event: Event, out: &mut Vec<IngestEvent>) -> Result<(), (AckError, String)> {
+    fn on_event(
+        &mut self,
+        event: Event,
+        out: &mut Vec<IngestEvent>,
+    ) -> Result<(), (AckError, String)> {
         let invalid = |reason: String| (AckError::INVALID_MKV_DATA, reason);
         match event {
             Event::EbmlHeader(element) => {
                 if !self.header.ebml.is_empty() {
-                    return Err(invalid("a second EBML header in one PutMedia body".to_owned()));
+                    return Err(invalid(
+                        "a second EBML header in one PutMedia body".to_owned(),
+                    ));
                 }
                 header::doc_type(&element.data()).map_err(|e| invalid(e.to_string()))?;
                 self.header.ebml = element.to_bytes();
@@ -261,7 +333,8 @@ impl Ingest {
             Event::SegmentEnd { .. } => {}
             Event::Element(element) => match element.id {
                 id::TAGS => {
-                    let parsed = tags::parse_tags(&element.data()).map_err(|e| invalid(e.to_string()))?;
+                    let parsed =
+                        tags::parse_tags(&element.data()).map_err(|e| invalid(e.to_string()))?;
                     let end_of_fragment = parsed.iter().any(|t| t.name == tags::END_OF_FRAGMENT);
                     if !end_of_fragment {
                         // The documented metadata limits hold for every fragment's tags, the first fragment's
@@ -275,8 +348,13 @@ impl Ingest {
                                 ));
                             }
                         }
-                        let waiting = if self.header_done { &self.pending_tags } else { &self.header_tags };
-                        let count = parsed.len() + waiting.iter().map(|(_, count)| count).sum::<usize>();
+                        let waiting = if self.header_done {
+                            &self.pending_tags
+                        } else {
+                            &self.header_tags
+                        };
+                        let count =
+                            parsed.len() + waiting.iter().map(|(_, count)| count).sum::<usize>();
                         if count > self.limits.max_tags_per_fragment {
                             return Err((
                                 AckError::FRAGMENT_METADATA_LIMIT_REACHED,
@@ -300,16 +378,21 @@ impl Ingest {
                     )));
                 }
                 id::INFO => {
-                    self.header.timecode_scale =
-                        header::timecode_scale(&element.data()).map_err(|e| invalid(e.to_string()))?;
+                    self.header.timecode_scale = header::timecode_scale(&element.data())
+                        .map_err(|e| invalid(e.to_string()))?;
                     self.header.elements.push(element.to_bytes());
                 }
                 id::TRACKS => {
-                    let tracks = header::tracks(&element.data()).map_err(|e| invalid(e.to_string()))?;
+                    let tracks =
+                        header::tracks(&element.data()).map_err(|e| invalid(e.to_string()))?;
                     if tracks.len() > self.limits.max_tracks {
                         return Err((
                             AckError::MORE_THAN_ALLOWED_TRACKS_FOUND,
-                            format!("{} tracks (at most {})", tracks.len(), self.limits.max_tracks),
+                            format!(
+                                "{} tracks (at most {})",
+                                tracks.len(),
+                                self.limits.max_tracks
+                            ),
                         ));
                     }
                     self.header.tracks = tracks;
@@ -318,7 +401,10 @@ impl Ingest {
                 _ if !self.header_done => self.header.elements.push(element.to_bytes()),
                 _ => {} // Cues, Void, SeekHead... between clusters: not part of any fragment
             },
-            Event::ClusterStart { header: cluster_header, .. } => {
+            Event::ClusterStart {
+                header: cluster_header,
+                ..
+            } => {
                 if self.header.tracks.is_empty() {
                     return Err(invalid("a Cluster before any Tracks".to_owned()));
                 }
@@ -413,10 +499,16 @@ impl Ingest {
                 if !self.header.tracks.iter().any(|t| t.number == info.track) {
                     return Err((
                         AckError::TRACK_NUMBER_MISMATCH,
-                        format!("block for track {} which Tracks does not declare", info.track),
+                        format!(
+                            "block for track {} which Tracks does not declare",
+                            info.track
+                        ),
                     ));
                 }
-                let frame_ms = units_to_ms(i128::from(timecode) + i128::from(info.relative_timecode), scale);
+                let frame_ms = units_to_ms(
+                    i128::from(timecode) + i128::from(info.relative_timecode),
+                    scale,
+                );
                 if previous_max_ms.is_some_and(|previous| frame_ms <= previous) {
                     return Err((
                         AckError::FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
@@ -433,7 +525,10 @@ impl Ingest {
                 if fragment.max_ms - fragment.min_ms > limits.max_fragment_duration_ms {
                     return Err((
                         AckError::MAX_FRAGMENT_DURATION_REACHED,
-                        format!("fragment longer than {} ms", limits.max_fragment_duration_ms),
+                        format!(
+                            "fragment longer than {} ms",
+                            limits.max_fragment_duration_ms
+                        ),
                     ));
                 }
                 *fragment.frames.entry(info.track).or_default() += 1;
@@ -441,7 +536,10 @@ impl Ingest {
                     TimecodeType::Absolute => frame_ms,
                     TimecodeType::Relative => self.producer_start_ms.saturating_add(frame_ms),
                 };
-                out.push(IngestEvent::Frame { track: info.track, producer_ms });
+                out.push(IngestEvent::Frame {
+                    track: info.track,
+                    producer_ms,
+                });
             }
             _ => {}
         }
@@ -467,9 +565,15 @@ mod tests {
     /// Offset of a whole element's data (skips its ID and size).
     fn tag_data_offset(element: &[u8]) -> usize {
         let id_len = kvs_mkv::ebml::read_id(element).unwrap().unwrap().1;
-        id_len + kvs_mkv::ebml::read_size(&element[id_len..]).unwrap().unwrap().1
+        id_len
+            + kvs_mkv::ebml::read_size(&element[id_len..])
+                .unwrap()
+                .unwrap()
+                .1
     }
-    use kvs_mkv::ebml::{UNKNOWN_SIZE_8, write_binary, write_id, write_master, write_uint, write_uint_fixed};
+    use kvs_mkv::ebml::{
+        UNKNOWN_SIZE_8, write_binary, write_id, write_master, write_uint, write_uint_fixed,
+    };
     use kvs_mkv::tags::{SimpleTag, write_tags};
 
     /// A PutMedia body the way the C++ producer writes it.
@@ -494,7 +598,11 @@ mod tests {
                 write_binary(
                     &mut entry,
                     id::CODEC_ID,
-                    if number == 1 { b"V_MPEG4/ISO/AVC" } else { b"A_AAC" },
+                    if number == 1 {
+                        b"V_MPEG4/ISO/AVC"
+                    } else {
+                        b"A_AAC"
+                    },
                 );
                 write_master(&mut entries, id::TRACK_ENTRY, &entry, 1);
             }
@@ -544,9 +652,9 @@ mod tests {
                 IngestEvent::Started { timecode, .. } => Some(format!("start {timecode}")),
                 IngestEvent::Data(_) | IngestEvent::Frame { .. } => None,
                 IngestEvent::Completed { frames, .. } => Some(format!("done {frames:?}")),
-                IngestEvent::Failed { error, timecode, .. } => {
-                    Some(format!("error {} at {timecode}", error.id))
-                }
+                IngestEvent::Failed {
+                    error, timecode, ..
+                } => Some(format!("error {} at {timecode}", error.id)),
             })
             .collect()
     }
@@ -593,12 +701,17 @@ mod tests {
 
     #[test]
     fn fragment_bytes_are_the_cluster_as_sent() {
-        let body = Body::new(1).cluster(T0, &[(1, 0), (1, 33)]).end_of_fragment().0;
+        let body = Body::new(1)
+            .cluster(T0, &[(1, 0), (1, 33)])
+            .end_of_fragment()
+            .0;
         let events = run(&body, 7);
         let mut cluster = Vec::new();
         for event in &events {
             match event {
-                IngestEvent::Started { data, producer_ms, .. } => {
+                IngestEvent::Started {
+                    data, producer_ms, ..
+                } => {
                     assert_eq!(*producer_ms, T0 as i64);
                     data.iter().for_each(|b| cluster.extend_from_slice(b));
                 }
@@ -606,8 +719,14 @@ mod tests {
                 _ => {}
             }
         }
-        let start = body.windows(4).position(|w| w == [0x1F, 0x43, 0xB6, 0x75]).unwrap();
-        let end = body.windows(4).rposition(|w| w == [0x12, 0x54, 0xC3, 0x67]).unwrap();
+        let start = body
+            .windows(4)
+            .position(|w| w == [0x1F, 0x43, 0xB6, 0x75])
+            .unwrap();
+        let end = body
+            .windows(4)
+            .rposition(|w| w == [0x12, 0x54, 0xC3, 0x67])
+            .unwrap();
         assert_eq!(cluster, &body[start..end]);
     }
 
@@ -616,7 +735,14 @@ mod tests {
         let body = Body::new(1).cluster(2000, &[(1, 0)]).0;
         let mut ingest = Ingest::new(TimecodeType::Relative, 1_511_852_108_513, Limits::default());
         let events = ingest.push(&body);
-        let IngestEvent::Started { producer_ms, timecode, .. } = &events[0] else { panic!("{events:?}") };
+        let IngestEvent::Started {
+            producer_ms,
+            timecode,
+            ..
+        } = &events[0]
+        else {
+            panic!("{events:?}")
+        };
         assert_eq!((*timecode, *producer_ms), (2000, 1_511_852_110_513));
     }
 
@@ -660,23 +786,36 @@ mod tests {
 
     #[test]
     fn timecodes_going_backwards_within_a_connection() {
-        let body = Body::new(1).cluster(T0, &[(1, 0), (1, 33)]).cluster(T0 + 33, &[(1, 0)]).0;
+        let body = Body::new(1)
+            .cluster(T0, &[(1, 0), (1, 33)])
+            .cluster(T0 + 33, &[(1, 0)])
+            .0;
         let (id, reason) = failure(&body);
         assert_eq!(id, 4004, "{reason}");
         let events = run(&body, 1000);
-        assert!(matches!(events.last(), Some(IngestEvent::Failed { timecode, .. }) if *timecode == T0 + 33));
+        assert!(
+            matches!(events.last(), Some(IngestEvent::Failed { timecode, .. }) if *timecode == T0 + 33)
+        );
     }
 
     #[test]
     fn fragment_longer_than_the_duration_limit() {
-        let body = Body::new(1).cluster(T0, &[(1, 0), (1, 5000), (1, 10_001)]).0;
+        let body = Body::new(1)
+            .cluster(T0, &[(1, 0), (1, 5000), (1, 10_001)])
+            .0;
         assert_eq!(failure(&body).0, 4002);
     }
 
     #[test]
     fn fragment_larger_than_the_size_limit() {
-        let mut ingest =
-            Ingest::new(TimecodeType::Absolute, 0, Limits { max_fragment_bytes: 1000, ..Limits::default() });
+        let mut ingest = Ingest::new(
+            TimecodeType::Absolute,
+            0,
+            Limits {
+                max_fragment_bytes: 1000,
+                ..Limits::default()
+            },
+        );
         let body = Body::new(1).cluster(T0, &[(1, 0); 12]).0;
         let events = ingest.push(&body);
         assert!(
@@ -692,8 +831,14 @@ mod tests {
         assert_eq!(failure(&body).0, 4010);
         let body = Body::new(4).cluster(T0, &[(1, 0)]).0;
         assert_eq!(failure(&body).0, 4012);
-        let body = Body::new(3).cluster(T0, &[(1, 0), (2, 0), (3, 0)]).end_of_fragment().0;
-        assert_eq!(summary(&run(&body, 100)), [format!("start {T0}"), "done {1: 1, 2: 1, 3: 1}".into()]);
+        let body = Body::new(3)
+            .cluster(T0, &[(1, 0), (2, 0), (3, 0)])
+            .end_of_fragment()
+            .0;
+        assert_eq!(
+            summary(&run(&body, 100)),
+            [format!("start {T0}"), "done {1: 1, 2: 1, 3: 1}".into()]
+        );
     }
 
     #[test]
@@ -702,14 +847,22 @@ mod tests {
         body.extend_from_slice(&Body::new(1).cluster(T0 + 100, &[(1, 0)]).0);
         let (id, reason) = failure(&body);
         assert_eq!(id, 4006);
-        assert!(reason.contains("unexpected") || reason.contains("second"), "{reason}");
+        assert!(
+            reason.contains("unexpected") || reason.contains("second"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn too_many_metadata_tags() {
-        let many: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let many: Vec<(String, String)> =
+            (0..11).map(|i| (format!("k{i}"), "v".to_owned())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let body = Body::new(1).cluster(T0, &[(1, 0)]).tags(&many).cluster(T0 + 40, &[(1, 0)]).0;
+        let body = Body::new(1)
+            .cluster(T0, &[(1, 0)])
+            .tags(&many)
+            .cluster(T0 + 40, &[(1, 0)])
+            .0;
         assert_eq!(failure(&body).0, 4009);
     }
 
@@ -720,8 +873,12 @@ mod tests {
             ("AWS_KINESISVIDEO_IMAGE_GENERATION", ""),
             ("AWS_KINESISVIDEO_IMAGE_PREFIX", "cam1/"),
         ];
-        let body =
-            Body::new(1).cluster(T0, &[(1, 0)]).tags(&event).cluster(T0 + 40, &[(1, 0)]).end_of_fragment().0;
+        let body = Body::new(1)
+            .cluster(T0, &[(1, 0)])
+            .tags(&event)
+            .cluster(T0 + 40, &[(1, 0)])
+            .end_of_fragment()
+            .0;
         let started: Vec<Vec<String>> = run(&body, 64)
             .into_iter()
             .filter_map(|e| match e {
@@ -734,19 +891,43 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(started, [vec![], event.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>()]);
+        assert_eq!(
+            started,
+            [
+                vec![],
+                event.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>()
+            ]
+        );
         // Three event tags and eight of the application's: eleven, one too many (4009), right after the
         // header as much as between clusters.
-        let user: Vec<(String, String)> = (0..8).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let user: Vec<(String, String)> =
+            (0..8).map(|i| (format!("k{i}"), "v".to_owned())).collect();
         let user: Vec<(&str, &str)> = user.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let between =
-            Body::new(1).cluster(T0, &[(1, 0)]).tags(&event).tags(&user).cluster(T0 + 40, &[(1, 0)]).0;
-        assert_eq!(failure(&between), (4009, "11 metadata tags for one fragment (at most 10)".to_owned()));
-        let first = Body::new(1).tags(&event).tags(&user).cluster(T0, &[(1, 0)]).0;
+        let between = Body::new(1)
+            .cluster(T0, &[(1, 0)])
+            .tags(&event)
+            .tags(&user)
+            .cluster(T0 + 40, &[(1, 0)])
+            .0;
+        assert_eq!(
+            failure(&between),
+            (
+                4009,
+                "11 metadata tags for one fragment (at most 10)".to_owned()
+            )
+        );
+        let first = Body::new(1)
+            .tags(&event)
+            .tags(&user)
+            .cluster(T0, &[(1, 0)])
+            .0;
         assert_eq!(failure(&first).0, 4009);
         // An image prefix longer than 256 bytes.
         let prefix = "p".repeat(257);
-        let long = Body::new(1).tags(&[("AWS_KINESISVIDEO_IMAGE_PREFIX", &prefix)]).cluster(T0, &[(1, 0)]).0;
+        let long = Body::new(1)
+            .tags(&[("AWS_KINESISVIDEO_IMAGE_PREFIX", &prefix)])
+            .cluster(T0, &[(1, 0)])
+            .0;
         assert_eq!(failure(&long).0, 4009);
     }
 
@@ -757,9 +938,18 @@ mod tests {
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut ingest = Ingest::new(TimecodeType::Absolute, 0, Limits::default());
         let events: Vec<_> = body.chunks(8192).flat_map(|c| ingest.push(c)).collect();
-        let completed = events.iter().filter(|e| matches!(e, IngestEvent::Completed { .. })).count();
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e, IngestEvent::Completed { .. }))
+            .count();
         assert!(completed >= 5, "{:?}", summary(&events));
-        assert!(!events.iter().any(|e| matches!(e, IngestEvent::Failed { .. })), "{:?}", summary(&events));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, IngestEvent::Failed { .. })),
+            "{:?}",
+            summary(&events)
+        );
         assert_eq!(ingest.header().tracks[0].codec_id, "V_MPEG4/ISO/AVC");
         let _ = UNKNOWN_SIZE_8;
     }

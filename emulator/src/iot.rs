@@ -53,20 +53,32 @@ pub struct IotConfig {
 pub fn acceptor(config: &IotConfig) -> Result<TlsAcceptor, String> {
     let (certs, key) = crate::tls::certificate(&config.cert, &config.key)?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&config.client_ca)
-        .map_err(|e| format!("cannot read the client CA {}: {e}", config.client_ca.display()))?
-    {
-        let cert =
-            cert.map_err(|e| format!("cannot read the client CA {}: {e}", config.client_ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("the client CA {} is unusable: {e}", config.client_ca.display()))?;
+    for cert in CertificateDer::pem_file_iter(&config.client_ca).map_err(|e| {
+        format!(
+            "cannot read the client CA {}: {e}",
+            config.client_ca.display()
+        )
+    })? {
+        let cert = cert.map_err(|e| {
+            format!(
+                "cannot read the client CA {}: {e}",
+                config.client_ca.display()
+            )
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "the client CA {} is unusable: {e}",
+                config.client_ca.display()
+            )
+        })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("client certificate verification: {e}"))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client certificate verification: {e}"))?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -116,16 +128,23 @@ pub async fn serve(
 }
 
 fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(json!({ "message": text }).to_string())));
+    let mut response = Response::new(Full::new(Bytes::from(
+        json!({ "message": text }).to_string(),
+    )));
     *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
     response
 }
 
 /// `n` random characters from `alphabet`.
 fn random(alphabet: &[u8], n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
+    (0..n)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
 }
 
 fn answer(
@@ -138,7 +157,11 @@ fn answer(
         ("GET", ["role-aliases", alias, "credentials"]) => *alias,
         _ => return message(StatusCode::NOT_FOUND, "Not Found"),
     };
-    let thing = request.headers().get("x-amzn-iot-thingname").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let thing = request
+        .headers()
+        .get("x-amzn-iot-thingname")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if thing.is_empty() {
         return message(StatusCode::BAD_REQUEST, "Missing thingName");
     }
@@ -152,8 +175,12 @@ fn answer(
     let token = random(ANY, 300);
     // Whole seconds, as the expiration is written.
     let expires = SystemTime::now() + config.lifetime;
-    let expiration = chrono::DateTime::<chrono::Utc>::from(expires).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let expires = chrono::DateTime::parse_from_rfc3339(&expiration).map(SystemTime::from).unwrap_or(expires);
+    let expiration = chrono::DateTime::<chrono::Utc>::from(expires)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let expires = chrono::DateTime::parse_from_rfc3339(&expiration)
+        .map(SystemTime::from)
+        .unwrap_or(expires);
     if let Some(verifier) = verifier {
         verifier.accept(&access_key_id, &secret, Some(expires));
     }
@@ -166,6 +193,9 @@ fn answer(
         }
     });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
     response
 }

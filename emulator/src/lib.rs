@@ -101,7 +101,11 @@ impl Default for Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The secrets are never printed.
-        let key_ids: Vec<&str> = self.credentials.iter().map(|(key_id, _)| key_id.as_str()).collect();
+        let key_ids: Vec<&str> = self
+            .credentials
+            .iter()
+            .map(|(key_id, _)| key_id.as_str())
+            .collect();
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("region", &self.region)
@@ -153,7 +157,11 @@ impl State {
     }
 
     fn scheme(&self) -> &'static str {
-        if self.config.tls.is_some() { "https" } else { "http" }
+        if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
@@ -182,11 +190,23 @@ impl State {
     pub async fn streams_changed(self: &Arc<Self>) {
         let state = self.clone();
         let result = tokio::task::spawn_blocking(move || match &state.data_dir {
-            Some(dir) => dir.save_streams(&state.store).and_then(|()| dir.prune(&state.store, &state.media)),
+            Some(dir) => dir
+                .save_streams(&state.store)
+                .and_then(|()| dir.prune(&state.store, &state.media)),
             None => {
-                let live: Vec<String> = state.store.lock().iter().map(|s| s.stream_arn.clone()).collect();
-                let gone: Vec<String> =
-                    state.media.lock().keys().filter(|arn| !live.contains(arn)).cloned().collect();
+                let live: Vec<String> = state
+                    .store
+                    .lock()
+                    .iter()
+                    .map(|s| s.stream_arn.clone())
+                    .collect();
+                let gone: Vec<String> = state
+                    .media
+                    .lock()
+                    .keys()
+                    .filter(|arn| !live.contains(arn))
+                    .cloned()
+                    .collect();
                 gone.iter().for_each(|arn| state.media.remove(arn));
                 Ok(())
             }
@@ -202,7 +222,13 @@ impl State {
         match &self.verifier {
             None => Ok(()),
             Some(verifier) => verifier
-                .verify(request.method.as_str(), &request.uri, &request.headers, payload, SystemTime::now())
+                .verify(
+                    request.method.as_str(),
+                    &request.uri,
+                    &request.headers,
+                    payload,
+                    SystemTime::now(),
+                )
                 .map(|_| ()),
         }
     }
@@ -211,7 +237,9 @@ impl State {
 /// `host:port` or `[v6]:port` → the host part.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(v6, _)| &host[..v6.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(v6, _)| &host[..v6.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
@@ -239,9 +267,10 @@ impl Emulator {
         let mut state = State::new(config, local_addr);
         if let Some(dir) = &state.config.data_dir {
             let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-            let data_dir =
-                DataDir::open(dir).map_err(|e| invalid(format!("--data-dir {}: {e}", dir.display())))?;
-            let (streams, fragments) = data_dir.load(&state.store, &state.media).map_err(invalid)?;
+            let data_dir = DataDir::open(dir)
+                .map_err(|e| invalid(format!("--data-dir {}: {e}", dir.display())))?;
+            let (streams, fragments) =
+                data_dir.load(&state.store, &state.media).map_err(invalid)?;
             eprintln!(
                 "kvs-emulator: loaded {streams} streams and {fragments} fragments from {}",
                 dir.display()
@@ -252,11 +281,16 @@ impl Emulator {
         let iot = match state.config.iot.clone() {
             Some(config) => {
                 let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-                let acceptor = iot::acceptor(&config).map_err(|e| invalid(format!("IoT endpoint: {e}")))?;
+                let acceptor =
+                    iot::acceptor(&config).map_err(|e| invalid(format!("IoT endpoint: {e}")))?;
                 let listener = TcpListener::bind(config.listen).await?;
                 let addr = listener.local_addr()?;
-                let task =
-                    tokio::spawn(iot::serve(listener, acceptor, Arc::new(config), state.verifier.clone()));
+                let task = tokio::spawn(iot::serve(
+                    listener,
+                    acceptor,
+                    Arc::new(config),
+                    state.verifier.clone(),
+                ));
                 Some((addr, task))
             }
             None => None,
@@ -299,7 +333,11 @@ impl Emulator {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -339,7 +377,8 @@ where
         request.extensions_mut().insert(handle_kill.clone());
         handle(state.clone(), request)
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = &mut conn => {
@@ -359,7 +398,10 @@ where
 
 /// Serves one request and logs one line: method, path (never the query, which may hold a presigned
 /// signature or a session token; never a header), status and, for errors, the error name.
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = route(&state, request).await;
@@ -370,7 +412,10 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         .and_then(|value| value.split(':').next())
         .map(|name| format!(" {name}"))
         .unwrap_or_default();
-    eprintln!("kvs-emulator: {method} {path} {}{error_name}", response.status().as_u16());
+    eprintln!(
+        "kvs-emulator: {method} {path} {}{error_name}",
+        response.status().as_u16()
+    );
     Ok(response)
 }
 
@@ -390,14 +435,19 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
             Ok(body) => {
                 let state = state.clone();
                 let method = parts.method.as_str().to_owned();
-                tokio::task::spawn_blocking(move || admin::handle(&state, &method, &admin_path, &body))
-                    .await
-                    .unwrap_or_else(|e| Err(ApiError::internal(format!("admin call failed: {e}"))))
+                tokio::task::spawn_blocking(move || {
+                    admin::handle(&state, &method, &admin_path, &body)
+                })
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(format!("admin call failed: {e}"))))
             }
             Err(err) => Err(err),
         };
         return match result {
-            Ok(output) => boxed(error::json_response(hyper::StatusCode::OK, output.to_string().into_bytes())),
+            Ok(output) => boxed(error::json_response(
+                hyper::StatusCode::OK,
+                output.to_string().into_bytes(),
+            )),
             Err(err) => boxed(err.into_response()),
         };
     }
@@ -419,12 +469,12 @@ pub async fn route(state: &Arc<State>, request: Request<Incoming>) -> Response<B
             putmedia::put_media(ctx, Request::from_parts(parts, body)).await
         }
         "/getMedia" => get_media(state, request).await,
-        "/listFragments" => {
-            list_fragments(state, request).await.unwrap_or_else(|err| boxed(err.into_response()))
-        }
-        "/getMediaForFragmentList" => {
-            get_media_for_fragment_list(state, request).await.unwrap_or_else(|err| boxed(err.into_response()))
-        }
+        "/listFragments" => list_fragments(state, request)
+            .await
+            .unwrap_or_else(|err| boxed(err.into_response())),
+        "/getMediaForFragmentList" => get_media_for_fragment_list(state, request)
+            .await
+            .unwrap_or_else(|err| boxed(err.into_response())),
         _ => control_plane(state, request).await,
     }
 }
@@ -459,11 +509,20 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         Ok(start) => start,
         Err(err) => return boxed(err.into_response()),
     };
-    let arn = match stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref()) {
+    let arn = match stream_arn_of(
+        state,
+        request.stream_name.as_deref(),
+        request.stream_arn.as_deref(),
+    ) {
         Ok(arn) => arn,
         Err(err) => return boxed(err.into_response()),
     };
-    let name = state.store.lock().find(None, Some(&arn)).ok().map(|s| s.stream_name.clone());
+    let name = state
+        .store
+        .lock()
+        .find(None, Some(&arn))
+        .ok()
+        .map(|s| s.stream_name.clone());
     let actions = state.faults.take("getMedia", name.as_deref());
     if let (Some(kill), Some(name)) = (&kill, &name) {
         state.faults.register("getMedia", name, kill);
@@ -476,7 +535,9 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     }
     let first = {
         let streams = state.media.lock();
-        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        let fragments = streams
+            .get(&arn)
+            .map_or(&[][..], |m| m.fragments.as_slice());
         match getmedia::start_sequence(fragments, &start) {
             Ok(first) => first,
             Err(err) => return boxed(err.into_response()),
@@ -489,15 +550,27 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let store = state.store.clone();
     let media = state.media.clone();
-    let rate = state.config.put_media.service_limits.then_some(limits::BYTES_PER_SECOND);
+    let rate = state
+        .config
+        .put_media
+        .service_limits
+        .then_some(limits::BYTES_PER_SECOND);
     tokio::spawn(async move {
         let _slot = slot;
-        let out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
+        let out =
+            getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
         getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, out).await;
     });
-    let mut response = Response::new(putmedia::stream_body(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
-    response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
+    let mut response = Response::new(putmedia::stream_body(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("video/webm"),
+    );
+    response
+        .headers_mut()
+        .insert("x-amzn-requestid", error::new_request_id());
     response
 }
 
@@ -510,26 +583,40 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// The ARN of the stream a request names.
 fn stream_arn_of(state: &State, name: Option<&str>, arn: Option<&str>) -> Result<String, ApiError> {
     if name.is_none() && arn.is_none() {
-        return Err(ApiError::invalid_argument("Either StreamName or StreamARN must be specified."));
+        return Err(ApiError::invalid_argument(
+            "Either StreamName or StreamARN must be specified.",
+        ));
     }
     Ok(state.store.lock().find(name, arn)?.stream_arn.clone())
 }
 
 /// `POST /listFragments`.
-async fn list_fragments(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn list_fragments(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_signed(state, request).await?;
     injected_error(state, "listFragments", &body)?;
     let request: archived::ListFragmentsRequest = parse_json(&body)?;
-    let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
+    let arn = stream_arn_of(
+        state,
+        request.stream_name.as_deref(),
+        request.stream_arn.as_deref(),
+    )?;
     if state.config.put_media.service_limits {
         state.read_limits.call("ListFragments", &arn)?;
     }
     let output = {
         let streams = state.media.lock();
-        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        let fragments = streams
+            .get(&arn)
+            .map_or(&[][..], |m| m.fragments.as_slice());
         archived::list_fragments(fragments, &request)?
     };
-    Ok(boxed(error::json_response(hyper::StatusCode::OK, output.to_string().into_bytes())))
+    Ok(boxed(error::json_response(
+        hyper::StatusCode::OK,
+        output.to_string().into_bytes(),
+    )))
 }
 
 /// `POST /getMediaForFragmentList`: the fragments asked for, in that order, in the GetMedia layout.
@@ -540,25 +627,44 @@ async fn get_media_for_fragment_list(
     let kill = request.extensions().get::<ConnectionKill>().cloned();
     let (_, body) = read_signed(state, request).await?;
     // Its faults: an HTTP error, or (on the response) throttle and drop_after_bytes, as for GetMedia.
-    let actions = state.faults.take("getMediaForFragmentList", request_stream(state, &body).as_deref());
+    let actions = state.faults.take(
+        "getMediaForFragmentList",
+        request_stream(state, &body).as_deref(),
+    );
     if let Some(err) = faults::http_error(&actions) {
         return Err(err);
     }
     let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
-    let arn = stream_arn_of(state, request.stream_name.as_deref(), request.stream_arn.as_deref())?;
-    let slot = read_slot(state, "GetMediaForFragmentList", &arn, limits::FRAGMENT_LIST_CONNECTIONS)?;
+    let arn = stream_arn_of(
+        state,
+        request.stream_name.as_deref(),
+        request.stream_arn.as_deref(),
+    )?;
+    let slot = read_slot(
+        state,
+        "GetMediaForFragmentList",
+        &arn,
+        limits::FRAGMENT_LIST_CONNECTIONS,
+    )?;
     let numbers = request.fragments.unwrap_or_default();
     let chunks: Vec<Bytes> = {
         let streams = state.media.lock();
-        let fragments = streams.get(&arn).map_or(&[][..], |m| m.fragments.as_slice());
+        let fragments = streams
+            .get(&arn)
+            .map_or(&[][..], |m| m.fragments.as_slice());
         archived::select_fragments(fragments, &numbers)?
             .into_iter()
             .flat_map(archived::fragment_document)
             .collect()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let rate = state.config.put_media.service_limits.then_some(limits::BYTES_PER_SECOND);
-    let mut out = getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
+    let rate = state
+        .config
+        .put_media
+        .service_limits
+        .then_some(limits::BYTES_PER_SECOND);
+    let mut out =
+        getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
     tokio::spawn(async move {
         let _slot = slot;
         for chunk in chunks {
@@ -567,9 +673,16 @@ async fn get_media_for_fragment_list(
             }
         }
     });
-    let mut response = Response::new(putmedia::stream_body(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("video/webm"));
-    response.headers_mut().insert("x-amzn-requestid", error::new_request_id());
+    let mut response = Response::new(putmedia::stream_body(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("video/webm"),
+    );
+    response
+        .headers_mut()
+        .insert("x-amzn-requestid", error::new_request_id());
     Ok(response)
 }
 
@@ -586,15 +699,26 @@ fn injected_error(state: &State, api: &str, body: &[u8]) -> Result<(), ApiError>
 /// The name of the stream a JSON request body names (by name or ARN), if any.
 fn request_stream(state: &State, body: &[u8]) -> Option<String> {
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    match (request["StreamName"].as_str(), request["StreamARN"].as_str()) {
+    match (
+        request["StreamName"].as_str(),
+        request["StreamARN"].as_str(),
+    ) {
         (Some(name), _) => Some(name.to_owned()),
-        (None, Some(arn)) => state.store.lock().find(None, Some(arn)).ok().map(|s| s.stream_name.clone()),
+        (None, Some(arn)) => state
+            .store
+            .lock()
+            .find(None, Some(arn))
+            .ok()
+            .map(|s| s.stream_name.clone()),
         (None, None) => None,
     }
 }
 
 /// Reads a JSON-API request's (small) body and checks its signature.
-async fn read_signed(state: &State, request: Request<Incoming>) -> Result<(Parts, Bytes), ApiError> {
+async fn read_signed(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<(Parts, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts, body, MAX_CONTROL_BODY_BYTES).await?;
     state.verify(&parts, Payload::Bytes(&body))?;
@@ -603,14 +727,21 @@ async fn read_signed(state: &State, request: Request<Incoming>) -> Result<(Parts
 
 /// Reads a whole request body of at most `limit` bytes.
 pub async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ApiError::request_too_large(limit));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::request_too_large(limit)),
-        Err(err) => Err(ApiError::serialization(format!("Could not read the request body: {err}"))),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::request_too_large(limit))
+        }
+        Err(err) => Err(ApiError::serialization(format!(
+            "Could not read the request body: {err}"
+        ))),
     }
 }
 
@@ -650,7 +781,10 @@ mod tests {
 
     #[test]
     fn config_debug_hides_secrets() {
-        let config = Config { credentials: vec![("AKID".into(), "TOPSECRET".into())], ..Config::default() };
+        let config = Config {
+            credentials: vec![("AKID".into(), "TOPSECRET".into())],
+            ..Config::default()
+        };
         let shown = format!("{config:?}");
         assert!(shown.contains("AKID"));
         assert!(!shown.contains("TOPSECRET"));

@@ -50,7 +50,10 @@ impl ReadLimits {
         let now = Instant::now();
         let mut calls = lock(&self.calls);
         let recent = calls.entry((api, arn.to_owned())).or_default();
-        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
             recent.pop_front();
         }
         if recent.len() >= CALLS_PER_SECOND {
@@ -68,7 +71,12 @@ impl ReadLimits {
 
     /// Opens a connection of `api` on the stream, held until the slot is dropped; refuses it when `most` are
     /// open.
-    pub fn open(self: &Arc<Self>, api: &'static str, arn: &str, most: usize) -> Result<Slot, ApiError> {
+    pub fn open(
+        self: &Arc<Self>,
+        api: &'static str,
+        arn: &str,
+        most: usize,
+    ) -> Result<Slot, ApiError> {
         let key = (api, arn.to_owned());
         let mut open = lock(&self.open);
         let count = open.entry(key.clone()).or_default();
@@ -80,7 +88,10 @@ impl ReadLimits {
             ));
         }
         *count += 1;
-        Ok(Slot { limits: self.clone(), key })
+        Ok(Slot {
+            limits: self.clone(),
+            key,
+        })
     }
 }
 
@@ -113,7 +124,9 @@ mod tests {
         assert_eq!(refused.name, "ClientLimitExceededException");
         limits.call("GetMedia", "b").unwrap();
         limits.call("ListFragments", "a").unwrap();
-        let slots: Vec<Slot> = (0..3).map(|_| limits.open("GetMedia", "a", 3).unwrap()).collect();
+        let slots: Vec<Slot> = (0..3)
+            .map(|_| limits.open("GetMedia", "a", 3).unwrap())
+            .collect();
         let refused = limits.open("GetMedia", "a", 3).unwrap_err();
         assert_eq!(refused.name, "ConnectionLimitExceededException");
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);

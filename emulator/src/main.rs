@@ -105,15 +105,16 @@ fn more_credentials(file: Option<&std::path::Path>) -> Result<Vec<(String, Strin
         }
     }
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             out.push(
-                parse_credentials(line).map_err(|e| format!("{}, line {}: {e}", path.display(), n + 1))?,
+                parse_credentials(line)
+                    .map_err(|e| format!("{}, line {}: {e}", path.display(), n + 1))?,
             );
         }
     }
@@ -137,15 +138,22 @@ async fn main() -> std::process::ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         data_dir: args.data_dir,
         record_arrivals: args.record_arrivals,
-        iot: match (args.iot_listen, args.iot_cert, args.iot_key, args.iot_client_ca) {
-            (Some(listen), Some(cert), Some(key), Some(client_ca)) => Some(kvs_emulator::iot::IotConfig {
-                listen,
-                cert,
-                key,
-                client_ca,
-                role_aliases: args.iot_role_alias,
-                lifetime: Duration::from_secs(args.iot_credential_lifetime.max(1)),
-            }),
+        iot: match (
+            args.iot_listen,
+            args.iot_cert,
+            args.iot_key,
+            args.iot_client_ca,
+        ) {
+            (Some(listen), Some(cert), Some(key), Some(client_ca)) => {
+                Some(kvs_emulator::iot::IotConfig {
+                    listen,
+                    cert,
+                    key,
+                    client_ca,
+                    role_aliases: args.iot_role_alias,
+                    lifetime: Duration::from_secs(args.iot_credential_lifetime.max(1)),
+                })
+            }
             _ => None,
         },
         put_media: PutMediaConfig {

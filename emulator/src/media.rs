@@ -15,8 +15,9 @@ use tokio::sync::watch;
 pub fn mint_fragment_number(sequence: u64, server_ms: u64, random28: u32) -> String {
     // Three 64-bit limbs, most significant first: bits 128..191, 64..127, 0..63.
     let value: [u64; 3] = {
-        let low =
-            (u128::from(server_ms) << 28) | u128::from(random28 & 0x0FFF_FFFF) | (u128::from(sequence) << 92);
+        let low = (u128::from(server_ms) << 28)
+            | u128::from(random28 & 0x0FFF_FFFF)
+            | (u128::from(sequence) << 92);
         let high = (1u64 << 28) | (sequence >> 36);
         [high, (low >> 64) as u64, low as u64]
     };
@@ -35,7 +36,9 @@ fn to_decimal(mut limbs: [u64; 3]) -> String {
         }
         chunks.push(remainder as u64);
     }
-    let mut out = chunks.pop().map_or_else(|| "0".to_owned(), |c| c.to_string());
+    let mut out = chunks
+        .pop()
+        .map_or_else(|| "0".to_owned(), |c| c.to_string());
     while let Some(chunk) = chunks.pop() {
         out.push_str(&format!("{chunk:019}"));
     }
@@ -89,11 +92,17 @@ pub struct StreamMedia {
 impl StreamMedia {
     /// The fragment with this sequence number (fragments are kept in sequence order).
     pub fn get(&self, sequence: u64) -> Option<&Fragment> {
-        self.fragments.binary_search_by_key(&sequence, |f| f.sequence).ok().map(|i| &self.fragments[i])
+        self.fragments
+            .binary_search_by_key(&sequence, |f| f.sequence)
+            .ok()
+            .map(|i| &self.fragments[i])
     }
 
     pub fn get_mut(&mut self, sequence: u64) -> Option<&mut Fragment> {
-        self.fragments.binary_search_by_key(&sequence, |f| f.sequence).ok().map(|i| &mut self.fragments[i])
+        self.fragments
+            .binary_search_by_key(&sequence, |f| f.sequence)
+            .ok()
+            .map(|i| &mut self.fragments[i])
     }
 
     /// Drops fragments that started before `before_ms` (server time), oldest first, as the service drops
@@ -117,7 +126,10 @@ pub struct MediaStore {
 
 impl Default for MediaStore {
     fn default() -> Self {
-        MediaStore { streams: Mutex::new(HashMap::new()), changed: watch::channel(0).0 }
+        MediaStore {
+            streams: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+        }
     }
 }
 
@@ -139,9 +151,16 @@ impl MediaStore {
     /// Drops the stream's fragments older than its retention (0 hours: the 5 minutes the service keeps for
     /// live readers); returns the sequence numbers dropped.
     pub fn expire(&self, arn: &str, retention_hours: u32, now_ms: i64) -> Vec<u64> {
-        let window_ms =
-            if retention_hours == 0 { LIVE_BUFFER_MS } else { i64::from(retention_hours) * 3_600_000 };
-        let dropped = self.lock().get_mut(arn).map(|m| m.expire(now_ms - window_ms)).unwrap_or_default();
+        let window_ms = if retention_hours == 0 {
+            LIVE_BUFFER_MS
+        } else {
+            i64::from(retention_hours) * 3_600_000
+        };
+        let dropped = self
+            .lock()
+            .get_mut(arn)
+            .map(|m| m.expire(now_ms - window_ms))
+            .unwrap_or_default();
         if !dropped.is_empty() {
             self.notify();
         }
@@ -265,8 +284,9 @@ mod tests {
     fn fragments_past_retention_expire_oldest_first() {
         let store = MediaStore::default();
         let now = 10 * 3_600_000;
-        for (i, server_ms) in
-            [now - 3 * 3_600_000, now - 2 * 3_600_000 + 1, now - 60_000].into_iter().enumerate()
+        for (i, server_ms) in [now - 3 * 3_600_000, now - 2 * 3_600_000 + 1, now - 60_000]
+            .into_iter()
+            .enumerate()
         {
             let (sequence, _) = store.start_fragment(
                 "arn",

@@ -22,7 +22,15 @@ pub struct DataDir {
 }
 
 fn file_safe(arn: &str) -> String {
-    arn.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+    arn.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -35,7 +43,9 @@ impl DataDir {
     /// Opens (creating it if needed) a data directory.
     pub fn open(root: &Path) -> std::io::Result<DataDir> {
         std::fs::create_dir_all(root.join("media"))?;
-        Ok(DataDir { root: root.to_owned() })
+        Ok(DataDir {
+            root: root.to_owned(),
+        })
     }
 
     fn media_dir(&self, arn: &str) -> PathBuf {
@@ -65,14 +75,22 @@ impl DataDir {
     /// Removes the media of streams that no longer exist, on disk and in memory.
     pub fn prune(&self, store: &Store, media: &MediaStore) -> std::io::Result<()> {
         let live: Vec<String> = store.lock().iter().map(|s| s.stream_arn.clone()).collect();
-        let gone: Vec<String> = media.lock().keys().filter(|arn| !live.contains(arn)).cloned().collect();
+        let gone: Vec<String> = media
+            .lock()
+            .keys()
+            .filter(|arn| !live.contains(arn))
+            .cloned()
+            .collect();
         for arn in gone {
             media.remove(&arn);
         }
         let live_dirs: Vec<String> = live.iter().map(|arn| file_safe(arn)).collect();
         for entry in std::fs::read_dir(self.root.join("media"))? {
             let entry = entry?;
-            if !live_dirs.iter().any(|dir| entry.file_name().to_str() == Some(dir)) {
+            if !live_dirs
+                .iter()
+                .any(|dir| entry.file_name().to_str() == Some(dir))
+            {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
@@ -106,12 +124,17 @@ impl DataDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
             Err(err) => return Err(format!("{}: {err}", path.display())),
         };
-        let saved: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let saved: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let text_of = |v: &Value| v.as_str().map(str::to_owned);
         let (mut streams, mut fragments) = (0, 0);
         for s in saved["streams"].as_array().cloned().unwrap_or_default() {
-            let (Some(name), Some(arn)) = (text_of(&s["StreamName"]), text_of(&s["StreamARN"])) else {
-                return Err(format!("{}: a stream without a name or ARN", path.display()));
+            let (Some(name), Some(arn)) = (text_of(&s["StreamName"]), text_of(&s["StreamARN"]))
+            else {
+                return Err(format!(
+                    "{}: a stream without a name or ARN",
+                    path.display()
+                ));
             };
             let tags: BTreeMap<String, String> =
                 serde_json::from_value(s["Tags"].clone()).unwrap_or_default();
@@ -123,13 +146,16 @@ impl DataDir {
                 kms_key_id: text_of(&s["KmsKeyId"]).unwrap_or_default(),
                 version: text_of(&s["Version"]).unwrap_or_default(),
                 status: StreamStatus::Active,
-                creation_time: UNIX_EPOCH + Duration::from_millis(s["CreationTimeMs"].as_u64().unwrap_or(0)),
+                creation_time: UNIX_EPOCH
+                    + Duration::from_millis(s["CreationTimeMs"].as_u64().unwrap_or(0)),
                 data_retention_in_hours: s["DataRetentionInHours"].as_u64().unwrap_or(0) as u32,
                 tags,
             });
             streams += 1;
             let dir = self.media_dir(&arn);
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "mkv"))
@@ -137,9 +163,12 @@ impl DataDir {
             files.sort();
             for file in files {
                 let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                let parsed =
-                    crate::admin::parse_recording(&data).map_err(|e| format!("{}: {e}", file.display()))?;
-                let sequence = file.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+                let parsed = crate::admin::parse_recording(&data)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let sequence = file
+                    .file_stem()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u64>().ok());
                 for mut fragment in parsed {
                     fragment.sequence = sequence.unwrap_or(0);
                     media.push_complete(&arn, fragment);

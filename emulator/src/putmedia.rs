@@ -31,9 +31,13 @@ use crate::store::{Store, epoch_millis};
 
 /// A response body fed by a stream of byte chunks (a channel's receiver): each chunk is sent as it comes,
 /// the body ends with the stream.
-pub fn stream_body(chunks: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static) -> Body {
+pub fn stream_body(
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static,
+) -> Body {
     use futures_util::StreamExt;
-    BodyExt::boxed(http_body_util::StreamBody::new(chunks.map(|data| Ok::<_, Infallible>(Frame::data(data)))))
+    BodyExt::boxed(http_body_util::StreamBody::new(
+        chunks.map(|data| Ok::<_, Infallible>(Frame::data(data))),
+    ))
 }
 
 /// PutMedia settings.
@@ -156,12 +160,18 @@ fn parse_params(headers: &HeaderMap) -> Result<Params, ApiError> {
                 "Invalid x-amzn-fragment-timecode-type {other:?}: must be ABSOLUTE or RELATIVE."
             )));
         }
-        None => return Err(ApiError::invalid_argument("x-amzn-fragment-timecode-type must be specified.")),
+        None => {
+            return Err(ApiError::invalid_argument(
+                "x-amzn-fragment-timecode-type must be specified.",
+            ));
+        }
     };
     // Decimal epoch seconds; the C producer does not zero-pad the fraction ("12.5" means 12.5 s).
     let producer_start_ms = match header(headers, "x-amzn-producer-start-timestamp")? {
         Some(value) => match value.parse::<f64>() {
-            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => (seconds * 1000.0).round() as i64,
+            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+                (seconds * 1000.0).round() as i64
+            }
             _ => {
                 return Err(ApiError::invalid_argument(format!(
                     "Invalid x-amzn-producer-start-timestamp {value:?}: must be epoch seconds."
@@ -170,7 +180,12 @@ fn parse_params(headers: &HeaderMap) -> Result<Params, ApiError> {
         },
         None => epoch_millis(SystemTime::now()) as i64,
     };
-    Ok(Params { stream_name, stream_arn, timecode_type, producer_start_ms })
+    Ok(Params {
+        stream_name,
+        stream_arn,
+        timecode_type,
+        producer_start_ms,
+    })
 }
 
 /// Handles `POST /putMedia`.
@@ -223,18 +238,28 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
 
     let (tx, rx) = mpsc::unbounded_channel();
     eprintln!("kvs-emulator: putMedia stream={name} started");
-    tokio::spawn(ingest_task(ctx, params, arn, name, body, first, tx, faults, kill));
+    tokio::spawn(ingest_task(
+        ctx, params, arn, name, body, first, tx, faults, kill,
+    ));
     let mut response = Response::new(stream_body(UnboundedReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
         .headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert("x-amzn-requestid", crate::error::new_request_id());
+        .insert("x-amzn-requestid", crate::error::new_request_id());
     response
 }
 
 /// One ACK line, keys in the service's order.
-fn ack_line(event_type: &str, timecode: Option<u64>, number: Option<&str>, error: Option<AckError>) -> Bytes {
+fn ack_line(
+    event_type: &str,
+    timecode: Option<u64>,
+    number: Option<&str>,
+    error: Option<AckError>,
+) -> Bytes {
     let mut line = format!("{{\"EventType\":\"{event_type}\"");
     if let Some(timecode) = timecode {
         line.push_str(&format!(",\"FragmentTimecode\":{timecode}"));
@@ -243,7 +268,10 @@ fn ack_line(event_type: &str, timecode: Option<u64>, number: Option<&str>, error
         line.push_str(&format!(",\"FragmentNumber\":\"{number}\""));
     }
     if let Some(error) = error {
-        line.push_str(&format!(",\"ErrorCode\":\"{}\",\"ErrorId\":{}", error.code, error.id));
+        line.push_str(&format!(
+            ",\"ErrorCode\":\"{}\",\"ErrorId\":{}",
+            error.code, error.id
+        ));
     }
     line.push_str("}\n");
     Bytes::from(line)
@@ -260,7 +288,11 @@ struct OpenFragment {
 /// What the ACK forwarding task is asked to do.
 enum AckMessage {
     /// Send this line after `delay`, then close the connection this way, if asked.
-    Line { delay: Duration, line: Bytes, then_close: Option<Close> },
+    Line {
+        delay: Duration,
+        line: Bytes,
+        then_close: Option<Close>,
+    },
     /// End the response (the zero-length chunk).
     End,
 }
@@ -297,7 +329,10 @@ impl AckSender {
                         Ok(message) => message,
                         Err(_) => {
                             count = 0;
-                            if response.send(Bytes::from(std::mem::take(&mut held))).is_err() {
+                            if response
+                                .send(Bytes::from(std::mem::take(&mut held)))
+                                .is_err()
+                            {
                                 break;
                             }
                             continue;
@@ -306,7 +341,12 @@ impl AckSender {
                 } else {
                     rx.recv().await
                 };
-                let Some(AckMessage::Line { delay, line, then_close }) = message else {
+                let Some(AckMessage::Line {
+                    delay,
+                    line,
+                    then_close,
+                }) = message
+                else {
                     if !held.is_empty() {
                         let _ = response.send(Bytes::from(held));
                     }
@@ -320,14 +360,18 @@ impl AckSender {
                     count += 1;
                     if count >= count_limit {
                         count = 0;
-                        response.send(Bytes::from(std::mem::take(&mut held))).is_ok()
+                        response
+                            .send(Bytes::from(std::mem::take(&mut held)))
+                            .is_ok()
                     } else {
                         true
                     }
                 } else if let Some(size) = split {
                     let mut ok = true;
                     for start in (0..line.len()).step_by(size) {
-                        ok &= response.send(line.slice(start..(start + size).min(line.len()))).is_ok();
+                        ok &= response
+                            .send(line.slice(start..(start + size).min(line.len())))
+                            .is_ok();
                         // Apart, so that the pieces reach the client in separate reads.
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -346,7 +390,12 @@ impl AckSender {
                 }
             }
         });
-        AckSender { tx, faults, response: Some(response), muted: false }
+        AckSender {
+            tx,
+            faults,
+            response: Some(response),
+            muted: false,
+        }
     }
 
     /// Sends an ACK about the `index`-th fragment of the connection (1-based; 0 when about none).
@@ -362,7 +411,9 @@ impl AckSender {
             return;
         }
         let about = |fault: &Option<(u64, String)>| {
-            fault.as_ref().is_some_and(|(k, event)| *k == index && event == event_type)
+            fault
+                .as_ref()
+                .is_some_and(|(k, event)| *k == index && event == event_type)
         };
         let mut line = ack_line(event_type, timecode, number, error);
         if about(&self.faults.garble_ack) {
@@ -378,13 +429,21 @@ impl AckSender {
             .filter(|(k, event, _)| *k == index && event == event_type)
             .map(|(_, _, how)| *how);
         let delay = self.faults.delay_of(event_type);
-        let _ = self.tx.send(AckMessage::Line { delay, line, then_close });
+        let _ = self.tx.send(AckMessage::Line {
+            delay,
+            line,
+            then_close,
+        });
     }
 
     /// Sends a line as it is (an ACK for a fragment that was never sent).
     fn send_raw(&self, line: &'static str) {
         let line = Bytes::from_static(line.as_bytes());
-        let _ = self.tx.send(AckMessage::Line { delay: Duration::ZERO, line, then_close: None });
+        let _ = self.tx.send(AckMessage::Line {
+            delay: Duration::ZERO,
+            line,
+            then_close: None,
+        });
     }
 
     /// Ends the response after the ACKs already queued; no ACK goes out after it.
@@ -397,7 +456,9 @@ impl AckSender {
     /// From now on the response carries bytes without a newline, 1 KiB every 10 ms, until the connection ends.
     fn endless_line(&mut self) {
         self.muted = true;
-        let Some(response) = self.response.clone() else { return };
+        let Some(response) = self.response.clone() else {
+            return;
+        };
         tokio::spawn(async move {
             let filler = Bytes::from(vec![b'x'; 1024]);
             while response.send(filler.clone()).is_ok() {
@@ -464,7 +525,11 @@ async fn ingest_task(
     let config = ctx.config;
     let faults = Arc::new(faults);
     let mut conn = Connection {
-        ingest: Ingest::new(params.timecode_type, params.producer_start_ms, config.limits),
+        ingest: Ingest::new(
+            params.timecode_type,
+            params.producer_start_ms,
+            config.limits,
+        ),
         ctx,
         arn,
         header_parts: None,
@@ -537,7 +602,9 @@ async fn ingest_task(
                     last_data = Instant::now();
                     conn.received_at = SystemTime::now();
                     if bytes == 0 && !data.is_empty() {
-                        conn.ctx.arrivals.first_body_byte(&name, upload, conn.received_at);
+                        conn.ctx
+                            .arrivals
+                            .first_body_byte(&name, upload, conn.received_at);
                     }
                     let mut drop_now = None;
                     if let Some((limit, how)) = faults.drop_after_bytes
@@ -616,15 +683,26 @@ async fn ingest_task(
         // Keep the response open until the dropped connection is gone, so that it cannot end cleanly first.
         conn.acks.closed(Duration::from_secs(5)).await;
     }
-    eprintln!("kvs-emulator: putMedia stream={name} {outcome}: {bytes} bytes, {} fragments", conn.completed);
+    eprintln!(
+        "kvs-emulator: putMedia stream={name} {outcome}: {bytes} bytes, {} fragments",
+        conn.completed
+    );
 }
 
 impl Connection {
     /// Writes received fragments to `--data-dir`, then sends their PERSISTED ACKs.
     async fn persist_pending(&mut self) {
-        let Some(data_dir) = self.ctx.data_dir.clone() else { return };
+        let Some(data_dir) = self.ctx.data_dir.clone() else {
+            return;
+        };
         for fragment in std::mem::take(&mut self.to_persist) {
-            let stored = self.ctx.media.lock().get(&self.arn).and_then(|m| m.get(fragment.sequence)).cloned();
+            let stored = self
+                .ctx
+                .media
+                .lock()
+                .get(&self.arn)
+                .and_then(|m| m.get(fragment.sequence))
+                .cloned();
             let Some(stored) = stored else { continue };
             let (dir, arn) = (data_dir.clone(), self.arn.clone());
             match tokio::task::spawn_blocking(move || dir.save_fragment(&arn, &stored)).await {
@@ -635,8 +713,14 @@ impl Connection {
                     Some(&fragment.number),
                     None,
                 ),
-                Ok(Err(err)) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
-                Err(err) => eprintln!("kvs-emulator: cannot write fragment {}: {err}", fragment.number),
+                Ok(Err(err)) => eprintln!(
+                    "kvs-emulator: cannot write fragment {}: {err}",
+                    fragment.number
+                ),
+                Err(err) => eprintln!(
+                    "kvs-emulator: cannot write fragment {}: {err}",
+                    fragment.number
+                ),
             }
         }
     }
@@ -648,7 +732,12 @@ impl Connection {
     }
 
     fn retention(&self) -> Option<u32> {
-        self.ctx.store.lock().find(None, Some(&self.arn)).ok().map(|s| s.data_retention_in_hours)
+        self.ctx
+            .store
+            .lock()
+            .find(None, Some(&self.arn))
+            .ok()
+            .map(|s| s.data_retention_in_hours)
     }
 
     /// Applies ingest events, each fragment start once the stream's fragment rate allows it (with the service's
@@ -674,7 +763,12 @@ impl Connection {
     fn handle_events(&mut self, events: Vec<IngestEvent>) -> Option<End> {
         for event in events {
             match event {
-                IngestEvent::Started { timecode, producer_ms, tags, data } => {
+                IngestEvent::Started {
+                    timecode,
+                    producer_ms,
+                    tags,
+                    data,
+                } => {
                     self.started += 1;
                     let index = self.started;
                     if let Some((_, how, delay)) =
@@ -711,11 +805,20 @@ impl Connection {
                         );
                     }
                     if self.retention().is_none() {
-                        self.acks.send(index, "ERROR", Some(timecode), None, Some(AckError::STREAM_DELETED));
+                        self.acks.send(
+                            index,
+                            "ERROR",
+                            Some(timecode),
+                            None,
+                            Some(AckError::STREAM_DELETED),
+                        );
                         return Some(End::ErrorAck);
                     }
                     let elements = &self.ingest.header().elements;
-                    let header = self.header_parts.get_or_insert_with(|| Arc::new(elements.clone())).clone();
+                    let header = self
+                        .header_parts
+                        .get_or_insert_with(|| Arc::new(elements.clone()))
+                        .clone();
                     let server_ms = epoch_millis(SystemTime::now()) as i64;
                     let (sequence, number) = self.ctx.media.start_fragment(
                         &self.arn,
@@ -727,25 +830,46 @@ impl Connection {
                         tags,
                         data,
                     );
-                    self.acks.send(index, "BUFFERING", Some(timecode), Some(&number), None);
-                    self.open = Some(OpenFragment { sequence, number, timecode, index });
+                    self.acks
+                        .send(index, "BUFFERING", Some(timecode), Some(&number), None);
+                    self.open = Some(OpenFragment {
+                        sequence,
+                        number,
+                        timecode,
+                        index,
+                    });
                 }
                 IngestEvent::Frame { track, producer_ms } => {
-                    self.ctx.arrivals.frame(&self.name, track, producer_ms, self.received_at);
+                    self.ctx
+                        .arrivals
+                        .frame(&self.name, track, producer_ms, self.received_at);
                 }
                 IngestEvent::Data(data) => {
                     if let Some(fragment) = self.open.as_ref() {
                         self.ctx.media.append(&self.arn, fragment.sequence, data);
                     }
                 }
-                IngestEvent::Completed { duration_ms, frames, .. } => {
-                    let Some(fragment) = self.open.take() else { continue };
-                    let injected =
-                        self.faults.error_ack.filter(|(k, _)| *k == self.started).map(|(_, id)| {
-                            AckError::from_id(id).unwrap_or(AckError { id, code: "UNKNOWN_ERROR" })
+                IngestEvent::Completed {
+                    duration_ms,
+                    frames,
+                    ..
+                } => {
+                    let Some(fragment) = self.open.take() else {
+                        continue;
+                    };
+                    let injected = self
+                        .faults
+                        .error_ack
+                        .filter(|(k, _)| *k == self.started)
+                        .map(|(_, id)| {
+                            AckError::from_id(id).unwrap_or(AckError {
+                                id,
+                                code: "UNKNOWN_ERROR",
+                            })
                         });
                     let retention = self.retention();
-                    let error = injected.or(retention.is_none().then_some(AckError::STREAM_DELETED));
+                    let error =
+                        injected.or(retention.is_none().then_some(AckError::STREAM_DELETED));
                     if let Some(error) = error {
                         let media = &self.ctx.media;
                         media.finish_fragment(
@@ -773,7 +897,10 @@ impl Connection {
                     );
                     self.completed += 1;
                     let now_ms = epoch_millis(SystemTime::now()) as i64;
-                    let expired = self.ctx.media.expire(&self.arn, retention.unwrap_or(0), now_ms);
+                    let expired = self
+                        .ctx
+                        .media
+                        .expire(&self.arn, retention.unwrap_or(0), now_ms);
                     if let (Some(dir), false) = (&self.ctx.data_dir, expired.is_empty()) {
                         dir.remove_fragments(&self.arn, &expired);
                     }
@@ -798,10 +925,23 @@ impl Connection {
                         }
                     }
                 }
-                IngestEvent::Failed { error, timecode, reason } => {
-                    eprintln!("kvs-emulator: putMedia ERROR {} {}: {reason}", error.id, error.code);
+                IngestEvent::Failed {
+                    error,
+                    timecode,
+                    reason,
+                } => {
+                    eprintln!(
+                        "kvs-emulator: putMedia ERROR {} {}: {reason}",
+                        error.id, error.code
+                    );
                     let number = self.open.as_ref().map(|f| f.number.clone());
-                    self.acks.send(self.started, "ERROR", Some(timecode), number.as_deref(), Some(error));
+                    self.acks.send(
+                        self.started,
+                        "ERROR",
+                        Some(timecode),
+                        number.as_deref(),
+                        Some(error),
+                    );
                     return Some(End::ErrorAck);
                 }
             }
@@ -821,10 +961,18 @@ mod tests {
             "{\"EventType\":\"BUFFERING\",\"FragmentTimecode\":1677613819540,\"FragmentNumber\":\"913438\"}\n"
         );
         assert_eq!(
-            ack_line("ERROR", Some(0), Some("9"), Some(AckError::FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS)),
+            ack_line(
+                "ERROR",
+                Some(0),
+                Some("9"),
+                Some(AckError::FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS)
+            ),
             "{\"EventType\":\"ERROR\",\"FragmentTimecode\":0,\"FragmentNumber\":\"9\",\
              \"ErrorCode\":\"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS\",\"ErrorId\":4004}\n"
         );
-        assert_eq!(ack_line("IDLE", None, None, None), "{\"EventType\":\"IDLE\"}\n");
+        assert_eq!(
+            ack_line("IDLE", None, None, None),
+            "{\"EventType\":\"IDLE\"}\n"
+        );
     }
 }

@@ -113,12 +113,17 @@ impl Verifier {
             region: region.to_owned(),
             service: service.to_owned(),
             secrets: std::sync::RwLock::new(
-                credentials.iter().map(|(key, secret)| (key.clone(), (secret.clone(), None))).collect(),
+                credentials
+                    .iter()
+                    .map(|(key, secret)| (key.clone(), (secret.clone(), None)))
+                    .collect(),
             ),
         }
     }
 
-    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, Option<SystemTime>)>> {
+    fn secrets(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, Option<SystemTime>)>> {
         self.secrets.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -156,8 +161,11 @@ impl Verifier {
             return Err(ApiError::missing_authentication_token());
         };
 
-        let (secret, expires) =
-            self.secrets().get(&claim.access_key_id).cloned().ok_or_else(ApiError::unrecognized_client)?;
+        let (secret, expires) = self
+            .secrets()
+            .get(&claim.access_key_id)
+            .cloned()
+            .ok_or_else(ApiError::unrecognized_client)?;
         if expires.is_some_and(|at| at <= now) {
             return Err(ApiError::expired_token());
         }
@@ -174,7 +182,10 @@ impl Verifier {
         let canonical_queries = canonical_queries(&query, claim.presigned);
         let canonical_headers = canonical_headers(headers, &claim.signed_headers);
         let signed_headers = claim.signed_headers.join(";");
-        let scope = format!("{}/{}/{}/{TERMINATOR}", claim.scope_date, self.region, self.service);
+        let scope = format!(
+            "{}/{}/{}/{TERMINATOR}",
+            claim.scope_date, self.region, self.service
+        );
         let key = signing_key(&secret, &claim.scope_date, &self.region, &self.service);
 
         for canonical_uri in &canonical_uris {
@@ -191,7 +202,9 @@ impl Verifier {
                     );
                     let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
                     if constant_time_eq(signature.as_bytes(), claim.signature.as_bytes()) {
-                        return Ok(Verified { access_key_id: claim.access_key_id });
+                        return Ok(Verified {
+                            access_key_id: claim.access_key_id,
+                        });
                     }
                 }
             }
@@ -231,7 +244,10 @@ impl Verifier {
 }
 
 fn claim_from_header(authorization: &str, headers: &HeaderMap) -> Result<Claim, ApiError> {
-    let Some(rest) = authorization.strip_prefix(ALGORITHM).filter(|rest| rest.starts_with(' ')) else {
+    let Some(rest) = authorization
+        .strip_prefix(ALGORITHM)
+        .filter(|rest| rest.starts_with(' '))
+    else {
         return Err(ApiError::incomplete_signature(format!(
             "Authorization header requires the {ALGORITHM} algorithm."
         )));
@@ -240,7 +256,9 @@ fn claim_from_header(authorization: &str, headers: &HeaderMap) -> Result<Claim, 
     let mut signed_headers = None;
     let mut signature = None;
     for part in rest.split(',') {
-        let Some((key, value)) = part.trim().split_once('=') else { continue };
+        let Some((key, value)) = part.trim().split_once('=') else {
+            continue;
+        };
         match key.trim() {
             "Credential" => credential = Some(value.trim()),
             "SignedHeaders" => signed_headers = Some(value.trim()),
@@ -248,7 +266,10 @@ fn claim_from_header(authorization: &str, headers: &HeaderMap) -> Result<Claim, 
             _ => {}
         }
     }
-    let timestamp = match (header_str(headers, "x-amz-date"), header_str(headers, "date")) {
+    let timestamp = match (
+        header_str(headers, "x-amz-date"),
+        header_str(headers, "date"),
+    ) {
         (Some(amz_date), _) => Some(parse_amz_date(amz_date)?),
         (None, Some(date)) => Some(parse_http_date(date)?),
         (None, None) => None,
@@ -265,12 +286,21 @@ fn claim_from_header(authorization: &str, headers: &HeaderMap) -> Result<Claim, 
     }
     if timestamp.is_none() {
         missing.push(
-            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into(),
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+                .into(),
         );
     }
     match (credential, signed_headers, signature, timestamp) {
         (Some(credential), Some(signed_headers), Some(signature), Some((timestamp, time))) => {
-            build_claim(credential, signed_headers, signature, timestamp, time, None, false)
+            build_claim(
+                credential,
+                signed_headers,
+                signature,
+                timestamp,
+                time,
+                None,
+                false,
+            )
         }
         _ => Err(ApiError::incomplete_signature(missing.join(" "))),
     }
@@ -284,9 +314,13 @@ fn claim_from_query(query: &[(Vec<u8>, Vec<u8>)]) -> Result<Claim, ApiError> {
             .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
     };
     let mut missing = Vec::new();
-    for name in
-        ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Signature"]
-    {
+    for name in [
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+    ] {
         if get(name).is_none() {
             missing.push(format!(
                 "AWS query-string parameters must include '{name}'. Re-examine the query-string parameters."
@@ -348,7 +382,10 @@ fn build_claim(
         scope_region: (*region).to_owned(),
         scope_service: (*service).to_owned(),
         scope_terminator: (*terminator).to_owned(),
-        signed_headers: signed_headers.split(';').map(|name| name.trim().to_ascii_lowercase()).collect(),
+        signed_headers: signed_headers
+            .split(';')
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect(),
         signature: signature.to_ascii_lowercase(),
         timestamp,
         time,
@@ -377,13 +414,16 @@ fn parse_amz_date(value: &str) -> Result<(String, DateTime<Utc>), ApiError> {
 /// An RFC 7231 `Date` header → (its `X-Amz-Date` form, the time).
 fn parse_http_date(value: &str) -> Result<(String, DateTime<Utc>), ApiError> {
     let time = DateTime::parse_from_rfc2822(value.trim())
-        .map_err(|_| ApiError::incomplete_signature(format!("Date header '{value}' is not an HTTP date.")))?
+        .map_err(|_| {
+            ApiError::incomplete_signature(format!("Date header '{value}' is not an HTTP date."))
+        })?
         .with_timezone(&Utc);
     Ok((time.format(DATE_FORMAT).to_string(), time))
 }
 
 fn check_time(claim: &Claim, now: DateTime<Utc>) -> Result<(), ApiError> {
-    let skew = chrono::Duration::from_std(MAX_CLOCK_SKEW).unwrap_or_else(|_| chrono::Duration::minutes(15));
+    let skew = chrono::Duration::from_std(MAX_CLOCK_SKEW)
+        .unwrap_or_else(|_| chrono::Duration::minutes(15));
     let fmt = |time: DateTime<Utc>| time.format(DATE_FORMAT).to_string();
     if claim.time > now + skew {
         return Err(ApiError::invalid_signature(format!(
@@ -395,7 +435,8 @@ fn check_time(claim: &Claim, now: DateTime<Utc>) -> Result<(), ApiError> {
     }
     match claim.expires {
         Some(expires) => {
-            let end = claim.time + chrono::Duration::seconds(i64::try_from(expires).unwrap_or(i64::MAX / 2));
+            let end = claim.time
+                + chrono::Duration::seconds(i64::try_from(expires).unwrap_or(i64::MAX / 2));
             if now > end {
                 return Err(ApiError::invalid_signature(format!(
                     "Signature expired: {} is now earlier than {} ({} - {expires} sec.)",
@@ -469,7 +510,11 @@ fn canonical_uris(path: &str) -> Vec<String> {
     let path = if path.is_empty() { "/" } else { path };
     let single = encode(&decode(path), true);
     let double = encode(path.as_bytes(), true);
-    if single == double { vec![single] } else { vec![double, single] }
+    if single == double {
+        vec![single]
+    } else {
+        vec![double, single]
+    }
 }
 
 /// The canonical query string; for a presigned request without `X-Amz-Signature`, and a second variant
@@ -483,7 +528,11 @@ fn canonical_queries(query: &[(Vec<u8>, Vec<u8>)], presigned: bool) -> Vec<Strin
             .map(|(key, value)| (encode(key, false), encode(value, false)))
             .collect();
         pairs.sort();
-        pairs.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&")
+        pairs
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join("&")
     };
     let mut queries = vec![build(false)];
     if presigned && query.iter().any(|(key, _)| key == b"X-Amz-Security-Token") {
@@ -531,7 +580,10 @@ fn parse_query(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn encode(bytes: &[u8], keep_slash: bool) -> String {
     let mut out = String::with_capacity(bytes.len());
     for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/') {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
+        {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -561,12 +613,15 @@ fn decode(text: &str) -> Vec<u8> {
 }
 
 fn hex_value(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }
@@ -595,11 +650,18 @@ mod tests {
     const DOC_SCOPE: &str = "AKIDEXAMPLE/20150830/us-east-1/service/aws4_request";
 
     fn doc_time() -> SystemTime {
-        DateTime::parse_from_rfc3339("2015-08-30T12:36:00Z").unwrap().with_timezone(&Utc).into()
+        DateTime::parse_from_rfc3339("2015-08-30T12:36:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            .into()
     }
 
     fn doc_verifier(service: &str) -> Verifier {
-        Verifier::for_service("us-east-1", service, &[(DOC_KEY_ID.to_owned(), DOC_SECRET.to_owned())])
+        Verifier::for_service(
+            "us-east-1",
+            service,
+            &[(DOC_KEY_ID.to_owned(), DOC_SECRET.to_owned())],
+        )
     }
 
     fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
@@ -650,13 +712,18 @@ mod tests {
                     SignedHeaders=content-type;host;x-amz-date, \
                     Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
         let headers = header_map(&[
-            ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            ),
             ("host", "iam.amazonaws.com"),
             ("x-amz-date", "20150830T123600Z"),
             ("authorization", auth),
         ]);
         let uri = "/?Action=ListUsers&Version=2010-05-08".parse().unwrap();
-        verifier.verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time()).unwrap();
+        verifier
+            .verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time())
+            .unwrap();
     }
 
     #[test]
@@ -665,9 +732,15 @@ mod tests {
             "host;x-amz-date",
             "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
         );
-        let headers =
-            [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z"), ("authorization", &auth)];
-        assert_eq!(verify_doc("GET", "/", &headers, b"").unwrap().access_key_id, DOC_KEY_ID);
+        let headers = [
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", &auth),
+        ];
+        assert_eq!(
+            verify_doc("GET", "/", &headers, b"").unwrap().access_key_id,
+            DOC_KEY_ID
+        );
 
         let query = "/?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20150830%2Fus-east-1%2F\
                      service%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-SignedHeaders=host&X-Amz-Expires=3600\
@@ -685,7 +758,12 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.name, "InvalidSignatureException");
-        assert!(err.message.starts_with("Signature expired: 20150830T123600Z"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("Signature expired: 20150830T123600Z"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -694,18 +772,27 @@ mod tests {
             "host;x-amz-date",
             "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
         );
-        let headers =
-            [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z"), ("authorization", &auth)];
+        let headers = [
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", &auth),
+        ];
         verify_doc("POST", "/", &headers, b"").unwrap();
         // The method is part of what is signed.
-        assert_eq!(verify_doc("GET", "/", &headers, b"").unwrap_err(), ApiError::signature_mismatch());
+        assert_eq!(
+            verify_doc("GET", "/", &headers, b"").unwrap_err(),
+            ApiError::signature_mismatch()
+        );
 
         let auth = authorization(
             "host;x-amz-date",
             "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
         );
-        let headers =
-            [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z"), ("authorization", &auth)];
+        let headers = [
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", &auth),
+        ];
         verify_doc("GET", "/?Param2=value2&Param1=value1", &headers, b"").unwrap();
     }
 
@@ -752,16 +839,22 @@ mod tests {
             "host;x-amz-date",
             "8318018e0b0f223aa2bbf98705b62bb787dc9c0e678f255a891fd03141be5d85",
         );
-        let headers =
-            [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z"), ("authorization", &auth)];
+        let headers = [
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", &auth),
+        ];
         verify_doc("GET", "/%E1%88%B4", &headers, b"").unwrap();
 
         let auth = authorization(
             "host;x-amz-date",
             "652487583200325589f1fba4c7e578f72c47cb61beeca81406b39ddec1366741",
         );
-        let headers =
-            [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z"), ("authorization", &auth)];
+        let headers = [
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", &auth),
+        ];
         verify_doc("GET", "/example%20space/", &headers, b"").unwrap();
     }
 
@@ -784,7 +877,11 @@ mod tests {
         verify_doc("POST", "/", &headers, body).unwrap();
         let err = verify_doc("POST", "/", &headers, b"Param1=value2").unwrap_err();
         assert_eq!(err.name, "InvalidSignatureException");
-        assert!(err.message.contains("x-amz-content-sha256"), "{}", err.message);
+        assert!(
+            err.message.contains("x-amz-content-sha256"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -799,7 +896,8 @@ mod tests {
             ]
         };
         let run = |headers: Vec<(&str, String)>| {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             verify_doc("GET", "/", &headers, b"").unwrap_err()
         };
 
@@ -812,37 +910,59 @@ mod tests {
              Access Key and signing method. Consult the service documentation for details."
         );
 
-        let err = run(base(&authorization("host;x-amz-date", good).replace("AKIDEXAMPLE", "AKIDOTHER")));
+        let err = run(base(
+            &authorization("host;x-amz-date", good).replace("AKIDEXAMPLE", "AKIDOTHER"),
+        ));
         assert_eq!(err.name, "UnrecognizedClientException");
         assert_eq!(err.status, hyper::StatusCode::FORBIDDEN);
-        assert_eq!(err.message, "The security token included in the request is invalid.");
+        assert_eq!(
+            err.message,
+            "The security token included in the request is invalid."
+        );
 
         let err = verify_doc("GET", "/", &[("host", "example.amazonaws.com")], b"").unwrap_err();
         assert_eq!(err.name, "MissingAuthenticationTokenException");
         assert_eq!(err.status, hyper::StatusCode::FORBIDDEN);
         assert_eq!(err.message, "Missing Authentication Token");
 
-        let err =
-            run(base(&format!("AWS4-HMAC-SHA256 Credential={DOC_SCOPE}, SignedHeaders=host;x-amz-date")));
+        let err = run(base(&format!(
+            "AWS4-HMAC-SHA256 Credential={DOC_SCOPE}, SignedHeaders=host;x-amz-date"
+        )));
         assert_eq!(err.name, "IncompleteSignatureException");
-        assert_eq!(err.message, "Authorization header requires 'Signature' parameter.");
+        assert_eq!(
+            err.message,
+            "Authorization header requires 'Signature' parameter."
+        );
 
-        let err = run(base(&authorization("host;x-amz-date", good).replace("/service/", "/s3/")));
+        let err = run(base(
+            &authorization("host;x-amz-date", good).replace("/service/", "/s3/"),
+        ));
         assert_eq!(err.name, "InvalidSignatureException");
-        assert!(err.message.starts_with("Credential should be scoped to correct service"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("Credential should be scoped to correct service"),
+            "{}",
+            err.message
+        );
 
         let err = run(base(&authorization("x-amz-date", good)));
         assert!(err.message.contains("'Host'"), "{}", err.message);
 
         let err = run(base(
-            &authorization("host;x-amz-date", good).replace("Credential=AKIDEXAMPLE/", "Credential="),
+            &authorization("host;x-amz-date", good)
+                .replace("Credential=AKIDEXAMPLE/", "Credential="),
         ));
         assert_eq!(err.name, "IncompleteSignatureException");
 
         // Without a date.
         let auth = authorization("host;x-amz-date", good);
-        let err = verify_doc("GET", "/", &[("host", "example.amazonaws.com"), ("authorization", &auth)], b"")
-            .unwrap_err();
+        let err = verify_doc(
+            "GET",
+            "/",
+            &[("host", "example.amazonaws.com"), ("authorization", &auth)],
+            b"",
+        )
+        .unwrap_err();
         assert_eq!(err.name, "IncompleteSignatureException");
     }
 
@@ -860,11 +980,33 @@ mod tests {
         let verifier = doc_verifier("service");
         let uri: Uri = "/".parse().unwrap();
         for offset in [Duration::from_secs(14 * 60), Duration::from_secs(15 * 60)] {
-            verifier.verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time() + offset).unwrap();
-            verifier.verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time() - offset).unwrap();
+            verifier
+                .verify(
+                    "GET",
+                    &uri,
+                    &headers,
+                    Payload::Bytes(b""),
+                    doc_time() + offset,
+                )
+                .unwrap();
+            verifier
+                .verify(
+                    "GET",
+                    &uri,
+                    &headers,
+                    Payload::Bytes(b""),
+                    doc_time() - offset,
+                )
+                .unwrap();
         }
         let err = verifier
-            .verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time() + Duration::from_secs(16 * 60))
+            .verify(
+                "GET",
+                &uri,
+                &headers,
+                Payload::Bytes(b""),
+                doc_time() + Duration::from_secs(16 * 60),
+            )
             .unwrap_err();
         assert_eq!(
             (err.name.as_ref(), err.status),
@@ -875,9 +1017,19 @@ mod tests {
             "Signature expired: 20150830T123600Z is now earlier than 20150830T123700Z (20150830T125200Z - 15 min.)"
         );
         let err = verifier
-            .verify("GET", &uri, &headers, Payload::Bytes(b""), doc_time() - Duration::from_secs(16 * 60))
+            .verify(
+                "GET",
+                &uri,
+                &headers,
+                Payload::Bytes(b""),
+                doc_time() - Duration::from_secs(16 * 60),
+            )
             .unwrap_err();
-        assert!(err.message.starts_with("Signature not yet current"), "{}", err.message);
+        assert!(
+            err.message.starts_with("Signature not yet current"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -899,8 +1051,8 @@ mod tests {
         use super::*;
         use aws_credential_types::Credentials;
         use aws_sigv4::http_request::{
-            PayloadChecksumKind, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation,
-            SigningSettings, sign,
+            PayloadChecksumKind, SessionTokenMode, SignableBody, SignableRequest,
+            SignatureLocation, SigningSettings, sign,
         };
         use aws_sigv4::sign::v4;
 
@@ -909,13 +1061,19 @@ mod tests {
         const BODY: &[u8] = br#"{"StreamName":"cam-1"}"#;
 
         fn now() -> SystemTime {
-            DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc).into()
+            DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                .into()
         }
 
         fn verifier() -> Verifier {
             Verifier::new(
                 "us-east-1",
-                &[("OTHER".to_owned(), "x".to_owned()), (KEY_ID.to_owned(), SECRET.to_owned())],
+                &[
+                    ("OTHER".to_owned(), "x".to_owned()),
+                    (KEY_ID.to_owned(), SECRET.to_owned()),
+                ],
             )
         }
 
@@ -933,8 +1091,14 @@ mod tests {
             region: &str,
             session_token: Option<&str>,
         ) -> Signed {
-            let identity =
-                Credentials::new(KEY_ID, SECRET, session_token.map(str::to_owned), None, "test").into();
+            let identity = Credentials::new(
+                KEY_ID,
+                SECRET,
+                session_token.map(str::to_owned),
+                None,
+                "test",
+            )
+            .into();
             let params = v4::SigningParams::builder()
                 .identity(&identity)
                 .region(region)
@@ -945,7 +1109,8 @@ mod tests {
                 .unwrap()
                 .into();
             let url = format!("http://127.0.0.1:4567{path}");
-            let signable = SignableRequest::new("POST", url.as_str(), headers.iter().copied(), body).unwrap();
+            let signable =
+                SignableRequest::new("POST", url.as_str(), headers.iter().copied(), body).unwrap();
             let (instructions, _signature) = sign(signable, &params).unwrap().into_parts();
             let (new_headers, params) = instructions.into_parts();
             let mut map = header_map(headers);
@@ -957,14 +1122,25 @@ mod tests {
             }
             let mut uri = path.to_owned();
             for (i, (name, value)) in params.iter().enumerate() {
-                uri.push(if i == 0 && !path.contains('?') { '?' } else { '&' });
+                uri.push(if i == 0 && !path.contains('?') {
+                    '?'
+                } else {
+                    '&'
+                });
                 uri.push_str(&format!("{name}={}", encode(value.as_bytes(), false)));
             }
-            Signed { uri: uri.parse().unwrap(), headers: map }
+            Signed {
+                uri: uri.parse().unwrap(),
+                headers: map,
+            }
         }
 
         fn control_plane_headers() -> Vec<(&'static str, &'static str)> {
-            vec![("host", "127.0.0.1:4567"), ("content-type", "application/json"), ("user-agent", "test/1.0")]
+            vec![
+                ("host", "127.0.0.1:4567"),
+                ("content-type", "application/json"),
+                ("user-agent", "test/1.0"),
+            ]
         }
 
         #[test]
@@ -978,10 +1154,19 @@ mod tests {
                 None,
             );
             let verify = |body: &[u8]| {
-                verifier().verify("POST", &signed.uri, &signed.headers, Payload::Bytes(body), now())
+                verifier().verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(body),
+                    now(),
+                )
             };
             assert_eq!(verify(BODY).unwrap().access_key_id, KEY_ID);
-            assert_eq!(verify(br#"{"StreamName":"cam-2"}"#).unwrap_err(), ApiError::signature_mismatch());
+            assert_eq!(
+                verify(br#"{"StreamName":"cam-2"}"#).unwrap_err(),
+                ApiError::signature_mismatch()
+            );
             let err = verifier()
                 .verify(
                     "POST",
@@ -994,19 +1179,35 @@ mod tests {
             assert_eq!(err, ApiError::signature_mismatch());
             let mut headers = signed.headers.clone();
             headers.insert("content-type", HeaderValue::from_static("text/plain"));
-            let err =
-                verifier().verify("POST", &signed.uri, &headers, Payload::Bytes(BODY), now()).unwrap_err();
+            let err = verifier()
+                .verify("POST", &signed.uri, &headers, Payload::Bytes(BODY), now())
+                .unwrap_err();
             assert_eq!(err, ApiError::signature_mismatch());
 
-            let wrong_secret =
-                Verifier::new("us-east-1", &[(KEY_ID.to_owned(), "not the secret".to_owned())]);
+            let wrong_secret = Verifier::new(
+                "us-east-1",
+                &[(KEY_ID.to_owned(), "not the secret".to_owned())],
+            );
             let err = wrong_secret
-                .verify("POST", &signed.uri, &signed.headers, Payload::Bytes(BODY), now())
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(BODY),
+                    now(),
+                )
                 .unwrap_err();
             assert_eq!(err, ApiError::signature_mismatch());
             let nobody = Verifier::new("us-east-1", &[("SOMEONE".to_owned(), SECRET.to_owned())]);
-            let err =
-                nobody.verify("POST", &signed.uri, &signed.headers, Payload::Bytes(BODY), now()).unwrap_err();
+            let err = nobody
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(BODY),
+                    now(),
+                )
+                .unwrap_err();
             assert_eq!(err, ApiError::unrecognized_client());
         }
 
@@ -1024,9 +1225,25 @@ mod tests {
             );
             assert_eq!(signed.headers["x-amz-content-sha256"], UNSIGNED_PAYLOAD);
             for body in [BODY, b"anything"] {
-                verifier().verify("POST", &signed.uri, &signed.headers, Payload::Bytes(body), now()).unwrap();
+                verifier()
+                    .verify(
+                        "POST",
+                        &signed.uri,
+                        &signed.headers,
+                        Payload::Bytes(body),
+                        now(),
+                    )
+                    .unwrap();
             }
-            verifier().verify("POST", &signed.uri, &signed.headers, Payload::Streaming, now()).unwrap();
+            verifier()
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Streaming,
+                    now(),
+                )
+                .unwrap();
         }
 
         #[test]
@@ -1041,9 +1258,23 @@ mod tests {
                 "us-east-1",
                 None,
             );
-            verifier().verify("POST", &signed.uri, &signed.headers, Payload::Bytes(BODY), now()).unwrap();
+            verifier()
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(BODY),
+                    now(),
+                )
+                .unwrap();
             let err = verifier()
-                .verify("POST", &signed.uri, &signed.headers, Payload::Bytes(b"{}"), now())
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(b"{}"),
+                    now(),
+                )
                 .unwrap_err();
             assert_eq!(err.name, "InvalidSignatureException");
             assert!(err.message.contains("x-amz-content-sha256"));
@@ -1067,17 +1298,32 @@ mod tests {
                 "us-east-1",
                 None,
             );
-            verifier().verify("POST", &signed.uri, &signed.headers, Payload::Streaming, now()).unwrap();
+            verifier()
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Streaming,
+                    now(),
+                )
+                .unwrap();
             // A body that is available must match its hash.
             let err = verifier()
-                .verify("POST", &signed.uri, &signed.headers, Payload::Bytes(b"mkv"), now())
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(b"mkv"),
+                    now(),
+                )
                 .unwrap_err();
             assert_eq!(err, ApiError::signature_mismatch());
             // The host as signed must be the host as received.
             let mut with_port = signed.headers.clone();
             with_port.insert("host", HeaderValue::from_static("127.0.0.1:4567"));
-            let err =
-                verifier().verify("POST", &signed.uri, &with_port, Payload::Streaming, now()).unwrap_err();
+            let err = verifier()
+                .verify("POST", &signed.uri, &with_port, Payload::Streaming, now())
+                .unwrap_err();
             assert_eq!(err, ApiError::signature_mismatch());
         }
 
@@ -1097,8 +1343,24 @@ mod tests {
                 );
                 assert!(signed.uri.query().unwrap().contains("X-Amz-Signature="));
                 assert!(signed.headers.get("authorization").is_none());
-                verifier().verify("POST", &signed.uri, &signed.headers, Payload::Streaming, now()).unwrap();
-                verifier().verify("POST", &signed.uri, &signed.headers, Payload::Bytes(BODY), now()).unwrap();
+                verifier()
+                    .verify(
+                        "POST",
+                        &signed.uri,
+                        &signed.headers,
+                        Payload::Streaming,
+                        now(),
+                    )
+                    .unwrap();
+                verifier()
+                    .verify(
+                        "POST",
+                        &signed.uri,
+                        &signed.headers,
+                        Payload::Bytes(BODY),
+                        now(),
+                    )
+                    .unwrap();
                 let err = verifier()
                     .verify(
                         "POST",
@@ -1108,7 +1370,11 @@ mod tests {
                         now() + Duration::from_secs(301),
                     )
                     .unwrap_err();
-                assert!(err.message.starts_with("Signature expired"), "{}", err.message);
+                assert!(
+                    err.message.starts_with("Signature expired"),
+                    "{}",
+                    err.message
+                );
             }
         }
 
@@ -1128,8 +1394,13 @@ mod tests {
                 let mut headers = signed.headers.clone();
                 // SessionTokenMode::Exclude leaves the token out of the signature and of the headers: add it, as
                 // the C producer does after signing.
-                headers.insert("x-amz-security-token", HeaderValue::from_static("session-token-value"));
-                verifier().verify("POST", &signed.uri, &headers, Payload::Bytes(BODY), now()).unwrap();
+                headers.insert(
+                    "x-amz-security-token",
+                    HeaderValue::from_static("session-token-value"),
+                );
+                verifier()
+                    .verify("POST", &signed.uri, &headers, Payload::Bytes(BODY), now())
+                    .unwrap();
             }
         }
 
@@ -1144,10 +1415,19 @@ mod tests {
                 None,
             );
             let err = verifier()
-                .verify("POST", &signed.uri, &signed.headers, Payload::Bytes(BODY), now())
+                .verify(
+                    "POST",
+                    &signed.uri,
+                    &signed.headers,
+                    Payload::Bytes(BODY),
+                    now(),
+                )
                 .unwrap_err();
             assert_eq!(err.name, "InvalidSignatureException");
-            assert_eq!(err.message, "Credential should be scoped to a valid region, not 'us-west-2'. ");
+            assert_eq!(
+                err.message,
+                "Credential should be scoped to a valid region, not 'us-west-2'. "
+            );
         }
     }
 }

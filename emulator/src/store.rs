@@ -96,7 +96,10 @@ pub struct Store {
 
 impl Store {
     pub fn new(region: impl Into<String>) -> Store {
-        Store { region: region.into(), streams: Mutex::new(Streams::default()) }
+        Store {
+            region: region.into(),
+            streams: Mutex::new(Streams::default()),
+        }
     }
 
     pub fn region(&self) -> &str {
@@ -106,12 +109,16 @@ impl Store {
     /// Locks the registry. A panic while it was held does not make it unusable: the maps stay consistent
     /// because every update is a single insert or remove.
     pub fn lock(&self) -> MutexGuard<'_, Streams> {
-        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Puts back a stream saved by `--data-dir`.
     pub fn restore(&self, stream: Stream) {
-        self.lock().by_name.insert(stream.stream_name.clone(), stream);
+        self.lock()
+            .by_name
+            .insert(stream.stream_name.clone(), stream);
     }
 
     /// Forgets every stream (admin reset).
@@ -123,7 +130,10 @@ impl Store {
     pub fn create(&self, new: NewStream) -> Result<String, ApiError> {
         let mut streams = self.lock();
         if streams.by_name.contains_key(&new.stream_name) {
-            return Err(ApiError::resource_in_use(format!("The stream {} already exists.", new.stream_name)));
+            return Err(ApiError::resource_in_use(format!(
+                "The stream {} already exists.",
+                new.stream_name
+            )));
         }
         let creation_time = now_millis_precision();
         let stream_arn = format!(
@@ -134,7 +144,11 @@ impl Store {
             epoch_millis(creation_time)
         );
         let kms_key_id = new.kms_key_id.unwrap_or_else(|| {
-            format!("arn:{}:kms:{}:{ACCOUNT_ID}:alias/aws/kinesisvideo", partition(&self.region), self.region)
+            format!(
+                "arn:{}:kms:{}:{ACCOUNT_ID}:alias/aws/kinesisvideo",
+                partition(&self.region),
+                self.region
+            )
         });
         let stream = Stream {
             device_name: new.device_name,
@@ -164,19 +178,29 @@ impl Streams {
     /// given they must designate the same stream.
     pub fn find(&self, name: Option<&str>, arn: Option<&str>) -> Result<&Stream, ApiError> {
         let key = self.key_of(name, arn)?;
-        self.by_name.get(&key).ok_or_else(ApiError::stream_not_found)
+        self.by_name
+            .get(&key)
+            .ok_or_else(ApiError::stream_not_found)
     }
 
     /// Like [`Streams::find`], for changing the stream.
-    pub fn find_mut(&mut self, name: Option<&str>, arn: Option<&str>) -> Result<&mut Stream, ApiError> {
+    pub fn find_mut(
+        &mut self,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<&mut Stream, ApiError> {
         let key = self.key_of(name, arn)?;
-        self.by_name.get_mut(&key).ok_or_else(ApiError::stream_not_found)
+        self.by_name
+            .get_mut(&key)
+            .ok_or_else(ApiError::stream_not_found)
     }
 
     /// Removes a stream at once and returns it.
     pub fn remove(&mut self, name: Option<&str>, arn: Option<&str>) -> Result<Stream, ApiError> {
         let key = self.key_of(name, arn)?;
-        self.by_name.remove(&key).ok_or_else(ApiError::stream_not_found)
+        self.by_name
+            .remove(&key)
+            .ok_or_else(ApiError::stream_not_found)
     }
 
     /// All streams, sorted by name.
@@ -187,7 +211,9 @@ impl Streams {
     /// The streams whose name comes after `name`, sorted by name.
     pub fn after(&self, name: &str) -> impl Iterator<Item = &Stream> {
         use std::ops::Bound;
-        self.by_name.range::<str, _>((Bound::Excluded(name), Bound::Unbounded)).map(|(_, stream)| stream)
+        self.by_name
+            .range::<str, _>((Bound::Excluded(name), Bound::Unbounded))
+            .map(|(_, stream)| stream)
     }
 
     pub fn len(&self) -> usize {
@@ -216,9 +242,9 @@ impl Streams {
                     _ => Ok(stream.stream_name.clone()),
                 }
             }
-            (None, None) => {
-                Err(ApiError::invalid_argument("Either StreamName or StreamARN must be specified."))
-            }
+            (None, None) => Err(ApiError::invalid_argument(
+                "Either StreamName or StreamARN must be specified.",
+            )),
         }
     }
 }
@@ -235,12 +261,18 @@ fn partition(region: &str) -> &'static str {
 }
 
 fn new_version() -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(VERSION_LENGTH).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(VERSION_LENGTH)
+        .map(char::from)
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch (0 before 1970).
 pub fn epoch_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Now, truncated to whole milliseconds so the ARN suffix and `CreationTime` agree.
@@ -253,7 +285,10 @@ mod tests {
     use super::*;
 
     fn new_stream(name: &str) -> NewStream {
-        NewStream { stream_name: name.to_owned(), ..NewStream::default() }
+        NewStream {
+            stream_name: name.to_owned(),
+            ..NewStream::default()
+        }
     }
 
     #[test]
@@ -264,8 +299,14 @@ mod tests {
         let stream = streams.find(Some("cam-1"), None).unwrap();
         assert_eq!(stream.stream_arn, arn);
         let millis = epoch_millis(stream.creation_time);
-        assert_eq!(arn, format!("arn:aws:kinesisvideo:eu-west-1:123456789012:stream/cam-1/{millis}"));
-        assert_eq!(stream.kms_key_id, "arn:aws:kms:eu-west-1:123456789012:alias/aws/kinesisvideo");
+        assert_eq!(
+            arn,
+            format!("arn:aws:kinesisvideo:eu-west-1:123456789012:stream/cam-1/{millis}")
+        );
+        assert_eq!(
+            stream.kms_key_id,
+            "arn:aws:kms:eu-west-1:123456789012:alias/aws/kinesisvideo"
+        );
         assert_eq!(stream.status, StreamStatus::Active);
         assert_eq!(stream.version.len(), 20);
         assert!(stream.version.chars().all(|c| c.is_ascii_alphanumeric()));
@@ -288,12 +329,27 @@ mod tests {
         store.create(new_stream("b")).unwrap();
         let streams = store.lock();
         assert_eq!(streams.find(None, Some(&arn_a)).unwrap().stream_name, "a");
-        assert_eq!(streams.find(Some("a"), Some(&arn_a)).unwrap().stream_name, "a");
-        assert_eq!(streams.find(Some("b"), Some(&arn_a)).unwrap_err().name, "ResourceNotFoundException");
-        assert_eq!(streams.find(Some("c"), None).unwrap_err().name, "ResourceNotFoundException");
+        assert_eq!(
+            streams.find(Some("a"), Some(&arn_a)).unwrap().stream_name,
+            "a"
+        );
+        assert_eq!(
+            streams.find(Some("b"), Some(&arn_a)).unwrap_err().name,
+            "ResourceNotFoundException"
+        );
+        assert_eq!(
+            streams.find(Some("c"), None).unwrap_err().name,
+            "ResourceNotFoundException"
+        );
         let stale = arn_a.replace("/a/", "/a/1");
-        assert_eq!(streams.find(None, Some(&stale)).unwrap_err().name, "ResourceNotFoundException");
-        assert_eq!(streams.find(None, None).unwrap_err().name, "InvalidArgumentException");
+        assert_eq!(
+            streams.find(None, Some(&stale)).unwrap_err().name,
+            "ResourceNotFoundException"
+        );
+        assert_eq!(
+            streams.find(None, None).unwrap_err().name,
+            "InvalidArgumentException"
+        );
     }
 
     #[test]

@@ -18,17 +18,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             blocks = 0;
         }
         match event {
-            Event::EbmlHeader(el) => println!("@{} EBML header ({} bytes)", el.offset, el.to_bytes().len()),
+            Event::EbmlHeader(el) => {
+                println!("@{} EBML header ({} bytes)", el.offset, el.to_bytes().len())
+            }
             Event::SegmentStart { offset, size, .. } => println!("@{offset} Segment size {size:?}"),
             Event::Element(el) if el.id == id::TAGS => {
                 let tags = tags::parse_tags(&el.data())?;
-                let list: Vec<String> = tags.iter().map(|t| format!("{}={:?}", t.name, t.value)).collect();
+                let list: Vec<String> = tags
+                    .iter()
+                    .map(|t| format!("{}={:?}", t.name, t.value))
+                    .collect();
                 println!("  @{} Tags [{}]", el.offset, list.join(", "));
             }
             Event::Element(el) => {
-                println!("  @{} element 0x{:X} ({} bytes)", el.offset, el.id, el.to_bytes().len())
+                println!(
+                    "  @{} element 0x{:X} ({} bytes)",
+                    el.offset,
+                    el.id,
+                    el.to_bytes().len()
+                )
             }
-            Event::ClusterStart { offset, size, .. } => println!("  @{offset} Cluster size {size:?}"),
+            Event::ClusterStart { offset, size, .. } => {
+                println!("  @{offset} Cluster size {size:?}")
+            }
             Event::ClusterChild(el) if el.id == id::TIMECODE => {
                 println!("    Timecode {}", kvs_mkv::ebml::read_uint(&el.data())?)
             }
@@ -40,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 block::parse_block_group(&el.data())?;
                 blocks += 1
             }
-            Event::ClusterChild(el) => println!("    child 0x{:X} ({} bytes)", el.id, el.to_bytes().len()),
+            Event::ClusterChild(el) => {
+                println!("    child 0x{:X} ({} bytes)", el.id, el.to_bytes().len())
+            }
             Event::ClusterEnd { end_offset } => println!("  /Cluster @{end_offset}"),
             Event::SegmentEnd { end_offset } => println!("/Segment @{end_offset}"),
         }

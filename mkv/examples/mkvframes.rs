@@ -27,7 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for event in events {
             match event {
                 Event::EbmlHeader(_) => documents += 1,
-                Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP => {
+                Event::ClusterChild(el)
+                    if el.id == id::SIMPLE_BLOCK || el.id == id::BLOCK_GROUP =>
+                {
                     frames += 1;
                     fnv1a(&mut hash, &el.data());
                 }

@@ -22,7 +22,13 @@ pub struct BlockInfo {
 /// Parses the header of a SimpleBlock's data.
 pub fn parse_simple_block(data: &[u8]) -> Result<BlockInfo, Error> {
     let (track, header_len, relative_timecode, flags) = parse_block_header(data)?;
-    Ok(BlockInfo { track, relative_timecode, keyframe: flags & 0x80 != 0, header_len, duration: None })
+    Ok(BlockInfo {
+        track,
+        relative_timecode,
+        keyframe: flags & 0x80 != 0,
+        header_len,
+        duration: None,
+    })
 }
 
 /// Parses a BlockGroup's data: its Block, and whether a ReferenceBlock makes it a non-key frame.
@@ -41,16 +47,28 @@ pub fn parse_block_group(data: &[u8]) -> Result<BlockInfo, Error> {
     }
     let (track, header_len, relative_timecode, _flags) =
         block.ok_or(Error::InvalidValue("BlockGroup without a Block"))?;
-    Ok(BlockInfo { track, relative_timecode, keyframe: !referenced, header_len, duration })
+    Ok(BlockInfo {
+        track,
+        relative_timecode,
+        keyframe: !referenced,
+        header_len,
+        duration,
+    })
 }
 
 fn parse_block_header(data: &[u8]) -> Result<(u64, usize, i16, u8), Error> {
-    let (track, track_len) = read_vint(data)?.ok_or(Error::InvalidValue("block shorter than its header"))?;
+    let (track, track_len) =
+        read_vint(data)?.ok_or(Error::InvalidValue("block shorter than its header"))?;
     let rest = &data[track_len..];
     if rest.len() < 3 {
         return Err(Error::InvalidValue("block shorter than its header"));
     }
-    Ok((track, track_len + 3, i16::from_be_bytes([rest[0], rest[1]]), rest[2]))
+    Ok((
+        track,
+        track_len + 3,
+        i16::from_be_bytes([rest[0], rest[1]]),
+        rest[2],
+    ))
 }
 
 #[cfg(test)]
@@ -63,7 +81,13 @@ mod tests {
         let info = parse_simple_block(&[0x82, 0xFF, 0xFE, 0x80, 9, 9]).unwrap();
         assert_eq!(
             info,
-            BlockInfo { track: 2, relative_timecode: -2, keyframe: true, header_len: 4, duration: None }
+            BlockInfo {
+                track: 2,
+                relative_timecode: -2,
+                keyframe: true,
+                header_len: 4,
+                duration: None
+            }
         );
         assert!(!parse_simple_block(&[0x81, 0, 33, 0x00]).unwrap().keyframe);
         assert!(parse_simple_block(&[0x81, 0]).is_err());
@@ -76,7 +100,12 @@ mod tests {
         write_uint(&mut group, id::BLOCK_DURATION, 40);
         let info = parse_block_group(&group).unwrap();
         assert_eq!(
-            (info.track, info.relative_timecode, info.keyframe, info.duration),
+            (
+                info.track,
+                info.relative_timecode,
+                info.keyframe,
+                info.duration
+            ),
             (1, 10, true, Some(40))
         );
         write_binary(&mut group, id::REFERENCE_BLOCK, &[0xF6]);

@@ -78,7 +78,9 @@ pub const UNKNOWN_SIZE_8: [u8; 8] = [0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0
 
 /// Reads an element ID at the start of `data`: `Ok(None)` when more bytes are needed.
 pub fn read_id(data: &[u8]) -> Result<Option<(u32, usize)>, Error> {
-    let Some(&first) = data.first() else { return Ok(None) };
+    let Some(&first) = data.first() else {
+        return Ok(None);
+    };
     let len = first.leading_zeros() as usize + 1;
     if len > 4 {
         return Err(Error::InvalidId { first_byte: first });
@@ -86,7 +88,9 @@ pub fn read_id(data: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     if data.len() < len {
         return Ok(None);
     }
-    let id = data[..len].iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+    let id = data[..len]
+        .iter()
+        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
     Ok(Some((id, len)))
 }
 
@@ -94,7 +98,9 @@ pub fn read_id(data: &[u8]) -> Result<Option<(u32, usize)>, Error> {
 /// `None` is the "unknown size" marker.
 #[allow(clippy::type_complexity)]
 pub fn read_size(data: &[u8]) -> Result<Option<(Option<u64>, usize)>, Error> {
-    let Some(&first) = data.first() else { return Ok(None) };
+    let Some(&first) = data.first() else {
+        return Ok(None);
+    };
     if first == 0 {
         return Err(Error::InvalidSize);
     }
@@ -103,9 +109,16 @@ pub fn read_size(data: &[u8]) -> Result<Option<(Option<u64>, usize)>, Error> {
         return Ok(None);
     }
     let marker_mask = if len == 8 { 0 } else { 0xFFu8 >> len };
-    let value = data[1..len].iter().fold(u64::from(first & marker_mask), |acc, &b| (acc << 8) | u64::from(b));
+    let value = data[1..len]
+        .iter()
+        .fold(u64::from(first & marker_mask), |acc, &b| {
+            (acc << 8) | u64::from(b)
+        });
     let all_ones = (1u64 << (7 * len)) - 1;
-    Ok(Some((if value == all_ones { None } else { Some(value) }, len)))
+    Ok(Some((
+        if value == all_ones { None } else { Some(value) },
+        len,
+    )))
 }
 
 /// Reads a variable-length integer as used for track numbers in block headers (same coding as sizes).
@@ -125,7 +138,9 @@ pub fn read_uint(data: &[u8]) -> Result<u64, Error> {
 pub fn read_float(data: &[u8]) -> Result<f64, Error> {
     match data.len() {
         0 => Ok(0.0),
-        4 => Ok(f64::from(f32::from_be_bytes([data[0], data[1], data[2], data[3]]))),
+        4 => Ok(f64::from(f32::from_be_bytes([
+            data[0], data[1], data[2], data[3],
+        ]))),
         8 => {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(data);
@@ -213,7 +228,11 @@ pub fn write_uint(out: &mut Vec<u8>, id: u32, value: u64) {
 /// Writes a master element whose children are already encoded in `body`, with a size field `width` bytes wide.
 pub fn write_master(out: &mut Vec<u8>, id: u32, body: &[u8], width: usize) {
     write_id(out, id);
-    write_size(out, body.len() as u64, width.max(size_width(body.len() as u64)));
+    write_size(
+        out,
+        body.len() as u64,
+        width.max(size_width(body.len() as u64)),
+    );
     out.extend_from_slice(body);
 }
 
@@ -223,14 +242,23 @@ mod tests {
 
     #[test]
     fn ids_round_trip() {
-        for id in [id::EBML, id::SEGMENT, id::TIMECODE_SCALE, id::TAG, id::SIMPLE_BLOCK] {
+        for id in [
+            id::EBML,
+            id::SEGMENT,
+            id::TIMECODE_SCALE,
+            id::TAG,
+            id::SIMPLE_BLOCK,
+        ] {
             let mut out = Vec::new();
             write_id(&mut out, id);
             assert_eq!(read_id(&out).unwrap(), Some((id, out.len())));
         }
         assert_eq!(read_id(&[0x1A, 0x45]).unwrap(), None);
         assert!(read_id(&[0x00, 0x01]).is_err());
-        assert!(read_id(&[0x08, 0, 0, 0, 0]).is_err(), "5-byte ids are not valid");
+        assert!(
+            read_id(&[0x08, 0, 0, 0, 0]).is_err(),
+            "5-byte ids are not valid"
+        );
     }
 
     #[test]
@@ -240,7 +268,11 @@ mod tests {
                 let mut out = Vec::new();
                 write_size(&mut out, size, width);
                 assert_eq!(out.len(), width);
-                assert_eq!(read_size(&out).unwrap(), Some((Some(size), width)), "width {width} size {size}");
+                assert_eq!(
+                    read_size(&out).unwrap(),
+                    Some((Some(size), width)),
+                    "width {width} size {size}"
+                );
             }
         }
     }
@@ -271,7 +303,13 @@ mod tests {
         write_uint(&mut body, id::TRACK_NUMBER, 1);
         write_binary(&mut body, id::CODEC_ID, b"V_MPEG4/ISO/AVC");
         let kids: Vec<_> = children(&body).collect::<Result<_, _>>().unwrap();
-        assert_eq!(kids, vec![(id::TRACK_NUMBER, &[1u8][..]), (id::CODEC_ID, &b"V_MPEG4/ISO/AVC"[..])]);
+        assert_eq!(
+            kids,
+            vec![
+                (id::TRACK_NUMBER, &[1u8][..]),
+                (id::CODEC_ID, &b"V_MPEG4/ISO/AVC"[..])
+            ]
+        );
         let cut = &body[..body.len() - 1];
         let last = children(cut).last().unwrap();
         assert_eq!(last, Err(Error::Truncated));

@@ -29,7 +29,9 @@ pub fn doc_type(ebml_header_data: &[u8]) -> Result<String, Error> {
     for child in children(ebml_header_data) {
         let (child_id, data) = child?;
         if child_id == id::DOC_TYPE {
-            doc_type = String::from_utf8_lossy(data).trim_end_matches('\0').to_owned();
+            doc_type = String::from_utf8_lossy(data)
+                .trim_end_matches('\0')
+                .to_owned();
         }
     }
     match doc_type.as_str() {
@@ -79,11 +81,17 @@ pub fn tracks(tracks_data: &[u8]) -> Result<Vec<Track>, Error> {
                 id::TRACK_UID => track.uid = read_uint(data)?,
                 id::TRACK_TYPE => track.track_type = read_uint(data)?,
                 id::CODEC_ID => {
-                    track.codec_id = String::from_utf8_lossy(data).trim_end_matches('\0').to_owned()
+                    track.codec_id = String::from_utf8_lossy(data)
+                        .trim_end_matches('\0')
+                        .to_owned()
                 }
                 id::CODEC_PRIVATE => track.codec_private = data.to_vec(),
                 id::NAME => {
-                    track.name = Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_owned())
+                    track.name = Some(
+                        String::from_utf8_lossy(data)
+                            .trim_end_matches('\0')
+                            .to_owned(),
+                    )
                 }
                 0xE0 => {
                     let mut width = 0;
@@ -129,7 +137,10 @@ pub struct TrackRename {
 /// A Tracks element (id, size and data) rebuilt from `tracks_data` with each TrackEntry's Name and CodecID
 /// replaced as `rename(track_type)` says; every other child is kept as it was (re-encoded with the smallest
 /// size fields). This is how kvssink gives the tracks it muxes itself the C++ kvssink's names and codec IDs.
-pub fn rename_tracks(tracks_data: &[u8], rename: impl Fn(u64) -> TrackRename) -> Result<Vec<u8>, Error> {
+pub fn rename_tracks(
+    tracks_data: &[u8],
+    rename: impl Fn(u64) -> TrackRename,
+) -> Result<Vec<u8>, Error> {
     let mut entries = Vec::new();
     for entry in children(tracks_data) {
         let (entry_id, entry_data) = entry?;
@@ -200,7 +211,10 @@ mod tests {
         assert_eq!(doc_type(&[]).unwrap(), "matroska");
         let mut header = Vec::new();
         write_binary(&mut header, id::DOC_TYPE, b"avi");
-        assert_eq!(doc_type(&header), Err(Error::UnsupportedDocType("avi".into())));
+        assert_eq!(
+            doc_type(&header),
+            Err(Error::UnsupportedDocType("avi".into()))
+        );
     }
 
     #[test]
@@ -233,9 +247,10 @@ mod tests {
     #[test]
     fn tracks_are_renamed_by_type_and_keep_everything_else() {
         let mut body = Vec::new();
-        for (number, kind, codec, name) in
-            [(1, TRACK_TYPE_VIDEO, "V_MPEG4/ISO/AVC", Some("Video")), (2, TRACK_TYPE_AUDIO, "A_AAC", None)]
-        {
+        for (number, kind, codec, name) in [
+            (1, TRACK_TYPE_VIDEO, "V_MPEG4/ISO/AVC", Some("Video")),
+            (2, TRACK_TYPE_AUDIO, "A_AAC", None),
+        ] {
             let mut entry = Vec::new();
             write_uint(&mut entry, id::TRACK_NUMBER, number);
             write_uint(&mut entry, id::TRACK_TYPE, kind);
@@ -247,7 +262,14 @@ mod tests {
             write_master(&mut body, id::TRACK_ENTRY, &entry, 1);
         }
         let renamed = rename_tracks(&body, |kind| TrackRename {
-            name: Some(if kind == TRACK_TYPE_VIDEO { "kinesis_video" } else { "audio" }.to_owned()),
+            name: Some(
+                if kind == TRACK_TYPE_VIDEO {
+                    "kinesis_video"
+                } else {
+                    "audio"
+                }
+                .to_owned(),
+            ),
             codec_id: (kind == TRACK_TYPE_VIDEO).then(|| "V_MPEG4/ISO/AVC/X".to_owned()),
         })
         .unwrap();
@@ -259,10 +281,18 @@ mod tests {
         assert_eq!(tracks[0].name.as_deref(), Some("kinesis_video"));
         assert_eq!(tracks[0].codec_id, "V_MPEG4/ISO/AVC/X");
         assert_eq!(tracks[0].codec_private, vec![9; 200]);
-        assert_eq!((tracks[1].number, tracks[1].name.as_deref()), (2, Some("audio")));
+        assert_eq!(
+            (tracks[1].number, tracks[1].name.as_deref()),
+            (2, Some("audio"))
+        );
         assert_eq!(tracks[1].codec_id, "A_AAC");
         // Nothing asked: the same tracks.
         let same = rename_tracks(&body, |_| TrackRename::default()).unwrap();
-        assert_eq!(super::tracks(children(&same).next().unwrap().unwrap().1).unwrap().len(), 2);
+        assert_eq!(
+            super::tracks(children(&same).next().unwrap().unwrap().1)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -54,27 +54,43 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::NotMatroska { first_id } => {
-                write!(f, "not Matroska: the stream starts with element 0x{first_id:X}, not an EBML header")
+                write!(
+                    f,
+                    "not Matroska: the stream starts with element 0x{first_id:X}, not an EBML header"
+                )
             }
             Error::InvalidId { first_byte } => {
                 write!(f, "invalid EBML element ID (first byte 0x{first_byte:02X})")
             }
             Error::InvalidSize => write!(f, "invalid EBML size field"),
-            Error::Corrupt { offset, cause } => write!(f, "corrupt Matroska at byte {offset}: {cause}"),
+            Error::Corrupt { offset, cause } => {
+                write!(f, "corrupt Matroska at byte {offset}: {cause}")
+            }
             Error::Truncated => write!(f, "truncated Matroska: the input ends inside an element"),
             Error::ElementTooLarge { id, size, offset } => {
-                write!(f, "Matroska element 0x{id:X} at byte {offset} is too large ({size} bytes)")
+                write!(
+                    f,
+                    "Matroska element 0x{id:X} at byte {offset} is too large ({size} bytes)"
+                )
             }
             Error::ElementOverflowsParent { id, offset } => {
-                write!(f, "corrupt Matroska: element 0x{id:X} at byte {offset} extends past its parent")
+                write!(
+                    f,
+                    "corrupt Matroska: element 0x{id:X} at byte {offset} extends past its parent"
+                )
             }
             Error::UnexpectedElement { id, offset } => {
                 write!(f, "unexpected Matroska element 0x{id:X} at byte {offset}")
             }
-            Error::UnexpectedUnknownSize { id } => write!(f, "Matroska element 0x{id:X} has an unknown size"),
+            Error::UnexpectedUnknownSize { id } => {
+                write!(f, "Matroska element 0x{id:X} has an unknown size")
+            }
             Error::InvalidValue(what) => write!(f, "invalid Matroska value: {what}"),
             Error::UnsupportedDocType(doc_type) => {
-                write!(f, "unsupported EBML DocType {doc_type:?} (expected \"matroska\" or \"webm\")")
+                write!(
+                    f,
+                    "unsupported EBML DocType {doc_type:?} (expected \"matroska\" or \"webm\")"
+                )
             }
         }
     }

@@ -77,11 +77,19 @@ pub enum Event {
     /// A whole EBML header element; a new Matroska document begins.
     EbmlHeader(Element),
     /// A Segment begins. `header` holds its ID and size bytes; `size` is `None` when unknown.
-    SegmentStart { offset: u64, header: Bytes, size: Option<u64> },
+    SegmentStart {
+        offset: u64,
+        header: Bytes,
+        size: Option<u64>,
+    },
     /// A whole level-1 element other than a Cluster (SeekHead, Info, Tracks, Tags, Cues, Void...).
     Element(Element),
     /// A Cluster begins. `header` holds its ID and size bytes; `size` is `None` when unknown.
-    ClusterStart { offset: u64, header: Bytes, size: Option<u64> },
+    ClusterStart {
+        offset: u64,
+        header: Bytes,
+        size: Option<u64>,
+    },
     /// A whole child of the current Cluster (Timecode, SimpleBlock, BlockGroup, Position, PrevSize...).
     ClusterChild(Element),
     /// The current Cluster ended (its known size was reached, or an element that is not its child began).
@@ -177,7 +185,9 @@ impl MkvReader {
 
     /// True while a Cluster is open.
     pub fn in_cluster(&self) -> bool {
-        self.stack.last().is_some_and(|open| open.level == Level::Cluster)
+        self.stack
+            .last()
+            .is_some_and(|open| open.level == Level::Cluster)
     }
 
     /// The next event, `Ok(None)` when more input is needed. After an error, every call returns that error.
@@ -217,8 +227,12 @@ impl MkvReader {
 
     fn end_event(&self, level: Level) -> Event {
         match level {
-            Level::Segment => Event::SegmentEnd { end_offset: self.offset },
-            Level::Cluster => Event::ClusterEnd { end_offset: self.offset },
+            Level::Segment => Event::SegmentEnd {
+                end_offset: self.offset,
+            },
+            Level::Cluster => Event::ClusterEnd {
+                end_offset: self.offset,
+            },
         }
     }
 
@@ -238,7 +252,9 @@ impl MkvReader {
             return Ok(None);
         };
         if !self.seen_header && element_id != id::EBML {
-            return Err(Error::NotMatroska { first_id: element_id });
+            return Err(Error::NotMatroska {
+                first_id: element_id,
+            });
         }
         // An unknown-size master ends where an element that cannot be its child begins.
         if let Some(open) = self.stack.last().copied()
@@ -266,9 +282,16 @@ impl MkvReader {
                 let end = offset
                     .checked_add(header_len as u64)
                     .and_then(|v| v.checked_add(size))
-                    .ok_or(Error::ElementTooLarge { id: element_id, size, offset })?;
+                    .ok_or(Error::ElementTooLarge {
+                        id: element_id,
+                        size,
+                        offset,
+                    })?;
                 if parent_end.is_some_and(|parent_end| end > parent_end) {
-                    return Err(Error::ElementOverflowsParent { id: element_id, offset });
+                    return Err(Error::ElementOverflowsParent {
+                        id: element_id,
+                        offset,
+                    });
                 }
                 Some(end)
             }
@@ -286,16 +309,32 @@ impl MkvReader {
             self.offset += header_len as u64;
             self.stack.push(Open { level, end });
             return Ok(Some(match level {
-                Level::Segment => Event::SegmentStart { offset, header, size },
-                Level::Cluster => Event::ClusterStart { offset, header, size },
+                Level::Segment => Event::SegmentStart {
+                    offset,
+                    header,
+                    size,
+                },
+                Level::Cluster => Event::ClusterStart {
+                    offset,
+                    header,
+                    size,
+                },
             }));
         }
 
         match (context, element_id) {
             (None, id::EBML) => {}
-            (None, _) => return Err(Error::UnexpectedElement { id: element_id, offset }),
+            (None, _) => {
+                return Err(Error::UnexpectedElement {
+                    id: element_id,
+                    offset,
+                });
+            }
             (Some(_), id::EBML | id::SEGMENT) => {
-                return Err(Error::UnexpectedElement { id: element_id, offset });
+                return Err(Error::UnexpectedElement {
+                    id: element_id,
+                    offset,
+                });
             }
             _ => {}
         }
@@ -303,13 +342,22 @@ impl MkvReader {
             return Err(Error::UnexpectedUnknownSize { id: element_id });
         };
         if size > self.max_element_size as u64 {
-            return Err(Error::ElementTooLarge { id: element_id, size, offset });
+            return Err(Error::ElementTooLarge {
+                id: element_id,
+                size,
+                offset,
+            });
         }
         let total = header_len + size as usize;
         if self.buf.len() < total {
             return Ok(None);
         }
-        let element = Element { id: element_id, offset, header_len, bytes: self.buf.take(total) };
+        let element = Element {
+            id: element_id,
+            offset,
+            header_len,
+            bytes: self.buf.take(total),
+        };
         self.offset += total as u64;
         Ok(Some(match context {
             None => {
@@ -323,9 +371,10 @@ impl MkvReader {
 
     fn at(&self, err: Error) -> Error {
         match err {
-            Error::InvalidId { .. } | Error::InvalidSize => {
-                Error::Corrupt { offset: self.offset, cause: Box::new(err) }
-            }
+            Error::InvalidId { .. } | Error::InvalidSize => Error::Corrupt {
+                offset: self.offset,
+                cause: Box::new(err),
+            },
             other => other,
         }
     }
@@ -489,19 +538,35 @@ mod tests {
         reader.push(&stream);
         let events = all_events(&mut reader);
         let kinds = kinds(&events);
-        assert_eq!(kinds[6..10], ["/cluster", "el(1254c367)", "/segment", "ebml"]);
+        assert_eq!(
+            kinds[6..10],
+            ["/cluster", "el(1254c367)", "/segment", "ebml"]
+        );
     }
 
     #[test]
     fn not_matroska_is_refused_at_the_first_element() {
         let mut reader = MkvReader::new();
         reader.push(b"\x00\x00\x00\x18ftypmp42");
-        assert!(matches!(reader.next_event(), Err(Error::Corrupt { offset: 0, .. })));
+        assert!(matches!(
+            reader.next_event(),
+            Err(Error::Corrupt { offset: 0, .. })
+        ));
         let mut reader = MkvReader::new();
         reader.push(&[0x1F, 0x43, 0xB6, 0x75, 0x80]);
-        assert_eq!(reader.next_event(), Err(Error::NotMatroska { first_id: id::CLUSTER }));
+        assert_eq!(
+            reader.next_event(),
+            Err(Error::NotMatroska {
+                first_id: id::CLUSTER
+            })
+        );
         // The error sticks.
-        assert_eq!(reader.next_event(), Err(Error::NotMatroska { first_id: id::CLUSTER }));
+        assert_eq!(
+            reader.next_event(),
+            Err(Error::NotMatroska {
+                first_id: id::CLUSTER
+            })
+        );
     }
 
     #[test]
@@ -524,7 +589,14 @@ mod tests {
         reader.push(&stream);
         let err = first_error(&mut reader);
         assert!(
-            matches!(err, Error::ElementTooLarge { id: id::SIMPLE_BLOCK, size: 0x1000_0000, .. }),
+            matches!(
+                err,
+                Error::ElementTooLarge {
+                    id: id::SIMPLE_BLOCK,
+                    size: 0x1000_0000,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -542,7 +614,16 @@ mod tests {
         let mut reader = MkvReader::new();
         reader.push(&stream);
         let err = first_error(&mut reader);
-        assert!(matches!(err, Error::ElementOverflowsParent { id: id::TIMECODE, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::ElementOverflowsParent {
+                    id: id::TIMECODE,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     mod prop {

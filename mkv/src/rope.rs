@@ -48,7 +48,9 @@ impl Rope {
 
     /// The pieces, in order.
     pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::once(&self.first).filter(|p| !p.is_empty()).chain(self.rest.iter())
+        std::iter::once(&self.first)
+            .filter(|p| !p.is_empty())
+            .chain(self.rest.iter())
     }
 
     pub fn piece_count(&self) -> usize {
@@ -56,7 +58,9 @@ impl Rope {
     }
 
     pub fn into_pieces(self) -> impl Iterator<Item = Bytes> {
-        std::iter::once(self.first).filter(|p| !p.is_empty()).chain(self.rest)
+        std::iter::once(self.first)
+            .filter(|p| !p.is_empty())
+            .chain(self.rest)
     }
 
     /// The contents as one `Bytes`: free for a rope of one piece, a copy otherwise.
@@ -117,7 +121,10 @@ fn copy_prefix<'a>(pieces: impl Iterator<Item = &'a Bytes>, out: &mut [u8]) -> u
 
 impl From<Bytes> for Rope {
     fn from(piece: Bytes) -> Self {
-        Rope { first: piece, rest: Vec::new() }
+        Rope {
+            first: piece,
+            rest: Vec::new(),
+        }
     }
 }
 
@@ -142,7 +149,10 @@ impl PartialEq for Rope {
         if self.len() != other.len() {
             return false;
         }
-        let (mut a, mut b) = (self.pieces().flat_map(|p| p.iter()), other.pieces().flat_map(|p| p.iter()));
+        let (mut a, mut b) = (
+            self.pieces().flat_map(|p| p.iter()),
+            other.pieces().flat_map(|p| p.iter()),
+        );
         loop {
             match (a.next(), b.next()) {
                 (None, None) => return true,
@@ -163,7 +173,12 @@ impl PartialEq<[u8]> for Rope {
 
 impl std::fmt::Debug for Rope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Rope({} bytes in {} pieces)", self.len(), self.piece_count())
+        write!(
+            f,
+            "Rope({} bytes in {} pieces)",
+            self.len(),
+            self.piece_count()
+        )
     }
 }
 
@@ -206,7 +221,9 @@ impl PieceQueue {
         self.len -= n;
         let mut rope = Rope::new();
         while n > 0 {
-            let Some(front) = self.pieces.front_mut() else { break };
+            let Some(front) = self.pieces.front_mut() else {
+                break;
+            };
             if front.len() <= n {
                 n -= front.len();
                 if let Some(piece) = self.pieces.pop_front() {
@@ -217,7 +234,9 @@ impl PieceQueue {
                 n = 0;
             }
         }
-        if rope.piece_count() > 1 && (rope.len() <= COALESCE_BELOW || rope.piece_count() > MAX_PIECES) {
+        if rope.piece_count() > 1
+            && (rope.len() <= COALESCE_BELOW || rope.piece_count() > MAX_PIECES)
+        {
             return Rope::from(rope.to_bytes());
         }
         rope
@@ -230,9 +249,16 @@ mod tests {
 
     #[test]
     fn equality_is_by_content_whatever_the_cuts() {
-        let a: Rope = [Bytes::from_static(b"ab"), Bytes::from_static(b"cdef")].into_iter().collect();
-        let b: Rope =
-            [Bytes::from_static(b"abcd"), Bytes::new(), Bytes::from_static(b"ef")].into_iter().collect();
+        let a: Rope = [Bytes::from_static(b"ab"), Bytes::from_static(b"cdef")]
+            .into_iter()
+            .collect();
+        let b: Rope = [
+            Bytes::from_static(b"abcd"),
+            Bytes::new(),
+            Bytes::from_static(b"ef"),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(a, b);
         assert_eq!(a, *b"abcdef".as_slice());
         assert_ne!(a, Rope::from(Bytes::from_static(b"abcdeg")));
@@ -257,7 +283,10 @@ mod tests {
         let taken = queue.take(1004);
         assert_eq!(taken.piece_count(), 2);
         // The frame piece is the input's own memory.
-        assert_eq!(taken.pieces().nth(1).map(|p| p.as_ptr()), Some(big.as_ptr()));
+        assert_eq!(
+            taken.pieces().nth(1).map(|p| p.as_ptr()),
+            Some(big.as_ptr())
+        );
         assert_eq!(queue.len(), 4);
         assert_eq!(queue.take(4), *b"tail".as_slice());
         assert!(queue.is_empty());

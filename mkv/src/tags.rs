@@ -30,7 +30,10 @@ pub struct SimpleTag {
 
 impl SimpleTag {
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { name: name.into(), value: value.into() }
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -59,9 +62,15 @@ fn parse_simple_tag(data: &[u8], out: &mut Vec<SimpleTag>) -> Result<(), Error> 
     for child in children(data) {
         let (child_id, child_data) = child?;
         match child_id {
-            id::TAG_NAME => name = String::from_utf8_lossy(child_data).trim_end_matches('\0').to_owned(),
+            id::TAG_NAME => {
+                name = String::from_utf8_lossy(child_data)
+                    .trim_end_matches('\0')
+                    .to_owned()
+            }
             id::TAG_STRING | id::TAG_BINARY => {
-                value = String::from_utf8_lossy(child_data).trim_end_matches('\0').to_owned()
+                value = String::from_utf8_lossy(child_data)
+                    .trim_end_matches('\0')
+                    .to_owned()
             }
             id::SIMPLE_TAG => nested.push(child_data),
             _ => {}
@@ -96,7 +105,11 @@ pub fn write_tags(out: &mut Vec<u8>, tags: &[SimpleTag], size_width: usize) {
 
 fn write_element(out: &mut Vec<u8>, element_id: u32, data: &[u8], size_width: usize) {
     write_id(out, element_id);
-    write_size(out, data.len() as u64, size_width.max(crate::ebml::size_width(data.len() as u64)));
+    write_size(
+        out,
+        data.len() as u64,
+        size_width.max(crate::ebml::size_width(data.len() as u64)),
+    );
     out.extend_from_slice(data);
 }
 
@@ -107,7 +120,10 @@ mod tests {
 
     #[test]
     fn write_then_parse() {
-        let tags = vec![SimpleTag::new(FRAGMENT_NUMBER, "913438"), SimpleTag::new("user", "hello")];
+        let tags = vec![
+            SimpleTag::new(FRAGMENT_NUMBER, "913438"),
+            SimpleTag::new("user", "hello"),
+        ];
         let mut out = Vec::new();
         write_tags(&mut out, &tags, 4);
         assert_eq!(&out[..4], &[0x12, 0x54, 0xC3, 0x67]);

@@ -3,7 +3,9 @@
 //! Writing the Matroska a KVS producer sends: EBML header, a live Segment, Tracks, and unknown-size Clusters
 //! of SimpleBlocks (the layout of the C++ producer, KVS-PROTOCOL.md §2.8).
 
-use crate::ebml::{UNKNOWN_SIZE_8, id, write_binary, write_id, write_master, write_uint, write_uint_fixed};
+use crate::ebml::{
+    UNKNOWN_SIZE_8, id, write_binary, write_id, write_master, write_uint, write_uint_fixed,
+};
 
 /// One track of a Tracks element.
 #[derive(Debug, Clone)]
@@ -86,7 +88,12 @@ pub fn h264_stream_header() -> Vec<u8> {
     write_info(&mut out, 1_000_000);
     write_tracks(
         &mut out,
-        &[TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private: &[] }],
+        &[TrackSpec {
+            number: 1,
+            track_type: 1,
+            codec_id: "V_MPEG4/ISO/AVC",
+            codec_private: &[],
+        }],
     );
     out
 }
@@ -119,7 +126,9 @@ mod tests {
         let tracks = events
             .iter()
             .find_map(|e| match e {
-                Event::Element(el) if el.id == id::TRACKS => Some(crate::header::tracks(&el.data()).unwrap()),
+                Event::Element(el) if el.id == id::TRACKS => {
+                    Some(crate::header::tracks(&el.data()).unwrap())
+                }
                 _ => None,
             })
             .unwrap();

@@ -13,7 +13,8 @@ fn fixture(path: &str) -> Vec<u8> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"));
     let path = dir.join(path);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} (set KVS_FIXTURES_DIR): {e}", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("fixture {} (set KVS_FIXTURES_DIR): {e}", path.display()))
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -66,19 +67,36 @@ fn read_all(data: &[u8], piece: usize, complete: bool) -> Counts {
 }
 
 fn tag_values<'a>(counts: &'a Counts, name: &str) -> Vec<&'a str> {
-    counts.simple_tags.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    counts
+        .simple_tags
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 #[test]
 fn getmedia_capture_has_five_fragments_of_sixty_frames() {
     let data = fixture("getmedia/output_get_media.mkv");
     let counts = read_all(&data, data.len(), true);
-    assert_eq!((counts.documents, counts.clusters, counts.blocks), (5, 5, 300));
+    assert_eq!(
+        (counts.documents, counts.clusters, counts.blocks),
+        (5, 5, 300)
+    );
     assert_eq!(tag_values(&counts, tags::FRAGMENT_NUMBER).len(), 5);
     assert_eq!(tag_values(&counts, tags::MILLIS_BEHIND_NOW).len(), 5);
-    assert_eq!(tag_values(&counts, tags::CONTINUATION_TOKEN), tag_values(&counts, tags::FRAGMENT_NUMBER));
-    assert_eq!(tag_values(&counts, tags::SERVER_TIMESTAMP)[0], "1511852109.126");
-    assert_eq!(tag_values(&counts, tags::PRODUCER_TIMESTAMP)[0], "1511852108.513");
+    assert_eq!(
+        tag_values(&counts, tags::CONTINUATION_TOKEN),
+        tag_values(&counts, tags::FRAGMENT_NUMBER)
+    );
+    assert_eq!(
+        tag_values(&counts, tags::SERVER_TIMESTAMP)[0],
+        "1511852109.126"
+    );
+    assert_eq!(
+        tag_values(&counts, tags::PRODUCER_TIMESTAMP)[0],
+        "1511852108.513"
+    );
     // Any piece size gives the same result.
     for piece in [1, 7, 4096] {
         assert_eq!(read_all(&data, piece, true), counts, "piece size {piece}");
@@ -87,7 +105,11 @@ fn getmedia_capture_has_five_fragments_of_sixty_frames() {
 
 #[test]
 fn every_getmedia_fixture_reads_to_the_end() {
-    for name in ["test_mixed_tags.mkv", "empty-mkv-with-tags.mkv", "test_tags_empty_cluster.mkv"] {
+    for name in [
+        "test_mixed_tags.mkv",
+        "empty-mkv-with-tags.mkv",
+        "test_tags_empty_cluster.mkv",
+    ] {
         let data = fixture(&format!("getmedia/{name}"));
         let counts = read_all(&data, 1000, true);
         assert!(counts.documents >= 1, "{name}: {counts:?}");

@@ -88,7 +88,9 @@ pub fn parse_ack(text: &[u8]) -> Result<AckEvent, AckError> {
         "PERSISTED" => AckKind::Persisted,
         "IDLE" => AckKind::Idle,
         "ERROR" => AckKind::Error {
-            id: raw.error_id.ok_or_else(|| AckError::Invalid("an ERROR without ErrorId".into()))?,
+            id: raw
+                .error_id
+                .ok_or_else(|| AckError::Invalid("an ERROR without ErrorId".into()))?,
             code: raw.error_code.unwrap_or_default(),
         },
         other => return Err(AckError::Invalid(format!("unknown EventType {other:?}"))),
@@ -98,7 +100,11 @@ pub fn parse_ack(text: &[u8]) -> Result<AckEvent, AckError> {
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    Ok(AckEvent { kind, timecode: raw.fragment_timecode, fragment_number })
+    Ok(AckEvent {
+        kind,
+        timecode: raw.fragment_timecode,
+        fragment_number,
+    })
 }
 
 /// Splits a byte stream into ACK objects. See the module documentation.
@@ -205,7 +211,10 @@ mod tests {
     );
 
     fn kinds(results: &[Result<AckEvent, AckError>]) -> Vec<String> {
-        results.iter().map(|r| r.as_ref().unwrap().kind.name().to_owned()).collect()
+        results
+            .iter()
+            .map(|r| r.as_ref().unwrap().kind.name().to_owned())
+            .collect()
     }
 
     #[test]
@@ -214,10 +223,16 @@ mod tests {
         assert_eq!(kinds(&acks), ["BUFFERING", "RECEIVED", "ERROR", "IDLE"]);
         let first = acks[0].as_ref().unwrap();
         assert_eq!(first.timecode, Some(1677613819540));
-        assert_eq!(first.fragment_number.as_deref(), Some("91343852333182006801812051225829315333083406205"));
+        assert_eq!(
+            first.fragment_number.as_deref(),
+            Some("91343852333182006801812051225829315333083406205")
+        );
         assert_eq!(
             acks[2].as_ref().unwrap().kind,
-            AckKind::Error { id: 4004, code: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS".into() }
+            AckKind::Error {
+                id: 4004,
+                code: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS".into()
+            }
         );
         assert_eq!(acks[3].as_ref().unwrap().timecode, None);
     }
@@ -242,7 +257,10 @@ mod tests {
         );
         assert_eq!(
             acks[0].as_ref().unwrap().kind,
-            AckKind::Error { id: 5000, code: "odd } \" { code".into() }
+            AckKind::Error {
+                id: 5000,
+                code: "odd } \" { code".into()
+            }
         );
     }
 
@@ -253,14 +271,20 @@ mod tests {
         );
         assert!(matches!(&acks[0], Err(AckError::Invalid(why)) if why.contains("SOMETHING")));
         assert!(matches!(&acks[1], Err(AckError::Invalid(why)) if why.contains("ErrorId")));
-        assert_eq!(acks[2].as_ref().unwrap().fragment_number.as_deref(), Some("7"));
+        assert_eq!(
+            acks[2].as_ref().unwrap().fragment_number.as_deref(),
+            Some("7")
+        );
     }
 
     #[test]
     fn an_endless_line_outside_any_object_is_refused() {
         let mut parser = AckParser::new();
         assert!(parser.push(&vec![b'x'; MAX_ACK_LEN - 1]).is_empty());
-        assert!(parser.push(b"\n").is_empty(), "a line break starts the count again");
+        assert!(
+            parser.push(b"\n").is_empty(),
+            "a line break starts the count again"
+        );
         assert!(parser.push(&vec![b'x'; MAX_ACK_LEN - 1]).is_empty());
         assert_eq!(parser.push(b"x"), [Err(AckError::TooLong)]);
     }
@@ -272,7 +296,10 @@ mod tests {
         let cut = format!("{}\u{1}}}\n{}\n", &line[..line.len() / 2], line);
         let out = parser.push(cut.as_bytes());
         assert_eq!(out.len(), 2, "{out:?}");
-        assert!(matches!(&out[0], Err(AckError::Invalid(why)) if why.contains("cut")), "{out:?}");
+        assert!(
+            matches!(&out[0], Err(AckError::Invalid(why)) if why.contains("cut")),
+            "{out:?}"
+        );
         assert_eq!(out[1].as_ref().unwrap().kind, AckKind::Received);
     }
 

@@ -88,7 +88,11 @@ pub fn control_plane_endpoint(settings: &ConnectionSettings) -> Option<String> {
         .endpoint_uri
         .clone()
         .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("CONTROL_PLANE_URI").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("CONTROL_PLANE_URI")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .map(|s| s.trim_end_matches('/').to_owned())
 }
 
@@ -107,12 +111,15 @@ pub struct AwsContext {
 
 impl std::fmt::Debug for AwsContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsContext").field("region", &self.region).finish_non_exhaustive()
+        f.debug_struct("AwsContext")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
     }
 }
 
 fn read_ca_file(path: &str) -> Result<Vec<u8>, KvsError> {
-    std::fs::read(path).map_err(|e| KvsError::Config(format!("cannot read the CA file {path:?}: {e}")))
+    std::fs::read(path)
+        .map_err(|e| KvsError::Config(format!("cannot read the CA file {path:?}: {e}")))
 }
 
 /// The system's root certificates, read once per process (reading them takes milliseconds).
@@ -135,18 +142,26 @@ impl DataPlaneTls {
         if let Some(pem) = ca_pem {
             let mut check = tokio_rustls::rustls::RootCertStore::empty();
             for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert =
-                    cert.map_err(|e| KvsError::Config(format!("the CA file {ca_path:?} is not PEM: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    KvsError::Config(format!("the CA file {ca_path:?} is not PEM: {e}"))
+                })?;
                 check.add(cert.clone()).map_err(|e| {
-                    KvsError::Config(format!("the CA file {ca_path:?} holds an unusable certificate: {e}"))
+                    KvsError::Config(format!(
+                        "the CA file {ca_path:?} holds an unusable certificate: {e}"
+                    ))
                 })?;
                 custom.push(cert);
             }
             if custom.is_empty() {
-                return Err(KvsError::Config(format!("the CA file {ca_path:?} holds no PEM certificate")));
+                return Err(KvsError::Config(format!(
+                    "the CA file {ca_path:?} holds no PEM certificate"
+                )));
             }
         }
-        Ok(DataPlaneTls { custom: Arc::new(custom), config: Arc::default() })
+        Ok(DataPlaneTls {
+            custom: Arc::new(custom),
+            config: Arc::default(),
+        })
     }
 
     /// The client configuration, built on first use.
@@ -161,7 +176,9 @@ impl DataPlaneTls {
                 let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
                 tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
-                    .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+                    .map(|builder| {
+                        Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
+                    })
                     .map_err(|e| format!("TLS: {e}"))
             })
             .clone()
@@ -170,8 +187,9 @@ impl DataPlaneTls {
 }
 
 /// Contexts already loaded, by a hash of the settings they were loaded from (the most recent few).
-static SHARED: std::sync::LazyLock<std::sync::Mutex<std::collections::VecDeque<(u64, AwsContext)>>> =
-    std::sync::LazyLock::new(Default::default);
+static SHARED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::VecDeque<(u64, AwsContext)>>,
+> = std::sync::LazyLock::new(Default::default);
 /// Distinct settings kept in [`SHARED`].
 const SHARED_MAX: usize = 32;
 
@@ -183,8 +201,16 @@ fn settings_key(settings: &ConnectionSettings, element: &str) -> u64 {
     element.hash(&mut hasher);
     settings.region.hash(&mut hasher);
     settings.access_key.hash(&mut hasher);
-    settings.secret_access_key.as_ref().map(Secret::expose).hash(&mut hasher);
-    settings.session_token.as_ref().map(Secret::expose).hash(&mut hasher);
+    settings
+        .secret_access_key
+        .as_ref()
+        .map(Secret::expose)
+        .hash(&mut hasher);
+    settings
+        .session_token
+        .as_ref()
+        .map(Secret::expose)
+        .hash(&mut hasher);
     settings.role_arn.hash(&mut hasher);
     control_plane_endpoint(settings).hash(&mut hasher);
     settings.ca_file.hash(&mut hasher);
@@ -220,8 +246,16 @@ impl AwsContext {
 
     /// Loads the configuration and checks that credentials can be had, so that a missing or broken credential
     /// source is reported at start, naming the cause.
-    pub async fn load(settings: &ConnectionSettings, element: &'static str) -> Result<AwsContext, KvsError> {
-        let ca_pem = settings.ca_file.as_deref().filter(|p| !p.is_empty()).map(read_ca_file).transpose()?;
+    pub async fn load(
+        settings: &ConnectionSettings,
+        element: &'static str,
+    ) -> Result<AwsContext, KvsError> {
+        let ca_pem = settings
+            .ca_file
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(read_ca_file)
+            .transpose()?;
         let ca_path = settings.ca_file.clone().unwrap_or_default();
 
         let mut trust = tls::TrustStore::default();
@@ -233,7 +267,9 @@ impl AwsContext {
             .build()
             .map_err(|e| KvsError::Config(format!("TLS: {e}")))?;
         let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .tls_context(tls_context)
             .build_https();
 
@@ -245,8 +281,10 @@ impl AwsContext {
             .http_client(http_client)
             .timeout_config(timeouts)
             .app_name(
-                aws_config::AppName::new(element.replace(|c: char| !c.is_ascii_alphanumeric(), "-"))
-                    .map_err(|e| KvsError::Config(format!("app name: {e}")))?,
+                aws_config::AppName::new(
+                    element.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+                )
+                .map_err(|e| KvsError::Config(format!("app name: {e}")))?,
             );
         if let Some(iot) = &settings.iot {
             let provider = super::credentials::IotCredentials::new(iot.clone())
@@ -282,10 +320,14 @@ impl AwsContext {
                 }
                 _ => {
                     // The C++ kvssink's order: keys from the environment before its credential file.
-                    let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty());
-                    if let Some((path, period)) = settings.credential_file.as_ref().filter(|_| !env_keys) {
-                        loader = loader
-                            .credentials_provider(super::credentials::FileCredentials::new(path, *period));
+                    let env_keys =
+                        std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty());
+                    if let Some((path, period)) =
+                        settings.credential_file.as_ref().filter(|_| !env_keys)
+                    {
+                        loader = loader.credentials_provider(
+                            super::credentials::FileCredentials::new(path, *period),
+                        );
                     }
                 }
             }
@@ -305,8 +347,10 @@ impl AwsContext {
         }
         let mut sdk_config = loader.load().await;
         if sdk_config.region().is_none() {
-            sdk_config =
-                sdk_config.to_builder().region(aws_config::Region::from_static(DEFAULT_REGION)).build();
+            sdk_config = sdk_config
+                .to_builder()
+                .region(aws_config::Region::from_static(DEFAULT_REGION))
+                .build();
         }
 
         if let Some(role_arn) = settings.role_arn.clone().filter(|r| !r.is_empty()) {
@@ -321,11 +365,16 @@ impl AwsContext {
                 .build();
         }
 
-        let region = sdk_config.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let region = sdk_config
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
         let credentials = sdk_config
             .credentials_provider()
             .ok_or_else(|| KvsError::Credentials("no credential provider is configured".into()))?;
-        match tokio::time::timeout(settings.request_timeout, credentials.provide_credentials()).await {
+        match tokio::time::timeout(settings.request_timeout, credentials.provide_credentials())
+            .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) if settings.iot.is_some() || settings.credential_file.is_some() => {
                 return Err(KvsError::Credentials(describe_credentials_error(&e)));
@@ -357,16 +406,22 @@ impl AwsContext {
 
     /// The current credentials (refreshed by the provider when they expire).
     pub async fn credentials(&self) -> Result<Credentials, KvsError> {
-        match tokio::time::timeout(self.request_timeout, self.credentials.provide_credentials()).await {
+        match tokio::time::timeout(self.request_timeout, self.credentials.provide_credentials())
+            .await
+        {
             Ok(Ok(credentials)) => Ok(credentials),
             Ok(Err(e)) => Err(KvsError::Credentials(describe_credentials_error(&e))),
-            Err(_) => Err(KvsError::Credentials("the credential provider gave no answer in time".into())),
+            Err(_) => Err(KvsError::Credentials(
+                "the credential provider gave no answer in time".into(),
+            )),
         }
     }
 }
 
 /// The error and its sources on one line (the SDK's top-level messages alone are vague).
-fn describe_credentials_error(error: &aws_credential_types::provider::error::CredentialsError) -> String {
+fn describe_credentials_error(
+    error: &aws_credential_types::provider::error::CredentialsError,
+) -> String {
     // The SDK's own words for the kind of failure ("an error occurred while loading credentials") say less
     // than the cause: with a cause, the cause leads.
     match std::error::Error::source(error) {
@@ -402,19 +457,41 @@ mod tests {
             ..Default::default()
         };
         let same = settings.clone();
-        let other_secret =
-            ConnectionSettings { secret_access_key: Some(Secret::new("two")), ..settings.clone() };
-        let other_region = ConnectionSettings { region: Some("us-east-1".into()), ..settings.clone() };
-        assert_eq!(settings_key(&settings, "kvssink"), settings_key(&same, "kvssink"));
-        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&other_secret, "kvssink"));
-        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&other_region, "kvssink"));
-        assert_ne!(settings_key(&settings, "kvssink"), settings_key(&settings, "kvssrc"));
+        let other_secret = ConnectionSettings {
+            secret_access_key: Some(Secret::new("two")),
+            ..settings.clone()
+        };
+        let other_region = ConnectionSettings {
+            region: Some("us-east-1".into()),
+            ..settings.clone()
+        };
+        assert_eq!(
+            settings_key(&settings, "kvssink"),
+            settings_key(&same, "kvssink")
+        );
+        assert_ne!(
+            settings_key(&settings, "kvssink"),
+            settings_key(&other_secret, "kvssink")
+        );
+        assert_ne!(
+            settings_key(&settings, "kvssink"),
+            settings_key(&other_region, "kvssink")
+        );
+        assert_ne!(
+            settings_key(&settings, "kvssink"),
+            settings_key(&settings, "kvssrc")
+        );
     }
 
     #[test]
     fn the_endpoint_property_wins_and_loses_its_trailing_slash() {
-        let settings =
-            ConnectionSettings { endpoint_uri: Some("http://127.0.0.1:4567/".into()), ..Default::default() };
-        assert_eq!(control_plane_endpoint(&settings).as_deref(), Some("http://127.0.0.1:4567"));
+        let settings = ConnectionSettings {
+            endpoint_uri: Some("http://127.0.0.1:4567/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            control_plane_endpoint(&settings).as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
     }
 }

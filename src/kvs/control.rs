@@ -46,16 +46,26 @@ where
             KvsError::Service {
                 api,
                 status,
-                code: meta.code().map(str::to_owned).unwrap_or_else(|| format!("HTTP{status}")),
+                code: meta
+                    .code()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP{status}")),
                 message: meta.message().unwrap_or_default().to_owned(),
                 request_id: service.raw().request_id(),
             }
         }
-        SdkError::TimeoutError(_) => KvsError::Timeout { api, after: timeout },
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            KvsError::Timeout { api, after: timeout }
-        }
-        _ => KvsError::Network { api, message: DisplayErrorContext(&error).to_string() },
+        SdkError::TimeoutError(_) => KvsError::Timeout {
+            api,
+            after: timeout,
+        },
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => KvsError::Timeout {
+            api,
+            after: timeout,
+        },
+        _ => KvsError::Network {
+            api,
+            message: DisplayErrorContext(&error).to_string(),
+        },
     }
 }
 
@@ -84,7 +94,12 @@ pub async fn ensure_stream(
 ) -> Result<StreamDescription, KvsError> {
     let mut created = false;
     for _attempt in 0..20 {
-        let described = ctx.kinesis_video.describe_stream().stream_name(name).send().await;
+        let described = ctx
+            .kinesis_video
+            .describe_stream()
+            .stream_name(name)
+            .send()
+            .await;
         match described {
             Ok(output) => {
                 let info = output.stream_info.ok_or_else(|| KvsError::BadResponse {
@@ -162,7 +177,11 @@ pub async fn ensure_stream(
 }
 
 /// GetDataEndpoint for one API: the `scheme://host[:port]` to send that API's requests to.
-pub async fn data_endpoint(ctx: &AwsContext, stream: &str, api: ApiName) -> Result<String, KvsError> {
+pub async fn data_endpoint(
+    ctx: &AwsContext,
+    stream: &str,
+    api: ApiName,
+) -> Result<String, KvsError> {
     let output = ctx
         .kinesis_video
         .get_data_endpoint()
@@ -171,8 +190,11 @@ pub async fn data_endpoint(ctx: &AwsContext, stream: &str, api: ApiName) -> Resu
         .send()
         .await
         .map_err(|e| sdk_error("GetDataEndpoint", e, ctx.request_timeout))?;
-    output.data_endpoint.map(|e| e.trim_end_matches('/').to_owned()).ok_or_else(|| KvsError::BadResponse {
-        api: "GetDataEndpoint",
-        message: "GetDataEndpoint answered without DataEndpoint".into(),
-    })
+    output
+        .data_endpoint
+        .map(|e| e.trim_end_matches('/').to_owned())
+        .ok_or_else(|| KvsError::BadResponse {
+            api: "GetDataEndpoint",
+            message: "GetDataEndpoint answered without DataEndpoint".into(),
+        })
 }

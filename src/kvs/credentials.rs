@@ -32,7 +32,11 @@ use aws_credential_types::provider::{ProvideCredentials, future};
 use super::error::with_causes;
 
 /// Parses the C++ SDK's credential file. `now + period` bounds the expiry.
-pub fn parse_credential_file(text: &str, now: SystemTime, period: Duration) -> Result<Credentials, String> {
+pub fn parse_credential_file(
+    text: &str,
+    now: SystemTime,
+    period: Duration,
+) -> Result<Credentials, String> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let usage = "expected one line `CREDENTIALS <access key id> [<expiration YYYY-MM-DDTHH:MM:SSZ>] \
                  <secret access key> [<session token>]`";
@@ -59,7 +63,12 @@ pub fn parse_credential_file(text: &str, now: SystemTime, period: Duration) -> R
                 ));
             }
         },
-        fields => return Err(format!("{} fields after CREDENTIALS: {usage}", fields.len() - 1)),
+        fields => {
+            return Err(format!(
+                "{} fields after CREDENTIALS: {usage}",
+                fields.len() - 1
+            ));
+        }
     };
     if let Some(at) = expires
         && at <= now
@@ -71,7 +80,13 @@ pub fn parse_credential_file(text: &str, now: SystemTime, period: Duration) -> R
     }
     let limit = now + period.max(Duration::from_secs(60));
     let expiry = expires.map_or(limit, |at| at.min(limit));
-    Ok(Credentials::new(key, secret, token.map(str::to_owned), Some(expiry), "credential-path"))
+    Ok(Credentials::new(
+        key,
+        secret,
+        token.map(str::to_owned),
+        Some(expiry),
+        "credential-path",
+    ))
 }
 
 /// A file's modification time and size: when either changes, the file is read again.
@@ -87,13 +102,20 @@ pub struct FileCredentials {
 
 impl std::fmt::Debug for FileCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileCredentials").field("path", &self.path).field("period", &self.period).finish()
+        f.debug_struct("FileCredentials")
+            .field("path", &self.path)
+            .field("period", &self.period)
+            .finish()
     }
 }
 
 impl FileCredentials {
     pub fn new(path: impl Into<PathBuf>, period: Duration) -> Self {
-        FileCredentials { path: path.into(), period, cache: Mutex::new(None) }
+        FileCredentials {
+            path: path.into(),
+            period,
+            cache: Mutex::new(None),
+        }
     }
 
     fn load(&self) -> Result<Credentials, CredentialsError> {
@@ -160,7 +182,9 @@ pub struct IotCredentials {
 
 impl std::fmt::Debug for IotCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IotCredentials").field("settings", &self.settings).finish()
+        f.debug_struct("IotCredentials")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -174,35 +198,46 @@ impl IotCredentials {
             true => settings.endpoint.clone(),
             false => format!("https://{}", settings.endpoint),
         };
-        let not_host =
-            || format!("endpoint {:?} is not HOST, HOST:PORT or an https:// URL", settings.endpoint);
+        let not_host = || {
+            format!(
+                "endpoint {:?} is not HOST, HOST:PORT or an https:// URL",
+                settings.endpoint
+            )
+        };
         let (tls, host, port) = super::http::parse_endpoint(&url).map_err(|_| not_host())?;
         if !tls || url.trim_end_matches('/').splitn(4, '/').nth(3).is_some() {
             return Err(not_host());
         }
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_path)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| format!("cert-path {}: {e}", settings.cert_path))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&settings.cert_path)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|e| format!("cert-path {}: {e}", settings.cert_path))?;
         if certs.is_empty() {
-            return Err(format!("cert-path {}: no PEM certificate in it", settings.cert_path));
+            return Err(format!(
+                "cert-path {}: no PEM certificate in it",
+                settings.cert_path
+            ));
         }
         let key = PrivateKeyDer::from_pem_file(&settings.key_path)
             .map_err(|e| format!("key-path {}: {e}", settings.key_path))?;
         let mut roots = rustls::RootCertStore::empty();
         match &settings.ca_path {
             Some(ca_path) => {
-                for cert in
-                    CertificateDer::pem_file_iter(ca_path).map_err(|e| format!("ca-path {ca_path}: {e}"))?
+                for cert in CertificateDer::pem_file_iter(ca_path)
+                    .map_err(|e| format!("ca-path {ca_path}: {e}"))?
                 {
                     let cert = cert.map_err(|e| format!("ca-path {ca_path}: {e}"))?;
-                    roots.add(cert).map_err(|e| format!("ca-path {ca_path}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("ca-path {ca_path}: {e}"))?;
                 }
                 if roots.is_empty() {
                     return Err(format!("ca-path {ca_path}: no PEM certificate in it"));
                 }
             }
             None => {
-                let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                let _ =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -212,7 +247,13 @@ impl IotCredentials {
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .map_err(|e| format!("cert-path and key-path do not make a client certificate: {e}"))?;
-        Ok(IotCredentials { settings, host, port, tls: Arc::new(tls), cached: Default::default() })
+        Ok(IotCredentials {
+            settings,
+            host,
+            port,
+            tls: Arc::new(tls),
+            cached: Default::default(),
+        })
     }
 
     /// One call to the endpoint.
@@ -230,9 +271,14 @@ impl IotCredentials {
                 .await
                 .map_err(|e| format!("TLS with {where_} failed: {e}"))
         };
-        let stream = tokio::time::timeout(self.settings.connect_timeout, connect).await.map_err(|_| {
-            format!("cannot connect to {where_} within {:?}", self.settings.connect_timeout)
-        })??;
+        let stream = tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "cannot connect to {where_} within {:?}",
+                    self.settings.connect_timeout
+                )
+            })??;
         let refused = |e: &dyn std::fmt::Display| {
             format!(
                 "{where_} ended the connection: {e} (a certificate it does not trust is refused this way: \
@@ -241,17 +287,27 @@ impl IotCredentials {
         };
         let exchange = async {
             let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| refused(&e))?;
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| refused(&e))?;
             let connection = tokio::spawn(connection);
-            let authority = if port == 443 { host.clone() } else { format!("{host}:{port}") };
+            let authority = if port == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
             let request = http::Request::get(format!(
                 "/role-aliases/{}/credentials",
-                url::form_urlencoded::byte_serialize(self.settings.role_alias.as_bytes()).collect::<String>()
+                url::form_urlencoded::byte_serialize(self.settings.role_alias.as_bytes())
+                    .collect::<String>()
             ))
             .header(http::header::HOST, authority)
             .header("x-amzn-iot-thingname", &self.settings.thing_name)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")),
+            )
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
             let response = match sender.send_request(request).await {
@@ -272,9 +328,13 @@ impl IotCredentials {
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
-        let (status, body) =
-            tokio::time::timeout(self.settings.completion_timeout, exchange).await.map_err(|_| {
-                format!("{where_} gave no answer within {:?}", self.settings.completion_timeout)
+        let (status, body) = tokio::time::timeout(self.settings.completion_timeout, exchange)
+            .await
+            .map_err(|_| {
+                format!(
+                    "{where_} gave no answer within {:?}",
+                    self.settings.completion_timeout
+                )
             })??;
         parse_iot_answer(status.as_u16(), &body).map_err(|why| format!("{where_}: {why}"))
     }
@@ -290,8 +350,10 @@ pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, String>
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         return Err(format!("HTTP {status}: {message}"));
     }
-    let credentials =
-        json.as_ref().and_then(|j| j.get("credentials")).ok_or("the answer has no \"credentials\" object")?;
+    let credentials = json
+        .as_ref()
+        .and_then(|j| j.get("credentials"))
+        .ok_or("the answer has no \"credentials\" object")?;
     let field = |name: &str| {
         credentials
             .get(name)
@@ -300,13 +362,15 @@ pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, String>
             .ok_or_else(|| format!("the answer's credentials have no {name}"))
     };
     let expiration = field("expiration")?;
-    let expiry =
-        aws_smithy_types::DateTime::from_str(expiration, aws_smithy_types::date_time::Format::DateTime)
-            .ok()
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .ok_or_else(|| {
-                format!("the answer's expiration {expiration:?} is not a YYYY-MM-DDTHH:MM:SSZ time")
-            })?;
+    let expiry = aws_smithy_types::DateTime::from_str(
+        expiration,
+        aws_smithy_types::date_time::Format::DateTime,
+    )
+    .ok()
+    .and_then(|t| SystemTime::try_from(t).ok())
+    .ok_or_else(|| {
+        format!("the answer's expiration {expiration:?} is not a YYYY-MM-DDTHH:MM:SSZ time")
+    })?;
     Ok(Credentials::new(
         field("accessKeyId")?,
         field("secretAccessKey")?,
@@ -339,7 +403,9 @@ impl ProvideCredentials for IotCredentials {
                     {
                         return Ok(credentials.clone());
                     }
-                    return Err(CredentialsError::provider_error(format!("iot-certificate: {why}")));
+                    return Err(CredentialsError::provider_error(format!(
+                        "iot-certificate: {why}"
+                    )));
                 }
             };
             let expiry = credentials.expiry().unwrap_or(now);
@@ -361,26 +427,46 @@ mod tests {
     fn every_form_of_the_cpp_credential_file() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let short = parse_credential_file("CREDENTIALS AKID SECRET\n", now, HOUR).unwrap();
-        assert_eq!((short.access_key_id(), short.secret_access_key()), ("AKID", "SECRET"));
+        assert_eq!(
+            (short.access_key_id(), short.secret_access_key()),
+            ("AKID", "SECRET")
+        );
         assert_eq!(short.session_token(), None);
         assert_eq!(short.expiry(), Some(now + HOUR));
 
         // 2027-01-15T21:20:00Z is 1,800,000,000 + 48,000 s.
-        let full =
-            parse_credential_file("CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET TOKEN", now, 20 * HOUR)
-                .unwrap();
+        let full = parse_credential_file(
+            "CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET TOKEN",
+            now,
+            20 * HOUR,
+        )
+        .unwrap();
         assert_eq!(full.session_token(), Some("TOKEN"));
         assert_eq!(full.expiry(), Some(now + Duration::from_secs(48_000)));
         // The rotation period bounds it.
-        let bounded =
-            parse_credential_file("CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET TOKEN", now, HOUR).unwrap();
+        let bounded = parse_credential_file(
+            "CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET TOKEN",
+            now,
+            HOUR,
+        )
+        .unwrap();
         assert_eq!(bounded.expiry(), Some(now + HOUR));
 
-        let four =
-            parse_credential_file("CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET", now, 20 * HOUR).unwrap();
-        assert_eq!((four.secret_access_key(), four.session_token()), ("SECRET", None));
+        let four = parse_credential_file(
+            "CREDENTIALS AKID 2027-01-15T21:20:00Z SECRET",
+            now,
+            20 * HOUR,
+        )
+        .unwrap();
+        assert_eq!(
+            (four.secret_access_key(), four.session_token()),
+            ("SECRET", None)
+        );
         let four = parse_credential_file("CREDENTIALS AKID SECRET TOKEN", now, HOUR).unwrap();
-        assert_eq!((four.secret_access_key(), four.session_token()), ("SECRET", Some("TOKEN")));
+        assert_eq!(
+            (four.secret_access_key(), four.session_token()),
+            ("SECRET", Some("TOKEN"))
+        );
     }
 
     #[test]
@@ -389,7 +475,8 @@ mod tests {
         let error = |text: &str| parse_credential_file(text, now, HOUR).unwrap_err();
         assert!(error("").starts_with("the file is empty"));
         assert!(
-            error("[default]\naws_access_key_id = X").starts_with("the file does not start with CREDENTIALS")
+            error("[default]\naws_access_key_id = X")
+                .starts_with("the file does not start with CREDENTIALS")
         );
         assert!(error("CREDENTIALS AKID").starts_with("1 fields after CREDENTIALS"));
         assert!(
@@ -397,9 +484,15 @@ mod tests {
                 .starts_with("the expiration (the third field)")
         );
         let expired = error("CREDENTIALS AKID 2020-01-01T00:00:00Z SECRET-X TOKEN-Y");
-        assert_eq!(expired, "the credentials in it expired at 2020-01-01T00:00:00Z");
+        assert_eq!(
+            expired,
+            "the credentials in it expired at 2020-01-01T00:00:00Z"
+        );
         for text in [error("CREDENTIALS AKID tomorrow SECRET-X TOKEN-Y"), expired] {
-            assert!(!text.contains("SECRET-X") && !text.contains("TOKEN-Y"), "{text}");
+            assert!(
+                !text.contains("SECRET-X") && !text.contains("TOKEN-Y"),
+                "{text}"
+            );
         }
     }
 
@@ -407,8 +500,14 @@ mod tests {
     fn iot_answers_and_refusals() {
         let good = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","sessionToken":"T0K3N","expiration":"2030-01-01T00:00:00Z"}}"#;
         let credentials = parse_iot_answer(200, good).unwrap();
-        assert_eq!((credentials.access_key_id(), credentials.session_token()), ("ASIAX", Some("T0K3N")));
-        assert_eq!(credentials.expiry(), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000)));
+        assert_eq!(
+            (credentials.access_key_id(), credentials.session_token()),
+            ("ASIAX", Some("T0K3N"))
+        );
+        assert_eq!(
+            credentials.expiry(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000))
+        );
         assert_eq!(
             parse_iot_answer(403, br#"{"message":"Access Denied"}"#).unwrap_err(),
             "HTTP 403: Access Denied"
@@ -417,7 +516,10 @@ mod tests {
             parse_iot_answer(502, b"<html>bad gateway</html>").unwrap_err(),
             "HTTP 502: <html>bad gateway</html>"
         );
-        assert_eq!(parse_iot_answer(200, b"{}").unwrap_err(), "the answer has no \"credentials\" object");
+        assert_eq!(
+            parse_iot_answer(200, b"{}").unwrap_err(),
+            "the answer has no \"credentials\" object"
+        );
         let no_token = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","expiration":"2030-01-01T00:00:00Z"}}"#;
         assert_eq!(
             parse_iot_answer(200, no_token).unwrap_err(),
@@ -425,7 +527,10 @@ mod tests {
         );
         let bad_time = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","sessionToken":"T0K3N","expiration":"soon"}}"#;
         let error = parse_iot_answer(200, bad_time).unwrap_err();
-        assert_eq!(error, "the answer's expiration \"soon\" is not a YYYY-MM-DDTHH:MM:SSZ time");
+        assert_eq!(
+            error,
+            "the answer's expiration \"soon\" is not a YYYY-MM-DDTHH:MM:SSZ time"
+        );
     }
 
     #[test]
@@ -441,7 +546,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = provider.load().unwrap_err();
         let cause = std::error::Error::source(&error).unwrap().to_string();
-        assert!(cause.starts_with(&format!("credential-path {}: No such file", path.display())), "{cause}");
+        assert!(
+            cause.starts_with(&format!("credential-path {}: No such file", path.display())),
+            "{cause}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

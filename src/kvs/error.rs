@@ -56,7 +56,11 @@ impl std::fmt::Display for FinalError {
             GaveUp::Final | GaveUp::Stopped => write!(f, "{}", self.error),
             GaveUp::NoRestart => write!(f, "{} (restart-on-error is false)", self.error),
             GaveUp::RetryLimit(attempts) => {
-                write!(f, "gave up after {attempts} failed attempts in a row; the last: {}", self.error)
+                write!(
+                    f,
+                    "gave up after {attempts} failed attempts in a row; the last: {}",
+                    self.error
+                )
             }
             GaveUp::Outage(down, attempts) => write!(
                 f,
@@ -70,7 +74,10 @@ impl std::fmt::Display for FinalError {
 
 impl From<KvsError> for FinalError {
     fn from(error: KvsError) -> Self {
-        FinalError { error, why: GaveUp::Final }
+        FinalError {
+            error,
+            why: GaveUp::Final,
+        }
     }
 }
 
@@ -94,9 +101,19 @@ pub enum KvsError {
     /// No credentials could be found or loaded.
     Credentials(String),
     /// The service answered with an error; `request_id` is its `x-amzn-RequestId` when it sent one.
-    Service { api: &'static str, status: u16, code: String, message: String, request_id: Option<String> },
+    Service {
+        api: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
     /// The service refused a fragment with an ERROR ACK (`fragment` is its timecode).
-    FragmentRefused { fragment: u64, id: u32, code: String },
+    FragmentRefused {
+        fragment: u64,
+        id: u32,
+        code: String,
+    },
     /// A connection ended or broke without an answer that says why (the message says what happened).
     Connection { api: &'static str, message: String },
     /// An answer that does not follow the protocol (not JSON, not Matroska); the message names the API.
@@ -114,7 +131,13 @@ impl std::fmt::Display for KvsError {
         match self {
             KvsError::Config(message) => write!(f, "invalid configuration: {message}"),
             KvsError::Credentials(message) => write!(f, "no usable AWS credentials: {message}"),
-            KvsError::Service { api, status, code, message, .. } => {
+            KvsError::Service {
+                api,
+                status,
+                code,
+                message,
+                ..
+            } => {
                 write!(f, "{api} failed: HTTP {status} {code}")?;
                 if !message.is_empty() {
                     write!(f, ": {message}")?;
@@ -125,14 +148,23 @@ impl std::fmt::Display for KvsError {
                 write!(f, "{api} failed: cannot reach the service: {message}")
             }
             KvsError::Timeout { api, after } => {
-                write!(f, "{api} failed: no answer within {:.1} s (request-timeout)", after.as_secs_f64())
+                write!(
+                    f,
+                    "{api} failed: no answer within {:.1} s (request-timeout)",
+                    after.as_secs_f64()
+                )
             }
             KvsError::FragmentRefused { fragment, id, code } => {
-                write!(f, "the service refused fragment {fragment} with ERROR {id} {code}")
+                write!(
+                    f,
+                    "the service refused fragment {fragment} with ERROR {id} {code}"
+                )
             }
             KvsError::Connection { message, .. } => f.write_str(message),
             KvsError::BadResponse { message, .. } => f.write_str(message),
-            KvsError::InStream { code, id } => write!(f, "the stream holds an error chunk: {code} ({id})"),
+            KvsError::InStream { code, id } => {
+                write!(f, "the stream holds an error chunk: {code} ({id})")
+            }
         }
     }
 }
@@ -164,8 +196,12 @@ impl KvsError {
         match self {
             KvsError::Config(_) => ErrorKind::Settings,
             KvsError::Credentials(_) => ErrorKind::NotAuthorized,
-            KvsError::Service { status: 401 | 403, .. } => ErrorKind::NotAuthorized,
-            KvsError::Service { code, .. } if code == "ResourceNotFoundException" => ErrorKind::NotFound,
+            KvsError::Service {
+                status: 401 | 403, ..
+            } => ErrorKind::NotAuthorized,
+            KvsError::Service { code, .. } if code == "ResourceNotFoundException" => {
+                ErrorKind::NotFound
+            }
             // 4500: KMS access denied; 4507: the stream was deleted.
             KvsError::FragmentRefused { id: 4500, .. } => ErrorKind::NotAuthorized,
             KvsError::FragmentRefused { id: 4507, .. } => ErrorKind::NotFound,
@@ -258,17 +294,41 @@ mod tests {
 
     #[test]
     fn the_action_table() {
-        assert_eq!(service(404, "ResourceNotFoundException").action(), Action::Fail);
-        assert_eq!(service(403, "InvalidSignatureException").action(), Action::Fail);
-        assert_eq!(service(400, "ClientLimitExceededException").action(), Action::Retry);
-        assert_eq!(service(400, "ConnectionLimitExceededException").action(), Action::Retry);
-        assert_eq!(service(400, "InvalidEndpointException").action(), Action::RefreshEndpoint);
-        assert_eq!(service(503, "ServiceUnavailableException").action(), Action::Retry);
+        assert_eq!(
+            service(404, "ResourceNotFoundException").action(),
+            Action::Fail
+        );
+        assert_eq!(
+            service(403, "InvalidSignatureException").action(),
+            Action::Fail
+        );
+        assert_eq!(
+            service(400, "ClientLimitExceededException").action(),
+            Action::Retry
+        );
+        assert_eq!(
+            service(400, "ConnectionLimitExceededException").action(),
+            Action::Retry
+        );
+        assert_eq!(
+            service(400, "InvalidEndpointException").action(),
+            Action::RefreshEndpoint
+        );
+        assert_eq!(
+            service(503, "ServiceUnavailableException").action(),
+            Action::Retry
+        );
         assert_eq!(service(502, "Whatever").action(), Action::Retry);
         assert_eq!(service(400, "Whatever").action(), Action::Fail);
-        let timeout = KvsError::Timeout { api: "PutMedia", after: Duration::from_secs(5) };
+        let timeout = KvsError::Timeout {
+            api: "PutMedia",
+            after: Duration::from_secs(5),
+        };
         assert_eq!(timeout.action(), Action::Retry);
-        assert_eq!(timeout.to_string(), "PutMedia failed: no answer within 5.0 s (request-timeout)");
+        assert_eq!(
+            timeout.to_string(),
+            "PutMedia failed: no answer within 5.0 s (request-timeout)"
+        );
         assert_eq!(
             service(404, "ResourceNotFoundException").to_string(),
             "PutMedia failed: HTTP 404 ResourceNotFoundException"

@@ -10,7 +10,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
+};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,9 +28,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// Splits `scheme://host[:port]` into (tls, host, port).
 pub fn parse_endpoint(endpoint: &str) -> Result<(bool, String, u16), KvsError> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| KvsError::Config(format!("the data endpoint {endpoint:?} is not a URL: {e}")))?;
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        KvsError::Config(format!("the data endpoint {endpoint:?} is not a URL: {e}"))
+    })?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -63,26 +65,49 @@ pub(crate) async fn connect_to(
 ) -> Result<(Connected, String), KvsError> {
     let (tls, host, port) = parse_endpoint(endpoint)?;
     let timeout = ctx.connect_timeout;
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| KvsError::Timeout { api, after: timeout })?
-        .map_err(|e| KvsError::Network { api, message: format!("cannot connect to {host}:{port}: {e}") })?;
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| KvsError::Timeout {
+        api,
+        after: timeout,
+    })?
+    .map_err(|e| KvsError::Network {
+        api,
+        message: format!("cannot connect to {host}:{port}: {e}"),
+    })?;
     let _ = tcp.set_nodelay(true);
-    let authority =
-        if (tls && port == 443) || (!tls && port == 80) { host.clone() } else { format!("{host}:{port}") };
-    let authority =
-        if host.contains(':') && authority != host { format!("[{host}]:{port}") } else { authority };
+    let authority = if (tls && port == 443) || (!tls && port == 80) {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let authority = if host.contains(':') && authority != host {
+        format!("[{host}]:{port}")
+    } else {
+        authority
+    };
     if !tls {
         return Ok((Connected::Plain(tcp), authority));
     }
     let server_name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-        KvsError::Config(format!("the data endpoint host {host:?} is not a valid TLS name: {e}"))
+        KvsError::Config(format!(
+            "the data endpoint host {host:?} is not a valid TLS name: {e}"
+        ))
     })?;
     let connector = tokio_rustls::TlsConnector::from(ctx.tls.config()?);
     let stream = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
         .await
-        .map_err(|_| KvsError::Timeout { api, after: timeout })?
-        .map_err(|e| KvsError::Network { api, message: format!("TLS with {host}:{port} failed: {e}") })?;
+        .map_err(|_| KvsError::Timeout {
+            api,
+            after: timeout,
+        })?
+        .map_err(|e| KvsError::Network {
+            api,
+            message: format!("TLS with {host}:{port} failed: {e}"),
+        })?;
     Ok((Connected::Tls(Box::new(stream)), authority))
 }
 
@@ -116,7 +141,12 @@ pub async fn error_from_response(
         .unwrap_or_default();
     service_error(
         status,
-        |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        },
         &body,
         api,
     )
@@ -130,7 +160,8 @@ pub fn service_error(
     api: &'static str,
 ) -> KvsError {
     let request_id = header("x-amzn-requestid");
-    let header_code = header("x-amzn-errortype").map(|v| v.split(':').next().unwrap_or(&v).to_owned());
+    let header_code =
+        header("x-amzn-errortype").map(|v| v.split(':').next().unwrap_or(&v).to_owned());
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let reason = response_reason(status);
     let code = header_code
@@ -151,7 +182,13 @@ pub fn service_error(
         None if !body.is_empty() => format!("not a service answer: \"{}\"", quote_page(body)),
         None => String::new(),
     };
-    KvsError::Service { api, status, code, message, request_id }
+    KvsError::Service {
+        api,
+        status,
+        code,
+        message,
+        request_id,
+    }
 }
 
 /// An HTTP status's reason phrase ("Forbidden"), or `HTTP<status>` for an unknown one.
@@ -216,9 +253,15 @@ pub fn sign_headers(
         .map_err(|e| KvsError::Config(format!("cannot sign {api}: {e}")))?
         .into_parts();
     let (added, _) = instructions.into_parts();
-    let mut out: Vec<(String, String)> =
-        headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    out.extend(added.into_iter().map(|h| (h.name().to_owned(), h.value().to_owned())));
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    out.extend(
+        added
+            .into_iter()
+            .map(|h| (h.name().to_owned(), h.value().to_owned())),
+    );
     Ok(out)
 }
 
@@ -230,7 +273,10 @@ pub async fn post<B>(
     endpoint: &str,
     path: &str,
     api: &'static str,
-    headers: impl FnOnce(&str, &aws_credential_types::Credentials) -> Result<Vec<(String, String)>, KvsError>,
+    headers: impl FnOnce(
+        &str,
+        &aws_credential_types::Credentials,
+    ) -> Result<Vec<(String, String)>, KvsError>,
     body: B,
 ) -> Result<hyper::Response<Incoming>, KvsError>
 where
@@ -242,7 +288,10 @@ where
     let (io, authority) = connect(ctx, endpoint, api).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| KvsError::Network { api, message: format!("HTTP handshake failed: {e}") })?;
+        .map_err(|e| KvsError::Network {
+            api,
+            message: format!("HTTP handshake failed: {e}"),
+        })?;
     tokio::spawn(async move {
         // Ends when the connection closes; errors show up on the request and response.
         let _ = connection.await;
@@ -252,12 +301,19 @@ where
     for (name, value) in headers(&authority, &credentials)? {
         builder = builder.header(name, value);
     }
-    let request =
-        builder.body(body).map_err(|e| KvsError::Config(format!("cannot build the {api} request: {e}")))?;
+    let request = builder
+        .body(body)
+        .map_err(|e| KvsError::Config(format!("cannot build the {api} request: {e}")))?;
     let response = tokio::time::timeout(timeout, sender.send_request(request))
         .await
-        .map_err(|_| KvsError::Timeout { api, after: timeout })?
-        .map_err(|e| KvsError::Network { api, message: format!("the request failed: {e}") })?;
+        .map_err(|_| KvsError::Timeout {
+            api,
+            after: timeout,
+        })?
+        .map_err(|e| KvsError::Network {
+            api,
+            message: format!("the request failed: {e}"),
+        })?;
     if response.status() != hyper::StatusCode::OK {
         return Err(error_from_response(response, timeout, api).await);
     }
@@ -279,7 +335,10 @@ pub async fn post_json(
         let headers = [
             ("host", authority),
             ("content-type", "application/json"),
-            ("user-agent", concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"))),
+            (
+                "user-agent",
+                concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")),
+            ),
         ];
         sign_headers(
             credentials,
@@ -291,16 +350,28 @@ pub async fn post_json(
             api,
         )
     };
-    Ok(post(ctx, endpoint, path, api, headers, Full::new(body)).await?.into_body())
+    Ok(post(ctx, endpoint, path, api, headers, Full::new(body))
+        .await?
+        .into_body())
 }
 
 /// Reads a whole (small) response body, bounded by the request timeout.
-pub async fn read_all(body: Incoming, timeout: Duration, api: &'static str) -> Result<Bytes, KvsError> {
+pub async fn read_all(
+    body: Incoming,
+    timeout: Duration,
+    api: &'static str,
+) -> Result<Bytes, KvsError> {
     tokio::time::timeout(timeout, body.collect())
         .await
-        .map_err(|_| KvsError::Timeout { api, after: timeout })?
+        .map_err(|_| KvsError::Timeout {
+            api,
+            after: timeout,
+        })?
         .map(|c| c.to_bytes())
-        .map_err(|e| KvsError::Network { api, message: format!("reading the answer failed: {e}") })
+        .map_err(|e| KvsError::Network {
+            api,
+            message: format!("reading the answer failed: {e}"),
+        })
 }
 
 #[cfg(test)]

@@ -60,7 +60,11 @@ pub fn signed_headers(
     request: &PutMediaRequest,
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, KvsError> {
-    let start = format!("{}.{:03}", request.producer_start_ms / 1000, request.producer_start_ms % 1000);
+    let start = format!(
+        "{}.{:03}",
+        request.producer_start_ms / 1000,
+        request.producer_start_ms % 1000
+    );
     let own = concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION"));
     let user_agent = match &request.user_agent {
         Some(prefix) => format!("{prefix} {own}"),
@@ -71,7 +75,10 @@ pub fn signed_headers(
         ("x-amzn-stream-name", &request.stream_name),
         ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
         ("x-amzn-producer-start-timestamp", &start),
-        ("x-amzn-fragment-acknowledgment-required", if request.acks { "1" } else { "0" }),
+        (
+            "x-amzn-fragment-acknowledgment-required",
+            if request.acks { "1" } else { "0" },
+        ),
         ("content-type", "video/x-matroska"),
         ("user-agent", &user_agent),
     ];
@@ -94,16 +101,30 @@ pub struct PutMediaConnection {
 
 /// Connects, signs and sends the request head; returns once the service answered 200 (the ACK stream is then
 /// open). Bounded by the request timeout.
-pub async fn open(ctx: &AwsContext, request: &PutMediaRequest) -> Result<PutMediaConnection, KvsError> {
+pub async fn open(
+    ctx: &AwsContext,
+    request: &PutMediaRequest,
+) -> Result<PutMediaConnection, KvsError> {
     let (connected, authority) = connect_to(ctx, &request.endpoint, API).await?;
     let wire = Arc::new(Wire::new(connected));
     let credentials = ctx.credentials().await?;
-    let headers =
-        signed_headers(&credentials, &ctx.region, &authority, &request.endpoint, request, SystemTime::now())?;
+    let headers = signed_headers(
+        &credentials,
+        &ctx.region,
+        &authority,
+        &request.endpoint,
+        request,
+        SystemTime::now(),
+    )?;
     let head = request_head(&headers)?;
     let timeout = ctx.request_timeout;
     let body = BodyWriter { wire: wire.clone() };
-    let mut acks = AckStream { wire, input: BytesMut::new(), framing: Framing::Eof, over: false };
+    let mut acks = AckStream {
+        wire,
+        input: BytesMut::new(),
+        framing: Framing::Eof,
+        over: false,
+    };
     let answer = async {
         body.wire.write(&[Bytes::from(head)])?;
         body.flush().await?;
@@ -111,12 +132,25 @@ pub async fn open(ctx: &AwsContext, request: &PutMediaRequest) -> Result<PutMedi
     };
     let (status, headers) = tokio::time::timeout(timeout, answer)
         .await
-        .map_err(|_| KvsError::Timeout { api: API, after: timeout })?
-        .map_err(|e| KvsError::Network { api: API, message: format!("the request failed: {e}") })?;
+        .map_err(|_| KvsError::Timeout {
+            api: API,
+            after: timeout,
+        })?
+        .map_err(|e| KvsError::Network {
+            api: API,
+            message: format!("the request failed: {e}"),
+        })?;
     if status != 200 {
-        let page = tokio::time::timeout(timeout, acks.read_to_end(MAX_ERROR_BODY)).await.unwrap_or_default();
+        let page = tokio::time::timeout(timeout, acks.read_to_end(MAX_ERROR_BODY))
+            .await
+            .unwrap_or_default();
         body.abort();
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         return Err(service_error(status, header, &page, API));
     }
     Ok(PutMediaConnection { body, acks })
@@ -256,7 +290,10 @@ impl AckStream {
                             .headers
                             .iter()
                             .map(|h| {
-                                (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())
+                                (
+                                    h.name.to_ascii_lowercase(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
                             })
                             .collect();
                         Some((len, response.code.unwrap_or(0), headers))
@@ -333,7 +370,12 @@ enum Decoded {
 
 impl Framing {
     fn of(headers: &[(String, String)]) -> Framing {
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
             return Framing::Chunked(Chunk::Size);
         }
@@ -375,9 +417,14 @@ impl Framing {
                         }
                         let text = std::str::from_utf8(&line[..end]).unwrap_or("");
                         let digits = text.split(';').next().unwrap_or("").trim();
-                        let size = u64::from_str_radix(digits, 16)
-                            .map_err(|_| invalid("the response has a chunk size that is not a number"))?;
-                        *state = if size == 0 { Chunk::Trailer } else { Chunk::Data(size) };
+                        let size = u64::from_str_radix(digits, 16).map_err(|_| {
+                            invalid("the response has a chunk size that is not a number")
+                        })?;
+                        *state = if size == 0 {
+                            Chunk::Trailer
+                        } else {
+                            Chunk::Data(size)
+                        };
                     }
                     Chunk::Data(left) => {
                         if input.is_empty() {
@@ -395,7 +442,9 @@ impl Framing {
                             return Ok(Decoded::More);
                         }
                         if &input[..2] != b"\r\n" {
-                            return Err(invalid("a chunk of the response does not end where its size says"));
+                            return Err(invalid(
+                                "a chunk of the response does not end where its size says",
+                            ));
                         }
                         input.advance(2);
                         *state = Chunk::Size;
@@ -471,7 +520,14 @@ impl Wire {
                 (tcp, Some(tls))
             }
         };
-        Wire { tcp, state: Mutex::new(WireState { tls, pending: VecDeque::new(), failed: None }) }
+        Wire {
+            tcp,
+            state: Mutex::new(WireState {
+                tls,
+                pending: VecDeque::new(),
+                failed: None,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, WireState> {
@@ -504,7 +560,9 @@ impl Wire {
                 added
             }
             None => {
-                state.pending.extend(pieces.iter().filter(|p| !p.is_empty()).cloned());
+                state
+                    .pending
+                    .extend(pieces.iter().filter(|p| !p.is_empty()).cloned());
                 Ok(())
             }
         };
@@ -566,7 +624,10 @@ impl Wire {
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Both);
         let mut state = self.lock();
         if state.failed.is_none() {
-            state.failed = Some((io::ErrorKind::BrokenPipe, "the connection was abandoned".into()));
+            state.failed = Some((
+                io::ErrorKind::BrokenPipe,
+                "the connection was abandoned".into(),
+            ));
         }
     }
 }
@@ -582,7 +643,8 @@ impl WireState {
     /// Keeps the first write error.
     fn note(&mut self, written: io::Result<bool>) -> io::Result<bool> {
         if let Err(error) = &written {
-            self.failed.get_or_insert_with(|| (error.kind(), error.to_string()));
+            self.failed
+                .get_or_insert_with(|| (error.kind(), error.to_string()));
         }
         written
     }
@@ -600,12 +662,19 @@ impl WireState {
             return Ok(true);
         }
         while !self.pending.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self.pending.iter().take(64).map(|p| IoSlice::new(p)).collect();
+            let slices: Vec<IoSlice<'_>> = self
+                .pending
+                .iter()
+                .take(64)
+                .map(|p| IoSlice::new(p))
+                .collect();
             match tcp.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
                     while n > 0 {
-                        let Some(front) = self.pending.front_mut() else { break };
+                        let Some(front) = self.pending.front_mut() else {
+                            break;
+                        };
                         if n < front.len() {
                             front.advance(n);
                             n = 0;
@@ -630,17 +699,28 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(parse_endpoint("http://127.0.0.1:4567").unwrap(), (false, "127.0.0.1".into(), 4567));
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:4567").unwrap(),
+            (false, "127.0.0.1".into(), 4567)
+        );
         assert_eq!(
             parse_endpoint("https://s-1234abcd.kinesisvideo.us-west-2.amazonaws.com").unwrap(),
-            (true, "s-1234abcd.kinesisvideo.us-west-2.amazonaws.com".into(), 443)
+            (
+                true,
+                "s-1234abcd.kinesisvideo.us-west-2.amazonaws.com".into(),
+                443
+            )
         );
-        assert!(matches!(parse_endpoint("ftp://x"), Err(KvsError::Config(_))));
+        assert!(matches!(
+            parse_endpoint("ftp://x"),
+            Err(KvsError::Config(_))
+        ));
     }
 
     #[test]
     fn the_request_is_signed_for_kinesisvideo_with_an_unsigned_payload() {
-        let credentials = aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let credentials =
+            aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
         let request = PutMediaRequest {
             endpoint: "http://127.0.0.1:4567".into(),
             stream_name: "cam1".into(),
@@ -657,12 +737,23 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
-        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-        assert_eq!(get("x-amzn-producer-start-timestamp"), Some("1700000000.005"));
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("x-amzn-producer-start-timestamp"),
+            Some("1700000000.005")
+        );
         assert_eq!(get("x-amzn-fragment-timecode-type"), Some("ABSOLUTE"));
         assert_eq!(get("x-amz-content-sha256"), Some("UNSIGNED-PAYLOAD"));
         let authorization = get("authorization").unwrap();
-        assert!(authorization.contains("/us-west-2/kinesisvideo/aws4_request"), "{authorization}");
+        assert!(
+            authorization.contains("/us-west-2/kinesisvideo/aws4_request"),
+            "{authorization}"
+        );
         assert!(!authorization.contains("secret"));
     }
 
@@ -694,47 +785,75 @@ mod tests {
             );
         }
         let mut framing = Framing::of(&[("content-length".into(), "4".into())]);
-        assert_eq!(decode_all(&mut framing, b"abcdef", 1).unwrap(), (b"abcd".to_vec(), true));
+        assert_eq!(
+            decode_all(&mut framing, b"abcdef", 1).unwrap(),
+            (b"abcd".to_vec(), true)
+        );
         let mut framing = Framing::of(&[]);
-        assert_eq!(decode_all(&mut framing, b"abc", 2).unwrap(), (b"abc".to_vec(), false));
+        assert_eq!(
+            decode_all(&mut framing, b"abc", 2).unwrap(),
+            (b"abc".to_vec(), false)
+        );
     }
 
     #[test]
     fn a_broken_chunked_response_is_an_error_that_says_what_is_wrong() {
         let chunked = || Framing::Chunked(Chunk::Size);
         let error = decode_all(&mut chunked(), b"zz\r\nhello", 3).unwrap_err();
-        assert_eq!(error.to_string(), "the response has a chunk size that is not a number");
+        assert_eq!(
+            error.to_string(),
+            "the response has a chunk size that is not a number"
+        );
         let error = decode_all(&mut chunked(), b"2\r\nhello\r\n", 3).unwrap_err();
-        assert_eq!(error.to_string(), "a chunk of the response does not end where its size says");
+        assert_eq!(
+            error.to_string(),
+            "a chunk of the response does not end where its size says"
+        );
         let error = decode_all(&mut chunked(), &[b'1'; 5000], 100).unwrap_err();
-        assert_eq!(error.to_string(), "a chunk line of the response is too long");
+        assert_eq!(
+            error.to_string(),
+            "a chunk line of the response is too long"
+        );
     }
 
     #[test]
     fn a_header_with_a_line_break_is_refused_before_anything_is_sent() {
-        let headers =
-            vec![("host".to_owned(), "h".to_owned()), ("user-agent".to_owned(), "a\r\nx: y".to_owned())];
+        let headers = vec![
+            ("host".to_owned(), "h".to_owned()),
+            ("user-agent".to_owned(), "a\r\nx: y".to_owned()),
+        ];
         match request_head(&headers) {
             Err(KvsError::Config(message)) => {
-                assert_eq!(message, "cannot send PutMedia: the user-agent header has a line break in it")
+                assert_eq!(
+                    message,
+                    "cannot send PutMedia: the user-agent header has a line break in it"
+                )
             }
             other => panic!("{other:?}"),
         }
         let head = request_head(&headers[..1]).unwrap();
-        assert_eq!(head, "POST /putMedia HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(
+            head,
+            "POST /putMedia HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     /// A peer that reads nothing for a while: what the socket does not take waits, in order, and goes once it
     /// reads; the bytes on the wire are the chunks, each whole, in the order they were written.
     #[test]
     fn chunks_the_socket_cannot_take_yet_wait_in_order() {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let client = TcpStream::connect(address).await.unwrap();
             let (mut server, _) = listener.accept().await.unwrap();
-            let writer = BodyWriter { wire: Arc::new(Wire::new(Connected::Plain(client))) };
+            let writer = BodyWriter {
+                wire: Arc::new(Wire::new(Connected::Plain(client))),
+            };
             let mut expected = Vec::new();
             let mut held = 0;
             for i in 0..400u32 {
@@ -744,16 +863,23 @@ mod tests {
                 expected.extend_from_slice(b"\r\n");
                 // From a thread outside the runtime, as a streaming thread writes.
                 let w = writer.clone();
-                let all = std::thread::spawn(move || w.write_now(&[piece.slice(..10), piece.slice(10..)]))
-                    .join()
-                    .unwrap()
-                    .unwrap();
+                let all = std::thread::spawn(move || {
+                    w.write_now(&[piece.slice(..10), piece.slice(10..)])
+                })
+                .join()
+                .unwrap()
+                .unwrap();
                 held += usize::from(!all);
             }
-            assert!(held > 0, "the socket took 4 MB without the peer reading: the test proves nothing");
+            assert!(
+                held > 0,
+                "the socket took 4 MB without the peer reading: the test proves nothing"
+            );
             let reader = tokio::spawn(async move {
                 let mut got = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got).await.unwrap();
+                tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)
+                    .await
+                    .unwrap();
                 got
             });
             writer.finish().await.unwrap();

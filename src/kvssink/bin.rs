@@ -30,7 +30,11 @@ use super::fragmenter::{TrackNames, TrackRename};
 use super::imp::{SIGNALS, matroska_caps, property_specs, signal_specs};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
+    gst::DebugCategory::new(
+        "kvssink",
+        gst::DebugColorFlags::empty(),
+        Some("Kinesis Video Streams sink"),
+    )
 });
 
 /// With key-frame fragmentation, no cluster shorter than this (see `configure_muxing`).
@@ -106,8 +110,12 @@ use crate::element::lock;
 
 /// A new spec like `spec` (BaseSink's properties, installed again on the bin).
 fn copy_spec(spec: &glib::ParamSpec) -> Option<glib::ParamSpec> {
-    let (name, nick, blurb, flags) =
-        (spec.name(), spec.nick(), spec.blurb().unwrap_or_default(), spec.flags());
+    let (name, nick, blurb, flags) = (
+        spec.name(),
+        spec.nick(),
+        spec.blurb().unwrap_or_default(),
+        spec.flags(),
+    );
     // The numeric specs have the same builder shape.
     macro_rules! ranged {
         ($kind:ty) => {
@@ -129,18 +137,24 @@ fn copy_spec(spec: &glib::ParamSpec) -> Option<glib::ParamSpec> {
     {
         return Some(copy);
     }
-    Some(if let Some(p) = spec.downcast_ref::<glib::ParamSpecBoolean>() {
-        glib::ParamSpecBoolean::builder(name)
-            .nick(nick)
-            .blurb(blurb)
-            .default_value(p.default_value())
-            .flags(flags)
-            .build()
-    } else if spec.value_type() == gst::Sample::static_type() {
-        glib::ParamSpecBoxed::builder::<gst::Sample>(name).nick(nick).blurb(blurb).flags(flags).build()
-    } else {
-        return None;
-    })
+    Some(
+        if let Some(p) = spec.downcast_ref::<glib::ParamSpecBoolean>() {
+            glib::ParamSpecBoolean::builder(name)
+                .nick(nick)
+                .blurb(blurb)
+                .default_value(p.default_value())
+                .flags(flags)
+                .build()
+        } else if spec.value_type() == gst::Sample::static_type() {
+            glib::ParamSpecBoxed::builder::<gst::Sample>(name)
+                .nick(nick)
+                .blurb(blurb)
+                .flags(flags)
+                .build()
+        } else {
+            return None;
+        },
+    )
 }
 
 impl KvsSink {
@@ -163,7 +177,10 @@ impl KvsSink {
                 name: Some(track_name.unwrap_or_else(|| "kinesis_video".into())),
                 codec_id: codec_id.filter(|_| codec_id_set),
             },
-            audio: TrackRename { name: Some("audio".into()), codec_id: None },
+            audio: TrackRename {
+                name: Some("audio".into()),
+                codec_id: None,
+            },
         })
     }
 
@@ -212,7 +229,9 @@ impl KvsSink {
             gst::MessageView::Warning(m) => again!(Warning, m),
             gst::MessageView::Info(m) => again!(Info, m),
             gst::MessageView::Element(m) => {
-                gst::message::Element::builder(m.structure()?.to_owned()).src(&*obj).build()
+                gst::message::Element::builder(m.structure()?.to_owned())
+                    .src(&*obj)
+                    .build()
             }
             _ => return None,
         })
@@ -239,7 +258,9 @@ impl KvsSink {
             .map_err(|_| "matroskamux (gst-plugins-good) is not installed".to_owned())?;
         let obj = self.obj();
         obj.add(&mux).map_err(|e| e.to_string())?;
-        self.sink_pad.set_target(None::<&gst::Pad>).map_err(|e| e.to_string())?;
+        self.sink_pad
+            .set_target(None::<&gst::Pad>)
+            .map_err(|e| e.to_string())?;
         mux.link(&self.core).map_err(|e| e.to_string())?;
         let _ = mux.sync_state_with_parent();
         Ok(mux)
@@ -260,7 +281,9 @@ impl KvsSink {
         let core = self.core.downgrade();
         let bin = self.obj().downgrade();
         ghost.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
-            let Some(gst::PadProbeData::Event(event)) = &info.data else { return gst::PadProbeReturn::Ok };
+            let Some(gst::PadProbeData::Event(event)) = &info.data else {
+                return gst::PadProbeReturn::Ok;
+            };
             match event.view() {
                 gst::EventView::CustomDownstream(custom) => {
                     // Handled, not Drop: GStreamer before 1.24.8 unrefs a dropped event twice (a CRITICAL).
@@ -271,9 +294,11 @@ impl KvsSink {
                     }
                 }
                 gst::EventView::Caps(caps) => {
-                    if let (Some(bin), Some(ghost), Some(old)) =
-                        (bin.upgrade(), pad.downcast_ref::<gst::GhostPad>(), pad.current_caps())
-                        && old.as_ref() != caps.caps()
+                    if let (Some(bin), Some(ghost), Some(old)) = (
+                        bin.upgrade(),
+                        pad.downcast_ref::<gst::GhostPad>(),
+                        pad.current_caps(),
+                    ) && old.as_ref() != caps.caps()
                     {
                         bin.imp().caps_changed(ghost, &old, caps.caps());
                     }
@@ -283,15 +308,20 @@ impl KvsSink {
             gst::PadProbeReturn::Ok
         });
         let bin = self.obj().downgrade();
-        ghost.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |pad, _| {
-            if let (Some(bin), Some(ghost)) = (bin.upgrade(), pad.downcast_ref::<gst::GhostPad>()) {
-                let mut muxing = bin.imp().muxing();
-                if !muxing.flowing.contains(ghost) {
-                    muxing.flowing.push(ghost.clone());
+        ghost.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |pad, _| {
+                if let (Some(bin), Some(ghost)) =
+                    (bin.upgrade(), pad.downcast_ref::<gst::GhostPad>())
+                {
+                    let mut muxing = bin.imp().muxing();
+                    if !muxing.flowing.contains(ghost) {
+                        muxing.flowing.push(ghost.clone());
+                    }
                 }
-            }
-            gst::PadProbeReturn::Ok
-        });
+                gst::PadProbeReturn::Ok
+            },
+        );
         Ok(ghost)
     }
 
@@ -303,31 +333,48 @@ impl KvsSink {
             return;
         }
         muxing.flowing.clear();
-        let Some(old_mux) = muxing.mux.clone() else { return };
+        let Some(old_mux) = muxing.mux.clone() else {
+            return;
+        };
         let what = caps_difference(old, new);
-        gst::info!(CAT, imp = self, "{}: caps change ({what}): a new muxer", ghost.name());
-        let pads: Vec<gst::GhostPad> =
-            [muxing.video.clone(), muxing.audio.clone()].into_iter().flatten().collect();
+        gst::info!(
+            CAT,
+            imp = self,
+            "{}: caps change ({what}): a new muxer",
+            ghost.name()
+        );
+        let pads: Vec<gst::GhostPad> = [muxing.video.clone(), muxing.audio.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
         drop(muxing);
         // The old muxer's EOS stays inside: the upload goes on with the next muxer.
         if let Some(src) = old_mux.static_pad("src") {
-            src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| match &info.data {
-                Some(gst::PadProbeData::Event(event)) if event.type_() == gst::EventType::Eos => {
-                    gst::PadProbeReturn::Handled
+            src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| {
+                match &info.data {
+                    Some(gst::PadProbeData::Event(event))
+                        if event.type_() == gst::EventType::Eos =>
+                    {
+                        gst::PadProbeReturn::Handled
+                    }
+                    _ => gst::PadProbeReturn::Ok,
                 }
-                _ => gst::PadProbeReturn::Ok,
             });
         }
         // Drained pad by pad: this pad first (its thread is ours), then the others with their streaming lock
         // held, so that none of their buffers reaches the old muxer after its EOS (the first EOS lets a buffer
         // the muxer holds from them go out, so taking the lock cannot wait on us).
-        let _ = ghost.target().map(|target| target.send_event(gst::event::Eos::new()));
+        let _ = ghost
+            .target()
+            .map(|target| target.send_event(gst::event::Eos::new()));
         let others: Vec<_> = pads.iter().filter(|p| *p != ghost).collect();
         let _locks: Vec<_> = others
             .iter()
             .map(|other| {
                 let lock = other.stream_lock();
-                let _ = other.target().map(|target| target.send_event(gst::event::Eos::new()));
+                let _ = other
+                    .target()
+                    .map(|target| target.send_event(gst::event::Eos::new()));
                 lock
             })
             .collect();
@@ -335,7 +382,11 @@ impl KvsSink {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Mux,
-                ("cannot change the muxer for new caps on {}: {}", ghost.name(), why),
+                (
+                    "cannot change the muxer for new caps on {}: {}",
+                    ghost.name(),
+                    why
+                ),
                 ["caps change on {}: {}", ghost.name(), what]
             );
             return;
@@ -365,7 +416,9 @@ impl KvsSink {
         let _ = obj.remove(old);
         let mux = self.add_mux()?;
         for pad in pads {
-            let template = pad.pad_template().ok_or("a request pad without a template")?;
+            let template = pad
+                .pad_template()
+                .ok_or("a request pad without a template")?;
             let target = mux
                 .request_pad_simple(template.name_template())
                 .ok_or_else(|| format!("matroskamux gave no pad for {}", pad.name()))?;
@@ -385,11 +438,18 @@ fn caps_difference(old: &gst::Caps, new: &gst::CapsRef) -> String {
     if old.name() != new.name() {
         return format!("{} → {}", old.name(), new.name());
     }
-    let mut names: Vec<&str> = old.fields().chain(new.fields()).map(|f| f.as_str()).collect();
+    let mut names: Vec<&str> = old
+        .fields()
+        .chain(new.fields())
+        .map(|f| f.as_str())
+        .collect();
     names.sort_unstable();
     names.dedup();
     let show = |s: &gst::StructureRef, name: &str| match s.value(name) {
-        Ok(value) => value.serialize().map(|v| v.to_string()).unwrap_or_else(|_| "?".into()),
+        Ok(value) => value
+            .serialize()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "?".into()),
         Err(_) => "none".into(),
     };
     let changes: Vec<String> = names
@@ -409,7 +469,11 @@ fn caps_difference(old: &gst::Caps, new: &gst::CapsRef) -> String {
             }
         })
         .collect();
-    if changes.is_empty() { "caps".into() } else { changes.join(", ") }
+    if changes.is_empty() {
+        "caps".into()
+    } else {
+        changes.join(", ")
+    }
 }
 
 #[glib::object_subclass]
@@ -420,10 +484,16 @@ impl ObjectSubclass for KvsSink {
     type Interfaces = (gst::URIHandler,);
 
     fn with_class(klass: &Self::Class) -> Self {
-        let core = glib::Object::builder::<super::KvsMkvSink>().property("name", "core").build();
+        let core = glib::Object::builder::<super::KvsMkvSink>()
+            .property("name", "core")
+            .build();
         let template = klass.pad_template("sink").expect("sink template");
         let sink_pad = gst::GhostPad::builder_from_template(&template).build();
-        KvsSink { core, sink_pad, muxing: Mutex::default() }
+        KvsSink {
+            core,
+            sink_pad,
+            muxing: Mutex::default(),
+        }
     }
 }
 
@@ -471,7 +541,9 @@ impl ObjectImpl for KvsSink {
         let obj = self.obj();
         // The inner sink joins the bin before the ghost pad targets it (adding it would undo the link).
         obj.add(&self.core).expect("the inner sink joins the bin");
-        self.sink_pad.set_target(self.core.static_pad("sink").as_ref()).expect("sink pad target");
+        self.sink_pad
+            .set_target(self.core.static_pad("sink").as_ref())
+            .expect("sink pad target");
         obj.add_pad(&self.sink_pad).expect("sink pad");
         // Linking `sink` while the request pads are in use cannot work: say so.
         let weak = obj.downgrade();
@@ -505,7 +577,9 @@ crate::uri::uri_handler!(KvsSink, gst::URIType::Sink);
 
 /// A time argument of the action signals: `GST_CLOCK_TIME_NONE` is "not given".
 fn time_arg(args: &[glib::Value], index: usize) -> Option<u64> {
-    args.get(index).and_then(|v| v.get::<u64>().ok()).filter(|&t| t != u64::MAX)
+    args.get(index)
+        .and_then(|v| v.get::<u64>().ok())
+        .filter(|&t| t != u64::MAX)
 }
 
 /// The action signals: `trigger(running-time, duration)` opens an upload window at `running-time`
@@ -513,8 +587,12 @@ fn time_arg(args: &[glib::Value], index: usize) -> Option<u64> {
 /// `trigger-stop(running-time)` ends the open-ended ones (the post-roll follows).
 fn action_signals() -> Vec<glib::subclass::Signal> {
     use super::triggers::{TriggerRequest, TriggerTime};
-    let core =
-        |args: &[glib::Value]| args[0].get::<super::KvsSink>().ok().map(|sink| sink.imp().core.clone());
+    let core = |args: &[glib::Value]| {
+        args[0]
+            .get::<super::KvsSink>()
+            .ok()
+            .map(|sink| sink.imp().core.clone())
+    };
     vec![
         glib::subclass::Signal::builder("trigger")
             .param_types([u64::static_type(), u64::static_type()])
@@ -524,7 +602,8 @@ fn action_signals() -> Vec<glib::subclass::Signal> {
                     let at = time_arg(args, 1).map(TriggerTime::Running);
                     let duration = time_arg(args, 2).map(std::time::Duration::from_nanos);
                     let request = TriggerRequest::Start { at, duration };
-                    core.imp().trigger(super::window::Source::Signal, request, false);
+                    core.imp()
+                        .trigger(super::window::Source::Signal, request, false);
                 }
                 None
             })
@@ -535,7 +614,11 @@ fn action_signals() -> Vec<glib::subclass::Signal> {
             .class_handler(move |args| {
                 if let Some(core) = core(args) {
                     let at = time_arg(args, 1).map(TriggerTime::Running);
-                    core.imp().trigger(super::window::Source::Signal, TriggerRequest::Stop { at }, false);
+                    core.imp().trigger(
+                        super::window::Source::Signal,
+                        TriggerRequest::Stop { at },
+                        false,
+                    );
                 }
                 None
             })
@@ -576,29 +659,51 @@ impl ElementImpl for KvsSink {
                 .field("stream-format", "avc")
                 .field("alignment", "au")
                 .build();
-            video.merge(gst::Caps::builder("video/x-h265").field("alignment", "au").build());
+            video.merge(
+                gst::Caps::builder("video/x-h265")
+                    .field("alignment", "au")
+                    .build(),
+            );
             let audio = gst::Caps::builder("audio/mpeg")
                 .field("mpegversion", gst::List::new([2i32, 4]))
                 .field("stream-format", "raw")
                 .field("channels", gst::IntRange::new(1, 2))
                 .field("rate", gst::IntRange::new(8000, 192_000))
                 .build();
-            let audio = ["audio/x-alaw", "audio/x-mulaw"].into_iter().fold(audio, |mut caps, name| {
-                caps.merge(
-                    gst::Caps::builder(name)
-                        .field("channels", gst::IntRange::new(1, 2))
-                        .field("rate", gst::IntRange::new(8000, 192_000))
-                        .build(),
-                );
-                caps
-            });
+            let audio =
+                ["audio/x-alaw", "audio/x-mulaw"]
+                    .into_iter()
+                    .fold(audio, |mut caps, name| {
+                        caps.merge(
+                            gst::Caps::builder(name)
+                                .field("channels", gst::IntRange::new(1, 2))
+                                .field("rate", gst::IntRange::new(8000, 192_000))
+                                .build(),
+                        );
+                        caps
+                    });
             vec![
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &matroska)
-                    .expect("valid pad template"),
-                gst::PadTemplate::new("video_%u", gst::PadDirection::Sink, gst::PadPresence::Request, &video)
-                    .expect("valid pad template"),
-                gst::PadTemplate::new("audio_%u", gst::PadDirection::Sink, gst::PadPresence::Request, &audio)
-                    .expect("valid pad template"),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &matroska,
+                )
+                .expect("valid pad template"),
+                gst::PadTemplate::new(
+                    "video_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &video,
+                )
+                .expect("valid pad template"),
+                gst::PadTemplate::new(
+                    "audio_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &audio,
+                )
+                .expect("valid pad template"),
             ]
         });
         TEMPLATES.as_ref()
@@ -644,7 +749,9 @@ impl ElementImpl for KvsSink {
             drop(muxing);
             return self.refuse(format!("matroskamux gave no {} pad", kind.name()));
         };
-        let name = name.map(str::to_owned).unwrap_or_else(|| format!("{}_0", kind.name()));
+        let name = name
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}_0", kind.name()));
         let ghost = match self.ghost(template, &name, &mux_pad) {
             Ok(ghost) => ghost,
             Err(why) => {
@@ -662,13 +769,21 @@ impl ElementImpl for KvsSink {
         if obj.add_pad(&ghost).is_err() {
             return None;
         }
-        gst::debug!(CAT, imp = self, "{} pad {} muxed by matroskamux", kind.name(), name);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "{} pad {} muxed by matroskamux",
+            kind.name(),
+            name
+        );
         self.configure_muxing();
         Some(ghost.upcast())
     }
 
     fn release_pad(&self, pad: &gst::Pad) {
-        let Some(ghost) = pad.downcast_ref::<gst::GhostPad>() else { return };
+        let Some(ghost) = pad.downcast_ref::<gst::GhostPad>() else {
+            return;
+        };
         let mut muxing = self.muxing();
         for kind in [Kind::Video, Kind::Audio] {
             if muxing.slot(kind).as_ref() == Some(ghost) {
@@ -686,7 +801,9 @@ impl ElementImpl for KvsSink {
                 mux.unlink(&self.core);
                 let _ = mux.set_state(gst::State::Null);
                 let _ = obj.remove(&mux);
-                let _ = self.sink_pad.set_target(self.core.static_pad("sink").as_ref());
+                let _ = self
+                    .sink_pad
+                    .set_target(self.core.static_pad("sink").as_ref());
             }
         }
         drop(muxing);
@@ -708,7 +825,9 @@ impl ElementImpl for KvsSink {
 
 impl BinImpl for KvsSink {
     fn handle_message(&self, message: gst::Message) {
-        let from_inside = message.src().is_some_and(|src| src != self.obj().upcast_ref::<gst::Object>());
+        let from_inside = message
+            .src()
+            .is_some_and(|src| src != self.obj().upcast_ref::<gst::Object>());
         match from_inside.then(|| self.repost(&message)).flatten() {
             Some(reposted) => {
                 let _ = self.obj().post_message(reposted);

@@ -33,32 +33,43 @@ pub const HOLD_LIMIT: Duration = Duration::from_secs(10);
 pub enum CaptureTime {
     /// The source's reference timestamps when buffers carry them, the host clock before.
     #[default]
-    #[enum_value(name = "Reference timestamps when present, else the host clock", nick = "auto")]
+    #[enum_value(
+        name = "Reference timestamps when present, else the host clock",
+        nick = "auto"
+    )]
     Auto,
     /// The host clock always.
-    #[enum_value(name = "The host clock (the running time mapped to the wall clock)", nick = "clock")]
+    #[enum_value(
+        name = "The host clock (the running time mapped to the wall clock)",
+        nick = "clock"
+    )]
     Clock,
     /// The source's reference timestamps for every frame: what comes before the first one waits for it.
-    #[enum_value(name = "The source's reference timestamps for every frame", nick = "meta")]
+    #[enum_value(
+        name = "The source's reference timestamps for every frame",
+        nick = "meta"
+    )]
     Meta,
 }
 
 /// The source's capture time carried by `buffer`, if it has a reference timestamp kvssink understands, and
 /// the caps name it came with.
 pub fn reference_time(buffer: &gst::BufferRef) -> Option<(SystemTime, &'static str)> {
-    buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|meta| {
-        let reference = meta.reference();
-        let name = reference.structure(0)?.name();
-        let ns = meta.timestamp().nseconds();
-        if name == "timestamp/x-ntp" {
-            let unix = ns.checked_sub(NTP_TO_UNIX_S * 1_000_000_000)?;
-            Some((UNIX_EPOCH + Duration::from_nanos(unix), "timestamp/x-ntp"))
-        } else if name == "timestamp/x-unix" {
-            Some((UNIX_EPOCH + Duration::from_nanos(ns), "timestamp/x-unix"))
-        } else {
-            None
-        }
-    })
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find_map(|meta| {
+            let reference = meta.reference();
+            let name = reference.structure(0)?.name();
+            let ns = meta.timestamp().nseconds();
+            if name == "timestamp/x-ntp" {
+                let unix = ns.checked_sub(NTP_TO_UNIX_S * 1_000_000_000)?;
+                Some((UNIX_EPOCH + Duration::from_nanos(unix), "timestamp/x-ntp"))
+            } else if name == "timestamp/x-unix" {
+                Some((UNIX_EPOCH + Duration::from_nanos(ns), "timestamp/x-unix"))
+            } else {
+                None
+            }
+        })
 }
 
 /// What happened that the application should hear about.
@@ -92,7 +103,10 @@ pub struct CaptureTimes {
 
 impl CaptureTimes {
     pub fn new(mode: CaptureTime) -> Self {
-        CaptureTimes { mode, ..Default::default() }
+        CaptureTimes {
+            mode,
+            ..Default::default()
+        }
     }
 
     /// The stamps for a buffer's `data` (and for buffers held before it): `running` is its running time,
@@ -124,22 +138,34 @@ impl CaptureTimes {
         }
         if let Some(offset) = self.offset {
             let mut out = self.release();
-            out.push((data, running.map_or(host_stamp, |r| source_stamp(offset, r)), running));
+            out.push((
+                data,
+                running.map_or(host_stamp, |r| source_stamp(offset, r)),
+                running,
+            ));
             return out;
         }
         if self.mode == CaptureTime::Meta && !self.gave_up {
             let since = *self.held_since.get_or_insert_with(std::time::Instant::now);
             let first_running = self.held.iter().find_map(|h| h.running);
             let waited = match (first_running, running) {
-                (Some(first), Some(now)) => Duration::from_nanos(now.saturating_sub(first).nseconds()),
+                (Some(first), Some(now)) => {
+                    Duration::from_nanos(now.saturating_sub(first).nseconds())
+                }
                 _ => since.elapsed(),
             };
-            self.held.push(Held { data, running, host });
+            self.held.push(Held {
+                data,
+                running,
+                host,
+            });
             if waited < HOLD_LIMIT {
                 return Vec::new();
             }
             self.gave_up = true;
-            notices.push(Notice::NoReference { held: self.held.len() });
+            notices.push(Notice::NoReference {
+                held: self.held.len(),
+            });
             return self.release();
         }
         vec![(data, host_stamp, running)]
@@ -200,8 +226,8 @@ mod tests {
             gst::ReferenceTimestampMeta::add(buffer, &caps, gst::ClockTime::from_seconds(5), None);
             assert_eq!(reference_time(buffer), None);
             let caps = gst::Caps::new_empty_simple("timestamp/x-ntp");
-            let ntp =
-                gst::ClockTime::from_seconds(unix_s + NTP_TO_UNIX_S) + gst::ClockTime::from_mseconds(250);
+            let ntp = gst::ClockTime::from_seconds(unix_s + NTP_TO_UNIX_S)
+                + gst::ClockTime::from_mseconds(250);
             gst::ReferenceTimestampMeta::add(buffer, &caps, ntp, None);
         }
         let expected = at(unix_s) + Duration::from_millis(250);
@@ -214,7 +240,10 @@ mod tests {
             gst::ClockTime::from_seconds(unix_s),
             None,
         );
-        assert_eq!(reference_time(&unix), Some((at(unix_s), "timestamp/x-unix")));
+        assert_eq!(
+            reference_time(&unix),
+            Some((at(unix_s), "timestamp/x-unix"))
+        );
     }
 
     #[test]
@@ -222,19 +251,52 @@ mod tests {
         let mut times = CaptureTimes::new(CaptureTime::Auto);
         let mut notices = Vec::new();
         let host = at(10_000);
-        let out = times.stamp(Bytes::from_static(b"a"), running(0), Some(host), None, &mut notices);
-        assert_eq!(out, [(Bytes::from_static(b"a"), Stamp::Host(host), running(0))]);
-        // The camera's clock is an hour behind.
-        let camera = at(10_000 - 3_600) + Duration::from_millis(40);
-        let out =
-            times.stamp(Bytes::from_static(b"b"), running(40), Some(host), Some((camera, "x")), &mut notices);
-        assert_eq!(out, [(Bytes::from_static(b"b"), Stamp::Source(camera), running(40))]);
-        assert_eq!(notices, [Notice::SourceClock { caps: "x", ahead_s: -3_599.96 }]);
-        // No reference on the next buffer: the same offset.
-        let out = times.stamp(Bytes::from_static(b"c"), running(73), Some(host), None, &mut notices);
+        let out = times.stamp(
+            Bytes::from_static(b"a"),
+            running(0),
+            Some(host),
+            None,
+            &mut notices,
+        );
         assert_eq!(
             out,
-            [(Bytes::from_static(b"c"), Stamp::Source(camera + Duration::from_millis(33)), running(73))]
+            [(Bytes::from_static(b"a"), Stamp::Host(host), running(0))]
+        );
+        // The camera's clock is an hour behind.
+        let camera = at(10_000 - 3_600) + Duration::from_millis(40);
+        let out = times.stamp(
+            Bytes::from_static(b"b"),
+            running(40),
+            Some(host),
+            Some((camera, "x")),
+            &mut notices,
+        );
+        assert_eq!(
+            out,
+            [(Bytes::from_static(b"b"), Stamp::Source(camera), running(40))]
+        );
+        assert_eq!(
+            notices,
+            [Notice::SourceClock {
+                caps: "x",
+                ahead_s: -3_599.96
+            }]
+        );
+        // No reference on the next buffer: the same offset.
+        let out = times.stamp(
+            Bytes::from_static(b"c"),
+            running(73),
+            Some(host),
+            None,
+            &mut notices,
+        );
+        assert_eq!(
+            out,
+            [(
+                Bytes::from_static(b"c"),
+                Stamp::Source(camera + Duration::from_millis(33)),
+                running(73)
+            )]
         );
         assert_eq!(notices.len(), 1);
     }
@@ -248,10 +310,19 @@ mod tests {
             assert!(out.is_empty());
         }
         let camera = at(500);
-        let out = times.stamp(Bytes::new(), running(100), Some(at(9)), Some((camera, "x")), &mut notices);
+        let out = times.stamp(
+            Bytes::new(),
+            running(100),
+            Some(at(9)),
+            Some((camera, "x")),
+            &mut notices,
+        );
         let stamps: Vec<Stamp> = out.into_iter().map(|(_, s, _)| s).collect();
         let before = |ms| Stamp::Source(camera - Duration::from_millis(ms));
-        assert_eq!(stamps, [before(100), before(67), before(34), Stamp::Source(camera)]);
+        assert_eq!(
+            stamps,
+            [before(100), before(67), before(34), Stamp::Source(camera)]
+        );
     }
 
     #[test]
@@ -260,12 +331,27 @@ mod tests {
         let mut notices = Vec::new();
         let mut released = Vec::new();
         for ms in (0..=10_000).step_by(1_000) {
-            released.extend(times.stamp(Bytes::new(), running(ms), Some(at(ms / 1_000)), None, &mut notices));
+            released.extend(times.stamp(
+                Bytes::new(),
+                running(ms),
+                Some(at(ms / 1_000)),
+                None,
+                &mut notices,
+            ));
         }
         assert_eq!(notices, [Notice::NoReference { held: 11 }]);
         let stamps: Vec<Stamp> = released.into_iter().map(|(_, s, _)| s).collect();
-        assert_eq!(stamps, (0..=10).map(|s| Stamp::Host(at(s))).collect::<Vec<_>>());
-        let out = times.stamp(Bytes::new(), running(11_000), Some(at(11)), None, &mut notices);
+        assert_eq!(
+            stamps,
+            (0..=10).map(|s| Stamp::Host(at(s))).collect::<Vec<_>>()
+        );
+        let out = times.stamp(
+            Bytes::new(),
+            running(11_000),
+            Some(at(11)),
+            None,
+            &mut notices,
+        );
         assert_eq!(out[0].1, Stamp::Host(at(11)));
     }
 
@@ -273,7 +359,13 @@ mod tests {
     fn clock_ignores_reference_timestamps() {
         let mut times = CaptureTimes::new(CaptureTime::Clock);
         let mut notices = Vec::new();
-        let out = times.stamp(Bytes::new(), running(0), Some(at(1)), Some((at(2), "x")), &mut notices);
+        let out = times.stamp(
+            Bytes::new(),
+            running(0),
+            Some(at(1)),
+            Some((at(2), "x")),
+            &mut notices,
+        );
         assert_eq!(out[0].1, Stamp::Host(at(1)));
         assert!(notices.is_empty());
     }

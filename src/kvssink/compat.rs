@@ -58,8 +58,7 @@ pub enum StreamingType {
 /// The C++ kvssink's default `credential-path`, relative to the working directory.
 const DEFAULT_CREDENTIAL_PATH: &str = ".kvs/credential";
 const MUXER: &str = "kvssink stamps frames from the buffers' running time";
-const UPSTREAM_MUXER: &str =
-    "it applies to streams on the video/audio request pads; with Matroska input the upstream muxer decided";
+const UPSTREAM_MUXER: &str = "it applies to streams on the video/audio request pads; with Matroska input the upstream muxer decided";
 const SDK: &str = "it tunes the C++ SDK";
 
 /// The C++ properties kvssink accepts by their C++ names, with what each does.
@@ -75,17 +74,29 @@ pub fn effects() -> &'static [(&'static str, Support)] {
         ("fragment-duration", Support::Muxing),
         ("key-frame-fragmentation", Support::Muxing),
         ("frame-timecodes", Support::Implemented),
-        ("absolute-fragment-times", Support::Ignored("kvssink always sends absolute producer times")),
+        (
+            "absolute-fragment-times",
+            Support::Ignored("kvssink always sends absolute producer times"),
+        ),
         ("content-type", Support::Implemented),
         ("use-original-pts", Support::Ignored(MUXER)),
         ("disable-buffer-clipping", Support::Ignored(MUXER)),
         ("avg-bandwidth-bps", Support::Ignored(SDK)),
         ("framerate", Support::Ignored(SDK)),
         ("max-latency", Support::Ignored(SDK)),
-        ("log-config", Support::Ignored("kvssink logs through GST_DEBUG")),
+        (
+            "log-config",
+            Support::Ignored("kvssink logs through GST_DEBUG"),
+        ),
         ("recalculate-metrics", Support::Ignored(SDK)),
-        ("get-kvs-metrics", Support::Ignored("the stats property and the bus messages carry the figures")),
-        ("replay-duration", Support::Ignored("kvssink re-sends every fragment not yet persisted")),
+        (
+            "get-kvs-metrics",
+            Support::Ignored("the stats property and the bus messages carry the figures"),
+        ),
+        (
+            "replay-duration",
+            Support::Ignored("kvssink re-sends every fragment not yet persisted"),
+        ),
         ("rotation-period", Support::Implemented),
         ("streaming-type", Support::Implemented),
         ("credential-path", Support::Implemented),
@@ -212,7 +223,11 @@ impl CppSettings {
         }
         let unset = matches!(value.get::<Option<String>>(), Ok(None))
             || matches!(value.get::<Option<gst::Structure>>(), Ok(None));
-        let text = if unset { None } else { value.serialize().ok().map(String::from) };
+        let text = if unset {
+            None
+        } else {
+            value.serialize().ok().map(String::from)
+        };
         self.values.insert(name.to_owned(), text);
         true
     }
@@ -237,7 +252,11 @@ impl CppSettings {
     /// A string property's value, when set and not empty.
     fn string(&self, name: &str) -> Option<String> {
         let value = glib::Value::deserialize(self.text(name)?, glib::Type::STRING).ok()?;
-        value.get::<Option<String>>().ok().flatten().filter(|s| !s.is_empty())
+        value
+            .get::<Option<String>>()
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
     }
 
     pub fn user_agent(&self) -> Option<String> {
@@ -276,7 +295,9 @@ impl CppSettings {
     /// The credential file and the longest its credentials are kept: `credential-path` when set, else the C++
     /// default `.kvs/credential` when that file exists.
     pub fn credential_file(&self) -> Option<(String, std::time::Duration)> {
-        let period = self.seconds("rotation-period").unwrap_or(std::time::Duration::from_secs(3600));
+        let period = self
+            .seconds("rotation-period")
+            .unwrap_or(std::time::Duration::from_secs(3600));
         match self.values.get("credential-path") {
             // Set: used (an empty value or NULL turns it off).
             Some(_) => self.string("credential-path").map(|path| (path, period)),
@@ -298,7 +319,10 @@ impl CppSettings {
 
     /// `iot-certificate`, when set: its fields, the thing name defaulting to the stream name.
     pub fn iot(&self, stream_name: &str) -> Result<Option<IotSettings>, String> {
-        let Some(text) = self.text("iot-certificate").filter(|t| !t.is_empty() && *t != "\"\"") else {
+        let Some(text) = self
+            .text("iot-certificate")
+            .filter(|t| !t.is_empty() && *t != "\"\"")
+        else {
             return Ok(None);
         };
         let structure = glib::Value::deserialize(text, gst::Structure::static_type())
@@ -306,10 +330,13 @@ impl CppSettings {
             .and_then(|v| v.get::<Option<gst::Structure>>().ok().flatten())
             .ok_or("iot-certificate is not a GstStructure")?;
         let field = |name: &str| {
-            structure.value(name).ok().and_then(|value| match value.get::<String>() {
-                Ok(text) => Some(text),
-                Err(_) => value.serialize().ok().map(String::from),
-            })
+            structure
+                .value(name)
+                .ok()
+                .and_then(|value| match value.get::<String>() {
+                    Ok(text) => Some(text),
+                    Err(_) => value.serialize().ok().map(String::from),
+                })
         };
         let required = |name: &str| {
             field(name).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -324,7 +351,9 @@ impl CppSettings {
                 Some(text) => text
                     .parse::<u64>()
                     .map(|s| std::time::Duration::from_secs(s.max(1)))
-                    .map_err(|_| format!("iot-certificate {name} {text:?} is not a number of seconds")),
+                    .map_err(|_| {
+                        format!("iot-certificate {name} {text:?} is not a number of seconds")
+                    }),
             }
         };
         Ok(Some(IotSettings {

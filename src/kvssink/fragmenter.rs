@@ -97,7 +97,9 @@ impl std::fmt::Display for InputError {
                     "a Matroska Cluster arrived before the stream header (EBML header, Segment, Tracks)"
                 )
             }
-            InputError::NoTracks => write!(f, "the Matroska stream has clusters but no Tracks element"),
+            InputError::NoTracks => {
+                write!(f, "the Matroska stream has clusters but no Tracks element")
+            }
             InputError::FragmentTooLarge { size } => write!(
                 f,
                 "a Matroska cluster of {size} bytes is larger than the KVS fragment limit of {MAX_FRAGMENT_BYTES} \
@@ -115,7 +117,10 @@ impl std::fmt::Display for InputError {
                 "Matroska cluster timecodes go backwards ({next} after {previous}): KVS needs increasing timestamps"
             ),
             InputError::TooManyTags => {
-                write!(f, "more than {MAX_TAGS_PER_FRAGMENT} metadata tags for one fragment (the KVS limit)")
+                write!(
+                    f,
+                    "more than {MAX_TAGS_PER_FRAGMENT} metadata tags for one fragment (the KVS limit)"
+                )
             }
             InputError::TagTooLong { name } => write!(
                 f,
@@ -262,7 +267,10 @@ pub struct TrackNames {
 }
 
 fn units(time: SystemTime, scale: u64) -> i128 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128 / i128::from(scale)
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i128
+        / i128::from(scale)
 }
 
 impl Fragmenter {
@@ -310,12 +318,19 @@ impl Fragmenter {
 
     /// Adds a metadata tag to the next fragment, or to every following fragment when `persist` (a persistent
     /// tag with an empty value removes the persistent tag of that name).
-    pub fn add_metadata(&mut self, name: &str, value: &str, persist: bool) -> Result<(), InputError> {
+    pub fn add_metadata(
+        &mut self,
+        name: &str,
+        value: &str,
+        persist: bool,
+    ) -> Result<(), InputError> {
         if name.starts_with("AWS") && !EVENT_TAG_NAMES.contains(&name) {
             return Err(InputError::ReservedTagName(name.to_owned()));
         }
         if name.is_empty() || name.len() > MAX_TAG_NAME_BYTES || value.len() > MAX_TAG_VALUE_BYTES {
-            return Err(InputError::TagTooLong { name: name.to_owned() });
+            return Err(InputError::TagTooLong {
+                name: name.to_owned(),
+            });
         }
         if persist {
             self.persistent_tags.retain(|t| t.name != name);
@@ -334,7 +349,11 @@ impl Fragmenter {
 
     /// Feeds bytes (kept, not copied) and the wall-clock time at which what they carry was captured, if known;
     /// returns what they complete, in order.
-    pub fn push(&mut self, data: Bytes, capture_time: Option<SystemTime>) -> Result<Vec<Output>, InputError> {
+    pub fn push(
+        &mut self,
+        data: Bytes,
+        capture_time: Option<SystemTime>,
+    ) -> Result<Vec<Output>, InputError> {
         self.push_stamped(data, capture_time.map_or(Stamp::None, Stamp::Host))
     }
 
@@ -389,16 +408,21 @@ impl Fragmenter {
                 id::TRACKS if !self.header_announced => {
                     let mut bytes = element.bytes.to_vec();
                     if let Some(names) = &self.track_names {
-                        bytes = kvs_mkv::header::rename_tracks(&element.data(), |kind| match kind {
-                            kvs_mkv::header::TRACK_TYPE_VIDEO => names.video.clone(),
-                            kvs_mkv::header::TRACK_TYPE_AUDIO => names.audio.clone(),
-                            _ => TrackRename::default(),
-                        })?;
+                        bytes =
+                            kvs_mkv::header::rename_tracks(&element.data(), |kind| match kind {
+                                kvs_mkv::header::TRACK_TYPE_VIDEO => names.video.clone(),
+                                kvs_mkv::header::TRACK_TYPE_AUDIO => names.audio.clone(),
+                                _ => TrackRename::default(),
+                            })?;
                     }
-                    let (_, data) = ebml::children(&bytes).next().ok_or(InputError::NoTracks)??;
+                    let (_, data) = ebml::children(&bytes)
+                        .next()
+                        .ok_or(InputError::NoTracks)??;
                     let tracks = kvs_mkv::header::tracks(data)?;
-                    self.media_type_tracks =
-                        tracks.iter().filter_map(|t| kvs_mkv::header::media_type(&t.codec_id)).collect();
+                    self.media_type_tracks = tracks
+                        .iter()
+                        .filter_map(|t| kvs_mkv::header::media_type(&t.codec_id))
+                        .collect();
                     self.header_parts.extend_from_slice(&bytes);
                     self.has_tracks = true;
                 }
@@ -415,8 +439,8 @@ impl Fragmenter {
                         return Err(InputError::NoTracks);
                     }
                     self.generation += 1;
-                    let media_type =
-                        (!self.media_type_tracks.is_empty()).then(|| self.media_type_tracks.join(","));
+                    let media_type = (!self.media_type_tracks.is_empty())
+                        .then(|| self.media_type_tracks.join(","));
                     let header = Arc::new(StreamHeader {
                         generation: self.generation,
                         bytes: Bytes::from(std::mem::take(&mut self.header_parts)),
@@ -430,10 +454,16 @@ impl Fragmenter {
                 self.cluster = Some(ClusterInProgress::default());
             }
             Event::ClusterChild(element) => {
-                let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return Ok(());
+                };
                 match element.id {
-                    id::TIMECODE => cluster.relative_timecode = Some(ebml::read_uint(&element.data())?),
-                    id::SIMPLE_BLOCK | id::BLOCK_GROUP => self.frame(element.block()?, element.bytes, out)?,
+                    id::TIMECODE => {
+                        cluster.relative_timecode = Some(ebml::read_uint(&element.data())?)
+                    }
+                    id::SIMPLE_BLOCK | id::BLOCK_GROUP => {
+                        self.frame(element.block()?, element.bytes, out)?
+                    }
                     _ => {}
                 }
             }
@@ -483,7 +513,10 @@ impl Fragmenter {
             if i128::from(last) - time > jump {
                 out.push(Output::FragmentEnd);
                 let relative_timecode = cluster.relative_timecode;
-                self.cluster = Some(ClusterInProgress { relative_timecode, ..Default::default() });
+                self.cluster = Some(ClusterInProgress {
+                    relative_timecode,
+                    ..Default::default()
+                });
                 split = true;
             }
         }
@@ -495,20 +528,33 @@ impl Fragmenter {
             Some(_) => None,
             None => return Ok(()),
         };
-        let Some(header) = self.header.clone() else { return Err(InputError::ClusterBeforeHeader) };
+        let Some(header) = self.header.clone() else {
+            return Err(InputError::ClusterBeforeHeader);
+        };
         let scale = self.timecode_scale;
-        let Some(cluster) = self.cluster.as_mut() else { return Ok(()) };
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(());
+        };
         if let Some((timecode, _)) = &start {
             cluster.timecode = Some(*timecode);
             cluster.floor = self.last_frame;
             // A split cluster's Timecode is its first frame's: its blocks move by as much.
-            cluster.block_shift = if split { -i64::from(info.relative_timecode) } else { 0 };
+            cluster.block_shift = if split {
+                -i64::from(info.relative_timecode)
+            } else {
+                0
+            };
             let first = i128::from(info.relative_timecode) + i128::from(cluster.block_shift);
             // How far the first frame went from its source time (forward, after a small step back): the
             // cluster's later frames go as far.
             cluster.source_shift = source_time.map(|time| i128::from(*timecode) + first - time);
         }
-        let (info, data) = match (start.is_none(), source_time, cluster.source_shift, cluster.timecode) {
+        let (info, data) = match (
+            start.is_none(),
+            source_time,
+            cluster.source_shift,
+            cluster.timecode,
+        ) {
             (true, Some(time), Some(shift), Some(timecode)) => {
                 restamp(info, data, time + shift - i128::from(timecode))
             }
@@ -524,29 +570,40 @@ impl Fragmenter {
         // fragment.
         let (info, data) = match (cluster.floor, cluster.timecode) {
             (Some(floor), Some(timecode))
-                if i128::from(timecode) + i128::from(info.relative_timecode) <= i128::from(floor) =>
+                if i128::from(timecode) + i128::from(info.relative_timecode)
+                    <= i128::from(floor) =>
             {
                 restamp(info, data, i128::from(floor) + 1 - i128::from(timecode))
             }
             _ => (info, data),
         };
-        cluster.max_block_offset = cluster.max_block_offset.max(i64::from(info.relative_timecode));
+        cluster.max_block_offset = cluster
+            .max_block_offset
+            .max(i64::from(info.relative_timecode));
         cluster.size += data.len();
         if cluster.size > MAX_FRAGMENT_BYTES {
             return Err(InputError::FragmentTooLarge { size: cluster.size });
         }
-        let duration = Duration::from_nanos((cluster.max_block_offset as u64).saturating_mul(scale));
+        let duration =
+            Duration::from_nanos((cluster.max_block_offset as u64).saturating_mul(scale));
         if duration > MAX_FRAGMENT_DURATION {
             return Err(InputError::FragmentTooLong { duration });
         }
         let timecode = cluster.timecode.unwrap_or_default();
         let frame_time = timecode.saturating_add_signed(i64::from(info.relative_timecode));
-        self.last_frame = Some(self.last_frame.map_or(frame_time, |last| last.max(frame_time)));
+        self.last_frame = Some(
+            self.last_frame
+                .map_or(frame_time, |last| last.max(frame_time)),
+        );
         match start {
             Some((timecode, head)) => {
                 let mut bytes = Rope::from(head);
                 bytes.append(data);
-                out.push(Output::FragmentStart(FragmentStart { header, timecode, data: bytes }));
+                out.push(Output::FragmentStart(FragmentStart {
+                    header,
+                    timecode,
+                    data: bytes,
+                }));
             }
             None => out.push(Output::Frame { data, duration }),
         }
@@ -570,8 +627,13 @@ impl Fragmenter {
         {
             let timestamped = source_time.is_some() || self.capture_time != Stamp::None;
             if self.anchor != TimeAnchor::CaptureTime || !timestamped {
-                let next = self.segment_base.map_or(0, |base| (base + i128::from(relative)).max(0) as u64);
-                return Err(InputError::TimecodeBackwards { previous: last_absolute, next });
+                let next = self
+                    .segment_base
+                    .map_or(0, |base| (base + i128::from(relative)).max(0) as u64);
+                return Err(InputError::TimecodeBackwards {
+                    previous: last_absolute,
+                    next,
+                });
             }
             // Timestamped media whose timestamps went back (a depayloader jump): placed by its capture time,
             // as a new segment would be, and the step back is handled (and reported) below. Untimestamped
@@ -580,8 +642,15 @@ impl Fragmenter {
             self.last_cluster = None;
         }
         // Where this fragment's first frame goes on the absolute timeline.
-        let anchored = match (self.anchor, source_time, self.capture_time.time(), self.segment_base) {
-            (TimeAnchor::Fixed(start), _, _, None) if self.last_frame.is_none() => Some(units(start, scale)),
+        let anchored = match (
+            self.anchor,
+            source_time,
+            self.capture_time.time(),
+            self.segment_base,
+        ) {
+            (TimeAnchor::Fixed(start), _, _, None) if self.last_frame.is_none() => {
+                Some(units(start, scale))
+            }
             (TimeAnchor::Fixed(_), _, _, _) => None,
             (TimeAnchor::CaptureTime, Some(source), _, _) => Some(source),
             (TimeAnchor::CaptureTime, None, Some(captured), _) => {
@@ -613,8 +682,10 @@ impl Fragmenter {
                 // The source's clock went back: a new session at the time it says.
                 let header = self.header.as_ref().expect("checked above");
                 self.generation += 1;
-                let header =
-                    Arc::new(StreamHeader { generation: self.generation, ..StreamHeader::clone(header) });
+                let header = Arc::new(StreamHeader {
+                    generation: self.generation,
+                    ..StreamHeader::clone(header)
+                });
                 self.header = Some(header.clone());
                 out.push(Output::TimeJump(TimeJump {
                     previous: last as u64,
@@ -639,15 +710,22 @@ impl Fragmenter {
         // A fragment whose first frame is not the cluster's earliest could still start at or before the
         // previous fragment's Timecode (within a session).
         // The cluster's Timecode: at the input cluster's, or at its first frame for a split cluster.
-        let written = if at_first_frame { first_frame } else { i128::from(relative) };
+        let written = if at_first_frame {
+            first_frame
+        } else {
+            i128::from(relative)
+        };
         if let Some(previous) = self.last_timecode
             && base + written <= i128::from(previous)
         {
             base = i128::from(previous) + 1 - written;
         }
         self.segment_base = Some(base);
-        let timecode = u64::try_from(base + written)
-            .map_err(|_| InputError::TimecodeBackwards { previous: self.last_frame.unwrap_or(0), next: 0 })?;
+        let timecode =
+            u64::try_from(base + written).map_err(|_| InputError::TimecodeBackwards {
+                previous: self.last_frame.unwrap_or(0),
+                next: 0,
+            })?;
         self.last_cluster = Some((relative, timecode));
         self.last_timecode = Some(timecode);
 
@@ -676,15 +754,27 @@ impl Fragmenter {
 /// The frame `data` (a SimpleBlock element, as received) with its block timecode set to `offset` from its
 /// cluster's; the payload stays the same memory. Kept as it is when the offset does not fit the block's 16 bits
 /// or the frame is a BlockGroup.
-fn restamp(info: kvs_mkv::block::BlockInfo, data: Rope, offset: i128) -> (kvs_mkv::block::BlockInfo, Rope) {
-    let Ok(offset) = i16::try_from(offset) else { return (info, data) };
+fn restamp(
+    info: kvs_mkv::block::BlockInfo,
+    data: Rope,
+    offset: i128,
+) -> (kvs_mkv::block::BlockInfo, Rope) {
+    let Ok(offset) = i16::try_from(offset) else {
+        return (info, data);
+    };
     let mut head = [0u8; 32];
     let copied = data.copy_prefix(&mut head);
     // Element ID and size, then the block's track number, timecode (2 bytes, big-endian) and flags.
-    let Ok(Some((id::SIMPLE_BLOCK, id_len))) = ebml::read_id(&head[..copied]) else { return (info, data) };
-    let Ok(Some((_, size_len))) = ebml::read_size(&head[id_len..copied]) else { return (info, data) };
+    let Ok(Some((id::SIMPLE_BLOCK, id_len))) = ebml::read_id(&head[..copied]) else {
+        return (info, data);
+    };
+    let Ok(Some((_, size_len))) = ebml::read_size(&head[id_len..copied]) else {
+        return (info, data);
+    };
     let block_start = id_len + size_len;
-    let Ok(Some((_, track_len))) = ebml::read_vint(&head[block_start..copied]) else { return (info, data) };
+    let Ok(Some((_, track_len))) = ebml::read_vint(&head[block_start..copied]) else {
+        return (info, data);
+    };
     let at = block_start + track_len;
     if at + 2 > copied {
         return (info, data);
@@ -692,14 +782,24 @@ fn restamp(info: kvs_mkv::block::BlockInfo, data: Rope, offset: i128) -> (kvs_mk
     head[at..at + 2].copy_from_slice(&offset.to_be_bytes());
     let mut rope = Rope::from(Bytes::copy_from_slice(&head[..at + 2]));
     rope.append(data.slice_from(at + 2));
-    (kvs_mkv::block::BlockInfo { relative_timecode: offset, ..info }, rope)
+    (
+        kvs_mkv::block::BlockInfo {
+            relative_timecode: offset,
+            ..info
+        },
+        rope,
+    )
 }
 
 /// The end-of-fragment marker: a Tags element with `AWS_KINESISVIDEO_END_OF_FRAGMENT`, which closes the last
 /// open (unknown-size) cluster so that the service acknowledges it.
 pub fn end_of_fragment_tag() -> Bytes {
     let mut out = Vec::new();
-    write_tags(&mut out, &[SimpleTag::new(kvs_mkv::tags::END_OF_FRAGMENT, "")], 8);
+    write_tags(
+        &mut out,
+        &[SimpleTag::new(kvs_mkv::tags::END_OF_FRAGMENT, "")],
+        8,
+    );
     Bytes::from(out)
 }
 
@@ -716,7 +816,13 @@ mod tests {
             let tc = first_ms + c * frames * 33;
             writer::write_cluster_start(&mut out, tc);
             for f in 0..frames {
-                writer::write_simple_block(&mut out, 1, (f * 33) as i16, f == 0, &[c as u8, f as u8, 0xAB]);
+                writer::write_simple_block(
+                    &mut out,
+                    1,
+                    (f * 33) as i16,
+                    f == 0,
+                    &[c as u8, f as u8, 0xAB],
+                );
             }
         }
         out
@@ -725,7 +831,11 @@ mod tests {
     fn run(fragmenter: &mut Fragmenter, data: &[u8], piece: usize) -> Vec<Output> {
         let mut out = Vec::new();
         for chunk in data.chunks(piece) {
-            out.extend(fragmenter.push(Bytes::copy_from_slice(chunk), None).unwrap());
+            out.extend(
+                fragmenter
+                    .push(Bytes::copy_from_slice(chunk), None)
+                    .unwrap(),
+            );
         }
         out.extend(fragmenter.finish().unwrap());
         out
@@ -756,13 +866,17 @@ mod tests {
                     complete: false,
                 }),
                 Output::Frame { data, duration } => {
-                    let last = fragments.last_mut().expect("a frame after a fragment start");
+                    let last = fragments
+                        .last_mut()
+                        .expect("a frame after a fragment start");
                     assert!(!last.complete, "a frame after its fragment ended");
                     last.data.extend(data.to_vec());
                     last.frames += 1;
                     last.duration = *duration;
                 }
-                Output::FragmentEnd => fragments.last_mut().expect("an end after a start").complete = true,
+                Output::FragmentEnd => {
+                    fragments.last_mut().expect("an end after a start").complete = true
+                }
                 Output::TimeJump(_) => {}
             }
         }
@@ -772,14 +886,26 @@ mod tests {
     /// Pushes a stream cluster by cluster and frame by frame (as matroskamux does), each frame with its stamp;
     /// clusters of 3 frames whose muxer offsets are 0, 33 and 66 ms.
     fn push_frames(fragmenter: &mut Fragmenter, stamps: &[[Stamp; 3]]) -> Vec<Output> {
-        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        let mut out = fragmenter
+            .push(Bytes::from(writer::h264_stream_header()), None)
+            .unwrap();
         for (c, cluster) in stamps.iter().enumerate() {
             let mut head = Vec::new();
             writer::write_cluster_start(&mut head, c as u64 * 99);
-            out.extend(fragmenter.push_stamped(Bytes::from(head), Stamp::None).unwrap());
+            out.extend(
+                fragmenter
+                    .push_stamped(Bytes::from(head), Stamp::None)
+                    .unwrap(),
+            );
             for (f, stamp) in cluster.iter().enumerate() {
                 let mut block = Vec::new();
-                writer::write_simple_block(&mut block, 1, (f * 33) as i16, f == 0, &[c as u8, f as u8]);
+                writer::write_simple_block(
+                    &mut block,
+                    1,
+                    (f * 33) as i16,
+                    f == 0,
+                    &[c as u8, f as u8],
+                );
                 out.extend(fragmenter.push_stamped(Bytes::from(block), *stamp).unwrap());
             }
         }
@@ -798,8 +924,14 @@ mod tests {
                     && element.id == id::SIMPLE_BLOCK
                 {
                     let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
-                    let time = fragment.timecode.saturating_add_signed(i64::from(info.relative_timecode));
-                    out.push((fragment.generation, time, element.data()[info.header_len..].to_vec()));
+                    let time = fragment
+                        .timecode
+                        .saturating_add_signed(i64::from(info.relative_timecode));
+                    out.push((
+                        fragment.generation,
+                        time,
+                        element.data()[info.header_len..].to_vec(),
+                    ));
                 }
             }
         }
@@ -820,27 +952,54 @@ mod tests {
             [at(back + 120), at(back + 160), at(back + 200)],
         ];
         let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
-        let jumps: Vec<&TimeJump> =
-            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
-        assert_eq!(jumps, [&TimeJump { previous: t + 200, wanted: back, placed: back, new_session: true }]);
-        let times: Vec<(u64, u64)> =
-            frame_times(&fragments(&out)).into_iter().map(|(g, t, _)| (g, t)).collect();
+        let jumps: Vec<&TimeJump> = out
+            .iter()
+            .filter_map(|o| {
+                if let Output::TimeJump(j) = o {
+                    Some(j)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            jumps,
+            [&TimeJump {
+                previous: t + 200,
+                wanted: back,
+                placed: back,
+                new_session: true
+            }]
+        );
+        let times: Vec<(u64, u64)> = frame_times(&fragments(&out))
+            .into_iter()
+            .map(|(g, t, _)| (g, t))
+            .collect();
         let expected: Vec<(u64, u64)> = stamps
             .iter()
             .enumerate()
             .flat_map(|(c, cluster)| {
                 cluster.iter().map(move |s| match s {
-                    Stamp::Source(time) => {
-                        (1 + (c as u64 / 2), time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64)
-                    }
+                    Stamp::Source(time) => (
+                        1 + (c as u64 / 2),
+                        time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
+                    ),
                     _ => unreachable!(),
                 })
             })
             .collect();
         assert_eq!(times, expected);
         // The new session's header is the same bytes.
-        let headers: Vec<&Arc<StreamHeader>> =
-            out.iter().filter_map(|o| if let Output::Header(h) = o { Some(h) } else { None }).collect();
+        let headers: Vec<&Arc<StreamHeader>> = out
+            .iter()
+            .filter_map(|o| {
+                if let Output::Header(h) = o {
+                    Some(h)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[0].bytes, headers[1].bytes);
     }
@@ -851,29 +1010,57 @@ mod tests {
         // min-cluster-duration is not reached): offsets 0, 33, 66, then -1934 and -1901.
         let t = 1_800_000_000_000u64;
         let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
-        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        let mut out = fragmenter
+            .push(Bytes::from(writer::h264_stream_header()), None)
+            .unwrap();
         let mut head = Vec::new();
         writer::write_cluster_start(&mut head, 5_000);
         out.extend(fragmenter.push(Bytes::from(head), None).unwrap());
         for (f, offset) in [0i16, 33, 66, -1_934, -1_901].into_iter().enumerate() {
             let mut block = Vec::new();
             writer::write_simple_block(&mut block, 1, offset, f == 0 || f == 3, &[f as u8]);
-            let captured = UNIX_EPOCH + Duration::from_millis((t as i64 + i64::from(offset)) as u64);
-            out.extend(fragmenter.push_stamped(Bytes::from(block), Stamp::Host(captured)).unwrap());
+            let captured =
+                UNIX_EPOCH + Duration::from_millis((t as i64 + i64::from(offset)) as u64);
+            out.extend(
+                fragmenter
+                    .push_stamped(Bytes::from(block), Stamp::Host(captured))
+                    .unwrap(),
+            );
         }
         out.extend(fragmenter.finish().unwrap());
-        let jumps: Vec<&TimeJump> =
-            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
+        let jumps: Vec<&TimeJump> = out
+            .iter()
+            .filter_map(|o| {
+                if let Output::TimeJump(j) = o {
+                    Some(j)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(
             jumps,
-            [&TimeJump { previous: t + 66, wanted: t - 1_934, placed: t + 67, new_session: false }]
+            [&TimeJump {
+                previous: t + 66,
+                wanted: t - 1_934,
+                placed: t + 67,
+                new_session: false
+            }]
         );
         let fragments = fragments(&out);
-        assert_eq!(fragments.iter().map(|f| f.timecode).collect::<Vec<_>>(), [t, t + 67]);
-        let times: Vec<(u64, Vec<u8>)> =
-            frame_times(&fragments).into_iter().map(|(_, t, p)| (t, p)).collect();
-        let expected: Vec<(u64, Vec<u8>)> =
-            [0, 33, 66, 67, 100].into_iter().enumerate().map(|(f, o)| (t + o, vec![f as u8])).collect();
+        assert_eq!(
+            fragments.iter().map(|f| f.timecode).collect::<Vec<_>>(),
+            [t, t + 67]
+        );
+        let times: Vec<(u64, Vec<u8>)> = frame_times(&fragments)
+            .into_iter()
+            .map(|(_, t, p)| (t, p))
+            .collect();
+        let expected: Vec<(u64, Vec<u8>)> = [0, 33, 66, 67, 100]
+            .into_iter()
+            .enumerate()
+            .map(|(f, o)| (t + o, vec![f as u8]))
+            .collect();
         assert_eq!(times, expected);
     }
 
@@ -883,7 +1070,9 @@ mod tests {
         // cluster's last frame. It goes 1 ms after that frame, the others keep their times.
         let t = 1_800_000_000_000u64;
         let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
-        let mut out = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        let mut out = fragmenter
+            .push(Bytes::from(writer::h264_stream_header()), None)
+            .unwrap();
         for (cluster, offsets) in [(0u64, [0i16, 33, 66]), (100, [0, 33, -600])] {
             let mut head = Vec::new();
             writer::write_cluster_start(&mut head, cluster);
@@ -894,11 +1083,18 @@ mod tests {
                 writer::write_simple_block(&mut block, 1, offset, f == 0, &payload);
                 let at = (t + cluster) as i64 + i64::from(offset);
                 let captured = UNIX_EPOCH + Duration::from_millis(at as u64);
-                out.extend(fragmenter.push_stamped(Bytes::from(block), Stamp::Host(captured)).unwrap());
+                out.extend(
+                    fragmenter
+                        .push_stamped(Bytes::from(block), Stamp::Host(captured))
+                        .unwrap(),
+                );
             }
         }
         out.extend(fragmenter.finish().unwrap());
-        let times: Vec<u64> = frame_times(&fragments(&out)).into_iter().map(|(_, time, _)| time).collect();
+        let times: Vec<u64> = frame_times(&fragments(&out))
+            .into_iter()
+            .map(|(_, time, _)| time)
+            .collect();
         assert_eq!(times, [t, t + 33, t + 66, t + 100, t + 133, t + 67]);
     }
 
@@ -906,10 +1102,16 @@ mod tests {
     fn a_small_step_back_in_source_time_moves_the_whole_fragment_after_the_previous_one() {
         let t = 1_800_000_000_000u64;
         let at = |ms: u64| Stamp::Source(UNIX_EPOCH + Duration::from_millis(ms));
-        let stamps = [[at(t), at(t + 33), at(t + 66)], [at(t + 50), at(t + 83), at(t + 116)]];
+        let stamps = [
+            [at(t), at(t + 33), at(t + 66)],
+            [at(t + 50), at(t + 83), at(t + 116)],
+        ];
         let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
         assert!(!out.iter().any(|o| matches!(o, Output::TimeJump(_))));
-        let times: Vec<u64> = frame_times(&fragments(&out)).into_iter().map(|(_, t, _)| t).collect();
+        let times: Vec<u64> = frame_times(&fragments(&out))
+            .into_iter()
+            .map(|(_, t, _)| t)
+            .collect();
         assert_eq!(times, [t, t + 33, t + 66, t + 67, t + 100, t + 133]);
     }
 
@@ -923,11 +1125,24 @@ mod tests {
             [at(t - 4_901), at(t - 4_868), at(t - 4_835)],
         ];
         let out = push_frames(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stamps);
-        let jumps: Vec<&TimeJump> =
-            out.iter().filter_map(|o| if let Output::TimeJump(j) = o { Some(j) } else { None }).collect();
+        let jumps: Vec<&TimeJump> = out
+            .iter()
+            .filter_map(|o| {
+                if let Output::TimeJump(j) = o {
+                    Some(j)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(
             jumps,
-            [&TimeJump { previous: t + 66, wanted: t - 5_000, placed: t + 67, new_session: false }]
+            [&TimeJump {
+                previous: t + 66,
+                wanted: t - 5_000,
+                placed: t + 67,
+                new_session: false
+            }]
         );
         let frames = frame_times(&fragments(&out));
         assert!(frames.iter().all(|(generation, _, _)| *generation == 1));
@@ -946,12 +1161,24 @@ mod tests {
     fn splits_header_and_clusters_whatever_the_buffer_boundaries() {
         let data = stream(4, 10, 0);
         let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-        let reference = run(&mut Fragmenter::new(TimeAnchor::Fixed(start)), &data, data.len());
+        let reference = run(
+            &mut Fragmenter::new(TimeAnchor::Fixed(start)),
+            &data,
+            data.len(),
+        );
         assert!(matches!(&reference[0], Output::Header(h) if h.generation == 1));
         let reference_fragments = fragments(&reference);
         assert_eq!(reference_fragments.len(), 4);
         let timecodes: Vec<u64> = reference_fragments.iter().map(|f| f.timecode).collect();
-        assert_eq!(timecodes, [1_700_000_000_000, 1_700_000_000_330, 1_700_000_000_660, 1_700_000_000_990]);
+        assert_eq!(
+            timecodes,
+            [
+                1_700_000_000_000,
+                1_700_000_000_330,
+                1_700_000_000_660,
+                1_700_000_000_990
+            ]
+        );
         for piece in [1, 2, 3, 7, 100, 1000] {
             let out = run(&mut Fragmenter::new(TimeAnchor::Fixed(start)), &data, piece);
             let got: Vec<Vec<u8>> = fragments(&out).iter().map(joined).collect();
@@ -963,9 +1190,14 @@ mod tests {
     #[test]
     fn the_output_is_a_valid_kvs_stream_with_every_frame() {
         let data = stream(3, 5, 500);
-        let out =
-            run(&mut Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(1000))), &data, 17);
-        let Output::Header(header) = &out[0] else { panic!("no header first") };
+        let out = run(
+            &mut Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(1000))),
+            &data,
+            17,
+        );
+        let Output::Header(header) = &out[0] else {
+            panic!("no header first")
+        };
         let mut rebuilt = header.bytes.to_vec();
         for fragment in fragments(&out) {
             rebuilt.extend(joined(&fragment));
@@ -976,7 +1208,9 @@ mod tests {
         let blocks: Vec<Vec<u8>> = events
             .iter()
             .filter_map(|e| match e {
-                Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => Some(el.data()[4..].to_vec()),
+                Event::ClusterChild(el) if el.id == id::SIMPLE_BLOCK => {
+                    Some(el.data()[4..].to_vec())
+                }
                 _ => None,
             })
             .collect();
@@ -998,8 +1232,11 @@ mod tests {
     #[test]
     fn each_frame_comes_out_as_soon_as_it_is_complete_in_the_input_memory() {
         // matroskamux's way: the cluster head, then each block as a 7-byte header buffer and a payload buffer.
-        let mut fragmenter = Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(1000)));
-        let header = fragmenter.push(Bytes::from(writer::h264_stream_header()), None).unwrap();
+        let mut fragmenter =
+            Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(1000)));
+        let header = fragmenter
+            .push(Bytes::from(writer::h264_stream_header()), None)
+            .unwrap();
         assert!(header.is_empty(), "nothing before the first cluster");
         let mut cluster = Vec::new();
         writer::write_cluster_start(&mut cluster, 0);
@@ -1010,7 +1247,9 @@ mod tests {
             writer::write_simple_block(&mut block, 1, (n * 33) as i16, n == 0, &payload);
             let head_len = block.len() - payload.len();
             let payload = Bytes::from(payload);
-            let head = fragmenter.push(Bytes::copy_from_slice(&block[..head_len]), None).unwrap();
+            let head = fragmenter
+                .push(Bytes::copy_from_slice(&block[..head_len]), None)
+                .unwrap();
             let out = [head, fragmenter.push(payload.clone(), None).unwrap()].concat();
             let data = match (n, out.as_slice()) {
                 (0, [Output::FragmentStart(start)]) => &start.data,
@@ -1021,7 +1260,10 @@ mod tests {
                 _ => panic!("frame {n}: {out:?}"),
             };
             // The payload piece is the pushed buffer itself: not copied.
-            assert!(data.pieces().any(|p| p.as_ptr() == payload.as_ptr() && p.len() == payload.len()));
+            assert!(
+                data.pieces()
+                    .any(|p| p.as_ptr() == payload.as_ptr() && p.len() == payload.len())
+            );
         }
         // The fragment ends when the next cluster begins.
         let mut next = Vec::new();
@@ -1044,26 +1286,47 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let captured = [t0, t0 + Duration::from_millis(100), t0 - Duration::from_millis(2)];
+        let captured = [
+            t0,
+            t0 + Duration::from_millis(100),
+            t0 - Duration::from_millis(2),
+        ];
         let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
-        let mut out = fragmenter.push(Bytes::copy_from_slice(&data[..cluster_offsets[0]]), None).unwrap();
+        let mut out = fragmenter
+            .push(Bytes::copy_from_slice(&data[..cluster_offsets[0]]), None)
+            .unwrap();
         for (i, start) in cluster_offsets.iter().enumerate() {
             let end = cluster_offsets.get(i + 1).copied().unwrap_or(data.len());
             out.extend(
-                fragmenter.push(Bytes::copy_from_slice(&data[*start..end]), Some(captured[i])).unwrap(),
+                fragmenter
+                    .push(
+                        Bytes::copy_from_slice(&data[*start..end]),
+                        Some(captured[i]),
+                    )
+                    .unwrap(),
             );
         }
         out.extend(fragmenter.finish().unwrap());
         let timecodes: Vec<u64> = fragments(&out).iter().map(|f| f.timecode).collect();
         // The third would start at t0 - 2 ms, before the second fragment's last frame (t0 + 166 ms): it goes
         // right after it.
-        assert_eq!(timecodes, [1_800_000_000_000, 1_800_000_000_100, 1_800_000_000_167]);
+        assert_eq!(
+            timecodes,
+            [1_800_000_000_000, 1_800_000_000_100, 1_800_000_000_167]
+        );
     }
 
     #[test]
     fn wall_clock_anchoring_is_near_now() {
-        let out = run(&mut Fragmenter::new(TimeAnchor::CaptureTime), &stream(1, 2, 0), 64);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let out = run(
+            &mut Fragmenter::new(TimeAnchor::CaptureTime),
+            &stream(1, 2, 0),
+            64,
+        );
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let timecode = fragments(&out)[0].timecode;
         assert!(now_ms - timecode < 5_000, "{timecode} vs {now_ms}");
     }
@@ -1079,7 +1342,8 @@ mod tests {
             .iter()
             .map(|f| {
                 let bytes = joined(f);
-                let events = kvs_mkv::read_all(&[writer::h264_stream_header(), bytes].concat()).unwrap();
+                let events =
+                    kvs_mkv::read_all(&[writer::h264_stream_header(), bytes].concat()).unwrap();
                 events
                     .iter()
                     .filter_map(|e| match e {
@@ -1091,7 +1355,14 @@ mod tests {
                     .collect()
             })
             .collect();
-        assert_eq!(tag_sets, [vec!["once=1", "always=yes"], vec!["always=yes"], vec!["always=yes"]]);
+        assert_eq!(
+            tag_sets,
+            [
+                vec!["once=1", "always=yes"],
+                vec!["always=yes"],
+                vec!["always=yes"]
+            ]
+        );
         assert_eq!(
             fragmenter.add_metadata("AWS_KINESISVIDEO_X", "1", false),
             Err(InputError::ReservedTagName("AWS_KINESISVIDEO_X".into()))
@@ -1101,22 +1372,36 @@ mod tests {
     #[test]
     fn bad_input_is_named() {
         let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
-        let err = fragmenter.push(Bytes::from_static(b"this is not matroska at all"), None).unwrap_err();
+        let err = fragmenter
+            .push(Bytes::from_static(b"this is not matroska at all"), None)
+            .unwrap_err();
         assert!(err.to_string().starts_with("not Matroska"), "{err}");
 
         let data = stream(2, 5, 0);
         let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
-        fragmenter.push(Bytes::copy_from_slice(&data[..data.len() - 2]), None).unwrap();
+        fragmenter
+            .push(Bytes::copy_from_slice(&data[..data.len() - 2]), None)
+            .unwrap();
         let err = fragmenter.finish().unwrap_err();
-        assert_eq!(err.to_string(), "truncated Matroska: the input ends inside an element");
+        assert_eq!(
+            err.to_string(),
+            "truncated Matroska: the input ends inside an element"
+        );
 
         // One cluster of 12 s.
         let mut long = writer::h264_stream_header();
         writer::write_cluster_start(&mut long, 0);
         writer::write_simple_block(&mut long, 1, 0, true, &[1]);
         writer::write_simple_block(&mut long, 1, 12_000, false, &[2]);
-        let err = Fragmenter::new(TimeAnchor::CaptureTime).push(Bytes::from(long), None).unwrap_err();
-        assert_eq!(err, InputError::FragmentTooLong { duration: Duration::from_secs(12) });
+        let err = Fragmenter::new(TimeAnchor::CaptureTime)
+            .push(Bytes::from(long), None)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            InputError::FragmentTooLong {
+                duration: Duration::from_secs(12)
+            }
+        );
 
         // Cluster timecodes going backwards.
         let mut back = writer::h264_stream_header();
@@ -1124,9 +1409,19 @@ mod tests {
             writer::write_cluster_start(&mut back, tc);
             writer::write_simple_block(&mut back, 1, 0, true, &[1]);
         }
-        let mut fragmenter = Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(100)));
-        let err = fragmenter.push(Bytes::from(back), None).and_then(|_| fragmenter.finish()).unwrap_err();
-        assert_eq!(err, InputError::TimecodeBackwards { previous: 100_000, next: 96_000 });
+        let mut fragmenter =
+            Fragmenter::new(TimeAnchor::Fixed(UNIX_EPOCH + Duration::from_secs(100)));
+        let err = fragmenter
+            .push(Bytes::from(back), None)
+            .and_then(|_| fragmenter.finish())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            InputError::TimecodeBackwards {
+                previous: 100_000,
+                next: 96_000
+            }
+        );
     }
 
     #[test]
@@ -1139,7 +1434,12 @@ mod tests {
         assert_eq!(generations, [1, 1, 2, 2]);
         let timecodes: Vec<u64> = fragments(&out).iter().map(|f| f.timecode).collect();
         assert!(timecodes.windows(2).all(|w| w[0] < w[1]), "{timecodes:?}");
-        assert_eq!(out.iter().filter(|o| matches!(o, Output::Header(_))).count(), 2);
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o, Output::Header(_)))
+                .count(),
+            2
+        );
     }
 }
 #[cfg(test)]
@@ -1150,8 +1450,12 @@ mod media_type_tests {
         let mut data = kvs_mkv::writer::h264_stream_header();
         kvs_mkv::writer::write_cluster_start(&mut data, 0);
         kvs_mkv::writer::write_simple_block(&mut data, 1, 0, true, &[1]);
-        let out = Fragmenter::new(TimeAnchor::CaptureTime).push(Bytes::from(data), None).unwrap();
-        let Output::Header(header) = &out[0] else { panic!() };
+        let out = Fragmenter::new(TimeAnchor::CaptureTime)
+            .push(Bytes::from(data), None)
+            .unwrap();
+        let Output::Header(header) = &out[0] else {
+            panic!()
+        };
         assert_eq!(header.media_type.as_deref(), Some("video/h264"));
     }
 
@@ -1166,10 +1470,15 @@ mod media_type_tests {
                 name: Some("kinesis_video".into()),
                 codec_id: Some("V_MPEGH/ISO/HEVC".into()),
             },
-            audio: TrackRename { name: Some("audio".into()), codec_id: None },
+            audio: TrackRename {
+                name: Some("audio".into()),
+                codec_id: None,
+            },
         }));
         let out = fragmenter.push(Bytes::from(data), None).unwrap();
-        let Output::Header(header) = &out[0] else { panic!() };
+        let Output::Header(header) = &out[0] else {
+            panic!()
+        };
         assert_eq!(header.media_type.as_deref(), Some("video/h265"));
         let mut reader = MkvReader::default();
         reader.push_bytes(header.bytes.clone());
@@ -1183,6 +1492,12 @@ mod media_type_tests {
                 }
             }
         }
-        assert_eq!(names, [(Some("kinesis_video".to_owned()), "V_MPEGH/ISO/HEVC".to_owned())]);
+        assert_eq!(
+            names,
+            [(
+                Some("kinesis_video".to_owned()),
+                "V_MPEGH/ISO/HEVC".to_owned()
+            )]
+        );
     }
 }

@@ -31,13 +31,17 @@ use crate::kvs::config::ConnectionSettings;
 use crate::kvs::control::CreateParams;
 use crate::kvs::error::KvsError;
 use crate::props::{
-    connection_properties, connection_property, effective_connection, set_connection_property, string,
-    string_value, uint,
+    connection_properties, connection_property, effective_connection, set_connection_property,
+    string, string_value, uint,
 };
 use crate::runtime::{Canceller, WaitError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new("kvssink", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams sink"))
+    gst::DebugCategory::new(
+        "kvssink",
+        gst::DebugColorFlags::empty(),
+        Some("Kinesis Video Streams sink"),
+    )
 });
 
 const DEFAULT_RETENTION_HOURS: u32 = 2;
@@ -219,12 +223,20 @@ impl KvsMkvSink {
             // Before the upload starts: kept for its first fragment (checked then).
             None => {
                 lock(&self.early_metadata).push((name.clone(), value.clone(), persist));
-                gst::debug!(CAT, imp = self, "metadata {name}={value} kept until the upload starts");
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "metadata {name}={value} kept until the upload starts"
+                );
                 return;
             }
         };
         match result {
-            Ok(()) => gst::debug!(CAT, imp = self, "metadata {name}={value} (persist {persist})"),
+            Ok(()) => gst::debug!(
+                CAT,
+                imp = self,
+                "metadata {name}={value} (persist {persist})"
+            ),
             Err(error) => gst::element_imp_warning!(
                 self,
                 gst::StreamError::Failed,
@@ -238,23 +250,40 @@ impl KvsMkvSink {
     fn listener(&self) -> super::uploader::Listener {
         let weak = self.obj().downgrade();
         Arc::new(move |event: UploadEvent| {
-            let Some(element) = weak.upgrade() else { return };
+            let Some(element) = weak.upgrade() else {
+                return;
+            };
             let structure = crate::messages::upload_event(&event);
             match &event {
-                UploadEvent::Connected { connection, endpoint, resending } => gst::info!(
+                UploadEvent::Connected {
+                    connection,
+                    endpoint,
+                    resending,
+                } => gst::info!(
                     CAT,
                     obj = element,
                     "connection {connection} to {endpoint} open, re-sending {resending}"
                 ),
-                UploadEvent::Disconnected { connection, reason, retry_in, attempt } => gst::warning!(
+                UploadEvent::Disconnected {
+                    connection,
+                    reason,
+                    retry_in,
+                    attempt,
+                } => gst::warning!(
                     CAT,
                     obj = element,
                     "connection {connection} lost: {reason}; retry {attempt} in {retry_in:?}"
                 ),
                 UploadEvent::Rotating { connection, reason } => {
-                    gst::info!(CAT, obj = element, "rotating connection {connection}: {reason}")
+                    gst::info!(
+                        CAT,
+                        obj = element,
+                        "rotating connection {connection}: {reason}"
+                    )
                 }
-                UploadEvent::Ack { connection, ack, .. } => {
+                UploadEvent::Ack {
+                    connection, ack, ..
+                } => {
                     gst::debug!(CAT, obj = element, "connection {connection}: {ack:?}");
                     if let Some(structure) = &structure {
                         element.emit_by_name::<()>(SIGNAL_FRAGMENT_ACK, &[structure]);
@@ -264,7 +293,9 @@ impl KvsMkvSink {
                         element.emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&error]);
                     }
                 }
-                UploadEvent::Dropped { timecode, reason, .. } => gst::element_warning!(
+                UploadEvent::Dropped {
+                    timecode, reason, ..
+                } => gst::element_warning!(
                     element,
                     gst::ResourceError::Write,
                     ("fragment {} dropped", timecode),
@@ -275,7 +306,9 @@ impl KvsMkvSink {
                         element,
                         gst::StreamError::Decode,
                         ("skipped {} on connection {}", reason, connection),
-                        ["the connection goes on; a later PERSISTED acknowledges the fragments before it"]
+                        [
+                            "the connection goes on; a later PERSISTED acknowledges the fragments before it"
+                        ]
                     );
                 }
                 UploadEvent::Backlog(backlog) => {
@@ -288,15 +321,24 @@ impl KvsMkvSink {
                         KvsError::FragmentRefused { id, .. } => *id,
                         _ => 0,
                     };
-                    element
-                        .emit_by_name::<()>(SIGNAL_STREAM_ERROR, &[&stream_error(&reason, error_id, true)]);
-                    let message =
-                        crate::element::error_message(&failure.error, &reason, gst::ResourceError::Write);
+                    element.emit_by_name::<()>(
+                        SIGNAL_STREAM_ERROR,
+                        &[&stream_error(&reason, error_id, true)],
+                    );
+                    let message = crate::element::error_message(
+                        &failure.error,
+                        &reason,
+                        gst::ResourceError::Write,
+                    );
                     element.post_error_message(message);
                 }
             }
             if let Some(structure) = structure {
-                let _ = element.post_message(gst::message::Element::builder(structure).src(&element).build());
+                let _ = element.post_message(
+                    gst::message::Element::builder(structure)
+                        .src(&element)
+                        .build(),
+                );
             }
         })
     }
@@ -315,7 +357,11 @@ impl KvsMkvSink {
                 }
                 (started, true) if playing => {
                     *open = true;
-                    if started { gst::ProgressType::Continue } else { gst::ProgressType::Start }
+                    if started {
+                        gst::ProgressType::Continue
+                    } else {
+                        gst::ProgressType::Start
+                    }
                 }
                 _ => return,
             }
@@ -336,7 +382,9 @@ impl KvsMkvSink {
             ),
         };
         let element = self.obj();
-        let message = gst::message::Progress::builder(kind, "kvssink-backlog", &text).src(&*element).build();
+        let message = gst::message::Progress::builder(kind, "kvssink-backlog", &text)
+            .src(&*element)
+            .build();
         let _ = element.post_message(message);
     }
 
@@ -352,12 +400,17 @@ impl KvsMkvSink {
         })?;
         let without_effect = settings.cpp.without_effect(settings.track_names.is_some());
         if !without_effect.is_empty() {
-            let list: Vec<String> =
-                without_effect.iter().map(|(name, why)| format!("{name} ({why})")).collect();
+            let list: Vec<String> = without_effect
+                .iter()
+                .map(|(name, why)| format!("{name} ({why})"))
+                .collect();
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                ("these C++ kvssink properties have no effect here: {}", list.join(", ")),
+                (
+                    "these C++ kvssink properties have no effect here: {}",
+                    list.join(", ")
+                ),
                 ["they are accepted so that pipelines written for the C++ kvssink run unchanged"]
             );
         }
@@ -366,7 +419,9 @@ impl KvsMkvSink {
                 self,
                 gst::LibraryError::Settings,
                 ("streaming-type=near-realtime is uploaded as realtime: each frame goes out as it comes"),
-                ["kvssink has one live mode; near-realtime only changed how the C++ SDK buffered fragments"]
+                [
+                    "kvssink has one live mode; near-realtime only changed how the C++ SDK buffered fragments"
+                ]
             );
         }
         let mut connection = effective_connection(&settings.connection);
@@ -379,12 +434,16 @@ impl KvsMkvSink {
         // The store first: a directory that cannot be used, or that holds another stream, stops here.
         let (store, recovered) = match &settings.buffer_dir {
             Some(dir) => {
-                let (store, recovered) =
-                    Store::open(std::path::Path::new(dir), &stream_name).map_err(|error| {
+                let (store, recovered) = Store::open(std::path::Path::new(dir), &stream_name)
+                    .map_err(|error| {
                         gst::error_msg!(
                             gst::ResourceError::OpenWrite,
                             ("{}", error),
-                            ["buffer-dir {} cannot hold the fragments of stream {}", dir, stream_name]
+                            [
+                                "buffer-dir {} cannot hold the fragments of stream {}",
+                                dir,
+                                stream_name
+                            ]
                         )
                     })?;
                 (Some(store), recovered)
@@ -409,14 +468,22 @@ impl KvsMkvSink {
             &stream_name,
             gst::ResourceError::OpenWrite,
         )?;
-        gst::debug!(CAT, imp = self, "AWS configuration and DescribeStream took {:?}", started.elapsed());
+        gst::debug!(
+            CAT,
+            imp = self,
+            "AWS configuration and DescribeStream took {:?}",
+            started.elapsed()
+        );
         let create_params = || {
             let tags: HashMap<String, String> = settings
                 .stream_tags
                 .iter()
                 .flat_map(|s| {
                     s.iter().map(|(k, v)| {
-                        (k.to_string(), v.serialize().map(|v| v.to_string()).unwrap_or_default())
+                        (
+                            k.to_string(),
+                            v.serialize().map(|v| v.to_string()).unwrap_or_default(),
+                        )
                     })
                 })
                 .map(|(k, v)| (k, v.trim_matches('"').to_owned()))
@@ -441,14 +508,20 @@ impl KvsMkvSink {
                 );
                 (description.retention_hours, None, false)
             }
-            Err(error) if error.code() == Some("ResourceNotFoundException") && settings.allow_create => {
+            Err(error)
+                if error.code() == Some("ResourceNotFoundException") && settings.allow_create =>
+            {
                 gst::info!(
                     CAT,
                     imp = self,
                     "stream {} is missing: it is created with the first fragment",
                     stream_name
                 );
-                (settings.retention_hours as i32, Some(create_params()), false)
+                (
+                    settings.retention_hours as i32,
+                    Some(create_params()),
+                    false,
+                )
             }
             // With a store, an unreachable service is an outage like any other: record now, upload later.
             Err(error) if store.is_some() && error.action() != crate::kvs::error::Action::Fail => {
@@ -528,7 +601,10 @@ impl KvsMkvSink {
             fragmenter,
             uploader,
             gate,
-            window_tags: super::triggers::event_tags(settings.event_tags, settings.image_prefix.as_deref()),
+            window_tags: super::triggers::event_tags(
+                settings.event_tags,
+                settings.image_prefix.as_deref(),
+            ),
             ctx,
             config,
             create: settings.allow_create.then(create_params),
@@ -562,11 +638,17 @@ impl KvsMkvSink {
         }
         let mut headers: Vec<Arc<super::fragmenter::StreamHeader>> = Vec::new();
         let (mut bytes, mut frames, mut incomplete) = (0u64, 0u64, 0u64);
-        let (first, count) = (recovered.fragments.first().map(|f| f.timecode), recovered.fragments.len());
+        let (first, count) = (
+            recovered.fragments.first().map(|f| f.timecode),
+            recovered.fragments.len(),
+        );
         let mut last_end: Option<SystemTime> = None;
         for fragment in recovered.fragments {
             let header = match headers.last() {
-                Some(h) if h.bytes == fragment.header && h.timecode_scale == fragment.timecode_scale => {
+                Some(h)
+                    if h.bytes == fragment.header
+                        && h.timecode_scale == fragment.timecode_scale =>
+                {
                     h.clone()
                 }
                 _ => {
@@ -583,7 +665,8 @@ impl KvsMkvSink {
             bytes += fragment.size as u64;
             frames += fragment.frames as u64;
             incomplete += u64::from(!fragment.complete);
-            let start = Duration::from_nanos(fragment.timecode.saturating_mul(fragment.timecode_scale));
+            let start =
+                Duration::from_nanos(fragment.timecode.saturating_mul(fragment.timecode_scale));
             last_end = Some(UNIX_EPOCH + start + fragment.duration);
             uploader.queue_stored(header, fragment);
         }
@@ -600,7 +683,11 @@ impl KvsMkvSink {
         );
         structure.set("pre-roll-discarded", recovered.discarded as u64);
         gst::info!(CAT, imp = self, "fragment store: {structure}");
-        let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(structure)
+                .src(&*self.obj())
+                .build(),
+        );
     }
 
     /// True when upstream is live (then a full queue drops fragments instead of blocking).
@@ -626,7 +713,8 @@ impl KvsMkvSink {
                 Gated::Send(output) => output,
                 Gated::HoldStart { id, start } => {
                     if let Some(store) = store.as_mut() {
-                        let stored = store.start_fragment(&start.header, start.timecode, &start.data, true);
+                        let stored =
+                            store.start_fragment(&start.header, start.timecode, &start.data, true);
                         if let Some(file) = self.stored(stored, start.timecode, store.position()) {
                             lock(&self.held_files).insert(id, file);
                         }
@@ -653,9 +741,21 @@ impl KvsMkvSink {
                     }
                     continue;
                 }
-                Gated::Release { id, header, timecode, frames, complete } => {
+                Gated::Release {
+                    id,
+                    header,
+                    timecode,
+                    frames,
+                    complete,
+                } => {
                     let tags = release_tags.get(&id).map(Vec::as_slice).unwrap_or_default();
-                    let release = Release { id, header, timecode, frames, complete };
+                    let release = Release {
+                        id,
+                        header,
+                        timecode,
+                        frames,
+                        complete,
+                    };
                     self.release_held(uploader, live, release, tags)?;
                     continue;
                 }
@@ -679,9 +779,16 @@ impl KvsMkvSink {
                     Ok(())
                 }
                 Output::FragmentStart(start) => {
-                    gst::debug!(CAT, imp = self, "fragment {} starts ({} bytes)", start.timecode, size);
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "fragment {} starts ({} bytes)",
+                        start.timecode,
+                        size
+                    );
                     let stored = store.as_mut().and_then(|store| {
-                        let stored = store.start_fragment(&start.header, start.timecode, &start.data, false);
+                        let stored =
+                            store.start_fragment(&start.header, start.timecode, &start.data, false);
                         self.stored(stored, start.timecode, store.position())
                     });
                     uploader.start_fragment(start, stored)
@@ -714,7 +821,12 @@ impl KvsMkvSink {
     }
 
     /// Waits until the upload queue has room for `size` bytes (not when live: a full queue drops instead).
-    fn wait_for_room(&self, uploader: &Arc<Uploader>, live: bool, size: usize) -> Result<(), gst::FlowError> {
+    fn wait_for_room(
+        &self,
+        uploader: &Arc<Uploader>,
+        live: bool,
+        size: usize,
+    ) -> Result<(), gst::FlowError> {
         if size == 0 || live {
             return Ok(());
         }
@@ -736,13 +848,23 @@ impl KvsMkvSink {
         release: Release,
         tags: &[kvs_mkv::tags::SimpleTag],
     ) -> Result<(), gst::FlowError> {
-        let Release { id, header, timecode, frames, complete } = release;
+        let Release {
+            id,
+            header,
+            timecode,
+            frames,
+            complete,
+        } = release;
         let file = lock(&self.held_files).remove(&id);
-        let read = file.ok_or_else(|| "it was not stored (buffer-dir failed)".to_owned()).and_then(|file| {
-            file.commit().map_err(|e| e.to_string())?;
-            let pieces = file.map().map_err(|e| format!("{}: {e}", file.path().display()))?;
-            Ok((file, pieces))
-        });
+        let read = file
+            .ok_or_else(|| "it was not stored (buffer-dir failed)".to_owned())
+            .and_then(|file| {
+                file.commit().map_err(|e| e.to_string())?;
+                let pieces = file
+                    .map()
+                    .map_err(|e| format!("{}: {e}", file.path().display()))?;
+                Ok((file, pieces))
+            });
         let (file, pieces) = match read {
             Ok(read) => read,
             Err(why) => {
@@ -759,7 +881,11 @@ impl KvsMkvSink {
         for piece in pieces.into_iter().take(frames) {
             data.append(kvs_mkv::Rope::from(piece));
         }
-        let mut start = super::fragmenter::FragmentStart { header, timecode, data };
+        let mut start = super::fragmenter::FragmentStart {
+            header,
+            timecode,
+            data,
+        };
         if let Err(why) = super::triggers::tag_fragment(&mut start, tags) {
             gst::element_imp_warning!(
                 self,
@@ -789,20 +915,34 @@ impl KvsMkvSink {
     /// window's first fragment gets the event tags; a `stream-name` changed while PLAYING takes effect at the
     /// next fragment (a new uploader for the new stream, the old one finishes what it has); the uploader keeps
     /// its connection only while a window is open.
-    fn route(&self, started: &mut Started, mut outputs: Vec<Gated>, windows: Vec<WindowNotice>) -> Routed {
-        let mut routed = Routed { windows, ..Default::default() };
+    fn route(
+        &self,
+        started: &mut Started,
+        mut outputs: Vec<Gated>,
+        windows: Vec<WindowNotice>,
+    ) -> Routed {
+        let mut routed = Routed {
+            windows,
+            ..Default::default()
+        };
         for notice in &routed.windows {
-            let WindowNotice::Started(window) = notice else { continue };
+            let WindowNotice::Started(window) = notice else {
+                continue;
+            };
             if started.window_tags.is_empty() {
                 continue;
             }
             for gated in outputs.iter_mut() {
                 match gated {
-                    Gated::Send(Output::FragmentStart(start)) if start.timecode == window.timecode => {
-                        if let Err(why) = super::triggers::tag_fragment(start, &started.window_tags) {
-                            routed
-                                .warnings
-                                .push(format!("event tags left off fragment {}: {why}", window.timecode));
+                    Gated::Send(Output::FragmentStart(start))
+                        if start.timecode == window.timecode =>
+                    {
+                        if let Err(why) = super::triggers::tag_fragment(start, &started.window_tags)
+                        {
+                            routed.warnings.push(format!(
+                                "event tags left off fragment {}: {why}",
+                                window.timecode
+                            ));
                         }
                         break;
                     }
@@ -814,7 +954,12 @@ impl KvsMkvSink {
                 }
             }
         }
-        let starts = |g: &Gated| matches!(g, Gated::Send(Output::FragmentStart(_)) | Gated::Release { .. });
+        let starts = |g: &Gated| {
+            matches!(
+                g,
+                Gated::Send(Output::FragmentStart(_)) | Gated::Release { .. }
+            )
+        };
         if started.next_stream.is_some()
             && let Some(at) = outputs.iter().position(starts)
         {
@@ -862,7 +1007,12 @@ impl KvsMkvSink {
         live: bool,
     ) -> Result<(), gst::FlowError> {
         for warning in &routed.warnings {
-            gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", warning), ["event-tags"]);
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                ("{}", warning),
+                ["event-tags"]
+            );
         }
         if let Some((name, timecode)) = &routed.switched {
             gst::element_imp_info!(
@@ -877,8 +1027,11 @@ impl KvsMkvSink {
         for notice in &routed.windows {
             let structure = crate::messages::window(notice);
             gst::info!(CAT, imp = self, "{structure}");
-            let _ =
-                self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(structure)
+                    .src(&*self.obj())
+                    .build(),
+            );
         }
         for (uploader, outputs) in routed.segments {
             self.queue_outputs(&uploader, store, live, outputs, &routed.release_tags)?;
@@ -902,8 +1055,10 @@ impl KvsMkvSink {
             None => default,
             Some(TriggerTime::Running(running)) => running,
             Some(TriggerTime::Unix(unix)) => {
-                let wall =
-                    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
+                let wall = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as i128;
                 let running = i128::from(clock) - (wall - i128::from(unix));
                 running.clamp(0, i128::from(u64::MAX)) as u64
             }
@@ -917,11 +1072,19 @@ impl KvsMkvSink {
         let mode = self.settings().upload_mode;
         let mut state = lock(&self.state);
         let Some(started) = state.as_mut() else {
-            gst::info!(CAT, imp = self, "{request:?} before the upload started: ignored");
+            gst::info!(
+                CAT,
+                imp = self,
+                "{request:?} before the upload started: ignored"
+            );
             return;
         };
         if mode != UploadMode::Triggered {
-            gst::info!(CAT, imp = self, "{request:?} ignored: upload-mode is {mode:?}, not triggered");
+            gst::info!(
+                CAT,
+                imp = self,
+                "{request:?} ignored: upload-mode is {mode:?}, not triggered"
+            );
             return;
         }
         let latest = started.gate.latest();
@@ -930,7 +1093,9 @@ impl KvsMkvSink {
         gst::debug!(CAT, imp = self, "{} {request:?} at {now}", source.name());
         match request {
             TriggerRequest::Start { at, duration } => {
-                started.gate.trigger(source, self.resolve(at, now, clock), duration)
+                started
+                    .gate
+                    .trigger(source, self.resolve(at, now, clock), duration)
             }
             TriggerRequest::Stop { at } => started.gate.stop(self.resolve(at, now, clock)),
         }
@@ -963,7 +1128,9 @@ impl KvsMkvSink {
     /// (with the pre-roll before it).
     fn mode_changed(&self, old: UploadMode, new: UploadMode, trigger: bool) {
         let mut state = lock(&self.state);
-        let Some(started) = state.as_mut() else { return };
+        let Some(started) = state.as_mut() else {
+            return;
+        };
         let now = self.now_running(started.gate.latest());
         gst::info!(CAT, imp = self, "upload-mode {old:?} -> {new:?} at {now}");
         match (old, new) {
@@ -987,7 +1154,9 @@ impl KvsMkvSink {
                 let store = settings.buffer_dir.is_some();
                 drop(settings);
                 let mut state = lock(&self.state);
-                let Some(started) = state.as_mut() else { return true };
+                let Some(started) = state.as_mut() else {
+                    return true;
+                };
                 match new {
                     Some(new) if Some(&new) != old.as_ref() && !store => {
                         gst::info!(CAT, imp = self, "stream-name {new}: from the next fragment");
@@ -1003,7 +1172,10 @@ impl KvsMkvSink {
                                 "stream-name cannot change while buffer-dir is set: still uploading to {}",
                                 old.unwrap_or_default()
                             ),
-                            ["buffer-dir holds the fragments of one stream; asked for {}", new]
+                            [
+                                "buffer-dir holds the fragments of one stream; asked for {}",
+                                new
+                            ]
                         );
                     }
                     _ => {}
@@ -1036,7 +1208,10 @@ impl KvsMkvSink {
                 drop(settings);
                 if on != was {
                     let request = if on {
-                        TriggerRequest::Start { at: None, duration: None }
+                        TriggerRequest::Start {
+                            at: None,
+                            duration: None,
+                        }
                     } else {
                         TriggerRequest::Stop { at: None }
                     };
@@ -1045,8 +1220,9 @@ impl KvsMkvSink {
             }
             "event-tags" | "image-prefix" => {
                 let prefix = string_value(value);
-                let too_long =
-                    prefix.as_ref().is_some_and(|p| p.len() > super::fragmenter::MAX_TAG_VALUE_BYTES);
+                let too_long = prefix
+                    .as_ref()
+                    .is_some_and(|p| p.len() > super::fragmenter::MAX_TAG_VALUE_BYTES);
                 if name == "event-tags" {
                     settings.event_tags = value.get().unwrap_or(EventTags::empty());
                 } else if too_long {
@@ -1064,7 +1240,10 @@ impl KvsMkvSink {
                 } else {
                     settings.image_prefix = prefix;
                 }
-                let tags = super::triggers::event_tags(settings.event_tags, settings.image_prefix.as_deref());
+                let tags = super::triggers::event_tags(
+                    settings.event_tags,
+                    settings.image_prefix.as_deref(),
+                );
                 drop(settings);
                 if let Some(started) = lock(&self.state).as_mut() {
                     started.window_tags = tags;
@@ -1093,11 +1272,19 @@ impl KvsMkvSink {
                         self,
                         gst::ResourceError::Write,
                         ("buffer-dir takes fragments again"),
-                        ["fragments are stored on disk again from fragment {}", timecode]
+                        [
+                            "fragments are stored on disk again from fragment {}",
+                            timecode
+                        ]
                     );
                 }
                 if let Some((fragment, frames)) = position {
-                    gst::debug!(CAT, imp = self, "stored frame {} of fragment {fragment}", frames - 1);
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "stored frame {} of fragment {fragment}",
+                        frames - 1
+                    );
                 }
                 Some(value)
             }
@@ -1139,7 +1326,9 @@ impl KvsMkvSink {
     /// The running time of `buffer`'s timestamp (`None` without one or outside a TIME segment).
     fn running_time(&self, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
         let segment = self.obj().segment();
-        segment.downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?)
+        segment
+            .downcast_ref::<gst::ClockTime>()?
+            .to_running_time(buffer.pts()?)
     }
 
     /// Says on the bus that capture time went back at a fragment's start, and what kvssink did.
@@ -1199,7 +1388,10 @@ impl KvsMkvSink {
             self,
             gst::StreamError::Format,
             ("invalid input: {}", error),
-            ["kvssink takes the output of matroskamux (video/x-matroska): {}", error]
+            [
+                "kvssink takes the output of matroskamux (video/x-matroska): {}",
+                error
+            ]
         );
         gst::FlowError::Error
     }
@@ -1207,13 +1399,17 @@ impl KvsMkvSink {
     fn on_eos(&self) {
         let (uploader, store, routed, live, stop_timeout) = {
             let mut state = lock(&self.state);
-            let Some(started) = state.as_mut() else { return };
+            let Some(started) = state.as_mut() else {
+                return;
+            };
             // What capture-time=meta still holds goes out on the clock it has (nothing is left behind).
-            let held: Result<Vec<Output>, _> =
-                started.capture.release().into_iter().try_fold(Vec::new(), |mut out, (data, stamp, _)| {
+            let held: Result<Vec<Output>, _> = started.capture.release().into_iter().try_fold(
+                Vec::new(),
+                |mut out, (data, stamp, _)| {
                     out.extend(started.fragmenter.push_stamped(data, stamp)?);
                     Ok(out)
-                });
+                },
+            );
             let finished = held.and_then(|mut out| {
                 out.extend(started.fragmenter.finish()?);
                 Ok(out)
@@ -1229,7 +1425,9 @@ impl KvsMkvSink {
             let (mut gated, mut windows) = (Vec::new(), Vec::new());
             let latest = started.gate.latest();
             for output in outputs {
-                started.gate.push(output, Some(latest), &mut gated, &mut windows);
+                started
+                    .gate
+                    .push(output, Some(latest), &mut gated, &mut windows);
             }
             started.gate.finish(&mut gated, &mut windows);
             let routed = self.route(started, gated, windows);
@@ -1246,9 +1444,17 @@ impl KvsMkvSink {
         }
         uploader.finish();
         let started = std::time::Instant::now();
-        match self.canceller.wait(uploader.wait_done(), Some(stop_timeout)) {
+        match self
+            .canceller
+            .wait(uploader.wait_done(), Some(stop_timeout))
+        {
             Ok(Ok(())) => {
-                gst::info!(CAT, imp = self, "EOS: every fragment acknowledged in {:?}", started.elapsed())
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "EOS: every fragment acknowledged in {:?}",
+                    started.elapsed()
+                )
             }
             Ok(Err(reason)) => gst::warning!(CAT, imp = self, "EOS after a failure: {reason}"),
             Err(WaitError::TimedOut(after)) => {
@@ -1276,10 +1482,15 @@ impl KvsMkvSink {
 
 /// What the Matroska sink pad takes (kvssink's `sink` pad too).
 pub(super) fn matroska_caps() -> gst::Caps {
-    ["video/x-matroska", "audio/x-matroska", "video/webm", "audio/webm"]
-        .into_iter()
-        .map(gst::Structure::new_empty)
-        .collect()
+    [
+        "video/x-matroska",
+        "audio/x-matroska",
+        "video/webm",
+        "audio/webm",
+    ]
+    .into_iter()
+    .map(gst::Structure::new_empty)
+    .collect()
 }
 
 /// The custom downstream event that adds fragment metadata.
@@ -1388,7 +1599,9 @@ pub(super) fn signal_specs() -> Vec<glib::subclass::Signal> {
     [SIGNAL_FRAGMENT_ACK, SIGNAL_STREAM_ERROR]
         .into_iter()
         .map(|name| {
-            glib::subclass::Signal::builder(name).param_types([gst::Structure::static_type()]).build()
+            glib::subclass::Signal::builder(name)
+                .param_types([gst::Structure::static_type()])
+                .build()
         })
         .collect()
 }
@@ -1428,7 +1641,9 @@ impl ObjectImpl for KvsMkvSink {
             "allow-create-stream" => settings.allow_create = value.get().unwrap_or(true),
             "retention-period" => settings.retention_hours = get_u32(),
             "kms-key-id" => settings.kms_key_id = string_value(value),
-            "stream-tags" => settings.stream_tags = value.get::<Option<gst::Structure>>().ok().flatten(),
+            "stream-tags" => {
+                settings.stream_tags = value.get::<Option<gst::Structure>>().ok().flatten()
+            }
             "fragment-acks" => settings.fragment_acks = value.get().unwrap_or(true),
             "connection-staleness" => settings.staleness_s = get_u32(),
             "stop-stream-timeout" => settings.stop_timeout_s = get_u32(),
@@ -1578,7 +1793,11 @@ impl BaseSinkImpl for KvsMkvSink {
                 CAT,
                 imp = self,
                 "upstream is not live: a full queue blocks{}",
-                if element.is_sync() { ", frames are paced at their timestamps (sync)" } else { "" }
+                if element.is_sync() {
+                    ", frames are paced at their timestamps (sync)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(gst::FlowSuccess::Ok)
@@ -1594,17 +1813,27 @@ impl BaseSinkImpl for KvsMkvSink {
         let mut notices = Vec::new();
         let (routed, store, live) = {
             let mut state = lock(&self.state);
-            let Some(started) = state.as_mut() else { return Err(gst::FlowError::Flushing) };
+            let Some(started) = state.as_mut() else {
+                return Err(gst::FlowError::Flushing);
+            };
             if let Some(reason) = started.uploader.failure() {
                 gst::debug!(CAT, imp = self, "uploader failed: {reason}");
                 return Err(gst::FlowError::Error);
             }
             let running = self.running_time(buffer);
-            let host =
-                if started.frame_timecodes { self.capture_time(running) } else { Some(SystemTime::now()) };
-            let reference =
-                if started.frame_timecodes { super::capture::reference_time(buffer) } else { None };
-            let stamped = started.capture.stamp(data, running, host, reference, &mut notices);
+            let host = if started.frame_timecodes {
+                self.capture_time(running)
+            } else {
+                Some(SystemTime::now())
+            };
+            let reference = if started.frame_timecodes {
+                super::capture::reference_time(buffer)
+            } else {
+                None
+            };
+            let stamped = started
+                .capture
+                .stamp(data, running, host, reference, &mut notices);
             let mut outputs = Vec::new();
             let mut windows = Vec::new();
             for (data, stamp, running) in stamped {

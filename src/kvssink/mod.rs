@@ -36,5 +36,10 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     capture::CaptureTime::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     triggers::UploadMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     triggers::EventTags::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
-    gst::Element::register(Some(plugin), "kvssink", gst::Rank::SECONDARY, KvsSink::static_type())
+    gst::Element::register(
+        Some(plugin),
+        "kvssink",
+        gst::Rank::SECONDARY,
+        KvsSink::static_type(),
+    )
 }

@@ -47,7 +47,9 @@ impl State {
     fn sent_at(&self) -> Option<Instant> {
         match *self {
             State::Queued => None,
-            State::Sent { at, .. } | State::Buffering { at, .. } | State::Received { at, .. } => Some(at),
+            State::Sent { at, .. } | State::Buffering { at, .. } | State::Received { at, .. } => {
+                Some(at)
+            }
         }
     }
 }
@@ -146,7 +148,13 @@ pub struct FragmentQueue {
 
 impl FragmentQueue {
     pub fn new(limits: Limits) -> Self {
-        FragmentQueue { entries: VecDeque::new(), next_id: 0, bytes: 0, limits, stats: Stats::default() }
+        FragmentQueue {
+            entries: VecDeque::new(),
+            next_id: 0,
+            bytes: 0,
+            limits,
+            stats: Stats::default(),
+        }
     }
 
     #[cfg(test)]
@@ -199,7 +207,10 @@ impl FragmentQueue {
 
     /// Fragments queued again after an earlier send.
     pub fn resending(&self) -> usize {
-        self.entries.iter().filter(|e| e.state == State::Queued && e.sends > 0).count()
+        self.entries
+            .iter()
+            .filter(|e| e.state == State::Queued && e.sends > 0)
+            .count()
     }
 
     /// True while a fragment is still being written or waits to be sent.
@@ -209,7 +220,9 @@ impl FragmentQueue {
 
     /// True while `connection` has fragments not done.
     pub fn holds(&self, connection: u64) -> bool {
-        self.entries.iter().any(|e| e.state.connection() == Some(connection))
+        self.entries
+            .iter()
+            .any(|e| e.state.connection() == Some(connection))
     }
 
     /// From the first fragment's start to the end of the last one.
@@ -217,7 +230,8 @@ impl FragmentQueue {
         match (self.entries.front(), self.entries.back()) {
             (Some(first), Some(last)) => {
                 let units = last.timecode.saturating_sub(first.timecode);
-                Duration::from_nanos(units.saturating_mul(first.header.timecode_scale)) + last.duration
+                Duration::from_nanos(units.saturating_mul(first.header.timecode_scale))
+                    + last.duration
             }
             _ => Duration::ZERO,
         }
@@ -226,7 +240,8 @@ impl FragmentQueue {
     /// True when `size` more bytes fit (a queue holding at most the fragment being written always takes more).
     pub fn has_room(&self, size: usize) -> bool {
         self.entries.len() <= usize::from(self.entries.back().is_some_and(|e| !e.complete))
-            || (self.bytes + size <= self.limits.max_bytes && self.duration() < self.limits.max_duration)
+            || (self.bytes + size <= self.limits.max_bytes
+                && self.duration() < self.limits.max_duration)
     }
 
     /// Makes room for `size` more bytes by dropping the oldest complete fragments, those not sent yet first,
@@ -243,7 +258,10 @@ impl FragmentQueue {
             let Some(index) = index else { break };
             if let Some(entry) = self.remove_at(index) {
                 self.stats.fragments_dropped += 1;
-                dropped.push(Dropped { timecode: entry.timecode, bytes: entry.size });
+                dropped.push(Dropped {
+                    timecode: entry.timecode,
+                    bytes: entry.size,
+                });
             }
         }
         dropped
@@ -308,10 +326,16 @@ impl FragmentQueue {
     /// it is read from the file when it is sent. Returns how many.
     pub fn spill(&mut self) -> usize {
         let mut count = 0;
-        for entry in
-            self.entries.iter_mut().filter(|e| e.complete && e.state == State::Queued && !e.data.is_empty())
+        for entry in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.complete && e.state == State::Queued && !e.data.is_empty())
         {
-            if entry.stored.as_ref().is_some_and(|file| !file.is_released() && file.size() == entry.size) {
+            if entry
+                .stored
+                .as_ref()
+                .is_some_and(|file| !file.is_released() && file.size() == entry.size)
+            {
                 entry.data = Vec::new();
                 count += 1;
             }
@@ -355,7 +379,11 @@ impl FragmentQueue {
     /// Queues again every fragment of `connection` that is not done; returns how many.
     pub fn requeue(&mut self, connection: u64) -> usize {
         let mut count = 0;
-        for entry in self.entries.iter_mut().filter(|e| e.state.connection() == Some(connection)) {
+        for entry in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.state.connection() == Some(connection))
+        {
             entry.state = State::Queued;
             count += 1;
         }
@@ -427,11 +455,16 @@ impl FragmentQueue {
             match self.entries[index].stored.as_ref().map(FragmentFile::map) {
                 Some(Ok(data)) => self.entries[index].data = data,
                 Some(Err(error)) => {
-                    let file = self.entries[index].stored.as_ref().map(|f| f.path().display().to_string());
-                    let (timecode, bytes) = (self.entries[index].timecode, self.entries[index].size);
+                    let file = self.entries[index]
+                        .stored
+                        .as_ref()
+                        .map(|f| f.path().display().to_string());
+                    let (timecode, bytes) =
+                        (self.entries[index].timecode, self.entries[index].size);
                     self.remove_at(index);
                     self.stats.fragments_dropped += 1;
-                    let reason = format!("{} cannot be read back: {error}", file.unwrap_or_default());
+                    let reason =
+                        format!("{} cannot be read back: {error}", file.unwrap_or_default());
                     return Next::Lost(Dropped { timecode, bytes }, reason);
                 }
                 None => {}
@@ -444,9 +477,15 @@ impl FragmentQueue {
         if rotate {
             return Next::Rotate("connection-rotation reached");
         }
-        entry.state = State::Sent { connection, at: now };
+        entry.state = State::Sent {
+            connection,
+            at: now,
+        };
         entry.sends += 1;
-        *cursor = Some(Cursor { entry: entry.id, pieces: entry.data.len() });
+        *cursor = Some(Cursor {
+            entry: entry.id,
+            pieces: entry.data.len(),
+        });
         Next::Send(entry.data.clone())
     }
 
@@ -462,26 +501,32 @@ impl FragmentQueue {
 
     /// When [`stale_for`](Self::stale_for) would next find a fragment of `connection` stale, as things are.
     pub fn stale_at(&self, connection: u64) -> Option<Instant> {
-        self.stale_bounds(connection).map(|(sent, bound)| sent + bound).min()
+        self.stale_bounds(connection)
+            .map(|(sent, bound)| sent + bound)
+            .min()
     }
 
     /// (sent at, how long it may wait) of each fragment of `connection` that waits for an ACK (none without
     /// ACKs).
     fn stale_bounds(&self, connection: u64) -> impl Iterator<Item = (Instant, Duration)> + '_ {
         let staleness = self.limits.staleness;
-        self.entries.iter().filter(|_| self.limits.acks).filter_map(move |e| {
-            let sent = e.state.sent_at()?;
-            let bound = match e.state {
-                State::Sent { connection: c, .. } if c == connection => staleness,
-                State::Buffering { connection: c, .. } | State::Received { connection: c, .. }
-                    if c == connection && e.complete =>
-                {
-                    staleness + e.duration
-                }
-                _ => return None,
-            };
-            Some((sent, bound))
-        })
+        self.entries
+            .iter()
+            .filter(|_| self.limits.acks)
+            .filter_map(move |e| {
+                let sent = e.state.sent_at()?;
+                let bound = match e.state {
+                    State::Sent { connection: c, .. } if c == connection => staleness,
+                    State::Buffering { connection: c, .. }
+                    | State::Received { connection: c, .. }
+                        if c == connection && e.complete =>
+                    {
+                        staleness + e.duration
+                    }
+                    _ => return None,
+                };
+                Some((sent, bound))
+            })
     }
 
     /// Applies an ACK `connection` received. `persisting`: the stream keeps data (otherwise RECEIVED is the
@@ -494,12 +539,14 @@ impl FragmentQueue {
         persisting: bool,
     ) -> AckEffect {
         let mut effect = AckEffect::default();
-        let index = self
-            .entries
-            .iter()
-            .position(|e| e.state.connection() == Some(connection) && Some(e.timecode) == ack.timecode);
+        let index = self.entries.iter().position(|e| {
+            e.state.connection() == Some(connection) && Some(e.timecode) == ack.timecode
+        });
         if let Some(index) = index {
-            effect.latency = self.entries[index].state.sent_at().map(|at| now.duration_since(at));
+            effect.latency = self.entries[index]
+                .state
+                .sent_at()
+                .map(|at| now.duration_since(at));
         }
         match (&ack.kind, index) {
             (AckKind::Buffering, Some(i)) => {
@@ -538,7 +585,10 @@ impl FragmentQueue {
                 let only_this_fragment = ack_error_action(*id) == AckErrorAction::SkipFragment;
                 if only_this_fragment && let Some(entry) = index.and_then(|i| self.remove_at(i)) {
                     self.stats.fragments_dropped += 1;
-                    effect.dropped = Some(Dropped { timecode: entry.timecode, bytes: entry.size });
+                    effect.dropped = Some(Dropped {
+                        timecode: entry.timecode,
+                        bytes: entry.size,
+                    });
                 }
                 effect.refused = Some((error, only_this_fragment));
             }
@@ -574,7 +624,11 @@ mod tests {
     /// A complete fragment of `size` bytes at `timecode` (ms).
     fn fragment(queue: &mut FragmentQueue, timecode: u64, size: usize) {
         queue.start_fragment(
-            FragmentStart { header: header(), timecode, data: Rope::from(Bytes::from(vec![0; size])) },
+            FragmentStart {
+                header: header(),
+                timecode,
+                data: Rope::from(Bytes::from(vec![0; size])),
+            },
             None,
         );
         queue.end_fragment();
@@ -588,7 +642,14 @@ mod tests {
             match queue.next_to_send(connection, &mut cursor, 1, false, now, true) {
                 Next::Send(_) => {
                     if let Some(c) = cursor {
-                        sent.push(queue.entries.iter().find(|e| e.id == c.entry).unwrap().timecode);
+                        sent.push(
+                            queue
+                                .entries
+                                .iter()
+                                .find(|e| e.id == c.entry)
+                                .unwrap()
+                                .timecode,
+                        );
                     }
                 }
                 Next::Wait if cursor.is_none() => return sent,
@@ -601,7 +662,11 @@ mod tests {
     }
 
     fn ack(kind: AckKind, timecode: u64) -> AckEvent {
-        AckEvent { kind, timecode: Some(timecode), fragment_number: None }
+        AckEvent {
+            kind,
+            timecode: Some(timecode),
+            fragment_number: None,
+        }
     }
 
     #[test]
@@ -614,14 +679,28 @@ mod tests {
         assert_eq!(send_all(&mut queue, 1, t0), [1000, 2000, 3000]);
         queue.apply_ack(1, &ack(AckKind::Received, 1000), t0, true);
         queue.apply_ack(1, &ack(AckKind::Received, 2000), t0, true);
-        assert_eq!(queue.len(), 3, "RECEIVED keeps a fragment until it is persisted");
-        let effect = queue.apply_ack(1, &ack(AckKind::Persisted, 2000), t0 + Duration::from_millis(40), true);
+        assert_eq!(
+            queue.len(),
+            3,
+            "RECEIVED keeps a fragment until it is persisted"
+        );
+        let effect = queue.apply_ack(
+            1,
+            &ack(AckKind::Persisted, 2000),
+            t0 + Duration::from_millis(40),
+            true,
+        );
         assert_eq!(effect.latency, Some(Duration::from_millis(40)));
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.stats.fragments_persisted, 2);
         assert_eq!(queue.front().unwrap().timecode, 3000);
         // An ACK for another connection's fragment changes nothing.
-        assert!(queue.apply_ack(2, &ack(AckKind::Persisted, 3000), t0, true).latency.is_none());
+        assert!(
+            queue
+                .apply_ack(2, &ack(AckKind::Persisted, 3000), t0, true)
+                .latency
+                .is_none()
+        );
         assert_eq!(queue.len(), 1);
     }
 
@@ -634,7 +713,10 @@ mod tests {
         queue.apply_ack(1, &ack(AckKind::Received, 1000), t0, false);
         assert!(queue.is_empty());
 
-        let mut queue = FragmentQueue::new(Limits { acks: false, ..LIMITS });
+        let mut queue = FragmentQueue::new(Limits {
+            acks: false,
+            ..LIMITS
+        });
         fragment(&mut queue, 1000, 10);
         fragment(&mut queue, 2000, 10);
         assert_eq!(send_all(&mut queue, 1, t0), [1000, 2000]);
@@ -654,11 +736,23 @@ mod tests {
         // 4002: too long, this fragment only.
         let effect = queue.apply_ack(
             1,
-            &ack(AckKind::Error { id: 4002, code: "MAX_FRAGMENT_DURATION_REACHED".into() }, 1000),
+            &ack(
+                AckKind::Error {
+                    id: 4002,
+                    code: "MAX_FRAGMENT_DURATION_REACHED".into(),
+                },
+                1000,
+            ),
             t0,
             true,
         );
-        assert_eq!(effect.dropped, Some(Dropped { timecode: 1000, bytes: 10 }));
+        assert_eq!(
+            effect.dropped,
+            Some(Dropped {
+                timecode: 1000,
+                bytes: 10
+            })
+        );
         let (error, only_this) = effect.refused.unwrap();
         assert!(only_this);
         assert_eq!(
@@ -668,7 +762,13 @@ mod tests {
         // 5000: the service's problem: the fragment stays, to be sent again.
         let effect = queue.apply_ack(
             1,
-            &ack(AckKind::Error { id: 5000, code: "INTERNAL_ERROR".into() }, 2000),
+            &ack(
+                AckKind::Error {
+                    id: 5000,
+                    code: "INTERNAL_ERROR".into(),
+                },
+                2000,
+            ),
             t0,
             true,
         );
@@ -690,20 +790,39 @@ mod tests {
         fragment(&mut queue, 3000, 100);
         assert!(!queue.has_room(300));
         // The sent one stays; the oldest queued one goes.
-        assert_eq!(queue.make_room(300), [Dropped { timecode: 2000, bytes: 400 }]);
+        assert_eq!(
+            queue.make_room(300),
+            [Dropped {
+                timecode: 2000,
+                bytes: 400
+            }]
+        );
         assert!(queue.has_room(300));
         assert_eq!(queue.stats.fragments_dropped, 1);
         assert_eq!(queue.bytes(), 500);
         // With nothing unsent left, sent fragments waiting for their PERSISTED go too: every byte counts.
         assert_eq!(
             queue.make_room(900),
-            [Dropped { timecode: 3000, bytes: 100 }, Dropped { timecode: 1000, bytes: 400 }]
+            [
+                Dropped {
+                    timecode: 3000,
+                    bytes: 100
+                },
+                Dropped {
+                    timecode: 1000,
+                    bytes: 400
+                }
+            ]
         );
         assert!(queue.is_empty());
         // A fragment being written is never dropped, and a queue holding only it always takes more.
         let mut writing = FragmentQueue::new(LIMITS);
         writing.start_fragment(
-            FragmentStart { header: header(), timecode: 1, data: Rope::from(Bytes::from(vec![0; 5000])) },
+            FragmentStart {
+                header: header(),
+                timecode: 1,
+                data: Rope::from(Bytes::from(vec![0; 5000])),
+            },
             None,
         );
         assert!(writing.has_room(5000));
@@ -720,12 +839,25 @@ mod tests {
         let mut queue = FragmentQueue::new(LIMITS);
         let mut files = Vec::new();
         for (timecode, first, second) in [(1000, b"A1", b"A2"), (2000, b"B1", b"B2")] {
-            let start =
-                FragmentStart { header: header(), timecode, data: Rope::from(Bytes::from_static(first)) };
-            let file = store.start_fragment(&start.header, timecode, &start.data, false).unwrap();
+            let start = FragmentStart {
+                header: header(),
+                timecode,
+                data: Rope::from(Bytes::from_static(first)),
+            };
+            let file = store
+                .start_fragment(&start.header, timecode, &start.data, false)
+                .unwrap();
             queue.start_fragment(start, Some(file.clone()));
-            store.append(&Rope::from(Bytes::from_static(second)), Duration::from_millis(33)).unwrap();
-            queue.push_frame(Rope::from(Bytes::from_static(second)), Duration::from_millis(33));
+            store
+                .append(
+                    &Rope::from(Bytes::from_static(second)),
+                    Duration::from_millis(33),
+                )
+                .unwrap();
+            queue.push_frame(
+                Rope::from(Bytes::from_static(second)),
+                Duration::from_millis(33),
+            );
             store.end_fragment().unwrap();
             queue.end_fragment();
             files.push(file);
@@ -743,9 +875,18 @@ mod tests {
         }
         match queue.next_to_send(1, &mut cursor, 1, false, t0, true) {
             Next::Lost(dropped, why) => {
-                assert_eq!(dropped, Dropped { timecode: 2000, bytes: 4 });
+                assert_eq!(
+                    dropped,
+                    Dropped {
+                        timecode: 2000,
+                        bytes: 4
+                    }
+                );
                 assert!(
-                    why.starts_with(&format!("{} cannot be read back: ", files[1].path().display())),
+                    why.starts_with(&format!(
+                        "{} cannot be read back: ",
+                        files[1].path().display()
+                    )),
                     "{why}"
                 );
             }
@@ -764,26 +905,42 @@ mod tests {
         fragment(&mut queue, 1000, 10);
         send_all(&mut queue, 7, t0);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(4)), None);
-        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(6)), Some(Duration::from_secs(6)));
+        assert_eq!(
+            queue.stale_for(7, t0 + Duration::from_secs(6)),
+            Some(Duration::from_secs(6))
+        );
         // A BUFFERING ACK is an answer, but the fragment must still be persisted: stale `staleness` after its
         // last frame (at 2 s here) without one.
         queue.apply_ack(7, &ack(AckKind::Buffering, 1000), t0, true);
         queue.entries[0].duration = Duration::from_secs(2);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(6)), None);
-        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        assert_eq!(
+            queue.stale_for(7, t0 + Duration::from_secs(7)),
+            Some(Duration::from_secs(7))
+        );
         // So is a RECEIVED one; another connection's fragments are not this one's business.
         queue.apply_ack(7, &ack(AckKind::Received, 1000), t0, true);
-        assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        assert_eq!(
+            queue.stale_for(7, t0 + Duration::from_secs(7)),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(queue.stale_for(8, t0 + Duration::from_secs(60)), None);
         assert!(queue.holds(7));
         // A fragment still being written waits for its end before it can be persisted.
         let mut queue = FragmentQueue::new(LIMITS);
         queue.start_fragment(
-            FragmentStart { header: header(), timecode: 1, data: Rope::from(Bytes::from_static(b"A")) },
+            FragmentStart {
+                header: header(),
+                timecode: 1,
+                data: Rope::from(Bytes::from_static(b"A")),
+            },
             None,
         );
         let mut cursor = None;
-        assert!(matches!(queue.next_to_send(7, &mut cursor, 1, false, t0, true), Next::Send(_)));
+        assert!(matches!(
+            queue.next_to_send(7, &mut cursor, 1, false, t0, true),
+            Next::Send(_)
+        ));
         queue.apply_ack(7, &ack(AckKind::Buffering, 1), t0, true);
         assert_eq!(queue.stale_for(7, t0 + Duration::from_secs(60)), None);
     }
@@ -793,15 +950,25 @@ mod tests {
         let t0 = Instant::now();
         let mut queue = FragmentQueue::new(LIMITS);
         queue.start_fragment(
-            FragmentStart { header: header(), timecode: 1000, data: Rope::from(Bytes::from_static(b"A")) },
+            FragmentStart {
+                header: header(),
+                timecode: 1000,
+                data: Rope::from(Bytes::from_static(b"A")),
+            },
             None,
         );
         let mut cursor = None;
         assert!(
             matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Send(p) if p.len() == 1)
         );
-        assert!(matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Wait));
-        queue.push_frame(Rope::from(Bytes::from_static(b"B")), Duration::from_millis(33));
+        assert!(matches!(
+            queue.next_to_send(1, &mut cursor, 1, false, t0, true),
+            Next::Wait
+        ));
+        queue.push_frame(
+            Rope::from(Bytes::from_static(b"B")),
+            Duration::from_millis(33),
+        );
         assert!(
             matches!(queue.next_to_send(1, &mut cursor, 1, false, t0, true), Next::Send(p) if p == [Bytes::from_static(b"B")])
         );
@@ -825,6 +992,9 @@ mod tests {
             queue.next_to_send(2, &mut None, 2, true, t0, true),
             Next::Rotate("connection-rotation reached")
         ));
-        assert!(matches!(queue.next_to_send(2, &mut None, 2, false, t0, true), Next::Send(_)));
+        assert!(matches!(
+            queue.next_to_send(2, &mut None, 2, false, t0, true),
+            Next::Send(_)
+        ));
     }
 }

@@ -66,17 +66,29 @@ const END: u8 = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// A file operation failed.
-    Io { path: PathBuf, action: &'static str, error: String },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        error: String,
+    },
     /// Another kvssink (this process or another) holds the directory.
     InUse { dir: PathBuf, holder: String },
     /// A stored fragment belongs to another stream.
-    OtherStream { file: PathBuf, stream: String, expected: String },
+    OtherStream {
+        file: PathBuf,
+        stream: String,
+        expected: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::Io { path, action, error } => {
+            StoreError::Io {
+                path,
+                action,
+                error,
+            } => {
                 write!(f, "cannot {action} {}: {error}", path.display())
             }
             StoreError::InUse { dir, holder } => write!(
@@ -84,7 +96,11 @@ impl std::fmt::Display for StoreError {
                 "buffer-dir {} is in use by another kvssink ({holder}): each sink needs a directory of its own",
                 dir.display()
             ),
-            StoreError::OtherStream { file, stream, expected } => write!(
+            StoreError::OtherStream {
+                file,
+                stream,
+                expected,
+            } => write!(
                 f,
                 "{} holds a fragment of stream {stream:?}, not {expected:?}: buffer-dir belongs to another stream \
                  (upload it with stream-name={stream}, or move the directory away)",
@@ -97,7 +113,11 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |error| StoreError::Io { path: path.to_owned(), action, error: error.to_string() }
+    move |error| StoreError::Io {
+        path: path.to_owned(),
+        action,
+        error: error.to_string(),
+    }
 }
 
 /// What the store found at start that it did not upload as it was.
@@ -106,7 +126,11 @@ pub enum Problem {
     /// A torn last record (the process or the machine stopped while writing): the file was cut there.
     TornTail { file: PathBuf, kept: u64, cut: u64 },
     /// Not a fragment file of ours, or damaged before its first frame: renamed `*.corrupt`, not uploaded.
-    Corrupt { file: PathBuf, moved_to: PathBuf, reason: String },
+    Corrupt {
+        file: PathBuf,
+        moved_to: PathBuf,
+        reason: String,
+    },
     /// A file that could not be read: left where it is, not uploaded.
     Unreadable { file: PathBuf, error: String },
 }
@@ -120,14 +144,22 @@ impl std::fmt::Display for Problem {
                  every whole frame before it is uploaded",
                 file.display()
             ),
-            Problem::Corrupt { file, moved_to, reason } => write!(
+            Problem::Corrupt {
+                file,
+                moved_to,
+                reason,
+            } => write!(
                 f,
                 "{} is not a readable fragment ({reason}): moved to {}, not uploaded",
                 file.display(),
                 moved_to.display()
             ),
             Problem::Unreadable { file, error } => {
-                write!(f, "{} cannot be read ({error}): left in place, not uploaded", file.display())
+                write!(
+                    f,
+                    "{} cannot be read ({error}): left in place, not uploaded",
+                    file.display()
+                )
             }
         }
     }
@@ -158,11 +190,19 @@ impl FragmentFile {
     }
 
     fn add_piece(&self, offset: usize, length: usize) {
-        self.0.pieces.lock().unwrap_or_else(|e| e.into_inner()).push((offset, length));
+        self.0
+            .pieces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((offset, length));
     }
 
     pub fn path(&self) -> PathBuf {
-        self.0.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The fragment is done with (persisted or dropped): its file goes.
@@ -186,7 +226,13 @@ impl FragmentFile {
 
     /// The fragment's size: its frames' bytes written so far.
     pub fn size(&self) -> usize {
-        self.0.pieces.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, length)| length).sum()
+        self.0
+            .pieces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|&(_, length)| length)
+            .sum()
     }
 
     pub fn is_released(&self) -> bool {
@@ -197,16 +243,24 @@ impl FragmentFile {
     /// is read here: the pages come in when the pieces are sent.
     pub fn map(&self) -> io::Result<Vec<Bytes>> {
         if self.is_released() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "the fragment's file was released"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the fragment's file was released",
+            ));
         }
         let map = map_file(&File::open(self.path())?)?;
         let pieces = self.0.pieces.lock().unwrap_or_else(|e| e.into_inner());
         pieces
             .iter()
             .map(|&(offset, length)| {
-                map.get(offset..offset + length).map(|_| map.slice(offset..offset + length)).ok_or_else(
-                    || io::Error::new(io::ErrorKind::UnexpectedEof, "the fragment's file is shorter"),
-                )
+                map.get(offset..offset + length)
+                    .map(|_| map.slice(offset..offset + length))
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the fragment's file is shorter",
+                        )
+                    })
             })
             .collect()
     }
@@ -291,7 +345,10 @@ fn parse(file: &[u8]) -> Parsed {
         let kind = head[4];
         let crc = u32::from_le_bytes(head[5..9].try_into().unwrap_or_default());
         let start = at + RECORD_HEAD;
-        let Some(payload) = (length <= MAX_RECORD).then(|| file.get(start..start + length)).flatten() else {
+        let Some(payload) = (length <= MAX_RECORD)
+            .then(|| file.get(start..start + length))
+            .flatten()
+        else {
             parsed.stopped = Some(format!("a record of {length} bytes cut short"));
             break;
         };
@@ -312,8 +369,9 @@ fn parse(file: &[u8]) -> Parsed {
             },
             HEADER => parsed.header = Some((start, length)),
             DATA if length >= 8 => {
-                parsed.duration =
-                    Duration::from_nanos(u64::from_le_bytes(payload[..8].try_into().unwrap_or_default()));
+                parsed.duration = Duration::from_nanos(u64::from_le_bytes(
+                    payload[..8].try_into().unwrap_or_default(),
+                ));
                 parsed.data.push((start + 8, length - 8));
             }
             END => parsed.complete = true,
@@ -352,14 +410,22 @@ fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Writes `before`, then a DATA record for a frame, in one `writev` and without copying the frame's bytes;
 /// returns how many bytes went to the file.
-fn write_data(file: &mut File, before: &[u8], data: &Rope, duration: Duration) -> io::Result<usize> {
+fn write_data(
+    file: &mut File,
+    before: &[u8],
+    data: &Rope,
+    duration: Duration,
+) -> io::Result<usize> {
     let duration = (duration.as_nanos() as u64).to_le_bytes();
     let pieces: Vec<Bytes> = data.clone().into_pieces().collect();
     let mut payload: Vec<&[u8]> = vec![&duration];
     payload.extend(pieces.iter().map(|p| p.as_ref()));
     let head = record_head(DATA, &payload);
-    let mut slices: Vec<io::IoSlice> =
-        [before, &head[..]].into_iter().chain(payload).map(io::IoSlice::new).collect();
+    let mut slices: Vec<io::IoSlice> = [before, &head[..]]
+        .into_iter()
+        .chain(payload)
+        .map(io::IoSlice::new)
+        .collect();
     let total = slices.iter().map(|s| s.len()).sum();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -399,7 +465,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).field("stream", &self.stream).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -432,10 +501,17 @@ impl Store {
                     "" => "a process that has not written its pid yet".to_owned(),
                     pid => format!("process {pid}"),
                 };
-                return Err(StoreError::InUse { dir: dir.to_owned(), holder });
+                return Err(StoreError::InUse {
+                    dir: dir.to_owned(),
+                    holder,
+                });
             }
             Err(fs::TryLockError::Error(error)) => {
-                return Err(StoreError::Io { path: lock_path, action: "lock", error: error.to_string() });
+                return Err(StoreError::Io {
+                    path: lock_path,
+                    action: "lock",
+                    error: error.to_string(),
+                });
             }
         }
         lock.set_len(0).map_err(io_error(&lock_path, "write"))?;
@@ -486,7 +562,9 @@ impl Store {
     ) -> Result<FragmentFile, StoreError> {
         self.end_fragment()?;
         let extension = if held { HELD_EXTENSION } else { EXTENSION };
-        let path = self.dir.join(format!("{:020}.{extension}", self.next_sequence));
+        let path = self
+            .dir
+            .join(format!("{:020}.{extension}", self.next_sequence));
         self.next_sequence += 1;
         let meta = serde_json::to_vec(&Meta {
             stream: self.stream.clone(),
@@ -499,8 +577,11 @@ impl Store {
         head.extend(record(META, &meta));
         head.extend(record(HEADER, &header.bytes));
         let first = (head.len() + RECORD_HEAD + 8, data.len());
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_error(&path, "create"))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error(&path, "create"))?;
         let handle = FragmentFile::new(path.clone(), vec![first]);
         let length = match write_data(&mut file, &head, data, Duration::ZERO) {
             Ok(length) => length,
@@ -509,7 +590,13 @@ impl Store {
                 return Err(io_error(&path, "write")(error));
             }
         };
-        self.writing = Some(Writer { file, handle: handle.clone(), timecode, frames: 1, length });
+        self.writing = Some(Writer {
+            file,
+            handle: handle.clone(),
+            timecode,
+            frames: 1,
+            length,
+        });
         Ok(handle)
     }
 
@@ -517,7 +604,9 @@ impl Store {
     /// no fragment is being written (its start failed). A failed write gives the fragment up: its file goes
     /// (it lives on in memory only).
     pub fn append(&mut self, data: &Rope, duration: Duration) -> Result<(), StoreError> {
-        let Some(writer) = self.writing.as_mut() else { return Ok(()) };
+        let Some(writer) = self.writing.as_mut() else {
+            return Ok(());
+        };
         if writer.handle.is_released() {
             // Done with already (refused by the service while being written).
             self.writing = None;
@@ -527,14 +616,19 @@ impl Store {
             Ok(written) => written,
             Err(error) => {
                 let writer = self.writing.take();
-                let path = writer.as_ref().map(|w| w.handle.path().to_owned()).unwrap_or_default();
+                let path = writer
+                    .as_ref()
+                    .map(|w| w.handle.path().to_owned())
+                    .unwrap_or_default();
                 if let Some(writer) = writer {
                     writer.handle.release();
                 }
                 return Err(io_error(&path, "write")(error));
             }
         };
-        writer.handle.add_piece(writer.length + RECORD_HEAD + 8, data.len());
+        writer
+            .handle
+            .add_piece(writer.length + RECORD_HEAD + 8, data.len());
         writer.length += written;
         writer.frames += 1;
         Ok(())
@@ -547,12 +641,17 @@ impl Store {
 
     /// The fragment being written is complete: its END record, then a data sync off the streaming thread.
     pub fn end_fragment(&mut self) -> Result<(), StoreError> {
-        let Some(mut writer) = self.writing.take() else { return Ok(()) };
+        let Some(mut writer) = self.writing.take() else {
+            return Ok(());
+        };
         if writer.handle.is_released() {
             return Ok(());
         }
         let path = writer.handle.path().to_owned();
-        writer.file.write_all(&record(END, &[])).map_err(io_error(&path, "write"))?;
+        writer
+            .file
+            .write_all(&record(END, &[]))
+            .map_err(io_error(&path, "write"))?;
         let dir = self.dir.clone();
         let sync = crate::runtime::RUNTIME.spawn_blocking(move || {
             let _ = writer.file.sync_data();
@@ -568,7 +667,12 @@ impl Store {
 
     /// Waits for the syncs started so far (EOS and tests).
     pub fn sync(&self) {
-        let syncs: Vec<_> = self.syncs.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let syncs: Vec<_> = self
+            .syncs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
         for sync in syncs {
             let _ = crate::runtime::RUNTIME.block_on(sync);
         }
@@ -583,13 +687,19 @@ fn recover(
     stream: &str,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<RecoveredFragment>, StoreError> {
-    let unreadable =
-        |error: io::Error| Problem::Unreadable { file: path.to_owned(), error: error.to_string() };
-    let (file, bytes) = match OpenOptions::new().read(true).write(true).open(path).and_then(|mut file| {
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut file, &mut bytes)?;
-        Ok((file, bytes))
-    }) {
+    let unreadable = |error: io::Error| Problem::Unreadable {
+        file: path.to_owned(),
+        error: error.to_string(),
+    };
+    let (file, bytes) = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .and_then(|mut file| {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut file, &mut bytes)?;
+            Ok((file, bytes))
+        }) {
         Ok(read) => read,
         Err(error) => {
             problems.push(unreadable(error));
@@ -598,12 +708,18 @@ fn recover(
     };
     let parsed = parse(&bytes);
     let (Some(meta), Some((header_at, header_length))) = (parsed.meta, parsed.header) else {
-        let reason = parsed.stopped.unwrap_or_else(|| "no metadata or stream header".into());
+        let reason = parsed
+            .stopped
+            .unwrap_or_else(|| "no metadata or stream header".into());
         let moved_to = path.with_extension(format!("{EXTENSION}.corrupt"));
         if let Err(error) = fs::rename(path, &moved_to) {
             problems.push(unreadable(error));
         } else {
-            problems.push(Problem::Corrupt { file: path.to_owned(), moved_to, reason });
+            problems.push(Problem::Corrupt {
+                file: path.to_owned(),
+                moved_to,
+                reason,
+            });
         }
         return Ok(None);
     };
@@ -616,9 +732,14 @@ fn recover(
     }
     if parsed.stopped.is_some() {
         let (total, kept) = (bytes.len() as u64, parsed.valid as u64);
-        file.set_len(kept).map_err(io_error(path, "cut the torn tail of"))?;
+        file.set_len(kept)
+            .map_err(io_error(path, "cut the torn tail of"))?;
         let _ = file.sync_all();
-        problems.push(Problem::TornTail { file: path.to_owned(), kept, cut: total - kept });
+        problems.push(Problem::TornTail {
+            file: path.to_owned(),
+            kept,
+            cut: total - kept,
+        });
     }
     let handle = FragmentFile::new(path.to_owned(), parsed.data.clone());
     if parsed.data.is_empty() {
@@ -672,10 +793,18 @@ mod tests {
         let dir = dir("held");
         {
             let (mut store, _) = Store::open(&dir, "cam1").unwrap();
-            let kept = store.start_fragment(&header(), 1000, &rope(b"A1"), true).unwrap();
-            store.append(&rope(b"A2"), Duration::from_millis(33)).unwrap();
-            let committed = store.start_fragment(&header(), 2000, &rope(b"B1"), true).unwrap();
-            let discarded = store.start_fragment(&header(), 3000, &rope(b"C1"), true).unwrap();
+            let kept = store
+                .start_fragment(&header(), 1000, &rope(b"A1"), true)
+                .unwrap();
+            store
+                .append(&rope(b"A2"), Duration::from_millis(33))
+                .unwrap();
+            let committed = store
+                .start_fragment(&header(), 2000, &rope(b"B1"), true)
+                .unwrap();
+            let discarded = store
+                .start_fragment(&header(), 3000, &rope(b"C1"), true)
+                .unwrap();
             store.end_fragment().unwrap();
             assert_eq!(kept.path().extension().unwrap(), HELD_EXTENSION);
             committed.commit().unwrap();
@@ -690,9 +819,16 @@ mod tests {
         let (_, recovered) = Store::open(&dir, "cam1").unwrap();
         let timecodes: Vec<u64> = recovered.fragments.iter().map(|f| f.timecode).collect();
         assert_eq!((timecodes, recovered.discarded), (vec![2000], 1));
-        let left: Vec<_> =
-            fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-        assert_eq!(left.len(), 2, "the lock and the committed fragment: {left:?}");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the lock and the committed fragment: {left:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -702,14 +838,26 @@ mod tests {
         {
             let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
             assert!(recovered.fragments.is_empty() && recovered.problems.is_empty());
-            let first = store.start_fragment(&header(), 1000, &rope(b"A1"), false).unwrap();
-            store.append(&rope(b"A2"), Duration::from_millis(33)).unwrap();
+            let first = store
+                .start_fragment(&header(), 1000, &rope(b"A1"), false)
+                .unwrap();
+            store
+                .append(&rope(b"A2"), Duration::from_millis(33))
+                .unwrap();
             store.end_fragment().unwrap();
-            store.start_fragment(&header(), 2000, &rope(b"B1"), false).unwrap();
-            store.append(&rope(b"B2"), Duration::from_millis(33)).unwrap();
+            store
+                .start_fragment(&header(), 2000, &rope(b"B1"), false)
+                .unwrap();
+            store
+                .append(&rope(b"B2"), Duration::from_millis(33))
+                .unwrap();
             store.end_fragment().unwrap();
-            store.start_fragment(&header(), 3000, &rope(b"C1"), false).unwrap();
-            store.append(&rope(b"C2"), Duration::from_millis(33)).unwrap();
+            store
+                .start_fragment(&header(), 3000, &rope(b"C1"), false)
+                .unwrap();
+            store
+                .append(&rope(b"C2"), Duration::from_millis(33))
+                .unwrap();
             store.sync();
             assert_eq!(first.map().unwrap().concat(), b"A1A2");
             first.release();
@@ -718,12 +866,27 @@ mod tests {
         }
         let (_store, recovered) = Store::open(&dir, "cam1").unwrap();
         assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
-        let found: Vec<_> =
-            recovered.fragments.iter().map(|f| (f.timecode, whole(f), f.frames, f.complete)).collect();
-        assert_eq!(found, [(2000, b"B1B2".to_vec(), 2, true), (3000, b"C1C2".to_vec(), 2, false)]);
+        let found: Vec<_> = recovered
+            .fragments
+            .iter()
+            .map(|f| (f.timecode, whole(f), f.frames, f.complete))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (2000, b"B1B2".to_vec(), 2, true),
+                (3000, b"C1C2".to_vec(), 2, false)
+            ]
+        );
         let b = &recovered.fragments[0];
-        assert_eq!((b.header.as_ref(), b.timecode_scale), (&b"HEADER"[..], 1_000_000));
-        assert_eq!((b.duration, b.media_type.as_deref()), (Duration::from_millis(33), Some("video/h264")));
+        assert_eq!(
+            (b.header.as_ref(), b.timecode_scale),
+            (&b"HEADER"[..], 1_000_000)
+        );
+        assert_eq!(
+            (b.duration, b.media_type.as_deref()),
+            (Duration::from_millis(33), Some("video/h264"))
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -732,9 +895,15 @@ mod tests {
         let dir = dir("torn");
         let full = {
             let (mut store, _) = Store::open(&dir, "cam1").unwrap();
-            let file = store.start_fragment(&header(), 1000, &rope(b"first"), false).unwrap();
-            store.append(&rope(b"second"), Duration::from_millis(33)).unwrap();
-            store.append(&rope(b"third"), Duration::from_millis(66)).unwrap();
+            let file = store
+                .start_fragment(&header(), 1000, &rope(b"first"), false)
+                .unwrap();
+            store
+                .append(&rope(b"second"), Duration::from_millis(33))
+                .unwrap();
+            store
+                .append(&rope(b"third"), Duration::from_millis(66))
+                .unwrap();
             fs::read(file.path()).unwrap()
         };
         let path = dir.join(format!("{:020}.{EXTENSION}", 0));
@@ -805,7 +974,9 @@ mod tests {
         drop(store);
         // Another stream's fragments: an error, nothing uploaded.
         let (mut store, _) = Store::open(&dir, "cam1").unwrap();
-        let file = store.start_fragment(&header(), 1000, &rope(b"x"), false).unwrap();
+        let file = store
+            .start_fragment(&header(), 1000, &rope(b"x"), false)
+            .unwrap();
         drop(store);
         let error = Store::open(&dir, "cam2").unwrap_err();
         assert_eq!(
@@ -819,7 +990,9 @@ mod tests {
         // Sequence numbers go on after what is there.
         let (mut store, recovered) = Store::open(&dir, "cam1").unwrap();
         assert_eq!(recovered.fragments.len(), 1);
-        let next = store.start_fragment(&header(), 2000, &rope(b"y"), false).unwrap();
+        let next = store
+            .start_fragment(&header(), 2000, &rope(b"y"), false)
+            .unwrap();
         assert_eq!(sequence_of(&next.path()), Some(1));
         drop(store);
         // A file that cannot be read (here a directory with a fragment's name: the tests run as root, which
@@ -836,7 +1009,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            recovered.problems[0].to_string().ends_with("): left in place, not uploaded"),
+            recovered.problems[0]
+                .to_string()
+                .ends_with("): left in place, not uploaded"),
             "{}",
             recovered.problems[0]
         );
@@ -845,7 +1020,10 @@ mod tests {
         let not_a_dir = moved_to.join("sub");
         let error = Store::open(&not_a_dir, "cam1").unwrap_err();
         assert!(
-            error.to_string().starts_with(&format!("cannot create the directory {}: ", not_a_dir.display())),
+            error.to_string().starts_with(&format!(
+                "cannot create the directory {}: ",
+                not_a_dir.display()
+            )),
             "{error}"
         );
         fs::remove_dir_all(&dir).unwrap();

@@ -44,10 +44,16 @@ pub enum UploadMode {
 #[glib::flags(name = "GstKvsEventTags")]
 pub enum EventTags {
     /// `AWS_KINESISVIDEO_NOTIFICATION`: an SNS notification for the fragment.
-    #[flags_value(name = "AWS_KINESISVIDEO_NOTIFICATION (an SNS notification)", nick = "notification")]
+    #[flags_value(
+        name = "AWS_KINESISVIDEO_NOTIFICATION (an SNS notification)",
+        nick = "notification"
+    )]
     NOTIFICATION = 0b01,
     /// `AWS_KINESISVIDEO_IMAGE_GENERATION`: images from the fragment in S3.
-    #[flags_value(name = "AWS_KINESISVIDEO_IMAGE_GENERATION (images in S3)", nick = "image-generation")]
+    #[flags_value(
+        name = "AWS_KINESISVIDEO_IMAGE_GENERATION (images in S3)",
+        nick = "image-generation"
+    )]
     IMAGE_GENERATION = 0b10,
 }
 
@@ -126,12 +132,16 @@ pub fn trigger_request(s: &gst::StructureRef) -> Result<TriggerRequest, String> 
     let time = |name: &str| -> Result<Option<u64>, String> {
         match s.get_optional::<u64>(name) {
             Ok(value) => Ok(value),
-            Err(_) => Err(format!("{TRIGGER_EVENT}: {name} must be a guint64 of nanoseconds")),
+            Err(_) => Err(format!(
+                "{TRIGGER_EVENT}: {name} must be a guint64 of nanoseconds"
+            )),
         }
     };
     let at = match (time("running-time")?, time("unix-time")?) {
         (Some(_), Some(_)) => {
-            return Err(format!("{TRIGGER_EVENT}: give running-time or unix-time, not both"));
+            return Err(format!(
+                "{TRIGGER_EVENT}: give running-time or unix-time, not both"
+            ));
         }
         (Some(running), None) => Some(TriggerTime::Running(running)),
         (None, Some(unix)) => Some(TriggerTime::Unix(unix)),
@@ -166,10 +176,18 @@ mod tests {
                 duration: Some(Duration::from_secs(4))
             })
         );
-        assert_eq!(parse("kvs-trigger"), Ok(TriggerRequest::Start { at: None, duration: None }));
+        assert_eq!(
+            parse("kvs-trigger"),
+            Ok(TriggerRequest::Start {
+                at: None,
+                duration: None
+            })
+        );
         assert_eq!(
             parse("kvs-trigger, stop=true, unix-time=(guint64)7"),
-            Ok(TriggerRequest::Stop { at: Some(TriggerTime::Unix(7)) })
+            Ok(TriggerRequest::Stop {
+                at: Some(TriggerTime::Unix(7))
+            })
         );
         assert_eq!(
             parse("kvs-trigger, duration=4"),
@@ -185,7 +203,10 @@ mod tests {
     fn event_tags_follow_the_flags_and_the_prefix_goes_with_image_generation() {
         let names = |tags: Vec<SimpleTag>| tags.into_iter().map(|t| t.name).collect::<Vec<_>>();
         assert!(event_tags(EventTags::empty(), Some("x")).is_empty());
-        assert_eq!(names(event_tags(EventTags::NOTIFICATION, Some("x"))), [NOTIFICATION]);
+        assert_eq!(
+            names(event_tags(EventTags::NOTIFICATION, Some("x"))),
+            [NOTIFICATION]
+        );
         assert_eq!(
             names(event_tags(EventTags::all(), Some("cam1/"))),
             [NOTIFICATION, IMAGE_GENERATION, IMAGE_PREFIX]

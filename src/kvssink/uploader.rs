@@ -58,15 +58,20 @@ struct Pacer {
 
 impl Pacer {
     fn new(now: Instant) -> Self {
-        Pacer { starts: Default::default(), allowance: SERVICE_BYTES_PER_SECOND, counted: now }
+        Pacer {
+            starts: Default::default(),
+            allowance: SERVICE_BYTES_PER_SECOND,
+            counted: now,
+        }
     }
 
     /// How long a new fragment must wait.
     fn fragment_wait(&self, now: Instant) -> Duration {
         match self.starts.len() {
-            n if n >= SERVICE_FRAGMENTS_PER_SECOND => (self.starts[n - SERVICE_FRAGMENTS_PER_SECOND]
-                + Duration::from_secs(1))
-            .saturating_duration_since(now),
+            n if n >= SERVICE_FRAGMENTS_PER_SECOND => {
+                (self.starts[n - SERVICE_FRAGMENTS_PER_SECOND] + Duration::from_secs(1))
+                    .saturating_duration_since(now)
+            }
             _ => Duration::ZERO,
         }
     }
@@ -80,7 +85,8 @@ impl Pacer {
 
     /// The bytes that may go at `now` without waiting (at most a second's worth).
     fn allowance_at(&self, now: Instant) -> f64 {
-        let refill = now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
+        let refill =
+            now.saturating_duration_since(self.counted).as_secs_f64() * SERVICE_BYTES_PER_SECOND;
         (self.allowance + refill).min(SERVICE_BYTES_PER_SECOND)
     }
 
@@ -167,10 +173,7 @@ pub enum UploadEvent {
     },
     /// An ACK line that could not be read was skipped; the connection goes on (a later PERSISTED covers the
     /// fragments before it).
-    UnreadableAck {
-        connection: u64,
-        reason: String,
-    },
+    UnreadableAck { connection: u64, reason: String },
     /// Fragments wait to be sent (a catch-up after an outage or a restart, or an outage going on): posted each
     /// second while more than the fragment being written waits, and once more when the backlog is gone.
     Backlog(Backlog),
@@ -194,7 +197,13 @@ pub struct Backlog {
 impl Backlog {
     /// The backlog is gone.
     fn done() -> Self {
-        Backlog { fragments: 0, bytes: 0, rate: 0.0, eta: Some(Duration::ZERO), waiting: false }
+        Backlog {
+            fragments: 0,
+            bytes: 0,
+            rate: 0.0,
+            eta: Some(Duration::ZERO),
+            waiting: false,
+        }
     }
 }
 
@@ -203,7 +212,10 @@ pub type UploadFailure = FinalError;
 
 fn stopped() -> UploadFailure {
     FinalError {
-        error: KvsError::Connection { api: "PutMedia", message: "the uploader stopped".into() },
+        error: KvsError::Connection {
+            api: "PutMedia",
+            message: "the uploader stopped".into(),
+        },
         why: GaveUp::Stopped,
     }
 }
@@ -308,14 +320,22 @@ struct Failure {
 
 impl From<KvsError> for Failure {
     fn from(error: KvsError) -> Self {
-        Failure { action: error.action(), error, immediate: false }
+        Failure {
+            action: error.action(),
+            error,
+            immediate: false,
+        }
     }
 }
 
 impl Failure {
     /// A connection that ended or broke: retried.
     fn retry(message: impl Into<String>) -> Self {
-        KvsError::Connection { api: "PutMedia", message: message.into() }.into()
+        KvsError::Connection {
+            api: "PutMedia",
+            message: message.into(),
+        }
+        .into()
     }
 }
 
@@ -324,7 +344,10 @@ fn lock_pacer(pacer: &Mutex<Pacer>) -> MutexGuard<'_, Pacer> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 impl Uploader {
@@ -408,7 +431,11 @@ impl Uploader {
     /// Adds to the queue under the lock, first dropping the oldest fragments not sent if it is full (a live
     /// source cannot wait; callers that can wait call [`wait_for_room`](Self::wait_for_room) first), then
     /// reports what was dropped and wakes the connection.
-    fn queue_with(&self, size: usize, add: impl FnOnce(&mut FragmentQueue)) -> Result<(), UploadFailure> {
+    fn queue_with(
+        &self,
+        size: usize,
+        add: impl FnOnce(&mut FragmentQueue),
+    ) -> Result<(), UploadFailure> {
         self.queue_then(size, |shared| {
             add(&mut shared.queue);
             false
@@ -416,7 +443,11 @@ impl Uploader {
     }
 
     /// [`queue_with`](Self::queue_with) where `add` returns true when the connection needs no wake-up.
-    fn queue_then(&self, size: usize, add: impl FnOnce(&mut Shared) -> bool) -> Result<(), UploadFailure> {
+    fn queue_then(
+        &self,
+        size: usize,
+        add: impl FnOnce(&mut Shared) -> bool,
+    ) -> Result<(), UploadFailure> {
         let (dropped, sent) = {
             let mut shared = self.lock();
             if let Some(reason) = &shared.failed {
@@ -463,7 +494,9 @@ impl Uploader {
 
     /// Queues a complete fragment read back from the fragment store (before any live media).
     pub fn queue_stored(&self, header: Arc<StreamHeader>, fragment: RecoveredFragment) {
-        self.lock().queue.push_stored(header, fragment.timecode, fragment.duration, fragment.file);
+        self.lock()
+            .queue
+            .push_stored(header, fragment.timecode, fragment.duration, fragment.file);
         self.notify();
     }
 
@@ -482,9 +515,13 @@ impl Uploader {
     /// Writes the new pieces of the fragment in progress on the waiting connection, if there is one and the
     /// service's byte rate allows it now. True: written whole, nothing for the connection to do.
     fn write_live(&self, shared: &mut Shared) -> bool {
-        let Some(live) = shared.live.as_mut() else { return false };
+        let Some(live) = shared.live.as_mut() else {
+            return false;
+        };
         let mut cursor = live.cursor;
-        let Some(pieces) = shared.queue.next_pieces(live.connection, &mut cursor) else { return false };
+        let Some(pieces) = shared.queue.next_pieces(live.connection, &mut cursor) else {
+            return false;
+        };
         let size: usize = pieces.iter().map(bytes::Bytes::len).sum();
         {
             let mut pacer = lock_pacer(&self.pacer);
@@ -616,7 +653,8 @@ impl Uploader {
                 }
                 let (fragments, bytes) = shared.queue.backlog();
                 let sent = shared.queue.stats.bytes_sent;
-                let rate = (sent - last_sent) as f64 / now.duration_since(last_at).as_secs_f64().max(0.001);
+                let rate = (sent - last_sent) as f64
+                    / now.duration_since(last_at).as_secs_f64().max(0.001);
                 (last_sent, last_at) = (sent, now);
                 if fragments <= 1 && !shared.backlog_open {
                     continue;
@@ -628,9 +666,15 @@ impl Uploader {
                     let at_limits = (fragments as f64 / SERVICE_FRAGMENTS_PER_SECOND as f64)
                         .max(bytes as f64 / SERVICE_BYTES_PER_SECOND);
                     let waiting = rate == 0.0;
-                    let eta =
-                        (!waiting).then(|| Duration::from_secs_f64((bytes as f64 / rate).max(at_limits)));
-                    Backlog { fragments, bytes, rate, eta, waiting }
+                    let eta = (!waiting)
+                        .then(|| Duration::from_secs_f64((bytes as f64 / rate).max(at_limits)));
+                    Backlog {
+                        fragments,
+                        bytes,
+                        rate,
+                        eta,
+                        waiting,
+                    }
                 }
             };
             self.emit(UploadEvent::Backlog(backlog));
@@ -638,7 +682,8 @@ impl Uploader {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+        let base =
+            Duration::from_millis(250).saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
         let capped = base.min(self.config.max_backoff);
         // Full jitter in [50 %, 100 %] of the delay, so that many producers do not come back in step.
         capped.mul_f64(rand::rng().random_range(0.5..=1.0))
@@ -655,8 +700,9 @@ impl Uploader {
         let mut eager = !check && self.lock().active;
         if !check && !eager {
             let api = aws_sdk_kinesisvideo::types::ApiName::PutMedia;
-            endpoint =
-                crate::kvs::control::data_endpoint(&self.ctx, &self.config.stream_name, api).await.ok();
+            endpoint = crate::kvs::control::data_endpoint(&self.ctx, &self.config.stream_name, api)
+                .await
+                .ok();
         }
         loop {
             if !std::mem::take(&mut eager) && !self.wait_for_work().await {
@@ -666,16 +712,25 @@ impl Uploader {
                 if let Some(params) = &mut create {
                     let media_type = {
                         let shared = self.lock();
-                        shared.queue.front().and_then(|e| e.header.media_type.clone())
+                        shared
+                            .queue
+                            .front()
+                            .and_then(|e| e.header.media_type.clone())
                     };
                     params.media_type = params.media_type.clone().or(media_type);
                 }
-                match crate::kvs::control::ensure_stream(&self.ctx, &self.config.stream_name, create.as_ref())
-                    .await
+                match crate::kvs::control::ensure_stream(
+                    &self.ctx,
+                    &self.config.stream_name,
+                    create.as_ref(),
+                )
+                .await
                 {
                     Ok(description) => {
-                        self.retention_hours
-                            .store(description.retention_hours, std::sync::atomic::Ordering::Relaxed);
+                        self.retention_hours.store(
+                            description.retention_hours,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         check = false;
                     }
                     Err(error) => {
@@ -746,15 +801,25 @@ impl Uploader {
             self.fail(failure.error, GaveUp::NoRestart);
             return false;
         }
-        if self.config.retry_limit > 0 && attempt > self.config.retry_limit && !self.config.durable {
+        if self.config.retry_limit > 0 && attempt > self.config.retry_limit && !self.config.durable
+        {
             self.fail(failure.error, GaveUp::RetryLimit(attempt));
             return false;
         }
         // The first attempt after a failure goes at once (a reset connection is usually just that); only when
         // that fails too does the backoff start.
-        let delay = if failure.immediate || attempt <= 1 { Duration::ZERO } else { self.backoff(attempt) };
+        let delay = if failure.immediate || attempt <= 1 {
+            Duration::ZERO
+        } else {
+            self.backoff(attempt)
+        };
         let reason = failure.error.to_string();
-        self.emit(UploadEvent::Disconnected { connection, reason, retry_in: delay, attempt });
+        self.emit(UploadEvent::Disconnected {
+            connection,
+            reason,
+            retry_in: delay,
+            attempt,
+        });
         tokio::time::sleep(delay).await;
         true
     }
@@ -769,7 +834,14 @@ impl Uploader {
         may_start: bool,
     ) -> Next {
         let rotate = opened.elapsed() >= self.config.rotation;
-        self.lock().queue.next_to_send(connection, cursor, generation, rotate, Instant::now(), may_start)
+        self.lock().queue.next_to_send(
+            connection,
+            cursor,
+            generation,
+            rotate,
+            Instant::now(),
+            may_start,
+        )
     }
 
     async fn connection(self: &Arc<Self>, id: u64, endpoint: &str) -> Result<End, Failure> {
@@ -795,7 +867,8 @@ impl Uploader {
                 if let Some(first) = shared.queue.first_queued() {
                     break (first.header.clone(), shared.requeue_epoch);
                 }
-                shared.failed.is_some() || ((shared.end || !shared.active) && shared.queue.is_empty())
+                shared.failed.is_some()
+                    || ((shared.end || !shared.active) && shared.queue.is_empty())
             };
             if over {
                 close(body, acks, write_timeout).await;
@@ -820,7 +893,11 @@ impl Uploader {
             shared.queue.stats.connections += 1;
             shared.queue.resending()
         };
-        self.emit(UploadEvent::Connected { connection: id, endpoint: endpoint.to_owned(), resending });
+        self.emit(UploadEvent::Connected {
+            connection: id,
+            endpoint: endpoint.to_owned(),
+            resending,
+        });
         // A write that fails: the service may have said why (an ERROR ACK) before it closed the connection,
         // and its word goes before the socket's.
         macro_rules! written {
@@ -830,7 +907,11 @@ impl Uploader {
                 }
             };
         }
-        written!(send(&body, std::slice::from_ref(&header.bytes), write_timeout));
+        written!(send(
+            &body,
+            std::slice::from_ref(&header.bytes),
+            write_timeout
+        ));
         self.lock().queue.stats.bytes_sent += header.bytes.len() as u64;
         let mut cursor: Option<Cursor> = None;
         let mut end_of_fragment_sent = false;
@@ -843,7 +924,9 @@ impl Uploader {
             let mut started = false;
             loop {
                 if self.lock().requeue_epoch != epoch {
-                    return Err(Failure::retry("an earlier connection ended with fragments to re-send"));
+                    return Err(Failure::retry(
+                        "an earlier connection ended with fragments to re-send",
+                    ));
                 }
                 let wait = lock_pacer(&self.pacer).fragment_wait(Instant::now());
                 let before = cursor.map(|c: Cursor| c.entry());
@@ -881,7 +964,10 @@ impl Uploader {
                         break;
                     }
                     Next::Rotate(reason) => {
-                        self.emit(UploadEvent::Rotating { connection: id, reason });
+                        self.emit(UploadEvent::Rotating {
+                            connection: id,
+                            reason,
+                        });
                         // Ended before the next one opens: the service accepts one PutMedia connection per
                         // stream (a newer one replaces an older one that still waits for its ACKs).
                         self.clone().drain_task(id, body, acks, parser).await;
@@ -897,7 +983,12 @@ impl Uploader {
             }
             let (end, empty, unsent, active) = {
                 let shared = self.lock();
-                (shared.end, shared.queue.is_empty(), shared.queue.has_work(), shared.active)
+                (
+                    shared.end,
+                    shared.queue.is_empty(),
+                    shared.queue.has_work(),
+                    shared.active,
+                )
             };
             if end && empty {
                 close(body, acks, write_timeout).await;
@@ -926,7 +1017,11 @@ impl Uploader {
             // Waiting in the middle of a fragment with nothing else to send: its next frames are written by the
             // thread that adds them.
             if let (Some(at), false, None) = (cursor.take(), more_now, pace_until) {
-                self.lock().live = Some(Live { connection: id, cursor: at, body: body.clone() });
+                self.lock().live = Some(Live {
+                    connection: id,
+                    cursor: at,
+                    body: body.clone(),
+                });
             }
             let woke = tokio::select! {
                 frame = acks.frame() => Some(frame),
@@ -949,7 +1044,9 @@ impl Uploader {
                             self.handle_ack(id, ack)?;
                         }
                     }
-                    Some(Err(error)) => return Err(Failure::retry(format!("the connection broke: {error}"))),
+                    Some(Err(error)) => {
+                        return Err(Failure::retry(format!("the connection broke: {error}")));
+                    }
                     None => {
                         let outstanding = self.lock().queue.holds(id);
                         if outstanding {
@@ -983,7 +1080,11 @@ impl Uploader {
             }
             None
         };
-        tokio::time::timeout(Duration::from_secs(1), read).await.ok().flatten().unwrap_or(failure)
+        tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(failure)
     }
 
     /// Err(how long): the oldest fragment of this connection waits for its ACK longer than the staleness
@@ -1012,17 +1113,25 @@ impl Uploader {
             // One bad line (a proxy's mangling, a cut write): skipped. Dropping the connection for it would
             // re-send fragments the service may already have stored.
             Err(error) => {
-                self.emit(UploadEvent::UnreadableAck { connection, reason: error.to_string() });
+                self.emit(UploadEvent::UnreadableAck {
+                    connection,
+                    reason: error.to_string(),
+                });
                 return Ok(());
             }
         };
         if ack.kind == AckKind::Idle {
             return Ok(());
         }
-        let persisting = self.retention_hours.load(std::sync::atomic::Ordering::Relaxed) != 0;
+        let persisting = self
+            .retention_hours
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0;
         let effect = {
             let mut shared = self.lock();
-            let effect = shared.queue.apply_ack(connection, &ack, Instant::now(), persisting);
+            let effect = shared
+                .queue
+                .apply_ack(connection, &ack, Instant::now(), persisting);
             if effect.latency.is_some() {
                 shared.failures = 0;
             }
@@ -1032,15 +1141,27 @@ impl Uploader {
         // Messages first: a waiter (EOS) must find them already on the bus, even one woken by something else
         // between the queue's change and these events.
         let refused = effect.refused;
-        self.emit(UploadEvent::Ack { connection, ack, latency: effect.latency });
+        self.emit(UploadEvent::Ack {
+            connection,
+            ack,
+            latency: effect.latency,
+        });
         if let (Some(dropped), Some((error, _))) = (effect.dropped, &refused) {
             let reason = error.to_string();
-            self.emit(UploadEvent::Dropped { timecode: dropped.timecode, bytes: dropped.bytes, reason });
+            self.emit(UploadEvent::Dropped {
+                timecode: dropped.timecode,
+                bytes: dropped.bytes,
+                reason,
+            });
         }
         self.lock().reporting -= 1;
         self.notify();
         match refused {
-            Some((error, immediate)) => Err(Failure { action: error.action(), error, immediate }),
+            Some((error, immediate)) => Err(Failure {
+                action: error.action(),
+                error,
+                immediate,
+            }),
             None => Ok(()),
         }
     }
@@ -1062,7 +1183,10 @@ impl Uploader {
                 if !self.lock().queue.holds(connection) {
                     return Some(());
                 }
-                let data = tokio::time::timeout_at(deadline, acks.frame()).await.ok()??.ok()?;
+                let data = tokio::time::timeout_at(deadline, acks.frame())
+                    .await
+                    .ok()??
+                    .ok()?;
                 for ack in parser.push(&data) {
                     self.handle_ack(connection, ack).ok()?;
                 }
@@ -1131,18 +1255,33 @@ mod tests {
             pacer.fragment_started(at);
         }
         // The sixth waits until a second after the first.
-        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(50)), Duration::from_millis(950));
-        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(1000)), Duration::ZERO);
+        assert_eq!(
+            pacer.fragment_wait(t0 + Duration::from_millis(50)),
+            Duration::from_millis(950)
+        );
+        assert_eq!(
+            pacer.fragment_wait(t0 + Duration::from_millis(1000)),
+            Duration::ZERO
+        );
         pacer.fragment_started(t0 + Duration::from_millis(1000));
-        assert_eq!(pacer.fragment_wait(t0 + Duration::from_millis(1000)), Duration::from_millis(10));
+        assert_eq!(
+            pacer.fragment_wait(t0 + Duration::from_millis(1000)),
+            Duration::from_millis(10)
+        );
 
         // One second of bytes goes at once, the next second's waits its time.
         let mut pacer = Pacer::new(t0);
         assert_eq!(pacer.bytes_wait(12_500_000, t0), Duration::ZERO);
         assert_eq!(pacer.bytes_wait(6_250_000, t0), Duration::from_millis(500));
         // Half a second later it is paid back.
-        assert_eq!(pacer.bytes_wait(0, t0 + Duration::from_millis(500)), Duration::ZERO);
+        assert_eq!(
+            pacer.bytes_wait(0, t0 + Duration::from_millis(500)),
+            Duration::ZERO
+        );
         // A pause refills at most one second's worth.
-        assert_eq!(pacer.bytes_wait(25_000_000, t0 + Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(
+            pacer.bytes_wait(25_000_000, t0 + Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
     }
 }

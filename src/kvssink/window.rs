@@ -214,7 +214,13 @@ fn ns(duration: Duration) -> u64 {
 impl Gate {
     /// `open`: everything goes until [`pause`](Self::pause) (continuous mode); else nothing until a trigger.
     /// `on_disk`: the pre-roll goes to the fragment store (see the module documentation).
-    pub fn new(open: bool, pre_roll: Duration, post_roll: Duration, max_bytes: usize, on_disk: bool) -> Self {
+    pub fn new(
+        open: bool,
+        pre_roll: Duration,
+        post_roll: Duration,
+        max_bytes: usize,
+        on_disk: bool,
+    ) -> Self {
         Gate {
             pre_roll: ns(pre_roll),
             post_roll: ns(post_roll),
@@ -261,7 +267,12 @@ impl Gate {
     pub fn trigger(&mut self, source: Source, start: u64, duration: Option<Duration>) {
         let end = duration.map(|d| start.saturating_add(ns(d)).saturating_add(self.post_roll));
         let from = start.saturating_sub(self.pre_roll);
-        self.request(Request { source, start, from, end });
+        self.request(Request {
+            source,
+            start,
+            from,
+            end,
+        });
     }
 
     /// Ends the open-ended triggers at `at` (the post-roll follows).
@@ -277,7 +288,12 @@ impl Gate {
     /// Uploading goes on from `at` (and its pre-roll) until paused.
     pub fn resume(&mut self, at: u64) {
         let from = at.saturating_sub(self.pre_roll);
-        self.request(Request { source: Source::Resume, start: at, from, end: None });
+        self.request(Request {
+            source: Source::Resume,
+            start: at,
+            from,
+            end: None,
+        });
     }
 
     fn end_open(&mut self, end: u64) {
@@ -337,8 +353,14 @@ impl Gate {
         let running = running.unwrap_or(self.latest).max(self.latest);
         self.latest = running;
         // The fast path: an open window with no end (continuous mode).
-        if matches!(&self.window, Some(Window { end: None, announce: false, .. }))
-            && matches!(self.current, Current::None | Current::Sent)
+        if matches!(
+            &self.window,
+            Some(Window {
+                end: None,
+                announce: false,
+                ..
+            })
+        ) && matches!(self.current, Current::None | Current::Sent)
         {
             if let Output::FragmentStart(_) = &output {
                 self.current = Current::Sent;
@@ -351,7 +373,11 @@ impl Gate {
         }
         match output {
             Output::FragmentStart(start) => {
-                if self.window.as_ref().is_some_and(|w| w.end.is_some_and(|end| running >= end)) {
+                if self
+                    .window
+                    .as_ref()
+                    .is_some_and(|w| w.end.is_some_and(|end| running >= end))
+                {
                     self.close(notices);
                 }
                 if let Some(window) = &mut self.window {
@@ -387,7 +413,10 @@ impl Gate {
             }
             Output::Frame { data, duration } => match &mut self.current {
                 Current::Sent => {
-                    let window = self.window.as_mut().expect("a sent fragment belongs to a window");
+                    let window = self
+                        .window
+                        .as_mut()
+                        .expect("a sent fragment belongs to a window");
                     if window.end.is_some_and(|end| running >= end) {
                         self.current = Current::Cut(vec![(data, duration, running)]);
                     } else {
@@ -409,9 +438,14 @@ impl Gate {
                 Current::Cut(tail) => {
                     tail.push((data, duration, running));
                     // A trigger continued the window: the frames after the cut go after all.
-                    let window = self.window.as_mut().expect("a cut fragment belongs to a window");
+                    let window = self
+                        .window
+                        .as_mut()
+                        .expect("a cut fragment belongs to a window");
                     if window.end.is_none_or(|end| running < end) {
-                        let Current::Cut(tail) = std::mem::take(&mut self.current) else { unreachable!() };
+                        let Current::Cut(tail) = std::mem::take(&mut self.current) else {
+                            unreachable!()
+                        };
                         for (data, duration, at) in tail {
                             count(&mut window.stats, at, data.len(), false);
                             out.push(Gated::Send(Output::Frame { data, duration }));
@@ -467,13 +501,19 @@ impl Gate {
         if self.window.is_some() {
             return;
         }
-        let Some(request) = self.requests.first().copied() else { return };
+        let Some(request) = self.requests.first().copied() else {
+            return;
+        };
         if running < request.from {
             return;
         }
         self.requests.remove(0);
         // Where the window starts: the latest held fragment start at or before `from`, else the oldest.
-        let index = self.held.iter().rposition(|h| h.running <= request.from).unwrap_or(0);
+        let index = self
+            .held
+            .iter()
+            .rposition(|h| h.running <= request.from)
+            .unwrap_or(0);
         for _ in 0..index {
             self.pop_held(out);
         }
@@ -486,8 +526,12 @@ impl Gate {
             }
         }
         self.dropped.clear();
-        let mut window =
-            Window { end: request.end, stats: WindowEnd::default(), announce: true, starting: None };
+        let mut window = Window {
+            end: request.end,
+            stats: WindowEnd::default(),
+            announce: true,
+            starting: None,
+        };
         let Some(front) = self.held.front() else {
             // Nothing held: the window starts with the next fragment, and is announced then.
             window.starting = Some((request, left_out));
@@ -506,8 +550,9 @@ impl Gate {
                 releasing.push_front(held);
                 break;
             }
-            let sent =
-                end.map_or(held.times.len(), |end| held.times.iter().take_while(|t| t.0 < end).count());
+            let sent = end.map_or(held.times.len(), |end| {
+                held.times.iter().take_while(|t| t.0 < end).count()
+            });
             let whole = sent == held.times.len();
             for &(at, size) in &held.times[..sent] {
                 count(&mut window.stats, at, size, false);
@@ -517,10 +562,20 @@ impl Gate {
                 // On disk: sent from its file, as far as the window goes.
                 let complete = held.complete || !whole;
                 let (id, header, timecode) = (held.id, held.header, held.timecode);
-                out.push(Gated::Release { id, header, timecode, frames: sent, complete });
+                out.push(Gated::Release {
+                    id,
+                    header,
+                    timecode,
+                    frames: sent,
+                    complete,
+                });
                 if !whole {
                     // Its frames from the end on are not sent, nor the ones still to come.
-                    self.current = if held.complete { Current::None } else { Current::Dropped };
+                    self.current = if held.complete {
+                        Current::None
+                    } else {
+                        Current::Dropped
+                    };
                     ended = true;
                     break;
                 }
@@ -536,8 +591,10 @@ impl Gate {
             }
             if !whole && !held.complete {
                 // The fragment being read, cut: the rest waits in case a trigger continues the window.
-                let tail =
-                    frames.zip(&held.times[sent..]).map(|((d, duration), t)| (d, duration, t.0)).collect();
+                let tail = frames
+                    .zip(&held.times[sent..])
+                    .map(|((d, duration), t)| (d, duration, t.0))
+                    .collect();
                 self.current = Current::Cut(tail);
                 break;
             }
@@ -586,8 +643,11 @@ impl Gate {
             self.pop_held(out);
         }
         while self.held_bytes > self.max_bytes {
-            let Some(held) = self.pop_held(out) else { break };
-            self.dropped.push_back((held.running, held.times.len() as u64, held.bytes));
+            let Some(held) = self.pop_held(out) else {
+                break;
+            };
+            self.dropped
+                .push_back((held.running, held.times.len() as u64, held.bytes));
         }
         while self.dropped.front().is_some_and(|&(at, _, _)| at < horizon) {
             self.dropped.pop_front();
@@ -678,15 +738,22 @@ mod tests {
                 if i > 0 {
                     outputs.push(Output::FragmentEnd);
                 }
-                let start =
-                    FragmentStart { header: self.header.clone(), timecode: frame_at(i) / 1_000_000, data };
+                let start = FragmentStart {
+                    header: self.header.clone(),
+                    timecode: frame_at(i) / 1_000_000,
+                    data,
+                };
                 outputs.push(Output::FragmentStart(start));
             } else {
-                outputs.push(Output::Frame { data, duration: Duration::from_nanos(frame_at(i % FPS)) });
+                outputs.push(Output::Frame {
+                    data,
+                    duration: Duration::from_nanos(frame_at(i % FPS)),
+                });
             }
             let mut out = Vec::new();
             for output in outputs {
-                self.gate.push(output, Some(frame_at(i)), &mut out, &mut self.notices);
+                self.gate
+                    .push(output, Some(frame_at(i)), &mut out, &mut self.notices);
             }
             for gated in out {
                 let Gated::Send(output) = gated else {
@@ -719,14 +786,20 @@ mod tests {
 
     #[test]
     fn a_trigger_sends_from_the_key_frame_before_its_pre_roll_to_its_end_plus_post_roll() {
-        let mut run =
-            Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX, false));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+            usize::MAX,
+            false,
+        ));
         run.frames(0..20 * FPS);
         assert!(run.sent.is_empty());
         // Pre-roll held: the fragment at or before 15 s minus 5 and the ones after it, nothing older.
         let (_, fragments) = run.gate.held();
         assert!(fragments <= 7, "{fragments} fragments held");
-        run.gate.trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
+        run.gate
+            .trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
         run.frames(20 * FPS..40 * FPS);
         // From the key frame at 15 s to the last frame before 27 s, each once.
         assert_eq!(run.sent, range(15 * FPS, 27 * FPS));
@@ -736,7 +809,10 @@ mod tests {
         let [Notice::Started(start), Notice::Ended(end)] = &run.notices[..] else {
             panic!("{:?}", run.notices)
         };
-        assert_eq!((start.source, start.trigger, start.first), (Source::Signal, 20 * SECOND, 15 * SECOND));
+        assert_eq!(
+            (start.source, start.trigger, start.first),
+            (Source::Signal, 20 * SECOND, 15 * SECOND)
+        );
         assert_eq!(start.pre_roll, Duration::from_secs(5));
         assert_eq!(start.left_out, LeftOut::default());
         assert_eq!(
@@ -746,35 +822,66 @@ mod tests {
     }
 
     #[test]
-    fn an_open_trigger_runs_until_stopped_and_overlapping_triggers_extend_it_without_sending_twice() {
-        let mut run =
-            Run::new(Gate::new(false, Duration::from_secs(2), Duration::from_secs(1), usize::MAX, false));
+    fn an_open_trigger_runs_until_stopped_and_overlapping_triggers_extend_it_without_sending_twice()
+    {
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            usize::MAX,
+            false,
+        ));
         run.frames(0..10 * FPS);
         run.gate.trigger(Source::Event, 10 * SECOND, None);
         run.frames(10 * FPS..15 * FPS);
         // A second trigger inside the window, reaching back into it: the window goes on, nothing again.
-        run.gate.trigger(Source::Signal, 14 * SECOND, Some(Duration::from_secs(1)));
+        run.gate
+            .trigger(Source::Signal, 14 * SECOND, Some(Duration::from_secs(1)));
         run.frames(15 * FPS..20 * FPS);
         run.gate.stop(20 * SECOND);
         run.frames(20 * FPS..30 * FPS);
         assert_eq!(run.sent, range(8 * FPS, 21 * FPS));
-        let ended: Vec<_> = run.notices.iter().filter(|n| matches!(n, Notice::Ended(_))).collect();
+        let ended: Vec<_> = run
+            .notices
+            .iter()
+            .filter(|n| matches!(n, Notice::Ended(_)))
+            .collect();
         assert_eq!(ended.len(), 1);
-        let Notice::Ended(end) = ended[0] else { unreachable!() };
+        let Notice::Ended(end) = ended[0] else {
+            unreachable!()
+        };
         assert_eq!(end.extended, 1);
     }
 
     #[test]
     fn a_trigger_before_the_last_fragment_of_a_window_ended_continues_it() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(1), Duration::ZERO, usize::MAX, false));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(1),
+            Duration::ZERO,
+            usize::MAX,
+            false,
+        ));
         run.frames(0..5 * FPS);
-        run.gate.trigger(Source::Signal, 5 * SECOND, Some(Duration::from_millis(1500)));
+        run.gate.trigger(
+            Source::Signal,
+            5 * SECOND,
+            Some(Duration::from_millis(1500)),
+        );
         // The window ends at 6.5 s, inside the fragment of 6 s; a trigger at 6.8 s comes before it ends.
         run.frames(5 * FPS..6 * FPS + 24);
-        run.gate.trigger(Source::Signal, 6 * SECOND + 800_000_000, Some(Duration::from_secs(1)));
+        run.gate.trigger(
+            Source::Signal,
+            6 * SECOND + 800_000_000,
+            Some(Duration::from_secs(1)),
+        );
         run.frames(6 * FPS + 24..12 * FPS);
         assert_eq!(run.sent, range(4 * FPS, frame_index(7_800_000_000)));
-        let ended = run.notices.iter().filter(|n| matches!(n, Notice::Ended(_))).count();
+        let ended = run
+            .notices
+            .iter()
+            .filter(|n| matches!(n, Notice::Ended(_)))
+            .count();
         assert_eq!(ended, 1);
     }
 
@@ -784,10 +891,16 @@ mod tests {
 
     #[test]
     fn two_windows_apart_are_sent_apart_and_the_second_starts_at_its_own_pre_roll() {
-        let mut run =
-            Run::new(Gate::new(false, Duration::from_secs(5), Duration::from_secs(3), usize::MAX, false));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+            usize::MAX,
+            false,
+        ));
         run.frames(0..20 * FPS);
-        run.gate.trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
+        run.gate
+            .trigger(Source::Signal, 20 * SECOND, Some(Duration::from_secs(4)));
         run.frames(20 * FPS..40 * FPS);
         run.gate.trigger(Source::Property, 40 * SECOND, None);
         run.frames(40 * FPS..60 * FPS);
@@ -797,7 +910,13 @@ mod tests {
         let starts: Vec<_> = run
             .notices
             .iter()
-            .filter_map(|n| if let Notice::Started(s) = n { Some(s.first) } else { None })
+            .filter_map(|n| {
+                if let Notice::Started(s) = n {
+                    Some(s.first)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(starts, [15 * SECOND, 35 * SECOND]);
     }
@@ -805,14 +924,23 @@ mod tests {
     #[test]
     fn the_pre_roll_keeps_within_its_byte_limit_and_says_what_it_left_out() {
         // Each frame is 8 bytes: 240 bytes a fragment; a limit of 3 fragments.
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(10), Duration::ZERO, 3 * 240, false));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(10),
+            Duration::ZERO,
+            3 * 240,
+            false,
+        ));
         run.frames(0..30 * FPS);
         let (bytes, _) = run.gate.held();
         assert!(bytes <= 3 * 240, "{bytes} bytes held");
-        run.gate.trigger(Source::Signal, 30 * SECOND, Some(Duration::from_secs(1)));
+        run.gate
+            .trigger(Source::Signal, 30 * SECOND, Some(Duration::from_secs(1)));
         run.frames(30 * FPS..35 * FPS);
         // The fragment in progress at 29 s was dropped (it did not fit); what was held goes, from 27 s.
-        let [Notice::Started(start), ..] = &run.notices[..] else { panic!("{:?}", run.notices) };
+        let [Notice::Started(start), ..] = &run.notices[..] else {
+            panic!("{:?}", run.notices)
+        };
         assert_eq!(start.first, 27 * SECOND);
         assert_eq!(start.left_out.missing, Duration::from_secs(7));
         assert!(start.left_out.fragments >= 7, "{:?}", start.left_out);
@@ -821,7 +949,13 @@ mod tests {
 
     #[test]
     fn continuous_mode_sends_everything_and_pause_and_resume_cut_exactly() {
-        let mut run = Run::new(Gate::new(true, Duration::ZERO, Duration::ZERO, usize::MAX, false));
+        let mut run = Run::new(Gate::new(
+            true,
+            Duration::ZERO,
+            Duration::ZERO,
+            usize::MAX,
+            false,
+        ));
         run.frames(0..10 * FPS);
         assert!(run.notices.is_empty());
         run.gate.pause(10 * SECOND + 500_000_000);
@@ -837,40 +971,78 @@ mod tests {
 
     #[test]
     fn a_window_asked_for_before_any_media_starts_with_the_first_fragment() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(5), Duration::ZERO, usize::MAX, false));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(5),
+            Duration::ZERO,
+            usize::MAX,
+            false,
+        ));
         run.gate.trigger(Source::Property, 0, None);
         run.frames(0..3 * FPS);
         assert_eq!(run.sent, range(0, 3 * FPS));
-        let [Notice::Started(start)] = &run.notices[..] else { panic!("{:?}", run.notices) };
+        let [Notice::Started(start)] = &run.notices[..] else {
+            panic!("{:?}", run.notices)
+        };
         assert_eq!((start.first, start.left_out.missing), (0, Duration::ZERO));
     }
 
     #[test]
     fn on_disk_the_pre_roll_is_written_held_discarded_as_it_moves_on_and_released_from_its_files() {
-        let mut run = Run::new(Gate::new(false, Duration::from_secs(2), Duration::ZERO, usize::MAX, true));
+        let mut run = Run::new(Gate::new(
+            false,
+            Duration::from_secs(2),
+            Duration::ZERO,
+            usize::MAX,
+            true,
+        ));
         run.frames(0..10 * FPS);
         // Nothing held in memory: every held fragment went out to be written, the old ones to be discarded.
         assert!(run.sent.is_empty());
-        let starts = run.ops.iter().filter(|o| matches!(o, Gated::HoldStart { .. })).count();
-        let frames = run.ops.iter().filter(|o| matches!(o, Gated::HoldFrame { .. })).count();
-        let ends = run.ops.iter().filter(|o| matches!(o, Gated::HoldEnd)).count();
+        let starts = run
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Gated::HoldStart { .. }))
+            .count();
+        let frames = run
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Gated::HoldFrame { .. }))
+            .count();
+        let ends = run
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Gated::HoldEnd))
+            .count();
         let discarded: Vec<u64> = run
             .ops
             .iter()
-            .filter_map(|o| if let Gated::Discard { id } = o { Some(*id) } else { None })
+            .filter_map(|o| {
+                if let Gated::Discard { id } = o {
+                    Some(*id)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!((starts, frames, ends), (10, 10 * (FPS as usize - 1), 9));
         // At 9.97 s with a 2-s pre-roll, the fragments from 7 s on are kept.
         assert_eq!(discarded, (0..7).collect::<Vec<_>>());
         run.ops.clear();
-        run.gate.trigger(Source::Signal, 10 * SECOND, Some(Duration::from_secs(1)));
+        run.gate
+            .trigger(Source::Signal, 10 * SECOND, Some(Duration::from_secs(1)));
         run.frames(10 * FPS..13 * FPS);
         // The fragments of 8 s and 9 s come from their files (complete), the next ones as they come.
         let released: Vec<(u64, u64, bool)> = run
             .ops
             .iter()
             .filter_map(|o| match o {
-                Gated::Release { id, timecode, complete, .. } => Some((*id, *timecode, *complete)),
+                Gated::Release {
+                    id,
+                    timecode,
+                    complete,
+                    ..
+                } => Some((*id, *timecode, *complete)),
                 _ => None,
             })
             .collect();
@@ -880,38 +1052,62 @@ mod tests {
             panic!("{:?}", run.notices)
         };
         assert_eq!(start.first, 8 * SECOND);
-        assert_eq!((end.frames, end.fragments, end.last), (3 * FPS, 3, frame_at(11 * FPS - 1)));
+        assert_eq!(
+            (end.frames, end.fragments, end.last),
+            (3 * FPS, 3, frame_at(11 * FPS - 1))
+        );
         // At the end, what is still held goes.
         run.ops.clear();
         let mut out = Vec::new();
         run.gate.finish(&mut out, &mut run.notices);
-        assert!(out.iter().all(|o| matches!(o, Gated::Discard { .. })) && !out.is_empty(), "{out:?}");
+        assert!(
+            out.iter().all(|o| matches!(o, Gated::Discard { .. })) && !out.is_empty(),
+            "{out:?}"
+        );
     }
 
     #[test]
     fn a_window_in_the_past_ends_inside_what_is_held_and_what_comes_after_it_stays_held() {
         for on_disk in [false, true] {
-            let mut run =
-                Run::new(Gate::new(false, Duration::from_secs(2), Duration::ZERO, usize::MAX, on_disk));
+            let mut run = Run::new(Gate::new(
+                false,
+                Duration::from_secs(2),
+                Duration::ZERO,
+                usize::MAX,
+                on_disk,
+            ));
             run.frames(0..10 * FPS);
             // Asked at 9.97 s for 8.2 s to 8.7 s: from the oldest fragment held (7 s; the pre-roll reaches 6.2 s)
             // to the last frame before 8.7 s; the window is over at once.
-            run.gate.trigger(Source::Signal, 8_200_000_000, Some(Duration::from_millis(500)));
+            run.gate.trigger(
+                Source::Signal,
+                8_200_000_000,
+                Some(Duration::from_millis(500)),
+            );
             run.ops.clear();
             run.frame(10 * FPS);
             let [Notice::Started(start), Notice::Ended(end)] = &run.notices[..] else {
                 panic!("{:?}", run.notices)
             };
-            assert_eq!((start.first, start.left_out.missing), (7 * SECOND, Duration::from_millis(800)));
-            assert_eq!((end.frames, end.fragments, end.last), (51, 2, frame_at(8 * FPS + 20)));
+            assert_eq!(
+                (start.first, start.left_out.missing),
+                (7 * SECOND, Duration::from_millis(800))
+            );
+            assert_eq!(
+                (end.frames, end.fragments, end.last),
+                (51, 2, frame_at(8 * FPS + 20))
+            );
             if on_disk {
                 let released: Vec<(u64, usize, bool)> = run
                     .ops
                     .iter()
                     .filter_map(|o| match o {
-                        Gated::Release { timecode, frames, complete, .. } => {
-                            Some((*timecode, *frames, *complete))
-                        }
+                        Gated::Release {
+                            timecode,
+                            frames,
+                            complete,
+                            ..
+                        } => Some((*timecode, *frames, *complete)),
                         _ => None,
                     })
                     .collect();

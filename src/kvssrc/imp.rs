@@ -21,13 +21,17 @@ use super::reader::{Item, ReaderConfig, Start};
 use crate::kvs::config::ConnectionSettings;
 use crate::kvs::error::KvsError;
 use crate::props::{
-    connection_properties, connection_property, effective_connection, set_connection_property, string,
-    string_value, uint,
+    connection_properties, connection_property, effective_connection, set_connection_property,
+    string, string_value, uint,
 };
 use crate::runtime::{Canceller, RUNTIME};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new("kvssrc", gst::DebugColorFlags::empty(), Some("Kinesis Video Streams source"))
+    gst::DebugCategory::new(
+        "kvssrc",
+        gst::DebugColorFlags::empty(),
+        Some("Kinesis Video Streams source"),
+    )
 });
 
 const DEFAULT_PARALLEL: u32 = 4;
@@ -40,11 +44,17 @@ pub enum StartSelector {
     Now,
     #[enum_value(name = "Earliest: the oldest fragment kept", nick = "earliest")]
     Earliest,
-    #[enum_value(name = "After the fragment start-fragment-number", nick = "fragment-number")]
+    #[enum_value(
+        name = "After the fragment start-fragment-number",
+        nick = "fragment-number"
+    )]
     FragmentNumber,
     #[enum_value(name = "Server timestamp start-timestamp", nick = "server-timestamp")]
     ServerTimestamp,
-    #[enum_value(name = "Producer timestamp start-timestamp", nick = "producer-timestamp")]
+    #[enum_value(
+        name = "Producer timestamp start-timestamp",
+        nick = "producer-timestamp"
+    )]
     ProducerTimestamp,
     #[enum_value(name = "After the continuation-token", nick = "continuation-token")]
     ContinuationToken,
@@ -54,9 +64,15 @@ pub enum StartSelector {
 #[enum_type(name = "GstKvsSrcMode")]
 pub enum OutputMode {
     #[default]
-    #[enum_value(name = "One Matroska stream: the header once, then the clusters", nick = "merged")]
+    #[enum_value(
+        name = "One Matroska stream: the header once, then the clusters",
+        nick = "merged"
+    )]
     Merged,
-    #[enum_value(name = "The service's bytes unchanged, one document per fragment", nick = "raw")]
+    #[enum_value(
+        name = "The service's bytes unchanged, one document per fragment",
+        nick = "raw"
+    )]
     Raw,
 }
 
@@ -169,7 +185,8 @@ fn kvs_error_message(error: &KvsError) -> gst::ErrorMessage {
 }
 
 fn selector_nick(selector: StartSelector) -> String {
-    glib::EnumValue::from_value(&selector.to_value()).map_or_else(String::new, |(_, v)| v.nick().to_owned())
+    glib::EnumValue::from_value(&selector.to_value())
+        .map_or_else(String::new, |(_, v)| v.nick().to_owned())
 }
 
 impl KvsSrc {
@@ -181,7 +198,11 @@ impl KvsSrc {
         let missing = |what: &str| {
             gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("start-selector {} needs {}", selector_nick(settings.start_selector), what),
+                (
+                    "start-selector {} needs {}",
+                    selector_nick(settings.start_selector),
+                    what
+                ),
                 ["set {} or choose another start-selector", what]
             )
         };
@@ -189,22 +210,34 @@ impl KvsSrc {
             StartSelector::Now => Start::Now,
             StartSelector::Earliest => Start::Earliest,
             StartSelector::FragmentNumber => Start::FragmentNumber(
-                settings.start_fragment_number.clone().ok_or_else(|| missing("start-fragment-number"))?,
+                settings
+                    .start_fragment_number
+                    .clone()
+                    .ok_or_else(|| missing("start-fragment-number"))?,
             ),
             StartSelector::ServerTimestamp => Start::ServerTimestamp(settings.start_timestamp),
             StartSelector::ProducerTimestamp => Start::ProducerTimestamp(settings.start_timestamp),
             StartSelector::ContinuationToken => Start::ContinuationToken(
-                settings.continuation_token.clone().ok_or_else(|| missing("continuation-token"))?,
+                settings
+                    .continuation_token
+                    .clone()
+                    .ok_or_else(|| missing("continuation-token"))?,
             ),
         };
         let end = (settings.end_timestamp > 0.0).then_some(settings.end_timestamp);
         if end.is_some()
-            && !matches!(start, Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_))
+            && !matches!(
+                start,
+                Start::Earliest | Start::ServerTimestamp(_) | Start::ProducerTimestamp(_)
+            )
         {
             return Err(gst::error_msg!(
                 gst::LibraryError::Settings,
                 ("end-timestamp needs start-selector earliest, server-timestamp or producer-timestamp"),
-                ["a range is listed by time; start-selector is {}", selector_nick(settings.start_selector)]
+                [
+                    "a range is listed by time; start-selector is {}",
+                    selector_nick(settings.start_selector)
+                ]
             ));
         }
         Ok(ReaderConfig {
@@ -224,7 +257,11 @@ impl KvsSrc {
 
     fn post(&self, structure: gst::Structure) {
         let element = self.obj();
-        let _ = element.post_message(gst::message::Element::builder(structure).src(&*element).build());
+        let _ = element.post_message(
+            gst::message::Element::builder(structure)
+                .src(&*element)
+                .build(),
+        );
     }
 
     /// A range read's progress as a standard GST_MESSAGE_PROGRESS (code `kvs-read`), which `gst-launch-1.0`
@@ -244,7 +281,11 @@ impl KvsSrc {
                 }
                 (_, true) if playing => {
                     let started = std::mem::replace(&mut progress.range_in_progress, true);
-                    if started { gst::ProgressType::Continue } else { gst::ProgressType::Start }
+                    if started {
+                        gst::ProgressType::Continue
+                    } else {
+                        gst::ProgressType::Start
+                    }
                 }
                 _ => return,
             }
@@ -273,7 +314,10 @@ impl KvsSrc {
             let tags = tags.get_mut().expect("new tag list");
             for tag in user_tags {
                 let comment = format!("{}={}", tag.name, tag.value);
-                tags.add::<gst::tags::ExtendedComment>(&comment.as_str(), gst::TagMergeMode::Append);
+                tags.add::<gst::tags::ExtendedComment>(
+                    &comment.as_str(),
+                    gst::TagMergeMode::Append,
+                );
             }
         }
         if after {
@@ -289,7 +333,11 @@ impl KvsSrc {
     /// Posts what an item says; returns the buffer it carries, if any.
     fn handle(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
         match item {
-            Item::Data { data, header, frame } => {
+            Item::Data {
+                data,
+                header,
+                frame,
+            } => {
                 // The response's own memory, one GstMemory per piece: not copied.
                 let mut buffer = gst::Buffer::new();
                 {
@@ -302,9 +350,10 @@ impl KvsSrc {
                     }
                     // A frame carries its producer and server timestamps.
                     let times = frame.unwrap_or_default();
-                    for (caps, time) in
-                        [(&*PRODUCER_CAPS, times.producer_ns), (&*SERVER_CAPS, times.server_ns)]
-                    {
+                    for (caps, time) in [
+                        (&*PRODUCER_CAPS, times.producer_ns),
+                        (&*SERVER_CAPS, times.server_ns),
+                    ] {
                         if let Some(ns) = time {
                             gst::ReferenceTimestampMeta::add(
                                 buffer,
@@ -324,8 +373,15 @@ impl KvsSrc {
                     "fragment {} at {} ns{}{}",
                     info.number,
                     info.output_time_ns,
-                    if info.session_start { ", a producer session starts" } else { "" },
-                    info.skipped.as_deref().map(|r| format!(", left out: {r}")).unwrap_or_default()
+                    if info.session_start {
+                        ", a producer session starts"
+                    } else {
+                        ""
+                    },
+                    info.skipped
+                        .as_deref()
+                        .map(|r| format!(", left out: {r}"))
+                        .unwrap_or_default()
                 );
                 match &info.skipped {
                     None => lock(&self.progress).last_fragment_number = Some(info.number.clone()),
@@ -351,7 +407,10 @@ impl KvsSrc {
                 self.post(crate::messages::fragment_tags(&number, &tags));
                 self.push_tags(&tags, true);
             }
-            Item::Session { millis_behind_now, continuation_token } => {
+            Item::Session {
+                millis_behind_now,
+                continuation_token,
+            } => {
                 {
                     let mut progress = lock(&self.progress);
                     if let Some(token) = &continuation_token {
@@ -359,20 +418,29 @@ impl KvsSrc {
                     }
                     progress.millis_behind_now = millis_behind_now.or(progress.millis_behind_now);
                 }
-                self.post(crate::messages::session(millis_behind_now, continuation_token.as_deref()));
+                self.post(crate::messages::session(
+                    millis_behind_now,
+                    continuation_token.as_deref(),
+                ));
             }
             Item::Progress { done, total, bytes } => {
                 self.post(crate::messages::progress(done, total, bytes));
                 self.post_progress(done, total, crate::messages::progress_percent(done, total));
             }
-            Item::Reconnecting { reason, retry_in, attempt } => {
+            Item::Reconnecting {
+                reason,
+                retry_in,
+                attempt,
+            } => {
                 gst::info!(CAT, imp = self, "{reason}; reading again in {retry_in:?}");
                 self.post(crate::messages::reconnecting(&reason, retry_in, attempt));
             }
             Item::OutageStarted { reason } => {
                 let limit = match self.settings().max_outage {
-                    0 => "for as long as it takes (max-outage=0), then goes on from where it stopped"
-                        .to_owned(),
+                    0 => {
+                        "for as long as it takes (max-outage=0), then goes on from where it stopped"
+                            .to_owned()
+                    }
                     s => format!("for up to {s} s (max-outage), then ends with an error"),
                 };
                 gst::element_imp_warning!(
@@ -382,7 +450,11 @@ impl KvsSrc {
                     ["the live read retries {}", limit]
                 );
             }
-            Item::Resumed { down, attempts, millis_behind_now } => {
+            Item::Resumed {
+                down,
+                attempts,
+                millis_behind_now,
+            } => {
                 gst::info!(
                     CAT,
                     imp = self,
@@ -547,8 +619,13 @@ impl ElementImpl for KvsSrc {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             let caps = gst::Caps::new_empty_simple("video/x-matroska");
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps)
-                    .expect("valid pad template"),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid pad template"),
             ]
         });
         TEMPLATES.as_ref()
@@ -571,7 +648,13 @@ impl BaseSrcImpl for KvsSrc {
             gst::ResourceError::OpenRead,
         )?;
         description.map_err(|error| kvs_error_message(&error))?;
-        gst::info!(CAT, imp = self, "reading {stream_name} from {:?} to {:?}", config.start, config.end);
+        gst::info!(
+            CAT,
+            imp = self,
+            "reading {stream_name} from {:?} to {:?}",
+            config.start,
+            config.end
+        );
         let (tx, rx) = mpsc::channel(64);
         let task = RUNTIME.spawn(super::reader::run(ctx, config, tx));
         *lock(&self.reading) = Some(Reading { task, receiver: rx });
@@ -605,7 +688,10 @@ impl BaseSrcImpl for KvsSrc {
 }
 
 impl PushSrcImpl for KvsSrc {
-    fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
         let mut reading = lock(&self.reading);
         let Some(rx) = reading.as_mut().map(|r| &mut r.receiver) else {
             return Err(gst::FlowError::Flushing);
@@ -618,7 +704,9 @@ impl PushSrcImpl for KvsSrc {
             let next = match rx.try_recv() {
                 Ok(item) => Ok(Some(item)),
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(None),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => self.canceller.wait(rx.recv(), None),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    self.canceller.wait(rx.recv(), None)
+                }
             };
             let item = match next {
                 Ok(Some(item)) => item,

@@ -78,15 +78,25 @@ impl FrameTimes {
 pub enum Output {
     /// Bytes for the output, in order. `header` marks an EBML header + Segment start + Info + Tracks; `frame`
     /// is set when the bytes are one frame (merged mode).
-    Data { data: Rope, header: bool, frame: Option<FrameTimes> },
+    Data {
+        data: Rope,
+        header: bool,
+        frame: Option<FrameTimes>,
+    },
     /// A fragment's cluster started (after its tags were read).
     Fragment(FragmentInfo),
     /// After a fragment: how far behind now the session is, and where to continue.
-    Session { millis_behind_now: Option<u64>, continuation_token: Option<String> },
+    Session {
+        millis_behind_now: Option<u64>,
+        continuation_token: Option<String>,
+    },
     /// An error chunk in the stream.
     Error { code: String, id: String },
     /// A fragment's own tags that came after its cluster (where GetMedia puts a producer's tags).
-    FragmentTags { number: String, tags: Vec<SimpleTag> },
+    FragmentTags {
+        number: String,
+        tags: Vec<SimpleTag>,
+    },
 }
 
 /// The tag names the GetMediaForFragmentList reference gives (GetMedia's are in [`kvs_mkv::tags`]).
@@ -181,8 +191,12 @@ struct Written {
 
 impl Written {
     fn number_repeat(&self, info: &FragmentInfo) -> Option<String> {
-        (!info.number.is_empty() && self.numbers.contains(&info.number))
-            .then(|| format!("fragment {} was already written (the service sent it again)", info.number))
+        (!info.number.is_empty() && self.numbers.contains(&info.number)).then(|| {
+            format!(
+                "fragment {} was already written (the service sent it again)",
+                info.number
+            )
+        })
     }
 
     /// The fragments written with the same producer timestamp, and their first frames' fingerprints.
@@ -220,9 +234,13 @@ impl Written {
             self.numbers.insert(info.number.clone());
         }
         if let Some(producer) = &info.producer_timestamp {
-            self.producer_timestamps.entry(producer.clone()).or_default().push((info.number.clone(), None));
+            self.producer_timestamps
+                .entry(producer.clone())
+                .or_default()
+                .push((info.number.clone(), None));
         }
-        self.order.push_back((info.number.clone(), info.producer_timestamp.clone()));
+        self.order
+            .push_back((info.number.clone(), info.producer_timestamp.clone()));
     }
 }
 
@@ -231,7 +249,11 @@ fn seconds_to_ns(text: &str) -> Option<u64> {
     let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
     let seconds: u64 = whole.parse().ok()?;
     let digits: String = fraction.chars().take(9).collect();
-    let nanos: u64 = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    let nanos: u64 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
     seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
@@ -274,7 +296,10 @@ impl Merger {
         Merger {
             mode,
             reader: MkvReader::new(),
-            doc: Document { timecode_scale: 1_000_000, ..Default::default() },
+            doc: Document {
+                timecode_scale: 1_000_000,
+                ..Default::default()
+            },
             out_header: None,
             cluster: None,
             pending_children: Vec::new(),
@@ -309,7 +334,10 @@ impl Merger {
     /// The response broke off: what follows comes from a new response.
     pub fn interrupted(&mut self) {
         self.reader = MkvReader::new();
-        self.doc = Document { timecode_scale: 1_000_000, ..Default::default() };
+        self.doc = Document {
+            timecode_scale: 1_000_000,
+            ..Default::default()
+        };
         self.pending_children.clear();
         self.undecided = None;
         if let Some(cluster) = self.cluster.take()
@@ -317,7 +345,11 @@ impl Merger {
         {
             // Continued by the next session if it starts with the same fragment, or by a copy of it (the
             // service lost the fragment and the producer sent it again under another number).
-            self.last_cluster = Some((cluster.number.clone(), cluster.written, cluster.output_units));
+            self.last_cluster = Some((
+                cluster.number.clone(),
+                cluster.written,
+                cluster.output_units,
+            ));
             self.interrupted = Some(cluster);
         }
     }
@@ -326,7 +358,11 @@ impl Merger {
     pub fn push(&mut self, data: Bytes) -> Result<Vec<Output>, Error> {
         let mut out = Vec::new();
         if self.mode == Mode::Raw {
-            out.push(Output::Data { data: Rope::from(data.clone()), header: false, frame: None });
+            out.push(Output::Data {
+                data: Rope::from(data.clone()),
+                header: false,
+                frame: None,
+            });
         }
         self.reader.push_bytes(data);
         while let Some(event) = self.reader.next_event()? {
@@ -380,11 +416,19 @@ impl Merger {
                         return Ok(());
                     }
                     let frame = Some(fingerprint(&element));
-                    if let Some((first, _)) = undecided.candidates.iter().find(|(_, known)| *known == frame) {
+                    if let Some((first, _)) = undecided
+                        .candidates
+                        .iter()
+                        .find(|(_, known)| *known == frame)
+                    {
                         let reason = format!(
                             "a copy of fragment {first} (same producer timestamp {} and first frame): the producer \
                              sent it again and the service stored it twice",
-                            undecided.info.producer_timestamp.as_deref().unwrap_or_default()
+                            undecided
+                                .info
+                                .producer_timestamp
+                                .as_deref()
+                                .unwrap_or_default()
                         );
                         match self.last_cluster.take_if(|(number, _, _)| number == first) {
                             // A copy of the cluster just written: the first may have been stored cut short (its
@@ -412,12 +456,23 @@ impl Merger {
                             }
                             None => {
                                 let seen = undecided.children.len() + 2;
-                                self.leave_out(undecided.info, reason, undecided.placement, seen, out);
+                                self.leave_out(
+                                    undecided.info,
+                                    reason,
+                                    undecided.placement,
+                                    seen,
+                                    out,
+                                );
                                 return Ok(());
                             }
                         }
                     } else {
-                        self.write_cluster(undecided.info, undecided.placement, undecided.children, out)?;
+                        self.write_cluster(
+                            undecided.info,
+                            undecided.placement,
+                            undecided.children,
+                            out,
+                        )?;
                     }
                 }
                 if let Some(cluster) = &mut self.cluster {
@@ -428,7 +483,11 @@ impl Merger {
                             cluster.fingerprinted = true;
                             if let Some(producer) = cluster.producer.clone() {
                                 let number = cluster.number.clone();
-                                self.written.set_fingerprint(&producer, &number, fingerprint(&element));
+                                self.written.set_fingerprint(
+                                    &producer,
+                                    &number,
+                                    fingerprint(&element),
+                                );
                             }
                         }
                         let (output_units, times) = self
@@ -448,7 +507,11 @@ impl Merger {
             Event::ClusterEnd { .. } => {
                 // A possible copy without a frame: nothing would be written anyway.
                 if let Some(undecided) = self.undecided.take() {
-                    let first = undecided.candidates.first().map(|(n, _)| n.clone()).unwrap_or_default();
+                    let first = undecided
+                        .candidates
+                        .first()
+                        .map(|(n, _)| n.clone())
+                        .unwrap_or_default();
                     let reason = format!("a copy of fragment {first} without frames");
                     self.leave_out(undecided.info, reason, undecided.placement, 0, out);
                     self.cluster = None;
@@ -459,7 +522,8 @@ impl Merger {
                     if !cluster.copy {
                         self.fragments_written += 1;
                     }
-                    self.last_cluster = Some((cluster.number, cluster.written, cluster.output_units));
+                    self.last_cluster =
+                        Some((cluster.number, cluster.written, cluster.output_units));
                     // A cluster written whole after the interrupted one: continuing that now would go back.
                     self.interrupted = None;
                 }
@@ -479,9 +543,12 @@ impl Merger {
     ) {
         let mut frame = None;
         if let Ok(block) = element.block() {
-            let offset_ns = i64::from(block.relative_timecode).saturating_mul(self.doc.timecode_scale as i64);
+            let offset_ns =
+                i64::from(block.relative_timecode).saturating_mul(self.doc.timecode_scale as i64);
             frame = Some(FrameTimes {
-                producer_ns: times.producer_ns.map(|p| p.saturating_add_signed(offset_ns)),
+                producer_ns: times
+                    .producer_ns
+                    .map(|p| p.saturating_add_signed(offset_ns)),
                 server_ns: times.server_ns,
             });
             let units = output_units.saturating_add_signed(i64::from(block.relative_timecode));
@@ -495,12 +562,21 @@ impl Merger {
             self.last_frame_ns = Some(self.last_frame_ns.map_or(ns, |last| last.max(ns)));
         }
         if self.merged() {
-            out.push(Output::Data { data: element.bytes, header: false, frame });
+            out.push(Output::Data {
+                data: element.bytes,
+                header: false,
+                frame,
+            });
         }
     }
 
     fn tags(&mut self, simple: &[SimpleTag], out: &mut Vec<Output>) {
-        let get = |name: &str| simple.iter().find(|t| t.name == name).map(|t| t.value.clone());
+        let get = |name: &str| {
+            simple
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.value.clone())
+        };
         // GetMediaForFragmentList is documented with other names for the timestamps and errors than GetMedia
         // uses; both are read.
         let error_code = get(tags::ERROR_CODE).or_else(|| get(EXCEPTION_ERROR_CODE));
@@ -515,20 +591,26 @@ impl Merger {
         if let Some(number) = get(tags::FRAGMENT_NUMBER) {
             self.doc.fragment = Some(FragmentInfo {
                 number,
-                producer_timestamp: get(tags::PRODUCER_TIMESTAMP).or_else(|| get(PRODUCER_SIDE_TIMESTAMP)),
-                server_timestamp: get(tags::SERVER_TIMESTAMP).or_else(|| get(SERVER_SIDE_TIMESTAMP)),
+                producer_timestamp: get(tags::PRODUCER_TIMESTAMP)
+                    .or_else(|| get(PRODUCER_SIDE_TIMESTAMP)),
+                server_timestamp: get(tags::SERVER_TIMESTAMP)
+                    .or_else(|| get(SERVER_SIDE_TIMESTAMP)),
                 ..Default::default()
             });
         }
         let behind = get(tags::MILLIS_BEHIND_NOW).and_then(|v| v.parse().ok());
         let token = get(tags::CONTINUATION_TOKEN);
         if behind.is_some() || token.is_some() {
-            out.push(Output::Session { millis_behind_now: behind, continuation_token: token });
+            out.push(Output::Session {
+                millis_behind_now: behind,
+                continuation_token: token,
+            });
         }
         let own = simple
             .iter()
             .filter(|t| {
-                !t.name.starts_with("AWS_KINESISVIDEO_") || tags::EVENT_TAGS.contains(&t.name.as_str())
+                !t.name.starts_with("AWS_KINESISVIDEO_")
+                    || tags::EVENT_TAGS.contains(&t.name.as_str())
             })
             .cloned();
         match &self.doc.announced {
@@ -536,7 +618,10 @@ impl Merger {
             Some((number, false)) => {
                 let tags: Vec<SimpleTag> = own.collect();
                 if !tags.is_empty() {
-                    out.push(Output::FragmentTags { number: number.clone(), tags });
+                    out.push(Output::FragmentTags {
+                        number: number.clone(),
+                        tags,
+                    });
                 }
             }
             // A fragment left out: so are its tags.
@@ -555,7 +640,11 @@ impl Merger {
     /// first fragment, a cluster time that goes back, or (for a producer of RELATIVE timecodes) a new session
     /// start time, seen as a jump of more than a second between producer time and cluster time.
     fn place(&self, info: &FragmentInfo, cluster_ns: u64) -> (u64, bool, i128) {
-        let producer_ns = info.producer_timestamp.as_deref().and_then(seconds_to_ns).map(i128::from);
+        let producer_ns = info
+            .producer_timestamp
+            .as_deref()
+            .and_then(seconds_to_ns)
+            .map(i128::from);
         let cluster = i128::from(cluster_ns);
         let offset = producer_ns.map(|p| p - cluster);
         let session_start = match self.previous {
@@ -571,7 +660,14 @@ impl Merger {
         let mut placed = match (producer_ns, self.previous) {
             // A shifted session keeps its shift (its fragments keep their distances); a new one starts at its
             // producer time again, unless gaps are closed.
-            (Some(producer), _) => producer + if session_start && !self.close_gaps { 0 } else { self.shift },
+            (Some(producer), _) => {
+                producer
+                    + if session_start && !self.close_gaps {
+                        0
+                    } else {
+                        self.shift
+                    }
+            }
             (None, Some((previous, previous_out))) if !session_start => {
                 i128::from(previous_out) + cluster - i128::from(previous)
             }
@@ -602,17 +698,26 @@ impl Merger {
         // The continuation of a cluster a broken session left half written: its Timecode is out already.
         // (A session that starts earlier, at a server time, first repeats fragments already written: they are
         // left out and the interrupted one waits for its turn.)
-        if let Some(previous) =
-            self.interrupted.take_if(|previous| !info.number.is_empty() && previous.number == info.number)
+        if let Some(previous) = self
+            .interrupted
+            .take_if(|previous| !info.number.is_empty() && previous.number == info.number)
         {
             // The Timecode counts as this session's first child.
-            let mut cluster = OpenCluster { seen: 1, skip: previous.written, ..previous };
+            let mut cluster = OpenCluster {
+                seen: 1,
+                skip: previous.written,
+                ..previous
+            };
             for child in children {
                 cluster.seen += 1;
                 if cluster.seen > cluster.skip {
                     cluster.written += 1;
                     if self.merged() {
-                        out.push(Output::Data { data: child, header: false, frame: None });
+                        out.push(Output::Data {
+                            data: child,
+                            header: false,
+                            frame: None,
+                        });
                     }
                 }
             }
@@ -623,7 +728,11 @@ impl Merger {
         let (output_ns, session_start, shift) = self.place(&info, cluster_ns);
         info.output_time_ns = output_ns;
         info.session_start = session_start;
-        let placement = Placement { cluster_ns, output_ns, shift };
+        let placement = Placement {
+            cluster_ns,
+            output_ns,
+            shift,
+        };
         if self.merged() {
             if let Some(reason) = self.written.number_repeat(&info) {
                 self.leave_out(info, reason, placement, children.len() + 1, out);
@@ -631,7 +740,12 @@ impl Merger {
             }
             let candidates = self.written.same_producer_time(&info);
             if !candidates.is_empty() {
-                self.undecided = Some(Undecided { info, placement, candidates, children });
+                self.undecided = Some(Undecided {
+                    info,
+                    placement,
+                    candidates,
+                    children,
+                });
                 return Ok(());
             }
         }
@@ -709,9 +823,17 @@ impl Merger {
             write_id(&mut head, id::CLUSTER);
             head.extend_from_slice(&UNKNOWN_SIZE_8);
             write_uint_fixed(&mut head, id::TIMECODE, output_units, 8);
-            out.push(Output::Data { data: Rope::from(head), header: false, frame: None });
+            out.push(Output::Data {
+                data: Rope::from(head),
+                header: false,
+                frame: None,
+            });
             for child in children {
-                out.push(Output::Data { data: child, header: false, frame: None });
+                out.push(Output::Data {
+                    data: child,
+                    header: false,
+                    frame: None,
+                });
             }
         }
         Ok(())
@@ -722,7 +844,11 @@ impl Merger {
             return Err(Error::InvalidValue("a Cluster comes before any Tracks"));
         };
         let scale = self.doc.timecode_scale;
-        if self.out_header.as_ref().is_some_and(|(t, s)| *t == tracks && *s == scale) {
+        if self
+            .out_header
+            .as_ref()
+            .is_some_and(|(t, s)| *t == tracks && *s == scale)
+        {
             return Ok(());
         }
         let mut header = Vec::new();
@@ -736,7 +862,11 @@ impl Merger {
             None => kvs_mkv::writer::write_info(&mut header, scale),
         }
         header.extend_from_slice(&tracks);
-        out.push(Output::Data { data: Rope::from(header), header: true, frame: None });
+        out.push(Output::Data {
+            data: Rope::from(header),
+            header: true,
+            frame: None,
+        });
         self.out_header = Some((tracks, scale));
         Ok(())
     }
@@ -768,12 +898,19 @@ mod tests {
         writer::write_info(&mut out, 1_000_000);
         writer::write_tracks(
             &mut out,
-            &[TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private }],
+            &[TrackSpec {
+                number: 1,
+                track_type: 1,
+                codec_id: "V_MPEG4/ISO/AVC",
+                codec_private,
+            }],
         );
         let mut fragment_tags = vec![SimpleTag::new(tags::FRAGMENT_NUMBER, number)];
         if let Some(ms) = producer_ms {
-            fragment_tags
-                .push(SimpleTag::new(tags::PRODUCER_TIMESTAMP, format!("{}.{:03}", ms / 1000, ms % 1000)));
+            fragment_tags.push(SimpleTag::new(
+                tags::PRODUCER_TIMESTAMP,
+                format!("{}.{:03}", ms / 1000, ms % 1000),
+            ));
         }
         tags::write_tags(&mut out, &fragment_tags, 8);
         writer::write_cluster_start(&mut out, timecode);
@@ -782,7 +919,10 @@ mod tests {
         }
         tags::write_tags(
             &mut out,
-            &[SimpleTag::new(tags::MILLIS_BEHIND_NOW, "5"), SimpleTag::new(tags::CONTINUATION_TOKEN, number)],
+            &[
+                SimpleTag::new(tags::MILLIS_BEHIND_NOW, "5"),
+                SimpleTag::new(tags::CONTINUATION_TOKEN, number),
+            ],
             8,
         );
         out
@@ -844,7 +984,11 @@ mod tests {
     }
 
     fn headers(stream: &[u8]) -> usize {
-        kvs_mkv::read_all(stream).unwrap().iter().filter(|e| matches!(e, Event::EbmlHeader(_))).count()
+        kvs_mkv::read_all(stream)
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::EbmlHeader(_)))
+            .count()
     }
 
     #[test]
@@ -857,9 +1001,14 @@ mod tests {
         let (merger, outputs) = merge(&input);
         let stream = data(&outputs);
         assert_eq!(headers(&stream), 1);
-        assert_eq!(payloads(&stream), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
-        let skipped: Vec<(String, Option<String>)> =
-            infos(&outputs).into_iter().map(|f| (f.number, f.skipped)).collect();
+        assert_eq!(
+            payloads(&stream),
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
+        let skipped: Vec<(String, Option<String>)> = infos(&outputs)
+            .into_iter()
+            .map(|f| (f.number, f.skipped))
+            .collect();
         assert_eq!(
             skipped,
             [
@@ -880,7 +1029,10 @@ mod tests {
         assert_eq!((merger.fragments_written, merger.fragments_skipped), (3, 2));
         // What is left out does not move the timeline.
         assert_eq!(cluster_timecodes(&stream), [1_000, 2_000, 3_000]);
-        let tokens = outputs.iter().filter(|o| matches!(o, Output::Session { .. })).count();
+        let tokens = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Session { .. }))
+            .count();
         assert_eq!(tokens, 5);
     }
 
@@ -893,9 +1045,15 @@ mod tests {
         input.extend(fragment("3", 1_000, &[b"a", b"b"], &[])); // a real copy of 1
         let (merger, outputs) = merge(&input);
         let stream = data(&outputs);
-        assert_eq!(payloads(&stream), [b"a".to_vec(), b"b".to_vec(), b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(
+            payloads(&stream),
+            [b"a".to_vec(), b"b".to_vec(), b"x".to_vec(), b"y".to_vec()]
+        );
         assert_eq!(cluster_timecodes(&stream), [1_000, 1_066]);
-        let skipped: Vec<bool> = infos(&outputs).iter().map(|f| f.skipped.is_some()).collect();
+        let skipped: Vec<bool> = infos(&outputs)
+            .iter()
+            .map(|f| f.skipped.is_some())
+            .collect();
         assert_eq!(skipped, [false, false, true]);
         assert_eq!(merger.fragments_skipped, 1);
     }
@@ -909,16 +1067,29 @@ mod tests {
         let mut input = fragment_at("10", 10_014, Some(base + 10_014), &[b"a1", b"a2"], &[]);
         input.extend(fragment_at("11", 0, Some(base + 12_000), &[b"b1"], &[]));
         input.extend(fragment_at("12", 1_001, Some(base + 13_001), &[b"b2"], &[]));
-        input.extend(fragment_at("13", 0, Some(base + two_hours), &[b"c1", b"c2"], &[]));
+        input.extend(fragment_at(
+            "13",
+            0,
+            Some(base + two_hours),
+            &[b"c1", b"c2"],
+            &[],
+        ));
         let (merger, outputs) = merge(&input);
         let stream = data(&outputs);
-        let expected: Vec<Vec<u8>> =
-            ["a1", "a2", "b1", "b2", "c1", "c2"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["a1", "a2", "b1", "b2", "c1", "c2"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected, "every frame once");
         assert_eq!(merger.fragments_skipped, 0);
         assert_eq!(
             cluster_timecodes(&stream),
-            [base + 10_014, base + 12_000, base + 13_001, base + two_hours]
+            [
+                base + 10_014,
+                base + 12_000,
+                base + 13_001,
+                base + two_hours
+            ]
         );
         let sessions: Vec<bool> = infos(&outputs).iter().map(|f| f.session_start).collect();
         assert_eq!(sessions, [true, true, false, true]);
@@ -926,10 +1097,16 @@ mod tests {
         let mut input = fragment_at("1", 0, Some(base), &[b"a"], &[]);
         input.extend(fragment_at("2", 1_000, Some(base + 1_000), &[b"b"], &[]));
         input.extend(fragment_at("3", 2_000, Some(base + 60_000), &[b"c"], &[]));
-        let sessions: Vec<bool> = infos(&merge(&input).1).iter().map(|f| f.session_start).collect();
+        let sessions: Vec<bool> = infos(&merge(&input).1)
+            .iter()
+            .map(|f| f.session_start)
+            .collect();
         assert_eq!(sessions, [true, false, true]);
         assert_eq!(infos(&outputs)[1].cluster_time_ns, 0);
-        assert_eq!(infos(&outputs)[1].output_time_ns, (base + 12_000) * 1_000_000);
+        assert_eq!(
+            infos(&outputs)[1].output_time_ns,
+            (base + 12_000) * 1_000_000
+        );
     }
 
     #[test]
@@ -937,13 +1114,22 @@ mod tests {
         let base = 1_511_852_100_000u64;
         let mut input = fragment_at("1", 0, Some(base), &[b"a1", b"a2", b"a3"], &[]);
         input.extend(fragment_at("2", 0, Some(base + 7_200_000), &[b"b1"], &[]));
-        input.extend(fragment_at("3", 1_000, Some(base + 7_201_000), &[b"b2"], &[]));
+        input.extend(fragment_at(
+            "3",
+            1_000,
+            Some(base + 7_201_000),
+            &[b"b2"],
+            &[],
+        ));
         let mut merger = Merger::new(Mode::Merged).closing_gaps();
         let mut outputs = merger.push(Bytes::from(input)).unwrap();
         outputs.extend(merger.finish().unwrap());
         // Two hours later in producer time, but 33 ms (the frame interval) after the last frame in the output;
         // the next fragment keeps its second.
-        assert_eq!(cluster_timecodes(&data(&outputs)), [base, base + 99, base + 1_099]);
+        assert_eq!(
+            cluster_timecodes(&data(&outputs)),
+            [base, base + 99, base + 1_099]
+        );
     }
 
     #[test]
@@ -976,23 +1162,34 @@ mod tests {
         input.extend(fragment("8", 6_000, &[b"g1"], &[]));
         let (merger, outputs) = merge(&input);
         let stream = data(&outputs);
-        let expected: Vec<Vec<u8>> =
-            ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["f1", "f2", "f3", "f4", "g1"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected);
-        assert_eq!(cluster_timecodes(&stream), [5_000, 6_000], "the rest of 5 goes on in its own cluster");
-        let skipped: Vec<(String, String)> =
-            infos(&outputs).into_iter().filter_map(|i| i.skipped.map(|reason| (i.number, reason))).collect();
+        assert_eq!(
+            cluster_timecodes(&stream),
+            [5_000, 6_000],
+            "the rest of 5 goes on in its own cluster"
+        );
+        let skipped: Vec<(String, String)> = infos(&outputs)
+            .into_iter()
+            .filter_map(|i| i.skipped.map(|reason| (i.number, reason)))
+            .collect();
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert_eq!(skipped[0].0, "6");
         assert!(
-            skipped[0].1.starts_with("a copy of fragment 5 (same producer timestamp 5.000"),
+            skipped[0]
+                .1
+                .starts_with("a copy of fragment 5 (same producer timestamp 5.000"),
             "{skipped:?}"
         );
         assert_eq!((merger.fragments_written, merger.fragments_skipped), (2, 2));
     }
 
     #[test]
-    fn a_fragment_cut_off_by_a_broken_session_and_resent_under_another_number_gives_every_frame_once() {
+    fn a_fragment_cut_off_by_a_broken_session_and_resent_under_another_number_gives_every_frame_once()
+     {
         let whole = fragment("7", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]);
         let cut = whole.windows(2).position(|w| w == b"f3").unwrap() - 1;
         let mut merger = Merger::new(Mode::Merged);
@@ -1003,8 +1200,10 @@ mod tests {
         next.extend(fragment("10", 8_000, &[b"g1"], &[]));
         stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
         stream.extend(data(&merger.finish().unwrap()));
-        let expected: Vec<Vec<u8>> =
-            ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["f1", "f2", "f3", "f4", "g1"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected);
         assert_eq!(cluster_timecodes(&stream), [7_000, 8_000]);
     }
@@ -1025,8 +1224,10 @@ mod tests {
         next.extend(fragment("9", 7_000, &[b"f1", b"f2", b"f3", b"f4"], &[]));
         stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
         stream.extend(data(&merger.finish().unwrap()));
-        let expected: Vec<Vec<u8>> =
-            ["e1", "f1", "f2", "f3", "f4"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["e1", "f1", "f2", "f3", "f4"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected);
     }
 
@@ -1047,8 +1248,10 @@ mod tests {
         next.extend(fragment("8", 8_000, &[b"g1"], &[]));
         stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
         stream.extend(data(&merger.finish().unwrap()));
-        let expected: Vec<Vec<u8>> =
-            ["e1", "f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["e1", "f1", "f2", "f3", "f4", "g1"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected);
     }
 
@@ -1066,8 +1269,10 @@ mod tests {
         stream.extend(data(&merger.push(Bytes::from(next)).unwrap()));
         stream.extend(data(&merger.finish().unwrap()));
         assert_eq!(headers(&stream), 1);
-        let expected: Vec<Vec<u8>> =
-            ["f1", "f2", "f3", "f4", "g1"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let expected: Vec<Vec<u8>> = ["f1", "f2", "f3", "f4", "g1"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         assert_eq!(payloads(&stream), expected);
     }
 
@@ -1097,7 +1302,12 @@ mod tests {
         writer::write_info(&mut input, 1_000_000);
         writer::write_tracks(
             &mut input,
-            &[TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private: &[] }],
+            &[TrackSpec {
+                number: 1,
+                track_type: 1,
+                codec_id: "V_MPEG4/ISO/AVC",
+                codec_private: &[],
+            }],
         );
         let named = [
             SimpleTag::new(tags::FRAGMENT_NUMBER, "12"),
@@ -1129,7 +1339,10 @@ mod tests {
         assert_eq!(info.producer_timestamp.as_deref(), Some("1795000001.000"));
         assert_eq!(
             outputs.last(),
-            Some(&Output::Error { code: "FRAGMENT_NOT_FOUND".into(), id: "Fragment 13 is not found".into() })
+            Some(&Output::Error {
+                code: "FRAGMENT_NOT_FOUND".into(),
+                id: "Fragment 13 is not found".into()
+            })
         );
     }
 
@@ -1147,7 +1360,10 @@ mod tests {
         let outputs = Merger::new(Mode::Merged).push(Bytes::from(input)).unwrap();
         assert_eq!(
             outputs,
-            [Output::Error { code: "Requested fragment is not found".into(), id: "4000".into() }]
+            [Output::Error {
+                code: "Requested fragment is not found".into(),
+                id: "4000".into()
+            }]
         );
     }
 }

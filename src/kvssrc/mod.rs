@@ -22,5 +22,10 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     ] {
         enum_type.mark_as_plugin_api(gst::PluginAPIFlags::empty());
     }
-    gst::Element::register(Some(plugin), "kvssrc", gst::Rank::SECONDARY, KvsSrc::static_type())
+    gst::Element::register(
+        Some(plugin),
+        "kvssrc",
+        gst::Rank::SECONDARY,
+        KvsSrc::static_type(),
+    )
 }

@@ -75,7 +75,11 @@ pub struct ReaderConfig {
 impl ReaderConfig {
     fn merger(&self) -> Merger {
         let merger = Merger::new(self.mode);
-        if self.close_gaps { merger.closing_gaps() } else { merger }
+        if self.close_gaps {
+            merger.closing_gaps()
+        } else {
+            merger
+        }
     }
 }
 
@@ -137,17 +141,34 @@ const MAX_PIECES_PER_ITEM: usize = 16;
 /// Sends the merger's outputs; an error tag in the stream ends reading. Consecutive data goes as one item (one
 /// buffer downstream) of at most [`MAX_PIECES_PER_ITEM`] pieces, except frames: each is an item of its own (a
 /// buffer with its times).
-async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>) -> Result<bool, KvsError> {
+async fn give_outputs(
+    tx: &Tx,
+    outputs: Vec<Output>,
+    token: &mut Option<String>,
+) -> Result<bool, KvsError> {
     let mut pending: Option<Rope> = None;
     for output in outputs {
-        if let Output::Data { data, header: false, frame: None } = output {
+        if let Output::Data {
+            data,
+            header: false,
+            frame: None,
+        } = output
+        {
             match pending.as_mut() {
                 Some(rope) if rope.piece_count() + data.piece_count() <= MAX_PIECES_PER_ITEM => {
                     rope.append(data)
                 }
                 _ => {
                     if let Some(rope) = pending.replace(data)
-                        && !give(tx, Item::Data { data: rope, header: false, frame: None }).await
+                        && !give(
+                            tx,
+                            Item::Data {
+                                data: rope,
+                                header: false,
+                                frame: None,
+                            },
+                        )
+                        .await
                     {
                         return Ok(false);
                     }
@@ -156,22 +177,47 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
             continue;
         }
         if let Some(rope) = pending.take()
-            && !give(tx, Item::Data { data: rope, header: false, frame: None }).await
+            && !give(
+                tx,
+                Item::Data {
+                    data: rope,
+                    header: false,
+                    frame: None,
+                },
+            )
+            .await
         {
             return Ok(false);
         }
         let item = match output {
-            Output::Data { data, header, frame } => Item::Data { data, header, frame },
+            Output::Data {
+                data,
+                header,
+                frame,
+            } => Item::Data {
+                data,
+                header,
+                frame,
+            },
             Output::Fragment(info) => Item::Fragment(info),
             Output::FragmentTags { number, tags } => Item::FragmentTags { number, tags },
-            Output::Session { millis_behind_now, continuation_token } => {
+            Output::Session {
+                millis_behind_now,
+                continuation_token,
+            } => {
                 if let Some(t) = &continuation_token {
                     *token = Some(t.clone());
                 }
-                Item::Session { millis_behind_now, continuation_token }
+                Item::Session {
+                    millis_behind_now,
+                    continuation_token,
+                }
             }
             Output::Error { code, id } => {
-                return Err(KvsError::InStream { code, id: id.to_string() });
+                return Err(KvsError::InStream {
+                    code,
+                    id: id.to_string(),
+                });
             }
         };
         if !give(tx, item).await {
@@ -179,7 +225,15 @@ async fn give_outputs(tx: &Tx, outputs: Vec<Output>, token: &mut Option<String>)
         }
     }
     if let Some(rope) = pending {
-        return Ok(give(tx, Item::Data { data: rope, header: false, frame: None }).await);
+        return Ok(give(
+            tx,
+            Item::Data {
+                data: rope,
+                header: false,
+                frame: None,
+            },
+        )
+        .await);
     }
     Ok(true)
 }
@@ -197,7 +251,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// upper half random, so that readers that lost the service together do not all come back in the same instant.
 fn backoff(attempt: u32) -> Duration {
     let cap = MAX_BACKOFF.as_millis() as u64;
-    let base = 250u64.saturating_mul(1 << attempt.saturating_sub(1).min(10)).min(cap);
+    let base = 250u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+        .min(cap);
     Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
 }
 
@@ -234,7 +290,15 @@ async fn end_outage(
     match outage.take() {
         Some(o) => {
             let down = answered.saturating_duration_since(o.since);
-            give(tx, Item::Resumed { down, attempts: o.attempts, millis_behind_now }).await
+            give(
+                tx,
+                Item::Resumed {
+                    down,
+                    attempts: o.attempts,
+                    millis_behind_now,
+                },
+            )
+            .await
         }
         None => true,
     }
@@ -269,7 +333,10 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
             // Whatever happens to this session (no fragment before it ends, or a failed request retried), the
             // next one reads from when this one began: a fragment stored meanwhile is not missed, as NOW would
             // miss it. A margin covers a clock that runs ahead of the service's.
-            let began = requested.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let began = requested
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
             start = Start::ServerTimestamp((began - NOW_MARGIN_S).max(0.0));
         }
         let mut body = match post_json(ctx, &url, "/getMedia", "GetMedia", &request).await {
@@ -286,7 +353,16 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                 let reason = format!(
                     "the continuation token was refused ({message}); reading from server time {from:.3}"
                 );
-                if !give(tx, Item::Reconnecting { reason, retry_in: Duration::ZERO, attempt: 0 }).await {
+                if !give(
+                    tx,
+                    Item::Reconnecting {
+                        reason,
+                        retry_in: Duration::ZERO,
+                        attempt: 0,
+                    },
+                )
+                .await
+                {
                     return Ok(());
                 }
                 continue;
@@ -314,7 +390,9 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
             };
             match frame {
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     received = true;
                     let outputs = match merger.push(data) {
                         Ok(outputs) => outputs,
@@ -339,15 +417,18 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                     for output in &outputs {
                         match output {
                             Output::Fragment(info) => {
-                                if let Some(server) =
-                                    info.server_timestamp.as_deref().and_then(|t| t.parse().ok())
+                                if let Some(server) = info
+                                    .server_timestamp
+                                    .as_deref()
+                                    .and_then(|t| t.parse().ok())
                                 {
                                     last_server_s = Some(server);
                                 }
                             }
-                            Output::Session { millis_behind_now: Some(ms), .. } => {
-                                behind = behind.or(Some(*ms))
-                            }
+                            Output::Session {
+                                millis_behind_now: Some(ms),
+                                ..
+                            } => behind = behind.or(Some(*ms)),
                             _ => {}
                         }
                     }
@@ -362,7 +443,9 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
                         bad_sessions = 0;
                     }
                 }
-                Some(Err(error)) => break (format!("the GetMedia connection broke: {error}"), false),
+                Some(Err(error)) => {
+                    break (format!("the GetMedia connection broke: {error}"), false);
+                }
                 None => break ("the GetMedia session ended".to_owned(), true),
             }
         };
@@ -372,14 +455,30 @@ async fn live(ctx: &AwsContext, config: &ReaderConfig, tx: &Tx) -> Result<(), Fi
             if !end_outage(&mut outage, answered, None, tx).await {
                 return Ok(());
             }
-            let retry_in = if received { Duration::ZERO } else { idle_pause() };
-            if !give(tx, Item::Reconnecting { reason, retry_in, attempt: 0 }).await {
+            let retry_in = if received {
+                Duration::ZERO
+            } else {
+                idle_pause()
+            };
+            if !give(
+                tx,
+                Item::Reconnecting {
+                    reason,
+                    retry_in,
+                    attempt: 0,
+                },
+            )
+            .await
+            {
                 return Ok(());
             }
             tokio::time::sleep(retry_in).await;
         } else {
             // Answered, then nothing: as good as refused.
-            let error = KvsError::Connection { api: "GetMedia", message: reason };
+            let error = KvsError::Connection {
+                api: "GetMedia",
+                message: reason,
+            };
             wait_after(error, &mut outage, config.max_outage, &mut endpoint, tx).await?;
         }
     }
@@ -401,22 +500,45 @@ async fn wait_after(
         Action::Retry => {}
     }
     let first = outage.is_none();
-    let o = outage.get_or_insert_with(|| Outage { since: Instant::now(), attempts: 0 });
+    let o = outage.get_or_insert_with(|| Outage {
+        since: Instant::now(),
+        attempts: 0,
+    });
     o.attempts += 1;
     let down = o.since.elapsed();
     let mut retry_in = backoff(o.attempts);
     if let Some(max) = max_outage {
         if down >= max {
-            return Err(FinalError { error, why: GaveUp::Outage(down, o.attempts) });
+            return Err(FinalError {
+                error,
+                why: GaveUp::Outage(down, o.attempts),
+            });
         }
         // One last attempt when the time is up.
         retry_in = retry_in.min(max - down);
     }
     let reason = error.to_string();
-    if first && !give(tx, Item::OutageStarted { reason: reason.clone() }).await {
+    if first
+        && !give(
+            tx,
+            Item::OutageStarted {
+                reason: reason.clone(),
+            },
+        )
+        .await
+    {
         return Ok(());
     }
-    if give(tx, Item::Reconnecting { reason, retry_in, attempt: o.attempts }).await {
+    if give(
+        tx,
+        Item::Reconnecting {
+            reason,
+            retry_in,
+            attempt: o.attempts,
+        },
+    )
+    .await
+    {
         tokio::time::sleep(retry_in).await;
     }
     Ok(())
@@ -435,7 +557,10 @@ impl Pacer {
         let mut calls = self.0.lock().await;
         loop {
             let now = Instant::now();
-            while calls.front().is_some_and(|t| now.duration_since(*t) >= Self::WINDOW) {
+            while calls
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+            {
                 calls.pop_front();
             }
             match calls.front() {
@@ -471,7 +596,9 @@ where
                 throttled += 1;
                 tokio::time::sleep(backoff(throttled)).await;
             }
-            Err(error) if error.action() != Action::Fail && !error.is_throttle() && failures < 4 => {
+            Err(error)
+                if error.action() != Action::Fail && !error.is_throttle() && failures < 4 =>
+            {
                 failures += 1;
                 tokio::time::sleep(backoff(failures)).await;
             }
@@ -519,10 +646,17 @@ async fn list(
             api: "ListFragments",
             message: format!("ListFragments answered with something that is not JSON: {e}"),
         })?;
-        let time_field = if kind == "PRODUCER_TIMESTAMP" { "ProducerTimestamp" } else { "ServerTimestamp" };
+        let time_field = if kind == "PRODUCER_TIMESTAMP" {
+            "ProducerTimestamp"
+        } else {
+            "ServerTimestamp"
+        };
         for fragment in answer["Fragments"].as_array().into_iter().flatten() {
             out.push(Listed {
-                number: fragment["FragmentNumber"].as_str().unwrap_or_default().to_owned(),
+                number: fragment["FragmentNumber"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 size: fragment["FragmentSizeInBytes"].as_u64().unwrap_or(0),
                 time: fragment[time_field].as_f64().unwrap_or(0.0),
             });
@@ -533,7 +667,11 @@ async fn list(
         }
     }
     // ListFragments gives no order; the output is in time order.
-    out.sort_by(|a, b| a.time.total_cmp(&b.time).then_with(|| a.number.cmp(&b.number)));
+    out.sort_by(|a, b| {
+        a.time
+            .total_cmp(&b.time)
+            .then_with(|| a.number.cmp(&b.number))
+    });
     Ok(out)
 }
 
@@ -616,7 +754,10 @@ impl Blocks {
     /// What is in the current block, as `Bytes` (a fresh block is taken for what follows).
     fn finish(&mut self) -> Bytes {
         let data = std::mem::replace(&mut self.current, self.pool.take());
-        Bytes::from_owner(Block { data, pool: self.pool.clone() })
+        Bytes::from_owner(Block {
+            data,
+            pool: self.pool.clone(),
+        })
     }
 }
 
@@ -655,7 +796,10 @@ async fn stream_batch(
         let piece = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => Err(KvsError::Timeout { api, after: idle }),
             Ok(None) => Ok(None),
-            Ok(Some(Err(e))) => Err(KvsError::Network { api, message: format!("the response broke: {e}") }),
+            Ok(Some(Err(e))) => Err(KvsError::Network {
+                api,
+                message: format!("the response broke: {e}"),
+            }),
             Ok(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => Ok(Some(data)),
                 Err(_) => continue,
@@ -699,7 +843,10 @@ const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 const FOLLOW_GRACE_S: f64 = 12.0;
 
 fn now_s() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// What a range read has written so far.
@@ -711,7 +858,12 @@ struct RangeOutput {
     bytes: u64,
 }
 
-async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Result<(), FinalError> {
+async fn range(
+    ctx: &AwsContext,
+    config: &ReaderConfig,
+    end: f64,
+    tx: &Tx,
+) -> Result<(), FinalError> {
     let from = match config.start {
         Start::Earliest => 0.0,
         Start::ServerTimestamp(t) | Start::ProducerTimestamp(t) => t,
@@ -735,7 +887,13 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
     // A range that ends in the future follows the stream: it lists again as time passes, reads what is new,
     // and ends once the end is past and a fragment after it is stored (or FOLLOW_GRACE_S after the end).
     let follow = end > now_s();
-    let mut out = RangeOutput { merger: config.merger(), token: None, done: 0, total: 0, bytes: 0 };
+    let mut out = RangeOutput {
+        merger: config.merger(),
+        token: None,
+        done: 0,
+        total: 0,
+        bytes: 0,
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut last_round = !follow;
     let mut first = true;
@@ -750,7 +908,15 @@ async fn range(ctx: &AwsContext, config: &ReaderConfig, end: f64, tx: &Tx) -> Re
         seen.extend(fragments.iter().map(|f| f.number.clone()));
         out.total += fragments.len();
         if (std::mem::take(&mut first) || !fragments.is_empty())
-            && !give(tx, Item::Progress { done: out.done, total: out.total, bytes: out.bytes }).await
+            && !give(
+                tx,
+                Item::Progress {
+                    done: out.done,
+                    total: out.total,
+                    bytes: out.bytes,
+                },
+            )
+            .await
         {
             return Ok(());
         }
@@ -801,7 +967,11 @@ fn start_download(f: &Fetcher<'_>, batch: Vec<Listed>) -> Download {
         numbers,
         tx,
     ));
-    Download { batch, pieces, _task: AbortOnDrop(task) }
+    Download {
+        batch,
+        pieces,
+        _task: AbortOnDrop(task),
+    }
 }
 
 /// Downloads `fragments` (in time order) and writes them; false when the element is gone.
@@ -819,7 +989,10 @@ async fn download(
     tx: &Tx,
 ) -> Result<bool, FinalError> {
     // Enough batches to keep `parallel` requests busy, none larger than BATCH_BYTES (unless one fragment is).
-    let per_batch = fragments.len().div_ceil(config.parallel.max(1) * 2).clamp(1, BATCH_FRAGMENTS);
+    let per_batch = fragments
+        .len()
+        .div_ceil(config.parallel.max(1) * 2)
+        .clamp(1, BATCH_FRAGMENTS);
     let mut batches: Vec<Vec<Listed>> = Vec::new();
     for fragment in fragments {
         match batches.last_mut() {
@@ -834,8 +1007,11 @@ async fn download(
     }
     let streaming = config.mode == Mode::Merged;
     let mut waiting = batches.into_iter();
-    let mut active: std::collections::VecDeque<Download> =
-        waiting.by_ref().take(config.parallel.max(1)).map(|b| start_download(fetcher, b)).collect();
+    let mut active: std::collections::VecDeque<Download> = waiting
+        .by_ref()
+        .take(config.parallel.max(1))
+        .map(|b| start_download(fetcher, b))
+        .collect();
     let bad = |e: kvs_mkv::Error| KvsError::BadResponse {
         api: "GetMediaForFragmentList",
         message: format!("GetMediaForFragmentList returned bad Matroska: {e}"),
@@ -876,7 +1052,11 @@ async fn download(
                     tokio::time::sleep(backoff(failures)).await;
                     let rest = if streaming {
                         // From the fragment cut off, or the one after the last written whole.
-                        let from = if !announced || out.merger.in_cluster() { current } else { current + 1 };
+                        let from = if !announced || out.merger.in_cluster() {
+                            current
+                        } else {
+                            current + 1
+                        };
                         out.merger.interrupted();
                         head.batch[from.min(head.batch.len())..].to_vec()
                     } else {
@@ -907,7 +1087,16 @@ async fn download(
         }
         out.done += head.batch.len();
         out.bytes += size;
-        if !give(tx, Item::Progress { done: out.done, total: out.total, bytes: out.bytes }).await {
+        if !give(
+            tx,
+            Item::Progress {
+                done: out.done,
+                total: out.total,
+                bytes: out.bytes,
+            },
+        )
+        .await
+        {
             return Ok(false);
         }
     }

@@ -89,7 +89,11 @@ struct Emulator {
 /// Starts a kvs-emulator process listening on `listen` with `--data-dir`; returns it and its base URL (its
 /// first stdout line).
 pub fn spawn_emulator(binary: &Path, data_dir: &Path, listen: &str) -> (Child, String) {
-    assert!(binary.exists(), "{} not found: cargo build -p kvs-emulator", binary.display());
+    assert!(
+        binary.exists(),
+        "{} not found: cargo build -p kvs-emulator",
+        binary.display()
+    );
     let mut child = Command::new(binary)
         .args(["--listen", listen, "--data-dir"])
         .arg(data_dir)
@@ -98,7 +102,9 @@ pub fn spawn_emulator(binary: &Path, data_dir: &Path, listen: &str) -> (Child, S
         .spawn()
         .expect("start kvs-emulator");
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     (child, line.trim().to_owned())
 }
 
@@ -107,7 +113,16 @@ impl Emulator {
         let (child, url) = spawn_emulator(binary, data_dir, "127.0.0.1:0");
         let listen = url.trim_start_matches("http://").to_owned();
         let addr = listen.parse().unwrap();
-        (Emulator { binary: binary.into(), data_dir: data_dir.into(), listen, child, addr }, url)
+        (
+            Emulator {
+                binary: binary.into(),
+                data_dir: data_dir.into(),
+                listen,
+                child,
+                addr,
+            },
+            url,
+        )
     }
 
     fn restart(&mut self) {
@@ -129,7 +144,9 @@ impl Drop for Emulator {
 /// One HTTP/1.1 request to the emulator; None when it is down.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -142,7 +159,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, 
     let split = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&response[..split]).to_string();
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&response[split..])
     } else {
         response[split..].to_vec()
@@ -154,7 +174,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]).to_string();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 || data.len() < line_end + 2 + size {
             break;
         }
@@ -181,10 +202,16 @@ fn putmedia_faults(rng: &mut StdRng) -> Vec<Value> {
     let close = ["drop", "fin", "reset"][rng.random_range(0..3)];
     let fragment = rng.random_range(1..6);
     let ending = match rng.random_range(0..11) {
-        0 => json!({"kind": "drop_after_bytes", "bytes": rng.random_range(1_000..400_000), "close": close}),
+        0 => {
+            json!({"kind": "drop_after_bytes", "bytes": rng.random_range(1_000..400_000), "close": close})
+        }
         1 => json!({"kind": "drop_at_fragment", "fragment": fragment, "close": close}),
-        2 => json!({"kind": "drop_after_ack", "fragment": fragment, "event": "PERSISTED", "close": close}),
-        3 => json!({"kind": "drop_after_ack", "fragment": fragment, "event": "RECEIVED", "close": "reset"}),
+        2 => {
+            json!({"kind": "drop_after_ack", "fragment": fragment, "event": "PERSISTED", "close": close})
+        }
+        3 => {
+            json!({"kind": "drop_after_ack", "fragment": fragment, "event": "RECEIVED", "close": "reset"})
+        }
         4 => json!({"kind": "end_response", "fragment": fragment}),
         5 => {
             let error_id = [5000, 5001][rng.random_range(0..2)];
@@ -195,7 +222,9 @@ fn putmedia_faults(rng: &mut StdRng) -> Vec<Value> {
         8 => json!({"kind": "raw_response", "status": 502, "content_type": "text/html",
                     "body": "<html><body><h1>502 Bad Gateway</h1></body></html>"}),
         9 => json!({"kind": "http_error", "status": 500, "error": "InternalFailure"}),
-        _ => json!({"kind": "drop_after_bytes", "bytes": rng.random_range(100..5_000), "close": "reset"}),
+        _ => {
+            json!({"kind": "drop_after_bytes", "bytes": rng.random_range(100..5_000), "close": "reset"})
+        }
     };
     let mut faults = vec![ending];
     if rng.random_bool(0.4) {
@@ -214,7 +243,9 @@ fn putmedia_faults(rng: &mut StdRng) -> Vec<Value> {
 fn getmedia_fault(rng: &mut StdRng) -> Value {
     match rng.random_range(0..5) {
         0 => json!({"kind": "end_response_after_bytes", "bytes": rng.random_range(1_000..300_000)}),
-        1 => json!({"kind": "drop_after_bytes", "bytes": rng.random_range(1_000..300_000), "close": "reset"}),
+        1 => {
+            json!({"kind": "drop_after_bytes", "bytes": rng.random_range(1_000..300_000), "close": "reset"})
+        }
         2 => json!({"kind": "stall", "bytes": rng.random_range(1_000..300_000)}),
         3 => json!({"kind": "garble_media", "fragment": rng.random_range(1..20)}),
         _ => {
@@ -245,18 +276,29 @@ fn drive(
             let mut fault = fault.clone();
             fault["api"] = json!(api);
             fault["stream"] = json!(STREAM);
-            armed_ok &=
-                http(addr, "POST", "/_emulator/faults", &fault.to_string()).is_some_and(|(s, _)| s == 200);
+            armed_ok &= http(addr, "POST", "/_emulator/faults", &fault.to_string())
+                .is_some_and(|(s, _)| s == 200);
         }
         if !armed_ok {
             continue;
         }
-        injected.push(faults.iter().map(|f| f["kind"].as_str().unwrap_or("?")).collect::<Vec<_>>().join("+"));
+        injected.push(
+            faults
+                .iter()
+                .map(|f| f["kind"].as_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join("+"),
+        );
         // Faults act on the next connection: end the current one now, the way a network does (a fault too).
         let close = ["drop", "fin", "reset"][rng.random_range(0..3)];
         let drop = json!({"api": api, "close": close}).to_string();
-        if http(addr, "POST", &format!("/_emulator/streams/{STREAM}/drop"), &drop)
-            .is_some_and(|(s, _)| s == 200)
+        if http(
+            addr,
+            "POST",
+            &format!("/_emulator/streams/{STREAM}/drop"),
+            &drop,
+        )
+        .is_some_and(|(s, _)| s == 200)
         {
             injected.push(format!("drop-now-{close}"));
         }
@@ -287,9 +329,14 @@ fn frame_indexes(seed: u64, data: &[u8], corrupt: &mut u64) -> Vec<u64> {
             && element.id == kvs_mkv::ebml::id::SIMPLE_BLOCK
         {
             let data = element.data();
-            let Ok(info) = kvs_mkv::block::parse_simple_block(&data) else { continue };
+            let Ok(info) = kvs_mkv::block::parse_simple_block(&data) else {
+                continue;
+            };
             let frame = &data[info.header_len..];
-            let Some(index) = frame.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())) else {
+            let Some(index) = frame
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+            else {
                 continue;
             };
             if frame != payload(seed, index).as_slice() {
@@ -339,13 +386,19 @@ fn stored_frames(addr: SocketAddr, seed: u64, corrupt: &mut u64) -> Vec<u64> {
 pub fn run(config: &Config) -> Report {
     let mut report = Report::default();
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let data_dir = std::env::temp_dir().join(format!("kvs-chaos-{}-{}", std::process::id(), config.seed));
+    let data_dir =
+        std::env::temp_dir().join(format!("kvs-chaos-{}-{}", std::process::id(), config.seed));
     let _ = std::fs::remove_dir_all(&data_dir);
     let (emulator, url) = Emulator::start(&config.emulator, &data_dir);
     let addr = emulator.addr;
     let emulator = Arc::new(Mutex::new(emulator));
     assert!(
-        json_call(addr, "/createStream", json!({"StreamName": STREAM, "DataRetentionInHours": 2})).is_some()
+        json_call(
+            addr,
+            "/createStream",
+            json!({"StreamName": STREAM, "DataRetentionInHours": 2})
+        )
+        .is_some()
     );
 
     // The reader: a live kvssrc in its own process, writing what it reads to a file.
@@ -378,8 +431,12 @@ pub fn run(config: &Config) -> Report {
 
     // The uploader: appsrc of generated Matroska into kvssink, in this process.
     let frames = config.stream_seconds * FPS;
-    let start_time =
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - config.stream_seconds - 60;
+    let start_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - config.stream_seconds
+        - 60;
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=bytes block=true max-bytes=1000000 caps=video/x-matroska ! kvssink name=sink \
          stream-name={STREAM} endpoint-uri={url} access-key=AKIDCHAOS secret-access-key=chaos-secret \
@@ -388,7 +445,11 @@ pub fn run(config: &Config) -> Report {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let appsrc = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
     let sink = pipeline.by_name("sink").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
 
@@ -431,7 +492,10 @@ pub fn run(config: &Config) -> Report {
                         &payload(seed, index),
                     );
                 }
-                if appsrc.push_buffer(gst::Buffer::from_slice(cluster)).is_err() {
+                if appsrc
+                    .push_buffer(gst::Buffer::from_slice(cluster))
+                    .is_err()
+                {
                     return;
                 }
                 sent.fetch_add(FPS, Ordering::Relaxed);
@@ -441,15 +505,27 @@ pub fn run(config: &Config) -> Report {
     };
 
     let putmedia_driver = {
-        let (done, pause, rng) = (done.clone(), pause.clone(), StdRng::seed_from_u64(rng.random()));
+        let (done, pause, rng) = (
+            done.clone(),
+            pause.clone(),
+            StdRng::seed_from_u64(rng.random()),
+        );
         let wanted = config.faults;
-        std::thread::spawn(move || drive(addr, "putMedia", rng, wanted, done, pause, putmedia_faults))
+        std::thread::spawn(move || {
+            drive(addr, "putMedia", rng, wanted, done, pause, putmedia_faults)
+        })
     };
     let getmedia_driver = {
-        let (done, pause, rng) = (done.clone(), pause.clone(), StdRng::seed_from_u64(rng.random()));
+        let (done, pause, rng) = (
+            done.clone(),
+            pause.clone(),
+            StdRng::seed_from_u64(rng.random()),
+        );
         let wanted = config.read_faults;
         std::thread::spawn(move || {
-            drive(addr, "getMedia", rng, wanted, done, pause, |r| vec![getmedia_fault(r)])
+            drive(addr, "getMedia", rng, wanted, done, pause, |r| {
+                vec![getmedia_fault(r)]
+            })
         })
     };
 
@@ -457,8 +533,9 @@ pub fn run(config: &Config) -> Report {
     let started = Instant::now();
     let bus = pipeline.bus().unwrap();
     let mut noticed: Option<Instant> = None;
-    let mut restarts_left: Vec<u64> =
-        (1..=config.restarts as u64).map(|k| frames * k / (config.restarts as u64 + 1)).collect();
+    let mut restarts_left: Vec<u64> = (1..=config.restarts as u64)
+        .map(|k| frames * k / (config.restarts as u64 + 1))
+        .collect();
     loop {
         if let Some(&at) = restarts_left.first()
             && sent.load(Ordering::Relaxed) >= at
@@ -480,7 +557,9 @@ pub fn run(config: &Config) -> Report {
                 break;
             }
             gst::MessageView::Element(e) => {
-                let Some(s) = e.structure().filter(|s| s.name() == "kvssink-connection") else { continue };
+                let Some(s) = e.structure().filter(|s| s.name() == "kvssink-connection") else {
+                    continue;
+                };
                 match s.get::<String>("state").unwrap_or_default().as_str() {
                     "reconnecting" => {
                         noticed.get_or_insert_with(Instant::now);
@@ -542,8 +621,11 @@ pub fn run(config: &Config) -> Report {
     if reader_log.contains("ERROR") {
         report.error.get_or_insert(format!("kvssrc: {reader_log}"));
     }
-    let read =
-        frame_indexes(config.seed, &std::fs::read(&read_path).unwrap_or_default(), &mut report.corrupt);
+    let read = frame_indexes(
+        config.seed,
+        &std::fs::read(&read_path).unwrap_or_default(),
+        &mut report.corrupt,
+    );
     report.frames_read = read.len() as u64;
     let mut seen = vec![0u32; report.frames_sent as usize];
     for (position, &index) in read.iter().enumerate() {
@@ -557,9 +639,15 @@ pub fn run(config: &Config) -> Report {
     }
     report.read_duplicates = seen.iter().map(|c| u64::from(c.saturating_sub(1))).sum();
     report.read_missing = seen.iter().filter(|c| **c == 0).count() as u64;
-    report.missing_examples =
-        seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i as u64).take(30).collect();
-    report.reader_log = std::fs::read_to_string(data_dir.with_extension("reader.log")).unwrap_or_default();
+    report.missing_examples = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i as u64)
+        .take(30)
+        .collect();
+    report.reader_log =
+        std::fs::read_to_string(data_dir.with_extension("reader.log")).unwrap_or_default();
     let _ = std::fs::rename(
         data_dir.with_extension("reader.log"),
         std::env::temp_dir().join("kvs-chaos-reader.log"),
@@ -616,7 +704,10 @@ impl Report {
             println!("  error: {error}");
         }
         if !self.missing_examples.is_empty() {
-            println!("  frames kvssrc did not read (first 30): {:?}", self.missing_examples);
+            println!(
+                "  frames kvssrc did not read (first 30): {:?}",
+                self.missing_examples
+            );
             let notable: Vec<&str> = self
                 .reader_log
                 .lines()
@@ -626,7 +717,10 @@ impl Report {
                         || l.contains("WARNING")
                 })
                 .collect();
-            println!("  the reader's reconnections and warnings:\n    {}", notable.join("\n    "));
+            println!(
+                "  the reader's reconnections and warnings:\n    {}",
+                notable.join("\n    ")
+            );
         }
     }
 

@@ -20,13 +20,23 @@ use crate::common::*;
 /// Calls `at(index, running time, pad)` for each frame leaving h264parse (before matroskamux).
 fn on_frames(pipeline: &gst::Pipeline, at: impl Fn(u64, u64, &gst::Pad) + Send + Sync + 'static) {
     let count = AtomicU64::new(0);
-    let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+    let pad = pipeline
+        .by_name("parse")
+        .unwrap()
+        .static_pad("src")
+        .unwrap();
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
         let index = count.fetch_add(1, Ordering::SeqCst);
         let segment = pad.sticky_event::<gst::event::Segment>(0);
         let running = segment
-            .and_then(|s| s.segment().downcast_ref::<gst::ClockTime>()?.to_running_time(buffer.pts()?))
+            .and_then(|s| {
+                s.segment()
+                    .downcast_ref::<gst::ClockTime>()?
+                    .to_running_time(buffer.pts()?)
+            })
             .map_or(0, |t| t.nseconds());
         at(index, running, pad);
         gst::PadProbeReturn::Ok
@@ -35,16 +45,25 @@ fn on_frames(pipeline: &gst::Pipeline, at: impl Fn(u64, u64, &gst::Pad) + Send +
 
 /// The payloads of the video frames the emulator stored for `stream`, in order, each once.
 fn stored(emu: &Emu, stream: &str) -> Vec<Vec<u8>> {
-    unique_frames(&emu.read_back(stream)).into_iter().map(|(_, payload)| payload).collect()
+    unique_frames(&emu.read_back(stream))
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
 }
 
 fn input(run: &Run) -> Vec<Vec<u8>> {
-    input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect()
+    input_frames(&run.input)
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
 }
 
 /// Frames `ranges` of the input, in order.
 fn cut(input: &[Vec<u8>], ranges: &[std::ops::Range<usize>]) -> Vec<Vec<u8>> {
-    ranges.iter().flat_map(|r| input[r.clone()].iter().cloned()).collect()
+    ranges
+        .iter()
+        .flat_map(|r| input[r.clone()].iter().cloned())
+        .collect()
 }
 
 /// Asserts that `stored` is exactly `expected` (by frame index in the input, for a readable failure).
@@ -115,14 +134,17 @@ fn fragment_tags(emu: &Emu, stream: &str) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_the_pre_roll_between() {
+fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_the_pre_roll_between()
+ {
     let emu = Emu::start();
     emu.create_stream("trig", 1);
     let props = "upload-mode=triggered pre-roll=5 post-roll=3 event-tags=notification+image-generation image-prefix=cam1/";
     let frames = Arc::new(AtomicU64::new(0));
     let samples = Arc::new(Mutex::new(None));
-    let run =
-        run_pipeline_with(&live_upload(&emu, "trig", 1800, props), Duration::from_secs(120), |pipeline| {
+    let run = run_pipeline_with(
+        &live_upload(&emu, "trig", 1800, props),
+        Duration::from_secs(120),
+        |pipeline| {
             let sink = pipeline.by_name("sink").unwrap();
             let counter = frames.clone();
             on_frames(pipeline, move |index, running, pad| {
@@ -133,12 +155,15 @@ fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_t
                 }
                 if index == 1200 {
                     // An upstream element: a kvs-trigger event at this frame's time, open-ended, through matroskamux.
-                    let s = gst::Structure::builder("kvs-trigger").field("running-time", running).build();
+                    let s = gst::Structure::builder("kvs-trigger")
+                        .field("running-time", running)
+                        .build();
                     pad.push_event(gst::event::CustomDownstream::new(s));
                 }
             });
             *samples.lock().unwrap() = Some(sample_stats(pipeline, frames.clone()));
-        });
+        },
+    );
     let (samples, stop) = samples.lock().unwrap().take().unwrap();
     stop.store(true, Ordering::SeqCst);
     assert_eq!(run.error, None);
@@ -156,11 +181,23 @@ fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_t
     assert_eq!(started[0].get::<String>("trigger").unwrap(), "signal");
     assert_eq!(started[1].get::<String>("trigger").unwrap(), "event");
     for s in &started {
-        assert_eq!(s.get::<gst::ClockTime>("pre-roll").unwrap(), gst::ClockTime::from_seconds(5));
+        assert_eq!(
+            s.get::<gst::ClockTime>("pre-roll").unwrap(),
+            gst::ClockTime::from_seconds(5)
+        );
         assert_eq!(field(s, "left-out-fragments"), 0);
     }
-    assert_eq!((field(ended[0], "frames"), field(ended[1], "frames")), (360, 750));
-    assert_eq!(ended[0].get::<gst::ClockTime>("duration").unwrap().mseconds(), 11_966);
+    assert_eq!(
+        (field(ended[0], "frames"), field(ended[1], "frames")),
+        (360, 750)
+    );
+    assert_eq!(
+        ended[0]
+            .get::<gst::ClockTime>("duration")
+            .unwrap()
+            .mseconds(),
+        11_966
+    );
     // A connection per window: the first was closed once its fragments were persisted.
     let connected = run
         .messages_named("kvssink-connection")
@@ -170,16 +207,24 @@ fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_t
     assert_eq!(connected, 2);
     // Idle, the sink held at most the pre-roll (5 s and the fragment before it) and queued nothing.
     let samples = samples.lock().unwrap().clone();
-    let idle: Vec<_> =
-        samples.iter().filter(|s| (300..440).contains(&s.0) || (960..1040).contains(&s.0)).collect();
+    let idle: Vec<_> = samples
+        .iter()
+        .filter(|s| (300..440).contains(&s.0) || (960..1040).contains(&s.0))
+        .collect();
     assert!(idle.len() >= 10, "{samples:?}");
     // The most any 7 s of the input (the pre-roll and the fragment it starts in) takes, with the Matroska
     // framing.
-    let max_bytes =
-        input.windows(210).map(|w| w.iter().map(|f| f.len() as u64 + 64).sum::<u64>()).max().unwrap();
+    let max_bytes = input
+        .windows(210)
+        .map(|w| w.iter().map(|f| f.len() as u64 + 64).sum::<u64>())
+        .max()
+        .unwrap();
     for &&(frame, fragments, bytes, queued) in &idle {
         assert!(fragments <= 7, "frame {frame}: {fragments} fragments held");
-        assert!(bytes <= max_bytes, "frame {frame}: {bytes} bytes held (bound {max_bytes})");
+        assert!(
+            bytes <= max_bytes,
+            "frame {frame}: {bytes} bytes held (bound {max_bytes})"
+        );
         assert_eq!(queued, 0, "frame {frame}: queued fragments while idle");
     }
     // The event tags are on each window's first fragment. The service keeps the tags sent right after a
@@ -193,8 +238,14 @@ fn a_live_stream_with_two_triggers_stores_exactly_their_windows_and_holds_only_t
     ];
     assert_eq!(tags.len(), 12 + 25, "{tags:?}");
     for (i, names) in tags.iter().enumerate() {
-        assert!(names.iter().all(|n| event.contains(&n.as_str())), "fragment {i}: {names:?}");
-        assert!(event.iter().all(|e| names.iter().any(|n| n == e)), "fragment {i}: {names:?}");
+        assert!(
+            names.iter().all(|n| event.contains(&n.as_str())),
+            "fragment {i}: {names:?}"
+        );
+        assert!(
+            event.iter().all(|e| names.iter().any(|n| n == e)),
+            "fragment {i}: {names:?}"
+        );
     }
 }
 
@@ -206,29 +257,33 @@ fn pause_resume_and_a_stream_name_change_while_playing_give_each_stream_exactly_
     // clock when upload-mode changed (what kvssink takes as "now"), are noted.
     let times = Arc::new(Mutex::new((Vec::new(), Vec::new())));
     let noted = times.clone();
-    let run = run_pipeline_with(&live_upload(&emu, "first", 300, ""), Duration::from_secs(60), |pipeline| {
-        let sink = pipeline.by_name("sink").unwrap();
-        on_frames(pipeline, move |index, running, _| {
-            let now = || {
-                let (clock, base) = (sink.clock().unwrap(), sink.base_time().unwrap());
-                (clock.time() - base).nseconds()
-            };
-            let mut noted = noted.lock().unwrap();
-            noted.0.push(running);
-            match index {
-                90 => {
-                    noted.1.push(now());
-                    sink.set_property_from_str("upload-mode", "paused");
+    let run = run_pipeline_with(
+        &live_upload(&emu, "first", 300, ""),
+        Duration::from_secs(60),
+        |pipeline| {
+            let sink = pipeline.by_name("sink").unwrap();
+            on_frames(pipeline, move |index, running, _| {
+                let now = || {
+                    let (clock, base) = (sink.clock().unwrap(), sink.base_time().unwrap());
+                    (clock.time() - base).nseconds()
+                };
+                let mut noted = noted.lock().unwrap();
+                noted.0.push(running);
+                match index {
+                    90 => {
+                        noted.1.push(now());
+                        sink.set_property_from_str("upload-mode", "paused");
+                    }
+                    150 => {
+                        noted.1.push(now());
+                        sink.set_property_from_str("upload-mode", "continuous");
+                    }
+                    210 => sink.set_property("stream-name", "second"),
+                    _ => {}
                 }
-                150 => {
-                    noted.1.push(now());
-                    sink.set_property_from_str("upload-mode", "continuous");
-                }
-                210 => sink.set_property("stream-name", "second"),
-                _ => {}
-            }
-        });
-    });
+            });
+        },
+    );
     assert_eq!(run.error, None);
     let input = input(&run);
     assert_eq!(input.len(), 300);
@@ -241,8 +296,15 @@ fn pause_resume_and_a_stream_name_change_while_playing_give_each_stream_exactly_
     let resumed_at = running.iter().rposition(|&r| r <= changes[1]).unwrap() / 30 * 30;
     let second = stored(&emu, "second");
     let switched_at = input.iter().position(|f| *f == second[0]).unwrap();
-    assert!(switched_at == 210 || switched_at == 180, "switched at frame {switched_at}");
-    assert_frames(&input, &stored(&emu, "first"), &[0..paused_at, resumed_at..switched_at]);
+    assert!(
+        switched_at == 210 || switched_at == 180,
+        "switched at frame {switched_at}"
+    );
+    assert_frames(
+        &input,
+        &stored(&emu, "first"),
+        &[0..paused_at, resumed_at..switched_at],
+    );
     assert_frames(&input, &second, std::slice::from_ref(&(switched_at..300)));
     assert!(
         run.warnings.is_empty() || run.warnings.iter().all(|w| !w.contains("kvssink")),
@@ -298,12 +360,25 @@ fn a_kvs_trigger_event_sent_to_kvssink_with_a_wall_clock_time_opens_the_window_t
     let input = input(&run);
     let (running, trigger) = noted.lock().unwrap().clone();
     let first = running.iter().rposition(|&r| r <= trigger).unwrap() / 30 * 30;
-    let end = running.iter().position(|&r| r >= trigger + 500_000_000).unwrap();
-    assert_frames(&input, &stored(&emu, "trig-unix"), std::slice::from_ref(&(first..end)));
+    let end = running
+        .iter()
+        .position(|&r| r >= trigger + 500_000_000)
+        .unwrap();
+    assert_frames(
+        &input,
+        &stored(&emu, "trig-unix"),
+        std::slice::from_ref(&(first..end)),
+    );
     let started = run.messages_named("kvssink-window-started");
     assert_eq!(started[0].get::<String>("trigger").unwrap(), "event");
-    let at = started[0].get::<gst::ClockTime>("trigger-running-time").unwrap().nseconds();
-    assert!(at.abs_diff(trigger) < 5_000_000, "the trigger at {at} ns, asked for {trigger}");
+    let at = started[0]
+        .get::<gst::ClockTime>("trigger-running-time")
+        .unwrap()
+        .nseconds();
+    assert!(
+        at.abs_diff(trigger) < 5_000_000,
+        "the trigger at {at} ns, asked for {trigger}"
+    );
 }
 
 #[test]
@@ -325,7 +400,11 @@ fn the_trigger_property_from_gst_launch_uploads_while_it_is_true() {
             .stderr(Stdio::piped())
             .output()
             .expect("gst-launch-1.0");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let frames = stored(&emu, stream).len();
         assert_eq!(frames, if trigger { 60 } else { 0 }, "trigger={trigger}");
     }
@@ -354,20 +433,33 @@ fn request_pads_take_a_kvs_trigger_event_and_metadata_with_a_kvs_event_tag() {
                     .field("value", "")
                     .field("persist", false)
                     .build();
-                recorded.lock().unwrap().push(pad.push_event(gst::event::CustomDownstream::new(s)));
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(pad.push_event(gst::event::CustomDownstream::new(s)));
             }
             if index == 150 {
                 let s = gst::Structure::builder("kvs-trigger")
                     .field("running-time", running)
                     .field("duration", 1_000_000_000u64)
                     .build();
-                recorded.lock().unwrap().push(pad.push_event(gst::event::CustomDownstream::new(s)));
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(pad.push_event(gst::event::CustomDownstream::new(s)));
             }
         });
-        let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+        let pad = pipeline
+            .by_name("parse")
+            .unwrap()
+            .static_pad("src")
+            .unwrap();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             if let Some(buffer) = info.buffer() {
-                frames.lock().unwrap().push(buffer.map_readable().unwrap().to_vec());
+                frames
+                    .lock()
+                    .unwrap()
+                    .push(buffer.map_readable().unwrap().to_vec());
             }
             gst::PadProbeReturn::Ok
         });
@@ -377,16 +469,31 @@ fn request_pads_take_a_kvs_trigger_event_and_metadata_with_a_kvs_event_tag() {
     let input = pad_sent.lock().unwrap().clone();
     assert_eq!(input.len(), 300);
     // Trigger at 5 s for 1 s, pre-roll 2 s: from the key frame at 3 s to the last frame before 6 s.
-    assert_frames(&input, &stored(&emu, "trig-pad"), std::slice::from_ref(&(90..180)));
+    assert_frames(
+        &input,
+        &stored(&emu, "trig-pad"),
+        std::slice::from_ref(&(90..180)),
+    );
     // The tag went with the next fragment (4 s), and only that one.
     let tags = fragment_tags(&emu, "trig-pad");
-    assert_eq!(tags, [vec![], vec!["AWS_KINESISVIDEO_IMAGE_GENERATION".to_owned()], vec![]]);
+    assert_eq!(
+        tags,
+        [
+            vec![],
+            vec!["AWS_KINESISVIDEO_IMAGE_GENERATION".to_owned()],
+            vec![]
+        ]
+    );
     // kvssrc hands each fragment's own tags to the application (those GetMedia sends after the frames in
     // kvssrc-fragment-tags).
     let read = crate::kvssrc::read_range(&emu, "trig-pad", "");
     assert_eq!(read.error, None);
     let strings = |m: &gst::Structure| -> Vec<String> {
-        m.get::<gst::Array>("tags").unwrap().iter().map(|v| v.get::<String>().unwrap()).collect()
+        m.get::<gst::Array>("tags")
+            .unwrap()
+            .iter()
+            .map(|v| v.get::<String>().unwrap())
+            .collect()
     };
     let mut per_fragment: Vec<(String, Vec<String>)> = Vec::new();
     for message in &read.messages {
@@ -402,7 +509,14 @@ fn request_pads_take_a_kvs_trigger_event_and_metadata_with_a_kvs_event_tag() {
         }
     }
     let tags: Vec<Vec<String>> = per_fragment.into_iter().map(|(_, tags)| tags).collect();
-    assert_eq!(tags, [vec![], vec!["AWS_KINESISVIDEO_IMAGE_GENERATION=".to_owned()], vec![]]);
+    assert_eq!(
+        tags,
+        [
+            vec![],
+            vec!["AWS_KINESISVIDEO_IMAGE_GENERATION=".to_owned()],
+            vec![]
+        ]
+    );
 }
 
 #[test]
@@ -428,18 +542,31 @@ fn a_pre_roll_larger_than_storage_size_says_what_it_left_out() {
     let input = input(&run);
     let stored = stored(&emu, "trig-small");
     // What was held went, up to 14.5 s: the frames from the oldest fragment kept to frame 435 (not included).
-    let first = input.iter().position(|f| *f == stored[0]).expect("a stored frame from the input");
+    let first = input
+        .iter()
+        .position(|f| *f == stored[0])
+        .expect("a stored frame from the input");
     assert_eq!(first % 30, 0, "the window starts at a key frame");
-    assert!(first >= 300, "the 1-MiB limit held at most a few seconds, not {first} frames back");
+    assert!(
+        first >= 300,
+        "the 1-MiB limit held at most a few seconds, not {first} frames back"
+    );
     assert_frames(&input, &stored, std::slice::from_ref(&(first..435)));
     let started = run.messages_named("kvssink-window-started");
     assert_eq!(started.len(), 1);
     let get = |f: &str| started[0].get::<u64>(f).unwrap();
     let fragments_left_out = (first as u64 - 120) / 30;
-    assert_eq!(get("left-out-fragments"), fragments_left_out, "{:?}", started[0]);
+    assert_eq!(
+        get("left-out-fragments"),
+        fragments_left_out,
+        "{:?}",
+        started[0]
+    );
     assert_eq!(get("left-out-frames"), fragments_left_out * 30);
     assert!(get("left-out-bytes") > 1_000_000, "{:?}", started[0]);
-    let missing = started[0].get::<gst::ClockTime>("missing-pre-roll").unwrap();
+    let missing = started[0]
+        .get::<gst::ClockTime>("missing-pre-roll")
+        .unwrap();
     assert_eq!(missing.mseconds(), (first as u64 - 120) * 1000 / 30);
 }
 
@@ -456,12 +583,16 @@ fn files(dir: &std::path::Path, extension: &str) -> usize {
 }
 
 #[test]
-fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_uploaded_after_a_kill() {
+fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_uploaded_after_a_kill()
+{
     let emu = Emu::start();
     emu.create_stream("trig-disk", 1);
     let dir = std::env::temp_dir().join(format!("kvssink-trig-disk-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let props = format!("upload-mode=triggered pre-roll=3 buffer-dir={}", dir.display());
+    let props = format!(
+        "upload-mode=triggered pre-roll=3 buffer-dir={}",
+        dir.display()
+    );
     let idle = Arc::new(Mutex::new(None));
     let seen = idle.clone();
     let store = dir.clone();
@@ -472,7 +603,8 @@ fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_upl
             let sink = pipeline.by_name("sink").unwrap();
             on_frames(pipeline, move |index, running, _| {
                 if index == 150 {
-                    *seen.lock().unwrap() = Some((files(&store, "kvshold"), files(&store, "kvsfrag")));
+                    *seen.lock().unwrap() =
+                        Some((files(&store, "kvshold"), files(&store, "kvsfrag")));
                 }
                 if index == 180 {
                     sink.emit_by_name::<()>("trigger", &[&running, &1_000_000_000u64]);
@@ -483,7 +615,11 @@ fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_upl
     assert_eq!(run.error, None, "{:?}", run.warnings);
     let input = input(&run);
     // Trigger at 6 s for 1 s, pre-roll 3 s: from the key frame at 3 s to the last frame before 7 s.
-    assert_frames(&input, &stored(&emu, "trig-disk"), std::slice::from_ref(&(90..210)));
+    assert_frames(
+        &input,
+        &stored(&emu, "trig-disk"),
+        std::slice::from_ref(&(90..210)),
+    );
     // While idle the pre-roll was on disk, held (3 s, the fragment before and the one being written), nothing
     // to upload; at the end nothing is left.
     let (held, to_upload) = idle.lock().unwrap().unwrap();
@@ -512,17 +648,33 @@ fn with_buffer_dir_the_pre_roll_waits_on_disk_and_one_never_triggered_is_not_upl
     }
     let held = files(&dir, "kvshold");
     assert!(held >= 3, "the producer held {held} fragments");
-    let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     let run = run_pipeline(
-        &live_upload(&emu, "trig-disk", 30, &format!("buffer-dir={}", dir.display())),
+        &live_upload(
+            &emu,
+            "trig-disk",
+            30,
+            &format!("buffer-dir={}", dir.display()),
+        ),
         Duration::from_secs(60),
     );
     assert_eq!(run.error, None, "{:?}", run.warnings);
     let recovered = run.messages_named("kvssink-store-recovered");
     assert_eq!(recovered.len(), 1);
-    assert!(recovered[0].get::<u64>("pre-roll-discarded").unwrap() >= 3, "{:?}", recovered[0]);
-    assert_eq!(recovered[0].get::<u64>("fragments").unwrap(), 0, "{:?}", recovered[0]);
+    assert!(
+        recovered[0].get::<u64>("pre-roll-discarded").unwrap() >= 3,
+        "{:?}",
+        recovered[0]
+    );
+    assert_eq!(
+        recovered[0].get::<u64>("fragments").unwrap(),
+        0,
+        "{:?}",
+        recovered[0]
+    );
     // The stream holds the first window and the 30 frames of the last run, nothing of the killed one.
     assert_eq!(stored(&emu, "trig-disk").len(), 120 + 30);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -40,7 +40,11 @@ struct Camera {
 
 impl Camera {
     /// Serves `launch` (a gst-rtsp-server launch line) on `port` (0: any); `configure` sees the factory.
-    fn start(launch: &str, port: u16, configure: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory)) -> Camera {
+    fn start(
+        launch: &str,
+        port: u16,
+        configure: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory),
+    ) -> Camera {
         init();
         let context = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&context), false);
@@ -52,14 +56,23 @@ impl Camera {
         factory.set_shared(true);
         configure(&factory);
         server.mount_points().unwrap().add_factory("/cam", factory);
-        let source = server.attach(Some(&context)).expect("the RTSP server listens");
+        let source = server
+            .attach(Some(&context))
+            .expect("the RTSP server listens");
         let port = server.bound_port() as u16;
         let (thread_loop, thread_context) = (main_loop.clone(), context.clone());
         let thread = std::thread::spawn(move || {
             let _guard = thread_context.acquire().unwrap();
             thread_loop.run();
         });
-        Camera { server, main_loop, context, source: Some(source), thread: Some(thread), port }
+        Camera {
+            server,
+            main_loop,
+            context,
+            source: Some(source),
+            thread: Some(thread),
+            port,
+        }
     }
 
     fn url(&self) -> String {
@@ -68,10 +81,15 @@ impl Camera {
 
     /// The camera goes away: no more connections, every session closed.
     fn stop(&mut self) {
-        if let Some(source) = self.source.take().and_then(|id| self.context.find_source_by_id(&id)) {
+        if let Some(source) = self
+            .source
+            .take()
+            .and_then(|id| self.context.find_source_by_id(&id))
+        {
             source.destroy();
         }
-        self.server.client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
+        self.server
+            .client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
         self.main_loop.quit();
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
@@ -88,16 +106,24 @@ impl Drop for Camera {
 /// Makes the camera's RTCP sender reports carry its own clock, `offset` from the host's: the media's pipeline
 /// clock is the system clock moved by `offset` (and to the NTP era), and rtpbin takes its NTP time from it.
 fn camera_clock(factory: &gst_rtsp_server::RTSPMediaFactory, offset_s: i64) {
-    let clock =
-        glib::Object::builder::<gst::SystemClock>().property("clock-type", gst::ClockType::Realtime).build();
+    let clock = glib::Object::builder::<gst::SystemClock>()
+        .property("clock-type", gst::ClockType::Realtime)
+        .build();
     let internal = clock.internal_time();
-    let external =
-        internal.nseconds() as i128 + (NTP_TO_UNIX_S as i128 + i128::from(offset_s)) * 1_000_000_000;
-    clock.set_calibration(internal, gst::ClockTime::from_nseconds(external as u64), 1, 1);
+    let external = internal.nseconds() as i128
+        + (NTP_TO_UNIX_S as i128 + i128::from(offset_s)) * 1_000_000_000;
+    clock.set_calibration(
+        internal,
+        gst::ClockTime::from_nseconds(external as u64),
+        1,
+        1,
+    );
     factory.set_clock(Some(&clock));
     factory.connect_media_configure(|_, media| {
         media.connect_prepared(|media| {
-            let Some(pipeline) = media.element().parent().and_downcast::<gst::Bin>() else { return };
+            let Some(pipeline) = media.element().parent().and_downcast::<gst::Bin>() else {
+                return;
+            };
             for element in pipeline.iterate_recurse().into_iter().flatten() {
                 if element.factory().is_some_and(|f| f.name() == "rtpbin") {
                     element.set_property_from_str("ntp-time-source", "clock-time");
@@ -123,45 +149,72 @@ fn probe_sent(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<Sent>>> {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let element = pipeline.by_name(name).unwrap();
     let recorded = sent.clone();
-    element.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
-        let camera = buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|meta| {
-            let name = meta.reference().structure(0)?.name().to_string();
-            (name == "timestamp/x-ntp").then(|| {
-                UNIX_EPOCH + Duration::from_nanos(meta.timestamp().nseconds() - NTP_TO_UNIX_S * 1_000_000_000)
-            })
-        });
-        let element = pad.parent_element().unwrap();
-        let segment = pad.sticky_event::<gst::event::Segment>(0).unwrap();
-        let segment = segment.segment().downcast_ref::<gst::ClockTime>().unwrap().clone();
-        // No unwrap here: a panic in a probe aborts the test binary.
-        let running = match buffer.pts().and_then(|pts| segment.to_running_time_full(pts)) {
-            Some(gst::Signed::Positive(t)) => i128::from(t.nseconds()),
-            Some(gst::Signed::Negative(t)) => -i128::from(t.nseconds()),
-            None => i128::MIN,
-        };
-        let (Some(clock), Some(base)) = (element.clock(), element.base_time()) else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let (now_clock, now) = (clock.time(), SystemTime::now());
-        // A buffer without a running time (no PTS: rare, a parser's first output after a restart) counts as
-        // captured when it passed here; the arithmetic below would overflow (and a panic aborts the binary).
-        let host = match running {
-            i128::MIN => now,
-            running => {
-                let behind = i128::from(now_clock.nseconds()) - (i128::from(base.nseconds()) + running);
-                if behind >= 0 {
-                    now.checked_sub(Duration::from_nanos(behind.min(i128::from(u64::MAX)) as u64))
-                } else {
-                    now.checked_add(Duration::from_nanos((-behind).min(i128::from(u64::MAX)) as u64))
+    element
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(buffer) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let camera = buffer
+                .iter_meta::<gst::ReferenceTimestampMeta>()
+                .find_map(|meta| {
+                    let name = meta.reference().structure(0)?.name().to_string();
+                    (name == "timestamp/x-ntp").then(|| {
+                        UNIX_EPOCH
+                            + Duration::from_nanos(
+                                meta.timestamp().nseconds() - NTP_TO_UNIX_S * 1_000_000_000,
+                            )
+                    })
+                });
+            let element = pad.parent_element().unwrap();
+            let segment = pad.sticky_event::<gst::event::Segment>(0).unwrap();
+            let segment = segment
+                .segment()
+                .downcast_ref::<gst::ClockTime>()
+                .unwrap()
+                .clone();
+            // No unwrap here: a panic in a probe aborts the test binary.
+            let running = match buffer
+                .pts()
+                .and_then(|pts| segment.to_running_time_full(pts))
+            {
+                Some(gst::Signed::Positive(t)) => i128::from(t.nseconds()),
+                Some(gst::Signed::Negative(t)) => -i128::from(t.nseconds()),
+                None => i128::MIN,
+            };
+            let (Some(clock), Some(base)) = (element.clock(), element.base_time()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let (now_clock, now) = (clock.time(), SystemTime::now());
+            // A buffer without a running time (no PTS: rare, a parser's first output after a restart) counts as
+            // captured when it passed here; the arithmetic below would overflow (and a panic aborts the binary).
+            let host = match running {
+                i128::MIN => now,
+                running => {
+                    let behind =
+                        i128::from(now_clock.nseconds()) - (i128::from(base.nseconds()) + running);
+                    if behind >= 0 {
+                        now.checked_sub(Duration::from_nanos(
+                            behind.min(i128::from(u64::MAX)) as u64
+                        ))
+                    } else {
+                        now.checked_add(Duration::from_nanos(
+                            (-behind).min(i128::from(u64::MAX)) as u64
+                        ))
+                    }
+                    .unwrap_or(UNIX_EPOCH)
                 }
-                .unwrap_or(UNIX_EPOCH)
-            }
-        };
-        let payload = buffer.map_readable().unwrap().to_vec();
-        recorded.lock().unwrap().push(Sent { payload, camera, host, running });
-        gst::PadProbeReturn::Ok
-    });
+            };
+            let payload = buffer.map_readable().unwrap().to_vec();
+            recorded.lock().unwrap().push(Sent {
+                payload,
+                camera,
+                host,
+                running,
+            });
+            gst::PadProbeReturn::Ok
+        });
     sent
 }
 
@@ -218,14 +271,26 @@ fn upload(description: &str) -> (Run, Vec<Sent>) {
 }
 
 /// The frames went in and came out the same, each stored within `tolerance_ms` of `expected` (its time).
-fn assert_stored(stored: &[Stored], sent: &[Sent], expected: impl Fn(&Sent) -> f64, tolerance_ms: f64) {
+fn assert_stored(
+    stored: &[Stored],
+    sent: &[Sent],
+    expected: impl Fn(&Sent) -> f64,
+    tolerance_ms: f64,
+) {
     assert_eq!(stored.len(), sent.len(), "frames stored / sent");
     for (i, (stored, sent)) in stored.iter().zip(sent).enumerate() {
-        assert!(stored.payload == sent.payload, "frame {i}: the stored bytes differ from the sent ones");
+        assert!(
+            stored.payload == sent.payload,
+            "frame {i}: the stored bytes differ from the sent ones"
+        );
         let want = expected(sent);
         // A frame without its own reference timestamp is stamped from another's (the latest offset between the
         // source's clock and the running time, which differs a little between the RTP streams): 5 ms.
-        let tolerance_ms = if tolerance_ms < 5.0 && sent.camera.is_none() { 5.0 } else { tolerance_ms };
+        let tolerance_ms = if tolerance_ms < 5.0 && sent.camera.is_none() {
+            5.0
+        } else {
+            tolerance_ms
+        };
         let error = stored.time_ms as f64 - want;
         // Stored times are whole milliseconds: a frame at 12.7 ms is stored at 12.
         assert!(
@@ -249,7 +314,11 @@ fn an_h264_camera_over_tcp_and_udp_is_stored_frame_for_frame_at_the_host_capture
             camera.url(),
             sink_props(&emu, &stream)
         ));
-        assert_eq!(run.error, None, "{protocol} {mux}: warnings: {:?}", run.warnings);
+        assert_eq!(
+            run.error, None,
+            "{protocol} {mux}: warnings: {:?}",
+            run.warnings
+        );
         // A shared camera: a second client joins a running stream, so fewer than 150 frames.
         assert!(sent.len() > 60, "{protocol} {mux}: {} frames", sent.len());
         assert_stored(&stored_frames(&emu, &stream), &sent, |s| ms(s.host), 5.0);
@@ -268,8 +337,14 @@ fn with_rtcp_sender_reports_each_frame_is_stored_at_the_camera_time_an_hour_behi
         sink_props(&emu, "camera-clock")
     ));
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let first = sent.iter().position(|s| s.camera.is_some()).expect("a frame with the camera's time");
-    assert!(first > 0, "the first sender report comes after the first frames");
+    let first = sent
+        .iter()
+        .position(|s| s.camera.is_some())
+        .expect("a frame with the camera's time");
+    assert!(
+        first > 0,
+        "the first sender report comes after the first frames"
+    );
     assert!(
         sent[first..].iter().all(|s| s.camera.is_some()),
         "every frame after the first report has its time"
@@ -281,8 +356,16 @@ fn with_rtcp_sender_reports_each_frame_is_stored_at_the_camera_time_an_hour_behi
         None => ms(anchor.camera.unwrap()) - (anchor.running - s.running) as f64 / 1e6,
     };
     let behind = ms(anchor.host) - ms(anchor.camera.unwrap());
-    assert!((3_599_000.0..3_601_000.0).contains(&behind), "the camera is {behind} ms behind");
-    assert_stored(&stored_frames(&emu, "camera-clock"), &sent, camera_time, 1.0);
+    assert!(
+        (3_599_000.0..3_601_000.0).contains(&behind),
+        "the camera is {behind} ms behind"
+    );
+    assert_stored(
+        &stored_frames(&emu, "camera-clock"),
+        &sent,
+        camera_time,
+        1.0,
+    );
     assert!(run.warnings.is_empty(), "{:?}", run.warnings);
 }
 
@@ -298,30 +381,57 @@ fn in_auto_mode_the_camera_time_takes_over_at_its_first_report_in_a_new_session(
         sink_props(&emu, "auto-clock")
     ));
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let jumps: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("capture time went back 3")).collect();
+    let jumps: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("capture time went back 3"))
+        .collect();
     assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
-    assert!(jumps[0].contains("starts a new PutMedia session"), "{}", jumps[0]);
+    assert!(
+        jumps[0].contains("starts a new PutMedia session"),
+        "{}",
+        jumps[0]
+    );
     // Read back in producer-time order: the camera's hour-old frames first, then the host-stamped ones.
     let stored = stored_frames(&emu, "auto-clock");
     let now_ms = ms(SystemTime::now()) as i64;
     let (camera_frames, host_frames): (Vec<&Stored>, Vec<&Stored>) =
         stored.iter().partition(|s| now_ms - s.time_ms > 1_800_000);
     assert!(!camera_frames.is_empty() && !host_frames.is_empty());
-    assert!(camera_frames.iter().all(|s| (now_ms - s.time_ms - 3_600_000).abs() < 60_000));
-    assert!(host_frames.iter().all(|s| (now_ms - s.time_ms).abs() < 60_000));
+    assert!(
+        camera_frames
+            .iter()
+            .all(|s| (now_ms - s.time_ms - 3_600_000).abs() < 60_000)
+    );
+    assert!(
+        host_frames
+            .iter()
+            .all(|s| (now_ms - s.time_ms).abs() < 60_000)
+    );
     // Every frame once: the host-stamped ones first as sent, the camera-stamped ones after them.
-    let payloads = |frames: &[&Stored]| frames.iter().map(|s| s.payload.clone()).collect::<Vec<_>>();
+    let payloads =
+        |frames: &[&Stored]| frames.iter().map(|s| s.payload.clone()).collect::<Vec<_>>();
     let sent: Vec<Vec<u8>> = sent.into_iter().map(|s| s.payload).collect();
     assert_eq!(camera_frames.len() + host_frames.len(), sent.len());
-    assert!(payloads(&host_frames) == sent[..host_frames.len()], "the host-stamped frames");
-    assert!(payloads(&camera_frames) == sent[host_frames.len()..], "the camera-stamped frames");
+    assert!(
+        payloads(&host_frames) == sent[..host_frames.len()],
+        "the host-stamped frames"
+    );
+    assert!(
+        payloads(&camera_frames) == sent[host_frames.len()..],
+        "the camera-stamped frames"
+    );
 }
 
 /// The camera's resolution goes to 640x480 after it sent `frames` frames (counted, not timed: a loaded machine
 /// connects later).
 fn resize_after(media: &gst_rtsp_server::RTSPMedia, frames: u32) {
-    let size = media.element().downcast::<gst::Bin>().unwrap().by_name("size").unwrap();
+    let size = media
+        .element()
+        .downcast::<gst::Bin>()
+        .unwrap()
+        .by_name("size")
+        .unwrap();
     resize_after_buffers(&size.static_pad("src").unwrap(), size, frames);
 }
 
@@ -360,8 +470,11 @@ fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
         sink_props(&emu, "resize")
     ));
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let changes: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    let changes: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("video_0 changed mid-stream"))
+        .collect();
     assert_eq!(changes.len(), 1, "{:?}", run.warnings);
     assert!(
         changes[0].contains("height 240 → 480") && changes[0].contains("width 320 → 640"),
@@ -383,7 +496,12 @@ fn a_resolution_change_mid_stream_starts_a_new_session_and_loses_no_frame() {
             _ => None,
         })
         .collect();
-    assert_eq!(sizes.len(), 2, "two codec private data among {} fragments", fragments.len());
+    assert_eq!(
+        sizes.len(),
+        2,
+        "two codec private data among {} fragments",
+        fragments.len()
+    );
 }
 
 #[test]
@@ -399,8 +517,14 @@ fn matroskamux_refuses_a_resolution_change_which_is_why_request_pads_handle_it()
         sink_props(&emu, "resize-mux")
     ));
     let error = run.error.unwrap();
-    assert!(error.starts_with("Could not multiplex stream. | "), "{error}");
-    assert!(error.contains("Caps changes are not supported by Matroska"), "{error}");
+    assert!(
+        error.starts_with("Could not multiplex stream. | "),
+        "{error}"
+    );
+    assert!(
+        error.contains("Caps changes are not supported by Matroska"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -442,7 +566,15 @@ fn a_camera_that_goes_away_for_20_s_continues_the_stream_with_a_gap_and_every_fr
     camera.stop();
     let (first, sent_before) = first_pipeline.join().unwrap();
     // rtspsrc ends with EOS when the server closes the session (an error when the connection just drops).
-    assert!(!first.error.as_deref().unwrap_or("").starts_with("timed out"), "{:?}", first.error);
+    assert!(
+        !first
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("timed out"),
+        "{:?}",
+        first.error
+    );
     assert!(
         sent_before.len() >= 60,
         "{} frames before: {:?} {:?}",
@@ -476,8 +608,17 @@ fn track_numbers(emu: &Emu, stream: &str) -> (u64, u64) {
             _ => None,
         })
         .expect("a Tracks element");
-    let number = |kind| tracks.iter().find(|t| t.track_type == kind).map(|t| t.number).expect("the track");
-    (number(kvs_mkv::header::TRACK_TYPE_VIDEO), number(kvs_mkv::header::TRACK_TYPE_AUDIO))
+    let number = |kind| {
+        tracks
+            .iter()
+            .find(|t| t.track_type == kind)
+            .map(|t| t.number)
+            .expect("the track")
+    };
+    (
+        number(kvs_mkv::header::TRACK_TYPE_VIDEO),
+        number(kvs_mkv::header::TRACK_TYPE_AUDIO),
+    )
 }
 
 #[test]
@@ -508,15 +649,34 @@ fn an_h265_camera_with_aac_is_stored_frame_for_frame_on_both_tracks_at_the_camer
         audio = Some(probe_sent(pipeline, "alast"));
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let (video, audio) = (video.unwrap().lock().unwrap().clone(), audio.unwrap().lock().unwrap().clone());
-    assert!(video.len() > 100 && audio.len() > 150, "{} video and {} audio frames", video.len(), audio.len());
+    let (video, audio) = (
+        video.unwrap().lock().unwrap().clone(),
+        audio.unwrap().lock().unwrap().clone(),
+    );
+    assert!(
+        video.len() > 100 && audio.len() > 150,
+        "{} video and {} audio frames",
+        video.len(),
+        audio.len()
+    );
     let (video_track, audio_track) = track_numbers(&emu, "h265-aac");
     let stored = stored_frames(&emu, "h265-aac");
-    let on = |track| stored.iter().filter(|s| s.track == track).cloned().collect::<Vec<_>>();
+    let on = |track| {
+        stored
+            .iter()
+            .filter(|s| s.track == track)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     // Each track on the camera's clock (both from its sender reports), extrapolated before the first one.
-    for (name, track, sent) in [("video", video_track, &video), ("audio", audio_track, &audio)] {
-        let first =
-            sent.iter().position(|s| s.camera.is_some()).unwrap_or_else(|| panic!("{name}: no report"));
+    for (name, track, sent) in [
+        ("video", video_track, &video),
+        ("audio", audio_track, &audio),
+    ] {
+        let first = sent
+            .iter()
+            .position(|s| s.camera.is_some())
+            .unwrap_or_else(|| panic!("{name}: no report"));
         let anchor = sent[first].clone();
         let camera_time = move |s: &Sent| match s.camera {
             Some(time) => ms(time),
@@ -541,7 +701,10 @@ fn b_frames_upload_and_read_back_frame_for_frame_without_a_step_back() {
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     assert!(run.warnings.is_empty(), "{:?}", run.warnings);
     assert_eq!(sent.len(), 150);
-    assert!(sent.windows(2).any(|w| w[1].running < w[0].running), "no B-frames");
+    assert!(
+        sent.windows(2).any(|w| w[1].running < w[0].running),
+        "no B-frames"
+    );
     // Stored in decode order (as sent), each at its presentation time.
     assert_stored(&stored_frames(&emu, "b-frames"), &sent, |s| ms(s.host), 5.0);
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
@@ -567,16 +730,18 @@ fn upload_with_jump(
     let mut sent = None;
     let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
         let index = std::sync::atomic::AtomicU64::new(0);
-        pipeline.by_name("parse").unwrap().static_pad("src").unwrap().add_probe(
-            gst::PadProbeType::BUFFER,
-            move |_, info| {
+        pipeline
+            .by_name("parse")
+            .unwrap()
+            .static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 let n = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(buffer) = info.buffer_mut() {
                     stamp(n, buffer.make_mut());
                 }
                 gst::PadProbeReturn::Ok
-            },
-        );
+            });
         sent = Some(probe_sent(pipeline, "last"));
     });
     let sent = sent.unwrap().lock().unwrap().clone();
@@ -586,15 +751,22 @@ fn upload_with_jump(
 /// 1 800 000 000 s since the epoch plus 1/30 s per frame; at frame 120 (a key frame) the clock goes back an
 /// hour (a camera rebooted with its clock reset).
 fn camera_time(n: u64) -> SystemTime {
-    let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_nanos(n * 1_000_000_000 / 30);
-    if n >= 120 { t - Duration::from_secs(3_600) } else { t }
+    let t = UNIX_EPOCH
+        + Duration::from_secs(1_800_000_000)
+        + Duration::from_nanos(n * 1_000_000_000 / 30);
+    if n >= 120 {
+        t - Duration::from_secs(3_600)
+    } else {
+        t
+    }
 }
 
 #[test]
 fn a_camera_clock_going_back_an_hour_starts_a_new_session_at_its_time_and_loses_no_frame() {
     let emu = Emu::start();
     let (run, sent) = upload_with_jump(&emu, "clock-back", "", "capture-time=meta", |n, buffer| {
-        let ntp = camera_time(n).duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(NTP_TO_UNIX_S);
+        let ntp =
+            camera_time(n).duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(NTP_TO_UNIX_S);
         let caps = gst::Caps::new_empty_simple("timestamp/x-ntp");
         gst::ReferenceTimestampMeta::add(
             buffer,
@@ -605,19 +777,36 @@ fn a_camera_clock_going_back_an_hour_starts_a_new_session_at_its_time_and_loses_
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     assert_eq!(sent.len(), 240);
-    let jumps: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("capture time went back")).collect();
+    let jumps: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("capture time went back"))
+        .collect();
     assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
     // From the last frame before (frame 119) to frame 120, an hour earlier minus one frame.
-    assert!(jumps[0].starts_with("capture time went back 3599.966 s"), "{}", jumps[0]);
-    assert!(jumps[0].contains("starts a new PutMedia session"), "{}", jumps[0]);
+    assert!(
+        jumps[0].starts_with("capture time went back 3599.966 s"),
+        "{}",
+        jumps[0]
+    );
+    assert!(
+        jumps[0].contains("starts a new PutMedia session"),
+        "{}",
+        jumps[0]
+    );
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
     // Read back in producer-time order: the hour-earlier frames first; each at the camera's time.
     let stored = stored_frames(&emu, "clock-back");
     let order: Vec<Sent> = sent[120..].iter().chain(&sent[..120]).cloned().collect();
     assert_stored(&stored, &order, |s| ms(s.camera.unwrap()), 1.0);
     let connections = run.messages_named("kvssink-connection");
-    assert!(connections.iter().filter(|m| m.get::<String>("state").unwrap() == "connected").count() >= 2);
+    assert!(
+        connections
+            .iter()
+            .filter(|m| m.get::<String>("state").unwrap() == "connected")
+            .count()
+            >= 2
+    );
 }
 
 #[test]
@@ -642,20 +831,36 @@ fn timestamps_jumping_back_in_a_live_pipeline_are_reported_once_and_the_stream_g
 fn check_pts_back(emu: &Emu, stream: &str, run: &Run, sent: &[Sent]) {
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     assert_eq!(sent.len(), 240);
-    let jumps: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("capture time went back")).collect();
+    let jumps: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("capture time went back"))
+        .collect();
     assert_eq!(jumps.len(), 1, "{:?}", run.warnings);
-    assert!(jumps[0].contains("goes on right after the previous frame"), "{}", jumps[0]);
+    assert!(
+        jumps[0].contains("goes on right after the previous frame"),
+        "{}",
+        jumps[0]
+    );
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
     let stored = stored_frames(emu, stream);
     // Every frame, in order, times always increasing, one connection.
     assert_eq!(stored.len(), 240);
-    assert!(stored.iter().zip(sent).all(|(s, t)| s.payload == t.payload), "every frame in order");
-    assert!(stored.windows(2).all(|w| w[0].time_ms < w[1].time_ms), "time never goes back");
+    assert!(
+        stored.iter().zip(sent).all(|(s, t)| s.payload == t.payload),
+        "every frame in order"
+    );
+    assert!(
+        stored.windows(2).all(|w| w[0].time_ms < w[1].time_ms),
+        "time never goes back"
+    );
     // The frames before the jump at their capture time; the first after it right after the last before.
     assert_stored(&stored[..120], &sent[..120], |s| ms(s.host), 5.0);
     let step = stored[120].time_ms - stored[119].time_ms;
-    assert!((1..=40).contains(&step), "{step} ms between the frames around the jump");
+    assert!(
+        (1..=40).contains(&step),
+        "{step} ms between the frames around the jump"
+    );
 }
 
 #[test]
@@ -681,16 +886,27 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
         resize_after_buffers(&last, pipeline.by_name("size").unwrap(), 75);
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let changes: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    let changes: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("video_0 changed mid-stream"))
+        .collect();
     assert_eq!(changes.len(), 1, "{:?}", run.warnings);
-    let (video, audio) = (video.unwrap().lock().unwrap().clone(), audio.unwrap().lock().unwrap().clone());
+    let (video, audio) = (
+        video.unwrap().lock().unwrap().clone(),
+        audio.unwrap().lock().unwrap().clone(),
+    );
     assert_eq!(video.len(), 180);
     assert!(audio.len() >= 280, "{} AAC frames", audio.len());
     let (video_track, audio_track) = track_numbers(&emu, "resize-av");
     let stored = stored_frames(&emu, "resize-av");
-    let payloads =
-        |track| stored.iter().filter(|s| s.track == track).map(|s| s.payload.clone()).collect::<Vec<_>>();
+    let payloads = |track| {
+        stored
+            .iter()
+            .filter(|s| s.track == track)
+            .map(|s| s.payload.clone())
+            .collect::<Vec<_>>()
+    };
     let sent = |frames: &[Sent]| frames.iter().map(|s| s.payload.clone()).collect::<Vec<_>>();
     if std::env::var("CAMERA_DEBUG").is_ok() {
         for f in emu.admin_fragments("resize-av") {
@@ -717,7 +933,10 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
             }
         }
     }
-    for (name, track, frames) in [("video", video_track, &video), ("audio", audio_track, &audio)] {
+    for (name, track, frames) in [
+        ("video", video_track, &video),
+        ("audio", audio_track, &audio),
+    ] {
         let (got, want) = (payloads(track), sent(frames));
         let first_difference = got.iter().zip(&want).position(|(a, b)| a != b);
         assert!(
@@ -725,7 +944,11 @@ fn a_resolution_change_with_audio_on_the_other_pad_loses_no_frame_of_either() {
             "{name}: {} frames stored, {} sent, first difference at {first_difference:?}; stored times {:?}",
             got.len(),
             want.len(),
-            stored.iter().filter(|s| s.track == track).map(|s| s.time_ms).collect::<Vec<_>>()
+            stored
+                .iter()
+                .filter(|s| s.track == track)
+                .map(|s| s.time_ms)
+                .collect::<Vec<_>>()
         );
     }
     assert_eq!(run.acks("ERROR"), 0, "{:?}", run.messages);
@@ -751,9 +974,12 @@ fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_e
         // The switch once 60 frames went out (not at a fixed time: a loaded machine starts later).
         let selector = pipeline.by_name("sel").unwrap();
         let count = std::sync::atomic::AtomicU32::new(0);
-        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
-            gst::PadProbeType::BUFFER,
-            move |_, _| {
+        pipeline
+            .by_name("last")
+            .unwrap()
+            .static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
                 if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 60 {
                     let selector = selector.clone();
                     std::thread::spawn(move || {
@@ -762,12 +988,14 @@ fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_e
                     });
                 }
                 gst::PadProbeReturn::Ok
-            },
-        );
+            });
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    let changes: Vec<&String> =
-        run.warnings.iter().filter(|w| w.starts_with("video_0 changed mid-stream")).collect();
+    let changes: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("video_0 changed mid-stream"))
+        .collect();
     assert_eq!(changes.len(), 1, "{:?}", run.warnings);
     assert!(
         changes[0].starts_with("video_0 changed mid-stream: video/x-h264 → video/x-h265"),
@@ -776,19 +1004,27 @@ fn a_codec_change_from_h264_to_h265_on_the_video_pad_starts_a_new_session_with_e
     );
     let sent = sent.unwrap().lock().unwrap().clone();
     assert!(sent.len() > 100, "{} frames", sent.len());
-    assert_stored(&stored_frames(&emu, "codec-change"), &sent, |s| ms(s.host), 5.0);
+    assert_stored(
+        &stored_frames(&emu, "codec-change"),
+        &sent,
+        |s| ms(s.host),
+        5.0,
+    );
     let codecs: Vec<String> = kvs_mkv::read_all(&emu.read_back("codec-change"))
         .unwrap()
         .into_iter()
         .filter_map(|event| match event {
-            kvs_mkv::Event::Element(element) if element.id == kvs_mkv::ebml::id::TRACKS => {
-                Some(kvs_mkv::header::tracks(&element.data()).unwrap()[0].codec_id.clone())
-            }
+            kvs_mkv::Event::Element(element) if element.id == kvs_mkv::ebml::id::TRACKS => Some(
+                kvs_mkv::header::tracks(&element.data()).unwrap()[0]
+                    .codec_id
+                    .clone(),
+            ),
             _ => None,
         })
         .collect();
     assert!(
-        codecs.contains(&"V_MPEG4/ISO/AVC".to_owned()) && codecs.contains(&"V_MPEGH/ISO/HEVC".to_owned()),
+        codecs.contains(&"V_MPEG4/ISO/AVC".to_owned())
+            && codecs.contains(&"V_MPEGH/ISO/HEVC".to_owned()),
         "{codecs:?}"
     );
 }
@@ -812,40 +1048,65 @@ fn a_triggered_camera_uploads_one_contiguous_window_at_the_camera_time() {
         sent = Some(probe_sent(pipeline, "last"));
         let sink = pipeline.by_name("sink").unwrap();
         let count = std::sync::atomic::AtomicU64::new(0);
-        pipeline.by_name("last").unwrap().static_pad("src").unwrap().add_probe(
-            gst::PadProbeType::BUFFER,
-            move |_, _| {
+        pipeline
+            .by_name("last")
+            .unwrap()
+            .static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
                 match count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                     150 => sink.set_property("trigger", true),
                     210 => sink.set_property("trigger", false),
                     _ => {}
                 }
                 gst::PadProbeReturn::Ok
-            },
-        );
+            });
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let sent = sent.unwrap().lock().unwrap().clone();
     let started = run.messages_named("kvssink-window-started");
     let ended = run.messages_named("kvssink-window-ended");
     assert_eq!((started.len(), ended.len()), (1, 1), "{:?}", run.messages);
-    let time = |s: &gst::Structure, f: &str| i128::from(s.get::<gst::ClockTime>(f).unwrap().nseconds());
+    let time =
+        |s: &gst::Structure, f: &str| i128::from(s.get::<gst::ClockTime>(f).unwrap().nseconds());
     let (trigger, first, last) = (
         time(started[0], "trigger-running-time"),
         time(started[0], "first-running-time"),
         time(ended[0], "last-running-time"),
     );
     // The window's first frame is a key frame at most a GOP (1 s) before trigger - pre-roll.
-    assert!((trigger - 3_000_000_000..=trigger - 2_000_000_000).contains(&first), "{:?}", started[0]);
-    let from = sent.iter().position(|s| s.running == first).expect("the first frame was sent");
-    let to = sent.iter().position(|s| s.running == last).expect("the last frame was sent");
-    assert_eq!(ended[0].get::<u64>("frames").unwrap(), (to - from + 1) as u64);
+    assert!(
+        (trigger - 3_000_000_000..=trigger - 2_000_000_000).contains(&first),
+        "{:?}",
+        started[0]
+    );
+    let from = sent
+        .iter()
+        .position(|s| s.running == first)
+        .expect("the first frame was sent");
+    let to = sent
+        .iter()
+        .position(|s| s.running == last)
+        .expect("the last frame was sent");
+    assert_eq!(
+        ended[0].get::<u64>("frames").unwrap(),
+        (to - from + 1) as u64
+    );
     // Exactly those frames, each at the camera's time (an hour behind the host; before the first sender report,
     // from it by running time).
-    let anchor = sent.iter().find(|s| s.camera.is_some()).expect("a frame with the camera's time").clone();
+    let anchor = sent
+        .iter()
+        .find(|s| s.camera.is_some())
+        .expect("a frame with the camera's time")
+        .clone();
     let camera_time = |s: &Sent| match s.camera {
         Some(time) => ms(time),
         None => ms(anchor.camera.unwrap()) - (anchor.running - s.running) as f64 / 1e6,
     };
-    assert_stored(&stored_frames(&emu, "camera-window"), &sent[from..=to], camera_time, 1.0);
+    assert_stored(
+        &stored_frames(&emu, "camera-window"),
+        &sent[from..=to],
+        camera_time,
+        1.0,
+    );
 }

@@ -35,16 +35,37 @@ impl Emu {
 
     /// A client for an emulator running elsewhere (a child process), at `url`.
     pub fn external(url: &str) -> Emu {
-        let addr = url.trim_start_matches("http://").parse().expect("http://IP:PORT");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        Emu { url: url.to_owned(), addr, emulator: None, runtime }
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("http://IP:PORT");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Emu {
+            url: url.to_owned(),
+            addr,
+            emulator: None,
+            runtime,
+        }
     }
 
     pub fn with_config(config: Config) -> Emu {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let emulator = runtime.block_on(Emulator::start(config)).expect("start the emulator");
-        Emu { url: emulator.base_url(), addr: emulator.local_addr(), emulator: Some(emulator), runtime }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = runtime
+            .block_on(Emulator::start(config))
+            .expect("start the emulator");
+        Emu {
+            url: emulator.base_url(),
+            addr: emulator.local_addr(),
+            emulator: Some(emulator),
+            runtime,
+        }
     }
 
     /// The emulator's IoT credentials endpoint, when it runs one.
@@ -59,7 +80,9 @@ impl Emu {
 
     pub fn call_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.addr,
@@ -69,11 +92,18 @@ impl Emu {
         stream.write_all(body).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
         let head = String::from_utf8_lossy(&response[..split]).to_string();
         let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
         let mut body = response[split..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             body = dechunk(&body);
         }
         (status, body)
@@ -81,12 +111,17 @@ impl Emu {
 
     pub fn json(&self, path: &str, body: Value) -> (u16, Value) {
         let (status, bytes) = self.call("POST", path, &body.to_string());
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub fn create_stream(&self, name: &str, retention_hours: u32) {
-        let (status, body) =
-            self.json("/createStream", json!({"StreamName": name, "DataRetentionInHours": retention_hours}));
+        let (status, body) = self.json(
+            "/createStream",
+            json!({"StreamName": name, "DataRetentionInHours": retention_hours}),
+        );
         assert_eq!(status, 200, "{body}");
     }
 
@@ -107,7 +142,10 @@ impl Emu {
                 .partial_cmp(&b["ProducerTimestamp"].as_f64().unwrap())
                 .unwrap()
         });
-        let numbers: Vec<Value> = fragments.iter().map(|f| f["FragmentNumber"].clone()).collect();
+        let numbers: Vec<Value> = fragments
+            .iter()
+            .map(|f| f["FragmentNumber"].clone())
+            .collect();
         if numbers.is_empty() {
             return Vec::new();
         }
@@ -130,7 +168,8 @@ impl Emu {
 
     /// The admin listing of a stream's fragments.
     pub fn admin_fragments(&self, stream: &str) -> Vec<Value> {
-        let (status, bytes) = self.call("GET", &format!("/_emulator/streams/{stream}/fragments"), "");
+        let (status, bytes) =
+            self.call("GET", &format!("/_emulator/streams/{stream}/fragments"), "");
         assert_eq!(status, 200);
         let value: Value = serde_json::from_slice(&bytes).unwrap();
         value["fragments"].as_array().unwrap().clone()
@@ -150,7 +189,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]).to_string();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -165,9 +205,16 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 /// target/<profile>), for tools run as child processes (gst-launch-1.0, gst-play-1.0, the examples).
 pub fn plugin_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let plugin_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let plugin_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf();
     if !plugin_dir.join("libgstkvs.so").exists() {
-        panic!("no libgstkvs.so in {}: build the plugin first (cargo build --lib)", plugin_dir.display());
+        panic!(
+            "no libgstkvs.so in {}: build the plugin first (cargo build --lib)",
+            plugin_dir.display()
+        );
     }
     plugin_dir
 }
@@ -196,7 +243,8 @@ impl Run {
         self.messages
             .iter()
             .filter(|s| {
-                s.name() == "kvssink-ack" && s.get::<String>("event-type").ok().as_deref() == Some(kind)
+                s.name() == "kvssink-ack"
+                    && s.get::<String>("event-type").ok().as_deref() == Some(kind)
             })
             .count()
     }
@@ -216,7 +264,10 @@ pub fn capture_into(capture: &gst::Element, captured: Arc<Mutex<Vec<u8>>>) {
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                captured.lock().unwrap().extend_from_slice(&buffer.map_readable().unwrap());
+                captured
+                    .lock()
+                    .unwrap()
+                    .extend_from_slice(&buffer.map_readable().unwrap());
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
@@ -229,9 +280,16 @@ pub fn run_pipeline(description: &str, limit: Duration) -> Run {
     run_pipeline_with(description, limit, |_| {})
 }
 
-pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(&gst::Pipeline)) -> Run {
+pub fn run_pipeline_with(
+    description: &str,
+    limit: Duration,
+    setup: impl FnOnce(&gst::Pipeline),
+) -> Run {
     init();
-    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let captured = Arc::new(Mutex::new(Vec::new()));
     if let Some(capture) = pipeline.by_name("capture") {
         capture_into(&capture, captured.clone());
@@ -257,16 +315,22 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
     let deadline = started + limit;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let Some(message) = bus.timed_pop(gst::ClockTime::from_nseconds(remaining.as_nanos() as u64)) else {
-            run.error.get_or_insert_with(|| format!("timed out after {limit:?}"));
+        let Some(message) =
+            bus.timed_pop(gst::ClockTime::from_nseconds(remaining.as_nanos() as u64))
+        else {
+            run.error
+                .get_or_insert_with(|| format!("timed out after {limit:?}"));
             break;
         };
         match message.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
                 run.gerror = Some(e.error());
-                run.error =
-                    Some(format!("{} | {}", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default()));
+                run.error = Some(format!(
+                    "{} | {}",
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default()
+                ));
                 break;
             }
             gst::MessageView::Warning(w) => run.warnings.push(format!(
@@ -276,8 +340,12 @@ pub fn run_pipeline_with(description: &str, limit: Duration, setup: impl FnOnce(
             )),
             gst::MessageView::Progress(p) => {
                 let (kind, code, text) = p.get();
-                let percent = p.structure().and_then(|s| s.get::<i32>("percent").ok()).unwrap_or(-1);
-                run.progress.push((kind, code.to_string(), text.to_string(), percent));
+                let percent = p
+                    .structure()
+                    .and_then(|s| s.get::<i32>("percent").ok())
+                    .unwrap_or(-1);
+                run.progress
+                    .push((kind, code.to_string(), text.to_string(), percent));
             }
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure()
@@ -313,7 +381,9 @@ pub fn frames(data: &[u8]) -> Vec<(usize, u64, u64, Vec<u8>)> {
         }
         if let Event::ClusterChild(element) = event {
             match element.id {
-                id::TIMECODE => cluster_timecode = kvs_mkv::ebml::read_uint(&element.data()).unwrap(),
+                id::TIMECODE => {
+                    cluster_timecode = kvs_mkv::ebml::read_uint(&element.data()).unwrap()
+                }
                 id::SIMPLE_BLOCK => {
                     let info = kvs_mkv::block::parse_simple_block(&element.data()).unwrap();
                     out.push((
@@ -350,7 +420,10 @@ pub fn unique_frames(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
 }
 
 pub fn input_frames(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    frames(data).into_iter().map(|(_, _, track, payload)| (track, payload)).collect()
+    frames(data)
+        .into_iter()
+        .map(|(_, _, track, payload)| (track, payload))
+        .collect()
 }
 
 /// The kvssink properties that point it at an emulator.
@@ -419,8 +492,8 @@ impl Pki {
         let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
         let subject = format!("/CN={name} test CA");
         self.openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout",
-            &key, "-out", &cert,
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
+            "-keyout", &key, "-out", &cert,
         ]);
         self.dir.join(cert)
     }
@@ -434,17 +507,24 @@ impl Pki {
         ca: &str,
         subject_alt_name: Option<&str>,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (cert, key, csr, ext) =
-            (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+        let (cert, key, csr, ext) = (
+            format!("{name}.pem"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+        );
         let mut extensions = String::from("basicConstraints=CA:FALSE\n");
         match subject_alt_name {
-            Some(san) => extensions.push_str(&format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n")),
+            Some(san) => extensions.push_str(&format!(
+                "subjectAltName={san}\nextendedKeyUsage=serverAuth\n"
+            )),
             None => extensions.push_str("extendedKeyUsage=clientAuth\n"),
         }
         std::fs::write(self.dir.join(&ext), extensions).unwrap();
         let subject = format!("/CN={name}");
         self.openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
         ]);
         let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
         self.openssl(&[

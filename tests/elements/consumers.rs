@@ -14,7 +14,10 @@ use serde_json::json;
 /// takes in at the service's 5 fragments a second (1-s fragments), so the outage lasts about a minute of wall
 /// time while the stream moves 5 minutes on. `KVS_OUTAGE_FRAMES` changes it (27000 for 15 minutes of stream).
 fn outage_frames() -> u32 {
-    std::env::var("KVS_OUTAGE_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(9000)
+    std::env::var("KVS_OUTAGE_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9000)
 }
 
 fn connection_messages(reader: &LiveRead, state: &str) -> Vec<gst::Structure> {
@@ -29,7 +32,10 @@ fn connection_messages(reader: &LiveRead, state: &str) -> Vec<gst::Structure> {
 fn a_live_read_survives_a_long_outage_and_reads_every_frame_once() {
     let emu = Emu::start();
     emu.create_stream("outage", 24);
-    let reader = LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "outage")));
+    let reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "outage")
+    ));
     std::thread::sleep(Duration::from_millis(500));
     let first = produce(&emu, "outage", 150, "");
     reader.wait_for_frames(150, Duration::from_secs(20));
@@ -46,18 +52,25 @@ fn a_live_read_survives_a_long_outage_and_reads_every_frame_once() {
         sink_props(&emu, "outage")
     );
     let down = Instant::now();
-    emu.fault(json!({"api": "getMedia", "stream": "outage", "kind": "http_error", "status": 503,
-                     "error": "ServiceUnavailableException", "times": 1_000_000}));
-    let (status, _) =
-        emu.call("POST", "/_emulator/streams/outage/drop", r#"{"api": "getMedia", "close": "reset"}"#);
+    emu.fault(
+        json!({"api": "getMedia", "stream": "outage", "kind": "http_error", "status": 503,
+                     "error": "ServiceUnavailableException", "times": 1_000_000}),
+    );
+    let (status, _) = emu.call(
+        "POST",
+        "/_emulator/streams/outage/drop",
+        r#"{"api": "getMedia", "close": "reset"}"#,
+    );
     assert_eq!(status, 200);
     let upload = std::thread::spawn(move || run_pipeline(&description, Duration::from_secs(900)));
     while !upload.is_finished() && down.elapsed() < Duration::from_secs(25) {
         std::thread::sleep(Duration::from_millis(100));
     }
     emu.call("DELETE", "/_emulator/faults", "");
-    emu.fault(json!({"api": "getMedia", "stream": "outage", "kind": "drop_after_bytes", "bytes": 0,
-                     "close": "reset", "times": 1_000_000}));
+    emu.fault(
+        json!({"api": "getMedia", "stream": "outage", "kind": "drop_after_bytes", "bytes": 0,
+                     "close": "reset", "times": 1_000_000}),
+    );
     let second = upload.join().unwrap();
     assert_eq!(second.error, None, "{:?}", second.warnings);
     emu.call("DELETE", "/_emulator/faults", "");
@@ -77,9 +90,9 @@ fn a_live_read_survives_a_long_outage_and_reads_every_frame_once() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     // The first failed attempt: the session dropped when the outage began, or the first 503.
     assert!(
-        warnings[0]
-            .starts_with("Cannot read the stream: GetMedia failed: HTTP 503 ServiceUnavailableException")
-            || warnings[0].starts_with("Cannot read the stream: the GetMedia connection broke"),
+        warnings[0].starts_with(
+            "Cannot read the stream: GetMedia failed: HTTP 503 ServiceUnavailableException"
+        ) || warnings[0].starts_with("Cannot read the stream: the GetMedia connection broke"),
         "{warnings:?}"
     );
     let retries = connection_messages(&reader, "reconnecting");
@@ -102,24 +115,38 @@ fn a_live_read_survives_a_long_outage_and_reads_every_frame_once() {
     // More attempts than the reader used to make before it gave up (8), each wait capped at 10 s.
     assert!(attempts > 8, "{attempts}");
     assert!(failed.iter().all(|ms| *ms <= 10_000), "{failed:?}");
-    assert!(failed.iter().any(|ms| *ms >= 5_000), "the backoff grows to its cap: {failed:?}");
-    assert!(outage_ms + 1000 >= outage.as_millis() as u64, "{outage_ms} ms of {outage:?}");
+    assert!(
+        failed.iter().any(|ms| *ms >= 5_000),
+        "the backoff grows to its cap: {failed:?}"
+    );
+    assert!(
+        outage_ms + 1000 >= outage.as_millis() as u64,
+        "{outage_ms} ms of {outage:?}"
+    );
     // The first fragment read after the outage was stored when it began.
-    assert!(behind + 5000 >= outage.as_millis() as u64, "{behind} ms behind now after {outage:?}");
+    assert!(
+        behind + 5000 >= outage.as_millis() as u64,
+        "{behind} ms behind now after {outage:?}"
+    );
 }
 
 #[test]
 fn max_outage_ends_a_live_read_that_cannot_read_with_an_error_that_says_so() {
     let emu = Emu::start();
     emu.create_stream("gone", 1);
-    emu.fault(json!({"api": "getMedia", "stream": "gone", "kind": "http_error", "status": 503,
-                     "error": "ServiceUnavailableException", "times": 1_000_000}));
+    emu.fault(
+        json!({"api": "getMedia", "stream": "gone", "kind": "http_error", "status": 503,
+                     "error": "ServiceUnavailableException", "times": 1_000_000}),
+    );
     let run = run_pipeline(
         &format!("{} max-outage=3 ! fakesink", src_props(&emu, "gone")),
         Duration::from_secs(60),
     );
     let error = run.error.expect("an element error");
-    assert!(error.contains("gave up after 3 s without reading (max-outage) and "), "{error}");
+    assert!(
+        error.contains("gave up after 3 s without reading (max-outage) and "),
+        "{error}"
+    );
     assert!(
         error.contains(
             " attempts; the last: GetMedia failed: HTTP 503 ServiceUnavailableException: Injected fault"
@@ -151,7 +178,10 @@ fn a_range_that_ends_in_the_future_follows_the_stream_until_its_end() {
     let range = std::thread::spawn(move || run_pipeline(&description, Duration::from_secs(120)));
     // kvssink uploads 30 s of live video, from a second after the read began: the range sees the stream grow.
     std::thread::sleep(Duration::from_secs(1));
-    let upload = run_pipeline(&live_upload(&emu, "ahead", 900, ""), Duration::from_secs(120));
+    let upload = run_pipeline(
+        &live_upload(&emu, "ahead", 900, ""),
+        Duration::from_secs(120),
+    );
     assert_eq!(upload.error, None);
     let read = range.join().unwrap();
     assert_eq!(read.error, None, "{:?}", read.warnings);
@@ -159,15 +189,19 @@ fn a_range_that_ends_in_the_future_follows_the_stream_until_its_end() {
 
     // The fragments that start by the end, in the order they were stored: exactly their frames, once.
     let fragments = emu.admin_fragments("ahead");
-    let (inside, after): (Vec<_>, Vec<_>) =
-        fragments.iter().partition(|f| f["producer_timestamp_ms"].as_f64().unwrap() / 1000.0 <= end);
+    let (inside, after): (Vec<_>, Vec<_>) = fragments
+        .iter()
+        .partition(|f| f["producer_timestamp_ms"].as_f64().unwrap() / 1000.0 <= end);
     assert!(
         !inside.is_empty() && !after.is_empty(),
         "{} in the range, {} after it",
         inside.len(),
         after.len()
     );
-    let count: u64 = inside.iter().map(|f| f["frames"]["1"].as_u64().unwrap()).sum();
+    let count: u64 = inside
+        .iter()
+        .map(|f| f["frames"]["1"].as_u64().unwrap())
+        .sum();
     let input = input_frames(&upload.input);
     let got = input_frames(&read.input);
     println!(
@@ -178,12 +212,21 @@ fn a_range_that_ends_in_the_future_follows_the_stream_until_its_end() {
         fragments.len()
     );
     assert_eq!(got.len() as u64, count);
-    assert!(got[..] == input[..count as usize], "every frame of the range once, in order");
+    assert!(
+        got[..] == input[..count as usize],
+        "every frame of the range once, in order"
+    );
     assert!(eos > end, "EOS at {eos:.3}, before the end {end:.3}");
     let progress = read.messages_named("kvssrc-progress");
     let last = progress.last().unwrap();
-    assert_eq!(last.get::<u64>("fragments-done").unwrap(), inside.len() as u64);
-    assert_eq!(last.get::<u64>("fragments-total").unwrap(), inside.len() as u64);
+    assert_eq!(
+        last.get::<u64>("fragments-done").unwrap(),
+        inside.len() as u64
+    );
+    assert_eq!(
+        last.get::<u64>("fragments-total").unwrap(),
+        inside.len() as u64
+    );
 }
 
 #[test]
@@ -192,20 +235,31 @@ fn throttling_answers_make_kvssrc_back_off_and_finish() {
     emu.create_stream("busy", 24);
     let input = produce(&emu, "busy", 240, "");
     // A range read throttled on both APIs, with more downloads at once (8) than the service's 5 connections.
-    emu.fault(json!({"api": "listFragments", "stream": "busy", "kind": "http_error", "status": 400,
-                     "error": "ClientLimitExceededException", "times": 3}));
+    emu.fault(
+        json!({"api": "listFragments", "stream": "busy", "kind": "http_error", "status": 400,
+                     "error": "ClientLimitExceededException", "times": 3}),
+    );
     emu.fault(
         json!({"api": "getMediaForFragmentList", "stream": "busy", "kind": "http_error", "status": 400,
                      "error": "ConnectionLimitExceededException", "times": 4}),
     );
     let run = read_range(&emu, "busy", "parallel-downloads=8");
     assert_eq!(run.error, None);
-    assert_eq!(emu.armed_faults(), json!([]), "every throttling answer was given");
-    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    assert_eq!(
+        emu.armed_faults(),
+        json!([]),
+        "every throttling answer was given"
+    );
+    assert!(
+        input_frames(&run.input) == input_frames(&input),
+        "every frame once, in order"
+    );
 
     // A live read throttled 4 times before its first session.
-    emu.fault(json!({"api": "getMedia", "stream": "busy", "kind": "http_error", "status": 400,
-                     "error": "ClientLimitExceededException", "times": 4}));
+    emu.fault(
+        json!({"api": "getMedia", "stream": "busy", "kind": "http_error", "status": 400,
+                     "error": "ClientLimitExceededException", "times": 4}),
+    );
     let reader = LiveRead::start(&format!(
         "{} start-selector=earliest ! appsink name=capture sync=false",
         src_props(&emu, "busy")

@@ -111,7 +111,9 @@ fn stored_frames(log: &Path) -> BTreeMap<u64, usize> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut stored = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.split("stored frame ").nth(1) else { continue };
+        let Some(rest) = line.split("stored frame ").nth(1) else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
         let index: usize = words.next().unwrap().parse().unwrap();
         let fragment: u64 = words.nth(2).unwrap().parse().unwrap();
@@ -126,14 +128,20 @@ struct Seeded(u64);
 
 impl Seeded {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
 
 #[test]
 fn a_producer_killed_ten_times_loses_no_frame_it_stored() {
-    let seed = std::env::var("KVS_STORE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261201);
+    let seed = std::env::var("KVS_STORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261201);
     let mut rng = Seeded(seed);
     let emu = Emu::start();
     emu.create_stream("killed", 1);
@@ -149,17 +157,34 @@ fn a_producer_killed_ten_times_loses_no_frame_it_stored() {
                 json!({"api": "putMedia", "stream": "killed", "kind": "withhold_acks", "event": "PERSISTED"}),
             );
         }
-        let endpoint = if mode == "offline" { closed.clone() } else { emu.url.clone() };
+        let endpoint = if mode == "offline" {
+            closed.clone()
+        } else {
+            emu.url.clone()
+        };
         let log = dir.with_extension(format!("{run}.log"));
-        let mut child = spawn_producer(&endpoint, "killed", &dir, &log, 0xff000000 | (run * 0x1f3d5b));
+        let mut child = spawn_producer(
+            &endpoint,
+            "killed",
+            &dir,
+            &log,
+            0xff000000 | (run * 0x1f3d5b),
+        );
         let after = Duration::from_millis(3500 + rng.below(3000));
         std::thread::sleep(after);
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(emu.call("DELETE", "/_emulator/faults", "").0, 200);
         let stored = stored_frames(&log);
-        assert!(!stored.is_empty(), "run {run} ({mode}) stored nothing in {after:?}");
-        modes.push(format!("{mode} {}ms {} frames", after.as_millis(), stored.values().sum::<usize>()));
+        assert!(
+            !stored.is_empty(),
+            "run {run} ({mode}) stored nothing in {after:?}"
+        );
+        modes.push(format!(
+            "{mode} {}ms {} frames",
+            after.as_millis(),
+            stored.values().sum::<usize>()
+        ));
         for (fragment, count) in stored {
             let entry = logged.entry(fragment).or_insert(0);
             *entry = count.max(*entry);
@@ -199,21 +224,43 @@ fn a_producer_killed_ten_times_loses_no_frame_it_stored() {
     let mut distinct: BTreeMap<(i64, u64), Vec<u8>> = BTreeMap::new();
     for (time, track, payload) in timed_frames(&stored) {
         let previous = distinct.insert((time, track), payload.clone());
-        assert!(previous.is_none_or(|p| p == payload), "two different frames at {time}");
+        assert!(
+            previous.is_none_or(|p| p == payload),
+            "two different frames at {time}"
+        );
     }
     let read = read_range(&emu, "killed", "");
     assert_eq!(read.error, None);
     let read_frames = timed_frames(&read.input);
-    let read_keys: Vec<(i64, u64)> = read_frames.iter().map(|(t, track, _)| (*t, *track)).collect();
+    let read_keys: Vec<(i64, u64)> = read_frames
+        .iter()
+        .map(|(t, track, _)| (*t, *track))
+        .collect();
     let distinct_keys: Vec<(i64, u64)> = distinct.keys().copied().collect();
-    assert_eq!(read_keys.len(), distinct_keys.len(), "frames read by kvssrc against distinct frames stored");
-    assert!(read_keys == distinct_keys, "kvssrc reads each stored frame once, in time order, at its time");
-    assert!(read_frames.iter().all(|(t, track, payload)| distinct[&(*t, *track)] == *payload));
+    assert_eq!(
+        read_keys.len(),
+        distinct_keys.len(),
+        "frames read by kvssrc against distinct frames stored"
+    );
+    assert!(
+        read_keys == distinct_keys,
+        "kvssrc reads each stored frame once, in time order, at its time"
+    );
+    assert!(
+        read_frames
+            .iter()
+            .all(|(t, track, payload)| distinct[&(*t, *track)] == *payload)
+    );
     // The last producer's own frames end the stream, as matroskamux made them.
     let input = input_frames(&run.input);
-    let tail: Vec<(u64, Vec<u8>)> =
-        read_frames[read_frames.len() - input.len()..].iter().map(|(_, t, p)| (*t, p.clone())).collect();
-    assert!(tail == input, "the last producer's frames follow the recovered ones");
+    let tail: Vec<(u64, Vec<u8>)> = read_frames[read_frames.len() - input.len()..]
+        .iter()
+        .map(|(_, t, p)| (*t, p.clone()))
+        .collect();
+    assert!(
+        tail == input,
+        "the last producer's frames follow the recovered ones"
+    );
     println!(
         "seed {seed}: 10 SIGKILLs ({}), {} fragments left for the last producer, {} frames logged as stored by \
          the killed producers, {} distinct frames in the stream ({} stored in all), all read once by kvssrc",
@@ -241,7 +288,11 @@ fn a_sink_started_with_the_service_unreachable_records_and_uploads_when_it_comes
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_secs(1));
-        crate::chaos::campaign::spawn_emulator(&plugin_dir().join("kvs-emulator"), &data_dir, &listen)
+        crate::chaos::campaign::spawn_emulator(
+            &plugin_dir().join("kvs-emulator"),
+            &data_dir,
+            &listen,
+        )
     });
     let emu = Emu::external(&closed);
     // A minute of stream time, fed faster than real time.
@@ -256,7 +307,9 @@ fn a_sink_started_with_the_service_unreachable_records_and_uploads_when_it_comes
     assert_eq!(url, closed);
     assert_eq!(run.error, None, "warnings {:?}", run.warnings);
     assert!(
-        run.warnings.iter().any(|w| w.starts_with("the service cannot be reached (")),
+        run.warnings
+            .iter()
+            .any(|w| w.starts_with("the service cannot be reached (")),
         "{:?}",
         run.warnings
     );
@@ -268,7 +321,10 @@ fn a_sink_started_with_the_service_unreachable_records_and_uploads_when_it_comes
     assert!(fragment_files(&dir).is_empty());
     emulator.kill().unwrap();
     emulator.wait().unwrap();
-    println!("started offline: {} frames recorded, then all stored once the service came up", input.len());
+    println!(
+        "started offline: {} frames recorded, then all stored once the service came up",
+        input.len()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -321,7 +377,10 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
 
     // A fragment of another stream: an error naming the file; nothing is uploaded to the wrong stream.
     let files = fragment_files(&dir);
-    assert!(!files.is_empty(), "the holder left its unpersisted fragments? {files:?}");
+    assert!(
+        !files.is_empty(),
+        "the holder left its unpersisted fragments? {files:?}"
+    );
     let run = upload("other", 30, &dir);
     let error = run.error.expect("another stream's directory is refused");
     assert!(
@@ -338,8 +397,18 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     std::fs::write(&damaged, b"KVSFRAG1 but then nothing that makes sense").unwrap();
     let run = upload("dirs", 30, &dir);
     assert_eq!(run.error, None);
-    let warning = run.warnings.iter().find(|w| w.contains("is not a readable fragment")).expect("a warning");
-    assert!(warning.starts_with(&format!("{} is not a readable fragment (", damaged.display())), "{warning}");
+    let warning = run
+        .warnings
+        .iter()
+        .find(|w| w.contains("is not a readable fragment"))
+        .expect("a warning");
+    assert!(
+        warning.starts_with(&format!(
+            "{} is not a readable fragment (",
+            damaged.display()
+        )),
+        "{warning}"
+    );
     assert!(damaged.with_extension("kvsfrag.corrupt").exists());
     assert!(fragment_files(&dir).is_empty());
 
@@ -347,7 +416,13 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let not_a_dir = damaged.with_extension("kvsfrag.corrupt").join("store");
     let run = upload("dirs", 30, &not_a_dir);
     let error = run.error.expect("an error");
-    assert!(error.starts_with(&format!("cannot create the directory {}: ", not_a_dir.display())), "{error}");
+    assert!(
+        error.starts_with(&format!(
+            "cannot create the directory {}: ",
+            not_a_dir.display()
+        )),
+        "{error}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -385,21 +460,28 @@ fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
     let emu = Emu::start();
     emu.create_stream("withheld", 1);
     // RECEIVED comes, PERSISTED never does: before, sent fragments stayed in RAM without bound.
-    emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED", "times": 1000}));
+    emu.fault(
+        json!({"api": "putMedia", "kind": "withhold_acks", "event": "PERSISTED", "times": 1000}),
+    );
     let description = format!(
         "{} ! matroskamux ! {} storage-size=2 connection-staleness=1 stop-stream-timeout=1",
         heavy_live_source(300),
         sink_props(&emu, "withheld")
     );
     let mut peak = None;
-    let run =
-        run_pipeline_with(&description, Duration::from_secs(60), |p| peak = Some(sample_queued_bytes(p)));
+    let run = run_pipeline_with(&description, Duration::from_secs(60), |p| {
+        peak = Some(sample_queued_bytes(p))
+    });
     let peak = peak.unwrap().load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(run.error, None);
     let dropped = run.messages_named("kvssink-fragment-dropped");
     assert!(!dropped.is_empty(), "a full queue drops fragments");
     assert_eq!(run.stat("fragments-dropped"), dropped.len() as u64);
-    let dropped_warnings = run.warnings.iter().filter(|w| w.contains(" dropped | ")).count();
+    let dropped_warnings = run
+        .warnings
+        .iter()
+        .filter(|w| w.contains(" dropped | "))
+        .count();
     assert_eq!(dropped_warnings, dropped.len(), "{:?}", run.warnings);
     for message in &dropped {
         assert!(message.get::<String>("reason").unwrap().starts_with(
@@ -407,9 +489,16 @@ fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
         ));
     }
     // Every byte counts: at most storage-size, plus the fragment being written (never dropped).
-    let largest =
-        emu.admin_fragments("withheld").iter().map(|f| f["size_bytes"].as_u64().unwrap()).max().unwrap();
-    assert!(peak <= 2 * 1024 * 1024 + largest, "queued bytes peaked at {peak} (largest fragment {largest})");
+    let largest = emu
+        .admin_fragments("withheld")
+        .iter()
+        .map(|f| f["size_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        peak <= 2 * 1024 * 1024 + largest,
+        "queued bytes peaked at {peak} (largest fragment {largest})"
+    );
     // And fragments that never got their PERSISTED were sent again.
     assert!(run.stat("fragments-resent") >= 1, "{:?}", run.stats);
     println!(
@@ -422,7 +511,10 @@ fn the_ram_queue_holds_no_more_than_storage_size_when_persisted_never_comes() {
 
 /// Runs `body` with a tmpfs of `size` mounted at a new directory (root only: None otherwise).
 fn with_tmpfs<T>(size: &str, body: impl FnOnce(&Path) -> T) -> Option<T> {
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !is_root {
         println!("skipped: mounting a tmpfs needs root");
         return None;
@@ -447,7 +539,9 @@ fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
         let emu = Emu::start();
         emu.create_stream("full", 1);
         // Nothing is persisted for a while, so the store fills; then it drains.
-        emu.fault(json!({"api": "putMedia", "kind": "delay_acks", "ms": 2500, "event": "PERSISTED"}));
+        emu.fault(
+            json!({"api": "putMedia", "kind": "delay_acks", "ms": 2500, "event": "PERSISTED"}),
+        );
         let description = format!(
             "{} ! matroskamux ! tee name=t ! queue ! {} sync=false buffer-dir={}/store {CAPTURE}",
             heavy_live_source(150),
@@ -456,9 +550,16 @@ fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
         );
         let run = run_pipeline(&description, Duration::from_secs(60));
         assert_eq!(run.error, None);
-        let full: Vec<&String> =
-            run.warnings.iter().filter(|w| w.contains("No space left on device")).collect();
-        assert!(!full.is_empty(), "a warning when the store starts failing: {:?}", run.warnings);
+        let full: Vec<&String> = run
+            .warnings
+            .iter()
+            .filter(|w| w.contains("No space left on device"))
+            .collect();
+        assert!(
+            !full.is_empty(),
+            "a warning when the store starts failing: {:?}",
+            run.warnings
+        );
         let recovered = run.warnings.len() - full.len();
         assert_eq!(recovered, 0, "no other warning: {:?}", run.warnings);
         for warning in &full {
@@ -471,7 +572,10 @@ fn a_full_disk_is_a_warning_naming_it_and_nothing_is_lost() {
         let input = input_frames(&run.input);
         let stored = unique_frames(&emu.read_back("full"));
         assert_eq!(stored.len(), input.len());
-        assert!(stored == input, "every frame stored although the disk was full");
+        assert!(
+            stored == input,
+            "every frame stored although the disk was full"
+        );
         assert!(fragment_files(&dir.join("store")).is_empty());
     });
 }
@@ -499,7 +603,10 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
     let data_dir = temp_dir("hour-emulator");
     let emu = Emu::external(&closed);
     let started_at = std::time::SystemTime::now() - Duration::from_secs(3600 + 60);
-    let start_s = started_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let start_s = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let description = format!(
         "appsrc name=feed is-live=true format=time block=true max-bytes=1000000 caps=video/x-matroska ! {} request-timeout=1000 \
          buffer-dir={} buffer-max-size=64 file-start-time={start_s} stop-stream-timeout=300",
@@ -508,11 +615,18 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
     );
     let (emulator_tx, emulator_rx) = std::sync::mpsc::channel();
     let run = run_pipeline_with(&description, Duration::from_secs(400), |pipeline| {
-        let feed = pipeline.by_name("feed").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let feed = pipeline
+            .by_name("feed")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
         std::thread::spawn(move || {
             let push = |data: Vec<u8>, pts: u64| {
                 let mut buffer = gst::Buffer::from_mut_slice(data);
-                buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(pts));
+                buffer
+                    .get_mut()
+                    .unwrap()
+                    .set_pts(gst::ClockTime::from_mseconds(pts));
                 let _ = feed.push_buffer(buffer);
             };
             push(kvs_mkv::writer::h264_stream_header(), 0);
@@ -536,10 +650,17 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
     let dropped: Vec<(u64, u64)> = run
         .messages_named("kvssink-fragment-dropped")
         .iter()
-        .map(|m| (m.get::<u64>("fragment-timecode").unwrap(), m.get::<u64>("bytes").unwrap()))
+        .map(|m| {
+            (
+                m.get::<u64>("fragment-timecode").unwrap(),
+                m.get::<u64>("bytes").unwrap(),
+            )
+        })
         .collect();
     let start_ms = start_s * 1000;
-    let expected_dropped: Vec<u64> = (0..dropped.len() as u64).map(|i| start_ms + i * 2000).collect();
+    let expected_dropped: Vec<u64> = (0..dropped.len() as u64)
+        .map(|i| start_ms + i * 2000)
+        .collect();
     assert_eq!(
         dropped.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
         expected_dropped,
@@ -552,31 +673,60 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
         run.stats,
         run.warnings.first()
     );
-    let warnings = run.warnings.iter().filter(|w| w.contains(" dropped | ")).count();
+    let warnings = run
+        .warnings
+        .iter()
+        .filter(|w| w.contains(" dropped | "))
+        .count();
     assert_eq!(warnings, dropped.len());
     let stored = timed_frames(&emu.read_back("hour"));
     let kept = CLUSTERS - dropped.len() as u64;
-    assert_eq!(stored.len() as u64, kept * 60, "every frame not dropped is stored");
+    assert_eq!(
+        stored.len() as u64,
+        kept * 60,
+        "every frame not dropped is stored"
+    );
     for (i, (time, _, payload)) in stored.iter().enumerate() {
         let (cluster, frame) = (dropped.len() as u64 + i as u64 / 60, i as u64 % 60);
         assert_eq!(*time as u64, start_ms + cluster * 2000 + frame * 33);
-        assert_eq!(&payload[..16], &[cluster.to_be_bytes(), frame.to_be_bytes()].concat()[..]);
+        assert_eq!(
+            &payload[..16],
+            &[cluster.to_be_bytes(), frame.to_be_bytes()].concat()[..]
+        );
     }
     assert!(fragment_files(&dir).is_empty());
     // The backlog was told: while offline (waiting), then during the catch-up, then gone.
     let backlog = run.messages_named("kvssink-backlog");
-    assert!(backlog.iter().any(|m| m.get::<bool>("waiting").unwrap()), "a backlog waiting for the service");
+    assert!(
+        backlog.iter().any(|m| m.get::<bool>("waiting").unwrap()),
+        "a backlog waiting for the service"
+    );
     let last = backlog.last().expect("backlog messages");
-    assert_eq!((last.get::<u64>("fragments").unwrap(), last.get::<u64>("bytes").unwrap()), (0, 0));
+    assert_eq!(
+        (
+            last.get::<u64>("fragments").unwrap(),
+            last.get::<u64>("bytes").unwrap()
+        ),
+        (0, 0)
+    );
     let catching_up: Vec<u64> = backlog
         .iter()
         .filter(|m| !m.get::<bool>("waiting").unwrap() && m.get::<u64>("fragments").unwrap() > 0)
         .map(|m| m.get::<u64>("fragments").unwrap())
         .collect();
-    assert!(catching_up.windows(2).all(|w| w[1] <= w[0]), "the backlog only shrinks: {catching_up:?}");
-    let progress: Vec<&(gst::ProgressType, String, String, i32)> =
-        run.progress.iter().filter(|(_, code, _, _)| code == "kvssink-backlog").collect();
-    assert_eq!(progress.first().map(|p| p.0), Some(gst::ProgressType::Start));
+    assert!(
+        catching_up.windows(2).all(|w| w[1] <= w[0]),
+        "the backlog only shrinks: {catching_up:?}"
+    );
+    let progress: Vec<&(gst::ProgressType, String, String, i32)> = run
+        .progress
+        .iter()
+        .filter(|(_, code, _, _)| code == "kvssink-backlog")
+        .collect();
+    assert_eq!(
+        progress.first().map(|p| p.0),
+        Some(gst::ProgressType::Start)
+    );
     assert_eq!(
         progress.last().map(|p| (p.0, p.2.as_str())),
         Some((gst::ProgressType::Complete, "Backlog uploaded"))
@@ -589,15 +739,27 @@ fn an_hour_offline_with_a_smaller_store_keeps_the_newest_and_names_what_it_dropp
         .unwrap();
     let persisted_during = run.messages[..catch_up_end]
         .iter()
-        .filter(|m| m.name() == "kvssink-ack" && m.get::<String>("event-type").unwrap() == "PERSISTED")
+        .filter(|m| {
+            m.name() == "kvssink-ack" && m.get::<String>("event-type").unwrap() == "PERSISTED"
+        })
         .count();
-    assert!(persisted_during >= 100, "{persisted_during} PERSISTED read while the backlog was going up");
+    assert!(
+        persisted_during >= 100,
+        "{persisted_during} PERSISTED read while the backlog was going up"
+    );
     // The catch-up went at the service's pace: never more than five fragments in a second.
-    let mut arrivals: Vec<u64> =
-        emu.admin_fragments("hour").iter().map(|f| f["server_timestamp_ms"].as_u64().unwrap()).collect();
+    let mut arrivals: Vec<u64> = emu
+        .admin_fragments("hour")
+        .iter()
+        .map(|f| f["server_timestamp_ms"].as_u64().unwrap())
+        .collect();
     arrivals.sort();
-    assert!(arrivals.windows(6).all(|w| w[5] - w[0] >= 990), "more than 5 fragments in a second");
-    let rate = (arrivals.len() - 1) as f64 * 1000.0 / (arrivals[arrivals.len() - 1] - arrivals[0]) as f64;
+    assert!(
+        arrivals.windows(6).all(|w| w[5] - w[0] >= 990),
+        "more than 5 fragments in a second"
+    );
+    let rate =
+        (arrivals.len() - 1) as f64 * 1000.0 / (arrivals[arrivals.len() - 1] - arrivals[0]) as f64;
     emulator.kill().unwrap();
     emulator.wait().unwrap();
     println!(

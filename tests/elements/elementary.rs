@@ -13,14 +13,21 @@ use gst::prelude::*;
 /// Collects each buffer the appsink `name` receives, one entry per buffer.
 fn collect(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<Vec<u8>>>> {
     let frames = Arc::new(Mutex::new(Vec::new()));
-    let appsink = pipeline.by_name(name).unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let appsink = pipeline
+        .by_name(name)
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     let sink_frames = frames.clone();
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                sink_frames.lock().unwrap().push(buffer.map_readable().unwrap().to_vec());
+                sink_frames
+                    .lock()
+                    .unwrap()
+                    .push(buffer.map_readable().unwrap().to_vec());
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
@@ -47,7 +54,12 @@ fn stored(emu: &Emu, stream: &str) -> Stored {
             _ => None,
         })
         .unwrap_or_default();
-    let kind_of = |number: u64| header.iter().find(|t| t.number == number).map(|t| t.track_type);
+    let kind_of = |number: u64| {
+        header
+            .iter()
+            .find(|t| t.number == number)
+            .map(|t| t.track_type)
+    };
     let (mut video, mut audio) = (Vec::new(), Vec::new());
     for (track, payload) in unique_frames(&data) {
         match kind_of(track) {
@@ -56,9 +68,16 @@ fn stored(emu: &Emu, stream: &str) -> Stored {
             other => panic!("a frame of track {track} ({other:?})"),
         }
     }
-    let mut tracks: Vec<_> = header.into_iter().map(|t| (t.name, t.codec_id, t.track_type)).collect();
+    let mut tracks: Vec<_> = header
+        .into_iter()
+        .map(|t| (t.name, t.codec_id, t.track_type))
+        .collect();
     tracks.sort_by_key(|t| t.2);
-    Stored { tracks, video, audio }
+    Stored {
+        tracks,
+        video,
+        audio,
+    }
 }
 
 const H264_CPP: &str = "x264enc bframes=0 key-int-max=45 tune=zerolatency speed-preset=ultrafast \
@@ -83,15 +102,28 @@ fn h264_linked_straight_to_kvssink_is_stored_frame_for_frame_with_the_cpp_track(
     let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
         video_in = Some(collect(pipeline, "vcap"));
         let sink = pipeline.by_name("sink").unwrap();
-        assert!(sink.static_pad("video_0").is_some(), "gst-launch linked the video_%u pad");
+        assert!(
+            sink.static_pad("video_0").is_some(),
+            "gst-launch linked the video_%u pad"
+        );
     });
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let video_in = video_in.unwrap().lock().unwrap().clone();
     assert_eq!(video_in.len(), 90);
     let stored = stored(&emu, "h264");
-    assert_eq!(stored.tracks, [(Some("kinesis_video".to_owned()), "V_MPEG4/ISO/AVC".to_owned(), 1)]);
+    assert_eq!(
+        stored.tracks,
+        [(
+            Some("kinesis_video".to_owned()),
+            "V_MPEG4/ISO/AVC".to_owned(),
+            1
+        )]
+    );
     assert_eq!(stored.video.len(), 90);
-    assert!(stored.video == video_in, "the frames read back differ from the frames uploaded");
+    assert!(
+        stored.video == video_in,
+        "the frames read back differ from the frames uploaded"
+    );
     // A key frame every 45 frames: two fragments, both persisted.
     assert_eq!(run.acks("PERSISTED"), 2, "{:?}", run.messages);
 }
@@ -120,11 +152,18 @@ fn h264_and_aac_on_request_pads_are_stored_frame_for_frame() {
     assert_eq!(
         stored.tracks,
         [
-            (Some("front-door".to_owned()), "V_MPEG4/ISO/AVC".to_owned(), 1),
+            (
+                Some("front-door".to_owned()),
+                "V_MPEG4/ISO/AVC".to_owned(),
+                1
+            ),
             (Some("audio".to_owned()), "A_AAC".to_owned(), 2)
         ]
     );
-    assert_eq!((stored.video.len(), stored.audio.len()), (video_in.len(), audio_in.len()));
+    assert_eq!(
+        (stored.video.len(), stored.audio.len()),
+        (video_in.len(), audio_in.len())
+    );
     assert!(stored.video == video_in, "video frames differ");
     assert!(stored.audio == audio_in, "audio frames differ");
 }
@@ -148,10 +187,23 @@ fn h265_linked_straight_to_kvssink_is_stored_frame_for_frame() {
     let video_in = video_in.unwrap().lock().unwrap().clone();
     assert_eq!(video_in.len(), 60);
     let stored = stored(&emu, "h265");
-    assert_eq!(stored.tracks, [(Some("kinesis_video".to_owned()), "V_MPEGH/ISO/HEVC".to_owned(), 1)]);
-    assert!(stored.video == video_in, "the frames read back differ from the frames uploaded");
+    assert_eq!(
+        stored.tracks,
+        [(
+            Some("kinesis_video".to_owned()),
+            "V_MPEGH/ISO/HEVC".to_owned(),
+            1
+        )]
+    );
+    assert!(
+        stored.video == video_in,
+        "the frames read back differ from the frames uploaded"
+    );
     let (_, description) = emu.json("/describeStream", serde_json::json!({"StreamName": "h265"}));
-    assert_eq!(description["StreamInfo"]["MediaType"], "video/h265", "{description}");
+    assert_eq!(
+        description["StreamInfo"]["MediaType"], "video/h265",
+        "{description}"
+    );
 }
 
 /// `matroskademux ! h264parse` gives key frames without a DTS: the C++ kvssink drops them (and so the whole
@@ -164,7 +216,11 @@ fn key_frames_without_dts_from_matroskademux_are_uploaded() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("in.mkv");
     let made = run_pipeline(
-        &format!("{} ! {H264_CPP} ! matroskamux ! filesink location={}", raw_video(60), file.display()),
+        &format!(
+            "{} ! {H264_CPP} ! matroskamux ! filesink location={}",
+            raw_video(60),
+            file.display()
+        ),
         Duration::from_secs(60),
     );
     assert_eq!(made.error, None);
@@ -182,7 +238,11 @@ fn key_frames_without_dts_from_matroskademux_are_uploaded() {
         move |pipeline| {
             let sink = pipeline.by_name("sink").unwrap();
             assert!(sink.static_pad("video_0").is_some(), "linked to video_0");
-            let pad = pipeline.by_name("parse").unwrap().static_pad("src").unwrap();
+            let pad = pipeline
+                .by_name("parse")
+                .unwrap()
+                .static_pad("src")
+                .unwrap();
             pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data
                     && buffer.dts().is_none()
@@ -195,10 +255,19 @@ fn key_frames_without_dts_from_matroskademux_are_uploaded() {
         },
     );
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
-    assert_eq!(*no_dts_key_frames.lock().unwrap(), 2, "the key frames came without a DTS");
+    assert_eq!(
+        *no_dts_key_frames.lock().unwrap(),
+        2,
+        "the key frames came without a DTS"
+    );
     let stored = stored(&emu, "demuxed");
     let recorded: Vec<Vec<u8>> = recorded.into_iter().map(|(_, payload)| payload).collect();
-    assert!(stored.video == recorded, "{} frames stored of {}", stored.video.len(), recorded.len());
+    assert!(
+        stored.video == recorded,
+        "{} frames stored of {}",
+        stored.video.len(),
+        recorded.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -248,19 +317,33 @@ fn the_cpp_documentation_pipelines_run_unchanged_with_gst_launch() {
             .env_remove("AWS_PROFILE")
             .output()
             .unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(output.status.success(), "{stream}: {text}");
         let stored = stored(&emu, stream);
-        assert_eq!(stored.video.len(), video_frames, "{stream}: video frames stored");
+        assert_eq!(
+            stored.video.len(),
+            video_frames,
+            "{stream}: video frames stored"
+        );
         if audio {
             // 86 buffers of 1024 samples, and the frame avenc_aac's priming delay pushes out at EOS.
             assert_eq!(stored.audio.len(), 87, "{stream}: audio frames stored");
-            assert_eq!(stored.tracks[1], (Some("audio".to_owned()), "A_AAC".to_owned(), 2));
+            assert_eq!(
+                stored.tracks[1],
+                (Some("audio".to_owned()), "A_AAC".to_owned(), 2)
+            );
         } else {
             assert!(stored.audio.is_empty());
         }
-        println!("{stream}: {} video and {} audio frames stored", stored.video.len(), stored.audio.len());
+        println!(
+            "{stream}: {} video and {} audio frames stored",
+            stored.video.len(),
+            stored.audio.len()
+        );
     }
 }
 
@@ -268,9 +351,17 @@ fn the_cpp_documentation_pipelines_run_unchanged_with_gst_launch() {
 fn metadata_sent_into_a_request_pad_is_stored_with_the_next_fragment() {
     let emu = Emu::start();
     emu.create_stream("padmeta", 1);
-    let description = format!("{} ! {H264_CPP} ! {} sync=false", raw_video(90), sink_props(&emu, "padmeta"));
+    let description = format!(
+        "{} ! {H264_CPP} ! {} sync=false",
+        raw_video(90),
+        sink_props(&emu, "padmeta")
+    );
     let run = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
-        let pad = pipeline.by_name("sink").unwrap().static_pad("video_0").unwrap();
+        let pad = pipeline
+            .by_name("sink")
+            .unwrap()
+            .static_pad("video_0")
+            .unwrap();
         let sent = std::sync::atomic::AtomicBool::new(false);
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
             if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -292,7 +383,10 @@ fn metadata_sent_into_a_request_pad_is_stored_with_the_next_fragment() {
             kvs_mkv::Event::EbmlHeader(_) => per_fragment.push(Vec::new()),
             kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
                 for tag in kvs_mkv::tags::parse_tags(&e.data()).unwrap() {
-                    per_fragment.last_mut().unwrap().push(format!("{}={}", tag.name, tag.value));
+                    per_fragment
+                        .last_mut()
+                        .unwrap()
+                        .push(format!("{}={}", tag.name, tag.value));
                 }
             }
             _ => {}
@@ -301,7 +395,9 @@ fn metadata_sent_into_a_request_pad_is_stored_with_the_next_fragment() {
     // Persistent: with each of the two fragments.
     assert_eq!(per_fragment.len(), 2);
     assert!(
-        per_fragment.iter().all(|tags| tags.contains(&"camera=front door".to_owned())),
+        per_fragment
+            .iter()
+            .all(|tags| tags.contains(&"camera=front door".to_owned())),
         "{per_fragment:?}"
     );
 }
@@ -316,9 +412,15 @@ fn a_second_video_pad_and_mixing_sink_with_request_pads_are_refused_by_name() {
     let video = sink.request_pad_simple("video_%u").expect("one video pad");
     assert_eq!(video.name(), "video_0");
     assert!(sink.request_pad_simple("video_%u").is_none());
-    let warning =
-        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Warning]).unwrap();
-    let gst::MessageView::Warning(w) = warning.view() else { unreachable!() };
+    let warning = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(1),
+            &[gst::MessageType::Warning],
+        )
+        .unwrap();
+    let gst::MessageView::Warning(w) = warning.view() else {
+        unreachable!()
+    };
     assert_eq!(
         w.error().message(),
         "it takes one video stream on its request pads, as the C++ kvssink does; mux more tracks with \
@@ -327,7 +429,11 @@ fn a_second_video_pad_and_mixing_sink_with_request_pads_are_refused_by_name() {
     assert_eq!(warning.src(), Some(sink.upcast_ref::<gst::Object>()));
     let audio = sink.request_pad_simple("audio_%u").expect("one audio pad");
     // While request pads are in use, `sink` leads nowhere; releasing them makes it the Matroska input again.
-    let matroska = sink.static_pad("sink").unwrap().downcast::<gst::GhostPad>().unwrap();
+    let matroska = sink
+        .static_pad("sink")
+        .unwrap()
+        .downcast::<gst::GhostPad>()
+        .unwrap();
     assert!(matroska.target().is_none());
     sink.release_request_pad(&video);
     sink.release_request_pad(&audio);
@@ -339,9 +445,15 @@ fn a_second_video_pad_and_mixing_sink_with_request_pads_are_refused_by_name() {
     pipeline.add(&mux).unwrap();
     mux.link(&sink).unwrap();
     assert!(sink.request_pad_simple("audio_%u").is_none());
-    let warning =
-        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Warning]).unwrap();
-    let gst::MessageView::Warning(w) = warning.view() else { unreachable!() };
+    let warning = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(1),
+            &[gst::MessageType::Warning],
+        )
+        .unwrap();
+    let gst::MessageView::Warning(w) = warning.view() else {
+        unreachable!()
+    };
     assert_eq!(
         w.error().message(),
         "cannot take audio on a request pad: its sink pad is linked (Matroska input)"
@@ -378,7 +490,14 @@ fn fragment_duration_and_timecode_scale_shape_the_muxed_fragments() {
     assert_eq!(scale, 10_000_000);
     let stored = stored(&emu, "shaped");
     assert_eq!(stored.video.len(), 90);
-    assert_eq!(stored.tracks, [(Some("kinesis_video".to_owned()), "V_MPEG4/ISO/AVC/KVS".to_owned(), 1)]);
+    assert_eq!(
+        stored.tracks,
+        [(
+            Some("kinesis_video".to_owned()),
+            "V_MPEG4/ISO/AVC/KVS".to_owned(),
+            1
+        )]
+    );
 }
 
 /// A-law audio alone on an audio request pad: the C++ element's A_MS/ACM track named "audio", cut into
@@ -399,9 +518,15 @@ fn alaw_audio_alone_is_stored_frame_for_frame_in_fragment_duration_fragments() {
     assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
     let audio_in = audio_in.unwrap().lock().unwrap().clone();
     let stored = stored(&emu, "alaw");
-    assert_eq!(stored.tracks, [(Some("audio".to_owned()), "A_MS/ACM".to_owned(), 2)]);
+    assert_eq!(
+        stored.tracks,
+        [(Some("audio".to_owned()), "A_MS/ACM".to_owned(), 2)]
+    );
     assert_eq!(stored.audio.len(), 100);
-    assert!(stored.audio == audio_in, "the frames read back differ from the frames uploaded");
+    assert!(
+        stored.audio == audio_in,
+        "the frames read back differ from the frames uploaded"
+    );
     // 12.8 s of audio in fragments of at least 2 s (16 buffers of 128 ms): 7.
     assert_eq!(run.acks("PERSISTED"), 7, "{:?}", run.messages);
 }

@@ -54,11 +54,17 @@ fn harness(emu: &Emu, stream: &str) -> gst_check::Harness {
 }
 
 fn push(h: &mut gst_check::Harness, bytes: Vec<u8>) {
-    assert_eq!(h.push(gst::Buffer::from_mut_slice(bytes)), Ok(gst::FlowSuccess::Ok));
+    assert_eq!(
+        h.push(gst::Buffer::from_mut_slice(bytes)),
+        Ok(gst::FlowSuccess::Ok)
+    );
 }
 
 fn stored_payloads(emu: &Emu, stream: &str) -> Vec<Vec<u8>> {
-    unique_frames(&emu.read_back(stream)).into_iter().map(|(_, payload)| payload).collect()
+    unique_frames(&emu.read_back(stream))
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
 }
 
 #[test]
@@ -77,7 +83,11 @@ fn every_frame_rendered_one_buffer_at_a_time_is_stored_and_eos_waits_for_it() {
     assert!(h.push_event(gst::event::Eos::new()));
     // EOS returned only once every fragment was persisted.
     let stats = h.element().unwrap().property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("fragments-persisted").unwrap(), 3, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("fragments-persisted").unwrap(),
+        3,
+        "{stats}"
+    );
     assert_eq!(stats.get::<u64>("queued-fragments").unwrap(), 0);
     assert_eq!(stored_payloads(&emu, "harness"), payloads);
 }
@@ -100,7 +110,9 @@ fn a_flush_in_the_middle_of_a_fragment_loses_nothing_that_follows() {
     assert!(h.push_event(gst::event::FlushStart::new()));
     assert!(h.push_event(gst::event::FlushStop::new(true)));
     h.set_src_caps_str("video/x-matroska");
-    h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+    h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+        gst::ClockTime,
+    >::new()));
     for (head, blocks) in clusters {
         push(&mut h, head);
         for block in blocks {
@@ -151,14 +163,19 @@ fn metadata_goes_with_the_next_fragment() {
         match event {
             kvs_mkv::Event::EbmlHeader(_) => own.push(Vec::new()),
             kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
-                let doors =
-                    kvs_mkv::tags::parse_tags(&e.data()).unwrap().into_iter().filter(|t| t.name == "door");
+                let doors = kvs_mkv::tags::parse_tags(&e.data())
+                    .unwrap()
+                    .into_iter()
+                    .filter(|t| t.name == "door");
                 own.last_mut().unwrap().extend(doors.map(|t| t.value));
             }
             _ => {}
         }
     }
-    assert_eq!(own, [vec![], vec!["open".to_owned()], vec!["closed".to_owned()]]);
+    assert_eq!(
+        own,
+        [vec![], vec!["open".to_owned()], vec!["closed".to_owned()]]
+    );
 }
 
 /// Setting kvssink to NULL while it waits for room in a full queue returns at once. (The harness answers
@@ -196,9 +213,20 @@ fn a_render_waiting_for_room_is_unlocked_by_a_state_change() {
     let started = std::time::Instant::now();
     sink.set_state(gst::State::Null).unwrap();
     let results = pusher.join().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // It waited with the queue full (1 MiB of 4-KiB frames), not dropping, until the state change.
     let rendered = results.iter().filter(|r| r.is_ok()).count();
-    assert!((50..1000).contains(&rendered), "{rendered} buffers rendered");
-    assert_eq!(results.last(), Some(&Err(gst::FlowError::Flushing)), "the waiting render returned flushing");
+    assert!(
+        (50..1000).contains(&rendered),
+        "{rendered} buffers rendered"
+    );
+    assert_eq!(
+        results.last(),
+        Some(&Err(gst::FlowError::Flushing)),
+        "the waiting render returned flushing"
+    );
 }

@@ -17,7 +17,10 @@ fn assert_round_trip(emu: &Emu, stream: &str, run: &Run) {
     assert!(!input.is_empty());
     let output = unique_frames(&emu.read_back(stream));
     assert_eq!(output.len(), input.len(), "frames in and out");
-    assert!(output == input, "the frames read back differ from the frames uploaded");
+    assert!(
+        output == input,
+        "the frames read back differ from the frames uploaded"
+    );
 }
 
 #[test]
@@ -37,8 +40,11 @@ fn video_round_trip_every_frame_identical() {
     assert_eq!(run.stat("fragments-persisted"), 10);
     assert_eq!(run.stat("fragments-resent"), 0);
     assert_eq!(run.stat("queued-fragments"), 0);
-    let sizes: Vec<u64> =
-        emu.admin_fragments("video").iter().map(|f| f["size_bytes"].as_u64().unwrap()).collect();
+    let sizes: Vec<u64> = emu
+        .admin_fragments("video")
+        .iter()
+        .map(|f| f["size_bytes"].as_u64().unwrap())
+        .collect();
     assert_eq!(sizes.len(), 10);
 }
 
@@ -49,7 +55,8 @@ fn video_and_aac_round_trip() {
     let description = av_upload(&emu, "av");
     let run = run_pipeline(&description, Duration::from_secs(60));
     assert_round_trip(&emu, "av", &run);
-    let tracks: std::collections::BTreeSet<u64> = input_frames(&run.input).iter().map(|(t, _)| *t).collect();
+    let tracks: std::collections::BTreeSet<u64> =
+        input_frames(&run.input).iter().map(|(t, _)| *t).collect();
     assert_eq!(tracks.len(), 2, "video and audio");
 }
 
@@ -78,7 +85,10 @@ fn a_missing_stream_is_created_with_the_media_type_of_the_tracks() {
     assert_round_trip(&emu, "created", &run);
     let (status, described) = emu.json("/describeStream", json!({"StreamName": "created"}));
     assert_eq!(status, 200);
-    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
+    assert_eq!(
+        described["StreamInfo"]["MediaType"], "video/h264",
+        "{described}"
+    );
     assert_eq!(described["StreamInfo"]["DataRetentionInHours"], 3);
     let (_, tags) = emu.json("/listTagsForStream", json!({"StreamName": "created"}));
     assert_eq!(tags["Tags"]["team"], "video");
@@ -108,7 +118,12 @@ fn ten_dropped_connections_lose_nothing() {
     emu.fault(json!({"api": "putMedia", "stream": "drops", "kind": "drop_after_bytes", "bytes": 30000, "times": 10}));
     let run = upload(&emu, "drops", 360, "");
     assert_round_trip(&emu, "drops", &run);
-    assert_eq!(reconnections(&run), 10, "{:?}", run.messages_named("kvssink-connection"));
+    assert_eq!(
+        reconnections(&run),
+        10,
+        "{:?}",
+        run.messages_named("kvssink-connection")
+    );
     assert_eq!(run.stat("reconnections"), 10);
     // A drop after ACKs is followed by a reconnection at once (a drop that beats the new connection's first
     // ACK counts as a second failure in a row and backs off: allowed for once or twice).
@@ -126,14 +141,23 @@ fn retryable_error_acks_resend_the_fragment() {
     for error_id in [5000u32, 5001] {
         let emu = Emu::start();
         emu.create_stream("errors", 1);
-        emu.fault(json!({"api": "putMedia", "kind": "error_ack", "fragment": 3, "error_id": error_id}));
+        emu.fault(
+            json!({"api": "putMedia", "kind": "error_ack", "fragment": 3, "error_id": error_id}),
+        );
         let run = upload(&emu, "errors", 240, "");
         assert_round_trip(&emu, "errors", &run);
-        let errors: Vec<u32> =
-            run.messages_named("kvssink-ack").iter().filter_map(|s| s.get::<u32>("error-id").ok()).collect();
+        let errors: Vec<u32> = run
+            .messages_named("kvssink-ack")
+            .iter()
+            .filter_map(|s| s.get::<u32>("error-id").ok())
+            .collect();
         assert_eq!(errors, [error_id]);
         assert_eq!(reconnections(&run), 1);
-        assert!(run.stat("fragments-resent") >= 1, "fragment 3 goes again: {:?}", run.stats);
+        assert!(
+            run.stat("fragments-resent") >= 1,
+            "fragment 3 goes again: {:?}",
+            run.stats
+        );
     }
 }
 
@@ -146,13 +170,21 @@ fn a_503_on_connect_is_retried() {
     assert_round_trip(&emu, "unavailable", &run);
     let reasons = reasons(&run);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons[0].contains("HTTP 503 ServiceUnavailableException"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("HTTP 503 ServiceUnavailableException"),
+        "{reasons:?}"
+    );
     // The first retry goes at once; the second, after another failure, backs off.
     let waits: Vec<(u32, u64)> = run
         .messages_named("kvssink-connection")
         .iter()
         .filter(|s| s.get::<String>("state").unwrap() == "reconnecting")
-        .map(|s| (s.get::<u32>("attempt").unwrap(), s.get::<u64>("retry-in-ms").unwrap()))
+        .map(|s| {
+            (
+                s.get::<u32>("attempt").unwrap(),
+                s.get::<u64>("retry-in-ms").unwrap(),
+            )
+        })
         .collect();
     assert_eq!(waits[0], (1, 0), "{waits:?}");
     assert_eq!(waits[1].0, 2);
@@ -176,7 +208,10 @@ fn a_stream_deleted_mid_stream_is_an_element_error() {
     let emu = Emu::start();
     emu.create_stream("deleted", 1);
     let (_, described) = emu.json("/describeStream", json!({"StreamName": "deleted"}));
-    let arn = described["StreamInfo"]["StreamARN"].as_str().unwrap().to_owned();
+    let arn = described["StreamInfo"]["StreamARN"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let description = format!(
         "videotestsrc is-live=true num-buffers=300 ! video/x-raw,width=320,height=240,framerate=30/1 \
          ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
@@ -192,11 +227,15 @@ fn a_stream_deleted_mid_stream_is_an_element_error() {
         let run = run_pipeline(&description, Duration::from_secs(30));
         let error = run.error.expect("an element error");
         assert!(
-            error.contains("ERROR 4507 STREAM_DELETED") || error.contains("ResourceNotFoundException"),
+            error.contains("ERROR 4507 STREAM_DELETED")
+                || error.contains("ResourceNotFoundException"),
             "{error}"
         );
         // The domain says what happened, whichever way the service said it.
-        assert!(run.gerror.unwrap().matches(gst::ResourceError::NotFound), "{error}");
+        assert!(
+            run.gerror.unwrap().matches(gst::ResourceError::NotFound),
+            "{error}"
+        );
         assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
     });
 }
@@ -225,8 +264,11 @@ fn setting_the_pipeline_to_null_during_a_stalled_eos_returns_at_once() {
     let emu = Emu::start();
     emu.create_stream("stall", 1);
     emu.fault(json!({"api": "putMedia", "kind": "withhold_acks", "times": 5}));
-    let description =
-        format!("{} ! matroskamux ! {} sync=false", video_source(30), sink_props(&emu, "stall"));
+    let description = format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(30),
+        sink_props(&emu, "stall")
+    );
     let pipeline = gst::parse::launch(&description).unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     // The frames are encoded and queued at once; EOS then waits for ACKs that never come.
@@ -252,7 +294,9 @@ fn metadata_events_become_fragment_tags() {
         let sent = std::sync::atomic::AtomicBool::new(false);
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
             if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                for (name, value, persist) in [("camera", "front door", false), ("site", "berlin", true)] {
+                for (name, value, persist) in
+                    [("camera", "front door", false), ("site", "berlin", true)]
+                {
                     let s = gst::Structure::builder("kvs-add-metadata")
                         .field("name", name)
                         .field("value", value)
@@ -274,7 +318,10 @@ fn metadata_events_become_fragment_tags() {
             kvs_mkv::Event::Element(e) if e.id == kvs_mkv::ebml::id::TAGS => {
                 for tag in kvs_mkv::tags::parse_tags(&e.data()).unwrap() {
                     if !tag.name.starts_with("AWS_") {
-                        per_fragment.last_mut().unwrap().push(format!("{}={}", tag.name, tag.value));
+                        per_fragment
+                            .last_mut()
+                            .unwrap()
+                            .push(format!("{}={}", tag.name, tag.value));
                     }
                 }
             }
@@ -285,12 +332,24 @@ fn metadata_events_become_fragment_tags() {
     // part of that connection's header, so the first fragment's tags also show up in the later fragments of
     // the same connection, as in its recorded output; see the emulator's README.)
     assert_eq!(per_fragment.len(), 3);
-    assert!(per_fragment[0].contains(&"camera=front door".to_owned()), "{per_fragment:?}");
+    assert!(
+        per_fragment[0].contains(&"camera=front door".to_owned()),
+        "{per_fragment:?}"
+    );
     for tags in &per_fragment {
         assert!(tags.contains(&"site=berlin".to_owned()), "{per_fragment:?}");
     }
-    let own_tags = |i: usize| per_fragment[i].iter().filter(|t| *t == "site=berlin").count();
-    assert_eq!((own_tags(1), own_tags(2)), (2, 2), "the persistent tag is sent with every fragment");
+    let own_tags = |i: usize| {
+        per_fragment[i]
+            .iter()
+            .filter(|t| *t == "site=berlin")
+            .count()
+    };
+    assert_eq!(
+        (own_tags(1), own_tags(2)),
+        (2, 2),
+        "the persistent tag is sent with every fragment"
+    );
 }
 
 /// A pipeline reading `data` from a file as Matroska into kvssink; returns the error it ends with.
@@ -315,21 +374,31 @@ fn bad_input_gives_an_error_naming_the_problem() {
     let emu = Emu::start();
     emu.create_stream("bad", 1);
 
-    let error = error_for_input(&emu, "bad", b"this is certainly not a Matroska stream, just text");
+    let error = error_for_input(
+        &emu,
+        "bad",
+        b"this is certainly not a Matroska stream, just text",
+    );
     assert!(error.contains("invalid input: not Matroska"), "{error}");
 
     let mut stream = writer::h264_stream_header();
     writer::write_cluster_start(&mut stream, 0);
     writer::write_simple_block(&mut stream, 1, 0, true, &[7; 500]);
     let error = error_for_input(&emu, "bad", &stream[..stream.len() - 100]);
-    assert!(error.contains("truncated Matroska: the input ends inside an element"), "{error}");
+    assert!(
+        error.contains("truncated Matroska: the input ends inside an element"),
+        "{error}"
+    );
 
     let mut long = writer::h264_stream_header();
     writer::write_cluster_start(&mut long, 0);
     writer::write_simple_block(&mut long, 1, 0, true, &[1]);
     writer::write_simple_block(&mut long, 1, 12_000, false, &[2]);
     let error = error_for_input(&emu, "bad", &long);
-    assert!(error.contains("lasts at least 12.000 s, longer than the KVS fragment limit of 10 s"), "{error}");
+    assert!(
+        error.contains("lasts at least 12.000 s, longer than the KVS fragment limit of 10 s"),
+        "{error}"
+    );
 
     let mut backwards = writer::h264_stream_header();
     for timecode in [5000, 1000] {
@@ -337,7 +406,10 @@ fn bad_input_gives_an_error_naming_the_problem() {
         writer::write_simple_block(&mut backwards, 1, 0, true, &[1]);
     }
     let error = error_for_input(&emu, "bad", &backwards);
-    assert!(error.contains("Matroska cluster timecodes go backwards"), "{error}");
+    assert!(
+        error.contains("Matroska cluster timecodes go backwards"),
+        "{error}"
+    );
 
     let mut mp4 = Vec::new();
     writer::write_ebml_header(&mut mp4, "mp4");
@@ -371,14 +443,20 @@ fn bad_input_gives_an_error_naming_the_problem() {
     huge_frame.extend_from_slice(&gigabyte);
     huge_frame.extend_from_slice(&[0x81, 0, 0, 0x80, 1, 2, 3]);
     let error = error_for_input(&emu, "bad", &huge_frame);
-    assert!(error.starts_with("invalid input: Matroska element 0xA3 at byte "), "{error}");
+    assert!(
+        error.starts_with("invalid input: Matroska element 0xA3 at byte "),
+        "{error}"
+    );
     assert!(error.contains("is too large (1073741824 bytes)"), "{error}");
     let mut huge_tags = writer::h264_stream_header();
     huge_tags.extend_from_slice(&[0x12, 0x54, 0xC3, 0x67]);
     huge_tags.extend_from_slice(&gigabyte);
     huge_tags.extend_from_slice(&[0; 64]);
     let error = error_for_input(&emu, "bad", &huge_tags);
-    assert!(error.starts_with("invalid input: Matroska element 0x1254C367 at byte "), "{error}");
+    assert!(
+        error.starts_with("invalid input: Matroska element 0x1254C367 at byte "),
+        "{error}"
+    );
 }
 
 #[test]
@@ -395,7 +473,12 @@ fn caps_and_stream_header_changing_mid_stream_start_a_new_header_and_lose_nothin
         writer::write_info(&mut out, 1_000_000);
         writer::write_tracks(
             &mut out,
-            &[writer::TrackSpec { number: 1, track_type: 1, codec_id: "V_MPEG4/ISO/AVC", codec_private }],
+            &[writer::TrackSpec {
+                number: 1,
+                track_type: 1,
+                codec_id: "V_MPEG4/ISO/AVC",
+                codec_private,
+            }],
         );
         for cluster in 0..3u64 {
             writer::write_cluster_start(&mut out, first_timecode + cluster * 1000);
@@ -421,12 +504,20 @@ fn caps_and_stream_header_changing_mid_stream_start_a_new_header_and_lose_nothin
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let appsrc = pipeline.by_name("in").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let appsrc = pipeline
+        .by_name("in")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     appsrc.set_caps(Some(&gst::Caps::builder("video/x-matroska").build()));
-    appsrc.push_buffer(gst::Buffer::from_slice(first.clone())).unwrap();
+    appsrc
+        .push_buffer(gst::Buffer::from_slice(first.clone()))
+        .unwrap();
     appsrc.set_caps(Some(&gst::Caps::builder("video/webm").build()));
-    appsrc.push_buffer(gst::Buffer::from_slice(second.clone())).unwrap();
+    appsrc
+        .push_buffer(gst::Buffer::from_slice(second.clone()))
+        .unwrap();
     appsrc.end_of_stream().unwrap();
     let bus = pipeline.bus().unwrap();
     let message = bus
@@ -435,7 +526,10 @@ fn caps_and_stream_header_changing_mid_stream_start_a_new_header_and_lose_nothin
             &[gst::MessageType::Eos, gst::MessageType::Error],
         )
         .expect("EOS");
-    assert!(matches!(message.view(), gst::MessageView::Eos(_)), "{message:?}");
+    assert!(
+        matches!(message.view(), gst::MessageView::Eos(_)),
+        "{message:?}"
+    );
     pipeline.set_state(gst::State::Null).unwrap();
     let mut input = input_frames(&first);
     input.extend(input_frames(&second));
@@ -456,16 +550,31 @@ fn a_wrong_secret_is_refused_with_the_service_error() {
         ..Default::default()
     });
     let run = run_pipeline(
-        &format!("{} ! matroskamux ! {}", video_source(10), sink_props(&emu, "any")),
+        &format!(
+            "{} ! matroskamux ! {}",
+            video_source(10),
+            sink_props(&emu, "any")
+        ),
         Duration::from_secs(60),
     );
     let error = run.error.expect("an element error");
     assert!(error.contains("DescribeStream failed: HTTP 403"), "{error}");
-    assert!(!error.contains("test-secret"), "the secret never shows: {error}");
-    assert!(run.gerror.unwrap().matches(gst::ResourceError::NotAuthorized), "{error}");
+    assert!(
+        !error.contains("test-secret"),
+        "the secret never shows: {error}"
+    );
+    assert!(
+        run.gerror
+            .unwrap()
+            .matches(gst::ResourceError::NotAuthorized),
+        "{error}"
+    );
     // The debug string carries the service's error code and request id.
     let debug = error.split(" | ").nth(1).unwrap();
-    assert!(debug.contains("error code InvalidSignatureException, request id "), "{debug}");
+    assert!(
+        debug.contains("error code InvalidSignatureException, request id "),
+        "{debug}"
+    );
 }
 
 #[test]
@@ -487,13 +596,20 @@ fn a_missing_stream_without_creation_is_an_error() {
 #[test]
 fn an_unreachable_endpoint_fails_within_the_request_timeout() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (error, elapsed) = start_error(&format!(
         "{} ! matroskamux ! kvssink stream-name=x endpoint-uri=http://127.0.0.1:{port} access-key=AK secret-access-key=SK \
          region=us-east-1 request-timeout=2000",
         video_source(10)
     ));
-    assert!(error.contains("DescribeStream failed: cannot reach the service"), "{error}");
+    assert!(
+        error.contains("DescribeStream failed: cannot reach the service"),
+        "{error}"
+    );
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
@@ -504,7 +620,15 @@ fn no_credentials_anywhere_is_an_error_naming_the_cause() {
     let home = std::env::temp_dir().join(format!("kvssink-nocreds-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     let output = std::process::Command::new("gst-launch-1.0")
-        .args(["fakesrc", "num-buffers=1", "!", "video/x-matroska", "!", "kvssink", "stream-name=x"])
+        .args([
+            "fakesrc",
+            "num-buffers=1",
+            "!",
+            "video/x-matroska",
+            "!",
+            "kvssink",
+            "stream-name=x",
+        ])
         .args(["endpoint-uri=http://127.0.0.1:9", "region=us-east-1"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
@@ -519,7 +643,8 @@ fn no_credentials_anywhere_is_an_error_naming_the_cause() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
     assert!(
-        stdout.contains("no usable AWS credentials") || stderr.contains("no usable AWS credentials"),
+        stdout.contains("no usable AWS credentials")
+            || stderr.contains("no usable AWS credentials"),
         "{stdout}\n{stderr}"
     );
 }
@@ -527,12 +652,20 @@ fn no_credentials_anywhere_is_an_error_naming_the_cause() {
 #[test]
 fn secrets_cannot_be_read_back() {
     init();
-    let sink =
-        gst::ElementFactory::make("kvssink").property("secret-access-key", "s3cr3t-value").build().unwrap();
+    let sink = gst::ElementFactory::make("kvssink")
+        .property("secret-access-key", "s3cr3t-value")
+        .build()
+        .unwrap();
     for name in ["secret-access-key", "secret-key", "session-token"] {
         let pspec = sink.find_property(name).unwrap();
-        assert!(!pspec.flags().contains(gst::glib::ParamFlags::READABLE), "{name} is readable");
-        assert!(pspec.flags().contains(gst::glib::ParamFlags::WRITABLE), "{name} is not writable");
+        assert!(
+            !pspec.flags().contains(gst::glib::ParamFlags::READABLE),
+            "{name} is readable"
+        );
+        assert!(
+            pspec.flags().contains(gst::glib::ParamFlags::WRITABLE),
+            "{name} is not writable"
+        );
     }
     assert_eq!(sink.property::<u32>("request-timeout"), 10_000);
     assert_eq!(sink.property::<u32>("connection-staleness"), 60);
@@ -572,16 +705,34 @@ fn sync_true_uploads_at_native_rate_and_sync_false_as_fast_as_it_can() {
 
     let paced = upload_recording(&emu, "paced", &ten_seconds, "sync=true");
     assert_round_trip(&emu, "paced", &paced);
-    println!("sync=true, 10 s of video: {:.2} s", paced.elapsed.as_secs_f64());
+    println!(
+        "sync=true, 10 s of video: {:.2} s",
+        paced.elapsed.as_secs_f64()
+    );
     // Clock sync cannot render the last frame (at 9.967 s) before its time.
-    assert!(paced.elapsed >= Duration::from_millis(9_900), "{:?}", paced.elapsed);
-    assert!(paced.elapsed < Duration::from_secs(20), "{:?}", paced.elapsed);
+    assert!(
+        paced.elapsed >= Duration::from_millis(9_900),
+        "{:?}",
+        paced.elapsed
+    );
+    assert!(
+        paced.elapsed < Duration::from_secs(20),
+        "{:?}",
+        paced.elapsed
+    );
 
     let unpaced = upload_recording(&emu, "unpaced", &sixty_seconds, "sync=false");
     assert_round_trip(&emu, "unpaced", &unpaced);
     assert_eq!(input_frames(&unpaced.input).len(), 1800);
-    println!("sync=false, 60 s of video: {:.2} s", unpaced.elapsed.as_secs_f64());
-    assert!(unpaced.elapsed < Duration::from_secs(20), "{:?}", unpaced.elapsed);
+    println!(
+        "sync=false, 60 s of video: {:.2} s",
+        unpaced.elapsed.as_secs_f64()
+    );
+    assert!(
+        unpaced.elapsed < Duration::from_secs(20),
+        "{:?}",
+        unpaced.elapsed
+    );
     for path in [ten_seconds, sixty_seconds] {
         let _ = std::fs::remove_file(path);
     }
@@ -589,13 +740,22 @@ fn sync_true_uploads_at_native_rate_and_sync_false_as_fast_as_it_can() {
 
 /// Why connections ended (reconnections and rotations), in order.
 fn reasons(run: &Run) -> Vec<String> {
-    connection_states(run).into_iter().map(|(_, reason)| reason).filter(|r| !r.is_empty()).collect()
+    connection_states(run)
+        .into_iter()
+        .map(|(_, reason)| reason)
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 fn connection_states(run: &Run) -> Vec<(String, String)> {
     run.messages_named("kvssink-connection")
         .iter()
-        .map(|s| (s.get::<String>("state").unwrap(), s.get::<String>("reason").unwrap_or_default()))
+        .map(|s| {
+            (
+                s.get::<String>("state").unwrap(),
+                s.get::<String>("reason").unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -611,8 +771,17 @@ fn connection_rotation_opens_new_connections_and_loses_nothing() {
     let states = connection_states(&run);
     let rotations = states.iter().filter(|(s, _)| s == "rotating").count();
     assert_eq!(rotations, 2, "{states:?}");
-    assert!(states.iter().filter(|(s, _)| s == "rotating").all(|(_, r)| r == "connection-rotation reached"));
-    assert_eq!(states.iter().filter(|(s, _)| s == "reconnecting").count(), 0, "{states:?}");
+    assert!(
+        states
+            .iter()
+            .filter(|(s, _)| s == "rotating")
+            .all(|(_, r)| r == "connection-rotation reached")
+    );
+    assert_eq!(
+        states.iter().filter(|(s, _)| s == "reconnecting").count(),
+        0,
+        "{states:?}"
+    );
     assert_eq!(run.stat("connections"), rotations as u64 + 1);
     // Nothing is sent twice: each connection's fragments finish on it while the next one starts.
     assert_eq!(run.stat("fragments-resent"), 0);
@@ -634,7 +803,13 @@ fn a_new_stream_header_starts_a_new_connection_with_it() {
             writer::write_cluster_start(&mut data, u64::from(cluster) * 1000);
             for frame in 0..3u8 {
                 let payload = vec![document * 100 + cluster * 10 + frame; 200 + usize::from(frame)];
-                writer::write_simple_block(&mut data, 1, i16::from(frame) * 333, frame == 0, &payload);
+                writer::write_simple_block(
+                    &mut data,
+                    1,
+                    i16::from(frame) * 333,
+                    frame == 0,
+                    &payload,
+                );
                 payloads.push((1u64, payload));
             }
         }
@@ -653,7 +828,11 @@ fn a_new_stream_header_starts_a_new_connection_with_it() {
     assert_eq!(run.error, None, "{:?}", run.warnings);
     let states = connection_states(&run);
     assert_eq!(
-        states.iter().filter(|(s, _)| s == "rotating").map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        states
+            .iter()
+            .filter(|(s, _)| s == "rotating")
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>(),
         ["the stream header changed"],
         "{states:?}"
     );
@@ -670,7 +849,12 @@ fn without_fragment_acks_fragments_are_released_once_written() {
     emu.create_stream("noacks", 1);
     // Even with no ACK at all, nothing waits for one: no staleness, no EOS timeout.
     emu.fault(json!({"api": "putMedia", "kind": "withhold_acks"}));
-    let run = upload(&emu, "noacks", 90, "fragment-acks=false connection-staleness=1 stop-stream-timeout=30");
+    let run = upload(
+        &emu,
+        "noacks",
+        90,
+        "fragment-acks=false connection-staleness=1 stop-stream-timeout=30",
+    );
     assert_round_trip(&emu, "noacks", &run);
     // Said once, at start: nothing can be re-sent without ACKs.
     assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
@@ -704,7 +888,9 @@ fn stored_frame_times(data: &[u8]) -> Vec<i64> {
         if let Event::ClusterChild(element) = event {
             match element.id {
                 id::TIMECODE => cluster = kvs_mkv::ebml::read_uint(&element.data()).unwrap() as i64,
-                id::SIMPLE_BLOCK => out.push(cluster + i64::from(element.block().unwrap().relative_timecode)),
+                id::SIMPLE_BLOCK => {
+                    out.push(cluster + i64::from(element.block().unwrap().relative_timecode))
+                }
                 _ => {}
             }
         }
@@ -727,15 +913,21 @@ fn producer_timestamps_are_capture_times(gop_seconds: u32, seconds: u32) {
         sink_props(&emu, &stream)
     );
     let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-    let run = run_pipeline_with(&description, Duration::from_secs(u64::from(seconds) + 30), |pipeline| {
-        let produced = produced.clone();
-        let pad = pipeline.by_name("src").unwrap().static_pad("src").unwrap();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            produced.lock().unwrap().push(now.as_millis() as i64);
-            gst::PadProbeReturn::Ok
-        });
-    });
+    let run = run_pipeline_with(
+        &description,
+        Duration::from_secs(u64::from(seconds) + 30),
+        |pipeline| {
+            let produced = produced.clone();
+            let pad = pipeline.by_name("src").unwrap().static_pad("src").unwrap();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                produced.lock().unwrap().push(now.as_millis() as i64);
+                gst::PadProbeReturn::Ok
+            });
+        },
+    );
     assert_eq!(run.error, None, "{:?}", run.warnings);
     let produced = produced.lock().unwrap().clone();
     let stored = stored_frame_times(&emu.read_back(&stream));
@@ -750,7 +942,10 @@ fn producer_timestamps_are_capture_times(gop_seconds: u32, seconds: u32) {
         errors[0]
     );
     assert_eq!(fragments as u32, seconds.div_ceil(gop_seconds));
-    assert!(worst.abs() <= 50, "a frame stamped {worst} ms away from when it was produced: {errors:?}");
+    assert!(
+        worst.abs() <= 50,
+        "a frame stamped {worst} ms away from when it was produced: {errors:?}"
+    );
 }
 
 #[test]
@@ -797,19 +992,29 @@ const CPP_PROPERTIES: &[(&str, &str)] = &[
 fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_through() {
     let emu = Emu::start();
     emu.create_stream("cpp-props", 1);
-    let mut args: Vec<String> =
-        format!("{} ! matroskamux ! {} sync=false", video_source(60), sink_props(&emu, "cpp-props"))
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-    args.extend(CPP_PROPERTIES.iter().map(|(name, value)| format!("{name}={value}")));
+    let mut args: Vec<String> = format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(60),
+        sink_props(&emu, "cpp-props")
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect();
+    args.extend(
+        CPP_PROPERTIES
+            .iter()
+            .map(|(name, value)| format!("{name}={value}")),
+    );
     let output = std::process::Command::new("gst-launch-1.0")
         .args(&args)
         .env("GST_PLUGIN_PATH", plugin_dir())
         .output()
         .unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "{text}");
     assert!(!text.contains("no property"), "{text}");
     assert!(
@@ -819,7 +1024,10 @@ fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_th
         ),
         "{text}"
     );
-    assert!(!text.contains("user-agent ("), "user-agent has an effect: {text}");
+    assert!(
+        !text.contains("user-agent ("),
+        "user-agent has an effect: {text}"
+    );
     assert_eq!(unique_frames(&emu.read_back("cpp-props")).len(), 60);
 
     // Each reads back as set, with the C++ type.
@@ -828,12 +1036,24 @@ fn every_cpp_kvssink_property_is_accepted_from_gst_launch_and_the_upload_goes_th
     for (name, value) in CPP_PROPERTIES {
         sink.set_property_from_str(name, value);
         let read = sink.property_value(name);
-        assert_eq!(read.serialize().unwrap().trim_matches('"'), *value, "{name}");
+        assert_eq!(
+            read.serialize().unwrap().trim_matches('"'),
+            *value,
+            "{name}"
+        );
     }
     let defaults = gst::ElementFactory::make("kvssink").build().unwrap();
     assert_eq!(defaults.property::<u32>("completion-timeout"), 10);
-    assert_eq!(defaults.property::<u32>("avg-bandwidth-bps"), 4 * 1024 * 1024);
-    assert_eq!(defaults.property::<Option<String>>("credential-path").as_deref(), Some(".kvs/credential"));
+    assert_eq!(
+        defaults.property::<u32>("avg-bandwidth-bps"),
+        4 * 1024 * 1024
+    );
+    assert_eq!(
+        defaults
+            .property::<Option<String>>("credential-path")
+            .as_deref(),
+        Some(".kvs/credential")
+    );
 }
 
 /// The producer timestamps (seconds) of a stream's fragments, in order.
@@ -855,10 +1075,19 @@ fn producer_times(emu: &Emu, stream: &str) -> Vec<f64> {
 #[test]
 fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does() {
     let emu = Emu::start();
-    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
     for (stream, extra, ahead) in [
         ("stamp-capture", "", 600.0),
-        ("stamp-arrival", "frame-timecodes=false content-type=video/h264,audio/aac", 0.0),
+        (
+            "stamp-arrival",
+            "frame-timecodes=false content-type=video/h264,audio/aac",
+            0.0,
+        ),
         ("stamp-offline", "streaming-type=offline", 0.0),
     ] {
         let before = wall();
@@ -882,13 +1111,23 @@ fn frame_timecodes_streaming_type_and_content_type_do_what_the_cpp_kvssink_does(
             times[0]
         );
         if stream == "stamp-offline" {
-            assert_eq!(times[1] - times[0], 1.5, "{stream}: the Matroska timeline, exactly");
+            assert_eq!(
+                times[1] - times[0],
+                1.5,
+                "{stream}: the Matroska timeline, exactly"
+            );
         }
     }
     let (_, described) = emu.json("/describeStream", json!({"StreamName": "stamp-arrival"}));
-    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264,audio/aac", "{described}");
+    assert_eq!(
+        described["StreamInfo"]["MediaType"], "video/h264,audio/aac",
+        "{described}"
+    );
     let (_, described) = emu.json("/describeStream", json!({"StreamName": "stamp-capture"}));
-    assert_eq!(described["StreamInfo"]["MediaType"], "video/h264", "{described}");
+    assert_eq!(
+        described["StreamInfo"]["MediaType"], "video/h264",
+        "{described}"
+    );
 }
 
 /// An emulator that checks signatures, with an IoT credentials endpoint (certificate for 127.0.0.1 signed by
@@ -898,7 +1137,11 @@ fn iot_emulator(
     pki: &Pki,
     role_aliases: Vec<String>,
     lifetime: Duration,
-) -> (Emu, std::path::PathBuf, (std::path::PathBuf, std::path::PathBuf)) {
+) -> (
+    Emu,
+    std::path::PathBuf,
+    (std::path::PathBuf, std::path::PathBuf),
+) {
     let ca = pki.ca("ca");
     let (cert, key) = pki.leaf("iot-server", "ca", Some("IP:127.0.0.1"));
     let client_ca = pki.ca("device-ca");
@@ -925,8 +1168,11 @@ fn iot_emulator(
 #[test]
 fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certificate() {
     let pki = Pki::new("iot");
-    let (emu, ca, (device_cert, device_key)) =
-        iot_emulator(&pki, vec!["KvsCameraIoTRoleAlias".into()], Duration::from_secs(3600));
+    let (emu, ca, (device_cert, device_key)) = iot_emulator(
+        &pki,
+        vec!["KvsCameraIoTRoleAlias".into()],
+        Duration::from_secs(3600),
+    );
     pki.ca("rogue-ca");
     let (rogue_cert, rogue_key) = pki.leaf("rogue", "rogue-ca", None);
     let iot_addr = emu.iot_addr().expect("the IoT endpoint runs");
@@ -953,10 +1199,18 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
     assert_eq!(run.acks("PERSISTED"), 2);
     let read = crate::kvssrc::read_range(&emu, "iot-cam", "");
     assert_eq!(read.error, None);
-    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+    assert!(
+        input_frames(&read.input) == input_frames(&run.input),
+        "the frames read back differ"
+    );
 
-    let refused = |sink: String| start_error(&format!("{} ! matroskamux ! {sink}", video_source(10))).0;
-    let error = refused(sink(&rogue_cert, &rogue_key.display().to_string(), "KvsCameraIoTRoleAlias"));
+    let refused =
+        |sink: String| start_error(&format!("{} ! matroskamux ! {sink}", video_source(10))).0;
+    let error = refused(sink(
+        &rogue_cert,
+        &rogue_key.display().to_string(),
+        "KvsCameraIoTRoleAlias",
+    ));
     assert!(
         error.starts_with(&format!(
             "no usable AWS credentials: iot-certificate: the IoT credentials endpoint {iot_addr} ended \
@@ -971,8 +1225,15 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
         )),
         "{error}"
     );
-    let error = refused(sink(&device_cert, "/nonexistent/device.key", "KvsCameraIoTRoleAlias"));
-    assert!(error.contains("iot-certificate: key-path /nonexistent/device.key: "), "{error}");
+    let error = refused(sink(
+        &device_cert,
+        "/nonexistent/device.key",
+        "KvsCameraIoTRoleAlias",
+    ));
+    assert!(
+        error.contains("iot-certificate: key-path /nonexistent/device.key: "),
+        "{error}"
+    );
     let error = refused(format!(
         "kvssink name=sink stream-name=iot-cam endpoint-uri={} iot-certificate=\"iot-certificate,endpoint={iot_addr}\"",
         emu.url
@@ -991,7 +1252,8 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
 #[test]
 fn iot_credentials_are_renewed_before_they_expire() {
     let pki = Pki::new("iot-renew");
-    let (emu, ca, (device_cert, device_key)) = iot_emulator(&pki, Vec::new(), Duration::from_secs(3));
+    let (emu, ca, (device_cert, device_key)) =
+        iot_emulator(&pki, Vec::new(), Duration::from_secs(3));
     let description = format!(
         "videotestsrc is-live=true num-buffers=240 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! x264enc key-int-max=15 bframes=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! matroskamux \
@@ -1010,7 +1272,10 @@ fn iot_credentials_are_renewed_before_they_expire() {
     let read = crate::kvssrc::read_range(&emu, "iot-renew", "");
     assert_eq!(read.error, None);
     assert_eq!(input_frames(&read.input).len(), 240);
-    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+    assert!(
+        input_frames(&read.input) == input_frames(&run.input),
+        "the frames read back differ"
+    );
 }
 
 /// The C++ SDK's credential file, rewritten with a new key mid-stream; the old key is then revoked. kvssink
@@ -1040,7 +1305,13 @@ fn credential_path_rotated_mid_stream_loses_nothing() {
         video_source(10),
         sink("rotated", &dir.join("missing"))
     ));
-    assert!(error.contains(&format!("credential-path {}/missing: No such file", dir.display())), "{error}");
+    assert!(
+        error.contains(&format!(
+            "credential-path {}/missing: No such file",
+            dir.display()
+        )),
+        "{error}"
+    );
 
     std::fs::write(&file, "CREDENTIALS KEYONE secret-one\n").unwrap();
     let description = format!(
@@ -1054,8 +1325,11 @@ fn credential_path_rotated_mid_stream_loses_nothing() {
     let run = run_pipeline_with(&description, Duration::from_secs(60), move |_| {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1500));
-            std::fs::write(&rotated, "CREDENTIALS KEYTWO 2099-01-01T00:00:00Z secret-two-longer TOKEN2\n")
-                .unwrap();
+            std::fs::write(
+                &rotated,
+                "CREDENTIALS KEYTWO 2099-01-01T00:00:00Z secret-two-longer TOKEN2\n",
+            )
+            .unwrap();
             std::thread::sleep(Duration::from_millis(1000));
             let revoked = Emu::external(&url).call("DELETE", "/_emulator/credentials/KEYONE", "");
             assert_eq!(revoked.0, 200, "{}", String::from_utf8_lossy(&revoked.1));
@@ -1065,10 +1339,16 @@ fn credential_path_rotated_mid_stream_loses_nothing() {
     assert_eq!(input_frames(&run.input).len(), 150);
     assert!(run.stat("connections") >= 4, "{:?}", run.stats);
     // Read back through kvssrc with the new key (the emulator refuses unsigned calls, and now the old key).
-    let read =
-        crate::kvssrc::read_range(&emu, "rotated", "access-key=KEYTWO secret-access-key=secret-two-longer");
+    let read = crate::kvssrc::read_range(
+        &emu,
+        "rotated",
+        "access-key=KEYTWO secret-access-key=secret-two-longer",
+    );
     assert_eq!(read.error, None);
-    assert!(input_frames(&read.input) == input_frames(&run.input), "the frames read back differ");
+    assert!(
+        input_frames(&read.input) == input_frames(&run.input),
+        "the frames read back differ"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1076,16 +1356,22 @@ fn credential_path_rotated_mid_stream_loses_nothing() {
 fn restart_on_error_false_makes_the_first_failure_final() {
     let emu = Emu::start();
     emu.create_stream("no-restart", 1);
-    emu.fault(json!({"api": "putMedia", "kind": "drop_after_bytes", "bytes": 20000, "close": "reset"}));
+    emu.fault(
+        json!({"api": "putMedia", "kind": "drop_after_bytes", "bytes": 20000, "close": "reset"}),
+    );
     let run = upload(&emu, "no-restart", 120, "restart-on-error=false");
     let error = run.error.expect("an element error");
     // The reset is seen on the read side ("the connection broke") or, under load, on the write side first.
     assert!(
-        error.starts_with("the connection broke") || error.starts_with("the connection closed while sending"),
+        error.starts_with("the connection broke")
+            || error.starts_with("the connection closed while sending"),
         "{error}"
     );
     assert!(error.contains("(restart-on-error is false)"), "{error}");
-    assert!(run.gerror.unwrap().matches(gst::ResourceError::Write), "{error}");
+    assert!(
+        run.gerror.unwrap().matches(gst::ResourceError::Write),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1095,30 +1381,48 @@ fn the_cpp_signals_fragment_ack_and_stream_error_carry_structures() {
     emu.fault(json!({"api": "putMedia", "kind": "error_ack", "fragment": 2, "error_id": 5000}));
     let acks = Arc::new(Mutex::new(Vec::<String>::new()));
     let errors = Arc::new(Mutex::new(Vec::<gst::Structure>::new()));
-    let description =
-        format!("{} ! matroskamux ! {} sync=false", video_source(90), sink_props(&emu, "signals"));
+    let description = format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(90),
+        sink_props(&emu, "signals")
+    );
     let (a, e) = (acks.clone(), errors.clone());
     let run = run_pipeline_with(&description, Duration::from_secs(60), move |pipeline| {
         let sink = pipeline.by_name("sink").unwrap();
         sink.connect("fragment-ack", false, move |args| {
             let ack = args[1].get::<gst::Structure>().unwrap();
-            a.lock().unwrap().push(ack.get::<String>("event-type").unwrap());
+            a.lock()
+                .unwrap()
+                .push(ack.get::<String>("event-type").unwrap());
             None
         });
         sink.connect("stream-error", false, move |args| {
-            e.lock().unwrap().push(args[1].get::<gst::Structure>().unwrap());
+            e.lock()
+                .unwrap()
+                .push(args[1].get::<gst::Structure>().unwrap());
             None
         });
     });
     assert_eq!(run.error, None);
     let acks = acks.lock().unwrap().clone();
-    assert_eq!(acks.iter().filter(|k| *k == "PERSISTED").count(), 3, "{acks:?}");
-    assert_eq!(acks.len(), run.messages_named("kvssink-ack").len(), "one signal per ACK message");
+    assert_eq!(
+        acks.iter().filter(|k| *k == "PERSISTED").count(),
+        3,
+        "{acks:?}"
+    );
+    assert_eq!(
+        acks.len(),
+        run.messages_named("kvssink-ack").len(),
+        "one signal per ACK message"
+    );
     let errors = errors.lock().unwrap().clone();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].get::<u32>("error-id").unwrap(), 5000);
     assert!(!errors[0].get::<bool>("fatal").unwrap());
-    assert_eq!(errors[0].get::<String>("reason").unwrap(), "ERROR ACK 5000 INTERNAL_ERROR");
+    assert_eq!(
+        errors[0].get::<String>("reason").unwrap(),
+        "ERROR ACK 5000 INTERNAL_ERROR"
+    );
 }
 
 /// Metadata sent to kvssink before the upload starts goes with its first fragment; metadata without a name is
@@ -1144,8 +1448,13 @@ fn early_metadata_is_kept_and_a_nameless_one_and_near_realtime_are_warnings() {
         }
     });
     assert_eq!(run.error, None);
-    let nameless = "metadata \"\": a name takes 1 to 128 bytes and a value at most 256 (the KVS limits)";
-    assert!(run.warnings.iter().any(|w| w.contains(nameless)), "{:?}", run.warnings);
+    let nameless =
+        "metadata \"\": a name takes 1 to 128 bytes and a value at most 256 (the KVS limits)";
+    assert!(
+        run.warnings.iter().any(|w| w.contains(nameless)),
+        "{:?}",
+        run.warnings
+    );
     assert!(
         run.warnings.iter().any(|w| w.starts_with(
             "streaming-type=near-realtime is uploaded as realtime: each frame goes out as it comes"
@@ -1165,5 +1474,8 @@ fn early_metadata_is_kept_and_a_nameless_one_and_near_realtime_are_warnings() {
             _ => {}
         }
     }
-    assert!(first_tags.contains(&"door=open".to_owned()), "{first_tags:?}");
+    assert!(
+        first_tags.contains(&"door=open".to_owned()),
+        "{first_tags:?}"
+    );
 }

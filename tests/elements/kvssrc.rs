@@ -18,7 +18,10 @@ pub fn src_props(emu: &Emu, stream: &str) -> String {
 }
 
 pub fn now_s() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Uploads `frames` frames of H.264 through kvssink; returns the Matroska bytes matroskamux made.
@@ -44,12 +47,19 @@ pub fn read_range(emu: &Emu, stream: &str, extra: &str) -> Run {
 }
 
 fn ebml_headers(data: &[u8]) -> usize {
-    kvs_mkv::read_all(data).unwrap().iter().filter(|e| matches!(e, kvs_mkv::Event::EbmlHeader(_))).count()
+    kvs_mkv::read_all(data)
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, kvs_mkv::Event::EbmlHeader(_)))
+        .count()
 }
 
 /// Cluster times of a Matroska stream, in order.
 fn cluster_timecodes(data: &[u8]) -> Vec<u64> {
-    let mut out: Vec<u64> = frames(data).iter().map(|(_, timecode, _, _)| *timecode).collect();
+    let mut out: Vec<u64> = frames(data)
+        .iter()
+        .map(|(_, timecode, _, _)| *timecode)
+        .collect();
     out.dedup();
     out
 }
@@ -62,7 +72,10 @@ fn round_trip_through_kvssink_and_kvssrc_every_frame_identical() {
     let run = read_range(&emu, "rt", "");
     assert_eq!(run.error, None);
     assert_eq!(input_frames(&run.input).len(), 300);
-    assert!(input_frames(&run.input) == input_frames(&input), "frames differ");
+    assert!(
+        input_frames(&run.input) == input_frames(&input),
+        "frames differ"
+    );
     assert_eq!(ebml_headers(&run.input), 1, "one merged stream");
     let progress = run.messages_named("kvssrc-progress");
     let last = progress.last().unwrap();
@@ -83,8 +96,20 @@ fn round_trip_with_audio() {
     let run = read_range(&emu, "av", "");
     assert_eq!(run.error, None);
     let (input, output) = (input_frames(&upload.input), input_frames(&run.input));
-    assert!(output == input, "{} frames in, {} out", input.len(), output.len());
-    assert_eq!(output.iter().map(|(t, _)| *t).collect::<std::collections::BTreeSet<_>>().len(), 2);
+    assert!(
+        output == input,
+        "{} frames in, {} out",
+        input.len(),
+        output.len()
+    );
+    assert_eq!(
+        output
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2
+    );
 }
 
 fn ffprobe_frames(path: &std::path::Path) -> u64 {
@@ -102,7 +127,10 @@ fn ffprobe_frames(path: &std::path::Path) -> u64 {
         .arg(path)
         .output()
         .expect("ffprobe");
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -116,7 +144,10 @@ fn filesink_and_mp4mux_outputs_open_in_ffprobe_with_every_frame() {
     let end = now_s();
     for (tail, path) in [
         (String::from("filesink"), &mkv),
-        (String::from("matroskademux ! h264parse ! mp4mux ! filesink"), &mp4),
+        (
+            String::from("matroskademux ! h264parse ! mp4mux ! filesink"),
+            &mp4,
+        ),
     ] {
         let description = format!(
             "{} start-selector=earliest end-timestamp={end:.3} ! {tail} location={}",
@@ -144,14 +175,22 @@ fn recorded_service_output_reads_back_with_every_frame() {
         let recording = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("fixture {} (set KVS_FIXTURES_DIR): {e}", path.display()));
         let stream = name.trim_end_matches(".mkv").replace('_', "-");
-        let (status, body) =
-            emu.call_bytes("POST", &format!("/_emulator/streams/{stream}/import"), &recording);
+        let (status, body) = emu.call_bytes(
+            "POST",
+            &format!("/_emulator/streams/{stream}/import"),
+            &recording,
+        );
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let run = read_range(&emu, &stream, "");
         assert_eq!(run.error, None, "{name}");
         let (input, output) = (input_frames(&recording), input_frames(&run.input));
         assert!(!input.is_empty());
-        assert!(output == input, "{name}: {} frames recorded, {} read", input.len(), output.len());
+        assert!(
+            output == input,
+            "{name}: {} frames recorded, {} read",
+            input.len(),
+            output.len()
+        );
         assert_eq!(ebml_headers(&run.input), 1, "{name}");
         if name == "output_get_media.mkv" {
             // The producer's tags of each fragment reach the application in the fragment messages.
@@ -165,7 +204,10 @@ fn recorded_service_output_reads_back_with_every_frame() {
                     .map(|v| v.get::<String>().unwrap())
                     .collect();
                 assert!(tags.contains(&"MAJOR_BRAND=M4V ".to_owned()), "{tags:?}");
-                assert!(tags.contains(&"ENCODER=Elemental H.264".to_owned()), "{tags:?}");
+                assert!(
+                    tags.contains(&"ENCODER=Elemental H.264".to_owned()),
+                    "{tags:?}"
+                );
             }
         }
     }
@@ -180,14 +222,23 @@ fn resent_fragments_are_left_out_and_time_never_goes_back() {
     emu.fault(json!({"api": "putMedia", "stream": "resent", "kind": "withhold_acks"}));
     let input = produce(&emu, "resent", 240, "connection-staleness=1");
     let stored = emu.read_back("resent");
-    assert!(frames(&stored).len() > 240, "the stream holds re-sent fragments");
+    assert!(
+        frames(&stored).len() > 240,
+        "the stream holds re-sent fragments"
+    );
     let run = read_range(&emu, "resent", "");
     assert_eq!(run.error, None);
-    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    assert!(
+        input_frames(&run.input) == input_frames(&input),
+        "every frame once, in order"
+    );
     let timecodes = cluster_timecodes(&run.input);
     assert!(timecodes.windows(2).all(|w| w[0] < w[1]), "{timecodes:?}");
-    let skipped =
-        run.messages_named("kvssrc-fragment").iter().filter(|f| f.get::<bool>("skipped").unwrap()).count();
+    let skipped = run
+        .messages_named("kvssrc-fragment")
+        .iter()
+        .filter(|f| f.get::<bool>("skipped").unwrap())
+        .count();
     assert!(skipped > 0);
 }
 
@@ -210,18 +261,29 @@ fn a_time_range_reads_exactly_its_fragments_and_parallel_equals_sequential() {
     };
     let sequential = run_pipeline(&description(1), Duration::from_secs(60));
     assert_eq!(sequential.error, None);
-    assert!(input_frames(&sequential.input) == frames_in[90..210], "fragments 3 to 6, 120 frames");
+    assert!(
+        input_frames(&sequential.input) == frames_in[90..210],
+        "fragments 3 to 6, 120 frames"
+    );
     let producer: Vec<String> = sequential
         .messages_named("kvssrc-fragment")
         .iter()
         .map(|f| f.get::<String>("producer-timestamp").unwrap())
         .collect();
-    assert_eq!(producer, (3..=6).map(|i| format!("{}.000", start + i)).collect::<Vec<_>>());
+    assert_eq!(
+        producer,
+        (3..=6)
+            .map(|i| format!("{}.000", start + i))
+            .collect::<Vec<_>>()
+    );
     let parallel = run_pipeline(&description(4), Duration::from_secs(60));
     assert_eq!(parallel.error, None);
     assert!(parallel.input == sequential.input, "the same bytes");
-    let done: Vec<u32> =
-        parallel.messages_named("kvssrc-progress").iter().map(|p| p.get::<u32>("percent").unwrap()).collect();
+    let done: Vec<u32> = parallel
+        .messages_named("kvssrc-progress")
+        .iter()
+        .map(|p| p.get::<u32>("percent").unwrap())
+        .collect();
     assert_eq!(done.first(), Some(&0));
     assert_eq!(done.last(), Some(&100));
     assert!(done.len() > 2, "progress along the way: {done:?}");
@@ -242,14 +304,25 @@ pub struct LiveRead {
 impl LiveRead {
     pub fn start(description: &str) -> LiveRead {
         init();
-        let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+        let pipeline = gst::parse::launch(description)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
         capture_into(&pipeline.by_name("capture").unwrap(), captured.clone());
-        let (messages, errors) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (messages, errors) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
         let warnings = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let bus = pipeline.bus().unwrap();
-        let (m, e, w, s) = (messages.clone(), errors.clone(), warnings.clone(), stop.clone());
+        let (m, e, w, s) = (
+            messages.clone(),
+            errors.clone(),
+            warnings.clone(),
+            stop.clone(),
+        );
         // The bus keeps what is posted until the watcher has read it, also across the stop: going to NULL would
         // otherwise flush messages posted just before it (a fragment message behind its last frame).
         pipeline.set_auto_flush_bus(false);
@@ -282,7 +355,15 @@ impl LiveRead {
             }
         });
         pipeline.set_state(gst::State::Playing).unwrap();
-        LiveRead { pipeline, captured, messages, errors, warnings, stop, watcher: Some(watcher) }
+        LiveRead {
+            pipeline,
+            captured,
+            messages,
+            errors,
+            warnings,
+            stop,
+            watcher: Some(watcher),
+        }
     }
 
     pub fn frame_count(&self) -> usize {
@@ -316,7 +397,13 @@ impl LiveRead {
     }
 
     pub fn messages_named(&self, name: &str) -> Vec<gst::Structure> {
-        self.messages.lock().unwrap().iter().filter(|s| s.name() == name).cloned().collect()
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name() == name)
+            .cloned()
+            .collect()
     }
 
     /// Stops the pipeline; returns how long going to NULL took.
@@ -342,8 +429,10 @@ impl Drop for LiveRead {
 fn live_reading_survives_dropped_connections_and_idle_session_ends() {
     let emu = Emu::start();
     emu.create_stream("live", 1);
-    let mut reader =
-        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "live")));
+    let mut reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "live")
+    ));
     std::thread::sleep(Duration::from_millis(500));
     // Two GetMedia sessions dropped in the middle of a fragment.
     emu.fault(
@@ -367,10 +456,24 @@ fn live_reading_survives_dropped_connections_and_idle_session_ends() {
         .iter()
         .filter_map(|s| s.get::<String>("reason").ok())
         .collect();
-    assert!(reasons.iter().filter(|r| r.contains("broke")).count() >= 2, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("session ended")), "{reasons:?}");
-    let token = reader.pipeline.by_name("src").unwrap().property::<Option<String>>("continuation-token");
-    let last = reader.pipeline.by_name("src").unwrap().property::<Option<String>>("last-fragment-number");
+    assert!(
+        reasons.iter().filter(|r| r.contains("broke")).count() >= 2,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("session ended")),
+        "{reasons:?}"
+    );
+    let token = reader
+        .pipeline
+        .by_name("src")
+        .unwrap()
+        .property::<Option<String>>("continuation-token");
+    let last = reader
+        .pipeline
+        .by_name("src")
+        .unwrap()
+        .property::<Option<String>>("last-fragment-number");
     assert!(token.is_some() && token == last, "{token:?} {last:?}");
     assert!(reader.stop() < Duration::from_secs(1));
 }
@@ -379,8 +482,10 @@ fn live_reading_survives_dropped_connections_and_idle_session_ends() {
 fn setting_a_waiting_live_reader_to_null_returns_at_once() {
     let emu = Emu::start();
     emu.create_stream("idle", 1);
-    let mut reader =
-        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "idle")));
+    let mut reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "idle")
+    ));
     std::thread::sleep(Duration::from_millis(1500));
     let took = reader.stop();
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -394,22 +499,41 @@ fn read_error(description: &str) -> (String, Duration) {
 #[test]
 fn errors_name_their_cause() {
     let emu = Emu::start();
-    let missing =
-        run_pipeline(&format!("{} ! fakesink", src_props(&emu, "nothere")), Duration::from_secs(60));
+    let missing = run_pipeline(
+        &format!("{} ! fakesink", src_props(&emu, "nothere")),
+        Duration::from_secs(60),
+    );
     let error = missing.error.expect("an element error");
-    assert!(error.contains("DescribeStream failed: HTTP 404 ResourceNotFoundException"), "{error}");
-    assert!(missing.gerror.unwrap().matches(gst::ResourceError::NotFound), "{error}");
+    assert!(
+        error.contains("DescribeStream failed: HTTP 404 ResourceNotFoundException"),
+        "{error}"
+    );
+    assert!(
+        missing
+            .gerror
+            .unwrap()
+            .matches(gst::ResourceError::NotFound),
+        "{error}"
+    );
 
     emu.create_stream("tagged", 1);
     produce(&emu, "tagged", 90, "");
     emu.fault(json!({"api": "getMedia", "kind": "error_tag", "fragment": 2, "error_id": 4000}));
-    let (error, _) = read_error(&format!("{} start-selector=earliest ! fakesink", src_props(&emu, "tagged")));
+    let (error, _) = read_error(&format!(
+        "{} start-selector=earliest ! fakesink",
+        src_props(&emu, "tagged")
+    ));
     assert!(error.contains("the stream holds an error chunk"), "{error}");
     assert!(error.contains("(4000)"), "{error}");
 
-    let (error, _) =
-        read_error(&format!("{} start-selector=fragment-number ! fakesink", src_props(&emu, "tagged")));
-    assert!(error.contains("start-selector fragment-number needs start-fragment-number"), "{error}");
+    let (error, _) = read_error(&format!(
+        "{} start-selector=fragment-number ! fakesink",
+        src_props(&emu, "tagged")
+    ));
+    assert!(
+        error.contains("start-selector fragment-number needs start-fragment-number"),
+        "{error}"
+    );
 
     let (error, elapsed) = read_error(
         "kvssrc stream-name=x endpoint-uri=http://127.0.0.1:9 access-key=A secret-access-key=B region=us-east-1 \
@@ -437,7 +561,10 @@ fn raw_mode_passes_the_service_bytes_through() {
     let input = produce(&emu, "raw", 90, "");
     let run = read_range(&emu, "raw", "mode=raw");
     assert_eq!(run.error, None);
-    assert!(run.input == emu.read_back("raw"), "GetMediaForFragmentList's bytes");
+    assert!(
+        run.input == emu.read_back("raw"),
+        "GetMediaForFragmentList's bytes"
+    );
     assert_eq!(ebml_headers(&run.input), 3, "one document per fragment");
     assert!(input_frames(&run.input) == input_frames(&input));
 }
@@ -453,7 +580,10 @@ fn a_range_read_retries_a_dropped_download() {
     let run = read_range(&emu, "retry", "parallel-downloads=2");
     assert_eq!(run.error, None);
     assert_eq!(emu.armed_faults(), json!([]), "both drops happened");
-    assert!(input_frames(&run.input) == input_frames(&input), "every frame once, in order");
+    assert!(
+        input_frames(&run.input) == input_frames(&input),
+        "every frame once, in order"
+    );
     assert_eq!(ebml_headers(&run.input), 1);
 }
 
@@ -461,7 +591,10 @@ fn a_range_read_retries_a_dropped_download() {
 fn invalid_endpoint_makes_the_live_reader_resolve_the_endpoint_again() {
     let emu = Emu::start();
     emu.create_stream("moved", 1);
-    let reader = LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "moved")));
+    let reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "moved")
+    ));
     let first = produce(&emu, "moved", 60, "");
     reader.wait_for_frames(60, Duration::from_secs(20));
     // The next GetMedia (after this session ends idle) is refused as sent to the wrong endpoint; the
@@ -475,13 +608,22 @@ fn invalid_endpoint_makes_the_live_reader_resolve_the_endpoint_again() {
     let mut input = input_frames(&first);
     input.extend(input_frames(&second));
     assert!(input_frames(&reader.captured.lock().unwrap()) == input);
-    assert_eq!(emu.armed_faults(), json!([]), "GetDataEndpoint was called again");
+    assert_eq!(
+        emu.armed_faults(),
+        json!([]),
+        "GetDataEndpoint was called again"
+    );
     let reasons: Vec<String> = reader
         .messages_named("kvssrc-connection")
         .iter()
         .filter_map(|s| s.get::<String>("reason").ok())
         .collect();
-    assert!(reasons.iter().any(|r| r.contains("InvalidEndpointException")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("InvalidEndpointException")),
+        "{reasons:?}"
+    );
 }
 
 #[test]
@@ -498,13 +640,28 @@ fn a_range_plays_at_its_own_pace_behind_matroskademux() {
     };
     let paced = run_pipeline(&description(true), Duration::from_secs(60));
     assert_eq!(paced.error, None);
-    println!("150 frames (5 s) played in {:.2} s", paced.elapsed.as_secs_f64());
+    println!(
+        "150 frames (5 s) played in {:.2} s",
+        paced.elapsed.as_secs_f64()
+    );
     // The last frame is due at 4.967 s: a sink syncing on the demuxer's timestamps cannot finish sooner.
-    assert!(paced.elapsed >= Duration::from_millis(4_900), "{:?}", paced.elapsed);
-    assert!(paced.elapsed < Duration::from_secs(15), "{:?}", paced.elapsed);
+    assert!(
+        paced.elapsed >= Duration::from_millis(4_900),
+        "{:?}",
+        paced.elapsed
+    );
+    assert!(
+        paced.elapsed < Duration::from_secs(15),
+        "{:?}",
+        paced.elapsed
+    );
     let unpaced = run_pipeline(&description(false), Duration::from_secs(60));
     assert_eq!(unpaced.error, None);
-    assert!(unpaced.elapsed < Duration::from_secs(4), "{:?}", unpaced.elapsed);
+    assert!(
+        unpaced.elapsed < Duration::from_secs(4),
+        "{:?}",
+        unpaced.elapsed
+    );
 }
 
 // Streams written by many producer sessions: RELATIVE timecodes restarting at 0, sessions hours apart, a
@@ -529,11 +686,16 @@ fn clip(count: usize) -> Clip {
         .unwrap()
         .into_iter()
         .find_map(|e| match e {
-            kvs_mkv::Event::Element(el) if el.id == kvs_mkv::ebml::id::TRACKS => Some(el.bytes.to_vec()),
+            kvs_mkv::Event::Element(el) if el.id == kvs_mkv::ebml::id::TRACKS => {
+                Some(el.bytes.to_vec())
+            }
             _ => None,
         })
         .unwrap();
-    let frames: Vec<Vec<u8>> = input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect();
+    let frames: Vec<Vec<u8>> = input_frames(&run.input)
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
     assert_eq!(frames.len(), count);
     Clip { tracks, frames }
 }
@@ -559,7 +721,11 @@ struct Piece {
 }
 
 fn piece(clip: &Clip, index: usize, timecode: u64, producer_ms: u64) -> Piece {
-    Piece { timecode, producer_ms, frames: clip.frames[index * 10..index * 10 + 10].to_vec() }
+    Piece {
+        timecode,
+        producer_ms,
+        frames: clip.frames[index * 10..index * 10 + 10].to_vec(),
+    }
 }
 
 /// The cluster (timecode and SimpleBlocks) of a piece.
@@ -599,7 +765,10 @@ fn put_relative(emu: &Emu, clip: &Clip, stream: &str, start_ms: u64, pieces: &[P
     }
     kvs_mkv::tags::write_tags(
         &mut body,
-        &[kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::END_OF_FRAGMENT, "")],
+        &[kvs_mkv::tags::SimpleTag::new(
+            kvs_mkv::tags::END_OF_FRAGMENT,
+            "",
+        )],
         8,
     );
     let mut stream_tcp = std::net::TcpStream::connect(emu.addr).unwrap();
@@ -630,7 +799,11 @@ fn demuxed_timestamps(path: &std::path::Path) -> Vec<u64> {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let appsink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let appsink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut out = Vec::new();
     while let Ok(sample) = appsink.pull_sample() {
@@ -643,12 +816,28 @@ fn demuxed_timestamps(path: &std::path::Path) -> Vec<u64> {
 /// Packet timestamps (ms) ffprobe reads in a Matroska file.
 fn ffprobe_timestamps(path: &std::path::Path) -> Vec<i64> {
     let output = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().parse().unwrap()).collect()
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
 }
 
 /// What a merged output must be: every frame once in order, cluster times at the producer times, timestamps
@@ -660,26 +849,52 @@ fn assert_one_timeline(
     pieces: &[&Piece],
     sessions: &[bool],
 ) {
-    let expected: Vec<(u64, Vec<u8>)> =
-        pieces.iter().flat_map(|p| p.frames.iter().map(|f| (1, f.clone()))).collect();
+    let expected: Vec<(u64, Vec<u8>)> = pieces
+        .iter()
+        .flat_map(|p| p.frames.iter().map(|f| (1, f.clone())))
+        .collect();
     let got = input_frames(output);
     assert_eq!(got.len(), expected.len(), "{name}: frames");
     assert!(got == expected, "{name}: every frame once, in order");
     let producer: Vec<u64> = pieces.iter().map(|p| p.producer_ms).collect();
-    assert_eq!(cluster_timecodes(output), producer, "{name}: clusters at their producer times");
-    let written: Vec<&&gst::Structure> =
-        messages.iter().filter(|m| !m.get::<bool>("skipped").unwrap()).collect();
-    let starts: Vec<bool> = written.iter().map(|m| m.get::<bool>("session-start").unwrap()).collect();
+    assert_eq!(
+        cluster_timecodes(output),
+        producer,
+        "{name}: clusters at their producer times"
+    );
+    let written: Vec<&&gst::Structure> = messages
+        .iter()
+        .filter(|m| !m.get::<bool>("skipped").unwrap())
+        .collect();
+    let starts: Vec<bool> = written
+        .iter()
+        .map(|m| m.get::<bool>("session-start").unwrap())
+        .collect();
     assert_eq!(starts, sessions, "{name}: session starts");
-    let path = std::env::temp_dir().join(format!("kvssrc-sessions-{}-{name}.mkv", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("kvssrc-sessions-{}-{name}.mkv", std::process::id()));
     std::fs::write(&path, output).unwrap();
     let demuxed = demuxed_timestamps(&path);
-    assert_eq!(demuxed.len(), expected.len(), "{name}: matroskademux packets");
-    assert!(demuxed.windows(2).all(|w| w[0] < w[1]), "{name}: matroskademux timestamps go back: {demuxed:?}");
-    assert_eq!(demuxed[0], producer[0] * 1_000_000, "{name}: the first frame at its producer time");
+    assert_eq!(
+        demuxed.len(),
+        expected.len(),
+        "{name}: matroskademux packets"
+    );
+    assert!(
+        demuxed.windows(2).all(|w| w[0] < w[1]),
+        "{name}: matroskademux timestamps go back: {demuxed:?}"
+    );
+    assert_eq!(
+        demuxed[0],
+        producer[0] * 1_000_000,
+        "{name}: the first frame at its producer time"
+    );
     let probed = ffprobe_timestamps(&path);
     assert_eq!(probed.len(), expected.len(), "{name}: ffprobe packets");
-    assert!(probed.windows(2).all(|w| w[0] < w[1]), "{name}: ffprobe timestamps go back: {probed:?}");
+    assert!(
+        probed.windows(2).all(|w| w[0] < w[1]),
+        "{name}: ffprobe timestamps go back: {probed:?}"
+    );
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -733,12 +948,21 @@ fn relative_producer_sessions_restarting_at_zero_read_back_every_frame_once_in_e
     live.stop();
     let output = live.captured.lock().unwrap().clone();
     let messages = live.messages_named("kvssrc-fragment");
-    assert_one_timeline("live", &output, &messages.iter().collect::<Vec<_>>(), &pieces, &starts);
+    assert_one_timeline(
+        "live",
+        &output,
+        &messages.iter().collect::<Vec<_>>(),
+        &pieces,
+        &starts,
+    );
 
     // Continuous: the same frames, the gaps between sessions closed (2 hours and 1.1 s here).
     let continuous = read_range(&emu, "sessions", "timeline=continuous");
     assert_eq!(continuous.error, None);
-    assert!(input_frames(&continuous.input) == input_frames(&earliest.input), "the same frames");
+    assert!(
+        input_frames(&continuous.input) == input_frames(&earliest.input),
+        "the same frames"
+    );
     let times = cluster_timecodes(&continuous.input);
     assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     assert_eq!(times[0], base_ms);
@@ -748,7 +972,12 @@ fn relative_producer_sessions_restarting_at_zero_read_back_every_frame_once_in_e
     let probed = ffprobe_timestamps(&path);
     std::fs::remove_file(&path).unwrap();
     assert_eq!(probed.len(), 80);
-    assert!(probed.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 1_000), "{probed:?}");
+    assert!(
+        probed
+            .windows(2)
+            .all(|w| w[0] < w[1] && w[1] - w[0] <= 1_000),
+        "{probed:?}"
+    );
 
     // Raw: the service's bytes unchanged, the messages still naming the session starts.
     let raw = read_range(&emu, "sessions", "mode=raw");
@@ -760,7 +989,11 @@ fn relative_producer_sessions_restarting_at_zero_read_back_every_frame_once_in_e
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(timecodes, [0, 1_001, 2_002, 5_005, 10_014], "the stored (relative) cluster timecodes");
+    assert_eq!(
+        timecodes,
+        [0, 1_001, 2_002, 5_005, 10_014],
+        "the stored (relative) cluster timecodes"
+    );
     let starts_raw: Vec<bool> = raw
         .messages_named("kvssrc-fragment")
         .iter()
@@ -794,7 +1027,10 @@ fn a_fragment_the_service_sends_twice_is_left_out_with_a_warning() {
                     kvs_mkv::tags::SERVER_TIMESTAMP,
                     seconds(piece.producer_ms + 300),
                 ),
-                kvs_mkv::tags::SimpleTag::new(kvs_mkv::tags::PRODUCER_TIMESTAMP, seconds(piece.producer_ms)),
+                kvs_mkv::tags::SimpleTag::new(
+                    kvs_mkv::tags::PRODUCER_TIMESTAMP,
+                    seconds(piece.producer_ms),
+                ),
             ],
             8,
         );
@@ -819,13 +1055,26 @@ fn a_fragment_the_service_sends_twice_is_left_out_with_a_warning() {
     let run = run_pipeline(&description, Duration::from_secs(60));
     assert_eq!(run.error, None);
     let messages = run.messages_named("kvssrc-fragment");
-    let skipped: Vec<String> = messages.iter().map(|m| m.get::<String>("skip-reason").unwrap()).collect();
+    let skipped: Vec<String> = messages
+        .iter()
+        .map(|m| m.get::<String>("skip-reason").unwrap())
+        .collect();
     assert_eq!(
         skipped,
-        ["", "", &format!("fragment {} was already written (the service sent it again)", number(1)), ""]
+        [
+            "",
+            "",
+            &format!(
+                "fragment {} was already written (the service sent it again)",
+                number(1)
+            ),
+            ""
+        ]
     );
     assert!(
-        run.warnings.iter().any(|w| w.contains(&format!("fragment {} left out", number(1)))),
+        run.warnings
+            .iter()
+            .any(|w| w.contains(&format!("fragment {} left out", number(1)))),
         "{:?}",
         run.warnings
     );
@@ -860,15 +1109,25 @@ fn both_elements_work_over_https_with_a_custom_ca_and_refuse_an_unknown_certific
     assert_eq!(run.acks("PERSISTED"), 2);
     let read = read_range(&emu, "secure", &ca);
     assert_eq!(read.error, None);
-    assert!(input_frames(&read.input) == input_frames(&run.input), "every frame back over TLS");
+    assert!(
+        input_frames(&read.input) == input_frames(&run.input),
+        "every frame back over TLS"
+    );
 
     // Without the CA the service's certificate is not trusted: a clear error, no silent fallback.
     let refused = run_pipeline(
-        &format!("{} ! matroskamux ! {} sync=false", video_source(10), sink_props(&emu, "secure")),
+        &format!(
+            "{} ! matroskamux ! {} sync=false",
+            video_source(10),
+            sink_props(&emu, "secure")
+        ),
         Duration::from_secs(30),
     );
     let error = refused.error.unwrap_or_default();
-    assert!(error.contains("GstKvsSink") && error.to_lowercase().contains("certificate"), "{error}");
+    assert!(
+        error.contains("GstKvsSink") && error.to_lowercase().contains("certificate"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -876,8 +1135,10 @@ fn a_live_reader_started_before_any_fragment_misses_none_that_arrives_between_tw
     let emu = Emu::start();
     emu.create_stream("between", 1);
     let clip = clip(10);
-    let mut reader =
-        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "between")));
+    let mut reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "between")
+    ));
     // The first NOW session ends after the service's idle time; kvssrc waits a moment (the retry delay after a
     // session that gave nothing) before the next one. A whole fragment is stored right then.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -890,7 +1151,13 @@ fn a_live_reader_started_before_any_fragment_misses_none_that_arrives_between_tw
     };
     let piece = piece(&clip, 0, 0, (now_s() * 1000.0) as u64);
     let started = Instant::now();
-    put_relative(&emu, &clip, "between", piece.producer_ms, std::slice::from_ref(&piece));
+    put_relative(
+        &emu,
+        &clip,
+        "between",
+        piece.producer_ms,
+        std::slice::from_ref(&piece),
+    );
     assert!(
         started.elapsed() < Duration::from_millis(retry_in),
         "the fragment was not stored before the next session ({:?}, retry in {retry_in} ms)",
@@ -899,7 +1166,14 @@ fn a_live_reader_started_before_any_fragment_misses_none_that_arrives_between_tw
     reader.wait_for_frames(10, Duration::from_secs(10));
     reader.stop();
     let output = reader.captured.lock().unwrap().clone();
-    assert!(input_frames(&output) == piece.frames.iter().map(|f| (1, f.clone())).collect::<Vec<_>>());
+    assert!(
+        input_frames(&output)
+            == piece
+                .frames
+                .iter()
+                .map(|f| (1, f.clone()))
+                .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -935,7 +1209,11 @@ fn a_producer_restarted_with_a_clock_behind_loses_nothing_and_time_never_goes_ba
     let times = cluster_timecodes(&run.input);
     assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     assert_eq!(times.len(), 6);
-    assert!(run.messages_named("kvssrc-fragment").iter().all(|m| !m.get::<bool>("skipped").unwrap()));
+    assert!(
+        run.messages_named("kvssrc-fragment")
+            .iter()
+            .all(|m| !m.get::<bool>("skipped").unwrap())
+    );
 }
 
 #[test]
@@ -953,21 +1231,35 @@ fn a_fragment_stored_cut_short_then_resent_whole_reads_back_every_frame_once() {
         &clip,
         "cut",
         start,
-        &[piece(&clip, 0, 0, start), piece(&clip, 1, 1_000, start + 1_000), cut_short],
+        &[
+            piece(&clip, 0, 0, start),
+            piece(&clip, 1, 1_000, start + 1_000),
+            cut_short,
+        ],
     );
     put_relative(
         &emu,
         &clip,
         "cut",
         start,
-        &[piece(&clip, 2, 2_000, start + 2_000), piece(&clip, 3, 3_000, start + 3_000)],
+        &[
+            piece(&clip, 2, 2_000, start + 2_000),
+            piece(&clip, 3, 3_000, start + 3_000),
+        ],
     );
-    assert_eq!(emu.admin_fragments("cut").len(), 5, "the service keeps both copies");
+    assert_eq!(
+        emu.admin_fragments("cut").len(),
+        5,
+        "the service keeps both copies"
+    );
 
     for extra in ["", "parallel-downloads=1"] {
         let run = read_range(&emu, "cut", extra);
         assert_eq!(run.error, None);
-        let read: Vec<Vec<u8>> = input_frames(&run.input).into_iter().map(|(_, payload)| payload).collect();
+        let read: Vec<Vec<u8>> = input_frames(&run.input)
+            .into_iter()
+            .map(|(_, payload)| payload)
+            .collect();
         assert_eq!(read.len(), 40, "every frame once");
         assert!(read == clip.frames, "in order, byte for byte");
         let skipped = run
@@ -991,7 +1283,11 @@ fn each_frame_carries_its_producer_and_server_time_and_fragment_tags_go_downstre
         crate::common::sink_props(&emu, "frame-times")
     );
     let upload = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
-        let pad = pipeline.by_name("sink").unwrap().static_pad("sink").unwrap();
+        let pad = pipeline
+            .by_name("sink")
+            .unwrap()
+            .static_pad("sink")
+            .unwrap();
         let sent = std::sync::atomic::AtomicBool::new(false);
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
             if !sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -1024,7 +1320,10 @@ fn each_frame_carries_its_producer_and_server_time_and_fragment_tags_go_downstre
         }
     }
     assert_eq!(stored.len(), 90);
-    let (status, listed) = emu.json("/listFragments", serde_json::json!({"StreamName": "frame-times"}));
+    let (status, listed) = emu.json(
+        "/listFragments",
+        serde_json::json!({"StreamName": "frame-times"}),
+    );
     assert_eq!(status, 200);
     let servers: std::collections::BTreeSet<i64> = listed["Fragments"]
         .as_array()
@@ -1044,37 +1343,46 @@ fn each_frame_carries_its_producer_and_server_time_and_fragment_tags_go_downstre
     let read = run_pipeline_with(&description, Duration::from_secs(60), |pipeline| {
         let appsink = pipeline.by_name("frames").unwrap();
         let tags = tags.clone();
-        appsink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if let Some(gst::PadProbeData::Event(event)) = &info.data
-                && let gst::EventView::Tag(tag) = event.view()
-            {
-                for comment in tag.tag().iter_tag::<gst::tags::ExtendedComment>() {
-                    tags.lock().unwrap().push(comment.get().to_owned());
+        appsink.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(event)) = &info.data
+                    && let gst::EventView::Tag(tag) = event.view()
+                {
+                    for comment in tag.tag().iter_tag::<gst::tags::ExtendedComment>() {
+                        tags.lock().unwrap().push(comment.get().to_owned());
+                    }
                 }
-            }
-            gst::PadProbeReturn::Ok
-        });
-        let frames = frames.clone();
-        appsink.downcast::<gst_app::AppSink>().unwrap().set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffer = sample.buffer().unwrap();
-                    let time = |name: &str| {
-                        buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|m| {
-                            (m.reference().structure(0)?.name() == name).then(|| m.timestamp().nseconds())
-                        })
-                    };
-                    let frame = (
-                        buffer.map_readable().unwrap().to_vec(),
-                        time("timestamp/x-kvs-producer"),
-                        time("timestamp/x-kvs-server"),
-                    );
-                    frames.lock().unwrap().push(frame);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
+                gst::PadProbeReturn::Ok
+            },
         );
+        let frames = frames.clone();
+        appsink
+            .downcast::<gst_app::AppSink>()
+            .unwrap()
+            .set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        let buffer = sample.buffer().unwrap();
+                        let time = |name: &str| {
+                            buffer
+                                .iter_meta::<gst::ReferenceTimestampMeta>()
+                                .find_map(|m| {
+                                    (m.reference().structure(0)?.name() == name)
+                                        .then(|| m.timestamp().nseconds())
+                                })
+                        };
+                        let frame = (
+                            buffer.map_readable().unwrap().to_vec(),
+                            time("timestamp/x-kvs-producer"),
+                            time("timestamp/x-kvs-server"),
+                        );
+                        frames.lock().unwrap().push(frame);
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
     });
     assert_eq!(read.error, None);
     let frames = frames.lock().unwrap().clone();
@@ -1084,25 +1392,43 @@ fn each_frame_carries_its_producer_and_server_time_and_fragment_tags_go_downstre
         with_times.into_iter().zip(&stored).enumerate()
     {
         // The buffer is the frame's SimpleBlock, nothing else.
-        let element =
-            kvs_mkv::read_all(&[kvs_mkv::writer::h264_stream_header(), cluster_around(bytes)].concat())
-                .unwrap()
-                .into_iter()
-                .filter_map(|e| match e {
-                    kvs_mkv::Event::ClusterChild(el) if el.id == kvs_mkv::ebml::id::SIMPLE_BLOCK => Some(el),
-                    _ => None,
-                })
-                .collect::<Vec<_>>();
+        let element = kvs_mkv::read_all(
+            &[kvs_mkv::writer::h264_stream_header(), cluster_around(bytes)].concat(),
+        )
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            kvs_mkv::Event::ClusterChild(el) if el.id == kvs_mkv::ebml::id::SIMPLE_BLOCK => {
+                Some(el)
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>();
         assert_eq!(element.len(), 1, "frame {i}: one SimpleBlock per buffer");
         let info = kvs_mkv::block::parse_simple_block(&element[0].data()).unwrap();
-        assert!(element[0].data()[info.header_len..] == payload[..], "frame {i}: its bytes");
-        assert_eq!(producer.unwrap(), *time_ms as u64 * 1_000_000, "frame {i}: its producer time");
+        assert!(
+            element[0].data()[info.header_len..] == payload[..],
+            "frame {i}: its bytes"
+        );
+        assert_eq!(
+            producer.unwrap(),
+            *time_ms as u64 * 1_000_000,
+            "frame {i}: its producer time"
+        );
         let server_ms = (server.unwrap() / 1_000_000) as i64;
-        assert!(servers.contains(&server_ms), "frame {i}: server time {server_ms} not among {servers:?}");
+        assert!(
+            servers.contains(&server_ms),
+            "frame {i}: server time {server_ms} not among {servers:?}"
+        );
     }
     // Each of the 3 fragments carries the persistent tag after its frames (where GetMedia puts a fragment's own
     // tags); the tags that followed the connection's header come with every fragment too, before its frames.
-    let berlin = tags.lock().unwrap().iter().filter(|t| *t == "site=berlin").count();
+    let berlin = tags
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| *t == "site=berlin")
+        .count();
     assert_eq!(berlin, 6, "tags: {:?}", tags.lock().unwrap());
 }
 

@@ -38,7 +38,14 @@ struct Scenario<'a> {
 
 impl Default for Scenario<'_> {
     fn default() -> Self {
-        Scenario { stream: "s", faults: Vec::new(), frames: 240, live: false, extra: "", create: true }
+        Scenario {
+            stream: "s",
+            faults: Vec::new(),
+            frames: 240,
+            live: false,
+            extra: "",
+            create: true,
+        }
     }
 }
 
@@ -88,7 +95,11 @@ fn play_on(emu: &Emu, name: &str, scenario: Scenario) -> Outcome {
         fault["stream"] = json!(stream);
         emu.fault(fault);
     }
-    let source = if scenario.live { live_source(scenario.frames) } else { video_source(scenario.frames) };
+    let source = if scenario.live {
+        live_source(scenario.frames)
+    } else {
+        video_source(scenario.frames)
+    };
     let description = format!(
         "{source} ! matroskamux ! tee name=t ! queue ! {} sync=false {} {CAPTURE}",
         sink_props(emu, stream),
@@ -99,7 +110,11 @@ fn play_on(emu: &Emu, name: &str, scenario: Scenario) -> Outcome {
 }
 
 fn check(emu: &Emu, name: &str, stream: &str, run: Run) -> Outcome {
-    assert_eq!(run.error, None, "{name}: warnings {:?}\nmessages {:?}", run.warnings, run.messages);
+    assert_eq!(
+        run.error, None,
+        "{name}: warnings {:?}\nmessages {:?}",
+        run.warnings, run.messages
+    );
     let input = input_frames(&run.input);
     assert!(!input.is_empty());
     let stored = emu.read_back(stream);
@@ -110,14 +125,24 @@ fn check(emu: &Emu, name: &str, stream: &str, run: Run) -> Outcome {
         "{name}: frames uploaded and stored; messages {:?}",
         run.messages
     );
-    assert!(stored_once == input, "{name}: the frames stored differ from the frames uploaded");
+    assert!(
+        stored_once == input,
+        "{name}: the frames stored differ from the frames uploaded"
+    );
     let duplicates = frames(&stored).len() - input.len();
 
     let read = read_range(emu, stream, "");
     assert_eq!(read.error, None, "{name}: kvssrc");
     let read_frames = input_frames(&read.input);
-    assert_eq!(read_frames.len(), input.len(), "{name}: frames read back by kvssrc");
-    assert!(read_frames == input, "{name}: kvssrc's frames differ from the frames uploaded");
+    assert_eq!(
+        read_frames.len(),
+        input.len(),
+        "{name}: frames read back by kvssrc"
+    );
+    assert!(
+        read_frames == input,
+        "{name}: kvssrc's frames differ from the frames uploaded"
+    );
 
     let mut gaps_ms = Vec::new();
     let mut noticed = None;
@@ -135,7 +160,11 @@ fn check(emu: &Emu, name: &str, stream: &str, run: Run) -> Outcome {
             _ => {}
         }
     }
-    let outcome = Outcome { run, duplicates, gaps_ms };
+    let outcome = Outcome {
+        run,
+        duplicates,
+        gaps_ms,
+    };
     println!(
         "scenario {name}: {} frames, all stored ({} stored twice), read back once each; {} reconnections, \
          failure noticed -> connected again {:?} ms",
@@ -149,9 +178,21 @@ fn check(emu: &Emu, name: &str, stream: &str, run: Run) -> Outcome {
 
 #[test]
 fn scenario_01_basic_upload_to_a_missing_stream() {
-    let outcome = play("01-basic", Scenario { frames: 300, create: false, ..Default::default() });
+    let outcome = play(
+        "01-basic",
+        Scenario {
+            frames: 300,
+            create: false,
+            ..Default::default()
+        },
+    );
     assert_eq!((outcome.reconnections(), outcome.duplicates), (0, 0));
-    assert_eq!(outcome.run.acks("PERSISTED"), 10, "{:?}", outcome.run.messages);
+    assert_eq!(
+        outcome.run.acks("PERSISTED"),
+        10,
+        "{:?}",
+        outcome.run.messages
+    );
 }
 
 #[test]
@@ -167,8 +208,15 @@ fn scenario_02_reset_150_ms_into_fragment_6_after_5_persisted() {
         },
     );
     assert_eq!(outcome.reconnections(), 1);
-    assert_eq!(outcome.retry_delays_ms(), [0], "the first reconnection goes at once");
-    assert_eq!(outcome.duplicates, 0, "fragments 1-5 were PERSISTED: only fragment 6 goes again");
+    assert_eq!(
+        outcome.retry_delays_ms(),
+        [0],
+        "the first reconnection goes at once"
+    );
+    assert_eq!(
+        outcome.duplicates, 0,
+        "fragments 1-5 were PERSISTED: only fragment 6 goes again"
+    );
     assert_eq!(outcome.run.stat("fragments-resent"), 1);
 }
 
@@ -186,7 +234,11 @@ fn scenario_02b_reset_in_the_millisecond_of_a_persisted() {
     assert_eq!(outcome.reconnections(), 1);
     assert_eq!(outcome.retry_delays_ms(), [0]);
     // If the PERSISTED was lost in the reset, fragment 5 went again and is stored twice.
-    assert!(outcome.duplicates <= 30, "at most fragment 5 twice: {}", outcome.duplicates);
+    assert!(
+        outcome.duplicates <= 30,
+        "at most fragment 5 twice: {}",
+        outcome.duplicates
+    );
 }
 
 #[test]
@@ -203,7 +255,11 @@ fn scenario_03_reset_with_no_acks_at_all() {
     );
     assert_eq!(outcome.reconnections(), 1);
     // Nothing was acknowledged: fragments 1-5 go again (the service had stored them: they are there twice).
-    assert!(outcome.run.stat("fragments-resent") >= 5, "{:?}", outcome.run.stats);
+    assert!(
+        outcome.run.stat("fragments-resent") >= 5,
+        "{:?}",
+        outcome.run.stats
+    );
 }
 
 #[test]
@@ -228,12 +284,18 @@ fn scenario_05_eos_waits_for_a_delayed_persisted() {
         "05-eos-delayed-persisted",
         Scenario {
             frames: 150,
-            faults: vec![json!({"api": "putMedia", "kind": "delay_acks", "ms": 1500, "event": "PERSISTED"})],
+            faults: vec![
+                json!({"api": "putMedia", "kind": "delay_acks", "ms": 1500, "event": "PERSISTED"}),
+            ],
             ..Default::default()
         },
     );
     assert_eq!((outcome.reconnections(), outcome.duplicates), (0, 0));
-    assert_eq!(outcome.run.acks("PERSISTED"), 5, "EOS waited for every PERSISTED");
+    assert_eq!(
+        outcome.run.acks("PERSISTED"),
+        5,
+        "EOS waited for every PERSISTED"
+    );
     assert!(outcome.run.elapsed >= Duration::from_millis(1500));
 }
 
@@ -251,14 +313,21 @@ fn scenario_05_eos_with_the_last_fragment_never_acknowledged_reconnects_and_lose
         },
     );
     assert_eq!(outcome.reconnections(), 1);
-    assert!(outcome.run.elapsed < Duration::from_secs(30), "{:?}", outcome.run.elapsed);
+    assert!(
+        outcome.run.elapsed < Duration::from_secs(30),
+        "{:?}",
+        outcome.run.elapsed
+    );
 }
 
 #[test]
 fn scenario_06_existing_stream_with_tags() {
     let outcome = play(
         "06-existing-stream-with-tags",
-        Scenario { extra: "stream-tags=\"tags,team=video\"", ..Default::default() },
+        Scenario {
+            extra: "stream-tags=\"tags,team=video\"",
+            ..Default::default()
+        },
     );
     assert_eq!((outcome.reconnections(), outcome.duplicates), (0, 0));
 }
@@ -268,13 +337,18 @@ fn scenario_07_error_ack_5000_resends_the_fragment_at_once() {
     let outcome = play(
         "07-error-ack-5000",
         Scenario {
-            faults: vec![json!({"api": "putMedia", "kind": "error_ack", "fragment": 5, "error_id": 5000})],
+            faults: vec![
+                json!({"api": "putMedia", "kind": "error_ack", "fragment": 5, "error_id": 5000}),
+            ],
             ..Default::default()
         },
     );
     assert_eq!(outcome.reconnections(), 1);
     assert_eq!(outcome.retry_delays_ms(), [0]);
-    assert_eq!(outcome.duplicates, 0, "the refused fragment was not stored; it is stored once now");
+    assert_eq!(
+        outcome.duplicates, 0,
+        "the refused fragment was not stored; it is stored once now"
+    );
 }
 
 #[test]
@@ -328,8 +402,13 @@ fn acks_split_across_chunks_or_coalesced_are_read_alike() {
         json!({"api": "putMedia", "kind": "split_acks", "bytes": 1}),
         json!({"api": "putMedia", "kind": "coalesce_acks", "count": 4}),
     ] {
-        let outcome =
-            play(&fault["kind"].to_string(), Scenario { faults: vec![fault], ..Default::default() });
+        let outcome = play(
+            &fault["kind"].to_string(),
+            Scenario {
+                faults: vec![fault],
+                ..Default::default()
+            },
+        );
         assert_eq!((outcome.reconnections(), outcome.duplicates), (0, 0));
         assert_eq!(outcome.run.acks("PERSISTED"), 8);
         assert_eq!(outcome.run.acks("RECEIVED"), 8);
@@ -373,8 +452,13 @@ fn an_endless_response_line_ends_the_connection_and_nothing_is_lost() {
         },
     );
     assert_eq!(outcome.reconnections(), 1);
-    let reason = outcome.run.messages_named("kvssink-connection")[1].get::<String>("reason").unwrap();
-    assert_eq!(reason, "the service sent an acknowledgement longer than 4096 bytes");
+    let reason = outcome.run.messages_named("kvssink-connection")[1]
+        .get::<String>("reason")
+        .unwrap();
+    assert_eq!(
+        reason,
+        "the service sent an acknowledgement longer than 4096 bytes"
+    );
 }
 
 #[test]
@@ -405,7 +489,13 @@ fn proxy_pages_non_json_errors_and_a_plain_200_are_retried() {
     ];
     for fault in faults {
         let status = fault["status"].clone();
-        let outcome = play(&format!("raw-{status}"), Scenario { faults: vec![fault], ..Default::default() });
+        let outcome = play(
+            &format!("raw-{status}"),
+            Scenario {
+                faults: vec![fault],
+                ..Default::default()
+            },
+        );
         assert_eq!(outcome.reconnections(), 1, "{status}");
         assert_eq!(outcome.duplicates, 0, "{status}");
         let reconnecting = outcome
@@ -413,7 +503,10 @@ fn proxy_pages_non_json_errors_and_a_plain_200_are_retried() {
             .messages_named("kvssink-connection")
             .into_iter()
             .find(|m| m.get::<String>("state").as_deref() == Ok("reconnecting"));
-        let reason = reconnecting.expect("a reconnection").get::<String>("reason").unwrap();
+        let reason = reconnecting
+            .expect("a reconnection")
+            .get::<String>("reason")
+            .unwrap();
         let expected = match status.as_u64() {
             Some(502) => {
                 "PutMedia failed: HTTP 502 BadGateway: not a service answer: \"502 Bad Gateway Bad Gateway\""
@@ -424,7 +517,8 @@ fn proxy_pages_non_json_errors_and_a_plain_200_are_retried() {
             }
             // Which one depends on whether the first frame was queued, or being written, when the answer came
             // (under load).
-            _ if reason == "the service closed the connection with fragments not yet acknowledged"
+            _ if reason
+                == "the service closed the connection with fragments not yet acknowledged"
                 || reason.starts_with("the connection closed while sending") =>
             {
                 &reason
@@ -441,8 +535,11 @@ fn a_proxy_page_with_a_4xx_is_an_error_that_quotes_it() {
     emu.create_stream("proxy403", 1);
     emu.fault(json!({"api": "putMedia", "kind": "raw_response", "status": 403, "content_type": "text/html",
                      "body": "<html><body><h1>403 Forbidden</h1>Request blocked by the proxy</body></html>", "times": 20}));
-    let description =
-        format!("{} ! matroskamux ! {} sync=false", video_source(60), sink_props(&emu, "proxy403"));
+    let description = format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(60),
+        sink_props(&emu, "proxy403")
+    );
     let run = run_pipeline(&description, Duration::from_secs(60));
     let error = run.error.expect("an error");
     assert!(
@@ -491,7 +588,10 @@ fn an_emulator_killed_and_restarted_on_its_data_dir_mid_stream_loses_nothing() {
         .iter()
         .filter_map(|s| s.get::<String>("reason").ok())
         .collect();
-    assert!(reasons[0].starts_with("the connection broke"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("the connection broke"),
+        "{reasons:?}"
+    );
 }
 
 /// A live kvssrc reads a stream while it is uploaded, under one GetMedia fault armed `times` times: every frame
@@ -511,15 +611,26 @@ fn live_read_under(fault: Value, times: u32) -> Vec<String> {
     std::thread::sleep(Duration::from_millis(500));
     let input = produce(&emu, "read", 240, "");
     reader.wait_for_frames(240, Duration::from_secs(40));
-    assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new(), "{fault}");
+    assert_eq!(
+        *reader.errors.lock().unwrap(),
+        Vec::<String>::new(),
+        "{fault}"
+    );
     let read = input_frames(&reader.captured.lock().unwrap());
     let reasons: Vec<String> = reader
         .messages_named("kvssrc-connection")
         .iter()
         .filter_map(|s| s.get::<String>("reason").ok())
         .collect();
-    assert_eq!(read.len(), 240, "{fault}: every frame exactly once; reconnections: {reasons:?}");
-    assert!(read == input_frames(&input), "{fault}: in order, byte for byte");
+    assert_eq!(
+        read.len(),
+        240,
+        "{fault}: every frame exactly once; reconnections: {reasons:?}"
+    );
+    assert!(
+        read == input_frames(&input),
+        "{fault}: in order, byte for byte"
+    );
     reader.stop();
     println!("kvssrc under {fault}: 240 frames read once each; reconnections {reasons:?}");
     reasons
@@ -538,8 +649,10 @@ fn kvssrc_started_live_misses_nothing_stored_while_its_first_requests_fail() {
         json!({"api": "getMedia", "stream": "retried", "times": 100, "kind": "http_error", "status": 503,
                      "error": "ServiceUnavailableException"}),
     );
-    let mut reader =
-        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "retried")));
+    let mut reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "retried")
+    ));
     let deadline = Instant::now() + Duration::from_secs(10);
     while reader.messages_named("kvssrc-connection").is_empty() {
         assert!(Instant::now() < deadline, "no failed request");
@@ -557,37 +670,63 @@ fn kvssrc_started_live_misses_nothing_stored_while_its_first_requests_fail() {
     reader.wait_for_frames(240, Duration::from_secs(20));
     assert_eq!(*reader.errors.lock().unwrap(), Vec::<String>::new());
     let read = input_frames(&reader.captured.lock().unwrap());
-    assert_eq!(read.len(), 240, "every frame stored while the requests failed");
+    assert_eq!(
+        read.len(),
+        240,
+        "every frame stored while the requests failed"
+    );
     assert!(read == input_frames(&input));
     reader.stop();
 }
 
 #[test]
 fn kvssrc_reads_every_frame_once_through_getmedia_faults() {
-    let reasons =
-        live_read_under(json!({"api": "getMedia", "kind": "end_response_after_bytes", "bytes": 40000}), 2);
-    assert_eq!(reasons.iter().filter(|r| *r == "the GetMedia session ended").count(), 2, "{reasons:?}");
+    let reasons = live_read_under(
+        json!({"api": "getMedia", "kind": "end_response_after_bytes", "bytes": 40000}),
+        2,
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "the GetMedia session ended")
+            .count(),
+        2,
+        "{reasons:?}"
+    );
 
     let reasons = live_read_under(
         json!({"api": "getMedia", "kind": "drop_after_bytes", "bytes": 40000, "close": "reset"}),
         2,
     );
     assert_eq!(
-        reasons.iter().filter(|r| r.starts_with("the GetMedia connection broke")).count(),
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("the GetMedia connection broke"))
+            .count(),
         2,
         "{reasons:?}"
     );
 
-    let reasons = live_read_under(json!({"api": "getMedia", "kind": "stall", "bytes": 40000}), 1);
+    let reasons = live_read_under(
+        json!({"api": "getMedia", "kind": "stall", "bytes": 40000}),
+        1,
+    );
     assert!(
-        reasons
-            .contains(&"nothing arrived on the GetMedia connection for 2.0 s (request-timeout)".to_owned()),
+        reasons.contains(
+            &"nothing arrived on the GetMedia connection for 2.0 s (request-timeout)".to_owned()
+        ),
         "{reasons:?}"
     );
 
-    let reasons = live_read_under(json!({"api": "getMedia", "kind": "garble_media", "fragment": 3}), 2);
+    let reasons = live_read_under(
+        json!({"api": "getMedia", "kind": "garble_media", "fragment": 3}),
+        2,
+    );
     assert_eq!(
-        reasons.iter().filter(|r| r.starts_with("GetMedia returned bad Matroska")).count(),
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("GetMedia returned bad Matroska"))
+            .count(),
         2,
         "{reasons:?}"
     );
@@ -600,7 +739,8 @@ fn kvssrc_reads_every_frame_once_through_getmedia_faults() {
     assert_eq!(
         reasons
             .iter()
-            .filter(|r| *r == "GetMedia failed: HTTP 502 BadGateway: not a service answer: \"Bad Gateway\"")
+            .filter(|r| *r
+                == "GetMedia failed: HTTP 502 BadGateway: not a service answer: \"Bad Gateway\"")
             .count(),
         2,
         "{reasons:?}"
@@ -615,8 +755,10 @@ fn kvssrc_gives_up_on_a_stream_that_is_never_matroska() {
     emu.fault(
         json!({"api": "getMedia", "stream": "junk", "kind": "garble_media", "fragment": 1, "times": 10}),
     );
-    let mut reader =
-        LiveRead::start(&format!("{} ! appsink name=capture sync=false", src_props(&emu, "junk")));
+    let mut reader = LiveRead::start(&format!(
+        "{} ! appsink name=capture sync=false",
+        src_props(&emu, "junk")
+    ));
     std::thread::sleep(Duration::from_millis(300));
     produce(&emu, "junk", 60, "");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

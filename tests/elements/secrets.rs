@@ -31,18 +31,30 @@ fn secrets_never_appear_in_logs_messages_property_reads_or_the_emulators_log() {
     let mut emulator = std::process::Command::new(plugin_dir().join("kvs-emulator"))
         .args(["--listen", "127.0.0.1:0", "--credentials-file"])
         .arg(&keys)
-        .env("KVS_EMULATOR_CREDENTIALS", format!("AKIDFROMENV:{ENV_SECRET}"))
+        .env(
+            "KVS_EMULATOR_CREDENTIALS",
+            format!("AKIDFROMENV:{ENV_SECRET}"),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&emulator_log).unwrap())
         .spawn()
         .unwrap();
     let mut url = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(emulator.stdout.take().unwrap()), &mut url)
-        .unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(emulator.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
 
     let debug_log = dir.join("gst-debug.log");
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "secrets::child", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "secrets::child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("KVS_SECRETS_CHILD", url.trim())
         .env("GST_DEBUG", "*:9")
         .env("GST_DEBUG_FILE", &debug_log)
@@ -51,8 +63,11 @@ fn secrets_never_appear_in_logs_messages_property_reads_or_the_emulators_log() {
         .unwrap();
     emulator.kill().unwrap();
     emulator.wait().unwrap();
-    let child_out =
-        format!("{}{}", String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
+    let child_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
     assert!(child.status.success(), "{child_out}");
     assert!(child_out.contains("child: done"), "{child_out}");
 
@@ -74,10 +89,17 @@ fn secrets_never_appear_in_logs_messages_property_reads_or_the_emulators_log() {
     std::fs::remove_dir_all(&dir).unwrap();
     // The log is the real thing: both elements logged at every level, through the failures.
     assert!(log.len() > 1_000_000, "{} bytes", log.len());
-    println!("GST_DEBUG=*:9 log: {} bytes; child output: {} lines", log.len(), child_out.lines().count());
+    println!(
+        "GST_DEBUG=*:9 log: {} bytes; child output: {} lines",
+        log.len(),
+        child_out.lines().count()
+    );
     let log = String::from_utf8_lossy(&log);
     for needle in ["kvssink", "kvssrc", "reconnect", "AccessDeniedException"] {
-        assert!(log.contains(needle) || child_out.contains(needle), "nothing about {needle}");
+        assert!(
+            log.contains(needle) || child_out.contains(needle),
+            "nothing about {needle}"
+        );
     }
     assert!(emulator_text.contains("putMedia"), "{emulator_text}");
     for (place, text) in [
@@ -97,7 +119,12 @@ fn print_properties(element: &gst::Element) {
     for pspec in element.list_properties() {
         if pspec.flags().contains(gst::glib::ParamFlags::READABLE) {
             let value = element.property_value(pspec.name());
-            println!("child: property {}.{} = {:?}", element.name(), pspec.name(), value.serialize().ok());
+            println!(
+                "child: property {}.{} = {:?}",
+                element.name(),
+                pspec.name(),
+                value.serialize().ok()
+            );
         }
     }
 }
@@ -105,7 +132,10 @@ fn print_properties(element: &gst::Element) {
 /// Runs a pipeline whose kvs elements get the secrets through the API; prints every bus message and, at the end,
 /// every property of the kvs elements.
 fn run_with_secrets(description: &str) -> Option<String> {
-    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let kvs: Vec<gst::Element> = pipeline
         .iterate_recurse()
         .into_iter()
@@ -129,7 +159,9 @@ fn run_with_secrets(description: &str) -> Option<String> {
                 error = Some(e.error().to_string());
                 break;
             }
-            gst::MessageView::Warning(w) => println!("child: warning {} | {:?}", w.error(), w.debug()),
+            gst::MessageView::Warning(w) => {
+                println!("child: warning {} | {:?}", w.error(), w.debug())
+            }
             _ => {}
         }
     }
@@ -143,40 +175,63 @@ fn run_with_secrets(description: &str) -> Option<String> {
 #[test]
 #[ignore = "run by secrets_never_appear_in_logs_messages_property_reads_or_the_emulators_log in a child process"]
 fn child() {
-    let Ok(url) = std::env::var("KVS_SECRETS_CHILD") else { return };
+    let Ok(url) = std::env::var("KVS_SECRETS_CHILD") else {
+        return;
+    };
     init();
     let emu = Emu::external(&url);
-    let sink =
-        |stream: &str| format!("kvssink name=sink stream-name={stream} endpoint-uri={url} region=us-east-1");
-    let src =
-        |stream: &str| format!("kvssrc name=src stream-name={stream} endpoint-uri={url} region=us-east-1");
+    let sink = |stream: &str| {
+        format!("kvssink name=sink stream-name={stream} endpoint-uri={url} region=us-east-1")
+    };
+    let src = |stream: &str| {
+        format!("kvssrc name=src stream-name={stream} endpoint-uri={url} region=us-east-1")
+    };
 
     // A refused request.
     emu.fault(json!({"api": "describeStream", "kind": "http_error", "status": 403, "error": "AccessDeniedException"}));
-    let error =
-        run_with_secrets(&format!("{} ! matroskamux ! {} sync=false", video_source(10), sink("refused")));
+    let error = run_with_secrets(&format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(10),
+        sink("refused")
+    ));
     assert!(error.is_some_and(|e| e.contains("AccessDeniedException")));
 
     // An upload through two reset connections; kvssink creates the stream.
     emu.fault(
         json!({"api": "putMedia", "kind": "drop_after_bytes", "bytes": 20000, "close": "reset", "times": 2}),
     );
-    let error =
-        run_with_secrets(&format!("{} ! matroskamux ! {} sync=false", video_source(90), sink("secret")));
+    let error = run_with_secrets(&format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(90),
+        sink("secret")
+    ));
     assert_eq!(error, None);
 
     // A range read through a dropped download, and one through a server error.
     emu.fault(json!({"api": "getMediaForFragmentList", "kind": "drop_after_bytes", "bytes": 5000, "close": "reset"}));
-    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let read = format!("{} start-selector=earliest end-timestamp={end:.3} ! fakesink", src("secret"));
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let read = format!(
+        "{} start-selector=earliest end-timestamp={end:.3} ! fakesink",
+        src("secret")
+    );
     assert_eq!(run_with_secrets(&read), None);
     emu.fault(json!({"api": "listFragments", "kind": "http_error", "status": 500, "error": "ClientLimitExceededException"}));
     let failed = run_with_secrets(&read);
     println!("child: range read with a server error: {failed:?}");
 
     // A wrong secret for once: refused, and neither secret is shown.
-    let wrong = format!("{} ! matroskamux ! {} sync=false", video_source(10), sink("secret"));
-    let pipeline = gst::parse::launch(&wrong).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let wrong = format!(
+        "{} ! matroskamux ! {} sync=false",
+        video_source(10),
+        sink("secret")
+    );
+    let pipeline = gst::parse::launch(&wrong)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let element = pipeline.by_name("sink").unwrap();
     element.set_property("access-key", KEY_ID);
     element.set_property("secret-access-key", format!("{SECRET}-wrong"));

@@ -34,12 +34,24 @@ fn a_kvs_uri_makes_kvssrc_or_kvssink_and_sets_their_properties() {
                &end-timestamp=1795860000.5&endpoint=http://127.0.0.1:4567&region=eu-west-1";
     let src = gst::Element::make_from_uri(gst::URIType::Src, uri, None).unwrap();
     assert_eq!(src.factory().unwrap().name(), "kvssrc");
-    assert_eq!(src.property::<Option<String>>("stream-name").as_deref(), Some("cam_1.a-B"));
-    assert_eq!(src.property_value("start-selector").serialize().unwrap(), "producer-timestamp");
+    assert_eq!(
+        src.property::<Option<String>>("stream-name").as_deref(),
+        Some("cam_1.a-B")
+    );
+    assert_eq!(
+        src.property_value("start-selector").serialize().unwrap(),
+        "producer-timestamp"
+    );
     assert_eq!(src.property::<f64>("start-timestamp"), 1_795_860_000.0);
     assert_eq!(src.property::<f64>("end-timestamp"), 1_795_860_000.5);
-    assert_eq!(src.property::<Option<String>>("endpoint-uri").as_deref(), Some("http://127.0.0.1:4567"));
-    assert_eq!(src.property::<Option<String>>("region").as_deref(), Some("eu-west-1"));
+    assert_eq!(
+        src.property::<Option<String>>("endpoint-uri").as_deref(),
+        Some("http://127.0.0.1:4567")
+    );
+    assert_eq!(
+        src.property::<Option<String>>("region").as_deref(),
+        Some("eu-west-1")
+    );
     let handler = src.dynamic_cast_ref::<gst::URIHandler>().unwrap();
     assert_eq!(
         handler.uri().unwrap(),
@@ -51,9 +63,15 @@ fn a_kvs_uri_makes_kvssrc_or_kvssink_and_sets_their_properties() {
     src.set_property("access-key", "AKIDKEEP");
     handler.set_uri("kvs:///cam2?mode=raw").unwrap();
     assert_eq!(handler.uri().unwrap(), "kvs://cam2?mode=raw");
-    assert_eq!(src.property_value("start-selector").serialize().unwrap(), "now");
+    assert_eq!(
+        src.property_value("start-selector").serialize().unwrap(),
+        "now"
+    );
     assert_eq!(src.property::<Option<String>>("endpoint-uri"), None);
-    assert_eq!(src.property::<Option<String>>("access-key").as_deref(), Some("AKIDKEEP"));
+    assert_eq!(
+        src.property::<Option<String>>("access-key").as_deref(),
+        Some("AKIDKEEP")
+    );
 
     let sink = gst::Element::make_from_uri(
         gst::URIType::Sink,
@@ -65,14 +83,23 @@ fn a_kvs_uri_makes_kvssrc_or_kvssink_and_sets_their_properties() {
     assert_eq!(sink.property::<u32>("storage-size"), 64);
     assert!(!sink.property::<bool>("fragment-acks"));
     assert_eq!(
-        sink.dynamic_cast_ref::<gst::URIHandler>().unwrap().uri().unwrap(),
+        sink.dynamic_cast_ref::<gst::URIHandler>()
+            .unwrap()
+            .uri()
+            .unwrap(),
         "kvs://cam1?fragment-acks=false&storage-size=64"
     );
-    for (factory, kind) in [("kvssrc", gst::URIType::Src), ("kvssink", gst::URIType::Sink)] {
+    for (factory, kind) in [
+        ("kvssrc", gst::URIType::Src),
+        ("kvssink", gst::URIType::Sink),
+    ] {
         let factory = gst::ElementFactory::find(factory).unwrap();
         assert_eq!(factory.uri_type(), kind);
         assert_eq!(factory.uri_protocols(), ["kvs"]);
-        assert!(factory.rank() >= gst::Rank::MARGINAL, "playbin needs a rank to pick it");
+        assert!(
+            factory.rank() >= gst::Rank::MARGINAL,
+            "playbin needs a rank to pick it"
+        );
     }
 }
 
@@ -83,7 +110,12 @@ fn bad_kvs_uris_are_refused_with_the_reason() {
         uri_error(gst::URIType::Src, "kvs://AKID:SECRET@cam1"),
         format!("credentials never go in a kvs:// URI: {credentials}")
     );
-    for key in ["secret-key", "secret-access-key", "session-token", "access-key"] {
+    for key in [
+        "secret-key",
+        "secret-access-key",
+        "session-token",
+        "access-key",
+    ] {
         assert_eq!(
             uri_error(gst::URIType::Sink, &format!("kvs://cam1?{key}=x")),
             format!("credentials never go in a kvs:// URI ('{key}'): {credentials}")
@@ -104,7 +136,9 @@ fn bad_kvs_uris_are_refused_with_the_reason() {
     );
     let unknown = uri_error(gst::URIType::Src, "kvs://cam1?storage-size=64");
     assert!(
-        unknown.starts_with("'storage-size' cannot be set in a kvs:// URI of kvssrc; these can: region, "),
+        unknown.starts_with(
+            "'storage-size' cannot be set in a kvs:// URI of kvssrc; these can: region, "
+        ),
         "{unknown}"
     );
     assert_eq!(
@@ -146,7 +180,10 @@ fn set_up_playbin(playbin: &gst::Element, decoded: Arc<Mutex<Vec<u8>>>) {
     .unwrap();
     capture_into(&video.by_name("capture").unwrap(), decoded);
     playbin.set_property("video-sink", &video);
-    playbin.set_property("audio-sink", gst::ElementFactory::make("fakesink").build().unwrap());
+    playbin.set_property(
+        "audio-sink",
+        gst::ElementFactory::make("fakesink").build().unwrap(),
+    );
     playbin.connect("source-setup", false, |args| {
         let source = args[1].get::<gst::Element>().unwrap();
         assert_eq!(source.factory().unwrap().name(), "kvssrc");
@@ -171,31 +208,47 @@ fn playbin_plays_a_range_from_a_kvs_uri_frame_for_frame_and_posts_progress() {
     );
     let decoded = Arc::new(Mutex::new(Vec::new()));
     let capture = decoded.clone();
-    let run =
-        run_pipeline_with(&format!("playbin uri=\"{uri}\""), Duration::from_secs(60), move |pipeline| {
-            set_up_playbin(pipeline.upcast_ref(), capture)
-        });
+    let run = run_pipeline_with(
+        &format!("playbin uri=\"{uri}\""),
+        Duration::from_secs(60),
+        move |pipeline| set_up_playbin(pipeline.upcast_ref(), capture),
+    );
     assert_eq!(run.error, None);
     let progress = run.progress;
     let decoded = std::mem::take(&mut *decoded.lock().unwrap());
     assert_eq!(decoded.len() / FRAME_BYTES, 150, "every frame played once");
-    assert!(decoded == expected, "decoded frames differ from the input's");
+    assert!(
+        decoded == expected,
+        "decoded frames differ from the input's"
+    );
 
     // Progress: a start, continues with a growing percentage, one complete at 100%: what gst-launch-1.0 waits
     // on and prints.
     assert!(progress.len() >= 2, "{progress:?}");
-    assert!(progress.iter().all(|(_, code, _, _)| code == "kvs-read"), "{progress:?}");
+    assert!(
+        progress.iter().all(|(_, code, _, _)| code == "kvs-read"),
+        "{progress:?}"
+    );
     assert_eq!(progress[0].0, gst::ProgressType::Start, "{progress:?}");
     let last = progress.last().unwrap();
     assert_eq!(
         (last.0, last.2.as_str(), last.3),
-        (gst::ProgressType::Complete, "Read 5 of 5 fragments (100%)", 100)
+        (
+            gst::ProgressType::Complete,
+            "Read 5 of 5 fragments (100%)",
+            100
+        )
     );
     assert!(
-        progress[1..progress.len() - 1].iter().all(|p| p.0 == gst::ProgressType::Continue),
+        progress[1..progress.len() - 1]
+            .iter()
+            .all(|p| p.0 == gst::ProgressType::Continue),
         "{progress:?}"
     );
-    assert!(progress.windows(2).all(|w| w[0].3 <= w[1].3), "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].3 <= w[1].3),
+        "{progress:?}"
+    );
 }
 
 #[test]
@@ -205,7 +258,10 @@ fn playbin_plays_a_live_kvs_uri_while_the_stream_is_uploaded() {
     let uri = format!("kvs://play-live?endpoint-uri={}&region=us-east-1", emu.url);
     let decoded = Arc::new(Mutex::new(Vec::new()));
     init();
-    let pipeline = gst::ElementFactory::make("playbin").property("uri", &uri).build().unwrap();
+    let pipeline = gst::ElementFactory::make("playbin")
+        .property("uri", &uri)
+        .build()
+        .unwrap();
     set_up_playbin(&pipeline, decoded.clone());
     pipeline.set_state(gst::State::Playing).unwrap();
     // The reader waits for the first fragment (decodebin exposes its pads once it has seen data).
@@ -215,18 +271,20 @@ fn playbin_plays_a_live_kvs_uri_while_the_stream_is_uploaded() {
     let expected = decode(&input);
     let deadline = Instant::now() + Duration::from_secs(30);
     while decoded.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
-        if let Some(message) = pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_mseconds(100), &[gst::MessageType::Error])
-        {
+        if let Some(message) = pipeline.bus().unwrap().timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error],
+        ) {
             panic!("{message:?}");
         }
     }
     pipeline.set_state(gst::State::Null).unwrap();
     let decoded = std::mem::take(&mut *decoded.lock().unwrap());
     assert_eq!(decoded.len() / FRAME_BYTES, 90, "every frame played once");
-    assert!(decoded == expected, "decoded frames differ from the input's");
+    assert!(
+        decoded == expected,
+        "decoded frames differ from the input's"
+    );
 }
 
 #[test]
@@ -234,7 +292,10 @@ fn gst_play_and_gst_launch_playbin_play_a_kvs_uri_with_the_endpoint_from_the_env
     let emu = Emu::start();
     emu.create_stream("play-cli", 1);
     produce(&emu, "play-cli", 90, "");
-    let uri = format!("kvs://play-cli?start-selector=earliest&end-timestamp={:.3}", now_s());
+    let uri = format!(
+        "kvs://play-cli?start-selector=earliest&end-timestamp={:.3}",
+        now_s()
+    );
     let plugin_dir = plugin_dir();
     let run = |program: &str, args: &[&str]| {
         let output = std::process::Command::new(program)
@@ -247,18 +308,36 @@ fn gst_play_and_gst_launch_playbin_play_a_kvs_uri_with_the_endpoint_from_the_env
             .env_remove("GST_DEBUG")
             .output()
             .unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(output.status.success(), "{program}: {text}");
         text
     };
-    let played = run("gst-play-1.0", &["--no-interactive", "--videosink=fakesink sync=true", &uri]);
+    let played = run(
+        "gst-play-1.0",
+        &["--no-interactive", "--videosink=fakesink sync=true", &uri],
+    );
     assert!(played.contains(&format!("Now playing {uri}")), "{played}");
     assert!(played.contains("Reached end of play list."), "{played}");
     assert!(!played.contains("ERROR"), "{played}");
 
-    let launched =
-        run("gst-launch-1.0", &["playbin", &format!("uri={uri}"), "video-sink=fakesink sync=true"]);
-    assert!(launched.contains("Progress: (kvs-read) Read 3 of 3 fragments (100%)"), "{launched}");
-    assert!(launched.contains("Got EOS from element \"playbin0\""), "{launched}");
+    let launched = run(
+        "gst-launch-1.0",
+        &[
+            "playbin",
+            &format!("uri={uri}"),
+            "video-sink=fakesink sync=true",
+        ],
+    );
+    assert!(
+        launched.contains("Progress: (kvs-read) Read 3 of 3 fragments (100%)"),
+        "{launched}"
+    );
+    assert!(
+        launched.contains("Got EOS from element \"playbin0\""),
+        "{launched}"
+    );
 }

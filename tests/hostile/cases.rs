@@ -81,14 +81,26 @@ pub type Case = fn(u64) -> Tally;
 /// The case families, each a function of a seed.
 pub const FAMILIES: &[(&str, Case)] = &[
     ("reader: valid stream, random splits", reader_valid_splits),
-    ("reader: valid stream, every split point", reader_every_split),
+    (
+        "reader: valid stream, every split point",
+        reader_every_split,
+    ),
     ("reader: random bytes", reader_random_bytes),
-    ("reader: mutated stream (sizes, nesting, cuts)", reader_mutated),
-    ("fragmenter: valid stream, random splits", fragmenter_valid_splits),
+    (
+        "reader: mutated stream (sizes, nesting, cuts)",
+        reader_mutated,
+    ),
+    (
+        "fragmenter: valid stream, random splits",
+        fragmenter_valid_splits,
+    ),
     ("fragmenter: mutated stream", fragmenter_mutated),
     ("ack parser: valid acks, random splits", acks_valid_splits),
     ("ack parser: random bytes", acks_random),
-    ("merger: GetMedia stream, random splits", merger_valid_splits),
+    (
+        "merger: GetMedia stream, random splits",
+        merger_valid_splits,
+    ),
     ("merger: mutated GetMedia stream", merger_mutated),
 ];
 
@@ -118,7 +130,14 @@ pub fn run_family(name: &str, case: Case, first_seed: u64, count: u64) -> Tally 
 /// then clusters of SimpleBlocks with increasing timecodes.
 pub fn valid_stream(rng: &mut StdRng) -> Vec<u8> {
     let mut out = Vec::new();
-    writer::write_ebml_header(&mut out, if rng.random_bool(0.9) { "matroska" } else { "webm" });
+    writer::write_ebml_header(
+        &mut out,
+        if rng.random_bool(0.9) {
+            "matroska"
+        } else {
+            "webm"
+        },
+    );
     writer::write_segment_start(&mut out);
     writer::write_info(&mut out, 1_000_000);
     let audio = rng.random_bool(0.3);
@@ -130,7 +149,12 @@ pub fn valid_stream(rng: &mut StdRng) -> Vec<u8> {
         codec_private: &codec_private,
     }];
     if audio {
-        tracks.push(TrackSpec { number: 2, track_type: 2, codec_id: "A_AAC", codec_private: &[0x12, 0x10] });
+        tracks.push(TrackSpec {
+            number: 2,
+            track_type: 2,
+            codec_id: "A_AAC",
+            codec_private: &[0x12, 0x10],
+        });
     }
     writer::write_tracks(&mut out, &tracks);
     let clusters = rng.random_range(1..6);
@@ -268,8 +292,11 @@ pub fn mutate(rng: &mut StdRng, mut data: Vec<u8>) -> Vec<u8> {
             }
             3 => {
                 // Deep nesting: unknown-size Clusters (or Segments) inside each other.
-                let id: &[u8] =
-                    if rng.random_bool(0.5) { &[0x1F, 0x43, 0xB6, 0x75] } else { &[0x18, 0x53, 0x80, 0x67] };
+                let id: &[u8] = if rng.random_bool(0.5) {
+                    &[0x1F, 0x43, 0xB6, 0x75]
+                } else {
+                    &[0x18, 0x53, 0x80, 0x67]
+                };
                 let at = rng.random_range(0..len).min(data.len());
                 let mut nest = Vec::new();
                 for _ in 0..rng.random_range(100..5_000) {
@@ -337,9 +364,16 @@ fn hash_event(hasher: &mut impl std::hash::Hasher, event: &Event) {
                 hasher.write(piece);
             }
         }
-        Event::SegmentStart { offset, header, size } | Event::ClusterStart { offset, header, size } => {
-            (std::mem::discriminant(event), offset, &header[..], size).hash(hasher)
+        Event::SegmentStart {
+            offset,
+            header,
+            size,
         }
+        | Event::ClusterStart {
+            offset,
+            header,
+            size,
+        } => (std::mem::discriminant(event), offset, &header[..], size).hash(hasher),
         Event::ClusterEnd { end_offset } | Event::SegmentEnd { end_offset } => {
             (std::mem::discriminant(event), end_offset).hash(hasher)
         }
@@ -365,7 +399,10 @@ fn read_events(pieces: &[Bytes]) -> Result<Digest, String> {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(reader.next_event().is_err(), "a reader that failed must stay failed");
+                    assert!(
+                        reader.next_event().is_err(),
+                        "a reader that failed must stay failed"
+                    );
                     return Err(e.to_string());
                 }
             }
@@ -376,7 +413,10 @@ fn read_events(pieces: &[Bytes]) -> Result<Digest, String> {
         hash_event(&mut hasher, &event);
         count += 1;
     }
-    Ok(Digest { count, hash: hasher.finish() })
+    Ok(Digest {
+        count,
+        hash: hasher.finish(),
+    })
 }
 
 fn reader_valid_splits(seed: u64) -> Tally {
@@ -384,10 +424,15 @@ fn reader_valid_splits(seed: u64) -> Tally {
     let data = valid_stream(&mut rng);
     CountingAlloc::reset();
     let whole = read_events(&[Bytes::from(data.clone())]).expect("a valid stream reads");
-    let split = read_events(&pieces(&data, &splits(&mut rng, data.len()))).expect("a valid stream reads");
+    let split =
+        read_events(&pieces(&data, &splits(&mut rng, data.len()))).expect("a valid stream reads");
     assert!(whole == split, "other events when the input is split");
     check_allocations(data.len());
-    Tally { cases: 1, refused: 0, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: 0,
+        bytes: data.len() as u64,
+    }
 }
 
 /// Every two-piece split of one small valid stream: one case per split point.
@@ -400,7 +445,11 @@ fn reader_every_split(seed: u64) -> Tally {
         let split = read_events(&pieces(&data, &[cut]));
         assert!(whole == split, "other events when split at byte {cut}");
     }
-    Tally { cases: data.len() as u64 + 1, refused: whole.is_err() as u64, bytes: data.len() as u64 }
+    Tally {
+        cases: data.len() as u64 + 1,
+        refused: whole.is_err() as u64,
+        bytes: data.len() as u64,
+    }
 }
 
 fn reader_random_bytes(seed: u64) -> Tally {
@@ -418,7 +467,11 @@ fn reader_random_bytes(seed: u64) -> Tally {
     CountingAlloc::reset();
     let result = read_events(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
-    Tally { cases: 1, refused: result.is_err() as u64, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: result.is_err() as u64,
+        bytes: data.len() as u64,
+    }
 }
 
 fn reader_mutated(seed: u64) -> Tally {
@@ -433,7 +486,11 @@ fn reader_mutated(seed: u64) -> Tally {
         assert!(whole == split, "other events when a mutated input is split");
     }
     check_allocations(data.len());
-    Tally { cases: 1, refused: whole.is_err() as u64, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: whole.is_err() as u64,
+        bytes: data.len() as u64,
+    }
 }
 
 /// The fragmenter's outputs as comparable text (frames and headers as their bytes).
@@ -446,7 +503,9 @@ fn fragment(pieces: &[Bytes]) -> Result<Vec<String>, String> {
         for output in outputs {
             out.push(match output {
                 fragmenter::Output::Header(h) => format!("header {} {:?}", h.generation, h.bytes),
-                fragmenter::Output::FragmentStart(f) => format!("start {} {:?}", f.timecode, f.data.to_vec()),
+                fragmenter::Output::FragmentStart(f) => {
+                    format!("start {} {:?}", f.timecode, f.data.to_vec())
+                }
                 fragmenter::Output::Frame { data, duration } => {
                     format!("frame {duration:?} {:?}", data.to_vec())
                 }
@@ -456,10 +515,18 @@ fn fragment(pieces: &[Bytes]) -> Result<Vec<String>, String> {
         }
     };
     for piece in pieces {
-        record(fragmenter.push(piece.clone(), None).map_err(|e| e.to_string())?);
+        record(
+            fragmenter
+                .push(piece.clone(), None)
+                .map_err(|e| e.to_string())?,
+        );
     }
     record(fragmenter.finish().map_err(|e| e.to_string())?);
-    assert!(out.len() <= 4 * total + 8, "{} outputs from {total} bytes", out.len());
+    assert!(
+        out.len() <= 4 * total + 8,
+        "{} outputs from {total} bytes",
+        out.len()
+    );
     Ok(out)
 }
 
@@ -468,10 +535,15 @@ fn fragmenter_valid_splits(seed: u64) -> Tally {
     let data = valid_stream(&mut rng);
     CountingAlloc::reset();
     let whole = fragment(&[Bytes::from(data.clone())]).expect("a valid stream fragments");
-    let split = fragment(&pieces(&data, &splits(&mut rng, data.len()))).expect("a valid stream fragments");
+    let split =
+        fragment(&pieces(&data, &splits(&mut rng, data.len()))).expect("a valid stream fragments");
     assert!(whole == split, "other fragments when the input is split");
     check_allocations(data.len());
-    Tally { cases: 1, refused: 0, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: 0,
+        bytes: data.len() as u64,
+    }
 }
 
 fn fragmenter_mutated(seed: u64) -> Tally {
@@ -481,12 +553,20 @@ fn fragmenter_mutated(seed: u64) -> Tally {
     CountingAlloc::reset();
     let result = fragment(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
-    Tally { cases: 1, refused: result.is_err() as u64, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: result.is_err() as u64,
+        bytes: data.len() as u64,
+    }
 }
 
 fn acks(pieces: &[Bytes]) -> Vec<String> {
     let mut parser = AckParser::new();
-    pieces.iter().flat_map(|p| parser.push(p)).map(|ack| format!("{ack:?}")).collect()
+    pieces
+        .iter()
+        .flat_map(|p| parser.push(p))
+        .map(|ack| format!("{ack:?}"))
+        .collect()
 }
 
 fn acks_valid_splits(seed: u64) -> Tally {
@@ -509,7 +589,11 @@ fn acks_valid_splits(seed: u64) -> Tally {
     let split = acks(&pieces(&data, &splits(&mut rng, data.len())));
     assert_eq!(whole, split, "other ACKs when the response is split");
     assert!(whole.iter().all(|a| a.starts_with("Ok(")), "{whole:?}");
-    Tally { cases: 1, refused: 0, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: 0,
+        bytes: data.len() as u64,
+    }
 }
 
 fn acks_random(seed: u64) -> Tally {
@@ -524,10 +608,19 @@ fn acks_random(seed: u64) -> Tally {
     }
     CountingAlloc::reset();
     let out = acks(&pieces(&data, &splits(&mut rng, data.len())));
-    assert!(out.len() <= data.len(), "{} ACKs from {} bytes", out.len(), data.len());
+    assert!(
+        out.len() <= data.len(),
+        "{} ACKs from {} bytes",
+        out.len(),
+        data.len()
+    );
     check_allocations(data.len());
     let refused = out.iter().filter(|a| a.starts_with("Err(")).count() as u64;
-    Tally { cases: 1, refused: refused.min(1), bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: refused.min(1),
+        bytes: data.len() as u64,
+    }
 }
 
 /// The merger's outputs as comparable text: consecutive data joined, the rest as written.
@@ -558,7 +651,11 @@ fn merge(pieces: &[Bytes]) -> Result<Vec<String>, String> {
     if !data.is_empty() {
         out.push(format!("data {data:?}"));
     }
-    assert!(out.len() <= 4 * total + 8, "{} outputs from {total} bytes", out.len());
+    assert!(
+        out.len() <= 4 * total + 8,
+        "{} outputs from {total} bytes",
+        out.len()
+    );
     Ok(out)
 }
 
@@ -567,10 +664,15 @@ fn merger_valid_splits(seed: u64) -> Tally {
     let data = getmedia_stream(&mut rng);
     CountingAlloc::reset();
     let whole = merge(&[Bytes::from(data.clone())]).expect("a GetMedia stream merges");
-    let split = merge(&pieces(&data, &splits(&mut rng, data.len()))).expect("a GetMedia stream merges");
+    let split =
+        merge(&pieces(&data, &splits(&mut rng, data.len()))).expect("a GetMedia stream merges");
     assert!(whole == split, "other output when the response is split");
     check_allocations(data.len());
-    Tally { cases: 1, refused: 0, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: 0,
+        bytes: data.len() as u64,
+    }
 }
 
 fn merger_mutated(seed: u64) -> Tally {
@@ -580,5 +682,9 @@ fn merger_mutated(seed: u64) -> Tally {
     CountingAlloc::reset();
     let result = merge(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
-    Tally { cases: 1, refused: result.is_err() as u64, bytes: data.len() as u64 }
+    Tally {
+        cases: 1,
+        refused: result.is_err() as u64,
+        bytes: data.len() as u64,
+    }
 }

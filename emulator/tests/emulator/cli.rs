@@ -23,16 +23,23 @@ fn start(args: &[&str]) -> (Running, String) {
         .spawn()
         .expect("spawn kvs-emulator");
     let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
     (Running(child), first_line.trim_end().to_owned())
 }
 
 #[test]
 fn first_stdout_line_is_the_base_url_and_it_answers() {
     let (_emulator, base_url) = start(&["--listen", "127.0.0.1:0"]);
-    let host_port =
-        base_url.strip_prefix("http://").unwrap_or_else(|| panic!("not a base URL: {base_url:?}"));
-    let port: u16 = host_port.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+    let host_port = base_url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not a base URL: {base_url:?}"));
+    let port: u16 = host_port
+        .strip_prefix("127.0.0.1:")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_ne!(port, 0);
 
     let mut conn = TcpStream::connect(host_port).unwrap();
@@ -45,7 +52,10 @@ fn first_stdout_line_is_the_base_url_and_it_answers() {
 
 #[test]
 fn help_documents_the_options() {
-    let output = Command::new(env!("CARGO_BIN_EXE_kvs-emulator")).arg("--help").output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs-emulator"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for option in [
@@ -57,7 +67,10 @@ fn help_documents_the_options() {
         "--tls-cert",
         "--tls-key",
     ] {
-        assert!(help.contains(option), "--help does not mention {option}:\n{help}");
+        assert!(
+            help.contains(option),
+            "--help does not mention {option}:\n{help}"
+        );
     }
 }
 
@@ -65,8 +78,14 @@ fn help_documents_the_options() {
 fn a_port_in_use_is_a_clear_error() {
     let (_emulator, base_url) = start(&["--listen", "127.0.0.1:0"]);
     let addr = base_url.strip_prefix("http://").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_kvs-emulator")).args(["--listen", addr]).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs-emulator"))
+        .args(["--listen", addr])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }

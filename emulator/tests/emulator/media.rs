@@ -77,7 +77,9 @@ fn cluster_timecodes(data: &[u8]) -> Vec<u64> {
     events
         .into_iter()
         .filter_map(|event| match event {
-            Event::ClusterChild(el) if el.id == id::TIMECODE => Some(read_uint(&el.data()).unwrap()),
+            Event::ClusterChild(el) if el.id == id::TIMECODE => {
+                Some(read_uint(&el.data()).unwrap())
+            }
             _ => None,
         })
         .collect()
@@ -90,26 +92,42 @@ async fn post(
     body: UploadBody,
 ) -> (u16, hyper::body::Incoming) {
     let stream = TcpStream::connect(emulator.local_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut request = hyper::Request::post(path).header("host", emulator.local_addr().to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+    let response = sender
+        .send_request(request.body(body).unwrap())
+        .await
+        .unwrap();
     (response.status().as_u16(), response.into_body())
 }
 
-fn body_channel() -> (mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>, UploadBody) {
+fn body_channel() -> (
+    mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>,
+    UploadBody,
+) {
     let (tx, rx) = mpsc::channel(4);
     (tx, StreamBody::new(ReceiverStream::new(rx)))
 }
 
 async fn json_call(emulator: &Emulator, path: &str, body: Value) -> (u16, Bytes) {
     let (tx, stream_body) = body_channel();
-    tx.send(Ok(Frame::data(Bytes::from(body.to_string())))).await.unwrap();
+    tx.send(Ok(Frame::data(Bytes::from(body.to_string()))))
+        .await
+        .unwrap();
     drop(tx);
-    let (status, incoming) = post(emulator, path, &[("content-type", "application/json")], stream_body).await;
+    let (status, incoming) = post(
+        emulator,
+        path,
+        &[("content-type", "application/json")],
+        stream_body,
+    )
+    .await;
     (status, incoming.collect().await.unwrap().to_bytes())
 }
 
@@ -126,15 +144,22 @@ async fn put_media(emulator: &Emulator, stream: &str, data: &[u8], piece: usize)
     let writer = tokio::spawn(async move {
         for start in (0..data.len()).step_by(piece) {
             let end = (start + piece).min(data.len());
-            if tx.send(Ok(Frame::data(data.slice(start..end)))).await.is_err() {
+            if tx
+                .send(Ok(Frame::data(data.slice(start..end))))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     });
     let (status, incoming) = post(emulator, "/putMedia", &headers, stream_body).await;
     assert_eq!(status, 200);
-    let acks =
-        tokio::time::timeout(Duration::from_secs(20), incoming.collect()).await.unwrap().unwrap().to_bytes();
+    let acks = tokio::time::timeout(Duration::from_secs(20), incoming.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     writer.await.unwrap();
     String::from_utf8(acks.to_vec())
         .unwrap()
@@ -144,16 +169,23 @@ async fn put_media(emulator: &Emulator, stream: &str, data: &[u8], piece: usize)
 }
 
 async fn create_stream(emulator: &Emulator, name: &str, retention: u32) {
-    let (status, body) =
-        json_call(emulator, "/createStream", json!({"StreamName": name, "DataRetentionInHours": retention}))
-            .await;
+    let (status, body) = json_call(
+        emulator,
+        "/createStream",
+        json!({"StreamName": name, "DataRetentionInHours": retention}),
+    )
+    .await;
     assert_eq!(status, 200, "{body:?}");
 }
 
 async fn get_media(emulator: &Emulator, stream: &str, selector: Value) -> Bytes {
     let (status, body) = tokio::time::timeout(
         Duration::from_secs(30),
-        json_call(emulator, "/getMedia", json!({"StreamName": stream, "StartSelector": selector})),
+        json_call(
+            emulator,
+            "/getMedia",
+            json!({"StreamName": stream, "StartSelector": selector}),
+        ),
     )
     .await
     .unwrap();
@@ -175,8 +207,15 @@ async fn round_trip(audio: bool) {
     let mut previous_number = String::new();
     for (i, timecode) in timecodes.iter().enumerate() {
         let triple = &acks[i * 3..i * 3 + 3];
-        let kinds: Vec<&str> = triple.iter().map(|a| a["EventType"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["BUFFERING", "RECEIVED", "PERSISTED"], "fragment {i}");
+        let kinds: Vec<&str> = triple
+            .iter()
+            .map(|a| a["EventType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["BUFFERING", "RECEIVED", "PERSISTED"],
+            "fragment {i}"
+        );
         for ack in triple {
             assert_eq!(ack["FragmentTimecode"].as_u64(), Some(*timecode));
             assert_eq!(ack["FragmentNumber"], triple[0]["FragmentNumber"]);
@@ -194,9 +233,18 @@ async fn round_trip(audio: bool) {
     assert_eq!(actual.len(), expected.len());
     assert!(actual == expected, "frames differ");
     if audio {
-        assert!(expected.iter().any(|(track, _, _)| *track == 2), "no audio frames in the input");
+        assert!(
+            expected.iter().any(|(track, _, _)| *track == 2),
+            "no audio frames in the input"
+        );
     }
-    assert_eq!(output.windows(4).filter(|w| *w == [0x1A, 0x45, 0xDF, 0xA3]).count(), timecodes.len());
+    assert_eq!(
+        output
+            .windows(4)
+            .filter(|w| *w == [0x1A, 0x45, 0xDF, 0xA3])
+            .count(),
+        timecodes.len()
+    );
 }
 
 #[tokio::test]
@@ -267,7 +315,11 @@ async fn getmedia_chunks_carry_the_service_tags() {
     }
     assert_eq!(layout, expected);
     let values = |name: &str| -> Vec<&str> {
-        tag_values.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+        tag_values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     };
     assert_eq!(values(tags::FRAGMENT_NUMBER), numbers);
     assert_eq!(values(tags::CONTINUATION_TOKEN), numbers);
@@ -293,7 +345,13 @@ async fn getmedia_chunks_carry_the_service_tags() {
 async fn not_matroska_gets_an_invalid_mkv_data_error_ack() {
     let emulator = Emulator::start(Config::default()).await.unwrap();
     create_stream(&emulator, "bad", 1).await;
-    let acks = put_media(&emulator, "bad", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", 100).await;
+    let acks = put_media(
+        &emulator,
+        "bad",
+        b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
+        100,
+    )
+    .await;
     assert_eq!(acks.len(), 1, "{acks:?}");
     assert_eq!(acks[0]["EventType"], "ERROR");
     assert_eq!(acks[0]["ErrorId"], 4006);
@@ -305,7 +363,10 @@ async fn putmedia_to_a_missing_stream_is_404() {
     let emulator = Emulator::start(Config::default()).await.unwrap();
     let (tx, body) = body_channel();
     drop(tx);
-    let headers = [("x-amzn-stream-name", "nope"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
+    let headers = [
+        ("x-amzn-stream-name", "nope"),
+        ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+    ];
     let (status, incoming) = post(&emulator, "/putMedia", &headers, body).await;
     assert_eq!(status, 404);
     let body = incoming.collect().await.unwrap().to_bytes();
@@ -319,7 +380,10 @@ async fn live_getmedia_follows_an_upload_in_progress() {
     let input = encode("live", 60, false);
     create_stream(&emulator, "live", 1).await;
     let (tx, stream_body) = body_channel();
-    let headers = [("x-amzn-stream-name", "live"), ("x-amzn-fragment-timecode-type", "RELATIVE")];
+    let headers = [
+        ("x-amzn-stream-name", "live"),
+        ("x-amzn-fragment-timecode-type", "RELATIVE"),
+    ];
     let (status, acks) = post(&emulator, "/putMedia", &headers, stream_body).await;
     assert_eq!(status, 200);
     // The reader starts before any data: NOW waits for the first fragment.
@@ -327,11 +391,12 @@ async fn live_getmedia_follows_an_upload_in_progress() {
         let addr = emulator.local_addr();
         tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
-            let body =
-                json!({"StreamName": "live", "StartSelector": {"StartSelectorType": "NOW"}}).to_string();
+            let body = json!({"StreamName": "live", "StartSelector": {"StartSelectorType": "NOW"}})
+                .to_string();
             let request = hyper::Request::post("/getMedia")
                 .header("host", addr.to_string())
                 .body(http_body_util::Full::new(Bytes::from(body)))
@@ -343,13 +408,21 @@ async fn live_getmedia_follows_an_upload_in_progress() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     for piece in input.chunks(2000) {
-        tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece)))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece))))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     drop(tx);
     acks.collect().await.unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
-    assert!(blocks(&output) == blocks(&input), "live output differs from the input");
+    let output = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        blocks(&output) == blocks(&input),
+        "live output differs from the input"
+    );
 }
 
 #[tokio::test]
@@ -360,24 +433,57 @@ async fn connections_end_with_4003_at_the_maximum_duration_and_idle_acks_then_cl
         idle_timeout: Duration::from_secs(60),
         ..Default::default()
     };
-    let emulator = Emulator::start(Config { put_media, ..Config::default() }).await.unwrap();
+    let emulator = Emulator::start(Config {
+        put_media,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     let input = encode("duration", 60, false);
     create_stream(&emulator, "duration", 1).await;
     let (tx, stream_body) = body_channel();
-    let headers = [("x-amzn-stream-name", "duration"), ("x-amzn-fragment-timecode-type", "RELATIVE")];
+    let headers = [
+        ("x-amzn-stream-name", "duration"),
+        ("x-amzn-fragment-timecode-type", "RELATIVE"),
+    ];
     let (status, acks) = post(&emulator, "/putMedia", &headers, stream_body).await;
     assert_eq!(status, 200);
     // The first fragment and a bit of the second, then silence: IDLE ACKs, then 4003 at 1.5 s.
-    let second_cluster =
-        input.windows(4).enumerate().filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75]).nth(1).unwrap().0;
-    tx.send(Ok(Frame::data(Bytes::copy_from_slice(&input[..second_cluster + 200])))).await.unwrap();
-    let acks =
-        tokio::time::timeout(Duration::from_secs(10), acks.collect()).await.unwrap().unwrap().to_bytes();
-    let acks: Vec<Value> =
-        String::from_utf8(acks.to_vec()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let kinds: Vec<&str> = acks.iter().map(|a| a["EventType"].as_str().unwrap()).collect();
-    assert_eq!(kinds[..4], ["BUFFERING", "RECEIVED", "PERSISTED", "BUFFERING"], "{kinds:?}");
-    assert!(kinds[4..kinds.len() - 1].iter().all(|k| *k == "IDLE") && kinds.len() >= 6, "{kinds:?}");
+    let second_cluster = input
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75])
+        .nth(1)
+        .unwrap()
+        .0;
+    tx.send(Ok(Frame::data(Bytes::copy_from_slice(
+        &input[..second_cluster + 200],
+    ))))
+    .await
+    .unwrap();
+    let acks = tokio::time::timeout(Duration::from_secs(10), acks.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let acks: Vec<Value> = String::from_utf8(acks.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = acks
+        .iter()
+        .map(|a| a["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds[..4],
+        ["BUFFERING", "RECEIVED", "PERSISTED", "BUFFERING"],
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[4..kinds.len() - 1].iter().all(|k| *k == "IDLE") && kinds.len() >= 6,
+        "{kinds:?}"
+    );
     let last = acks.last().unwrap();
     assert_eq!(
         (last["ErrorId"].as_u64(), last["ErrorCode"].as_str()),
@@ -394,16 +500,30 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
         idle_timeout: Duration::from_millis(900),
         ..Default::default()
     };
-    let emulator = Emulator::start(Config { put_media, ..Config::default() }).await.unwrap();
+    let emulator = Emulator::start(Config {
+        put_media,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     create_stream(&emulator, "idle", 1).await;
     let (tx, stream_body) = body_channel();
-    let headers = [("x-amzn-stream-name", "idle"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")];
+    let headers = [
+        ("x-amzn-stream-name", "idle"),
+        ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+    ];
     let (status, acks) = post(&emulator, "/putMedia", &headers, stream_body).await;
     assert_eq!(status, 200);
-    let acks =
-        tokio::time::timeout(Duration::from_secs(5), acks.collect()).await.unwrap().unwrap().to_bytes();
+    let acks = tokio::time::timeout(Duration::from_secs(5), acks.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     let lines: Vec<&str> = std::str::from_utf8(&acks).unwrap().lines().collect();
-    assert!(lines.len() >= 2 && lines.iter().all(|l| *l == "{\"EventType\":\"IDLE\"}"), "{lines:?}");
+    assert!(
+        lines.len() >= 2 && lines.iter().all(|l| *l == "{\"EventType\":\"IDLE\"}"),
+        "{lines:?}"
+    );
     drop(tx);
 }
 
@@ -439,14 +559,23 @@ async fn list_fragments_and_get_media_for_fragment_list() {
             None => break,
         }
     }
-    let listed_numbers: Vec<&str> = listed.iter().map(|f| f["FragmentNumber"].as_str().unwrap()).collect();
+    let listed_numbers: Vec<&str> = listed
+        .iter()
+        .map(|f| f["FragmentNumber"].as_str().unwrap())
+        .collect();
     assert_eq!(listed_numbers, numbers);
     assert_eq!(listed[0]["ProducerTimestamp"].as_f64(), Some(1795312662.5));
     assert_eq!(listed[1]["ProducerTimestamp"].as_f64(), Some(1795312663.5));
-    assert!(listed.iter().all(|f| f["FragmentSizeInBytes"].as_u64().unwrap() > 1000));
+    assert!(
+        listed
+            .iter()
+            .all(|f| f["FragmentSizeInBytes"].as_u64().unwrap() > 1000)
+    );
     // 30 frames at 30 fps: the first frame to the last is 29 frames (966 ms with 1-ms timecodes).
     assert!(
-        listed.iter().all(|f| (960..=1000).contains(&f["FragmentLengthInMilliseconds"].as_i64().unwrap()))
+        listed
+            .iter()
+            .all(|f| (960..=1000).contains(&f["FragmentLengthInMilliseconds"].as_i64().unwrap()))
     );
 
     // A producer-time range: inclusive on the fragment start times.
@@ -460,8 +589,12 @@ async fn list_fragments_and_get_media_for_fragment_list() {
     .await;
     assert_eq!(status, 200);
     let page: Value = serde_json::from_slice(&body).unwrap();
-    let in_range: Vec<&str> =
-        page["Fragments"].as_array().unwrap().iter().map(|f| f["FragmentNumber"].as_str().unwrap()).collect();
+    let in_range: Vec<&str> = page["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["FragmentNumber"].as_str().unwrap())
+        .collect();
     assert_eq!(in_range, numbers[1..4]);
 
     // The media of fragments 4 and 2, in that order.
@@ -475,7 +608,10 @@ async fn list_fragments_and_get_media_for_fragment_list() {
     let all = blocks(&input);
     let mut expected = all[90..120].to_vec();
     expected.extend_from_slice(&all[30..60]);
-    assert!(blocks(&body) == expected, "GetMediaForFragmentList returned other frames");
+    assert!(
+        blocks(&body) == expected,
+        "GetMediaForFragmentList returned other frames"
+    );
 
     // Unknown fragment → 404.
     let (status, body) = json_call(
@@ -527,16 +663,28 @@ mod signed {
         let url = format!("http://{host}{path}");
         let mut all: Vec<(&str, &str)> = vec![("host", host.as_str())];
         all.extend_from_slice(headers);
-        let signable = SignableRequest::new("POST", url.as_str(), all.iter().copied(), body).unwrap();
+        let signable =
+            SignableRequest::new("POST", url.as_str(), all.iter().copied(), body).unwrap();
         let (instructions, _) = sign(signable, &params).unwrap().into_parts();
         let (added, _) = instructions.into_parts();
-        let mut out: Vec<(String, String)> =
-            headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        out.extend(added.into_iter().map(|h| (h.name().to_owned(), h.value().to_owned())));
+        let mut out: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        out.extend(
+            added
+                .into_iter()
+                .map(|h| (h.name().to_owned(), h.value().to_owned())),
+        );
         out
     }
 
-    async fn signed_json(emulator: &Emulator, path: &str, body: Value, secret: &str) -> (u16, Bytes) {
+    async fn signed_json(
+        emulator: &Emulator,
+        path: &str,
+        body: Value,
+        secret: &str,
+    ) -> (u16, Bytes) {
         let text = body.to_string();
         let headers = signed_headers(
             emulator,
@@ -545,7 +693,10 @@ mod signed {
             SignableBody::Bytes(text.as_bytes()),
             secret,
         );
-        let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let (tx, stream_body) = body_channel();
         tx.send(Ok(Frame::data(Bytes::from(text)))).await.unwrap();
         drop(tx);
@@ -556,7 +707,12 @@ mod signed {
     #[tokio::test]
     async fn putmedia_signed_with_aws_sigv4_round_trips() {
         let credentials = vec![(KEY_ID.to_owned(), SECRET.to_owned())];
-        let emulator = Emulator::start(Config { credentials, ..Config::default() }).await.unwrap();
+        let emulator = Emulator::start(Config {
+            credentials,
+            ..Config::default()
+        })
+        .await
+        .unwrap();
         let input = encode("signed", 60, true); // H.264 + AAC
         let (status, body) = signed_json(
             &emulator,
@@ -572,14 +728,24 @@ mod signed {
             ("x-amzn-fragment-timecode-type", "RELATIVE"),
             ("x-amzn-producer-start-timestamp", "1795312662.5"),
         ];
-        let headers =
-            signed_headers(&emulator, "/putMedia", &media_headers, SignableBody::UnsignedPayload, SECRET);
-        let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let headers = signed_headers(
+            &emulator,
+            "/putMedia",
+            &media_headers,
+            SignableBody::UnsignedPayload,
+            SECRET,
+        );
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let (tx, stream_body) = body_channel();
         let data = Bytes::from(input.clone());
         let writer = tokio::spawn(async move {
             for piece in data.chunks(3000) {
-                let _ = tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece)))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::copy_from_slice(piece))))
+                    .await;
             }
         });
         let (status, acks) = post(&emulator, "/putMedia", &refs, stream_body).await;
@@ -589,27 +755,48 @@ mod signed {
         let kinds: Vec<String> = String::from_utf8(acks.to_vec())
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["EventType"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["EventType"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         let clusters = cluster_timecodes(&input).len();
         assert!(clusters >= 2);
-        assert_eq!(kinds, ["BUFFERING", "RECEIVED", "PERSISTED"].repeat(clusters));
+        assert_eq!(
+            kinds,
+            ["BUFFERING", "RECEIVED", "PERSISTED"].repeat(clusters)
+        );
 
-        let request = json!({"StreamName": "signed", "StartSelector": {"StartSelectorType": "EARLIEST"}});
+        let request =
+            json!({"StreamName": "signed", "StartSelector": {"StartSelectorType": "EARLIEST"}});
         let (status, output) = signed_json(&emulator, "/getMedia", request, SECRET).await;
         assert_eq!(status, 200);
         assert!(blocks(&output) == blocks(&input), "frames differ");
-        assert!(blocks(&input).iter().any(|(track, _, _)| *track == 2), "no audio frames in the input");
+        assert!(
+            blocks(&input).iter().any(|(track, _, _)| *track == 2),
+            "no audio frames in the input"
+        );
 
         // A wrong secret: 403 before any byte is read.
-        let headers =
-            signed_headers(&emulator, "/putMedia", &media_headers, SignableBody::UnsignedPayload, "wrong");
-        let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let headers = signed_headers(
+            &emulator,
+            "/putMedia",
+            &media_headers,
+            SignableBody::UnsignedPayload,
+            "wrong",
+        );
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let (tx, stream_body) = body_channel();
         drop(tx);
         let (status, body) = post(&emulator, "/putMedia", &refs, stream_body).await;
         assert_eq!(status, 403);
-        let body: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(body["__type"], "InvalidSignatureException");
     }
 }

@@ -6,9 +6,10 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::kvs::config::{AwsContext, ConnectionSettings};
+use crate::kvs::config::AwsContext;
 use crate::kvs::control::{self, StreamDescription};
 use crate::kvs::error::KvsError;
+use crate::kvs::settings::ConnectionSettings;
 use crate::runtime::{Canceller, WaitError};
 
 /// Locks a mutex; a panic while it was held does not make the element unusable.

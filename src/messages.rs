@@ -24,7 +24,8 @@
 use std::time::Duration;
 
 use crate::kvs::ack::AckKind;
-use crate::kvssink::uploader::{Stats, UploadEvent};
+use crate::kvssink::queue::Stats;
+use crate::kvssink::uploader::UploadEvent;
 use crate::kvssink::window::Notice;
 use crate::kvssrc::merger::FragmentInfo;
 

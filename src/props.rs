@@ -8,10 +8,10 @@ use std::time::Duration;
 use gst::glib;
 use gst::prelude::*;
 
-use crate::kvs::config::{ConnectionSettings, Secret};
+use crate::kvs::settings::{ConnectionSettings, Secret};
 
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 =
-    crate::kvs::config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
+    crate::kvs::settings::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32;
 
 /// A property's nick, made from its name: "connection-staleness" gives "Connection staleness", with the
 /// abbreviations written as such ("aws-region" gives "AWS region").
@@ -76,13 +76,16 @@ fn secret(name: &str, blurb: &str) -> glib::ParamSpec {
         .build()
 }
 
+/// A property's value, of the type GObject checked against the property's spec before `set_property`.
+pub fn checked<'a, T: glib::value::FromValue<'a>>(value: &'a glib::Value) -> T {
+    value
+        .get::<T>()
+        .expect("GObject checks a property's type before it is set")
+}
+
 /// A string property's value; an empty string counts as unset.
 pub fn string_value(value: &glib::Value) -> Option<String> {
-    value
-        .get::<Option<String>>()
-        .ok()
-        .flatten()
-        .filter(|s| !s.is_empty())
+    checked::<Option<String>>(value).filter(|s| !s.is_empty())
 }
 
 /// The connection properties, in gst-inspect order.
@@ -147,10 +150,7 @@ pub fn set_connection_property(
         "endpoint-uri" => settings.endpoint_uri = string_value(value),
         "ca-file" => settings.ca_file = string_value(value),
         "request-timeout" => {
-            let ms = value
-                .get::<u32>()
-                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
-                .max(1);
+            let ms = checked::<u32>(value).max(1);
             settings.request_timeout = Duration::from_millis(u64::from(ms));
         }
         _ => return false,

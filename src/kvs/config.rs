@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! Connection settings shared by kvssink and kvssrc: credentials, region, endpoint, CA, timeouts; and the
-//! [`AwsContext`] built from them with `aws-config`.
+//! The [`AwsContext`] built with `aws-config` from the elements' [`ConnectionSettings`]: credentials, region,
+//! endpoint, CA, timeouts.
 //!
 //! Element properties override the default chain (environment, profiles, SSO, web identity, ECS task role,
-//! IMDS). `CONTROL_PLANE_URI`, the variable the C++ producer SDK reads, sets the control-plane endpoint when
-//! no `endpoint-uri` is given. Secrets are kept in [`Secret`], whose `Debug` never shows the value.
+//! IMDS).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,84 +16,7 @@ use aws_smithy_http_client::tls;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::error::KvsError;
-
-/// The region used when neither a property nor the default chain gives one (the C++ kvssink's default).
-pub const DEFAULT_REGION: &str = "us-west-2";
-
-/// A secret string (secret access key, session token). Its `Debug` prints `"***"`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-/// How long one request may take unless the `request-timeout` property says otherwise.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything needed to reach KVS, as the element properties give it. Empty fields fall back on the default
-/// chain.
-#[derive(Debug, Clone)]
-pub struct ConnectionSettings {
-    pub region: Option<String>,
-    pub access_key: Option<String>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    pub role_arn: Option<String>,
-    pub endpoint_uri: Option<String>,
-    pub ca_file: Option<String>,
-    pub request_timeout: Duration,
-    /// Bound on connecting (TCP and TLS); `request_timeout` when unset.
-    pub connect_timeout: Option<Duration>,
-    /// The C++ SDK's credential file (kvssink `credential-path`) and the longest its credentials are kept
-    /// (`rotation-period`): used when neither the properties nor the environment give keys.
-    pub credential_file: Option<(String, Duration)>,
-    /// IoT credentials (kvssink `iot-certificate`): before every other source, as in the C++ kvssink.
-    pub iot: Option<super::credentials::IotSettings>,
-}
-
-impl Default for ConnectionSettings {
-    fn default() -> Self {
-        ConnectionSettings {
-            region: None,
-            access_key: None,
-            secret_access_key: None,
-            session_token: None,
-            role_arn: None,
-            endpoint_uri: None,
-            ca_file: None,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            connect_timeout: None,
-            credential_file: None,
-            iot: None,
-        }
-    }
-}
-
-/// The control-plane endpoint: the property, else `CONTROL_PLANE_URI`, else the SDK's regional default.
-pub fn control_plane_endpoint(settings: &ConnectionSettings) -> Option<String> {
-    settings
-        .endpoint_uri
-        .clone()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            std::env::var("CONTROL_PLANE_URI")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .map(|s| s.trim_end_matches('/').to_owned())
-}
+use super::settings::{ConnectionSettings, DEFAULT_REGION, Secret, control_plane_endpoint};
 
 /// What the elements use to call KVS: the SDK configuration, the control-plane client and what PutMedia and
 /// GetMedia need to sign and connect by themselves.

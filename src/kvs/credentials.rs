@@ -30,26 +30,63 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, future};
 
 use super::error::with_causes;
+use super::settings::{IotSettings, parse_endpoint};
+
+/// What the C++ SDK's credential file must hold.
+const FILE_USAGE: &str = "expected one line `CREDENTIALS <access key id> [<expiration \
+                          YYYY-MM-DDTHH:MM:SSZ>] <secret access key> [<session token>]`";
+
+/// Why the C++ SDK's credential file gives no credentials. Never holds its secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialFileError {
+    Empty,
+    NotCredentials,
+    /// How many fields follow `CREDENTIALS`.
+    FieldCount(usize),
+    /// The third field of five is not a time.
+    BadExpiration,
+    /// The expiration it gives (`YYYY-MM-DDTHH:MM:SSZ`) is past.
+    Expired(String),
+}
+
+impl std::fmt::Display for CredentialFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialFileError::Empty => write!(f, "the file is empty: {FILE_USAGE}"),
+            CredentialFileError::NotCredentials => {
+                write!(f, "the file does not start with CREDENTIALS: {FILE_USAGE}")
+            }
+            CredentialFileError::FieldCount(n) => {
+                write!(f, "{n} fields after CREDENTIALS: {FILE_USAGE}")
+            }
+            CredentialFileError::BadExpiration => write!(
+                f,
+                "the expiration (the third field) is not a YYYY-MM-DDTHH:MM:SSZ time: {FILE_USAGE}"
+            ),
+            CredentialFileError::Expired(when) => {
+                write!(f, "the credentials in it expired at {when}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CredentialFileError {}
 
 /// Parses the C++ SDK's credential file. `now + period` bounds the expiry.
 pub fn parse_credential_file(
     text: &str,
     now: SystemTime,
     period: Duration,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, CredentialFileError> {
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let usage = "expected one line `CREDENTIALS <access key id> [<expiration YYYY-MM-DDTHH:MM:SSZ>] \
-                 <secret access key> [<session token>]`";
     let expiration = |text: &str| {
         aws_smithy_types::DateTime::from_str(text, aws_smithy_types::date_time::Format::DateTime)
             .ok()
             .and_then(|t| SystemTime::try_from(t).ok())
     };
     let (key, expires, secret, token) = match fields.as_slice() {
-        [] => return Err(format!("the file is empty: {usage}")),
-        [first, ..] if *first != "CREDENTIALS" => {
-            return Err(format!("the file does not start with CREDENTIALS: {usage}"));
-        }
+        [] => return Err(CredentialFileError::Empty),
+        [first, ..] if *first != "CREDENTIALS" => return Err(CredentialFileError::NotCredentials),
         ["CREDENTIALS", key, secret] => (*key, None, *secret, None),
         ["CREDENTIALS", key, when, secret] if expiration(when).is_some() => {
             (*key, expiration(when), *secret, None)
@@ -57,18 +94,9 @@ pub fn parse_credential_file(
         ["CREDENTIALS", key, secret, token] => (*key, None, *secret, Some(*token)),
         ["CREDENTIALS", key, when, secret, token] => match expiration(when) {
             Some(at) => (*key, Some(at), *secret, Some(*token)),
-            None => {
-                return Err(format!(
-                    "the expiration (the third field) is not a YYYY-MM-DDTHH:MM:SSZ time: {usage}"
-                ));
-            }
+            None => return Err(CredentialFileError::BadExpiration),
         },
-        fields => {
-            return Err(format!(
-                "{} fields after CREDENTIALS: {usage}",
-                fields.len() - 1
-            ));
-        }
+        fields => return Err(CredentialFileError::FieldCount(fields.len() - 1)),
     };
     if let Some(at) = expires
         && at <= now
@@ -76,7 +104,7 @@ pub fn parse_credential_file(
         let when = aws_smithy_types::DateTime::from(at)
             .fmt(aws_smithy_types::date_time::Format::DateTime)
             .unwrap_or_default();
-        return Err(format!("the credentials in it expired at {when}"));
+        return Err(CredentialFileError::Expired(when));
     }
     let limit = now + period.max(Duration::from_secs(60));
     let expiry = expires.map_or(limit, |at| at.min(limit));
@@ -150,25 +178,160 @@ impl ProvideCredentials for FileCredentials {
     }
 }
 
-/// What `iot-certificate` says.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IotSettings {
-    /// `host[:port]` of the account's IoT credentials endpoint (`https://` may be given, and is implied).
-    pub endpoint: String,
-    pub cert_path: String,
-    pub key_path: String,
-    /// The CA that signed the endpoint's certificate; the system's roots when absent.
-    pub ca_path: Option<String>,
-    pub role_alias: String,
-    pub thing_name: String,
-    pub connect_timeout: Duration,
-    pub completion_timeout: Duration,
-}
-
 /// Answers kept this long at most before their expiry, and for a quarter of their lifetime at least.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// Largest answer read from the endpoint.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Why the IoT credentials endpoint gives no credentials, or its settings cannot be used. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IotError {
+    /// The `endpoint` setting as given.
+    NotAnEndpoint(String),
+    /// A file named by a setting (`cert-path`, `key-path`, `ca-path`) cannot be read or parsed.
+    File {
+        setting: &'static str,
+        path: String,
+        cause: String,
+    },
+    /// A file named by a setting holds no PEM certificate.
+    NoCertificate {
+        setting: &'static str,
+        path: String,
+    },
+    Tls(String),
+    /// The certificate and key files do not go together (or rustls refuses the certificate).
+    ClientCertificate(String),
+    /// `endpoint` is "host:port" in the variants below.
+    Connect {
+        endpoint: String,
+        cause: String,
+    },
+    ConnectTimeout {
+        endpoint: String,
+        after: Duration,
+    },
+    ServerName {
+        host: String,
+        cause: String,
+    },
+    Handshake {
+        endpoint: String,
+        cause: String,
+    },
+    /// The endpoint ended the connection before it answered.
+    Refused {
+        endpoint: String,
+        cause: String,
+    },
+    Request(String),
+    Read {
+        endpoint: String,
+        cause: String,
+    },
+    NoAnswer {
+        endpoint: String,
+        after: Duration,
+    },
+    Answer {
+        endpoint: String,
+        error: IotAnswerError,
+    },
+}
+
+impl std::fmt::Display for IotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const AT: &str = "the IoT credentials endpoint";
+        match self {
+            IotError::NotAnEndpoint(endpoint) => write!(
+                f,
+                "endpoint {endpoint:?} is not HOST, HOST:PORT or an https:// URL"
+            ),
+            IotError::File {
+                setting,
+                path,
+                cause,
+            } => write!(f, "{setting} {path}: {cause}"),
+            IotError::NoCertificate { setting, path } => {
+                write!(f, "{setting} {path}: no PEM certificate in it")
+            }
+            IotError::Tls(cause) => write!(f, "TLS: {cause}"),
+            IotError::ClientCertificate(cause) => write!(
+                f,
+                "cert-path and key-path do not make a client certificate: {cause}"
+            ),
+            IotError::Connect { endpoint, cause } => {
+                write!(f, "cannot connect to {AT} {endpoint}: {cause}")
+            }
+            IotError::ConnectTimeout { endpoint, after } => {
+                write!(f, "cannot connect to {AT} {endpoint} within {after:?}")
+            }
+            IotError::ServerName { host, cause } => {
+                write!(f, "{host:?} is not a valid TLS name: {cause}")
+            }
+            IotError::Handshake { endpoint, cause } => {
+                write!(f, "TLS with {AT} {endpoint} failed: {cause}")
+            }
+            IotError::Refused { endpoint, cause } => write!(
+                f,
+                "{AT} {endpoint} ended the connection: {cause} (a certificate it does not trust is \
+                 refused this way: is cert-path a certificate registered with AWS IoT?)"
+            ),
+            IotError::Request(cause) => write!(f, "the request to {AT}: {cause}"),
+            IotError::Read { endpoint, cause } => {
+                write!(f, "reading the answer of {AT} {endpoint}: {cause}")
+            }
+            IotError::NoAnswer { endpoint, after } => {
+                write!(f, "{AT} {endpoint} gave no answer within {after:?}")
+            }
+            IotError::Answer { endpoint, error } => write!(f, "{AT} {endpoint}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for IotError {}
+
+/// What is wrong with an answer of the IoT credentials endpoint. Never holds its secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IotAnswerError {
+    /// Not 200: the status and the answer's `message` (or its first 200 bytes).
+    Status {
+        status: u16,
+        message: String,
+    },
+    NoCredentials,
+    MissingField(&'static str),
+    BadExpiration(String),
+}
+
+impl std::fmt::Display for IotAnswerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IotAnswerError::Status { status, message } => write!(f, "HTTP {status}: {message}"),
+            IotAnswerError::NoCredentials => {
+                write!(f, "the answer has no \"credentials\" object")
+            }
+            IotAnswerError::MissingField(name) => {
+                write!(f, "the answer's credentials have no {name}")
+            }
+            IotAnswerError::BadExpiration(text) => write!(
+                f,
+                "the answer's expiration {text:?} is not a YYYY-MM-DDTHH:MM:SSZ time"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IotAnswerError {}
+
+/// A file named by an `iot-certificate` setting that cannot be used.
+fn file_error(setting: &'static str, path: &str, cause: impl std::fmt::Display) -> IotError {
+    IotError::File {
+        setting,
+        path: path.to_owned(),
+        cause: cause.to_string(),
+    }
+}
 
 /// See the module documentation.
 pub struct IotCredentials {
@@ -190,7 +353,7 @@ impl std::fmt::Debug for IotCredentials {
 
 impl IotCredentials {
     /// Reads the certificate, key and CA files: a missing or unusable one is an error naming it.
-    pub fn new(settings: IotSettings) -> Result<IotCredentials, String> {
+    pub fn new(settings: IotSettings) -> Result<IotCredentials, IotError> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         // A host name (the C++ element puts https:// before it), or a URL.
@@ -198,41 +361,39 @@ impl IotCredentials {
             true => settings.endpoint.clone(),
             false => format!("https://{}", settings.endpoint),
         };
-        let not_host = || {
-            format!(
-                "endpoint {:?} is not HOST, HOST:PORT or an https:// URL",
-                settings.endpoint
-            )
-        };
-        let (tls, host, port) = super::http::parse_endpoint(&url).map_err(|_| not_host())?;
+        let not_host = || IotError::NotAnEndpoint(settings.endpoint.clone());
+        let (tls, host, port) = parse_endpoint(&url).map_err(|_| not_host())?;
         if !tls || url.trim_end_matches('/').splitn(4, '/').nth(3).is_some() {
             return Err(not_host());
         }
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(&settings.cert_path)
                 .and_then(|certs| certs.collect::<Result<_, _>>())
-                .map_err(|e| format!("cert-path {}: {e}", settings.cert_path))?;
+                .map_err(|e| file_error("cert-path", &settings.cert_path, e))?;
         if certs.is_empty() {
-            return Err(format!(
-                "cert-path {}: no PEM certificate in it",
-                settings.cert_path
-            ));
+            return Err(IotError::NoCertificate {
+                setting: "cert-path",
+                path: settings.cert_path.clone(),
+            });
         }
         let key = PrivateKeyDer::from_pem_file(&settings.key_path)
-            .map_err(|e| format!("key-path {}: {e}", settings.key_path))?;
+            .map_err(|e| file_error("key-path", &settings.key_path, e))?;
         let mut roots = rustls::RootCertStore::empty();
         match &settings.ca_path {
             Some(ca_path) => {
                 for cert in CertificateDer::pem_file_iter(ca_path)
-                    .map_err(|e| format!("ca-path {ca_path}: {e}"))?
+                    .map_err(|e| file_error("ca-path", ca_path, e))?
                 {
-                    let cert = cert.map_err(|e| format!("ca-path {ca_path}: {e}"))?;
+                    let cert = cert.map_err(|e| file_error("ca-path", ca_path, e))?;
                     roots
                         .add(cert)
-                        .map_err(|e| format!("ca-path {ca_path}: {e}"))?;
+                        .map_err(|e| file_error("ca-path", ca_path, e))?;
                 }
                 if roots.is_empty() {
-                    return Err(format!("ca-path {ca_path}: no PEM certificate in it"));
+                    return Err(IotError::NoCertificate {
+                        setting: "ca-path",
+                        path: ca_path.clone(),
+                    });
                 }
             }
             None => {
@@ -243,10 +404,10 @@ impl IotCredentials {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(|e| IotError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("cert-path and key-path do not make a client certificate: {e}"))?;
+            .map_err(|e| IotError::ClientCertificate(e.to_string()))?;
         Ok(IotCredentials {
             settings,
             host,
@@ -257,33 +418,39 @@ impl IotCredentials {
     }
 
     /// One call to the endpoint.
-    async fn fetch(&self) -> Result<Credentials, String> {
+    async fn fetch(&self) -> Result<Credentials, IotError> {
         let (host, port) = (&self.host, self.port);
-        let where_ = format!("the IoT credentials endpoint {host}:{port}");
+        let endpoint = format!("{host}:{port}");
         let connect = async {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("{host:?} is not a valid TLS name: {e}"))?;
+                .map_err(|e| IotError::Connect {
+                    endpoint: endpoint.clone(),
+                    cause: e.to_string(),
+                })?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                IotError::ServerName {
+                    host: host.clone(),
+                    cause: e.to_string(),
+                }
+            })?;
             tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS with {where_} failed: {e}"))
+                .map_err(|e| IotError::Handshake {
+                    endpoint: endpoint.clone(),
+                    cause: e.to_string(),
+                })
         };
         let stream = tokio::time::timeout(self.settings.connect_timeout, connect)
             .await
-            .map_err(|_| {
-                format!(
-                    "cannot connect to {where_} within {:?}",
-                    self.settings.connect_timeout
-                )
+            .map_err(|_| IotError::ConnectTimeout {
+                endpoint: endpoint.clone(),
+                after: self.settings.connect_timeout,
             })??;
-        let refused = |e: &dyn std::fmt::Display| {
-            format!(
-                "{where_} ended the connection: {e} (a certificate it does not trust is refused this way: \
-                 is cert-path a certificate registered with AWS IoT?)"
-            )
+        let refused = |e: &dyn std::fmt::Display| IotError::Refused {
+            endpoint: endpoint.clone(),
+            cause: e.to_string(),
         };
         let exchange = async {
             let (mut sender, connection) =
@@ -309,7 +476,7 @@ impl IotCredentials {
                 concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")),
             )
             .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| IotError::Request(e.to_string()))?;
             let response = match sender.send_request(request).await {
                 Ok(response) => response,
                 // The connection's own error says why (a TLS alert when the certificate is refused).
@@ -324,42 +491,44 @@ impl IotCredentials {
             let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer of {where_}: {e}"))?
+                .map_err(|e| IotError::Read {
+                    endpoint: endpoint.clone(),
+                    cause: e.to_string(),
+                })?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok::<_, IotError>((status, body))
         };
         let (status, body) = tokio::time::timeout(self.settings.completion_timeout, exchange)
             .await
-            .map_err(|_| {
-                format!(
-                    "{where_} gave no answer within {:?}",
-                    self.settings.completion_timeout
-                )
+            .map_err(|_| IotError::NoAnswer {
+                endpoint: endpoint.clone(),
+                after: self.settings.completion_timeout,
             })??;
-        parse_iot_answer(status.as_u16(), &body).map_err(|why| format!("{where_}: {why}"))
+        parse_iot_answer(status.as_u16(), &body)
+            .map_err(|error| IotError::Answer { endpoint, error })
     }
 }
 
 /// The credentials in an answer of the IoT credentials endpoint, or why there are none (never its secrets).
-pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, String> {
+pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, IotAnswerError> {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if status != 200 {
         let message = json
             .as_ref()
             .and_then(|j| j.get("message").and_then(|m| m.as_str()).map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        return Err(format!("HTTP {status}: {message}"));
+        return Err(IotAnswerError::Status { status, message });
     }
     let credentials = json
         .as_ref()
         .and_then(|j| j.get("credentials"))
-        .ok_or("the answer has no \"credentials\" object")?;
-    let field = |name: &str| {
+        .ok_or(IotAnswerError::NoCredentials)?;
+    let field = |name: &'static str| {
         credentials
             .get(name)
             .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("the answer's credentials have no {name}"))
+            .ok_or(IotAnswerError::MissingField(name))
     };
     let expiration = field("expiration")?;
     let expiry = aws_smithy_types::DateTime::from_str(
@@ -368,9 +537,7 @@ pub fn parse_iot_answer(status: u16, body: &[u8]) -> Result<Credentials, String>
     )
     .ok()
     .and_then(|t| SystemTime::try_from(t).ok())
-    .ok_or_else(|| {
-        format!("the answer's expiration {expiration:?} is not a YYYY-MM-DDTHH:MM:SSZ time")
-    })?;
+    .ok_or_else(|| IotAnswerError::BadExpiration(expiration.to_owned()))?;
     Ok(Credentials::new(
         field("accessKeyId")?,
         field("secretAccessKey")?,
@@ -472,7 +639,11 @@ mod tests {
     #[test]
     fn a_bad_file_is_named_without_its_secrets() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let error = |text: &str| parse_credential_file(text, now, HOUR).unwrap_err();
+        let error = |text: &str| {
+            parse_credential_file(text, now, HOUR)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(error("").starts_with("the file is empty"));
         assert!(
             error("[default]\naws_access_key_id = X")
@@ -509,24 +680,30 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000))
         );
         assert_eq!(
-            parse_iot_answer(403, br#"{"message":"Access Denied"}"#).unwrap_err(),
+            parse_iot_answer(403, br#"{"message":"Access Denied"}"#)
+                .unwrap_err()
+                .to_string(),
             "HTTP 403: Access Denied"
         );
         assert_eq!(
-            parse_iot_answer(502, b"<html>bad gateway</html>").unwrap_err(),
+            parse_iot_answer(502, b"<html>bad gateway</html>")
+                .unwrap_err()
+                .to_string(),
             "HTTP 502: <html>bad gateway</html>"
         );
         assert_eq!(
-            parse_iot_answer(200, b"{}").unwrap_err(),
+            parse_iot_answer(200, b"{}").unwrap_err().to_string(),
             "the answer has no \"credentials\" object"
         );
         let no_token = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","expiration":"2030-01-01T00:00:00Z"}}"#;
         assert_eq!(
-            parse_iot_answer(200, no_token).unwrap_err(),
+            parse_iot_answer(200, no_token).unwrap_err().to_string(),
             "the answer's credentials have no sessionToken"
         );
         let bad_time = br#"{"credentials":{"accessKeyId":"ASIAX","secretAccessKey":"S3CR3T","sessionToken":"T0K3N","expiration":"soon"}}"#;
         let error = parse_iot_answer(200, bad_time).unwrap_err();
+        assert_eq!(error, IotAnswerError::BadExpiration("soon".into()));
+        let error = error.to_string();
         assert_eq!(
             error,
             "the answer's expiration \"soon\" is not a YYYY-MM-DDTHH:MM:SSZ time"

@@ -22,33 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::config::AwsContext;
 use super::error::KvsError;
+use super::settings::parse_endpoint;
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// Splits `scheme://host[:port]` into (tls, host, port).
-pub fn parse_endpoint(endpoint: &str) -> Result<(bool, String, u16), KvsError> {
-    let uri: http::Uri = endpoint.parse().map_err(|e| {
-        KvsError::Config(format!("the data endpoint {endpoint:?} is not a URL: {e}"))
-    })?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => {
-            return Err(KvsError::Config(format!(
-                "the data endpoint {endpoint:?} is not http:// or https://"
-            )));
-        }
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| KvsError::Config(format!("the data endpoint {endpoint:?} has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok((tls, host, port))
-}
 
 /// A connection to a data endpoint: plain TCP, or TLS over it.
 pub(crate) enum Connected {

@@ -695,7 +695,7 @@ impl WireState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::http::parse_endpoint;
+    use crate::kvs::settings::parse_endpoint;
 
     #[test]
     fn endpoints_parse() {

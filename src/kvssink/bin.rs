@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The `kvssink` element: a bin around the Matroska sink ([`super::imp`]), so that it takes both what
+//! The `kvssink` element: a bin around the Matroska sink ([`super::mkvsink`]), so that it takes both what
 //! `matroskamux` makes (its `sink` pad) and the elementary streams the C++ kvssink takes on request pads
 //! (`video_%u`: H.264, H.265; `audio_%u`: AAC, A-law, µ-law), which a real `matroskamux` inside muxes.
 //!
@@ -26,16 +26,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::CAT;
 use super::fragmenter::{TrackNames, TrackRename};
-use super::imp::{SIGNALS, matroska_caps, property_specs, signal_specs};
-
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "kvssink",
-        gst::DebugColorFlags::empty(),
-        Some("Kinesis Video Streams sink"),
-    )
-});
+use super::mkvsink::{SIGNALS, matroska_caps, property_specs, signal_specs};
 
 /// With key-frame fragmentation, no cluster shorter than this (see `configure_muxing`).
 const KEY_FRAME_CLUSTER_MIN_NS: i64 = 200_000_000;

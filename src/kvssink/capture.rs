@@ -18,8 +18,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gst::glib;
 
+use super::CaptureTime;
 use super::fragmenter::Stamp;
 
 /// Seconds from 1900 (NTP) to 1970 (Unix).
@@ -27,30 +27,6 @@ const NTP_TO_UNIX_S: u64 = 2_208_988_800;
 /// `meta` waits at most this long (of running time, or of wall-clock time without one) for the first
 /// reference timestamp.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsCaptureTime")]
-pub enum CaptureTime {
-    /// The source's reference timestamps when buffers carry them, the host clock before.
-    #[default]
-    #[enum_value(
-        name = "Reference timestamps when present, else the host clock",
-        nick = "auto"
-    )]
-    Auto,
-    /// The host clock always.
-    #[enum_value(
-        name = "The host clock (the running time mapped to the wall clock)",
-        nick = "clock"
-    )]
-    Clock,
-    /// The source's reference timestamps for every frame: what comes before the first one waits for it.
-    #[enum_value(
-        name = "The source's reference timestamps for every frame",
-        nick = "meta"
-    )]
-    Meta,
-}
 
 /// The source's capture time carried by `buffer`, if it has a reference timestamp kvssink understands, and
 /// the caps name it came with.

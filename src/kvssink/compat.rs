@@ -25,13 +25,19 @@
 //!
 //! Properties without effect that are set get one warning on the bus when the element starts.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use gst::glib;
 use gst::prelude::*;
 
-use crate::kvs::credentials::IotSettings;
-use crate::props::{boolean, string_or as string};
+use super::StreamingType;
+use crate::kvs::settings::IotSettings;
+use crate::props::{boolean, checked, string_or as string};
+
+/// A string property's value, when set and not empty.
+fn not_empty(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|s| !s.is_empty())
+}
 
 /// What a C++ property does in kvssink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,18 +47,6 @@ pub enum Support {
     Muxing,
     /// Accepted, no effect; the text says why (for the start warning).
     Ignored(&'static str),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsRsStreamingType")]
-pub enum StreamingType {
-    #[default]
-    #[enum_value(name = "Realtime", nick = "realtime")]
-    Realtime,
-    #[enum_value(name = "Near real-time", nick = "near-realtime")]
-    NearRealtime,
-    #[enum_value(name = "Offline", nick = "offline")]
-    Offline,
 }
 
 /// The C++ kvssink's default `credential-path`, relative to the working directory.
@@ -111,86 +105,87 @@ fn uint(name: &str, blurb: &str, default: u32) -> glib::ParamSpec {
 /// The property specs, with the C++ types and defaults.
 pub fn properties() -> Vec<glib::ParamSpec> {
     let none = |what: &str| format!("C++ kvssink compatibility: no effect, {what}");
+    let d = CppSettings::default();
     vec![
         string(
             "user-agent",
             "Prefixed to kvssink's own user agent in every request (C++ kvssink name)",
             None,
         ),
-        uint("connection-timeout", "Seconds to connect to the service (C++ kvssink name)", 5),
+        uint("connection-timeout", "Seconds to connect to the service (C++ kvssink name)", d.connection_timeout),
         uint(
             "completion-timeout",
             "Seconds for each request to complete; the same as request-timeout in seconds (C++ kvssink name)",
-            10,
+            d.completion_timeout,
         ),
         boolean(
             "restart-on-error",
             "false: the first failed connection is an element error instead of a reconnection (C++ kvssink name)",
-            true,
+            d.restart_on_error,
         ),
         string(
             "codec-id",
             "CodecID of the video track muxed from the video request pad, when not the H.264 one; with Matroska input, no effect",
-            Some("V_MPEG4/ISO/AVC"),
+            d.codec_id.as_deref(),
         ),
         string(
             "track-name",
             "Name of the video track muxed from the video request pad (the audio track is \"audio\"); with Matroska input, no effect",
-            Some("kinesis_video"),
+            d.track_name.as_deref(),
         ),
         uint(
             "timecode-scale",
             "Matroska timecode unit of the streams muxed from the request pads, in milliseconds; with Matroska input, no effect",
-            1,
+            d.timecode_scale,
         ),
         uint(
             "fragment-duration",
             "Shortest fragment muxed from the request pads when not cut at every key frame (key-frame-fragmentation=false, or audio only), in milliseconds",
-            2000,
+            d.fragment_duration,
         ),
         boolean(
             "key-frame-fragmentation",
             "Start a fragment at every video key frame of the request pads; false: at the first key frame after fragment-duration",
-            true,
+            d.key_frame_fragmentation,
         ),
         boolean(
             "frame-timecodes",
             "Stamp fragments with the capture time from the buffers' timestamps; false: with the time they reach kvssink",
-            true,
+            d.frame_timecodes,
         ),
         boolean(
             "absolute-fragment-times",
             &none("kvssink always sends absolute producer times"),
-            true,
+            d.absolute_fragment_times,
         ),
         string(
             "content-type",
             "Media type of a stream kvssink creates, such as video/h264,audio/aac; when not set, the tracks' codecs give it",
-            Some("video/h264"),
+            d.content_type.as_deref(),
         ),
-        boolean("use-original-pts", &none(MUXER), false),
-        boolean("disable-buffer-clipping", &none(MUXER), false),
-        uint("avg-bandwidth-bps", &none(SDK), 4 * 1024 * 1024),
-        uint("framerate", &none(SDK), 25),
-        uint("max-latency", &format!("{} (seconds)", none(SDK)), 60),
+        boolean("use-original-pts", &none(MUXER), d.use_original_pts),
+        boolean("disable-buffer-clipping", &none(MUXER), d.disable_buffer_clipping),
+        uint("avg-bandwidth-bps", &none(SDK), d.avg_bandwidth_bps),
+        uint("framerate", &none(SDK), d.framerate),
+        uint("max-latency", &format!("{} (seconds)", none(SDK)), d.max_latency),
         string(
             "log-config",
             &format!("{} (unset: ../kvs_log_configuration)", none("kvssink logs through GST_DEBUG")),
-            Some("../kvs_log_configuration"),
+            d.log_config.as_deref(),
         ),
-        boolean("recalculate-metrics", &none(SDK), true),
-        boolean("get-kvs-metrics", &none("the stats property has the figures"), false),
+        boolean("recalculate-metrics", &none(SDK), d.recalculate_metrics),
+        boolean("get-kvs-metrics", &none("the stats property has the figures"), d.get_kvs_metrics),
         uint(
             "replay-duration",
             &format!("{} (seconds)", none("kvssink re-sends every fragment not yet persisted")),
-            40,
+            d.replay_duration,
         ),
         uint(
             "rotation-period",
             "The longest credentials from credential-path are used before the file is read again, in seconds",
-            3600,
+            d.rotation_period,
         ),
-        glib::ParamSpecEnum::builder_with_default("streaming-type", StreamingType::Realtime)
+        glib::ParamSpecEnum::builder_with_default("streaming-type", d.streaming_type)
             .nick("Streaming type")
             .blurb("realtime and near-realtime: a live source drops the oldest fragments when the queue is full; offline: the queue always waits, and the stream starts at file-start-time")
             .mutable_ready()
@@ -198,7 +193,7 @@ pub fn properties() -> Vec<glib::ParamSpec> {
         string(
             "credential-path",
             "The C++ SDK's rotating credential file (CREDENTIALS <key id> [<expiration>] <secret> [<token>]), read again when it changes; used when neither the properties nor the environment give keys (unset: .kvs/credential, when it exists)",
-            Some(DEFAULT_CREDENTIAL_PATH),
+            d.credential_path.as_deref(),
         ),
         glib::ParamSpecBoxed::builder::<gst::Structure>("iot-certificate")
             .nick("IoT certificate")
@@ -208,100 +203,187 @@ pub fn properties() -> Vec<glib::ParamSpec> {
     ]
 }
 
-/// The values of the C++ properties that were set, serialized (None: set to NULL): plain strings, so that the
-/// element's settings stay `Send`.
-#[derive(Debug, Clone, Default)]
+/// The values of the C++ properties, with the C++ defaults, and which of them were set.
+#[derive(Debug, Clone)]
 pub struct CppSettings {
-    values: BTreeMap<String, Option<String>>,
+    /// The properties that were set: the timeouts apply only then, and the ones without effect are named.
+    set: BTreeSet<&'static str>,
+    user_agent: Option<String>,
+    connection_timeout: u32,
+    completion_timeout: u32,
+    restart_on_error: bool,
+    codec_id: Option<String>,
+    track_name: Option<String>,
+    timecode_scale: u32,
+    fragment_duration: u32,
+    key_frame_fragmentation: bool,
+    frame_timecodes: bool,
+    absolute_fragment_times: bool,
+    content_type: Option<String>,
+    use_original_pts: bool,
+    disable_buffer_clipping: bool,
+    avg_bandwidth_bps: u32,
+    framerate: u32,
+    max_latency: u32,
+    log_config: Option<String>,
+    recalculate_metrics: bool,
+    get_kvs_metrics: bool,
+    replay_duration: u32,
+    rotation_period: u32,
+    streaming_type: StreamingType,
+    credential_path: Option<String>,
+    iot_certificate: Option<gst::Structure>,
+}
+
+/// The C++ element's defaults.
+impl Default for CppSettings {
+    fn default() -> Self {
+        CppSettings {
+            set: BTreeSet::new(),
+            user_agent: None,
+            connection_timeout: 5,
+            completion_timeout: 10,
+            restart_on_error: true,
+            codec_id: Some("V_MPEG4/ISO/AVC".into()),
+            track_name: Some("kinesis_video".into()),
+            timecode_scale: 1,
+            fragment_duration: 2000,
+            key_frame_fragmentation: true,
+            frame_timecodes: true,
+            absolute_fragment_times: true,
+            content_type: Some("video/h264".into()),
+            use_original_pts: false,
+            disable_buffer_clipping: false,
+            avg_bandwidth_bps: 4 * 1024 * 1024,
+            framerate: 25,
+            max_latency: 60,
+            log_config: Some("../kvs_log_configuration".into()),
+            recalculate_metrics: true,
+            get_kvs_metrics: false,
+            replay_duration: 40,
+            rotation_period: 3600,
+            streaming_type: StreamingType::Realtime,
+            credential_path: Some(DEFAULT_CREDENTIAL_PATH.into()),
+            iot_certificate: None,
+        }
+    }
 }
 
 impl CppSettings {
     /// Stores a value; false when `name` is not one of these properties.
     pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
-        if !effects().iter().any(|(n, _)| *n == name) {
+        let Some(&(name, _)) = effects().iter().find(|(n, _)| *n == name) else {
             return false;
-        }
-        let unset = matches!(value.get::<Option<String>>(), Ok(None))
-            || matches!(value.get::<Option<gst::Structure>>(), Ok(None));
-        let text = if unset {
-            None
-        } else {
-            value.serialize().ok().map(String::from)
         };
-        self.values.insert(name.to_owned(), text);
+        match name {
+            "user-agent" => self.user_agent = checked(value),
+            "connection-timeout" => self.connection_timeout = checked(value),
+            "completion-timeout" => self.completion_timeout = checked(value),
+            "restart-on-error" => self.restart_on_error = checked(value),
+            "codec-id" => self.codec_id = checked(value),
+            "track-name" => self.track_name = checked(value),
+            "timecode-scale" => self.timecode_scale = checked(value),
+            "fragment-duration" => self.fragment_duration = checked(value),
+            "key-frame-fragmentation" => self.key_frame_fragmentation = checked(value),
+            "frame-timecodes" => self.frame_timecodes = checked(value),
+            "absolute-fragment-times" => self.absolute_fragment_times = checked(value),
+            "content-type" => self.content_type = checked(value),
+            "use-original-pts" => self.use_original_pts = checked(value),
+            "disable-buffer-clipping" => self.disable_buffer_clipping = checked(value),
+            "avg-bandwidth-bps" => self.avg_bandwidth_bps = checked(value),
+            "framerate" => self.framerate = checked(value),
+            "max-latency" => self.max_latency = checked(value),
+            "log-config" => self.log_config = checked(value),
+            "recalculate-metrics" => self.recalculate_metrics = checked(value),
+            "get-kvs-metrics" => self.get_kvs_metrics = checked(value),
+            "replay-duration" => self.replay_duration = checked(value),
+            "rotation-period" => self.rotation_period = checked(value),
+            "streaming-type" => self.streaming_type = checked(value),
+            "credential-path" => self.credential_path = checked(value),
+            "iot-certificate" => self.iot_certificate = checked(value),
+            other => unreachable!("C++ property {other} has no field"),
+        }
+        self.set.insert(name);
         true
     }
 
-    /// The value of one of these properties (its default when it was not set); None when `name` is not one.
-    pub fn get(&self, name: &str, pspec: &glib::ParamSpec) -> Option<glib::Value> {
-        if !effects().iter().any(|(n, _)| *n == name) {
-            return None;
-        }
-        Some(match self.values.get(name) {
-            None => pspec.default_value().clone(),
-            Some(None) => glib::Value::from_type(pspec.value_type()),
-            Some(Some(text)) => glib::Value::deserialize_with_pspec(text, pspec)
-                .unwrap_or_else(|_| pspec.default_value().clone()),
+    /// The value of one of these properties; None when `name` is not one.
+    pub fn get(&self, name: &str) -> Option<glib::Value> {
+        Some(match name {
+            "user-agent" => self.user_agent.to_value(),
+            "connection-timeout" => self.connection_timeout.to_value(),
+            "completion-timeout" => self.completion_timeout.to_value(),
+            "restart-on-error" => self.restart_on_error.to_value(),
+            "codec-id" => self.codec_id.to_value(),
+            "track-name" => self.track_name.to_value(),
+            "timecode-scale" => self.timecode_scale.to_value(),
+            "fragment-duration" => self.fragment_duration.to_value(),
+            "key-frame-fragmentation" => self.key_frame_fragmentation.to_value(),
+            "frame-timecodes" => self.frame_timecodes.to_value(),
+            "absolute-fragment-times" => self.absolute_fragment_times.to_value(),
+            "content-type" => self.content_type.to_value(),
+            "use-original-pts" => self.use_original_pts.to_value(),
+            "disable-buffer-clipping" => self.disable_buffer_clipping.to_value(),
+            "avg-bandwidth-bps" => self.avg_bandwidth_bps.to_value(),
+            "framerate" => self.framerate.to_value(),
+            "max-latency" => self.max_latency.to_value(),
+            "log-config" => self.log_config.to_value(),
+            "recalculate-metrics" => self.recalculate_metrics.to_value(),
+            "get-kvs-metrics" => self.get_kvs_metrics.to_value(),
+            "replay-duration" => self.replay_duration.to_value(),
+            "rotation-period" => self.rotation_period.to_value(),
+            "streaming-type" => self.streaming_type.to_value(),
+            "credential-path" => self.credential_path.to_value(),
+            "iot-certificate" => self.iot_certificate.to_value(),
+            _ => return None,
         })
     }
 
-    fn text(&self, name: &str) -> Option<&str> {
-        self.values.get(name).and_then(|v| v.as_deref())
-    }
-
-    /// A string property's value, when set and not empty.
-    fn string(&self, name: &str) -> Option<String> {
-        let value = glib::Value::deserialize(self.text(name)?, glib::Type::STRING).ok()?;
-        value
-            .get::<Option<String>>()
-            .ok()
-            .flatten()
-            .filter(|s| !s.is_empty())
-    }
-
     pub fn user_agent(&self) -> Option<String> {
-        self.string("user-agent")
+        not_empty(&self.user_agent)
     }
 
-    fn seconds(&self, name: &str) -> Option<std::time::Duration> {
-        let seconds: u64 = self.text(name)?.parse().ok()?;
-        Some(std::time::Duration::from_secs(seconds.max(1)))
+    /// Seconds (at least 1), when `name` was set.
+    fn seconds_if_set(&self, name: &str, seconds: u32) -> Option<std::time::Duration> {
+        self.set
+            .contains(name)
+            .then(|| std::time::Duration::from_secs(u64::from(seconds.max(1))))
     }
 
     /// `connection-timeout`, when set.
     pub fn connect_timeout(&self) -> Option<std::time::Duration> {
-        self.seconds("connection-timeout")
+        self.seconds_if_set("connection-timeout", self.connection_timeout)
     }
 
     /// `completion-timeout`, when set.
     pub fn completion_timeout(&self) -> Option<std::time::Duration> {
-        self.seconds("completion-timeout")
+        self.seconds_if_set("completion-timeout", self.completion_timeout)
     }
 
     pub fn restart_on_error(&self) -> bool {
-        self.text("restart-on-error") != Some("false")
+        self.restart_on_error
     }
 
     /// `content-type`, when set.
     pub fn content_type(&self) -> Option<String> {
-        self.string("content-type")
+        self.set
+            .contains("content-type")
+            .then(|| not_empty(&self.content_type))
+            .flatten()
     }
 
-    /// `frame-timecodes` (true unless set to false).
     pub fn frame_timecodes(&self) -> bool {
-        self.text("frame-timecodes") != Some("false")
+        self.frame_timecodes
     }
 
     /// The credential file and the longest its credentials are kept: `credential-path` when set, else the C++
     /// default `.kvs/credential` when that file exists.
     pub fn credential_file(&self) -> Option<(String, std::time::Duration)> {
-        let period = self
-            .seconds("rotation-period")
-            .unwrap_or(std::time::Duration::from_secs(3600));
-        match self.values.get("credential-path") {
+        let period = std::time::Duration::from_secs(u64::from(self.rotation_period.max(1)));
+        match self.set.contains("credential-path") {
             // Set: used (an empty value or NULL turns it off).
-            Some(_) => self.string("credential-path").map(|path| (path, period)),
-            None => std::path::Path::new(DEFAULT_CREDENTIAL_PATH)
+            true => not_empty(&self.credential_path).map(|path| (path, period)),
+            false => std::path::Path::new(DEFAULT_CREDENTIAL_PATH)
                 .is_file()
                 .then(|| (DEFAULT_CREDENTIAL_PATH.to_owned(), period)),
         }
@@ -309,26 +391,19 @@ impl CppSettings {
 
     /// `streaming-type=offline`.
     pub fn offline(&self) -> bool {
-        self.text("streaming-type") == Some("offline")
+        self.streaming_type == StreamingType::Offline
     }
 
     /// `streaming-type=near-realtime` (uploaded as realtime).
     pub fn near_realtime(&self) -> bool {
-        self.text("streaming-type") == Some("near-realtime")
+        self.streaming_type == StreamingType::NearRealtime
     }
 
     /// `iot-certificate`, when set: its fields, the thing name defaulting to the stream name.
     pub fn iot(&self, stream_name: &str) -> Result<Option<IotSettings>, String> {
-        let Some(text) = self
-            .text("iot-certificate")
-            .filter(|t| !t.is_empty() && *t != "\"\"")
-        else {
+        let Some(structure) = &self.iot_certificate else {
             return Ok(None);
         };
-        let structure = glib::Value::deserialize(text, gst::Structure::static_type())
-            .ok()
-            .and_then(|v| v.get::<Option<gst::Structure>>().ok().flatten())
-            .ok_or("iot-certificate is not a GstStructure")?;
         let field = |name: &str| {
             structure
                 .value(name)
@@ -375,7 +450,7 @@ impl CppSettings {
         effects()
             .iter()
             .filter_map(|(name, effect)| match effect {
-                _ if !self.values.contains_key(*name) => None,
+                _ if !self.set.contains(name) => None,
                 Support::Ignored(why) => Some((*name, *why)),
                 Support::Muxing if !muxing => Some((*name, UPSTREAM_MUXER)),
                 _ => None,

@@ -22,7 +22,6 @@ use bytes::Bytes;
 
 use super::fragmenter::{FragmentStart, StreamHeader};
 use super::store::FragmentFile;
-use super::uploader::Stats;
 use crate::kvs::ack::{AckEvent, AckKind};
 use crate::kvs::error::{AckErrorAction, KvsError, ack_error_action};
 use kvs_mkv::Rope;
@@ -52,6 +51,27 @@ impl State {
             }
         }
     }
+}
+
+/// Counters, readable at any time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub bytes_sent: u64,
+    pub fragments_queued: u64,
+    pub fragments_sent: u64,
+    pub fragments_received: u64,
+    pub fragments_persisted: u64,
+    pub fragments_dropped: u64,
+    pub fragments_resent: u64,
+    pub errors_acked: u64,
+    pub connections: u64,
+    pub reconnections: u64,
+    pub last_ack_latency: Option<Duration>,
+    pub queue_fragments: usize,
+    pub queue_bytes: usize,
+    /// Complete fragments waiting to be sent (a catch-up or an outage).
+    pub backlog_fragments: usize,
+    pub backlog_bytes: usize,
 }
 
 /// A fragment in the queue, complete or still being written.

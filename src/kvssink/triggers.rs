@@ -16,46 +16,15 @@
 
 use std::time::Duration;
 
-use gst::glib;
 use kvs_mkv::tags::{SimpleTag, write_tags};
 
+use super::EventTags;
 use super::fragmenter::{FragmentStart, MAX_TAGS_PER_FRAGMENT};
 
 /// The custom event (downstream, or sent to the element) that triggers or stops an upload window.
 pub const TRIGGER_EVENT: &str = "kvs-trigger";
 
 use kvs_mkv::tags::{IMAGE_GENERATION, IMAGE_PREFIX, NOTIFICATION};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsUploadMode")]
-pub enum UploadMode {
-    /// Everything is uploaded.
-    #[default]
-    #[enum_value(name = "Upload everything", nick = "continuous")]
-    Continuous,
-    /// Only the windows around triggers (with their pre-roll and post-roll).
-    #[enum_value(name = "Upload the windows around triggers", nick = "triggered")]
-    Triggered,
-    /// Nothing is uploaded (the pre-roll is kept); back to continuous resumes with it.
-    #[enum_value(name = "Upload nothing until resumed", nick = "paused")]
-    Paused,
-}
-
-#[glib::flags(name = "GstKvsEventTags")]
-pub enum EventTags {
-    /// `AWS_KINESISVIDEO_NOTIFICATION`: an SNS notification for the fragment.
-    #[flags_value(
-        name = "AWS_KINESISVIDEO_NOTIFICATION (an SNS notification)",
-        nick = "notification"
-    )]
-    NOTIFICATION = 0b01,
-    /// `AWS_KINESISVIDEO_IMAGE_GENERATION`: images from the fragment in S3.
-    #[flags_value(
-        name = "AWS_KINESISVIDEO_IMAGE_GENERATION (images in S3)",
-        nick = "image-generation"
-    )]
-    IMAGE_GENERATION = 0b10,
-}
 
 /// The tags `event-tags` and `image-prefix` put on a window's first fragment.
 pub fn event_tags(flags: EventTags, image_prefix: Option<&str>) -> Vec<SimpleTag> {

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use kvs_mkv::Rope;
 
 use super::fragmenter::{FragmentStart, StreamHeader, end_of_fragment_tag};
-use super::queue::{Cursor, FragmentQueue, Limits, Next};
+use super::queue::{Cursor, FragmentQueue, Limits, Next, Stats};
 use super::store::{FragmentFile, RecoveredFragment};
 use crate::kvs::ack::{AckEvent, AckKind, AckParser};
 use crate::kvs::config::AwsContext;
@@ -218,27 +218,6 @@ fn stopped() -> UploadFailure {
         },
         why: GaveUp::Stopped,
     }
-}
-
-/// Counters, readable at any time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub bytes_sent: u64,
-    pub fragments_queued: u64,
-    pub fragments_sent: u64,
-    pub fragments_received: u64,
-    pub fragments_persisted: u64,
-    pub fragments_dropped: u64,
-    pub fragments_resent: u64,
-    pub errors_acked: u64,
-    pub connections: u64,
-    pub reconnections: u64,
-    pub last_ack_latency: Option<Duration>,
-    pub queue_fragments: usize,
-    pub queue_bytes: usize,
-    /// Complete fragments waiting to be sent (a catch-up or an outage).
-    pub backlog_fragments: usize,
-    pub backlog_bytes: usize,
 }
 
 struct Shared {

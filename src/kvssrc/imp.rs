@@ -18,79 +18,16 @@ use tokio::sync::mpsc;
 
 use super::merger::Mode;
 use super::reader::{Item, ReaderConfig, Start};
-use crate::kvs::config::ConnectionSettings;
+use super::{CAT, OutputMode, OutputTimeline, StartSelector};
 use crate::kvs::error::KvsError;
+use crate::kvs::settings::ConnectionSettings;
 use crate::props::{
-    connection_properties, connection_property, effective_connection, set_connection_property,
-    string, string_value, uint,
+    checked, connection_properties, connection_property, effective_connection,
+    set_connection_property, string, string_value, uint,
 };
 use crate::runtime::{Canceller, RUNTIME};
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "kvssrc",
-        gst::DebugColorFlags::empty(),
-        Some("Kinesis Video Streams source"),
-    )
-});
-
 const DEFAULT_PARALLEL: u32 = 4;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsSrcStartSelector")]
-pub enum StartSelector {
-    #[default]
-    #[enum_value(name = "Now: fragments that arrive from now on", nick = "now")]
-    Now,
-    #[enum_value(name = "Earliest: the oldest fragment kept", nick = "earliest")]
-    Earliest,
-    #[enum_value(
-        name = "After the fragment start-fragment-number",
-        nick = "fragment-number"
-    )]
-    FragmentNumber,
-    #[enum_value(name = "Server timestamp start-timestamp", nick = "server-timestamp")]
-    ServerTimestamp,
-    #[enum_value(
-        name = "Producer timestamp start-timestamp",
-        nick = "producer-timestamp"
-    )]
-    ProducerTimestamp,
-    #[enum_value(name = "After the continuation-token", nick = "continuation-token")]
-    ContinuationToken,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsSrcMode")]
-pub enum OutputMode {
-    #[default]
-    #[enum_value(
-        name = "One Matroska stream: the header once, then the clusters",
-        nick = "merged"
-    )]
-    Merged,
-    #[enum_value(
-        name = "The service's bytes unchanged, one document per fragment",
-        nick = "raw"
-    )]
-    Raw,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[enum_type(name = "GstKvsSrcTimeline")]
-pub enum OutputTimeline {
-    #[default]
-    #[enum_value(
-        name = "Producer time: every cluster at its producer timestamp (epoch time), gaps between sessions kept",
-        nick = "producer-time"
-    )]
-    ProducerTime,
-    #[enum_value(
-        name = "Continuous: as producer-time, but a gap of more than a second between fragments is closed",
-        nick = "continuous"
-    )]
-    Continuous,
-}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -548,20 +485,20 @@ impl ObjectImpl for KvsSrc {
         }
         match pspec.name() {
             "stream-name" => settings.stream_name = string_value(value),
-            "start-selector" => settings.start_selector = value.get().unwrap_or_default(),
+            "start-selector" => settings.start_selector = checked(value),
             "start-fragment-number" => settings.start_fragment_number = string_value(value),
-            "start-timestamp" => settings.start_timestamp = value.get().unwrap_or(0.0),
+            "start-timestamp" => settings.start_timestamp = checked(value),
             "end-timestamp" => {
-                settings.end_timestamp = value.get().unwrap_or(0.0);
+                settings.end_timestamp = checked(value);
                 // Decided here, not in start(): a live source must say so before READY -> PAUSED.
                 self.obj().set_live(settings.end_timestamp == 0.0);
             }
             "continuation-token" => settings.continuation_token = string_value(value),
-            "mode" => settings.mode = value.get().unwrap_or_default(),
-            "timeline" => settings.timeline = value.get().unwrap_or_default(),
-            "parallel-downloads" => settings.parallel = value.get().unwrap_or(DEFAULT_PARALLEL),
-            "max-outage" => settings.max_outage = value.get().unwrap_or(0),
-            name => gst::warning!(CAT, imp = self, "unknown property {name}"),
+            "mode" => settings.mode = checked(value),
+            "timeline" => settings.timeline = checked(value),
+            "parallel-downloads" => settings.parallel = checked(value),
+            "max-outage" => settings.max_outage = checked(value),
+            other => unimplemented!("property {other}"),
         }
     }
 
@@ -586,7 +523,7 @@ impl ObjectImpl for KvsSrc {
             "timeline" => settings.timeline.to_value(),
             "parallel-downloads" => settings.parallel.to_value(),
             "max-outage" => settings.max_outage.to_value(),
-            _ => None::<String>.to_value(),
+            other => unimplemented!("property {other}"),
         }
     }
 

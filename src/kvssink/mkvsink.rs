@@ -20,29 +20,22 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::capture::{CaptureTime, CaptureTimes, Notice};
+use super::capture::{CaptureTimes, Notice};
 use super::fragmenter::{Fragmenter, Output, TimeAnchor, TimeJump, TrackNames};
 use super::store::{Recovered, Store};
-use super::triggers::{EventTags, TriggerRequest, TriggerTime, UploadMode};
+use super::triggers::{TriggerRequest, TriggerTime};
 use super::uploader::{UploadEvent, Uploader, UploaderConfig};
 use super::window::{Gate, Gated, Notice as WindowNotice, Source};
+use super::{CAT, CaptureTime, EventTags, UploadMode};
 use crate::kvs::ack::AckKind;
-use crate::kvs::config::ConnectionSettings;
 use crate::kvs::control::CreateParams;
 use crate::kvs::error::KvsError;
+use crate::kvs::settings::ConnectionSettings;
 use crate::props::{
-    connection_properties, connection_property, effective_connection, set_connection_property,
-    string, string_value, uint,
+    checked, connection_properties, connection_property, effective_connection,
+    set_connection_property, string, string_value, uint,
 };
 use crate::runtime::{Canceller, WaitError};
-
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "kvssink",
-        gst::DebugColorFlags::empty(),
-        Some("Kinesis Video Streams sink"),
-    )
-});
 
 const DEFAULT_RETENTION_HOURS: u32 = 2;
 const DEFAULT_STALENESS_S: u32 = 60;
@@ -1182,14 +1175,14 @@ impl KvsMkvSink {
                 }
             }
             "upload-mode" => {
-                let new: UploadMode = value.get().unwrap_or_default();
+                let new: UploadMode = checked(value);
                 let old = std::mem::replace(&mut settings.upload_mode, new);
                 let trigger = settings.trigger;
                 drop(settings);
                 self.mode_changed(old, new, trigger);
             }
             "pre-roll" | "post-roll" => {
-                let seconds: u32 = value.get().unwrap_or(0);
+                let seconds: u32 = checked(value);
                 if name == "pre-roll" {
                     settings.pre_roll_s = seconds;
                 } else {
@@ -1203,7 +1196,7 @@ impl KvsMkvSink {
                 }
             }
             "trigger" => {
-                let on: bool = value.get().unwrap_or(false);
+                let on: bool = checked(value);
                 let was = std::mem::replace(&mut settings.trigger, on);
                 drop(settings);
                 if on != was {
@@ -1219,13 +1212,11 @@ impl KvsMkvSink {
                 }
             }
             "event-tags" | "image-prefix" => {
-                let prefix = string_value(value);
-                let too_long = prefix
-                    .as_ref()
-                    .is_some_and(|p| p.len() > super::fragmenter::MAX_TAG_VALUE_BYTES);
                 if name == "event-tags" {
-                    settings.event_tags = value.get().unwrap_or(EventTags::empty());
-                } else if too_long {
+                    settings.event_tags = checked(value);
+                } else if let Some(prefix) = string_value(value)
+                    && prefix.len() > super::fragmenter::MAX_TAG_VALUE_BYTES
+                {
                     drop(settings);
                     gst::element_imp_warning!(
                         self,
@@ -1238,7 +1229,7 @@ impl KvsMkvSink {
                     );
                     return true;
                 } else {
-                    settings.image_prefix = prefix;
+                    settings.image_prefix = string_value(value);
                 }
                 let tags = super::triggers::event_tags(
                     settings.event_tags,
@@ -1631,39 +1622,36 @@ impl ObjectImpl for KvsMkvSink {
             return;
         }
         let mut settings = self.settings();
-        let get_u32 = || value.get::<u32>().unwrap_or_default();
         if set_connection_property(&mut settings.connection, pspec.name(), value)
             || settings.cpp.set(pspec.name(), value)
         {
             return;
         }
         match pspec.name() {
-            "allow-create-stream" => settings.allow_create = value.get().unwrap_or(true),
-            "retention-period" => settings.retention_hours = get_u32(),
+            "allow-create-stream" => settings.allow_create = checked(value),
+            "retention-period" => settings.retention_hours = checked(value),
             "kms-key-id" => settings.kms_key_id = string_value(value),
-            "stream-tags" => {
-                settings.stream_tags = value.get::<Option<gst::Structure>>().ok().flatten()
-            }
-            "fragment-acks" => settings.fragment_acks = value.get().unwrap_or(true),
-            "connection-staleness" => settings.staleness_s = get_u32(),
-            "stop-stream-timeout" => settings.stop_timeout_s = get_u32(),
-            "storage-size" => settings.storage_mb = get_u32(),
-            "buffer-duration" => settings.buffer_duration_s = get_u32(),
-            "file-start-time" => settings.file_start_time = value.get().unwrap_or(0),
-            "connection-rotation" => settings.rotation_s = get_u32(),
-            "retry-limit" => settings.retry_limit = get_u32(),
+            "stream-tags" => settings.stream_tags = checked(value),
+            "fragment-acks" => settings.fragment_acks = checked(value),
+            "connection-staleness" => settings.staleness_s = checked(value),
+            "stop-stream-timeout" => settings.stop_timeout_s = checked(value),
+            "storage-size" => settings.storage_mb = checked(value),
+            "buffer-duration" => settings.buffer_duration_s = checked(value),
+            "file-start-time" => settings.file_start_time = checked(value),
+            "connection-rotation" => settings.rotation_s = checked(value),
+            "retry-limit" => settings.retry_limit = checked(value),
             "buffer-dir" => settings.buffer_dir = string_value(value),
-            "buffer-max-size" => settings.buffer_max_mb = get_u32(),
-            "buffer-max-age" => settings.buffer_max_age_s = get_u32(),
-            "capture-time" => settings.capture_time = value.get().unwrap_or_default(),
-            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+            "buffer-max-size" => settings.buffer_max_mb = checked(value),
+            "buffer-max-age" => settings.buffer_max_age_s = checked(value),
+            "capture-time" => settings.capture_time = checked(value),
+            other => unimplemented!("property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
         if let Some(value) = connection_property(&settings.connection, pspec.name())
-            .or_else(|| settings.cpp.get(pspec.name(), pspec))
+            .or_else(|| settings.cpp.get(pspec.name()))
         {
             return value;
         }
@@ -1702,10 +1690,7 @@ impl ObjectImpl for KvsMkvSink {
                 structure.set("pre-roll-bytes", held.0 as u64);
                 structure.to_value()
             }
-            other => {
-                gst::warning!(CAT, imp = self, "unknown property {other}");
-                None::<String>.to_value()
-            }
+            other => unimplemented!("property {other}"),
         }
     }
 }
@@ -1713,18 +1698,8 @@ impl ObjectImpl for KvsMkvSink {
 impl GstObjectImpl for KvsMkvSink {}
 
 impl ElementImpl for KvsMkvSink {
-    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
-        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
-            gst::subclass::ElementMetadata::new(
-                "Kinesis Video Streams sink",
-                "Sink/Network",
-                "Streams Matroska (matroskamux output) to Amazon Kinesis Video Streams with PutMedia",
-                "gst-plugin-kvs developers",
-            )
-        });
-        Some(&*METADATA)
-    }
-
+    // No metadata: the sink is not registered, so no factory shows any (the bin's is `kvssink`'s). The pad
+    // template is what `BaseSink` makes its sink pad from.
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![

@@ -139,7 +139,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_fragment_bytes: 50 * 1024 * 1024,
+            // "50 MB" on the service quotas page, read as 50,000,000 bytes (the stricter reading): a fragment
+            // the emulator takes is then not refused by the service under either reading.
+            max_fragment_bytes: 50_000_000,
             max_fragment_duration_ms: 10_000,
             max_tracks: 3,
             max_tags_per_fragment: 10,
@@ -822,6 +824,43 @@ mod tests {
             matches!(events.last(), Some(IngestEvent::Failed { error, .. }) if error.id == 4001),
             "{:?}",
             summary(&events)
+        );
+    }
+
+    #[test]
+    fn a_fragment_of_exactly_50_000_000_bytes_is_taken_and_one_byte_more_is_not() {
+        // The whole Cluster as sent: its ID and unknown size (5 bytes), its Timecode (10 bytes) and five blocks of
+        // 9 + 9,999,988 bytes (ID, 4-byte size, block header, frame).
+        let edge = |extra: usize| {
+            let mut body = Body::new(1).0;
+            write_id(&mut body, id::CLUSTER);
+            body.push(0xFF);
+            write_uint_fixed(&mut body, id::TIMECODE, T0, 8);
+            for i in 0..5u8 {
+                let mut block = vec![0x81, 0, i, if i == 0 { 0x80 } else { 0 }];
+                block.resize(4 + 9_999_988 + if i == 4 { extra } else { 0 }, 0x42);
+                write_binary(&mut body, id::SIMPLE_BLOCK, &block);
+            }
+            let body = Body(body).end_of_fragment().0;
+            let mut ingest = Ingest::new(TimecodeType::Absolute, 0, Limits::default());
+            let mut events = ingest.push(&body);
+            events.extend(ingest.finish());
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    IngestEvent::Completed { size, .. } => Some(Ok(size)),
+                    IngestEvent::Failed { error, reason, .. } => Some(Err((error.id, reason))),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(edge(0), [Ok(50_000_000)]);
+        assert_eq!(
+            edge(1),
+            [Err((
+                4001,
+                "fragment larger than 50000000 bytes".to_owned()
+            ))]
         );
     }
 

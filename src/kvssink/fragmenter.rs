@@ -39,8 +39,14 @@ pub use kvs_mkv::header::TrackRename;
 use kvs_mkv::tags::{SimpleTag, write_tags};
 use kvs_mkv::{Event, MkvReader, Rope};
 
-/// KVS refuses fragments larger than this (ERROR 4001).
-pub const MAX_FRAGMENT_BYTES: usize = 50 * 1024 * 1024;
+/// KVS refuses fragments larger than this (ERROR 4001): the service quotas page says 50 MB without saying
+/// whether that is 10^6 or 2^20 bytes, so kvssink takes the smaller reading, 50,000,000 bytes, and a fragment
+/// it accepts is not refused under either. A fragment's size is its whole Cluster element as sent: its ID and
+/// size, its Timecode and its blocks (the emulator measures the same).
+pub const MAX_FRAGMENT_BYTES: usize = 50_000_000;
+/// What starts every cluster kvssink sends: the Cluster ID (4 bytes), an unknown size (8) and the Timecode
+/// element (ID, size and 8 bytes).
+const CLUSTER_HEAD_BYTES: usize = 22;
 /// KVS refuses fragments longer than this (ERROR 4002).
 pub const MAX_FRAGMENT_DURATION: Duration = Duration::from_secs(10);
 /// KVS accepts at most this many metadata tags per fragment.
@@ -102,8 +108,9 @@ impl std::fmt::Display for InputError {
             }
             InputError::FragmentTooLarge { size } => write!(
                 f,
-                "a Matroska cluster of {size} bytes is larger than the KVS fragment limit of {MAX_FRAGMENT_BYTES} \
-                 bytes: make clusters shorter (encoder key-int-max, matroskamux max-cluster-duration)"
+                "a Matroska cluster of at least {size} bytes is larger than the KVS fragment limit of \
+                 {MAX_FRAGMENT_BYTES} bytes (50 MB): make clusters shorter (encoder key-int-max, matroskamux \
+                 max-cluster-duration) or the bitrate lower"
             ),
             InputError::FragmentTooLong { duration } => write!(
                 f,
@@ -581,8 +588,10 @@ impl Fragmenter {
             .max_block_offset
             .max(i64::from(info.relative_timecode));
         cluster.size += data.len();
-        if cluster.size > MAX_FRAGMENT_BYTES {
-            return Err(InputError::FragmentTooLarge { size: cluster.size });
+        if CLUSTER_HEAD_BYTES + cluster.size > MAX_FRAGMENT_BYTES {
+            return Err(InputError::FragmentTooLarge {
+                size: CLUSTER_HEAD_BYTES + cluster.size,
+            });
         }
         let duration =
             Duration::from_nanos((cluster.max_block_offset as u64).saturating_mul(scale));
@@ -1386,6 +1395,39 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "truncated Matroska: the input ends inside an element"
+        );
+
+        // A fragment of exactly the service's limit goes; one byte more is refused. The Cluster as kvssink sends
+        // it: its head (22 bytes), four blocks of 9 + 9,999,989 bytes (ID, 4-byte size, block header, frame) and
+        // one of 9 + 9,999,977, 50,000,000 bytes in all.
+        let edge = |last_extra: usize| {
+            let mut big = writer::h264_stream_header();
+            writer::write_cluster_start(&mut big, 0);
+            for i in 0..5 {
+                let size = if i == 4 {
+                    MAX_FRAGMENT_BYTES - CLUSTER_HEAD_BYTES - 4 * (9 + 9_999_989) - 9 + last_extra
+                } else {
+                    9_999_989
+                };
+                writer::write_simple_block(&mut big, 1, i * 33, i == 0, &vec![0x42; size]);
+            }
+            let mut fragmenter = Fragmenter::new(TimeAnchor::CaptureTime);
+            let mut out = fragmenter.push(Bytes::from(big), None)?;
+            out.extend(fragmenter.finish()?);
+            Ok::<_, InputError>(out)
+        };
+        let at_limit = fragments(&edge(0).unwrap());
+        assert_eq!(at_limit.len(), 1);
+        assert_eq!(at_limit[0].frames, 5);
+        assert_eq!(
+            edge(1).unwrap_err(),
+            InputError::FragmentTooLarge { size: 50_000_001 }
+        );
+        assert_eq!(
+            edge(1).unwrap_err().to_string(),
+            "a Matroska cluster of at least 50000001 bytes is larger than the KVS fragment limit of 50000000 \
+             bytes (50 MB): make clusters shorter (encoder key-int-max, matroskamux max-cluster-duration) or \
+             the bitrate lower"
         );
 
         // One cluster of 12 s.

@@ -15,7 +15,7 @@ as_root() {
 # Debian packages: build (GStreamer 1.22 dev files, pkg-config, a C toolchain for -sys crates), the elements the
 # demo and the tests use (x264enc, matroskamux/demux, h264parse, avdec/avenc), meson for the install path, and
 # the tools the tests check output with (ffprobe, mkvinfo), and gst-rtsp-server, which the IP-camera tests run
-# in-process as the camera.
+# in-process as the camera; dpkg-dev and binutils build and check the Debian packages.
 DEB_PACKAGES=(
     build-essential pkg-config git ca-certificates curl python3 python3-venv
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -23,7 +23,7 @@ DEB_PACKAGES=(
     gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-plugins-base-apps
     python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
     libgstrtspserver-1.0-dev
-    meson ninja-build ffmpeg mkvtoolnix openssl
+    meson ninja-build ffmpeg mkvtoolnix openssl dpkg-dev binutils
 )
 
 install_debian_packages() {

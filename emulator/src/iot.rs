@@ -4,7 +4,11 @@
 //! get temporary AWS credentials, and what kvssink's `iot-certificate` uses.
 //!
 //! - HTTPS only, and a client certificate signed by the `--iot-client-ca` is required: a connection without
-//!   one, or with one another CA signed, fails in the TLS handshake, as the real endpoint refuses it.
+//!   one, or with one another CA signed, fails in the TLS handshake, as the real endpoint refuses it. X.509
+//!   version 1 certificates are taken as well as version 3 ones: AWS IoT's requirements for device certificates
+//!   name signature algorithms, not a version, and its own instructions for a certificate signed by your CA
+//!   (`openssl x509 -req` without extensions) make a v1 certificate with OpenSSL 3.0. webpki, which rustls
+//!   verifies with, reads only v3 certificates, so [`DeviceCertVerifier`] checks v1 ones itself.
 //! - `GET /role-aliases/ALIAS/credentials` with the header `x-amzn-iot-thingname` answers
 //!   `{"credentials": {"accessKeyId", "secretAccessKey", "sessionToken", "expiration"}}` (expiration as
 //!   `YYYY-MM-DDTHH:MM:SSZ`, `--iot-credential-lifetime` seconds ahead). The keys are new for each call and,
@@ -30,7 +34,15 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::crypto::WebPkiSupportedAlgorithms;
+use tokio_rustls::rustls::pki_types::{SubjectPublicKeyInfoDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
+};
 use tokio_rustls::{TlsAcceptor, rustls};
+use x509_parser::prelude::{ASN1Time, X509Version, parse_x509_certificate};
 
 use crate::sigv4::Verifier;
 
@@ -52,20 +64,19 @@ pub struct IotConfig {
 /// A TLS acceptor that requires a client certificate signed by the client CA.
 pub fn acceptor(config: &IotConfig) -> Result<TlsAcceptor, String> {
     let (certs, key) = crate::tls::certificate(&config.cert, &config.key)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&config.client_ca).map_err(|e| {
+    let unreadable = |e: &dyn std::fmt::Display| {
         format!(
             "cannot read the client CA {}: {e}",
             config.client_ca.display()
         )
-    })? {
-        let cert = cert.map_err(|e| {
-            format!(
-                "cannot read the client CA {}: {e}",
-                config.client_ca.display()
-            )
-        })?;
-        roots.add(cert).map_err(|e| {
+    };
+    let cas = CertificateDer::pem_file_iter(&config.client_ca)
+        .map_err(|e| unreadable(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in &cas {
+        roots.add(ca.clone()).map_err(|e| {
             format!(
                 "the client CA {} is unusable: {e}",
                 config.client_ca.display()
@@ -73,12 +84,17 @@ pub fn acceptor(config: &IotConfig) -> Result<TlsAcceptor, String> {
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     )
     .build()
     .map_err(|e| format!("client certificate verification: {e}"))?;
+    let verifier = Arc::new(DeviceCertVerifier {
+        webpki,
+        cas,
+        algorithms: provider.signature_verification_algorithms,
+    });
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -87,6 +103,142 @@ pub fn acceptor(config: &IotConfig) -> Result<TlsAcceptor, String> {
         .map_err(|e| format!("the certificate and key do not make a TLS configuration: {e}"))?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Device certificates signed by a client CA, X.509 v1 ones included (see the module documentation): v3
+/// certificates go through webpki; a v1 certificate must name a client CA as its issuer, carry that CA's
+/// signature and be within its validity, and the handshake's signatures are checked against its public key.
+/// A v1 certificate must be signed by a client CA itself (no intermediates).
+#[derive(Debug)]
+pub struct DeviceCertVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    /// The client CAs' certificates.
+    cas: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl DeviceCertVerifier {
+    /// The SubjectPublicKeyInfo of a v1 certificate; None for another version or what does not parse.
+    fn v1_key(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+        let (_, parsed) = parse_x509_certificate(cert).ok()?;
+        (parsed.version() == X509Version::V1).then(|| parsed.public_key().raw.to_vec())
+    }
+
+    fn verify_v1(&self, cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), TlsError> {
+        let invalid = |error: CertificateError| TlsError::InvalidCertificate(error);
+        let (_, parsed) =
+            parse_x509_certificate(cert).map_err(|_| invalid(CertificateError::BadEncoding))?;
+        let now = ASN1Time::from_timestamp(now.as_secs() as i64)
+            .map_err(|_| invalid(CertificateError::BadEncoding))?;
+        let validity = parsed.validity();
+        if now < validity.not_before {
+            return Err(invalid(CertificateError::NotValidYet));
+        }
+        if now > validity.not_after {
+            return Err(invalid(CertificateError::Expired));
+        }
+        let issuer = self
+            .cas
+            .iter()
+            .filter_map(|ca| parse_x509_certificate(ca).ok().map(|(_, ca)| ca))
+            .find(|ca| ca.subject().as_raw() == parsed.issuer().as_raw())
+            .ok_or(invalid(CertificateError::UnknownIssuer))?;
+        let signed = self.signed_by(
+            issuer.public_key().raw,
+            self.algorithms.all,
+            parsed.tbs_certificate.as_ref(),
+            &parsed.signature_value.data,
+        );
+        signed
+            .then_some(())
+            .ok_or(invalid(CertificateError::BadSignature))
+    }
+
+    /// Whether `signature` over `message` verifies with the key `spki` under one of `algorithms`.
+    fn signed_by(
+        &self,
+        spki: &[u8],
+        algorithms: &[&dyn rustls::pki_types::SignatureVerificationAlgorithm],
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        let spki = SubjectPublicKeyInfoDer::from(spki);
+        let Ok(key) = webpki::RawPublicKeyEntity::try_from(&spki) else {
+            return false;
+        };
+        algorithms
+            .iter()
+            .any(|algorithm| key.verify_signature(*algorithm, message, signature).is_ok())
+    }
+
+    /// A handshake signature made with a v1 certificate's key.
+    fn verify_v1_signature(
+        &self,
+        spki: &[u8],
+        message: &[u8],
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        let algorithms = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map_or(&[][..], |(_, algorithms)| *algorithms);
+        match self.signed_by(spki, algorithms, message, dss.signature()) {
+            true => Ok(HandshakeSignatureValid::assertion()),
+            false => Err(TlsError::InvalidCertificate(CertificateError::BadSignature)),
+        }
+    }
+}
+
+impl ClientCertVerifier for DeviceCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        match Self::v1_key(end_entity) {
+            Some(_) => self
+                .verify_v1(end_entity, now)
+                .map(|()| ClientCertVerified::assertion()),
+            None => self
+                .webpki
+                .verify_client_cert(end_entity, intermediates, now),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        match Self::v1_key(cert) {
+            Some(spki) => self.verify_v1_signature(&spki, message, dss),
+            None => self.webpki.verify_tls12_signature(message, cert, dss),
+        }
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        match Self::v1_key(cert) {
+            Some(spki) => self.verify_v1_signature(&spki, message, dss),
+            None => self.webpki.verify_tls13_signature(message, cert, dss),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Serves the endpoint on `listener` until the task is aborted.

@@ -324,6 +324,24 @@ impl std::fmt::Display for IotAnswerError {
 
 impl std::error::Error for IotAnswerError {}
 
+/// The device certificate, offered to the IoT endpoint whatever it asks.
+#[derive(Debug)]
+struct DeviceCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for DeviceCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A file named by an `iot-certificate` setting that cannot be used.
 fn file_error(setting: &'static str, path: &str, cause: impl std::fmt::Display) -> IotError {
     IotError::File {
@@ -402,12 +420,35 @@ impl IotCredentials {
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| IotError::ClientCertificate(e.to_string()))?;
+        let certified = rustls::sign::CertifiedKey::new(certs, signing_key);
+        // A key that is not the certificate's is refused here. A certificate rustls cannot read (webpki reads
+        // only X.509 v3, and AWS IoT takes v1 device certificates too) is otherwise sent as it is, for the
+        // endpoint to judge, as the C++ kvssink (curl) does; its key is still checked: a certificate holds its
+        // SubjectPublicKeyInfo verbatim.
+        let mismatch = match certified.keys_match() {
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => true,
+            Err(_) => certified.key.public_key().is_some_and(|spki| {
+                let cert = certified.cert[0].as_ref();
+                !cert
+                    .windows(spki.len())
+                    .any(|window| window == spki.as_ref())
+            }),
+            Ok(()) => false,
+        };
+        if mismatch {
+            return Err(IotError::ClientCertificate(
+                "the private key in key-path is not the one of the certificate in cert-path".into(),
+            ));
+        }
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IotError::Tls(e.to_string()))?
             .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| IotError::ClientCertificate(e.to_string()))?;
+            .with_client_cert_resolver(Arc::new(DeviceCertificate(Arc::new(certified))));
         Ok(IotCredentials {
             settings,
             host,

@@ -546,6 +546,50 @@ impl Pki {
         ]);
         (self.dir.join(cert), self.dir.join(key))
     }
+
+    /// A client certificate `NAME.pem` (key `NAME.key`) signed by the CA `ca` with `openssl x509 -req` and no
+    /// extensions, as AWS IoT's instructions for a certificate signed by your own CA make it: X.509 version 1
+    /// with Debian 12's OpenSSL 3.0 (checked here). Returns (certificate, key) paths.
+    pub fn v1_leaf(&self, name: &str, ca: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key, csr) = (
+            format!("{name}.pem"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+        );
+        let subject = format!("/CN={name}");
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
+        ]);
+        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-out",
+            &cert,
+        ]);
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", &cert])
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("Version: 1 (0x0)"),
+            "openssl made another version: {text}"
+        );
+        (self.dir.join(cert), self.dir.join(key))
+    }
 }
 
 impl Drop for Pki {

@@ -1246,6 +1246,68 @@ fn iot_certificate_gets_credentials_from_the_iot_endpoint_with_a_device_certific
     );
 }
 
+/// An X.509 version 1 device certificate (`openssl x509 -req` without extensions, AWS IoT's own recipe for a
+/// certificate signed by your CA) gets credentials and uploads, as the real IoT endpoint takes it; a v1
+/// certificate from another CA is refused by the endpoint, and a key that is not the certificate's (v1 or v3) is
+/// a start error that says so.
+#[test]
+fn iot_certificate_takes_an_x509_v1_device_certificate() {
+    let pki = Pki::new("iot-v1");
+    let (emu, ca, (v3_cert, v3_key)) = iot_emulator(&pki, Vec::new(), Duration::from_secs(3600));
+    let (v1_cert, v1_key) = pki.v1_leaf("device-v1", "device-ca");
+    pki.ca("rogue-ca");
+    let (rogue_cert, rogue_key) = pki.v1_leaf("rogue-v1", "rogue-ca");
+    let iot_addr = emu.iot_addr().expect("the IoT endpoint runs");
+    let sink = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "kvssink name=sink stream-name=iot-v1 endpoint-uri={} region=us-east-1 \
+             iot-certificate=\"iot-certificate,endpoint={iot_addr},cert-path={},key-path={},ca-path={},\
+             role-aliases=KvsCameraIoTRoleAlias\"",
+            emu.url,
+            cert.display(),
+            key.display(),
+            ca.display()
+        )
+    };
+    let run = run_pipeline(
+        &format!(
+            "{} ! matroskamux ! tee name=t ! queue ! {} sync=false {CAPTURE}",
+            video_source(60),
+            sink(&v1_cert, &v1_key)
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.error, None, "warnings: {:?}", run.warnings);
+    assert_eq!(run.acks("PERSISTED"), 2);
+    let read = crate::kvssrc::read_range(&emu, "iot-v1", "");
+    assert!(
+        input_frames(&read.input) == input_frames(&run.input),
+        "the frames read back differ"
+    );
+
+    let refused =
+        |sink: String| start_error(&format!("{} ! matroskamux ! {sink}", video_source(10))).0;
+    let error = refused(sink(&rogue_cert, &rogue_key));
+    assert!(
+        error.starts_with(&format!(
+            "no usable AWS credentials: iot-certificate: the IoT credentials endpoint {iot_addr} ended \
+             the connection"
+        )),
+        "{error}"
+    );
+    // Another certificate's key, with a v1 certificate (checked by kvssink itself) and a v3 one (by rustls).
+    for (cert, key) in [(&v1_cert, &v3_key), (&v3_cert, &v1_key)] {
+        let error = refused(sink(cert, key));
+        assert!(
+            error.contains(
+                "iot-certificate: cert-path and key-path do not make a client certificate: the private key \
+                 in key-path is not the one of the certificate in cert-path"
+            ),
+            "{error}"
+        );
+    }
+}
+
 /// IoT credentials that last 3 s (the emulator refuses them after that, as the service refuses expired
 /// temporary credentials) over an 8-s live upload that opens a connection every second: kvssink asks the IoT
 /// endpoint again before they expire, and every frame is stored.

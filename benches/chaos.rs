@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! The fault campaign (`tests/chaos/campaign.rs`) at full length: an hour of stream time through kvssink while
-//! over a hundred faults drawn from the seed and two emulator restarts hit it, and a live kvssrc reads the stream
-//! under its own GetMedia faults. Prints what was sent, stored and read, the reconnections, the longest gap and
-//! the memory; fails if a frame was lost, corrupted, or read twice or out of order.
+//! 120 PutMedia and 40 GetMedia faults drawn from the seed (counted when they fire) and two emulator restarts
+//! hit it, and a live kvssrc reads the stream. Prints what was sent, stored and read, the faults armed and
+//! fired by kind, the reconnections, the longest gap and the memory; fails if a frame was lost, corrupted, or
+//! read twice or out of order, or if a kind of fault armed never fired.
 //!
 //! `cargo bench --bench chaos [-- --seed N --seconds S --speed X --faults F]`
 
@@ -59,8 +60,9 @@ fn main() {
         plugin_dir: dir,
     };
     println!(
-        "chaos: seed {seed}, {} s of stream at {}x, {} PutMedia faults (each with a drop of the connection), {} \
-         restarts, {} GetMedia faults",
+        "chaos: seed {seed}, {} s of stream at {}x, {} PutMedia fault sets (each armed, then the connection \
+         dropped so that the next one takes it, then waited for until it fired), {} restarts, {} GetMedia fault \
+         sets",
         config.stream_seconds, config.speed, config.faults, config.restarts, config.read_faults
     );
     let report = campaign::run(&config);

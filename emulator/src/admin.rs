@@ -65,7 +65,10 @@ pub fn handle(
                 .map_err(|e| ApiError::invalid_argument(format!("Invalid fault: {e}")))?;
             Ok(serde_json::to_value(state.faults.add(fault)).unwrap_or_default())
         }
-        ("GET", ["faults"]) => Ok(json!({ "faults": state.faults.list() })),
+        ("GET", ["faults"]) => Ok(json!({
+            "faults": state.faults.list(),
+            "fired": state.faults.fired(),
+        })),
         ("POST", ["credentials"]) => {
             #[derive(serde::Deserialize)]
             struct Key {

@@ -5,7 +5,12 @@
 //! that clients survive them.
 //!
 //! A fault names the API it applies to (`putMedia`, `getMedia`, or a JSON API such as `describeStream`), may
-//! be limited to one stream, and fires a set number of times: each matching call (connection) takes one.
+//! be limited to one stream, and applies to a set number of calls: each matching call (connection) takes one.
+//! Taking a fault is not firing it: `drop_at_fragment` 5 taken by a connection that ends at fragment 3 never
+//! fires. The emulator counts, by kind, the connections in which a fault did what it says (`fired` in
+//! `GET /_emulator/faults`), so that a campaign can tell the faults that happened from those it armed.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -139,9 +144,72 @@ fn one() -> u32 {
     1
 }
 
+impl Action {
+    /// The fault's kind, as the admin API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::DropAfterBytes { .. } => "drop_after_bytes",
+            Action::DropAtFragment { .. } => "drop_at_fragment",
+            Action::DropAfterAck { .. } => "drop_after_ack",
+            Action::EndResponse { .. } => "end_response",
+            Action::EndResponseAfterBytes { .. } => "end_response_after_bytes",
+            Action::NoContinue => "no_continue",
+            Action::StopReading { .. } => "stop_reading",
+            Action::Stall { .. } => "stall",
+            Action::SplitAcks { .. } => "split_acks",
+            Action::CoalesceAcks { .. } => "coalesce_acks",
+            Action::GarbleAck { .. } => "garble_ack",
+            Action::UnknownAck { .. } => "unknown_ack",
+            Action::EndlessLine { .. } => "endless_line",
+            Action::GarbleMedia { .. } => "garble_media",
+            Action::RawResponse { .. } => "raw_response",
+            Action::DelayAcks { .. } => "delay_acks",
+            Action::WithholdAcks { .. } => "withhold_acks",
+            Action::HttpError { .. } => "http_error",
+            Action::ErrorAck { .. } => "error_ack",
+            Action::Throttle { .. } => "throttle",
+            Action::ErrorTag { .. } => "error_tag",
+        }
+    }
+}
+
+/// How many connections (calls) each kind of fault fired in, by API.
+type FiredCounts = Arc<Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>>;
+
+/// Records the faults that fire in one connection: each kind counts once per connection, however often it acts
+/// (every ACK split, every piece throttled).
+#[derive(Debug, Default, Clone)]
+pub struct Recorder {
+    api: String,
+    counts: FiredCounts,
+    seen: Arc<Mutex<BTreeSet<&'static str>>>,
+}
+
+impl Recorder {
+    /// The fault of this kind acted.
+    pub fn fired(&self, kind: &'static str) {
+        if self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind)
+        {
+            *self
+                .counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(self.api.clone())
+                .or_default()
+                .entry(kind)
+                .or_default() += 1;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Faults {
     state: Mutex<(u64, Vec<Fault>)>,
+    fired: FiredCounts,
     /// Open media connections (API, stream), for `POST /_emulator/streams/NAME/drop`.
     open: Mutex<Vec<(String, String, std::sync::Weak<KillState>)>>,
 }
@@ -192,6 +260,47 @@ impl Faults {
         count
     }
 
+    /// How many connections (calls) each kind of fault fired in since the emulator started, by API.
+    pub fn fired(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        self.fired.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What one connection (call) of `api` records its faults' firing with.
+    pub fn recorder(&self, api: &str) -> Recorder {
+        Recorder {
+            api: api.to_owned(),
+            counts: self.fired.clone(),
+            seen: Default::default(),
+        }
+    }
+
+    /// The faults of one connection of `api` taking `actions`, recording what fires.
+    pub fn connection(&self, api: &str, actions: &[Action]) -> ConnectionFaults {
+        ConnectionFaults {
+            recorder: self.recorder(api),
+            ..ConnectionFaults::new(actions)
+        }
+    }
+
+    /// The HTTP error fault among `actions` of a call of `api`, if any (it fires: the call is answered with it).
+    pub fn http_error(&self, api: &str, actions: &[Action]) -> Option<crate::error::ApiError> {
+        let error = http_error(actions)?;
+        self.recorder(api).fired("http_error");
+        Some(error)
+    }
+
+    /// The raw response fault among `actions` of a call of `api`, if any (it fires: the call is answered with
+    /// it).
+    pub fn raw_response(
+        &self,
+        api: &str,
+        actions: &[Action],
+    ) -> Option<hyper::Response<crate::Body>> {
+        let response = raw_response(actions)?;
+        self.recorder(api).fired("raw_response");
+        Some(response)
+    }
+
     /// The actions that apply to one call of `api` for `stream`; each fault taken counts one use.
     pub fn take(&self, api: &str, stream: Option<&str>) -> Vec<Action> {
         let mut state = self.lock();
@@ -234,6 +343,7 @@ pub struct ConnectionFaults {
     pub error_ack: Option<(u64, u32)>,
     pub bytes_per_second: Option<u64>,
     pub error_tag: Option<(u64, u32)>,
+    pub recorder: Recorder,
 }
 
 impl ConnectionFaults {
@@ -394,7 +504,7 @@ impl ConnectionKill {
 }
 
 /// The raw response fault among `actions`, if any: status, content type and body.
-pub fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> {
+fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> {
     actions.iter().find_map(|action| match action {
         Action::RawResponse {
             status,
@@ -417,7 +527,7 @@ pub fn raw_response(actions: &[Action]) -> Option<hyper::Response<crate::Body>> 
 }
 
 /// The first HTTP error fault among `actions`, if any.
-pub fn http_error(actions: &[Action]) -> Option<crate::error::ApiError> {
+fn http_error(actions: &[Action]) -> Option<crate::error::ApiError> {
     actions.iter().find_map(|action| match action {
         Action::HttpError {
             status,

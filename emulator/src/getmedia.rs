@@ -283,15 +283,18 @@ impl Output {
             .drop_at_fragment
             .filter(|(k, _, _)| *k == self.fragments)
         {
+            self.faults.recorder.fired("drop_at_fragment");
             self.drop_connection(how).await;
             return false;
         }
-        if self.faults.garble_media == Some(self.fragments)
-            && !self.send(Bytes::from_static(&[0u8; 64])).await
-        {
-            return false;
+        if self.faults.garble_media == Some(self.fragments) {
+            self.faults.recorder.fired("garble_media");
+            if !self.send(Bytes::from_static(&[0u8; 64])).await {
+                return false;
+            }
         }
         if let Some((_, error_id)) = self.faults.error_tag.filter(|(k, _)| *k == self.fragments) {
+            self.faults.recorder.fired("error_tag");
             let _ = self.send(error_chunk(fragment, error_id)).await;
             return false;
         }
@@ -320,6 +323,9 @@ impl Output {
         if !data.is_empty() && self.tx.send(data).await.is_err() {
             return false;
         }
+        if self.faults.bytes_per_second.is_some() {
+            self.faults.recorder.fired("throttle");
+        }
         let rate = match (self.faults.bytes_per_second, self.limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -327,14 +333,18 @@ impl Output {
         self.pacer.pace(rate, paced).await;
         let Some(at) = cut else { return true };
         if let Some((_, how)) = self.faults.drop_after_bytes.filter(|(a, _)| *a == at) {
+            self.faults.recorder.fired("drop_after_bytes");
             // Let the connection write what was sent, then drop it.
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.drop_connection(how).await;
         } else if self.faults.stall == Some(at) {
+            self.faults.recorder.fired("stall");
             // Nothing more, and the connection stays open until the client gives up.
             self.tx.closed().await;
+        } else {
+            // end_response_after_bytes: returning false ends the session, and with it the response.
+            self.faults.recorder.fired("end_response_after_bytes");
         }
-        // end_response_after_bytes: returning false ends the session, and with it the response.
         false
     }
 }

@@ -527,10 +527,10 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
     if let (Some(kill), Some(name)) = (&kill, &name) {
         state.faults.register("getMedia", name, kill);
     }
-    if let Some(err) = faults::http_error(&actions) {
+    if let Some(err) = state.faults.http_error("getMedia", &actions) {
         return boxed(err.into_response());
     }
-    if let Some(response) = faults::raw_response(&actions) {
+    if let Some(response) = state.faults.raw_response("getMedia", &actions) {
         return response;
     }
     let first = {
@@ -555,10 +555,10 @@ async fn get_media(state: &Arc<State>, request: Request<Incoming>) -> Response<B
         .put_media
         .service_limits
         .then_some(limits::BYTES_PER_SECOND);
+    let faults = state.faults.connection("getMedia", &actions);
     tokio::spawn(async move {
         let _slot = slot;
-        let out =
-            getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
+        let out = getmedia::Output::new(tx, faults, kill).limited(rate);
         getmedia::stream_session(store, media, arn, first, getmedia::IDLE_END, out).await;
     });
     let mut response = Response::new(putmedia::stream_body(
@@ -631,7 +631,7 @@ async fn get_media_for_fragment_list(
         "getMediaForFragmentList",
         request_stream(state, &body).as_deref(),
     );
-    if let Some(err) = faults::http_error(&actions) {
+    if let Some(err) = state.faults.http_error("getMediaForFragmentList", &actions) {
         return Err(err);
     }
     let request: archived::GetMediaForFragmentListRequest = parse_json(&body)?;
@@ -663,8 +663,12 @@ async fn get_media_for_fragment_list(
         .put_media
         .service_limits
         .then_some(limits::BYTES_PER_SECOND);
-    let mut out =
-        getmedia::Output::new(tx, faults::ConnectionFaults::new(&actions), kill).limited(rate);
+    let mut out = getmedia::Output::new(
+        tx,
+        state.faults.connection("getMediaForFragmentList", &actions),
+        kill,
+    )
+    .limited(rate);
     tokio::spawn(async move {
         let _slot = slot;
         for chunk in chunks {
@@ -690,7 +694,10 @@ async fn get_media_for_fragment_list(
 /// body names.
 fn injected_error(state: &State, api: &str, body: &[u8]) -> Result<(), ApiError> {
     let stream = request_stream(state, body);
-    match faults::http_error(&state.faults.take(api, stream.as_deref())) {
+    match state
+        .faults
+        .http_error(api, &state.faults.take(api, stream.as_deref()))
+    {
         Some(err) => Err(err),
         None => Ok(()),
     }

@@ -202,10 +202,10 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
         }
     };
     let actions = ctx.faults.take("putMedia", Some(&name));
-    if let Some(err) = crate::faults::http_error(&actions) {
+    if let Some(err) = ctx.faults.http_error("putMedia", &actions) {
         return err.into_response().map(BodyExt::boxed);
     }
-    if let Some(response) = crate::faults::raw_response(&actions) {
+    if let Some(response) = ctx.faults.raw_response("putMedia", &actions) {
         return response;
     }
     let kill = request.extensions().get::<ConnectionKill>().cloned();
@@ -222,12 +222,13 @@ pub async fn put_media(ctx: PutMediaContext, request: Request<Incoming>) -> Resp
     if let Some(kill) = &kill {
         ctx.faults.register("putMedia", &name, kill);
     }
-    let faults = ConnectionFaults::new(&actions);
+    let faults = ctx.faults.connection("putMedia", &actions);
 
     let mut body = request.into_body();
     // Poll the body once now: hyper then writes `100 Continue` before the response head. With the no_continue
     // fault the task polls it only after the head went out, and hyper sends no `100 Continue` then.
     let first = if faults.no_continue {
+        faults.recorder.fired("no_continue");
         None
     } else {
         match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
@@ -318,6 +319,7 @@ impl AckSender {
         let (tx, mut rx) = mpsc::unbounded_channel::<AckMessage>();
         let forward = response.clone();
         let (split, coalesce) = (faults.split_acks, faults.coalesce_acks);
+        let recorder = faults.recorder.clone();
         tokio::spawn(async move {
             let response = forward;
             let mut held = Vec::new();
@@ -353,12 +355,17 @@ impl AckSender {
                     break;
                 };
                 if !delay.is_zero() {
+                    recorder.fired("delay_acks");
                     tokio::time::sleep(delay).await;
                 }
                 let sent = if let Some(count_limit) = coalesce {
                     held.extend_from_slice(&line);
                     count += 1;
                     if count >= count_limit {
+                        // Lines went out together (a limit of 1 coalesces nothing).
+                        if count > 1 {
+                            recorder.fired("coalesce_acks");
+                        }
                         count = 0;
                         response
                             .send(Bytes::from(std::mem::take(&mut held)))
@@ -367,6 +374,9 @@ impl AckSender {
                         true
                     }
                 } else if let Some(size) = split {
+                    if size < line.len() {
+                        recorder.fired("split_acks");
+                    }
                     let mut ok = true;
                     for start in (0..line.len()).step_by(size) {
                         ok &= response
@@ -383,6 +393,7 @@ impl AckSender {
                     break;
                 }
                 if let (Some(how), Some(kill)) = (then_close, &kill) {
+                    recorder.fired("drop_after_ack");
                     // Written, and gone in the same millisecond.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     kill.close(how);
@@ -407,7 +418,11 @@ impl AckSender {
         number: Option<&str>,
         error: Option<AckError>,
     ) {
-        if self.muted || self.faults.withholds(event_type, index) {
+        if self.muted {
+            return;
+        }
+        if self.faults.withholds(event_type, index) {
+            self.faults.recorder.fired("withhold_acks");
             return;
         }
         let about = |fault: &Option<(u64, String)>| {
@@ -417,6 +432,7 @@ impl AckSender {
         };
         let mut line = ack_line(event_type, timecode, number, error);
         if about(&self.faults.garble_ack) {
+            self.faults.recorder.fired("garble_ack");
             // Cut in the middle of the JSON object, then the line ends.
             let mut garbled = line[..line.len() / 2].to_vec();
             garbled.extend_from_slice(b"\x01}\n");
@@ -570,6 +586,7 @@ async fn ingest_task(
                 _ = async { tokio::time::sleep_until(drop_at.unwrap_or_else(Instant::now)).await },
                     if drop_at.is_some() => {
                     let how = conn.drop_at.take().map_or(Close::Drop, |(_, how)| how);
+                    faults.recorder.fired("drop_at_fragment");
                     conn.drop_connection(how);
                     outcome = "dropped by a fault";
                     break;
@@ -612,8 +629,12 @@ async fn ingest_task(
                     {
                         data.truncate((limit - bytes) as usize);
                         drop_now = Some(how);
+                        faults.recorder.fired("drop_after_bytes");
                     }
                     bytes += data.len() as u64;
+                    if faults.bytes_per_second.is_some() {
+                        faults.recorder.fired("throttle");
+                    }
                     pacer.pace(faults.bytes_per_second, data.len()).await;
                     if config.service_limits {
                         service_pacer.pace(Some(BYTES_PER_SECOND), data.len()).await;
@@ -775,12 +796,14 @@ impl Connection {
                         self.faults.drop_at_fragment.filter(|(k, _, _)| *k == index)
                     {
                         if delay.is_zero() {
+                            self.faults.recorder.fired("drop_at_fragment");
                             self.drop_connection(how);
                             return Some(End::Dropped);
                         }
                         self.drop_at = Some((Instant::now() + delay, how));
                     }
                     if self.faults.end_response == Some(index) {
+                        self.faults.recorder.fired("end_response");
                         self.acks.end_response();
                         self.discard = true;
                         if let Some(kill) = self.kill.clone() {
@@ -793,12 +816,15 @@ impl Connection {
                         return None;
                     }
                     if self.faults.stop_reading == Some(index) {
+                        self.faults.recorder.fired("stop_reading");
                         return Some(End::StopReading);
                     }
                     if self.faults.endless_line == Some(index) {
+                        self.faults.recorder.fired("endless_line");
                         self.acks.endless_line();
                     }
                     if self.faults.unknown_ack == Some(index) {
+                        self.faults.recorder.fired("unknown_ack");
                         self.acks.send_raw(
                             "{\"EventType\":\"PERSISTED\",\"FragmentTimecode\":1,\
                              \"FragmentNumber\":\"91343852333181432392682062599999999999\"}\n",
@@ -867,6 +893,9 @@ impl Connection {
                                 code: "UNKNOWN_ERROR",
                             })
                         });
+                    if injected.is_some() {
+                        self.faults.recorder.fired("error_ack");
+                    }
                     let retention = self.retention();
                     let error =
                         injected.or(retention.is_none().then_some(AckError::STREAM_DELETED));

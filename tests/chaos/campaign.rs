@@ -4,12 +4,14 @@
 //! drivers inject faults drawn at random from a seed (every PutMedia kind the emulator has, emulator restarts
 //! with SIGKILL on its `--data-dir`), and a live kvssrc (a `gst-launch-1.0` child process) reads the same
 //! stream under its own GetMedia faults. At the end every frame is checked: stored at least once, read by kvssrc
-//! exactly once, in order, byte for byte.
+//! exactly once, in order, byte for byte. Faults are counted when they fire (the emulator's `fired` counts), not
+//! when they are armed, and every kind armed must have fired.
 //!
 //! Shared by the benchmark `benches/chaos.rs` (an hour of stream time, over a hundred faults) and a short run in
 //! the test command (`tests/elements/chaos.rs`). Frames are generated, not encoded: each payload starts with its
 //! index and is filled from the seed, so every stored or read frame can be checked against what was sent.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -56,8 +58,21 @@ pub struct Report {
     pub reader_log: String,
     pub corrupt: u64,
     pub reconnections: u64,
+    /// The PutMedia and GetMedia fault sets armed, each as its kinds joined by `+`.
     pub faults: Vec<String>,
     pub read_faults: Vec<String>,
+    /// The connections the campaign ended itself (after arming a set, so that the next connection takes it):
+    /// drops, not faults.
+    pub drops: usize,
+    /// Faults armed and taken by a connection, by "API kind".
+    pub armed: BTreeMap<String, u64>,
+    /// Of those, the ones that fired (the emulator's count rose while the driver waited).
+    pub armed_fired: BTreeMap<String, u64>,
+    /// Faults armed that no connection took: gone with an emulator restart, or armed when the campaign ended.
+    pub not_taken: usize,
+    /// Faults that fired, by "API kind", as the emulator counted them (one per connection in which the fault
+    /// acted), summed over the emulator's restarts.
+    pub fired: BTreeMap<String, u64>,
     pub restarts: usize,
     pub longest_gap: Duration,
     pub rss_kib: Vec<u64>,
@@ -197,7 +212,34 @@ fn armed(addr: SocketAddr, api: &str) -> Option<bool> {
     Some(listed["faults"].as_array()?.iter().any(|f| f["api"] == api))
 }
 
-/// A PutMedia fault that ends the connection, drawn at random, with now and then one that changes how ACKs come.
+/// The faults that fired since the emulator started, by "API kind" (None: the emulator is down).
+fn fired(addr: SocketAddr) -> Option<BTreeMap<String, u64>> {
+    let (_, bytes) = http(addr, "GET", "/_emulator/faults", "")?;
+    let listed: Value = serde_json::from_slice(&bytes).ok()?;
+    let mut out = BTreeMap::new();
+    for (api, kinds) in listed["fired"].as_object()? {
+        for (kind, count) in kinds.as_object()? {
+            out.insert(format!("{api} {kind}"), count.as_u64()?);
+        }
+    }
+    Some(out)
+}
+
+/// How long a driver waits for an armed fault to fire before it arms the next set.
+const FIRE_WAIT: Duration = Duration::from_secs(20);
+
+/// What one driver did.
+#[derive(Debug, Default)]
+struct Driven {
+    /// The faults armed and taken by a connection, each with whether it fired (within [`FIRE_WAIT`]).
+    sets: Vec<(String, bool)>,
+    /// Faults armed but not taken: lost with an emulator restart, or still armed when the campaign ended.
+    not_taken: usize,
+    drops: usize,
+}
+
+/// A PutMedia fault drawn at random: most end the connection, some change how ACKs come (alone, so that each
+/// can fire before another fault ends its connection).
 fn putmedia_faults(rng: &mut StdRng) -> Vec<Value> {
     let close = ["drop", "fin", "reset"][rng.random_range(0..3)];
     let fragment = rng.random_range(1..6);
@@ -226,18 +268,19 @@ fn putmedia_faults(rng: &mut StdRng) -> Vec<Value> {
             json!({"kind": "drop_after_bytes", "bytes": rng.random_range(100..5_000), "close": "reset"})
         }
     };
-    let mut faults = vec![ending];
-    if rng.random_bool(0.4) {
-        faults.push(match rng.random_range(0..6) {
+    if rng.random_bool(0.3) {
+        return vec![match rng.random_range(0..6) {
             0 => json!({"kind": "split_acks", "bytes": rng.random_range(1..40)}),
             1 => json!({"kind": "coalesce_acks", "count": rng.random_range(2..6)}),
-            2 => json!({"kind": "garble_ack", "fragment": rng.random_range(1..4), "event": "PERSISTED"}),
+            2 => {
+                json!({"kind": "garble_ack", "fragment": rng.random_range(1..4), "event": "PERSISTED"})
+            }
             3 => json!({"kind": "unknown_ack", "fragment": rng.random_range(1..4)}),
             4 => json!({"kind": "no_continue"}),
             _ => json!({"kind": "delay_acks", "ms": rng.random_range(50..1_500)}),
-        });
+        }];
     }
-    faults
+    vec![ending]
 }
 
 fn getmedia_fault(rng: &mut StdRng) -> Value {
@@ -254,7 +297,10 @@ fn getmedia_fault(rng: &mut StdRng) -> Value {
     }
 }
 
-/// Arms faults for `api` one set at a time, each when the previous one fired, until `done`.
+/// Arms faults for `api` one at a time, until `done`: a fault, then a drop of the current connection so that
+/// the next one takes it, then a wait until the fault fired (the emulator counts it) or [`FIRE_WAIT`] passed.
+/// `restarts` counts the emulator's restarts: a fault armed before one is gone with it.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     addr: SocketAddr,
     api: &'static str,
@@ -262,15 +308,21 @@ fn drive(
     wanted: usize,
     done: Arc<AtomicBool>,
     pause: Arc<AtomicBool>,
+    restarts: Arc<AtomicU64>,
     next: impl Fn(&mut StdRng) -> Vec<Value>,
-) -> Vec<String> {
-    let mut injected = Vec::new();
-    while !done.load(Ordering::Relaxed) && injected.len() < wanted {
+) -> Driven {
+    let mut driven = Driven::default();
+    while !done.load(Ordering::Relaxed) && driven.sets.len() < wanted {
         std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));
         if pause.load(Ordering::Relaxed) {
             continue;
         }
         let faults = next(&mut rng);
+        let generation = restarts.load(Ordering::Relaxed);
+        let first = format!("{api} {}", faults[0]["kind"].as_str().unwrap_or("?"));
+        let Some(before) = fired(addr).map(|f| f.get(&first).copied().unwrap_or(0)) else {
+            continue;
+        };
         let mut armed_ok = true;
         for fault in &faults {
             let mut fault = fault.clone();
@@ -282,13 +334,11 @@ fn drive(
         if !armed_ok {
             continue;
         }
-        injected.push(
-            faults
-                .iter()
-                .map(|f| f["kind"].as_str().unwrap_or("?"))
-                .collect::<Vec<_>>()
-                .join("+"),
-        );
+        let kinds = faults
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join("+");
         // Faults act on the next connection: end the current one now, the way a network does (a fault too).
         let close = ["drop", "fin", "reset"][rng.random_range(0..3)];
         let drop = json!({"api": api, "close": close}).to_string();
@@ -300,14 +350,32 @@ fn drive(
         )
         .is_some_and(|(s, _)| s == 200)
         {
-            injected.push(format!("drop-now-{close}"));
+            driven.drops += 1;
         }
-        // Fired: taken by a connection (or gone with a restarted emulator).
+        // Taken by a connection (or gone with a restarted emulator), then fired (or given up on).
         while !done.load(Ordering::Relaxed) && armed(addr, api).unwrap_or(false) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        let taken = Instant::now();
+        let has_fired =
+            || fired(addr).is_some_and(|f| f.get(&first).copied().unwrap_or(0) > before);
+        let mut fired_now = false;
+        while !done.load(Ordering::Relaxed) && taken.elapsed() < FIRE_WAIT {
+            fired_now = has_fired();
+            if fired_now || restarts.load(Ordering::Relaxed) != generation {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if fired_now {
+            driven.sets.push((kinds, true));
+        } else if restarts.load(Ordering::Relaxed) != generation || done.load(Ordering::Relaxed) {
+            driven.not_taken += 1;
+        } else {
+            driven.sets.push((kinds, false));
+        }
     }
-    injected
+    driven
 }
 
 /// Resident and peak memory of this process (KiB).
@@ -456,6 +524,7 @@ pub fn run(config: &Config) -> Report {
     let sent = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let pause = Arc::new(AtomicBool::new(false));
+    let restart_count = Arc::new(AtomicU64::new(0));
     let seed = config.seed;
     let speed = config.speed.max(1);
     let generator = {
@@ -505,25 +574,36 @@ pub fn run(config: &Config) -> Report {
     };
 
     let putmedia_driver = {
-        let (done, pause, rng) = (
+        let (done, pause, restarts, rng) = (
             done.clone(),
             pause.clone(),
+            restart_count.clone(),
             StdRng::seed_from_u64(rng.random()),
         );
         let wanted = config.faults;
         std::thread::spawn(move || {
-            drive(addr, "putMedia", rng, wanted, done, pause, putmedia_faults)
+            drive(
+                addr,
+                "putMedia",
+                rng,
+                wanted,
+                done,
+                pause,
+                restarts,
+                putmedia_faults,
+            )
         })
     };
     let getmedia_driver = {
-        let (done, pause, rng) = (
+        let (done, pause, restarts, rng) = (
             done.clone(),
             pause.clone(),
+            restart_count.clone(),
             StdRng::seed_from_u64(rng.random()),
         );
         let wanted = config.read_faults;
         std::thread::spawn(move || {
-            drive(addr, "getMedia", rng, wanted, done, pause, |r| {
+            drive(addr, "getMedia", rng, wanted, done, pause, restarts, |r| {
                 vec![getmedia_fault(r)]
             })
         })
@@ -542,6 +622,9 @@ pub fn run(config: &Config) -> Report {
         {
             restarts_left.remove(0);
             pause.store(true, Ordering::Relaxed);
+            // A restarted emulator counts from zero, and forgets the faults armed.
+            add_counts(&mut report.fired, fired(addr).unwrap_or_default());
+            restart_count.fetch_add(1, Ordering::Relaxed);
             emulator.lock().unwrap().restart();
             pause.store(false, Ordering::Relaxed);
             report.restarts += 1;
@@ -578,8 +661,27 @@ pub fn run(config: &Config) -> Report {
     report.upload_time = started.elapsed();
     report.peak_rss_kib = rss_kib("VmHWM:");
     done.store(true, Ordering::Relaxed);
-    report.faults = putmedia_driver.join().unwrap();
-    report.read_faults = getmedia_driver.join().unwrap();
+    for (api, driven, sets) in [
+        (
+            "putMedia",
+            putmedia_driver.join().unwrap(),
+            &mut report.faults,
+        ),
+        (
+            "getMedia",
+            getmedia_driver.join().unwrap(),
+            &mut report.read_faults,
+        ),
+    ] {
+        for (kind, fired) in &driven.sets {
+            let kind = format!("{api} {kind}");
+            *report.armed.entry(kind.clone()).or_default() += 1;
+            *report.armed_fired.entry(kind).or_default() += u64::from(*fired);
+        }
+        *sets = driven.sets.into_iter().map(|(kind, _)| kind).collect();
+        report.drops += driven.drops;
+        report.not_taken += driven.not_taken;
+    }
     let _ = generator.join();
     let stats = sink.property::<gst::Structure>("stats");
     report.reconnections = stats.get::<u64>("reconnections").unwrap_or(0);
@@ -648,6 +750,7 @@ pub fn run(config: &Config) -> Report {
         .collect();
     report.reader_log =
         std::fs::read_to_string(data_dir.with_extension("reader.log")).unwrap_or_default();
+    add_counts(&mut report.fired, fired(addr).unwrap_or_default());
     let _ = std::fs::rename(
         data_dir.with_extension("reader.log"),
         std::env::temp_dir().join("kvs-chaos-reader.log"),
@@ -658,20 +761,36 @@ pub fn run(config: &Config) -> Report {
     report
 }
 
+fn add_counts(total: &mut BTreeMap<String, u64>, counts: BTreeMap<String, u64>) {
+    for (kind, count) in counts {
+        *total.entry(kind).or_default() += count;
+    }
+}
+
 impl Report {
+    /// The kinds armed (and taken) that never fired.
+    pub fn never_fired(&self) -> Vec<&str> {
+        self.armed
+            .keys()
+            .filter(|kind| self.armed_fired.get(*kind).copied().unwrap_or(0) == 0)
+            .map(String::as_str)
+            .collect()
+    }
+
     pub fn print(&self, config: &Config) {
         let quarter = (self.rss_kib.len() / 4).max(1);
         let average = |s: &[u64]| s.iter().sum::<u64>() / (s.len().max(1) as u64);
         println!(
-            "chaos campaign, seed {}: {} s of stream ({} frames) uploaded in {:.1} s through {} PutMedia faults, {} \
-             emulator restarts and {} GetMedia faults",
+            "chaos campaign, seed {}: {} s of stream ({} frames) uploaded in {:.1} s; {} PutMedia and {} GetMedia \
+             fault sets armed, {} connections dropped by the campaign to bring them on, {} emulator restarts",
             config.seed,
             config.stream_seconds,
             self.frames_sent,
             self.upload_time.as_secs_f64(),
             self.faults.len(),
-            self.restarts,
-            self.read_faults.len()
+            self.read_faults.len(),
+            self.drops,
+            self.restarts
         );
         println!(
             "  frames sent {}, stored {} ({} lost, {} stored twice), read by kvssrc {} ({} missing, {} duplicated, {} out \
@@ -695,11 +814,18 @@ impl Report {
             average(&self.rss_kib[self.rss_kib.len().saturating_sub(quarter)..]) / 1024,
             self.peak_rss_kib / 1024
         );
-        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
-        for fault in self.faults.iter().chain(&self.read_faults) {
-            *kinds.entry(fault.as_str()).or_default() += 1;
+        let fired: u64 = self.fired.values().sum();
+        println!(
+            "  faults fired: {fired} (connections in which a fault acted, as the emulator counted); {} armed \
+             faults not taken by any connection (gone with a restart, or armed at the end)",
+            self.not_taken
+        );
+        for (kind, armed) in &self.armed {
+            println!(
+                "    {kind:<40} armed and taken {armed:>3}, of which fired {:>3}",
+                self.armed_fired.get(kind).copied().unwrap_or(0)
+            );
         }
-        println!("  faults: {kinds:?}");
         if let Some(error) = &self.error {
             println!("  error: {error}");
         }
@@ -724,9 +850,15 @@ impl Report {
         }
     }
 
-    /// The campaign's goals: nothing lost, nothing read twice, nothing corrupt, no error.
+    /// The campaign's goals: nothing lost, nothing read twice, nothing corrupt, no error, and every kind of
+    /// fault it armed fired.
     pub fn check(&self) {
         assert_eq!(self.error, None);
+        assert_eq!(
+            self.never_fired(),
+            Vec::<&str>::new(),
+            "fault kinds armed that never fired"
+        );
         assert!(self.frames_sent > 0);
         assert_eq!(self.frames_lost, 0, "frames lost");
         assert_eq!(self.corrupt, 0, "corrupt frames");

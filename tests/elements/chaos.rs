@@ -24,6 +24,7 @@ fn a_short_fault_campaign_loses_nothing_and_kvssrc_reads_every_frame_once() {
     let report = campaign::run(&config);
     report.print(&config);
     report.check();
-    assert!(report.faults.len() >= 10, "{:?}", report.faults);
+    let fired: u64 = report.fired.values().sum();
+    assert!(fired >= 10, "{:?}", report.fired);
     assert_eq!(report.restarts, 1);
 }

@@ -381,13 +381,34 @@ async fn putmedia_faults_drop_error_withhold_delay_throttle() {
         ("x-amzn-stream-name", "f"),
         ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
     ];
-    let (status, body) = call(&emulator, "POST", "/putMedia", &headers, vec![])
+    let (status, answer) = call(&emulator, "POST", "/putMedia", &headers, vec![])
         .await
         .unwrap();
     assert_eq!(status, 503);
     assert_eq!(
-        serde_json::from_slice::<Value>(&body).unwrap()["__type"],
+        serde_json::from_slice::<Value>(&answer).unwrap()["__type"],
         "ServiceUnavailableException"
+    );
+
+    // A fault taken by a connection that never gets where it acts does not fire: a 2-fragment upload takes a
+    // drop at the 9th fragment and goes through.
+    add_fault(
+        &emulator,
+        json!({"api": "putMedia", "kind": "drop_at_fragment", "fragment": 9}),
+    )
+    .await;
+    let acks = put(&emulator, "f", body(2)).await.unwrap();
+    assert_eq!(kinds(&acks).len(), 6);
+    // Each kind that acted counts once per connection (both PERSISTED withheld in one connection: 1).
+    let (_, listing) = call(&emulator, "GET", "/_emulator/faults", &[], vec![])
+        .await
+        .unwrap();
+    let listing: Value = serde_json::from_slice(&listing).unwrap();
+    assert_eq!(listing["faults"], json!([]));
+    assert_eq!(
+        listing["fired"],
+        json!({"putMedia": {"delay_acks": 1, "drop_after_bytes": 1, "error_ack": 1, "http_error": 1,
+               "throttle": 1, "withhold_acks": 1}})
     );
 }
 

@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! Hostile input for the parsers that read what others wrote: the Matroska reader, kvssink's fragmenter, the
-//! PutMedia ACK parser and kvssrc's GetMedia merger. Shared by the test binary `tests/hostile.rs` (a few thousand
-//! cases, in the test command) and the benchmark `benches/hostile.rs` (over a million).
+//! PutMedia ACK parser and kvssrc's GetMedia merger. Shared by the test binary `tests/hostile.rs` (100 inputs per
+//! family, in the test command) and the benchmark `benches/hostile.rs` (20,000 per family). Counts keep distinct
+//! inputs apart from the buffer splits checked on them: one small input split at every byte point gives
+//! hundreds of splits.
 //!
 //! Every case is generated from a seed, so a failure names the seed that reproduces it. Each case checks:
 //! - no panic (the runner catches one and reports the case);
 //! - no hang: every read loop is bounded by the input's length;
 //! - no allocation driven by a declared size: the largest single allocation while the case runs stays below a
-//!   bound set by the input's real size (a counting global allocator, [`CountingAlloc`]);
+//!   bound set by the input's real size (a counting global allocator, [`CountingAlloc`]); every family runs
+//!   under this check;
 //! - for valid streams, the same output whatever the buffer boundaries (random splits, and every single split
 //!   point of small streams).
 //!
@@ -61,17 +64,25 @@ impl CountingAlloc {
 /// What a run of cases did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tally {
-    pub cases: u64,
+    /// Distinct inputs (one per seed).
+    pub inputs: u64,
+    /// Buffer splits whose output was compared with the whole input's: one random split per input, or every
+    /// split point of one input.
+    pub splits: u64,
     /// Inputs refused with an error (as opposed to read through).
     pub refused: u64,
     pub bytes: u64,
+    /// Inputs read under the allocation check (no single allocation beyond a few times the input).
+    pub allocation_checked: u64,
 }
 
 impl std::ops::AddAssign for Tally {
     fn add_assign(&mut self, other: Tally) {
-        self.cases += other.cases;
+        self.inputs += other.inputs;
+        self.splits += other.splits;
         self.refused += other.refused;
         self.bytes += other.bytes;
+        self.allocation_checked += other.allocation_checked;
     }
 }
 
@@ -429,7 +440,9 @@ fn reader_valid_splits(seed: u64) -> Tally {
     assert!(whole == split, "other events when the input is split");
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 1,
+        allocation_checked: 1,
         refused: 0,
         bytes: data.len() as u64,
     }
@@ -440,13 +453,17 @@ fn reader_every_split(seed: u64) -> Tally {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut data = valid_stream(&mut rng);
     data.truncate(data.len().min(1_500));
+    CountingAlloc::reset();
     let whole = read_events(&[Bytes::from(data.clone())]);
     for cut in 0..=data.len() {
         let split = read_events(&pieces(&data, &[cut]));
         assert!(whole == split, "other events when split at byte {cut}");
     }
+    check_allocations(data.len());
     Tally {
-        cases: data.len() as u64 + 1,
+        inputs: 1,
+        splits: data.len() as u64 + 1,
+        allocation_checked: 1,
         refused: whole.is_err() as u64,
         bytes: data.len() as u64,
     }
@@ -468,7 +485,9 @@ fn reader_random_bytes(seed: u64) -> Tally {
     let result = read_events(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 0,
+        allocation_checked: 1,
         refused: result.is_err() as u64,
         bytes: data.len() as u64,
     }
@@ -482,12 +501,17 @@ fn reader_mutated(seed: u64) -> Tally {
     let whole = read_events(&[Bytes::from(data.clone())]);
     let split = read_events(&pieces(&data, &splits(&mut rng, data.len())));
     // Split or not, the same events, or an error (the error may be found at another point).
-    if let (Ok(whole), Ok(split)) = (&whole, &split) {
+    let compared = if let (Ok(whole), Ok(split)) = (&whole, &split) {
         assert!(whole == split, "other events when a mutated input is split");
-    }
+        1
+    } else {
+        0
+    };
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: compared,
+        allocation_checked: 1,
         refused: whole.is_err() as u64,
         bytes: data.len() as u64,
     }
@@ -540,7 +564,9 @@ fn fragmenter_valid_splits(seed: u64) -> Tally {
     assert!(whole == split, "other fragments when the input is split");
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 1,
+        allocation_checked: 1,
         refused: 0,
         bytes: data.len() as u64,
     }
@@ -554,7 +580,9 @@ fn fragmenter_mutated(seed: u64) -> Tally {
     let result = fragment(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 0,
+        allocation_checked: 1,
         refused: result.is_err() as u64,
         bytes: data.len() as u64,
     }
@@ -585,12 +613,16 @@ fn acks_valid_splits(seed: u64) -> Tally {
         });
     }
     let data = text.into_bytes();
+    CountingAlloc::reset();
     let whole = acks(&[Bytes::from(data.clone())]);
     let split = acks(&pieces(&data, &splits(&mut rng, data.len())));
     assert_eq!(whole, split, "other ACKs when the response is split");
     assert!(whole.iter().all(|a| a.starts_with("Ok(")), "{whole:?}");
+    check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 1,
+        allocation_checked: 1,
         refused: 0,
         bytes: data.len() as u64,
     }
@@ -617,7 +649,9 @@ fn acks_random(seed: u64) -> Tally {
     check_allocations(data.len());
     let refused = out.iter().filter(|a| a.starts_with("Err(")).count() as u64;
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 0,
+        allocation_checked: 1,
         refused: refused.min(1),
         bytes: data.len() as u64,
     }
@@ -669,7 +703,9 @@ fn merger_valid_splits(seed: u64) -> Tally {
     assert!(whole == split, "other output when the response is split");
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 1,
+        allocation_checked: 1,
         refused: 0,
         bytes: data.len() as u64,
     }
@@ -683,7 +719,9 @@ fn merger_mutated(seed: u64) -> Tally {
     let result = merge(&pieces(&data, &splits(&mut rng, data.len())));
     check_allocations(data.len());
     Tally {
-        cases: 1,
+        inputs: 1,
+        splits: 0,
+        allocation_checked: 1,
         refused: result.is_err() as u64,
         bytes: data.len() as u64,
     }

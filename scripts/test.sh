@@ -69,8 +69,9 @@ say "packages: meson install, the .deb packages, gst-inspect-1.0 and a pipeline 
 packages_status=0
 bash scripts/test-packages.sh debug || packages_status=1
 
-# cargo-c: installing it compiles cargo (10.5 min on 2 cores, beyond this command's budget), so the check runs
-# where `cargo cbuild` is installed; scripts/test-cbuild.sh installs it and runs the check anywhere.
+# cargo-c and cargo-deny: installing them compiles them (10.5 and 4 min on 2 cores, beyond this command's
+# budget on a fresh machine), so their checks run where they are installed; scripts/test-cbuild.sh and
+# scripts/test-deny.sh install them and run the checks anywhere.
 cbuild_status=skipped
 if cargo cbuild --version >/dev/null 2>&1; then
     say "cargo cbuild: the static plugin linked into a C program"
@@ -78,6 +79,14 @@ if cargo cbuild --version >/dev/null 2>&1; then
     bash scripts/test-cbuild.sh || cbuild_status=1
 else
     say "cargo cbuild: skipped, cargo-c is not installed (bash scripts/test-cbuild.sh installs it and checks)"
+fi
+deny_status=skipped
+if cargo deny --version >/dev/null 2>&1; then
+    say "cargo deny: licences, bans, sources"
+    deny_status=0
+    bash scripts/test-deny.sh || deny_status=1
+else
+    say "cargo deny: skipped, cargo-deny is not installed (bash scripts/test-deny.sh installs it and checks)"
 fi
 
 # Rust: the sum of every test binary's "test result:" line. A test binary that cargo reports failed without a
@@ -98,19 +107,27 @@ py_failed=$(echo "$pytest_summary" | sum '(failed|errors?)')
 if [ "$pytest_status" != 0 ] && [ "$py_failed" = 0 ]; then py_failed=1; fi
 
 [ "$packages_status" = 0 ] && packages_passed=1 packages_failed=0 || packages_passed=0 packages_failed=1
-case "$cbuild_status" in
-0) cbuild_passed=1 cbuild_failed=0 cbuild_text="1 passed" ;;
-skipped) cbuild_passed=0 cbuild_failed=0 cbuild_text="skipped (cargo-c not installed)" ;;
-*) cbuild_passed=0 cbuild_failed=1 cbuild_text="1 failed" ;;
-esac
+# optional STATUS TOOL: sets optional_passed, optional_failed and optional_text for a check that runs only
+# where TOOL is installed.
+optional() {
+    case "$1" in
+    0) optional_passed=1 optional_failed=0 optional_text="1 passed" ;;
+    skipped) optional_passed=0 optional_failed=0 optional_text="skipped ($2 not installed)" ;;
+    *) optional_passed=0 optional_failed=1 optional_text="1 failed" ;;
+    esac
+}
+optional "$cbuild_status" cargo-c
+cbuild_passed=$optional_passed cbuild_failed=$optional_failed cbuild_text=$optional_text
+optional "$deny_status" cargo-deny
+deny_passed=$optional_passed deny_failed=$optional_failed deny_text=$optional_text
 [ "$clippy_status" = 0 ] && clippy_passed=1 clippy_failed=0 || clippy_passed=0 clippy_failed=1
 
 echo
 echo "Rust: $rust_passed passed, $rust_failed failed; Python: $py_passed passed, $py_failed failed;" \
     "clippy: $clippy_passed passed, $clippy_failed failed;" \
-    "packages: $packages_passed passed, $packages_failed failed; cargo cbuild: $cbuild_text" \
-    "($((SECONDS - started)) s after set-up)"
-passed=$((rust_passed + py_passed + clippy_passed + packages_passed + cbuild_passed))
-failed=$((rust_failed + py_failed + clippy_failed + packages_failed + cbuild_failed))
+    "packages: $packages_passed passed, $packages_failed failed; cargo cbuild: $cbuild_text;" \
+    "cargo deny: $deny_text ($((SECONDS - started)) s after set-up)"
+passed=$((rust_passed + py_passed + clippy_passed + packages_passed + cbuild_passed + deny_passed))
+failed=$((rust_failed + py_failed + clippy_failed + packages_failed + cbuild_failed + deny_failed))
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -9,13 +9,15 @@
 //!   `parallel` requests at once, the results written in order; EOS after the last.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use kvs_mkv::Rope;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+// tokio's clock, so that the unit tests run the backoff and pacing on paused time.
+use tokio::time::Instant;
 
 use super::merger::{FragmentInfo, FrameTimes, Merger, Mode, Output};
 use crate::kvs::config::AwsContext;
@@ -565,7 +567,7 @@ impl Pacer {
             }
             match calls.front() {
                 Some(oldest) if calls.len() >= Self::CALLS => {
-                    tokio::time::sleep_until((*oldest + Self::WINDOW).into()).await
+                    tokio::time::sleep_until(*oldest + Self::WINDOW).await
                 }
                 _ => break,
             }
@@ -1101,4 +1103,272 @@ async fn download(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reader's retry, outage and pacing rules on tokio's paused clock (no service, no network), and how
+    //! the merger's outputs become items.
+
+    use super::*;
+
+    fn network() -> KvsError {
+        KvsError::Network {
+            api: "GetMedia",
+            message: "connection refused".into(),
+        }
+    }
+
+    fn throttled() -> KvsError {
+        KvsError::Service {
+            api: "ListFragments",
+            status: 400,
+            code: "ClientLimitExceededException".into(),
+            message: "slow down".into(),
+            request_id: None,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
+        let mut items = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            items.push(item);
+        }
+        items
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_warns_once_backs_off_up_to_10_s_and_ends_at_max_outage() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut outage = None;
+        let mut endpoint = Some("https://old".to_owned());
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        let error = loop {
+            let before = Instant::now();
+            match wait_after(
+                network(),
+                &mut outage,
+                Some(Duration::from_secs(60)),
+                &mut endpoint,
+                &tx,
+            )
+            .await
+            {
+                Ok(()) => waits.push(before.elapsed()),
+                Err(error) => break error,
+            }
+        };
+        // Ended when the outage reached max-outage, with the attempts so far.
+        assert_eq!(
+            error.why,
+            GaveUp::Outage(started.elapsed(), waits.len() as u32 + 1)
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(
+            endpoint.as_deref(),
+            Some("https://old"),
+            "a network error keeps the endpoint"
+        );
+        // 250 ms doubling, each in the upper half of its step, capped at 10 s; the last one cut to end at 60 s.
+        for (attempt, wait) in waits.iter().enumerate().take(waits.len() - 1) {
+            let step = Duration::from_millis(250 * (1u64 << attempt.min(10))).min(MAX_BACKOFF);
+            assert!(
+                *wait >= step / 2 && *wait <= step,
+                "attempt {}: {wait:?} for a step of {step:?}",
+                attempt + 1
+            );
+        }
+        let items = drain(&mut rx);
+        let started_items = items
+            .iter()
+            .filter(|i| matches!(i, Item::OutageStarted { .. }))
+            .count();
+        assert_eq!(started_items, 1, "one warning per outage");
+        let attempts: Vec<u32> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Reconnecting { attempt, .. } => Some(*attempt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts, (1..=waits.len() as u32).collect::<Vec<_>>());
+
+        // Reading again: the resume message says how long reading stopped and how many attempts failed.
+        let mut outage = Some(Outage {
+            since: started,
+            attempts: 7,
+        });
+        assert!(end_outage(&mut outage, Instant::now(), Some(1500), &tx).await);
+        match drain(&mut rx).as_slice() {
+            [
+                Item::Resumed {
+                    down,
+                    attempts: 7,
+                    millis_behind_now: Some(1500),
+                },
+            ] => {
+                assert_eq!(*down, Duration::from_secs(60))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(outage.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_max_outage_a_live_read_keeps_trying_and_errors_that_cannot_be_retried_end_it_at_once()
+     {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (mut outage, mut endpoint) = (None, None);
+        for _ in 0..200 {
+            wait_after(network(), &mut outage, None, &mut endpoint, &tx)
+                .await
+                .unwrap();
+            drain(&mut rx);
+        }
+        // 200 attempts, most of them at the 10-s cap: at least 100 s of outage, and still trying.
+        let since = outage.as_ref().unwrap().since;
+        assert!(
+            since.elapsed() >= Duration::from_secs(100),
+            "{:?}",
+            since.elapsed()
+        );
+
+        let refused = KvsError::Service {
+            api: "GetMedia",
+            status: 404,
+            code: "ResourceNotFoundException".into(),
+            message: "no such stream".into(),
+            request_id: None,
+        };
+        let before = Instant::now();
+        let error = wait_after(refused.clone(), &mut outage, None, &mut endpoint, &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(error.error, refused);
+        assert_eq!(before.elapsed(), Duration::ZERO, "no wait before giving up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_are_retried_through_throttling_and_a_few_other_failures_only() {
+        // Throttled three times, then answered.
+        let calls = std::cell::Cell::new(0);
+        let started = Instant::now();
+        let answer = patiently(|| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n <= 3 { Err(throttled()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(answer, Ok(4));
+        // Backoffs of 125-250, 250-500 and 500-1000 ms.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(875) && waited <= Duration::from_millis(1750),
+            "{waited:?}"
+        );
+
+        // A network failure: four retries, then the error.
+        calls.set(0);
+        let answer: Result<(), _> = patiently(|| {
+            calls.set(calls.get() + 1);
+            async { Err(network()) }
+        })
+        .await;
+        assert_eq!(answer, Err(network()));
+        assert_eq!(calls.get(), 5);
+
+        // Throttled for good: MAX_THROTTLED retries, then the error.
+        calls.set(0);
+        let answer: Result<(), _> = patiently(|| {
+            calls.set(calls.get() + 1);
+            async { Err(throttled()) }
+        })
+        .await;
+        assert_eq!(answer, Err(throttled()));
+        assert_eq!(calls.get(), MAX_THROTTLED + 1);
+
+        // Refused: no retry.
+        calls.set(0);
+        let refused = KvsError::Credentials("no keys".into());
+        let answer: Result<(), _> = patiently(|| {
+            calls.set(calls.get() + 1);
+            let refused = refused.clone();
+            async move { Err(refused) }
+        })
+        .await;
+        assert_eq!(answer, Err(refused));
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_lets_five_calls_through_in_each_1_1_s() {
+        let pacer = Pacer::default();
+        let started = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..12 {
+            pacer.wait().await;
+            at.push(started.elapsed().as_millis());
+        }
+        assert_eq!(
+            at,
+            [0, 0, 0, 0, 0, 1100, 1100, 1100, 1100, 1100, 2200, 2200]
+        );
+    }
+
+    #[tokio::test]
+    async fn merger_outputs_become_items_data_coalesced_frames_apart_an_error_tag_fails() {
+        let data = |n: u8| Output::Data {
+            data: Rope::from(Bytes::from(vec![n; 4])),
+            header: false,
+            frame: None,
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut token = None;
+        // 20 pieces of plain data: two items (16 pieces at most in one buffer), then a session, then more data.
+        let mut outputs: Vec<Output> = (0..20).map(data).collect();
+        outputs.push(Output::Session {
+            millis_behind_now: Some(40),
+            continuation_token: Some("91343852333181432392682062607743920146159169392".into()),
+        });
+        outputs.push(data(99));
+        assert_eq!(give_outputs(&tx, outputs, &mut token).await, Ok(true));
+        let items = drain(&mut rx);
+        let shape: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                Item::Data { data, .. } => format!("data {}", data.piece_count()),
+                Item::Session { .. } => "session".into(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shape, ["data 16", "data 4", "session", "data 1"]);
+        assert_eq!(
+            token.as_deref(),
+            Some("91343852333181432392682062607743920146159169392")
+        );
+
+        let error = give_outputs(
+            &tx,
+            vec![
+                data(1),
+                Output::Error {
+                    code: "MISSING_PRODUCER_TIMESTAMP".into(),
+                    id: "4010".into(),
+                },
+                data(2),
+            ],
+            &mut token,
+        )
+        .await;
+        assert_eq!(
+            error,
+            Err(KvsError::InStream {
+                code: "MISSING_PRODUCER_TIMESTAMP".into(),
+                id: "4010".into()
+            })
+        );
+        // What came before the error tag went out; nothing after it.
+        assert_eq!(drain(&mut rx).len(), 1);
+    }
 }

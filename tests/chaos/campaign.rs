@@ -68,7 +68,8 @@ pub struct Report {
     pub armed: BTreeMap<String, u64>,
     /// Of those, the ones that fired (the emulator's count rose while the driver waited).
     pub armed_fired: BTreeMap<String, u64>,
-    /// Faults armed that no connection took: gone with an emulator restart, or armed when the campaign ended.
+    /// Faults left out of the count: gone with an emulator restart before a connection took them, or still
+    /// waiting to fire when the recording ended.
     pub not_taken: usize,
     /// Faults that fired, by "API kind", as the emulator counted them (one per connection in which the fault
     /// acted), summed over the emulator's restarts.
@@ -233,7 +234,7 @@ const FIRE_WAIT: Duration = Duration::from_secs(20);
 struct Driven {
     /// The faults armed and taken by a connection, each with whether it fired (within [`FIRE_WAIT`]).
     sets: Vec<(String, bool)>,
-    /// Faults armed but not taken: lost with an emulator restart, or still armed when the campaign ended.
+    /// Faults left out: lost with an emulator restart, or still waiting to fire when the recording ended.
     not_taken: usize,
     drops: usize,
 }
@@ -528,7 +529,7 @@ pub fn run(config: &Config) -> Report {
     let seed = config.seed;
     let speed = config.speed.max(1);
     let generator = {
-        let sent = sent.clone();
+        let (sent, done) = (sent.clone(), done.clone());
         std::thread::spawn(move || {
             let began = Instant::now();
             let codec_private = kvs_mkv::writer::h264_stream_header();
@@ -570,6 +571,9 @@ pub fn run(config: &Config) -> Report {
                 sent.fetch_add(FPS, Ordering::Relaxed);
             }
             let _ = appsrc.end_of_stream();
+            // No fault is armed after the recording ends: a GetMedia fault that acts after N bytes, say, could
+            // not fire once nothing more is written.
+            done.store(true, Ordering::Relaxed);
         })
     };
 
@@ -817,7 +821,7 @@ impl Report {
         let fired: u64 = self.fired.values().sum();
         println!(
             "  faults fired: {fired} (connections in which a fault acted, as the emulator counted); {} armed \
-             faults not taken by any connection (gone with a restart, or armed at the end)",
+             faults left out: gone with a restart, or still waiting to fire when the recording ended",
             self.not_taken
         );
         for (kind, armed) in &self.armed {

@@ -530,3 +530,123 @@ fn alaw_audio_alone_is_stored_frame_for_frame_in_fragment_duration_fragments() {
     // 12.8 s of audio in fragments of at least 2 s (16 buffers of 128 ms): 7.
     assert_eq!(run.acks("PERSISTED"), 7, "{:?}", run.messages);
 }
+
+/// Both request pads of one kvssink driven by `gst_check::Harness` (one harness per pad), with H.264 and AAC
+/// buffers made by hand, no encoder: each frame is stored exactly as pushed, each track in order, and the C++
+/// element's track names are given.
+#[test]
+fn request_pads_in_harnesses_store_the_buffers_pushed_exactly() {
+    init();
+    let emu = Emu::start();
+    emu.create_stream("harness-pads", 1);
+    let sink = gst::ElementFactory::make("kvssink")
+        .property("stream-name", "harness-pads")
+        .property("endpoint-uri", &emu.url)
+        .property("access-key", "AKIDTEST")
+        .property("secret-access-key", "test-secret")
+        .property("region", "us-east-1")
+        .property("sync", false)
+        .build()
+        .unwrap();
+    let mut video = gst_check::Harness::with_element(&sink, Some("video_%u"), None);
+    let mut audio = gst_check::Harness::with_element(&sink, Some("audio_%u"), None);
+    // avcC with one SPS and one PPS (baseline, level 3.0); AudioSpecificConfig for AAC-LC, 48 kHz, stereo.
+    let avcc: &[u8] = &[
+        1, 0x42, 0xC0, 0x1E, 0xFF, 0xE1, 0, 4, 0x67, 0x42, 0xC0, 0x1E, 1, 0, 2, 0x68, 0xCE,
+    ];
+    video.set_src_caps(
+        gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .field("width", 320i32)
+            .field("height", 240i32)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .field("codec_data", gst::Buffer::from_slice(avcc))
+            .build(),
+    );
+    audio.set_src_caps(
+        gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 4i32)
+            .field("stream-format", "raw")
+            .field("rate", 48000i32)
+            .field("channels", 2i32)
+            .field("codec_data", gst::Buffer::from_slice([0x11u8, 0x90]))
+            .build(),
+    );
+    fn buffer(payload: Vec<u8>, pts: u64, duration: u64, key: bool) -> gst::Buffer {
+        let mut buffer = gst::Buffer::from_mut_slice(payload);
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(pts));
+        b.set_dts(gst::ClockTime::from_nseconds(pts));
+        b.set_duration(gst::ClockTime::from_nseconds(duration));
+        if !key {
+            b.set_flags(gst::BufferFlags::DELTA_UNIT);
+        }
+        buffer
+    }
+    // 3 s: 90 video frames, a key frame each second, and the AAC frames (1024 samples) of the same 3 s. Each
+    // pad is pushed from its own thread, as an upstream element would: the inner matroskamux takes a buffer on
+    // one pad only when the other has one too.
+    let aac_ns = |n: u64| n * 1024 * 1_000_000_000 / 48_000;
+    let audio_in: Vec<Vec<u8>> = (0..)
+        .take_while(|n| aac_ns(*n) < 3_000_000_000)
+        .map(|n| format!("aac frame {n}").into_bytes())
+        .collect();
+    let audio_thread = {
+        let audio_in = audio_in.clone();
+        std::thread::spawn(move || {
+            for (n, payload) in audio_in.into_iter().enumerate() {
+                let n = n as u64;
+                let pushed =
+                    audio.push(buffer(payload, aac_ns(n), aac_ns(n + 1) - aac_ns(n), true));
+                assert_eq!(pushed, Ok(gst::FlowSuccess::Ok));
+            }
+            assert!(audio.push_event(gst::event::Eos::new()));
+            audio
+        })
+    };
+    let mut video_in = Vec::new();
+    for i in 0..90u64 {
+        let key = i % 30 == 0;
+        let nal = format!("h264 frame {i}").into_bytes();
+        let mut payload = (nal.len() as u32 + 1).to_be_bytes().to_vec();
+        payload.push(if key { 0x65 } else { 0x41 });
+        payload.extend_from_slice(&nal);
+        video_in.push(payload.clone());
+        let pushed = video.push(buffer(
+            payload,
+            i * 1_000_000_000 / 30,
+            1_000_000_000 / 30,
+            key,
+        ));
+        assert_eq!(pushed, Ok(gst::FlowSuccess::Ok));
+    }
+    assert!(video.push_event(gst::event::Eos::new()));
+    let _audio = audio_thread.join().unwrap();
+    // EOS reaches the uploader through the inner matroskamux: wait for the last fragment to be stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let stored = stored(&emu, "harness-pads");
+        if stored.video.len() >= video_in.len() || std::time::Instant::now() > deadline {
+            break stored;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        stored.tracks,
+        [
+            (
+                Some("kinesis_video".to_owned()),
+                "V_MPEG4/ISO/AVC".to_owned(),
+                1
+            ),
+            (Some("audio".to_owned()), "A_AAC".to_owned(), 2)
+        ]
+    );
+    assert_eq!(
+        (stored.video.len(), stored.audio.len()),
+        (video_in.len(), audio_in.len())
+    );
+    assert!(stored.video == video_in, "video frames differ");
+    assert!(stored.audio == audio_in, "audio frames differ");
+}

@@ -324,6 +324,11 @@ impl Emulator {
         self.state.media.clone()
     }
 
+    /// The faults armed (what `POST /_emulator/faults` adds to), for tests in the same process.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.state.faults.clone()
+    }
+
     /// Stops accepting connections.
     pub fn shutdown(self) {
         self.task.abort();

@@ -1263,4 +1263,297 @@ mod tests {
             Duration::from_secs(1)
         );
     }
+
+    /// The uploader's reconnect and re-send rules, driven directly (no GStreamer): Matroska made with the
+    /// project's writer goes through the fragmenter into an [`Uploader`] on the shared runtime, against a
+    /// kvs-emulator in this process whose faults end connections or refuse fragments. Not a fake connection
+    /// on paused time: the uploader runs on the plugin's shared runtime with real sockets, and the emulator is
+    /// the real peer these rules answer to.
+    mod with_the_emulator {
+        use super::super::*;
+        use crate::kvs::control::CreateParams;
+        use crate::kvs::settings::{ConnectionSettings, Secret};
+        use crate::kvssink::fragmenter::{Fragmenter, Output, TimeAnchor};
+        use kvs_emulator::faults::{Action, Close, Fault};
+        use kvs_emulator::media::FragmentState;
+
+        const FRAGMENTS: u64 = 6;
+        const FRAMES: u64 = 5;
+
+        struct Run {
+            result: Result<(), UploadFailure>,
+            events: Vec<UploadEvent>,
+            stats: Stats,
+            /// How many times each frame's payload is in the stream's complete fragments.
+            stored: Vec<usize>,
+        }
+
+        fn payload(fragment: u64, frame: u64) -> Vec<u8> {
+            format!("[fragment {fragment:02} frame {frame:02}]").into_bytes()
+        }
+
+        /// Uploads `FRAGMENTS` fragments of `FRAMES` frames through an uploader with `config` changed by
+        /// `adjust`, after arming `fault` for that many PutMedia connections.
+        fn upload(
+            stream: &str,
+            fault: (Action, u32),
+            adjust: impl FnOnce(&mut UploaderConfig),
+        ) -> Run {
+            let server = tokio::runtime::Runtime::new().unwrap();
+            let emulator = server
+                .block_on(kvs_emulator::Emulator::start(
+                    kvs_emulator::Config::default(),
+                ))
+                .unwrap();
+            emulator.faults().add(Fault {
+                api: "putMedia".into(),
+                stream: Some(stream.into()),
+                action: fault.0,
+                times: fault.1,
+                id: 0,
+            });
+            let settings = ConnectionSettings {
+                region: Some("us-east-1".into()),
+                access_key: Some("AKIDTEST".into()),
+                secret_access_key: Some(Secret::new("test-secret")),
+                endpoint_uri: Some(emulator.base_url()),
+                ..ConnectionSettings::default()
+            };
+            let ctx = crate::runtime::RUNTIME
+                .block_on(AwsContext::load(&settings, "kvssink"))
+                .unwrap();
+            let mut config = UploaderConfig {
+                stream_name: stream.into(),
+                retention_hours: 1,
+                create: Some(CreateParams {
+                    retention_hours: 1,
+                    kms_key_id: None,
+                    media_type: None,
+                    device_name: None,
+                    tags: Default::default(),
+                }),
+                check_stream: true,
+                durable: false,
+                acks: true,
+                staleness: Duration::from_secs(5),
+                rotation: Duration::from_secs(3600),
+                max_queue_bytes: 64 << 20,
+                max_queue_duration: Duration::from_secs(120),
+                retry_limit: 0,
+                max_backoff: Duration::from_millis(500),
+                user_agent: None,
+                restart_on_error: true,
+                active: true,
+            };
+            adjust(&mut config);
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let listener: Listener = {
+                let events = events.clone();
+                Arc::new(move |event| events.lock().unwrap().push(event))
+            };
+            let uploader = Uploader::start(ctx, config, listener);
+
+            let mut data = kvs_mkv::writer::h264_stream_header();
+            for f in 0..FRAGMENTS {
+                kvs_mkv::writer::write_cluster_start(&mut data, f * 1000);
+                for i in 0..FRAMES {
+                    let relative = (i * 200) as i16;
+                    kvs_mkv::writer::write_simple_block(
+                        &mut data,
+                        1,
+                        relative,
+                        i == 0,
+                        &payload(f, i),
+                    );
+                }
+            }
+            let started = SystemTime::now() - Duration::from_secs(60);
+            let mut fragmenter = Fragmenter::new(TimeAnchor::Fixed(started));
+            let mut outputs = fragmenter.push(Bytes::from(data), None).unwrap();
+            outputs.extend(fragmenter.finish().unwrap());
+            let mut result = Ok(());
+            for output in outputs {
+                let fed = match output {
+                    Output::FragmentStart(start) => uploader.start_fragment(start, None),
+                    Output::Frame { data, duration } => uploader.push_frame(data, duration),
+                    Output::FragmentEnd => {
+                        uploader.end_fragment();
+                        Ok(())
+                    }
+                    Output::Header(_) | Output::TimeJump(_) => Ok(()),
+                };
+                if let Err(failure) = fed {
+                    result = Err(failure);
+                    break;
+                }
+            }
+            uploader.finish();
+            if result.is_ok() {
+                result = crate::runtime::RUNTIME.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(60), uploader.wait_done())
+                        .await
+                        .expect("the upload ends within a minute")
+                });
+            }
+            let stats = uploader.stats();
+            uploader.stop();
+
+            // Every complete fragment once (by timecode), then each payload's occurrences in them.
+            let mut clusters = std::collections::BTreeMap::new();
+            for media in emulator.media().lock().values() {
+                for fragment in &media.fragments {
+                    if fragment.state == FragmentState::Complete {
+                        let bytes: Vec<u8> = fragment.cluster.iter().flatten().copied().collect();
+                        clusters.entry(fragment.timecode).or_insert(bytes);
+                    }
+                }
+            }
+            let all: Vec<u8> = clusters.into_values().flatten().collect();
+            let stored = (0..FRAGMENTS)
+                .flat_map(|f| (0..FRAMES).map(move |i| payload(f, i)))
+                .map(|p| all.windows(p.len()).filter(|w| *w == p.as_slice()).count())
+                .collect();
+            emulator.shutdown();
+            let events = events.lock().unwrap().clone();
+            Run {
+                result,
+                events,
+                stats,
+                stored,
+            }
+        }
+
+        fn reconnected_resending(events: &[UploadEvent]) -> Vec<usize> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    UploadEvent::Connected {
+                        connection,
+                        resending,
+                        ..
+                    } if *connection > 1 => Some(*resending),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_dropped_connection_is_reconnected_and_what_was_not_persisted_is_sent_again() {
+            let run = upload(
+                "uploader-drop",
+                (
+                    Action::DropAtFragment {
+                        fragment: 3,
+                        close: Close::Reset,
+                        delay_ms: 0,
+                    },
+                    1,
+                ),
+                |_| {},
+            );
+            assert_eq!(run.result, Ok(()));
+            assert_eq!(run.stored, vec![1; (FRAGMENTS * FRAMES) as usize]);
+            assert_eq!(run.stats.fragments_persisted, FRAGMENTS, "{:?}", run.stats);
+            assert_eq!(run.stats.reconnections, 1, "{:?}", run.stats);
+            assert!(run.stats.fragments_resent >= 1, "{:?}", run.stats);
+            let disconnected = run
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        UploadEvent::Disconnected {
+                            connection: 1,
+                            attempt: 1,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            assert_eq!(disconnected, 1);
+            // The second connection starts with what the first did not get persisted.
+            let resending = reconnected_resending(&run.events);
+            assert!(resending.len() == 1 && resending[0] >= 1, "{resending:?}");
+        }
+
+        #[test]
+        fn a_refused_fragment_that_may_be_sent_again_is_sent_again() {
+            // ERROR 5000 (INTERNAL_ERROR) for the 2nd fragment: the service ends the connection after it.
+            let run = upload(
+                "uploader-error-ack",
+                (
+                    Action::ErrorAck {
+                        fragment: 2,
+                        error_id: 5000,
+                    },
+                    1,
+                ),
+                |_| {},
+            );
+            assert_eq!(run.result, Ok(()));
+            assert_eq!(run.stored, vec![1; (FRAGMENTS * FRAMES) as usize]);
+            assert_eq!(run.stats.errors_acked, 1, "{:?}", run.stats);
+            assert!(run.stats.fragments_resent >= 1, "{:?}", run.stats);
+            assert_eq!(run.stats.fragments_persisted, FRAGMENTS, "{:?}", run.stats);
+        }
+
+        #[test]
+        fn without_restart_on_error_the_first_failure_is_final() {
+            let run = upload(
+                "uploader-no-restart",
+                (
+                    Action::DropAtFragment {
+                        fragment: 2,
+                        close: Close::Reset,
+                        delay_ms: 0,
+                    },
+                    1,
+                ),
+                |config| config.restart_on_error = false,
+            );
+            let failure = run.result.unwrap_err();
+            assert_eq!(failure.why, GaveUp::NoRestart);
+            assert_eq!(run.stats.reconnections, 1);
+            assert!(
+                run.events
+                    .iter()
+                    .any(|e| matches!(e, UploadEvent::Failed(f) if f.why == GaveUp::NoRestart))
+            );
+        }
+
+        #[test]
+        fn the_retry_limit_counts_failures_in_a_row_and_then_gives_up() {
+            // Three refused PutMedia requests in a row against a limit of 2.
+            let refusal = Action::HttpError {
+                status: 500,
+                error: "InternalFailure".into(),
+                message: None,
+            };
+            let run = upload("uploader-retry-limit", (refusal, 3), |config| {
+                config.retry_limit = 2
+            });
+            let failure = run.result.unwrap_err();
+            assert_eq!(failure.why, GaveUp::RetryLimit(3));
+            assert_eq!(run.stats.fragments_persisted, 0);
+            // The second attempt went at once, the third after a backoff.
+            let retries: Vec<(u32, Duration)> = run
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    UploadEvent::Disconnected {
+                        attempt, retry_in, ..
+                    } => Some((*attempt, *retry_in)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(retries.len(), 2, "{retries:?}");
+            assert_eq!(retries[0], (1, Duration::ZERO));
+            assert_eq!(retries[1].0, 2);
+            assert!(
+                retries[1].1 >= Duration::from_millis(125)
+                    && retries[1].1 <= Duration::from_millis(500),
+                "{retries:?}"
+            );
+        }
+    }
 }

@@ -125,8 +125,9 @@ async fn upload(url: String, ca: Option<std::path::PathBuf>, stream: String) -> 
 
 /// Starts the reader child; returns it once its readers play.
 fn start_readers(count: usize, url: &str, ca: Option<&str>) -> std::process::Child {
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--child", "read", &count.to_string(), url])
+    let count = count.to_string();
+    let mut child = common::child_command("read", &[&count])
+        .args(["--child", "read", &count, url])
         .args(ca)
         .stdout(std::process::Stdio::piped())
         .spawn()

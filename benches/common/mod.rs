@@ -58,8 +58,20 @@ pub struct Measured {
 /// With `KVS_BENCH_PERF=DIR`, each child runs under `perf record -g` into `DIR/MODE-ARGS.data` (its CPU figures
 /// then include perf's overhead), to see where a reader's or an uploader's CPU goes.
 pub fn run_child(mode: &str, args: &[&str]) -> Measured {
+    let output = child_command(mode, args)
+        .args(["--child", mode])
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    child_measures(mode, output)
+}
+
+/// This benchmark binary again, for a child running `mode` with `args` (the caller adds `--child MODE ARGS`):
+/// under `perf record -g` into `KVS_BENCH_PERF/MODE-ARGS.data` when that variable names a directory.
+pub fn child_command(mode: &str, args: &[&str]) -> std::process::Command {
     let exe = std::env::current_exe().unwrap();
-    let mut command = match std::env::var_os("KVS_BENCH_PERF") {
+    match std::env::var_os("KVS_BENCH_PERF") {
         Some(dir) => {
             let name: String = std::iter::once(mode)
                 .chain(args.iter().copied().filter(|a| !a.contains('/')))
@@ -75,14 +87,7 @@ pub fn run_child(mode: &str, args: &[&str]) -> Measured {
             command
         }
         None => std::process::Command::new(exe),
-    };
-    let output = command
-        .args(["--child", mode])
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap();
-    child_measures(mode, output)
+    }
 }
 
 /// What a child that ended reported: its `count N`, `measured WALL CPU RSS` and optional `work-cpu S` lines.

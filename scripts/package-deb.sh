@@ -15,9 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-release}
 out=${2:-target/debian}
+# The cargo build of the emulator selects the same targets as meson's, so that nothing is compiled again.
 case "$profile" in
-release) buildtype=release all_targets=false ;;
-debug) buildtype=debug all_targets=true ;;
+release) buildtype=release all_targets=false cargo_args=(--release --bins) target_dir=target/release ;;
+debug) buildtype=debug all_targets=true cargo_args=(--all-targets) target_dir=target/debug ;;
 *) echo "usage: $0 [release|debug] [OUTDIR]" >&2; exit 2 ;;
 esac
 
@@ -33,8 +34,7 @@ rm -rf "$build"
 meson setup "$build" -Dbuildtype="$buildtype" -Dcargo-all-targets="$all_targets" >/dev/null
 meson compile -C "$build" >/dev/null
 DESTDIR="$work/stage" meson install -C "$build" >/dev/null
-cargo build --workspace --bins $([ "$profile" = release ] && echo --release) $([ "$all_targets" = true ] && echo --all-targets) 2>&1 |
-    grep -Ev '^ +(Compiling|Fresh) ' || true
+cargo build --workspace "${cargo_args[@]}" 2>&1 | grep -Ev '^ +(Compiling|Fresh) ' || true
 
 # dpkg-shlibdeps reads debian/control of the directory it runs in.
 mkdir -p "$work/src/debian"
@@ -79,10 +79,8 @@ package gstreamer1.0-kvs "$plugin_root" \
     " kvssrc reads a stream (GetMedia) live or from the past as Matroska."
 
 dbg_root="$work/dbgsym"
-mkdir -p "$dbg_root"
-cp -a "$work/stage/usr/lib/debug" "$dbg_root/usr-lib-debug"
 mkdir -p "$dbg_root/usr/lib"
-mv "$dbg_root/usr-lib-debug" "$dbg_root/usr/lib/debug"
+cp -a "$work/stage/usr/lib/debug" "$dbg_root/usr/lib/debug"
 package gstreamer1.0-kvs-dbgsym "$dbg_root" \
     "Depends: gstreamer1.0-kvs (= $version)" \
     "Section: debug" \
@@ -91,7 +89,6 @@ package gstreamer1.0-kvs-dbgsym "$dbg_root" \
 
 emulator_root="$work/emulator"
 mkdir -p "$emulator_root/usr/bin"
-target_dir=target/$([ "$profile" = release ] && echo release || echo debug)
 objcopy --strip-debug --strip-unneeded "$target_dir/kvs-emulator" "$emulator_root/usr/bin/kvs-emulator"
 chmod 755 "$emulator_root/usr/bin/kvs-emulator"
 package kvs-emulator "$emulator_root" \

@@ -42,7 +42,7 @@ use tokio_rustls::rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
 };
 use tokio_rustls::{TlsAcceptor, rustls};
-use x509_parser::prelude::{ASN1Time, X509Version, parse_x509_certificate};
+use x509_parser::prelude::{ASN1Time, X509Certificate, X509Version, parse_x509_certificate};
 
 use crate::sigv4::Verifier;
 
@@ -118,16 +118,20 @@ pub struct DeviceCertVerifier {
 }
 
 impl DeviceCertVerifier {
-    /// The SubjectPublicKeyInfo of a v1 certificate; None for another version or what does not parse.
-    fn v1_key(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    /// `cert` parsed, when it is a v1 certificate; None for another version or what does not parse (webpki
+    /// judges those).
+    fn v1<'a>(cert: &'a CertificateDer<'_>) -> Option<X509Certificate<'a>> {
         let (_, parsed) = parse_x509_certificate(cert).ok()?;
-        (parsed.version() == X509Version::V1).then(|| parsed.public_key().raw.to_vec())
+        (parsed.version() == X509Version::V1).then_some(parsed)
     }
 
-    fn verify_v1(&self, cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), TlsError> {
+    /// The SubjectPublicKeyInfo of a v1 certificate.
+    fn v1_key(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+        Self::v1(cert).map(|parsed| parsed.public_key().raw.to_vec())
+    }
+
+    fn verify_v1(&self, parsed: &X509Certificate<'_>, now: UnixTime) -> Result<(), TlsError> {
         let invalid = |error: CertificateError| TlsError::InvalidCertificate(error);
-        let (_, parsed) =
-            parse_x509_certificate(cert).map_err(|_| invalid(CertificateError::BadEncoding))?;
         let now = ASN1Time::from_timestamp(now.as_secs() as i64)
             .map_err(|_| invalid(CertificateError::BadEncoding))?;
         let validity = parsed.validity();
@@ -202,9 +206,9 @@ impl ClientCertVerifier for DeviceCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        match Self::v1_key(end_entity) {
-            Some(_) => self
-                .verify_v1(end_entity, now)
+        match Self::v1(end_entity) {
+            Some(parsed) => self
+                .verify_v1(&parsed, now)
                 .map(|()| ClientCertVerified::assertion()),
             None => self
                 .webpki

@@ -269,76 +269,62 @@ impl Default for CppSettings {
     }
 }
 
-impl CppSettings {
-    /// Stores a value; false when `name` is not one of these properties.
-    pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
-        let Some(&(name, _)) = effects().iter().find(|(n, _)| *n == name) else {
-            return false;
-        };
-        match name {
-            "user-agent" => self.user_agent = checked(value),
-            "connection-timeout" => self.connection_timeout = checked(value),
-            "completion-timeout" => self.completion_timeout = checked(value),
-            "restart-on-error" => self.restart_on_error = checked(value),
-            "codec-id" => self.codec_id = checked(value),
-            "track-name" => self.track_name = checked(value),
-            "timecode-scale" => self.timecode_scale = checked(value),
-            "fragment-duration" => self.fragment_duration = checked(value),
-            "key-frame-fragmentation" => self.key_frame_fragmentation = checked(value),
-            "frame-timecodes" => self.frame_timecodes = checked(value),
-            "absolute-fragment-times" => self.absolute_fragment_times = checked(value),
-            "content-type" => self.content_type = checked(value),
-            "use-original-pts" => self.use_original_pts = checked(value),
-            "disable-buffer-clipping" => self.disable_buffer_clipping = checked(value),
-            "avg-bandwidth-bps" => self.avg_bandwidth_bps = checked(value),
-            "framerate" => self.framerate = checked(value),
-            "max-latency" => self.max_latency = checked(value),
-            "log-config" => self.log_config = checked(value),
-            "recalculate-metrics" => self.recalculate_metrics = checked(value),
-            "get-kvs-metrics" => self.get_kvs_metrics = checked(value),
-            "replay-duration" => self.replay_duration = checked(value),
-            "rotation-period" => self.rotation_period = checked(value),
-            "streaming-type" => self.streaming_type = checked(value),
-            "credential-path" => self.credential_path = checked(value),
-            "iot-certificate" => self.iot_certificate = checked(value),
-            other => unreachable!("C++ property {other} has no field"),
+/// The C++ properties and the fields that hold them, once for both `set` and `get`.
+macro_rules! cpp_properties {
+    ($($name:literal => $field:ident,)*) => {
+        impl CppSettings {
+            /// Stores a value; false when `name` is not one of these properties.
+            pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
+                match name {
+                    $($name => {
+                        self.$field = checked(value);
+                        self.set.insert($name);
+                    })*
+                    _ => return false,
+                }
+                true
+            }
+
+            /// The value of one of these properties; None when `name` is not one.
+            pub fn get(&self, name: &str) -> Option<glib::Value> {
+                Some(match name {
+                    $($name => self.$field.to_value(),)*
+                    _ => return None,
+                })
+            }
         }
-        self.set.insert(name);
-        true
-    }
+    };
+}
 
-    /// The value of one of these properties; None when `name` is not one.
-    pub fn get(&self, name: &str) -> Option<glib::Value> {
-        Some(match name {
-            "user-agent" => self.user_agent.to_value(),
-            "connection-timeout" => self.connection_timeout.to_value(),
-            "completion-timeout" => self.completion_timeout.to_value(),
-            "restart-on-error" => self.restart_on_error.to_value(),
-            "codec-id" => self.codec_id.to_value(),
-            "track-name" => self.track_name.to_value(),
-            "timecode-scale" => self.timecode_scale.to_value(),
-            "fragment-duration" => self.fragment_duration.to_value(),
-            "key-frame-fragmentation" => self.key_frame_fragmentation.to_value(),
-            "frame-timecodes" => self.frame_timecodes.to_value(),
-            "absolute-fragment-times" => self.absolute_fragment_times.to_value(),
-            "content-type" => self.content_type.to_value(),
-            "use-original-pts" => self.use_original_pts.to_value(),
-            "disable-buffer-clipping" => self.disable_buffer_clipping.to_value(),
-            "avg-bandwidth-bps" => self.avg_bandwidth_bps.to_value(),
-            "framerate" => self.framerate.to_value(),
-            "max-latency" => self.max_latency.to_value(),
-            "log-config" => self.log_config.to_value(),
-            "recalculate-metrics" => self.recalculate_metrics.to_value(),
-            "get-kvs-metrics" => self.get_kvs_metrics.to_value(),
-            "replay-duration" => self.replay_duration.to_value(),
-            "rotation-period" => self.rotation_period.to_value(),
-            "streaming-type" => self.streaming_type.to_value(),
-            "credential-path" => self.credential_path.to_value(),
-            "iot-certificate" => self.iot_certificate.to_value(),
-            _ => return None,
-        })
-    }
+cpp_properties! {
+    "user-agent" => user_agent,
+    "connection-timeout" => connection_timeout,
+    "completion-timeout" => completion_timeout,
+    "restart-on-error" => restart_on_error,
+    "codec-id" => codec_id,
+    "track-name" => track_name,
+    "timecode-scale" => timecode_scale,
+    "fragment-duration" => fragment_duration,
+    "key-frame-fragmentation" => key_frame_fragmentation,
+    "frame-timecodes" => frame_timecodes,
+    "absolute-fragment-times" => absolute_fragment_times,
+    "content-type" => content_type,
+    "use-original-pts" => use_original_pts,
+    "disable-buffer-clipping" => disable_buffer_clipping,
+    "avg-bandwidth-bps" => avg_bandwidth_bps,
+    "framerate" => framerate,
+    "max-latency" => max_latency,
+    "log-config" => log_config,
+    "recalculate-metrics" => recalculate_metrics,
+    "get-kvs-metrics" => get_kvs_metrics,
+    "replay-duration" => replay_duration,
+    "rotation-period" => rotation_period,
+    "streaming-type" => streaming_type,
+    "credential-path" => credential_path,
+    "iot-certificate" => iot_certificate,
+}
 
+impl CppSettings {
     pub fn user_agent(&self) -> Option<String> {
         not_empty(&self.user_agent)
     }
@@ -456,5 +442,33 @@ impl CppSettings {
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cpp_property_has_a_field_and_its_spec_has_the_fields_default() {
+        gst::init().unwrap();
+        let defaults = CppSettings::default();
+        let specs = properties();
+        assert_eq!(specs.len(), effects().len());
+        for (name, _) in effects() {
+            let spec = specs.iter().find(|s| s.name() == *name).unwrap();
+            let value = defaults
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} has no field"));
+            assert!(
+                spec.default_value().serialize().ok() == value.serialize().ok(),
+                "{name}: spec default {:?}, field {:?}",
+                spec.default_value(),
+                value
+            );
+            let mut settings = CppSettings::default();
+            assert!(settings.set(name, spec.default_value()), "{name}");
+            assert!(settings.set.contains(name), "{name}");
+        }
     }
 }

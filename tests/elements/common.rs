@@ -507,12 +507,6 @@ impl Pki {
         ca: &str,
         subject_alt_name: Option<&str>,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (cert, key, csr, ext) = (
-            format!("{name}.pem"),
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.ext"),
-        );
         let mut extensions = String::from("basicConstraints=CA:FALSE\n");
         match subject_alt_name {
             Some(san) => extensions.push_str(&format!(
@@ -520,37 +514,37 @@ impl Pki {
             )),
             None => extensions.push_str("extendedKeyUsage=clientAuth\n"),
         }
+        let ext = format!("{name}.ext");
         std::fs::write(self.dir.join(&ext), extensions).unwrap();
-        let subject = format!("/CN={name}");
-        self.openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
-            &csr,
-        ]);
-        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_cert,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &cert,
-        ]);
-        (self.dir.join(cert), self.dir.join(key))
+        self.signed(name, ca, &["-extfile", &ext])
     }
 
     /// A client certificate `NAME.pem` (key `NAME.key`) signed by the CA `ca` with `openssl x509 -req` and no
     /// extensions, as AWS IoT's instructions for a certificate signed by your own CA make it: X.509 version 1
     /// with Debian 12's OpenSSL 3.0 (checked here). Returns (certificate, key) paths.
     pub fn v1_leaf(&self, name: &str, ca: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = self.signed(name, ca, &["-sha256"]);
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("Version: 1 (0x0)"),
+            "openssl made another version: {text}"
+        );
+        (cert, key)
+    }
+
+    /// A new key `NAME.key` and its certificate `NAME.pem` signed by the CA `ca` (`openssl x509 -req` with
+    /// `extra` arguments); returns (certificate, key) paths.
+    fn signed(
+        &self,
+        name: &str,
+        ca: &str,
+        extra: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
         let (cert, key, csr) = (
             format!("{name}.pem"),
             format!("{name}.key"),
@@ -562,7 +556,7 @@ impl Pki {
             &csr,
         ]);
         let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        self.openssl(&[
+        let mut args = vec![
             "x509",
             "-req",
             "-in",
@@ -574,20 +568,11 @@ impl Pki {
             "-CAcreateserial",
             "-days",
             "2",
-            "-sha256",
             "-out",
             &cert,
-        ]);
-        let text = std::process::Command::new("openssl")
-            .args(["x509", "-noout", "-text", "-in", &cert])
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&text.stdout);
-        assert!(
-            text.contains("Version: 1 (0x0)"),
-            "openssl made another version: {text}"
-        );
+        ];
+        args.extend_from_slice(extra);
+        self.openssl(&args);
         (self.dir.join(cert), self.dir.join(key))
     }
 }

@@ -297,6 +297,34 @@ where
     Ok(response)
 }
 
+/// The signed headers of a POST of the JSON document `body` to `url` (the payload signed too).
+pub(crate) fn json_headers(
+    ctx: &AwsContext,
+    credentials: &aws_credential_types::Credentials,
+    url: &str,
+    authority: &str,
+    body: &[u8],
+    api: &'static str,
+) -> Result<Vec<(String, String)>, KvsError> {
+    let headers = [
+        ("host", authority),
+        ("content-type", "application/json"),
+        (
+            "user-agent",
+            concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    sign_headers(
+        credentials,
+        &ctx.region,
+        url,
+        &headers,
+        SignableBody::Bytes(body),
+        SystemTime::now(),
+        api,
+    )
+}
+
 /// A signed POST of a JSON document (the payload signed too); returns the streaming response body.
 pub async fn post_json(
     ctx: &AwsContext,
@@ -309,23 +337,7 @@ pub async fn post_json(
     let url = format!("{endpoint}{path}");
     let signed_body = body.clone();
     let headers = move |authority: &str, credentials: &aws_credential_types::Credentials| {
-        let headers = [
-            ("host", authority),
-            ("content-type", "application/json"),
-            (
-                "user-agent",
-                concat!("gst-plugin-kvs/", env!("CARGO_PKG_VERSION")),
-            ),
-        ];
-        sign_headers(
-            credentials,
-            &ctx.region,
-            &url,
-            &headers,
-            SignableBody::Bytes(&signed_body),
-            SystemTime::now(),
-            api,
-        )
+        json_headers(ctx, credentials, &url, authority, &signed_body, api)
     };
     Ok(post(ctx, endpoint, path, api, headers, Full::new(body))
         .await?

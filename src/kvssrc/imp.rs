@@ -17,7 +17,7 @@ use gst_base::subclass::prelude::*;
 use tokio::sync::mpsc;
 
 use super::merger::Mode;
-use super::reader::{Item, ReaderConfig, Start};
+use super::reader::{Batch, CHANNEL_BATCHES, Item, ReaderConfig, Start};
 use super::{CAT, OutputMode, OutputTimeline, StartSelector};
 use crate::kvs::error::KvsError;
 use crate::kvs::settings::ConnectionSettings;
@@ -100,10 +100,12 @@ pub struct KvsSrc {
     canceller: Canceller,
 }
 
-/// A read in progress: its task on the shared runtime, and what it hands over.
+/// A read in progress: its task on the shared runtime, and what it hands over (in batches; the rest of the last
+/// one waits in `items`).
 struct Reading {
     task: tokio::task::JoinHandle<()>,
-    receiver: mpsc::Receiver<Item>,
+    receiver: mpsc::Receiver<Batch>,
+    items: std::collections::VecDeque<Item>,
 }
 
 use crate::element::lock;
@@ -592,9 +594,13 @@ impl BaseSrcImpl for KvsSrc {
             config.start,
             config.end
         );
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let task = RUNTIME.spawn(super::reader::run(ctx, config, tx));
-        *lock(&self.reading) = Some(Reading { task, receiver: rx });
+        *lock(&self.reading) = Some(Reading {
+            task,
+            receiver: rx,
+            items: Default::default(),
+        });
         Ok(())
     }
 
@@ -630,29 +636,37 @@ impl PushSrcImpl for KvsSrc {
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
         let mut reading = lock(&self.reading);
-        let Some(rx) = reading.as_mut().map(|r| &mut r.receiver) else {
+        let Some(Reading {
+            receiver: rx,
+            items,
+            ..
+        }) = reading.as_mut()
+        else {
             return Err(gst::FlowError::Flushing);
         };
         loop {
             if self.canceller.is_cancelled() {
                 return Err(gst::FlowError::Flushing);
             }
+            if let Some(item) = items.pop_front() {
+                if let Some(buffer) = self.handle(item)? {
+                    return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+                continue;
+            }
             // What is there already is taken without a round trip through the runtime.
             let next = match rx.try_recv() {
-                Ok(item) => Ok(Some(item)),
+                Ok(batch) => Ok(Some(batch)),
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(None),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                     self.canceller.wait(rx.recv(), None)
                 }
             };
-            let item = match next {
-                Ok(Some(item)) => item,
+            match next {
+                Ok(Some(batch)) => items.extend(batch),
                 // The reader finished: the range is read.
                 Ok(None) => return Err(gst::FlowError::Eos),
                 Err(_) => return Err(gst::FlowError::Flushing),
-            };
-            if let Some(buffer) = self.handle(item)? {
-                return Ok(CreateSuccess::NewBuffer(buffer));
             }
         }
     }

@@ -9,6 +9,7 @@
 //!   `parallel` requests at once, the results written in order; EOS after the last.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use crate::kvs::config::AwsContext;
 use crate::kvs::control::data_endpoint;
 use crate::kvs::error::{Action, FinalError, GaveUp, KvsError};
 use crate::kvs::http::{post_json, read_all};
+use crate::kvs::wire::{InPlace, post_json_in_place};
 use aws_sdk_kinesisvideo::types::ApiName;
 
 /// Where reading starts.
@@ -130,11 +132,18 @@ pub enum Item {
     Error(FinalError),
 }
 
-type Tx = mpsc::Sender<Item>;
+/// Items go to the element in batches: one channel send, so one wake-up of the streaming thread, for all that
+/// one network read made (up to a 1-MiB block's frames in a range read), not one per frame.
+pub type Batch = Vec<Item>;
+
+type Tx = mpsc::Sender<Batch>;
+
+/// Batches the element may have waiting: the reader's backpressure.
+pub const CHANNEL_BATCHES: usize = 16;
 
 /// Sends an item; false when the element is gone.
 async fn give(tx: &Tx, item: Item) -> bool {
-    tx.send(item).await.is_ok()
+    tx.send(vec![item]).await.is_ok()
 }
 
 /// A buffer holds at most this many memories (GStreamer merges them, copying, beyond it).
@@ -148,49 +157,29 @@ async fn give_outputs(
     outputs: Vec<Output>,
     token: &mut Option<String>,
 ) -> Result<bool, KvsError> {
+    let mut batch: Batch = Vec::with_capacity(outputs.len());
     let mut pending: Option<Rope> = None;
+    let data = |data: Rope| Item::Data {
+        data,
+        header: false,
+        frame: None,
+    };
     for output in outputs {
         if let Output::Data {
-            data,
+            data: piece,
             header: false,
             frame: None,
         } = output
         {
             match pending.as_mut() {
-                Some(rope) if rope.piece_count() + data.piece_count() <= MAX_PIECES_PER_ITEM => {
-                    rope.append(data)
+                Some(rope) if rope.piece_count() + piece.piece_count() <= MAX_PIECES_PER_ITEM => {
+                    rope.append(piece)
                 }
-                _ => {
-                    if let Some(rope) = pending.replace(data)
-                        && !give(
-                            tx,
-                            Item::Data {
-                                data: rope,
-                                header: false,
-                                frame: None,
-                            },
-                        )
-                        .await
-                    {
-                        return Ok(false);
-                    }
-                }
+                _ => batch.extend(pending.replace(piece).map(data)),
             }
             continue;
         }
-        if let Some(rope) = pending.take()
-            && !give(
-                tx,
-                Item::Data {
-                    data: rope,
-                    header: false,
-                    frame: None,
-                },
-            )
-            .await
-        {
-            return Ok(false);
-        }
+        batch.extend(pending.take().map(data));
         let item = match output {
             Output::Data {
                 data,
@@ -216,28 +205,20 @@ async fn give_outputs(
                 }
             }
             Output::Error { code, id } => {
+                // What came before the error tag goes out; nothing after it.
+                if !batch.is_empty() {
+                    let _ = tx.send(batch).await;
+                }
                 return Err(KvsError::InStream {
                     code,
                     id: id.to_string(),
                 });
             }
         };
-        if !give(tx, item).await {
-            return Ok(false);
-        }
+        batch.push(item);
     }
-    if let Some(rope) = pending {
-        return Ok(give(
-            tx,
-            Item::Data {
-                data: rope,
-                header: false,
-                frame: None,
-            },
-        )
-        .await);
-    }
-    Ok(true)
+    batch.extend(pending.map(data));
+    Ok(batch.is_empty() || tx.send(batch).await.is_ok())
 }
 
 /// Sessions in a row that may bring bytes that are not Matroska: the last of them ends reading with an error.
@@ -271,7 +252,7 @@ pub async fn run(ctx: AwsContext, config: ReaderConfig, tx: Tx) {
         None => live(&ctx, &config, &tx).await,
     };
     if let Err(error) = result {
-        let _ = tx.send(Item::Error(error)).await;
+        let _ = give(&tx, Item::Error(error)).await;
     }
 }
 
@@ -684,30 +665,67 @@ async fn list(
 const BATCH_BYTES: u64 = 25_000_000;
 const BATCH_FRAGMENTS: usize = 100;
 
-/// Reusable 1-MiB blocks that range downloads copy response bytes into. Holding the network's own buffers (zero
-/// copy) until downstream releases them makes hyper allocate fresh ones for every read, and the fresh pages
-/// (page faults, zeroing, unmapping) cost several times the copy: a block comes back here when the last buffer
-/// that points into it is released, and the next response fills it again.
-#[derive(Debug, Default)]
-struct BlockPool(std::sync::Mutex<Vec<Vec<u8>>>);
+/// Reusable 1-MiB blocks that range downloads read response bytes into ([`InPlace`]: the connection writes
+/// into them, nothing copies). Holding the network's own buffers until downstream releases them made hyper
+/// allocate fresh ones for every read, and fresh pages (page faults, zeroing, unmapping) cost more than the
+/// reading: a block comes back here when the last buffer that points into it is released, and the next
+/// response fills it again.
+#[derive(Debug)]
+struct BlockPool {
+    free: std::sync::Mutex<Vec<Box<[u8]>>>,
+    /// Free blocks kept; more are given back to the allocator.
+    keep: usize,
+}
 
 impl BlockPool {
     const BLOCK: usize = 1 << 20;
-    /// Free blocks kept; more are given back to the allocator.
-    const KEEP: usize = 32;
 
-    fn take(&self) -> Vec<u8> {
-        self.0
+    /// A pool for `parallel` downloads: it keeps as many blocks as they hold at most (a batch each, and one
+    /// more being filled), so that a range read reuses its memory instead of asking for fresh pages.
+    fn for_downloads(parallel: usize) -> BlockPool {
+        let per_download = BATCH_BYTES as usize / Self::BLOCK + 2;
+        BlockPool {
+            free: std::sync::Mutex::default(),
+            keep: parallel.max(1) * per_download,
+        }
+    }
+
+    fn take(&self) -> Box<[u8]> {
+        self.free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(Self::BLOCK))
+            .unwrap_or_else(|| vec![0; Self::BLOCK].into_boxed_slice())
+    }
+
+    /// The payload of a filled block, as `Bytes` that share it (it returns here when the last goes).
+    fn pieces(
+        self: &std::sync::Arc<Self>,
+        data: Box<[u8]>,
+        ranges: Vec<Range<usize>>,
+    ) -> Vec<Bytes> {
+        if ranges.is_empty() {
+            self.give_back(data);
+            return Vec::new();
+        }
+        let block = Bytes::from_owner(Block {
+            data,
+            pool: self.clone(),
+        });
+        ranges.into_iter().map(|r| block.slice(r)).collect()
+    }
+
+    fn give_back(&self, data: Box<[u8]>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(data);
+        }
     }
 }
 
 /// A filled block, shared by the `Bytes` that point into it; it returns to its pool when the last goes.
 struct Block {
-    data: Vec<u8>,
+    data: Box<[u8]>,
     pool: std::sync::Arc<BlockPool>,
 }
 
@@ -719,53 +737,13 @@ impl AsRef<[u8]> for Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        let mut data = std::mem::take(&mut self.data);
-        data.clear();
-        let mut free = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < BlockPool::KEEP {
-            free.push(data);
-        }
+        self.pool.give_back(std::mem::take(&mut self.data));
     }
 }
 
-/// Copies response pieces into pooled blocks; a full block becomes one `Bytes`.
-struct Blocks {
-    pool: std::sync::Arc<BlockPool>,
-    current: Vec<u8>,
-}
-
-impl Blocks {
-    fn new(pool: std::sync::Arc<BlockPool>) -> Blocks {
-        let current = pool.take();
-        Blocks { pool, current }
-    }
-
-    /// Copies `data` in; returns the blocks it filled.
-    fn push(&mut self, mut data: &[u8], full: &mut Vec<Bytes>) {
-        while !data.is_empty() {
-            let room = BlockPool::BLOCK - self.current.len();
-            let (now, rest) = data.split_at(room.min(data.len()));
-            self.current.extend_from_slice(now);
-            data = rest;
-            if self.current.len() == BlockPool::BLOCK {
-                full.push(self.finish());
-            }
-        }
-    }
-
-    /// What is in the current block, as `Bytes` (a fresh block is taken for what follows).
-    fn finish(&mut self) -> Bytes {
-        let data = std::mem::replace(&mut self.current, self.pool.take());
-        Bytes::from_owner(Block {
-            data,
-            pool: self.pool.clone(),
-        })
-    }
-}
-
-/// Sends the pieces of one GetMediaForFragmentList response into `tx` as they arrive (in groups), then closes it; a
-/// failure is the last thing sent. The request is retried (throttling with patience) until it is answered;
-/// once bytes came, the reader decides (it knows what it has written).
+/// Sends the pieces of one GetMediaForFragmentList response into `tx` a block at a time as they arrive, then
+/// closes it; a failure is the last thing sent. The request is retried (throttling with patience) until it is
+/// answered; once bytes came, the reader decides (it knows what it has written).
 async fn stream_batch(
     ctx: AwsContext,
     url: String,
@@ -779,7 +757,7 @@ async fn stream_batch(
     let request = json!({"StreamName": stream, "Fragments": numbers});
     let answered = patiently(|| async {
         pacer.wait().await;
-        post_json(&ctx, &url, "/getMediaForFragmentList", api, &request).await
+        post_json_in_place(&ctx, &url, "/getMediaForFragmentList", api, &request).await
     })
     .await;
     let mut body = match answered {
@@ -791,35 +769,33 @@ async fn stream_batch(
     };
     let idle = ctx.request_timeout;
     // The bytes go to the reader a block at a time: one wake-up (and one burst of buffers downstream) per block,
-    // not per TCP read, and hyper's read buffer is free again at once.
-    let mut blocks = Blocks::new(pool);
-    let mut full = Vec::new();
+    // not per read.
+    let mut into = InPlace::new(pool.take());
     loop {
-        let piece = match tokio::time::timeout(idle, body.frame()).await {
+        let read = match tokio::time::timeout(idle, body.read_in_place(&mut into)).await {
             Err(_) => Err(KvsError::Timeout { api, after: idle }),
-            Ok(None) => Ok(None),
-            Ok(Some(Err(e))) => Err(KvsError::Network {
+            Ok(Err(e)) => Err(KvsError::Network {
                 api,
                 message: format!("the response broke: {e}"),
             }),
-            Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => Ok(Some(data)),
-                Err(_) => continue,
-            },
+            Ok(Ok(more)) => Ok(more),
         };
-        match piece {
-            Ok(Some(data)) => {
-                blocks.push(&data, &mut full);
-                if !full.is_empty() && tx.send(Ok(std::mem::take(&mut full))).is_err() {
-                    return;
+        match read {
+            Ok(true) => {
+                if into.is_full() {
+                    let (data, ranges) = into.swap(pool.take());
+                    if tx.send(Ok(pool.pieces(data, ranges))).is_err() {
+                        return;
+                    }
                 }
             }
-            Ok(None) | Err(_) => {
-                let rest = blocks.finish();
+            Ok(false) | Err(_) => {
+                let (data, ranges) = into.finish();
+                let rest = pool.pieces(data, ranges);
                 if !rest.is_empty() {
-                    let _ = tx.send(Ok(vec![rest]));
+                    let _ = tx.send(Ok(rest));
                 }
-                if let Err(error) = piece {
+                if let Err(error) = read {
                     let _ = tx.send(Err(error));
                 }
                 return;
@@ -884,7 +860,7 @@ async fn range(
         url: &get_url,
         stream: &config.stream_name,
         pacer: std::sync::Arc::default(),
-        pool: std::sync::Arc::default(),
+        pool: std::sync::Arc::new(BlockPool::for_downloads(config.parallel)),
     };
     // A range that ends in the future follows the stream: it lists again as time passes, reads what is new,
     // and ends once the end is past and a fragment after it is stored (or FOLLOW_GRACE_S after the end).
@@ -1129,10 +1105,10 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
+    fn drain(rx: &mut mpsc::Receiver<Batch>) -> Vec<Item> {
         let mut items = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            items.push(item);
+        while let Ok(batch) = rx.try_recv() {
+            items.extend(batch);
         }
         items
     }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! What the benchmarks share: CPU and peak-RSS readings from /proc, uploads and reads run in child processes
+//! What the benchmarks share: CPU, context-switch and peak-RSS readings from the kernel, uploads and reads run in child processes
 //! (this binary again, with `--child MODE ...`), and an in-process kvs-emulator.
 #![allow(dead_code)]
 
@@ -13,24 +13,32 @@ use hyper_util::rt::TokioIo;
 use kvs_emulator::{Config, Emulator};
 use kvs_mkv::writer::{h264_stream_header, write_cluster_start, write_simple_block};
 
-/// CPU seconds (user + system) of this process so far, from /proc (Linux).
+/// CPU seconds (user + system) of this process so far, every thread's, ended ones included (Linux).
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
+    // The process's CPU clock: every thread's time, to the nanosecond (the 10-ms ticks of /proc were too coarse
+    // for a reader that spends a tenth of a second).
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one given; CLOCK_PROCESS_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
+    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
+}
+
+/// This process's context switches (voluntary and not, every thread's, ended ones too) and minor page faults
+/// so far: what a reader's CPU goes to besides its own code (wake-ups, fresh pages).
+pub fn switches_and_faults() -> (u64, u64) {
+    // SAFETY: getrusage fills the one rusage given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    (
+        (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
+        usage.ru_minflt as u64,
+    )
 }
 
 /// Peak resident set size of this process, in MB.
@@ -51,6 +59,9 @@ pub struct Measured {
     pub count: u64,
     /// The child's `work-cpu S` line, if it printed one: CPU seconds of the work alone (without start-up).
     pub work_cpu: Option<f64>,
+    /// The child's `work-events SWITCHES FAULTS` line, if it printed one: context switches and minor page
+    /// faults during the work alone.
+    pub work_events: Option<(u64, u64)>,
 }
 
 /// Runs one upload in a child process; it prints `count N` then `measured WALL CPU RSS`.
@@ -107,12 +118,20 @@ pub fn child_measures(mode: &str, output: std::process::Output) -> Measured {
         .lines()
         .find_map(|l| l.strip_prefix("work-cpu "))
         .and_then(|v| v.trim().parse().ok());
+    let work_events = text
+        .lines()
+        .find_map(|l| l.strip_prefix("work-events "))
+        .and_then(|v| {
+            let mut n = v.split_whitespace().map(|n| n.parse().ok());
+            Some((n.next()??, n.next()??))
+        });
     Measured {
         seconds: measured[0],
         cpu: measured[1],
         rss_mb: measured[2],
         count: value("count ")[0] as u64,
         work_cpu,
+        work_events,
     }
 }
 

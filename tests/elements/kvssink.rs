@@ -899,7 +899,8 @@ fn stored_frame_times(data: &[u8]) -> Vec<i64> {
 }
 
 /// A live source with an encoder that holds frames back (x264's lookahead: about 0.5 s), fragments of
-/// `gop_seconds`: every frame's stored producer time is the wall-clock time at which the source produced it.
+/// `gop_seconds`: every frame's stored producer time is the wall-clock time at which the source produced it (its
+/// timestamp on the pipeline clock, in wall-clock time).
 fn producer_timestamps_are_capture_times(gop_seconds: u32, seconds: u32) {
     let emu = Emu::start();
     let stream = format!("capture-{gop_seconds}");
@@ -918,12 +919,24 @@ fn producer_timestamps_are_capture_times(gop_seconds: u32, seconds: u32) {
         Duration::from_secs(u64::from(seconds) + 30),
         |pipeline| {
             let produced = produced.clone();
-            let pad = pipeline.by_name("src").unwrap().static_pad("src").unwrap();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let src = pipeline.by_name("src").unwrap();
+            let pad = src.static_pad("src").unwrap();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap();
-                produced.lock().unwrap().push(now.as_millis() as i64);
+                    .unwrap()
+                    .as_nanos() as i64;
+                // The wall-clock time the source stamped the frame (its capture), not the moment this probe
+                // runs: a thread descheduled between the two on a loaded machine would otherwise count as an
+                // error of kvssink's.
+                let (Some(buffer), Some(clock), Some(base)) =
+                    (info.buffer(), src.clock(), src.base_time())
+                else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let captured = base + buffer.pts().unwrap();
+                let since = clock.time().nseconds() as i64 - captured.nseconds() as i64;
+                produced.lock().unwrap().push((now - since) / 1_000_000);
                 gst::PadProbeReturn::Ok
             });
         },

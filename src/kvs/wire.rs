@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -38,6 +39,13 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
+/// While a body read in place still owes much more than this, the socket gathers this much before it wakes the
+/// reader (SO_RCVLOWAT): a range read then wakes about once per this many bytes, however small the pieces the
+/// service sends them in, where it would otherwise wake for every TCP segment that arrives.
+const GATHER_BYTES: usize = 256 * 1024;
+/// A gathering read reads what the socket holds at least this often, so that a body that ends earlier than
+/// expected, or a service that sends slowly, only waits this long.
+const GATHER_WAIT: Duration = Duration::from_millis(20);
 
 /// The request line and headers, then `framing` (the body's `transfer-encoding` or `content-length` header),
 /// ending with the blank line.
@@ -84,6 +92,9 @@ pub(crate) async fn exchange(
         input: BytesMut::new(),
         framing: Framing::Eof,
         over: false,
+        expected: 0,
+        received: 0,
+        low_water: 1,
     };
     let answer = async {
         wire.write(&[Bytes::from(head), body])?;
@@ -147,9 +158,21 @@ pub struct Response {
     input: BytesMut,
     framing: Framing,
     over: bool,
+    /// The body bytes expected in all ([`Response::expect`]) and read so far.
+    expected: u64,
+    received: u64,
+    /// The socket's SO_RCVLOWAT (1 unless gathering).
+    low_water: usize,
 }
 
 impl Response {
+    /// Says how many body bytes are expected in all (a hint, such as the listed sizes of the fragments asked
+    /// for): while much more than [`GATHER_BYTES`] is owed, [`Response::read_in_place`] lets the socket gather
+    /// that much before it wakes.
+    pub fn expect(&mut self, bytes: u64) {
+        self.expected = bytes;
+    }
+
     /// The next bytes of the response body; None at its end.
     pub async fn frame(&mut self) -> Option<io::Result<Bytes>> {
         loop {
@@ -196,11 +219,12 @@ impl Response {
         }
         let n = if self.input.is_empty() {
             let room = &mut into.buf[into.filled..];
+            let mut poke = false;
             loop {
-                if let Some(n) = self.wire.read_into(room)? {
+                if let Some(n) = self.wire.read_into(room, poke)? {
                     break n;
                 }
-                self.wire.tcp.readable().await?;
+                poke = self.wait_gathering().await?;
             }
         } else {
             // Body bytes that came with the head.
@@ -215,6 +239,7 @@ impl Response {
             return Ok(false);
         }
         into.filled += n;
+        self.received += n as u64;
         loop {
             match self.framing.step(&into.buf[into.decoded..into.filled]) {
                 Ok(Step::Data(n)) => {
@@ -236,6 +261,34 @@ impl Response {
                     return Err(error);
                 }
             }
+        }
+    }
+
+    /// Waits until the socket has something to read: true when the wait ended on [`GATHER_WAIT`] rather than
+    /// the socket's readiness (the next read asks the socket itself: with fewer bytes than the low-water mark
+    /// there, tokio has not been told of them).
+    async fn wait_gathering(&mut self) -> io::Result<bool> {
+        let owed = self.expected.saturating_sub(self.received);
+        let low_water = if owed > 2 * GATHER_BYTES as u64 {
+            GATHER_BYTES
+        } else {
+            1
+        };
+        if low_water != self.low_water {
+            if set_low_water(&self.wire.tcp, low_water).is_err() {
+                // Only a saver of wake-ups: read as usual from here on.
+                self.expected = 0;
+                return self.wire.tcp.readable().await.map(|()| false);
+            }
+            self.low_water = low_water;
+        }
+        if low_water == 1 {
+            self.wire.tcp.readable().await?;
+            return Ok(false);
+        }
+        tokio::select! {
+            ready = self.wire.tcp.readable() => ready.map(|()| false),
+            () = tokio::time::sleep(GATHER_WAIT) => Ok(true),
         }
     }
 
@@ -319,7 +372,7 @@ impl Response {
     async fn fill(&mut self) -> io::Result<usize> {
         let mut buf = [0u8; 16 * 1024];
         loop {
-            if let Some(n) = self.wire.read_into(&mut buf)? {
+            if let Some(n) = self.wire.read_into(&mut buf, false)? {
                 self.input.extend_from_slice(&buf[..n]);
                 return Ok(n);
             }
@@ -508,25 +561,57 @@ struct WireState {
 }
 
 /// `io::Read`/`io::Write` on the tokio socket that never wait (`WouldBlock` instead).
-struct NoWait<'a>(&'a TcpStream);
+struct NoWait<'a> {
+    tcp: &'a TcpStream,
+    /// Read from the socket itself even when tokio has not seen it readable (bytes below SO_RCVLOWAT do not
+    /// make it readable); tokio only learns of readiness from the socket's wake-ups.
+    poke: bool,
+}
 
 impl Read for NoWait<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        if self.poke {
+            // The socket is non-blocking (tokio's): this returns WouldBlock rather than wait.
+            return (&*socket2::SockRef::from(self.tcp)).read(buf);
+        }
+        self.tcp.try_read(buf)
     }
 }
 
 impl Write for NoWait<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        self.tcp.try_write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
+        self.tcp.try_write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Sets the socket's SO_RCVLOWAT (how many bytes it holds before it wakes a reader), which neither tokio nor
+/// socket2 offer.
+fn set_low_water(tcp: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the socket `tcp` keeps open for the call, and the option's value is a c_int
+    // that outlives the call, passed with its size.
+    let result = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -615,11 +700,15 @@ impl Wire {
     }
 
     /// Reads what there is now (decrypted, with TLS) into `buf`, as much as it takes: Some(0) at the end of
-    /// the response, None when nothing is there.
-    fn read_into(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// the response, None when nothing is there. `poke`: ask the socket even if tokio has not seen it ready.
+    fn read_into(&self, buf: &mut [u8], poke: bool) -> io::Result<Option<usize>> {
         let mut state = self.lock();
+        let mut socket = NoWait {
+            tcp: &self.tcp,
+            poke,
+        };
         let Some(tls) = state.tls.as_mut() else {
-            return match self.tcp.try_read(buf) {
+            return match socket.read(buf) {
                 Ok(n) => Ok(Some(n)),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
                 Err(error) => Err(error),
@@ -645,7 +734,7 @@ impl Wire {
                 Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break Ok(Some(n)),
                 Err(error) => break some(n, error),
             }
-            match tls.read_tls(&mut NoWait(&self.tcp)) {
+            match tls.read_tls(&mut socket) {
                 // End of the socket: the session notes it and the next read says how it ended.
                 Ok(_) => {
                     if let Err(error) = tls.process_new_packets() {
@@ -706,7 +795,7 @@ impl WireState {
     fn push(&mut self, tcp: &TcpStream) -> io::Result<bool> {
         if let Some(tls) = self.tls.as_mut() {
             while tls.wants_write() {
-                match tls.write_tls(&mut NoWait(tcp)) {
+                match tls.write_tls(&mut NoWait { tcp, poke: false }) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(_) => {}
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -850,8 +939,22 @@ mod tests {
         step: usize,
         block: usize,
     ) -> (Vec<u8>, usize, io::Result<()>) {
+        let (payload, swapped, ended, _) = read_body(wire, step, block, None).await;
+        (payload, swapped, ended)
+    }
+
+    /// [`read_in_place_from`]; with `expected`, the response is told to expect that many bytes
+    /// ([`Response::expect`]) and the server keeps the connection open after the response, as a service
+    /// does. Also gives the socket's low-water mark at the end.
+    async fn read_body(
+        wire: Vec<u8>,
+        step: usize,
+        block: usize,
+        expected: Option<u64>,
+    ) -> (Vec<u8>, usize, io::Result<()>, usize) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let (done, server_may_close) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             for piece in wire.chunks(step) {
@@ -861,6 +964,9 @@ mod tests {
                 tokio::io::AsyncWriteExt::flush(&mut socket).await.unwrap();
                 tokio::task::yield_now().await;
             }
+            if expected.is_some() {
+                let _ = server_may_close.await;
+            }
         });
         let tcp = TcpStream::connect(address).await.unwrap();
         let mut response = Response {
@@ -868,7 +974,13 @@ mod tests {
             input: BytesMut::new(),
             framing: Framing::Eof,
             over: false,
+            expected: 0,
+            received: 0,
+            low_water: 1,
         };
+        if let Some(expected) = expected {
+            response.expect(expected);
+        }
         let (status, _) = response.read_head().await.unwrap();
         assert_eq!(status, 200);
         let mut into = InPlace::new(vec![0; block].into_boxed_slice());
@@ -896,8 +1008,9 @@ mod tests {
         };
         let (buf, ranges) = into.finish();
         take(&buf, ranges, &mut payload);
+        let _ = done.send(());
         server.await.unwrap();
-        (payload, swapped, ended)
+        (payload, swapped, ended, response.low_water)
     }
 
     fn chunked(payload: &[u8], sizes: &[usize]) -> Vec<u8> {
@@ -951,6 +1064,38 @@ mod tests {
             assert!(got == payload);
             // The last buffer is full too: it comes with the body's end, not swapped.
             assert_eq!(swapped, payload.len() / 5000 - 1);
+        });
+    }
+
+    /// A range read says how much it expects, and the socket gathers GATHER_BYTES before it wakes the reader
+    /// while much more is owed; the body still ends where its framing says, on a connection the server keeps
+    /// open: when the guess was too high the last bytes never reach the low-water mark, and the reader asks
+    /// the socket itself after GATHER_WAIT.
+    #[test]
+    fn a_gathering_read_ends_where_the_body_ends_whatever_was_expected() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let wire = chunked(&payload, &[100_000]);
+        runtime.block_on(async {
+            for expected in [wire.len() as u64, 10 * wire.len() as u64, 0] {
+                let read = read_body(wire.clone(), 65_536, 1 << 20, Some(expected));
+                let (got, _, ended, low_water) =
+                    tokio::time::timeout(Duration::from_secs(20), read)
+                        .await
+                        .unwrap_or_else(|_| panic!("expecting {expected}: the read never ended"));
+                ended.unwrap();
+                assert!(got == payload, "expecting {expected}");
+                if expected > wire.len() as u64 {
+                    // Still gathering at the end: the last bytes came by asking the socket.
+                    assert_eq!(low_water, GATHER_BYTES);
+                }
+                if expected == 0 {
+                    assert_eq!(low_water, 1);
+                }
+            }
         });
     }
 

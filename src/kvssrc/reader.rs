@@ -743,18 +743,18 @@ impl Drop for Block {
 
 /// Sends the pieces of one GetMediaForFragmentList response into `tx` a block at a time as they arrive, then
 /// closes it; a failure is the last thing sent. The request is retried (throttling with patience) until it is
-/// answered; once bytes came, the reader decides (it knows what it has written).
+/// answered; once bytes came, the reader decides (it knows what it has written). `expected`: the listed sizes
+/// of the fragments asked for.
 async fn stream_batch(
     ctx: AwsContext,
     url: String,
     pacer: std::sync::Arc<Pacer>,
     pool: std::sync::Arc<BlockPool>,
-    stream: String,
-    numbers: Vec<String>,
+    request: Value,
+    expected: u64,
     tx: mpsc::UnboundedSender<Result<Vec<Bytes>, KvsError>>,
 ) {
     let api = "GetMediaForFragmentList";
-    let request = json!({"StreamName": stream, "Fragments": numbers});
     let answered = patiently(|| async {
         pacer.wait().await;
         post_json_in_place(&ctx, &url, "/getMediaForFragmentList", api, &request).await
@@ -767,6 +767,8 @@ async fn stream_batch(
             return;
         }
     };
+    // The listed sizes: the socket may gather bytes before it wakes this task while much more is owed.
+    body.expect(expected);
     let idle = ctx.request_timeout;
     // The bytes go to the reader a block at a time: one wake-up (and one burst of buffers downstream) per block,
     // not per read.
@@ -935,14 +937,14 @@ struct Fetcher<'a> {
 
 fn start_download(f: &Fetcher<'_>, batch: Vec<Listed>) -> Download {
     let (tx, pieces) = mpsc::unbounded_channel();
-    let numbers = batch.iter().map(|f| f.number.clone()).collect();
+    let numbers: Vec<&str> = batch.iter().map(|f| f.number.as_str()).collect();
     let task = tokio::spawn(stream_batch(
         f.ctx.clone(),
         f.url.to_owned(),
         f.pacer.clone(),
         f.pool.clone(),
-        f.stream.to_owned(),
-        numbers,
+        json!({"StreamName": f.stream, "Fragments": numbers}),
+        batch.iter().map(|f| f.size).sum(),
         tx,
     ));
     Download {

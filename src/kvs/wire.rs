@@ -13,7 +13,9 @@
 //!   pages: faults and zeroing), and copying them into reusable blocks costs a second pass over every byte.
 //!   [`Response::read_in_place`] reads the body straight into the caller's block and leaves the chunked
 //!   framing where it is, giving the payload as ranges of the block: the bytes are written once, by the
-//!   kernel (or by rustls as it decrypts), and never moved.
+//!   kernel (or by rustls as it decrypts), and never moved. And while much of the body is still owed, the
+//!   socket gathers [`GATHER_BYTES`] before it wakes the reader (SO_RCVLOWAT), which needs the reads in our
+//!   hands: a socket under its low-water mark never looks readable to tokio, so the reader also asks it itself.
 //!
 //! What it takes of HTTP/1.1 is small: a request head, a body (chunked or of a known length), and a response
 //! read as HTTP/1.1 (a chunked, length-delimited or close-delimited body, its head parsed with `httparse`, 1xx

@@ -954,11 +954,57 @@ mod tests {
         block: usize,
         expected: Option<u64>,
     ) -> (Vec<u8>, usize, io::Result<()>, usize) {
+        read_body_over(wire, step, block, expected, None).await
+    }
+
+    /// A CA and a certificate for 127.0.0.1 it signed, made with the `openssl` command: (CA, certificate, key).
+    fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("kvs-wire-pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        for args in [
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ca -keyout ca.key -out ca.pem",
+            "req -newkey rsa:2048 -nodes -subj /CN=leaf -keyout leaf.key -out leaf.csr",
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out leaf.pem",
+        ] {
+            let status = std::process::Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(&dir)
+                .stderr(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args}");
+        }
+        (
+            dir.join("ca.pem"),
+            dir.join("leaf.pem"),
+            dir.join("leaf.key"),
+        )
+    }
+
+    /// [`read_body`], over TLS when given the test PKI's paths (the server's certificate and key, the CA).
+    async fn read_body_over(
+        wire: Vec<u8>,
+        step: usize,
+        block: usize,
+        expected: Option<u64>,
+        tls: Option<&(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+    ) -> (Vec<u8>, usize, io::Result<()>, usize) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (done, server_may_close) = tokio::sync::oneshot::channel::<()>();
+        let acceptor = tls.map(|(_, cert, key)| kvs_emulator::tls::acceptor(cert, key).unwrap());
         let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut socket: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match acceptor {
+                Some(acceptor) => Box::new(acceptor.accept(socket).await.unwrap()),
+                None => Box::new(socket),
+            };
             for piece in wire.chunks(step) {
                 tokio::io::AsyncWriteExt::write_all(&mut socket, piece)
                     .await
@@ -971,8 +1017,33 @@ mod tests {
             }
         });
         let tcp = TcpStream::connect(address).await.unwrap();
+        let connected = match tls {
+            Some((ca, _, _)) => {
+                use tokio_rustls::rustls;
+                let mut roots = rustls::RootCertStore::empty();
+                use rustls_pki_types::pem::PemObject;
+                roots.add_parsable_certificates(
+                    rustls_pki_types::CertificateDer::pem_file_iter(ca)
+                        .unwrap()
+                        .map(Result::unwrap),
+                );
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                Connected::Tls(Box::new(stream))
+            }
+            None => Connected::Plain(tcp),
+        };
         let mut response = Response {
-            wire: Arc::new(Wire::new(Connected::Plain(tcp))),
+            wire: Arc::new(Wire::new(connected)),
             input: BytesMut::new(),
             framing: Framing::Eof,
             over: false,
@@ -1072,7 +1143,7 @@ mod tests {
     /// A range read says how much it expects, and the socket gathers GATHER_BYTES before it wakes the reader
     /// while much more is owed; the body still ends where its framing says, on a connection the server keeps
     /// open: when the guess was too high the last bytes never reach the low-water mark, and the reader asks
-    /// the socket itself after GATHER_WAIT.
+    /// the socket itself after GATHER_WAIT (over TLS too, where rustls reads the socket).
     #[test]
     fn a_gathering_read_ends_where_the_body_ends_whatever_was_expected() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1081,15 +1152,31 @@ mod tests {
             .unwrap();
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let wire = chunked(&payload, &[100_000]);
+        let pki = test_pki();
         runtime.block_on(async {
-            for expected in [wire.len() as u64, 10 * wire.len() as u64, 0] {
-                let read = read_body(wire.clone(), 65_536, 1 << 20, Some(expected));
+            for (expected, tls) in [
+                (wire.len() as u64, None),
+                (10 * wire.len() as u64, None),
+                (0, None),
+                (wire.len() as u64, Some(&pki)),
+                (10 * wire.len() as u64, Some(&pki)),
+            ] {
+                let read = read_body_over(wire.clone(), 65_536, 1 << 20, Some(expected), tls);
                 let (got, _, ended, low_water) =
                     tokio::time::timeout(Duration::from_secs(20), read)
                         .await
-                        .unwrap_or_else(|_| panic!("expecting {expected}: the read never ended"));
+                        .unwrap_or_else(|_| {
+                            panic!(
+                                "expecting {expected} (TLS {}): the read never ended",
+                                tls.is_some()
+                            )
+                        });
                 ended.unwrap();
-                assert!(got == payload, "expecting {expected}");
+                assert!(
+                    got == payload,
+                    "expecting {expected} (TLS {})",
+                    tls.is_some()
+                );
                 if expected > wire.len() as u64 {
                     // Still gathering at the end: the last bytes came by asking the socket.
                     assert_eq!(low_water, GATHER_BYTES);

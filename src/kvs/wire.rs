@@ -1186,6 +1186,7 @@ mod tests {
                 }
             }
         });
+        let _ = std::fs::remove_dir_all(pki.0.parent().unwrap());
     }
 
     #[test]

@@ -89,15 +89,7 @@ pub(crate) async fn exchange(
     let credentials = ctx.credentials().await?;
     let head = head(&authority, &credentials)?;
     let timeout = ctx.request_timeout;
-    let mut response = Response {
-        wire: wire.clone(),
-        input: BytesMut::new(),
-        framing: Framing::Eof,
-        over: false,
-        expected: 0,
-        received: 0,
-        low_water: 1,
-    };
+    let mut response = Response::new(wire.clone());
     let answer = async {
         wire.write(&[Bytes::from(head), body])?;
         wire.flush().await?;
@@ -168,6 +160,19 @@ pub struct Response {
 }
 
 impl Response {
+    /// The response that comes on `wire`, its head not read yet.
+    fn new(wire: Arc<Wire>) -> Response {
+        Response {
+            wire,
+            input: BytesMut::new(),
+            framing: Framing::Eof,
+            over: false,
+            expected: 0,
+            received: 0,
+            low_water: 1,
+        }
+    }
+
     /// Says how many body bytes are expected in all (a hint, such as the listed sizes of the fragments asked
     /// for): while much more than [`GATHER_BYTES`] is owed, [`Response::read_in_place`] lets the socket gather
     /// that much before it wakes.
@@ -941,20 +946,8 @@ mod tests {
         step: usize,
         block: usize,
     ) -> (Vec<u8>, usize, io::Result<()>) {
-        let (payload, swapped, ended, _) = read_body(wire, step, block, None).await;
+        let (payload, swapped, ended, _) = read_body_over(wire, step, block, None, None).await;
         (payload, swapped, ended)
-    }
-
-    /// [`read_in_place_from`]; with `expected`, the response is told to expect that many bytes
-    /// ([`Response::expect`]) and the server keeps the connection open after the response, as a service
-    /// does. Also gives the socket's low-water mark at the end.
-    async fn read_body(
-        wire: Vec<u8>,
-        step: usize,
-        block: usize,
-        expected: Option<u64>,
-    ) -> (Vec<u8>, usize, io::Result<()>, usize) {
-        read_body_over(wire, step, block, expected, None).await
     }
 
     /// A CA and a certificate for 127.0.0.1 it signed, made with the `openssl` command: (CA, certificate, key).
@@ -987,7 +980,10 @@ mod tests {
         )
     }
 
-    /// [`read_body`], over TLS when given the test PKI's paths (the server's certificate and key, the CA).
+    /// [`read_in_place_from`]; with `expected`, the response is told to expect that many bytes
+    /// ([`Response::expect`]) and the server keeps the connection open after the response, as a service
+    /// does; over TLS when given the test PKI's paths ([`test_pki`]). Also gives the socket's low-water mark
+    /// at the end.
     async fn read_body_over(
         wire: Vec<u8>,
         step: usize,
@@ -1019,9 +1015,9 @@ mod tests {
         let tcp = TcpStream::connect(address).await.unwrap();
         let connected = match tls {
             Some((ca, _, _)) => {
+                use rustls_pki_types::pem::PemObject;
                 use tokio_rustls::rustls;
                 let mut roots = rustls::RootCertStore::empty();
-                use rustls_pki_types::pem::PemObject;
                 roots.add_parsable_certificates(
                     rustls_pki_types::CertificateDer::pem_file_iter(ca)
                         .unwrap()
@@ -1042,15 +1038,7 @@ mod tests {
             }
             None => Connected::Plain(tcp),
         };
-        let mut response = Response {
-            wire: Arc::new(Wire::new(connected)),
-            input: BytesMut::new(),
-            framing: Framing::Eof,
-            over: false,
-            expected: 0,
-            received: 0,
-            low_water: 1,
-        };
+        let mut response = Response::new(Arc::new(Wire::new(connected)));
         if let Some(expected) = expected {
             response.expect(expected);
         }

@@ -5,7 +5,8 @@
 //!
 //! **Layout.** One file per fragment, `NNNNNNNNNNNNNNNNNNNN.kvsfrag` (a sequence number that increases with each
 //! fragment, so the names sort in upload order), in a directory that one kvssink holds at a time
-//! (`kvssink.lock`, an advisory `flock` with the holder's pid in it). A file is a magic string and a log of
+//! (`kvssink.lock`, an advisory `flock` with the holder's pid in it; within a process, a list of the held
+//! directories too, see [`HELD_DIRS`]). A file is a magic string and a log of
 //! records, each `u32 LE length | u8 kind | u32 LE CRC-32 of kind and payload | payload`:
 //! - META (JSON: stream name, the fragment's absolute Timecode, TimecodeScale, media type),
 //! - HEADER (the stream header the fragment belongs to: EBML header, Segment, Info, Tracks),
@@ -457,7 +458,7 @@ pub struct Store {
     dir: PathBuf,
     stream: String,
     /// Holds the directory's `flock` while open.
-    _lock: File,
+    _lock: DirLock,
     next_sequence: u64,
     writing: Option<Writer>,
     syncs: Syncs,
@@ -479,43 +480,94 @@ fn sequence_of(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
-impl Store {
-    /// Opens (creating it if needed) and locks `dir` for `stream`, and reads what an earlier process left:
-    /// the fragments in upload order, torn tails cut, damaged files set aside. A fragment of another stream is
-    /// an error (nothing of it is uploaded).
-    pub fn open(dir: &Path, stream: &str) -> Result<(Store, Recovered), StoreError> {
-        fs::create_dir_all(dir).map_err(io_error(dir, "create the directory"))?;
+/// The directories this process holds, by canonical path. `flock` alone cannot tell "another kvssink of this
+/// process holds it" from "a child this process is forking still has a copy of the descriptor of a lock that
+/// was just released" (the lock belongs to the open file, which a child shares until it calls `exec` and its
+/// close-on-exec descriptors go): an application that spawns processes while it restarts a pipeline would see
+/// the directory "in use" by itself.
+static HELD_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// How long a lock that only a child being spawned can hold is waited for.
+const FORK_HOLD_WAIT: Duration = Duration::from_secs(2);
+
+/// The directory's lock: its `flock`ed file, and its place in [`HELD_DIRS`] until dropped.
+struct DirLock {
+    _file: File,
+    dir: PathBuf,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        let in_use = |holder: &str| {
+            let holder = match holder.trim() {
+                "" => "a process that has not written its pid yet".to_owned(),
+                pid => format!("process {pid}"),
+            };
+            StoreError::InUse {
+                dir: dir.to_owned(),
+                holder,
+            }
+        };
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = std::process::id().to_string();
+        if held.contains(&canonical) {
+            return Err(in_use(&ours));
+        }
         let lock_path = dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock_path)
             .map_err(io_error(&lock_path, "open"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
-                let holder = match holder.trim() {
-                    "" => "a process that has not written its pid yet".to_owned(),
-                    pid => format!("process {pid}"),
-                };
-                return Err(StoreError::InUse {
-                    dir: dir.to_owned(),
-                    holder,
-                });
-            }
-            Err(fs::TryLockError::Error(error)) => {
-                return Err(StoreError::Io {
-                    path: lock_path,
-                    action: "lock",
-                    error: error.to_string(),
-                });
+        let since = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+                    // Our own pid and no kvssink of ours holds it: a child being forked has the descriptor.
+                    if holder.trim() == ours && since.elapsed() < FORK_HOLD_WAIT {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    return Err(in_use(&holder));
+                }
+                Err(fs::TryLockError::Error(error)) => {
+                    return Err(StoreError::Io {
+                        path: lock_path,
+                        action: "lock",
+                        error: error.to_string(),
+                    });
+                }
             }
         }
-        lock.set_len(0).map_err(io_error(&lock_path, "write"))?;
-        write!(lock, "{}", std::process::id()).map_err(io_error(&lock_path, "write"))?;
+        file.set_len(0).map_err(io_error(&lock_path, "write"))?;
+        write!(file, "{ours}").map_err(io_error(&lock_path, "write"))?;
+        held.push(canonical.clone());
+        Ok(DirLock {
+            _file: file,
+            dir: canonical,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|dir| *dir != self.dir);
+    }
+}
+
+impl Store {
+    /// Opens (creating it if needed) and locks `dir` for `stream`, and reads what an earlier process left:
+    /// the fragments in upload order, torn tails cut, damaged files set aside. A fragment of another stream is
+    /// an error (nothing of it is uploaded).
+    pub fn open(dir: &Path, stream: &str) -> Result<(Store, Recovered), StoreError> {
+        fs::create_dir_all(dir).map_err(io_error(dir, "create the directory"))?;
+        let lock = DirLock::take(dir)?;
 
         let mut files: Vec<(u64, PathBuf)> = fs::read_dir(dir)
             .map_err(io_error(dir, "list"))?
@@ -933,6 +985,41 @@ mod tests {
         fs::write(&path, &flipped).unwrap();
         let (_store, recovered) = Store::open(&dir, "cam1").unwrap();
         assert_eq!(whole(&recovered.fragments[0]), b"firstsecond");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_a_forked_child_still_shares_is_waited_for_and_a_sink_of_this_process_is_not() {
+        let dir = dir("forked");
+        let (store, _) = Store::open(&dir, "cam1").unwrap();
+        // A child forked now shares the lock's open file until it exits (or execs): 300 ms here.
+        // SAFETY: the child only sleeps and exits, both async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                libc::usleep(300_000);
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork: {}", io::Error::last_os_error());
+        // Another sink of this process while the first holds it: refused at once.
+        let started = std::time::Instant::now();
+        let error = Store::open(&dir, "cam1").unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert_eq!(
+            error,
+            StoreError::InUse {
+                dir: dir.clone(),
+                holder: format!("process {}", std::process::id())
+            }
+        );
+        // The sink stops; the child still holds the flock: the next start waits for it, then opens.
+        drop(store);
+        let (store, _) = Store::open(&dir, "cam1").unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        let mut status = 0;
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
 

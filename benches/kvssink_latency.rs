@@ -386,7 +386,7 @@ fn main() {
     drop(_guard);
 
     // The same kvssink run over HTTPS (the emulator's TLS mode, a test CA given to kvssink as `ca-file`).
-    let tls = common::Tls::new();
+    let tls = kvs_emulator::tls::LocalCa::make().unwrap();
     let (tls_runtime, tls_emulator) = common::recording_emulator_with(Some(&tls));
     let tls_url = tls_emulator.base_url();
     let ca = tls.ca.to_str().unwrap().to_owned();

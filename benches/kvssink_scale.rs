@@ -117,7 +117,7 @@ fn main() {
         std::fs::metadata(&clip).unwrap().len() as f64 / 1e3
     );
     println!("note: {}", common::NO_SERVICE_LIMITS);
-    let tls = common::Tls::new();
+    let tls = kvs_emulator::tls::LocalCa::make().unwrap();
     for count in counts {
         let mut base = None;
         for (transport, tls) in [("HTTP", None), ("HTTPS", Some(&tls))] {

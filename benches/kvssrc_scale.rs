@@ -168,7 +168,7 @@ fn main() {
          uploaded by this process; the emulator with the service's limits on, loopback",
         FRAME_BYTES as f64 / 1e3
     );
-    let tls = common::Tls::new();
+    let tls = kvs_emulator::tls::LocalCa::make().unwrap();
     let uploads = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,10 +28,11 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{Emu, Measured, Tls, report_child, run_child};
+use common::{Emu, Measured, report_child, run_child};
 use gst::prelude::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use kvs_emulator::tls::LocalCa;
 
 fn kvssrc(url: &str, parallel: &str, ca: Option<&str>) -> u64 {
     gst::init().unwrap();
@@ -161,7 +162,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("input.mkv");
     let (clusters, _) = common::write_input(&path, size_mb);
-    let tls = Tls::new();
+    let tls = LocalCa::make().unwrap();
     let mut rows: Vec<Row> = Vec::new();
     let mut stored = 0;
     let mut serving = Vec::new();

@@ -200,93 +200,6 @@ pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Box<dyn Io
     Box::new(connector.connect(name, tcp).await.unwrap())
 }
 
-/// A test CA and a server certificate for 127.0.0.1 it signed, made with the `openssl` command in a temporary
-/// directory (removed when dropped): the emulator serves HTTPS with `cert`/`key`, clients trust `ca`.
-pub struct Tls {
-    dir: std::path::PathBuf,
-    pub ca: std::path::PathBuf,
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
-
-impl Tls {
-    pub fn new() -> Tls {
-        let dir = std::env::temp_dir().join(format!("kvs-bench-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let status = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args:?}");
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bench CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        std::fs::write(
-            dir.join("server.ext"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ]);
-        Tls {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Tls {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Streams a file as one PutMedia request with a bare hyper client (no signing, RELATIVE timecodes), reads the
 /// ACKs to the end; returns how many fragments were persisted.
 pub fn upload_file(url: &str, stream: &str, path: &str) -> u64 {
@@ -401,7 +314,7 @@ impl Emu {
     }
 
     /// An emulator with the service's limits on or lifted, serving HTTPS with `tls`'s certificate if given.
-    pub fn start_with(stream: &str, limits: bool, tls: Option<&Tls>) -> Emu {
+    pub fn start_with(stream: &str, limits: bool, tls: Option<&kvs_emulator::tls::LocalCa>) -> Emu {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -533,7 +446,9 @@ pub fn recording_emulator() -> (tokio::runtime::Runtime, Emulator) {
 }
 
 /// [`recording_emulator`] serving HTTPS with `tls`'s certificate, if given.
-pub fn recording_emulator_with(tls: Option<&Tls>) -> (tokio::runtime::Runtime, Emulator) {
+pub fn recording_emulator_with(
+    tls: Option<&kvs_emulator::tls::LocalCa>,
+) -> (tokio::runtime::Runtime, Emulator) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -58,7 +58,7 @@ pub struct DataPlaneTls {
 }
 
 impl DataPlaneTls {
-    fn new(ca_pem: Option<&[u8]>, ca_path: &str) -> Result<DataPlaneTls, KvsError> {
+    pub(crate) fn new(ca_pem: Option<&[u8]>, ca_path: &str) -> Result<DataPlaneTls, KvsError> {
         use rustls_pki_types::pem::PemObject;
         let mut custom = Vec::new();
         if let Some(pem) = ca_pem {

@@ -950,51 +950,21 @@ mod tests {
         (payload, swapped, ended)
     }
 
-    /// A CA and a certificate for 127.0.0.1 it signed, made with the `openssl` command: (CA, certificate, key).
-    fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("kvs-wire-pki-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("leaf.ext"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        for args in [
-            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ca -keyout ca.key -out ca.pem",
-            "req -newkey rsa:2048 -nodes -subj /CN=leaf -keyout leaf.key -out leaf.csr",
-            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out leaf.pem",
-        ] {
-            let status = std::process::Command::new("openssl")
-                .args(args.split(' '))
-                .current_dir(&dir)
-                .stderr(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args}");
-        }
-        (
-            dir.join("ca.pem"),
-            dir.join("leaf.pem"),
-            dir.join("leaf.key"),
-        )
-    }
-
     /// [`read_in_place_from`]; with `expected`, the response is told to expect that many bytes
     /// ([`Response::expect`]) and the server keeps the connection open after the response, as a service
-    /// does; over TLS when given the test PKI's paths ([`test_pki`]). Also gives the socket's low-water mark
-    /// at the end.
+    /// does; over TLS when given a test CA, the client trusting it as the data plane does
+    /// ([`DataPlaneTls`](crate::kvs::config::DataPlaneTls)). Also gives the socket's low-water mark at the end.
     async fn read_body_over(
         wire: Vec<u8>,
         step: usize,
         block: usize,
         expected: Option<u64>,
-        tls: Option<&(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+        tls: Option<&kvs_emulator::tls::LocalCa>,
     ) -> (Vec<u8>, usize, io::Result<()>, usize) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (done, server_may_close) = tokio::sync::oneshot::channel::<()>();
-        let acceptor = tls.map(|(_, cert, key)| kvs_emulator::tls::acceptor(cert, key).unwrap());
+        let acceptor = tls.map(|ca| kvs_emulator::tls::acceptor(&ca.cert, &ca.key).unwrap());
         let server = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             let mut socket: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match acceptor {
@@ -1014,23 +984,14 @@ mod tests {
         });
         let tcp = TcpStream::connect(address).await.unwrap();
         let connected = match tls {
-            Some((ca, _, _)) => {
-                use rustls_pki_types::pem::PemObject;
-                use tokio_rustls::rustls;
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(
-                    rustls_pki_types::CertificateDer::pem_file_iter(ca)
-                        .unwrap()
-                        .map(Result::unwrap),
-                );
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
+            Some(ca) => {
+                let pem = std::fs::read(&ca.ca).unwrap();
+                let config = crate::kvs::config::DataPlaneTls::new(Some(&pem), "ca.pem")
                     .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                    .config()
+                    .unwrap();
                 let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-                let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
                     .unwrap();
@@ -1140,7 +1101,7 @@ mod tests {
             .unwrap();
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let wire = chunked(&payload, &[100_000]);
-        let pki = test_pki();
+        let pki = kvs_emulator::tls::LocalCa::make().unwrap();
         runtime.block_on(async {
             for (expected, tls) in [
                 (wire.len() as u64, None),
@@ -1174,7 +1135,6 @@ mod tests {
                 }
             }
         });
-        let _ = std::fs::remove_dir_all(pki.0.parent().unwrap());
     }
 
     #[test]

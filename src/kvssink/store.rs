@@ -492,7 +492,7 @@ const FORK_HOLD_WAIT: Duration = Duration::from_secs(2);
 
 /// The directory's lock: its `flock`ed file, and its place in [`HELD_DIRS`] until dropped.
 struct DirLock {
-    _file: File,
+    file: Option<File>,
     dir: PathBuf,
 }
 
@@ -509,11 +509,23 @@ impl DirLock {
             }
         };
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
         let ours = std::process::id().to_string();
-        if held.contains(&canonical) {
-            return Err(in_use(&ours));
+        {
+            // Reserved from here: the flock wait below must not hold the list (other sinks open meanwhile).
+            let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+            if held.contains(&canonical) {
+                return Err(StoreError::InUse {
+                    dir: dir.to_owned(),
+                    holder: format!("this process, {ours}"),
+                });
+            }
+            held.push(canonical.clone());
         }
+        // Dropped on every return below: an error frees the reservation.
+        let mut lock = DirLock {
+            file: None,
+            dir: canonical,
+        };
         let lock_path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -546,16 +558,15 @@ impl DirLock {
         }
         file.set_len(0).map_err(io_error(&lock_path, "write"))?;
         write!(file, "{ours}").map_err(io_error(&lock_path, "write"))?;
-        held.push(canonical.clone());
-        Ok(DirLock {
-            _file: file,
-            dir: canonical,
-        })
+        lock.file = Some(file);
+        Ok(lock)
     }
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
+        // The flock first: a sink of this process that finds the directory free in the list finds it unlocked.
+        self.file.take();
         let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|dir| *dir != self.dir);
     }
@@ -990,37 +1001,56 @@ mod tests {
 
     #[test]
     fn a_lock_a_forked_child_still_shares_is_waited_for_and_a_sink_of_this_process_is_not() {
-        let dir = dir("forked");
-        let (store, _) = Store::open(&dir, "cam1").unwrap();
-        // A child forked now shares the lock's open file until it exits (or execs): 300 ms here.
-        // SAFETY: the child only sleeps and exits, both async-signal-safe.
+        let (first, second) = (dir("forked"), dir("forked-other"));
+        let (store, _) = Store::open(&first, "cam1").unwrap();
+        // A child forked now shares the lock's open file until it exits (or execs): here until told to go.
+        let mut go = [0; 2];
+        assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+        // SAFETY: the child only reads a pipe and exits, both async-signal-safe.
         let child = unsafe { libc::fork() };
         if child == 0 {
             unsafe {
-                libc::usleep(300_000);
+                let mut byte = 0u8;
+                libc::read(go[0], (&mut byte as *mut u8).cast(), 1);
                 libc::_exit(0);
             }
         }
         assert!(child > 0, "fork: {}", io::Error::last_os_error());
-        // Another sink of this process while the first holds it: refused at once.
-        let started = std::time::Instant::now();
-        let error = Store::open(&dir, "cam1").unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(200));
+        // Another sink of this process while the first holds it: refused from the list, not after the flock
+        // wait (which would end in "process {pid}", the store itself still holding the flock).
+        let error = Store::open(&first, "cam1").unwrap_err();
         assert_eq!(
             error,
             StoreError::InUse {
-                dir: dir.clone(),
-                holder: format!("process {}", std::process::id())
+                dir: first.clone(),
+                holder: format!("this process, {}", std::process::id())
             }
         );
-        // The sink stops; the child still holds the flock: the next start waits for it, then opens.
+        // The sink stops; the child still holds the flock: the next start waits for it...
         drop(store);
-        let (store, _) = Store::open(&dir, "cam1").unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(250));
+        let waiting = {
+            let first = first.clone();
+            std::thread::spawn(move || Store::open(&first, "cam1").map(|_| ()))
+        };
+        let canonical = first.canonicalize().unwrap();
+        while !HELD_DIRS.lock().unwrap().contains(&canonical) && !waiting.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...without keeping other sinks of the process from starting meanwhile...
+        let (other, _) = Store::open(&second, "cam1").unwrap();
+        // ...and opens once the child is gone (if the open above had waited for this one, it would have
+        // given up after FORK_HOLD_WAIT, the child still holding the flock).
+        assert_eq!(unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) }, 1);
         let mut status = 0;
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-        drop(store);
-        fs::remove_dir_all(&dir).unwrap();
+        waiting.join().unwrap().unwrap();
+        unsafe {
+            libc::close(go[0]);
+            libc::close(go[1]);
+        }
+        drop(other);
+        fs::remove_dir_all(&first).unwrap();
+        fs::remove_dir_all(&second).unwrap();
     }
 
     #[test]
@@ -1048,17 +1078,43 @@ mod tests {
                 moved_to.display()
             )
         );
-        // A second sink on the directory.
+        // A second sink of this process on the directory.
         let error = Store::open(&dir, "cam1").unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(
-                "buffer-dir {} is in use by another kvssink (process {}): each sink needs a directory of its own",
+                "buffer-dir {} is in use by another kvssink (this process, {}): each sink needs a directory of \
+                 its own",
                 dir.display(),
                 std::process::id()
             )
         );
         drop(store);
+        // A sink of another process (pid 4242 written, util-linux flock(1) holding the lock).
+        let lock = dir.join(LOCK_FILE);
+        fs::write(&lock, "4242").unwrap();
+        let mut holder = std::process::Command::new("flock")
+            .args([lock.to_str().unwrap(), "-c", "echo locked; cat >/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(holder.stdout.as_mut().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said, "locked\n");
+        assert_eq!(
+            Store::open(&dir, "cam1").unwrap_err().to_string(),
+            format!(
+                "buffer-dir {} is in use by another kvssink (process 4242): each sink needs a directory of its own",
+                dir.display()
+            )
+        );
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
         // Another stream's fragments: an error, nothing uploaded.
         let (mut store, _) = Store::open(&dir, "cam1").unwrap();
         let file = store

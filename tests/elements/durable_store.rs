@@ -367,7 +367,8 @@ fn directories_a_store_cannot_use_are_named_in_the_error() {
     let error = run.error.expect("a second sink on the directory fails");
     assert!(
         error.starts_with(&format!(
-            "buffer-dir {} is in use by another kvssink (process {}): each sink needs a directory of its own",
+            "buffer-dir {} is in use by another kvssink (this process, {}): each sink needs a directory of \
+             its own",
             dir.display(),
             std::process::id()
         )),

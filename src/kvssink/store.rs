@@ -565,8 +565,8 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        // The flock first: a sink of this process that finds the directory free in the list finds it unlocked.
-        self.file.take();
+        // Out of the list first, the flock after (the file is dropped after this): a sink of this process
+        // starting meanwhile finds the flock under our pid and waits for it, rather than being refused.
         let mut held = HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|dir| *dir != self.dir);
     }

@@ -1005,7 +1005,8 @@ mod tests {
         let (store, _) = Store::open(&first, "cam1").unwrap();
         // A child forked now shares the lock's open file until it exits (or execs): here until told to go.
         let mut go = [0; 2];
-        assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+        // Close-on-exec: the processes other tests start meanwhile do not keep it.
+        assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: the child only reads a pipe and exits, both async-signal-safe.
         let child = unsafe { libc::fork() };
         if child == 0 {

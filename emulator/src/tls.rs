@@ -66,20 +66,7 @@ impl LocalCa {
             key: dir.join("server.key"),
             dir,
         };
-        let openssl = |args: &[&str]| {
-            let status = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(&local.dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map_err(|e| format!("cannot run openssl: {e}"))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("openssl {args:?} failed: {status}"))
-            }
-        };
+        let openssl = |args: &[&str]| openssl_in(&local.dir, args);
         openssl(&[
             "req",
             "-x509",
@@ -130,6 +117,22 @@ impl LocalCa {
             "server.pem",
         ])?;
         Ok(local)
+    }
+}
+
+/// Runs the `openssl` command with `args` in `dir`, its output discarded; an error names the arguments.
+pub fn openssl_in(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("openssl {args:?} failed: {status}"))
     }
 }
 

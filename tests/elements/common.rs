@@ -477,14 +477,9 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {args:?}");
+        if let Err(error) = kvs_emulator::tls::openssl_in(&self.dir, args) {
+            panic!("{error}");
+        }
     }
 
     /// A self-signed CA: `NAME.pem` and `NAME.key`; returns the certificate's path.
